@@ -1,0 +1,102 @@
+"""The aiohttp application factory: routes, middlewares, state and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp_session
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from . import keys, middlewares, views
+from .broker import Broker, StreamReader
+from .config import Config
+from .connections import Connections
+from .heartbeat import Heartbeat
+from .hub import Hub
+from .ratelimit import RateLimiter
+from .sessions import SignedRedisStorage
+from .streams import SHUTDOWN
+from .transports import sse, ws
+
+WORKER_HEADER = "X-Chat-Worker"
+
+
+def create_app(
+    config: Config,
+    *,
+    redis: aioredis.Redis,
+    session_storage: SignedRedisStorage,
+    redis_url: str,
+    worker_index: int = 0,
+) -> web.Application:
+    """Build the chat app on an open Redis client and session store (owned by the caller)."""
+    app = web.Application(
+        client_max_size=config.body_max_bytes,
+        middlewares=[
+            middlewares.errors,
+            middlewares.same_origin,
+            aiohttp_session.session_middleware(session_storage),
+        ],
+    )
+    broker = Broker(redis, history_len=config.history_len)
+    hub = Hub(broker, buffer_limit=config.send_buffer_messages)
+    connections = Connections(
+        redis,
+        uuid.uuid4().hex[:12],
+        ttl_s=2 * config.heartbeat_s,
+        per_session_limit=config.streams_per_session,
+        name_ttl_s=config.session_max_age_s,
+    )
+    app[keys.CONFIG] = config
+    app[keys.REDIS] = redis
+    app[keys.BROKER] = broker
+    app[keys.HUB] = hub
+    app[keys.CONNECTIONS] = connections
+    app[keys.HEARTBEAT] = Heartbeat(hub, connections, config)
+    app[keys.RATE_LIMITER] = RateLimiter(
+        redis, per_s=config.rate_limit_per_s, burst=config.rate_limit_burst
+    )
+    app[keys.WORKER_INDEX] = worker_index
+
+    async def stream_reader(app: web.Application) -> AsyncIterator[None]:
+        reader = StreamReader(redis_url, hub)
+        tasks = [
+            asyncio.create_task(reader.run(), name="stream-reader"),
+            asyncio.create_task(reader.run_waker(redis), name="stream-waker"),
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await reader.close()
+
+    async def close_streams(app: web.Application) -> None:
+        # Streams never end by themselves; without this, shutdown would wait
+        # for them until aiohttp's shutdown timeout.
+        hub.close_all(SHUTDOWN)
+
+    async def tag_worker(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[WORKER_HEADER] = str(worker_index)
+
+    app.cleanup_ctx.append(stream_reader)
+    app.on_shutdown.append(close_streams)
+    app.on_response_prepare.append(tag_worker)
+
+    app.router.add_get("/", views.page)
+    app.router.add_get("/rooms/{room}", views.page)
+    app.router.add_get("/favicon.ico", views.favicon)
+    app.router.add_static("/static", views.STATIC_DIR)
+    app.router.add_get("/api/session", views.get_session)
+    app.router.add_put("/api/session", views.put_session)
+    app.router.add_get("/api/rooms/{room}/messages", views.get_messages)
+    app.router.add_post("/api/rooms/{room}/messages", views.post_message)
+    app.router.add_get("/api/rooms/{room}/events", sse.events)
+    app.router.add_get("/api/rooms/{room}/ws", ws.websocket)
+    app.router.add_get("/healthz", views.healthz)
+    return app

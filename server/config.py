@@ -1,0 +1,169 @@
+"""Settings: one frozen dataclass, read from a TOML file, the environment and flags.
+
+Precedence is flags > environment (``CHAT_<KEY>``) > config file > defaults.
+Every value is validated here, so a bad setting fails at start with a
+one-line message naming the key, never later inside a worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOOPS = ("uvloop", "asyncio")
+_ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    redis_url: str = ""
+    log_level: str = "info"
+    loop: str = "uvloop"
+    debug: bool = False
+    data_dir: str = "./chat-data"
+    session_secret: str = ""
+    session_max_age_s: int = 2592000
+    cookie_secure: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    message_max_chars: int = 2000
+    body_max_bytes: int = 65536
+    rate_limit_per_s: float = 5.0
+    rate_limit_burst: int = 20
+    streams_per_session: int = 10
+    history_len: int = 10000
+    heartbeat_s: float = 15.0
+    idle_timeout_s: float = 60.0
+    send_buffer_messages: int = 1000
+    shutdown_timeout_s: float = 5.0
+    # Where the settings came from: reloads read the same file again.
+    config_file: str = ""
+
+
+# key -> (type, minimum, maximum); None bounds are open.
+_NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
+    "port": (int, 0, 65535),
+    "workers": (int, 1, 256),
+    "session_max_age_s": (int, 60, None),
+    "message_max_chars": (int, 1, 1_000_000),
+    "body_max_bytes": (int, 256, 64 * 1024 * 1024),
+    "rate_limit_per_s": (float, 0.01, None),
+    "rate_limit_burst": (int, 1, None),
+    "streams_per_session": (int, 1, 10_000),
+    "history_len": (int, 1, 10_000_000),
+    "heartbeat_s": (float, 0.05, 3600),
+    "idle_timeout_s": (float, 0.1, 86400),
+    "send_buffer_messages": (int, 1, 1_000_000),
+    "shutdown_timeout_s": (float, 0.1, 600),
+}
+_STRINGS = ("host", "redis_url", "log_level", "loop", "data_dir", "session_secret")
+_BOOLS = ("debug", "cookie_secure")
+KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}
+
+
+def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
+    """Turn one raw value (TOML-typed, or a string from the environment) into its type."""
+    if key in _NUMBERS:
+        kind, low, high = _NUMBERS[key]
+        if from_env:
+            try:
+                value = kind(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+        if kind is int and not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{key}: {value!r} is out of range [{low}, {high or 'inf'}]")
+        return kind(value)
+    if key in _BOOLS:
+        if from_env:
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if key == "allowed_origins":
+        if from_env:
+            value = [item.strip() for item in str(value).split(",") if item.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of origins, got {value!r}")
+        for origin in value:
+            if not _ORIGIN_RE.match(origin):
+                raise ConfigError(f"{key}: {origin!r} is not an origin like https://chat.example.com")
+        return tuple(value)
+    assert key in _STRINGS, key
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if key == "log_level":
+        value = value.lower()
+        if value not in LOG_LEVELS:
+            raise ConfigError(f"{key}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    if key == "loop" and value not in LOOPS:
+        raise ConfigError(f"{key}: expected one of {', '.join(LOOPS)}, got {value!r}")
+    if key == "host" and not value:
+        raise ConfigError(f"{key}: must not be empty")
+    if key == "redis_url" and value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{key}: expected redis://, rediss:// or unix:// URL, got {value!r}")
+    return value
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """Read the TOML config file; unknown keys are an error."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    for key, value in raw.items():
+        if key not in KEYS:
+            raise ConfigError(f"{key}: unknown key in {path}")
+        if isinstance(value, dict):
+            raise ConfigError(f"{key}: tables are not allowed; the config file is flat")
+    return raw
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the settings from flags (already typed, None when absent), env and file."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+    config_file = flags.pop("config", None) or environ.get("CHAT_CONFIG", "")
+    values: dict[str, Any] = {}
+    if config_file:
+        for key, value in read_file(config_file).items():
+            values[key] = _coerce(key, value, from_env=False)
+    for key in sorted(KEYS):
+        env_value = environ.get("CHAT_" + key.upper())
+        if env_value is not None:
+            values[key] = _coerce(key, env_value, from_env=True)
+    for key, value in flags.items():
+        if key not in KEYS:
+            raise ConfigError(f"{key}: unknown setting")
+        values[key] = _coerce(key, value, from_env=False)
+    config = Config(config_file=config_file, **values)
+    if config.idle_timeout_s <= config.heartbeat_s:
+        raise ConfigError(
+            f"idle_timeout_s: {config.idle_timeout_s:g} must be longer than "
+            f"heartbeat_s ({config.heartbeat_s:g})"
+        )
+    return config

