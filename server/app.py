@@ -64,17 +64,13 @@ def create_app(
 
     async def stream_reader(app: web.Application) -> AsyncIterator[None]:
         reader = StreamReader(redis_url, hub)
-        tasks = [
-            asyncio.create_task(reader.run(), name="stream-reader"),
-            asyncio.create_task(reader.run_waker(redis), name="stream-waker"),
-        ]
+        reading = asyncio.create_task(reader.run(), name="stream-reader")
+        waking = asyncio.create_task(reader.run_waker(redis), name="stream-waker")
         yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await reader.close()
+        waking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waking
+        await reader.stop(reading, redis)
 
     async def close_streams(app: web.Application) -> None:
         # Streams never end by themselves; without this, shutdown would wait

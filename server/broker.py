@@ -16,6 +16,7 @@ this has no race with a read that is about to be sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -49,9 +50,8 @@ def _entries(response: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]
         return []
     pairs = response.items() if isinstance(response, dict) else response
     result = []
-    for key, entries in pairs:
-        if entries and isinstance(entries[0], list):
-            entries = entries[0]
+    for key, value in pairs:
+        entries = value[0] if value and isinstance(value[0], list) else value
         result.append((key, entries))
     return result
 
@@ -65,7 +65,12 @@ class Broker:
 
     async def publish(self, room: str, user_id: str, name: str, text: str) -> Message:
         ts = time.time()
-        fields = {"u": user_id, "n": name, "t": text, "ts": repr(ts)}
+        fields: dict[Any, Any] = {
+            "u": user_id,
+            "n": name,
+            "t": text,
+            "ts": repr(ts),
+        }
         message_id = await self.redis.xadd(
             stream_key(room), fields, maxlen=self.history_len, approximate=True
         )
@@ -75,11 +80,11 @@ class Broker:
         """The newest ``limit`` messages older than ``before``, oldest first."""
         newest = "(" + before if before else "+"
         entries = await self.redis.xrevrange(stream_key(room), max=newest, min="-", count=limit)
-        return [Message.from_fields(room, id, fields) for id, fields in reversed(entries)]
+        return [Message.from_fields(room, id, fields) for id, fields in reversed(entries or [])]
 
     async def read_after(self, room: str, after: str, count: int) -> list[Message]:
         entries = await self.redis.xrange(stream_key(room), min="(" + after, max="+", count=count)
-        return [Message.from_fields(room, id, fields) for id, fields in entries]
+        return [Message.from_fields(room, id, fields) for id, fields in entries or []]
 
     async def last_id(self, room: str) -> str:
         entries = await self.redis.xrevrange(stream_key(room), count=1)
@@ -101,6 +106,7 @@ class StreamReader:
             single_connection_client=True,
         )
         self._wake_cursor = "0-0"
+        self._stopping = False
         self.connected = asyncio.Event()
 
     async def run_waker(self, redis: aioredis.Redis) -> None:
@@ -112,23 +118,26 @@ class StreamReader:
         while True:
             await self.hub.changed.wait()
             self.hub.changed.clear()
-            try:
-                pipe = redis.pipeline(transaction=False)
-                pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
-                pipe.pexpire(self.wake_key, WAKE_TTL_MS)
-                await pipe.execute()
-            except (RedisError, OSError):
-                # The reader is failing too; its next XREAD includes the room.
-                pass
+            await self._wake(redis)
+
+    async def _wake(self, redis: aioredis.Redis) -> None:
+        try:
+            pipe = redis.pipeline(transaction=False)
+            pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
+            pipe.pexpire(self.wake_key, WAKE_TTL_MS)
+            await pipe.execute()
+        except (RedisError, OSError):
+            # The reader is failing too; its next XREAD includes the room.
+            pass
 
     async def run(self) -> None:
         """Read forever; reconnect with capped, jittered backoff on Redis errors."""
         failures = 0
-        while True:
+        while not self._stopping:
             streams: dict[Any, Any] = {self.wake_key: self._wake_cursor}
             rooms = {stream_key(name): name for name in self.hub.rooms}
-            for name, key in self.hub.cursors().items():
-                streams[stream_key(name)] = format_id(key)
+            for name, cursor in self.hub.cursors().items():
+                streams[stream_key(name)] = format_id(cursor)
             try:
                 response = await self.redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
             except (RedisError, OSError) as exc:
@@ -153,9 +162,20 @@ class StreamReader:
                         room, [Message.from_fields(room, id, fields) for id, fields in entries]
                     )
 
-    async def close(self) -> None:
-        try:
-            await self.redis.delete(self.wake_key)
-        except (RedisError, OSError):
-            pass
-        await self.redis.aclose()
+    async def stop(self, task: asyncio.Task[None], redis: aioredis.Redis) -> None:
+        """End :meth:`run` (running as ``task``) and close the reader's connection.
+
+        The reader is woken rather than cancelled: a redis-py command
+        cancelled in the middle of a blocking read can hang instead of
+        raising, so cancelling is only the fallback.
+        """
+        self._stopping = True
+        await self._wake(redis)
+        done, _ = await asyncio.wait([task], timeout=2)
+        if not done:
+            task.cancel()
+            await asyncio.wait([task], timeout=1)
+        with contextlib.suppress(RedisError, OSError):
+            await redis.delete(self.wake_key)
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.aclose()

@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 import aiotools
@@ -32,7 +32,6 @@ from .embedded import EmbeddedRedisError, embedded_redis
 
 log = logging.getLogger("chat-server")
 
-REDIS_WAIT_S = 15.0
 EXIT_USAGE = 2
 
 
@@ -41,7 +40,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         raise UsageError(message)
 
 
@@ -50,7 +49,9 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
     parser.add_argument("--host", help="address to listen on [127.0.0.1]")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free port [8080]")
     parser.add_argument("--workers", type=int, help="worker processes [number of CPUs]")
-    parser.add_argument("--redis-url", help="redis://host:port/db; without it an embedded Redis is started")
+    parser.add_argument(
+        "--redis-url", help="redis://host:port/db; without it an embedded Redis is started"
+    )
     parser.add_argument("--config", help="TOML config file")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="[info]")
     parser.add_argument("--loop", choices=LOOPS, help="event loop of the workers [uvloop]")
@@ -76,7 +77,7 @@ def session_secret(config: Config) -> str:
     return secret
 
 
-def wait_for_redis(url: str, timeout: float = REDIS_WAIT_S) -> None:
+def wait_for_redis(url: str, timeout: float) -> None:
     """Ping Redis with capped backoff until it answers or ``timeout`` passes."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     deadline = time.monotonic() + timeout
@@ -136,7 +137,7 @@ def serve(config: Config, redis_url: str) -> None:
     )
 
     @aiotools.main_context
-    def main_context() -> Iterator[None]:
+    def main_context() -> Generator[None, signal.Signals, None]:
         loop = asyncio.get_running_loop()
         ready: set[int] = set()
         buffer = b""
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             redis_url = config.redis_url
             if not redis_url:
                 redis_url = stack.enter_context(embedded_redis(config.data_dir))
-            wait_for_redis(redis_url)
+            wait_for_redis(redis_url, config.redis_wait_s)
             serve(config, redis_url)
     except (EmbeddedRedisError, RuntimeError, OSError) as exc:
         print(f"chat-server: error: {exc}", file=sys.stderr)

@@ -47,6 +47,7 @@ class Config:
     idle_timeout_s: float = 60.0
     send_buffer_messages: int = 1000
     shutdown_timeout_s: float = 5.0
+    redis_wait_s: float = 15.0
     # Where the settings came from: reloads read the same file again.
     config_file: str = ""
 
@@ -66,6 +67,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "idle_timeout_s": (float, 0.1, 86400),
     "send_buffer_messages": (int, 1, 1_000_000),
     "shutdown_timeout_s": (float, 0.1, 600),
+    "redis_wait_s": (float, 0, 3600),
 }
 _STRINGS = ("host", "redis_url", "log_level", "loop", "data_dir", "session_secret")
 _BOOLS = ("debug", "cookie_secure")
@@ -105,7 +107,9 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
             raise ConfigError(f"{key}: expected a list of origins, got {value!r}")
         for origin in value:
             if not _ORIGIN_RE.match(origin):
-                raise ConfigError(f"{key}: {origin!r} is not an origin like https://chat.example.com")
+                raise ConfigError(
+                    f"{key}: {origin!r} is not an origin like https://chat.example.com"
+                )
         return tuple(value)
     assert key in _STRINGS, key
     if not isinstance(value, str):

@@ -109,7 +109,11 @@ class Connections:
         replies = await pipe.execute()
         members = {room: replies[2 * i + 1] for i, room in enumerate(rooms)}
         user_ids = sorted({str(m).split("|", 1)[0] for ms in members.values() for m in ms})
-        names = dict(zip(user_ids, await self.redis.mget([name_key(u) for u in user_ids]))) if user_ids else {}
+        names = (
+            dict(zip(user_ids, await self.redis.mget([name_key(u) for u in user_ids]), strict=True))
+            if user_ids
+            else {}
+        )
         result = {}
         for room, room_members in members.items():
             users = {str(m).split("|", 1)[0] for m in room_members}

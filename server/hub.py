@@ -88,7 +88,7 @@ class Subscription:
         self._wakeup = asyncio.Event()
 
     def push(self, messages: Iterable[Message]) -> None:
-        if self.closed:
+        if self.closed or self.overflowed:
             return
         self.buffer.extend(messages)
         if len(self.buffer) > self.limit:
@@ -113,8 +113,6 @@ class Subscription:
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()
-        # When the client last sent anything (WebSocket only; None for SSE).
-        self.last_seen: float | None = None
 
     def _fresh(self, messages: Iterable[Message]) -> list[Message]:
         fresh = []

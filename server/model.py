@@ -32,7 +32,7 @@ class Message:
     or ``ws_frame`` text: a message is encoded once, however many read it.
     """
 
-    __slots__ = ("id", "key", "room", "user_id", "name", "text", "ts", "__dict__")
+    __slots__ = ("__dict__", "id", "key", "name", "room", "text", "ts", "user_id")
 
     def __init__(self, id: str, room: str, user_id: str, name: str, text: str, ts: float) -> None:
         self.id = id
@@ -44,7 +44,8 @@ class Message:
         self.ts = ts
 
     @classmethod
-    def from_fields(cls, room: str, id: str, fields: dict[str, str]) -> Message:
+    def from_fields(cls, room: str, id: Any, fields: Any) -> Message:
+        """Build from a stream entry read by a client with ``decode_responses=True``."""
         return cls(
             id=id,
             room=room,

@@ -25,14 +25,58 @@ from .errors import BadRequest
 COOKIE_NAME = "chat_session"
 NAME_MAX_CHARS = 32
 
-_ADJECTIVES = (
-    "Amber Brave Calm Clever Cosmic Curious Daring Eager Fuzzy Gentle Happy Jolly "
-    "Kind Lively Lucky Mellow Merry Nimble Quiet Rapid Shiny Sunny Swift Witty"
-).split()
-_ANIMALS = (
-    "Badger Beaver Falcon Ferret Fox Gecko Heron Koala Lemur Lynx Marten Otter "
-    "Owl Panda Puffin Quokka Raven Seal Sparrow Tapir Tiger Walrus Wombat Yak"
-).split()
+_ADJECTIVES = [
+    "Amber",
+    "Brave",
+    "Calm",
+    "Clever",
+    "Cosmic",
+    "Curious",
+    "Daring",
+    "Eager",
+    "Fuzzy",
+    "Gentle",
+    "Happy",
+    "Jolly",
+    "Kind",
+    "Lively",
+    "Lucky",
+    "Mellow",
+    "Merry",
+    "Nimble",
+    "Quiet",
+    "Rapid",
+    "Shiny",
+    "Sunny",
+    "Swift",
+    "Witty",
+]
+_ANIMALS = [
+    "Badger",
+    "Beaver",
+    "Falcon",
+    "Ferret",
+    "Fox",
+    "Gecko",
+    "Heron",
+    "Koala",
+    "Lemur",
+    "Lynx",
+    "Marten",
+    "Otter",
+    "Owl",
+    "Panda",
+    "Puffin",
+    "Quokka",
+    "Raven",
+    "Seal",
+    "Sparrow",
+    "Tapir",
+    "Tiger",
+    "Walrus",
+    "Wombat",
+    "Yak",
+]
 
 
 def friendly_name() -> str:
@@ -65,7 +109,9 @@ class SignedRedisStorage(RedisStorage):
     def save_cookie(
         self, response: web.StreamResponse, cookie_data: str, *, max_age: int | None = None
     ) -> None:
-        super().save_cookie(response, self._sign(cookie_data) if cookie_data else "", max_age=max_age)
+        super().save_cookie(
+            response, self._sign(cookie_data) if cookie_data else "", max_age=max_age
+        )
 
 
 def make_storage(

@@ -10,21 +10,24 @@ reconnect) and finishes in-flight requests, in the reverse order of setup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import aiotools
 from aiohttp import web
+from redis.asyncio import Redis
 
 from . import keys
 from .app import create_app
 from .config import Config
 from .resources import redis_client, session_store
+from .sessions import SignedRedisStorage
 from .streams import RELOAD, SHUTDOWN
 
 log = logging.getLogger(__name__)
@@ -42,14 +45,15 @@ class Shared:
 
 
 def _report_ready(fd: int, index: int) -> None:
-    try:
+    # OSError: the main process stopped listening; there is nobody to tell.
+    with contextlib.suppress(OSError):
         os.write(fd, f"ready {index} {os.getpid()}\n".encode())
-    except OSError:
-        pass  # the main process stopped listening; nothing to tell
 
 
 @aiotools.server_context
-async def worker(loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]) -> AsyncIterator[None]:
+async def worker(
+    loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]
+) -> AsyncGenerator[None, signal.Signals]:
     shared: Shared = args[0]
     config = shared.config
     group = aiotools.actxgroup(
@@ -63,6 +67,7 @@ async def worker(loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]
         for result in (redis, storage):
             if isinstance(result, BaseException):
                 raise RuntimeError(f"worker {pidx} could not open Redis: {result}") from result
+        assert isinstance(redis, Redis) and isinstance(storage, SignedRedisStorage)
         app = create_app(
             config,
             redis=redis,

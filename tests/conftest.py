@@ -62,6 +62,9 @@ def make_config(tmp_path: Any) -> Callable[..., Config]:
             "session_secret": "test-secret",
             "heartbeat_s": 0.2,
             "idle_timeout_s": 5.0,
+            # Tests post fast; the rate limit has tests of its own.
+            "rate_limit_per_s": 10_000.0,
+            "rate_limit_burst": 10_000,
         }
         values.update(overrides)
         return Config(**values)

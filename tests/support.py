@@ -50,22 +50,18 @@ class RedisProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        args = f"--bind 127.0.0.1 --save '' --appendonly no --port {self.port}".split()
         self.proc = subprocess.Popen(
-            [
-                redis_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.dir,
-                "--logfile", os.path.join(self.dir, "redis.log"),
-            ],  # fmt: skip
+            [redis_binary(), *args, "--dir", self.dir, "--logfile", "redis.log"],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         deadline = time.monotonic() + 10
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     return
@@ -100,6 +96,7 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     log_path: str = ""
+    _own_cwd: bool = False
 
     def start(self, timeout: float = 20) -> ServerProcess:
         cmd = [sys.executable, "-m", "server", "--port", "0", "--workers", str(self.workers)]
@@ -107,9 +104,20 @@ class ServerProcess:
             cmd += ["--redis-url", self.redis_url]
         cmd += self.args
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-        env.update({"PYTHONPATH": ROOT, "CHAT_HEARTBEAT_S": "0.5", "CHAT_IDLE_TIMEOUT_S": "10"})
+        env.update(
+            {
+                "PYTHONPATH": ROOT,
+                "CHAT_HEARTBEAT_S": "0.5",
+                "CHAT_IDLE_TIMEOUT_S": "10",
+                # The tests post fast; the rate limit is tested in-process.
+                "CHAT_RATE_LIMIT_PER_S": "10000",
+                "CHAT_RATE_LIMIT_BURST": "10000",
+            }
+        )
         env.update(self.env)
-        self.cwd = self.cwd or tempfile.mkdtemp(prefix="chat-test-server-")
+        if self.cwd is None:
+            self.cwd = tempfile.mkdtemp(prefix="chat-test-server-")
+            self._own_cwd = True
         self.log_path = os.path.join(self.cwd, "server.log")
         log = open(self.log_path, "ab")  # noqa: SIM115  (handed to the child)
         self.proc = subprocess.Popen(
@@ -182,6 +190,8 @@ class ServerProcess:
             self.proc.wait(5)
         if self.proc.stdout:
             self.proc.stdout.close()
+        if self._own_cwd and self.cwd:
+            shutil.rmtree(self.cwd, ignore_errors=True)
 
 
 @dataclass
@@ -256,7 +266,9 @@ async def sse_collector(
 
     async def run() -> None:
         try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=None), **kwargs) as resp:
+            async with session.get(
+                url, timeout=aiohttp.ClientTimeout(total=None), **kwargs
+            ) as resp:
                 assert resp.status == 200, await resp.text()
                 collector.worker = resp.headers.get("X-Chat-Worker")
                 ready.set()
@@ -265,7 +277,7 @@ async def sse_collector(
                         collector.add(event.json())
                     elif event.event == "presence":
                         collector.add_presence(event.json()["online"])
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             pass
         finally:
             ready.set()

@@ -41,9 +41,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                         await response.write(PING_FRAME)
                     sub.progressed()
                 if sub.close_reason in (streams.SHUTDOWN, streams.RELOAD):
-                    await response.write(
-                        f"event: reconnect\ndata: {sub.close_reason}\nretry: {RETRY_MS}\n\n".encode()
-                    )
+                    goodbye = f"event: reconnect\ndata: {sub.close_reason}\nretry: {RETRY_MS}\n\n"
+                    await response.write(goodbye.encode())
             except Overflow:
                 # Writing more to a client that does not read would block:
                 # drop the connection; it reconnects and resumes from its last id.

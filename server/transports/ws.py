@@ -25,7 +25,10 @@ from ..sessions import User
 
 log = logging.getLogger(__name__)
 
-CLOSE_CODES = {streams.SHUTDOWN: WSCloseCode.GOING_AWAY, streams.RELOAD: WSCloseCode.SERVICE_RESTART}
+CLOSE_CODES = {
+    streams.SHUTDOWN: WSCloseCode.GOING_AWAY,
+    streams.RELOAD: WSCloseCode.SERVICE_RESTART,
+}
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -105,7 +108,9 @@ async def _receive(
 
 
 def _frame(kind: str, ref: Any, **fields: Any) -> str:
-    return json.dumps({"type": kind, "ref": ref, **fields}, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        {"type": kind, "ref": ref, **fields}, ensure_ascii=False, separators=(",", ":")
+    )
 
 
 async def _handle_text(text: str, app: web.Application, room: str, user: User) -> str:
@@ -119,7 +124,7 @@ async def _handle_text(text: str, app: web.Application, room: str, user: User) -
         if not isinstance(data, dict):
             raise BadRequest("frame must be a JSON object")
         ref = data.get("ref")
-        if not (ref is None or isinstance(ref, (str, int, float)) and not isinstance(ref, bool)):
+        if not (ref is None or (isinstance(ref, (str, int, float)) and not isinstance(ref, bool))):
             ref = None
             raise BadRequest("'ref' must be a string or a number")
         if isinstance(ref, str) and len(ref) > 128:

@@ -1,0 +1,232 @@
+"""The HTTP interface in-process: sessions, history, posting, and every kind of bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+ROOM = "/api/rooms/general/messages"
+
+
+async def error_of(resp: Any, status: int) -> dict[str, str]:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    assert "Traceback" not in body["error"]["message"]
+    return body["error"]
+
+
+async def test_session_gives_a_random_user_id_in_an_opaque_signed_cookie(client: Any) -> None:
+    resp = await client.get("/api/session")
+    assert resp.status == 200
+    me = await resp.json()
+    assert me["user_id"].startswith("u-") and len(me["user_id"]) >= 2 + 16
+    assert 1 <= len(me["name"]) <= 32
+    cookie = resp.cookies["chat_session"]
+    assert me["user_id"] not in cookie.value and me["name"] not in cookie.value
+    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+    # Same cookie, same identity.
+    assert await (await client.get("/api/session")).json() == me
+
+
+async def test_two_browsers_get_different_user_ids(client: Any, aiohttp_client: Any) -> None:
+    other = await aiohttp_client(client.server)
+    first = await (await client.get("/api/session")).json()
+    second = await (await other.get("/api/session")).json()
+    assert first["user_id"] != second["user_id"]
+
+
+async def test_client_cannot_choose_its_user_id(client: Any) -> None:
+    me = await (await client.get("/api/session")).json()
+    resp = await client.post(ROOM, json={"text": "hi", "user_id": "u-evil", "name": "Mallory"})
+    assert resp.status == 201
+    message = (await resp.json())["message"]
+    assert message["user_id"] == me["user_id"] and message["name"] == me["name"]
+    resp = await client.put("/api/session", json={"name": "Alice", "user_id": "u-evil"})
+    assert (await resp.json())["user_id"] == me["user_id"]
+
+
+async def test_forged_session_cookie_gets_a_new_identity(client: Any) -> None:
+    me = await (await client.get("/api/session")).json()
+    key = client.session.cookie_jar.filter_cookies(client.make_url("/"))["chat_session"].value
+    forged = key.rsplit(".", 1)[0] + ".AAAAAAAAAAAAAAAAAAAAAA"
+    resp = await client.get("/api/session", cookies={"chat_session": forged})
+    assert (await resp.json())["user_id"] != me["user_id"]
+
+
+async def test_rename_is_kept_and_used_for_new_messages(client: Any) -> None:
+    resp = await client.put("/api/session", json={"name": "  Ada   Lovelace "})
+    assert resp.status == 200
+    assert (await resp.json())["name"] == "Ada Lovelace"
+    assert (await (await client.get("/api/session")).json())["name"] == "Ada Lovelace"
+    message = (await (await client.post(ROOM, json={"text": "x"})).json())["message"]
+    assert message["name"] == "Ada Lovelace"
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 33, 42, None, "a\x07b"])
+async def test_bad_names_are_refused(client: Any, name: Any) -> None:
+    await error_of(await client.put("/api/session", json={"name": name}), 400)
+
+
+async def test_post_then_history_oldest_first_with_limit_and_before(client: Any) -> None:
+    ids = []
+    for i in range(5):
+        resp = await client.post(ROOM, json={"text": f"m{i}"})
+        assert resp.status == 201
+        ids.append((await resp.json())["message"]["id"])
+    history = (await (await client.get(ROOM)).json())["messages"]
+    assert [m["id"] for m in history] == ids
+    assert [m["text"] for m in history] == [f"m{i}" for i in range(5)]
+    assert set(history[0]) == {"id", "room", "user_id", "name", "text", "ts"}
+    last_two = (await (await client.get(ROOM + "?limit=2")).json())["messages"]
+    assert [m["id"] for m in last_two] == ids[3:]
+    older = (await (await client.get(f"{ROOM}?limit=2&before={ids[3]}")).json())["messages"]
+    assert [m["id"] for m in older] == ids[1:3]
+
+
+async def test_form_posts_are_accepted(client: Any) -> None:
+    resp = await client.post(ROOM, data={"text": "from a form"})
+    assert resp.status == 201
+    assert (await resp.json())["message"]["text"] == "from a form"
+
+
+async def test_html_is_stored_as_typed(client: Any) -> None:
+    text = '<script>alert("x")</script> & <b>bold</b>'
+    resp = await client.post(ROOM, json={"text": text})
+    assert (await resp.json())["message"]["text"] == text
+    history = (await (await client.get(ROOM)).json())["messages"]
+    assert history[-1]["text"] == text
+
+
+async def test_history_is_capped(make_app: Any, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(await make_app(history_len=10, rate_limit_burst=1000))
+    for i in range(300):
+        assert (await client.post(ROOM, json={"text": str(i)})).status == 201
+    history = (await (await client.get(ROOM + "?limit=200")).json())["messages"]
+    # XADD MAXLEN ~ trims whole nodes: the bound is approximate but holds.
+    assert 10 <= len(history) <= 200
+    assert history[-1]["text"] == "299"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"{not json", {"Content-Type": "application/json"}),
+        (b"[1, 2]", {"Content-Type": "application/json"}),
+        (b'"text"', {"Content-Type": "application/json"}),
+        (b"{}", {"Content-Type": "application/json"}),
+        (b'{"text": 5}', {"Content-Type": "application/json"}),
+        (b'{"text": null}', {"Content-Type": "application/json"}),
+        (b'{"text": ["a"]}', {"Content-Type": "application/json"}),
+        (b'{"text": ""}', {"Content-Type": "application/json"}),
+        (b'{"text": "   \\n\\t "}', {"Content-Type": "application/json"}),
+        (b'{"text": "\\ud800"}', {"Content-Type": "application/json"}),
+        (b'{"text": "a\\u0000b"}', {"Content-Type": "application/json"}),
+        (b'{"text": "\xff\xfe"}', {"Content-Type": "application/json"}),
+        (b"[" * 50_000, {"Content-Type": "application/json"}),
+        (b"", {}),
+        (b"text=", {"Content-Type": "application/x-www-form-urlencoded"}),
+    ],
+)
+async def test_malformed_posts_get_400(client: Any, body: bytes, headers: dict[str, str]) -> None:
+    await error_of(await client.post(ROOM, data=body, headers=headers), 400)
+    assert (await (await client.get(ROOM)).json())["messages"] == []
+
+
+async def test_too_long_text_gets_413(client: Any) -> None:
+    await error_of(await client.post(ROOM, json={"text": "x" * 2001}), 413)
+    assert (await client.post(ROOM, json={"text": "x" * 2000})).status == 201
+
+
+async def test_too_large_body_gets_413(client: Any) -> None:
+    body = b'{"text": "' + b"x" * 70_000 + b'"}'
+    await error_of(
+        await client.post(ROOM, data=body, headers={"Content-Type": "application/json"}), 413
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/rooms/General/messages",
+        "/api/rooms/-x/messages",
+        "/api/rooms/" + "a" * 33 + "/messages",
+        "/api/rooms/a.b/messages",
+        "/api/rooms/%C3%A9/messages",
+        "/api/rooms/ab%00/events",
+        "/api/rooms/UP/ws",
+        "/rooms/NOPE",
+    ],
+)
+async def test_invalid_room_names_get_404(client: Any, path: str) -> None:
+    await error_of(await client.get(path), 404)
+
+
+async def test_unknown_path_404_and_wrong_method_405(client: Any) -> None:
+    await error_of(await client.get("/nope"), 404)
+    error = await error_of(await client.delete(ROOM), 405)
+    assert error["code"] == "method_not_allowed"
+    await error_of(await client.post("/api/rooms/general/events"), 405)
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=201", "limit=abc", "before=yesterday", "before=1-2-3"]
+)
+async def test_bad_history_queries_get_400(client: Any, query: str) -> None:
+    await error_of(await client.get(f"{ROOM}?{query}"), 400)
+
+
+async def test_rate_limit_answers_429_with_retry_after(make_app: Any, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(await make_app(rate_limit_per_s=1, rate_limit_burst=3))
+    statuses = [(await client.post(ROOM, json={"text": str(i)})).status for i in range(5)]
+    assert statuses[:3] == [201, 201, 201]
+    resp = await client.post(ROOM, json={"text": "again"})
+    error = await error_of(resp, 429)
+    assert error["code"] == "rate_limited"
+    assert int(resp.headers["Retry-After"]) >= 1
+    # The limit is per user: another browser is not affected.
+    other = await aiohttp_client(client.server)
+    assert (await other.post(ROOM, json={"text": "me too"})).status == 201
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "null", "http://127.0.0.1.evil.example"]
+)
+async def test_cross_site_writes_get_403(client: Any, origin: str) -> None:
+    headers = {"Origin": origin}
+    await error_of(await client.post(ROOM, json={"text": "x"}, headers=headers), 403)
+    await error_of(await client.put("/api/session", json={"name": "x"}, headers=headers), 403)
+    resp = await client.get(
+        "/api/rooms/general/ws",
+        headers={**headers, "Upgrade": "websocket", "Connection": "Upgrade",
+                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"},
+    )  # fmt: skip
+    await error_of(resp, 403)
+    assert (await (await client.get(ROOM)).json())["messages"] == []
+
+
+async def test_same_origin_and_allowed_origins_may_post(make_app: Any, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(await make_app(allowed_origins=("https://chat.example.com",)))
+    own = f"http://{client.host}:{client.port}"
+    for origin in (own, "https://chat.example.com"):
+        resp = await client.post(ROOM, json={"text": "x"}, headers={"Origin": origin})
+        assert resp.status == 201, origin
+
+
+async def test_healthz_reports_worker_and_pid(client: Any) -> None:
+    import os
+
+    body = await (await client.get("/healthz")).json()
+    assert body["status"] == "ok" and body["worker"] == 0 and body["pid"] == os.getpid()
+
+
+async def test_page_and_static_files_are_served(client: Any) -> None:
+    for path in ("/", "/rooms/lobby"):
+        resp = await client.get(path)
+        assert resp.status == 200 and resp.content_type == "text/html"
+        assert "/static/app.js" in await resp.text()
+    assert (await client.get("/static/app.js")).status == 200
+    assert (await client.get("/favicon.ico")).status == 200

