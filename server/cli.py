@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -19,9 +20,12 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import aiohttp  # noqa: F401  (preloaded, so that forked workers need not import it)
+import aiohttp_session  # noqa: F401
+import aiohttp_sse  # noqa: F401
 import aiotools
 import redis
 from redis.exceptions import RedisError
@@ -29,6 +33,8 @@ from redis.exceptions import RedisError
 from . import __version__
 from .config import LOG_LEVELS, LOOPS, Config, ConfigError, load
 from .embedded import EmbeddedRedisError, embedded_redis
+from .process import STOP_SIGNALS, Shared, worker
+from .supervisor import Action, Supervisor
 
 log = logging.getLogger("chat-server")
 
@@ -121,65 +127,68 @@ def loop_runner(config: Config) -> Callable[[Coroutine[Any, Any, None]], None]:
     return functools.partial(run, debug=config.debug)
 
 
-def serve(config: Config, redis_url: str) -> None:
-    from .worker import Shared, worker  # noqa: PLC0415  (workers import the app, not the CLI)
+def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -> None:
+    """Run generations of workers on one listening socket until a stop signal.
 
+    A reload (SIGHUP) ends one generation and starts the next with the new
+    settings; the socket stays open in between, so clients wait rather than
+    being refused.
+    """
     sock = bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     read_fd, write_fd = os.pipe()
-    shared = Shared(
-        config=config,
-        redis_url=redis_url,
-        session_secret=session_secret(config),
-        sock=sock,
-        ready_fd=write_fd,
-    )
+    os.set_blocking(read_fd, False)
+    secret = session_secret(config)
+    generation = 0
 
-    @aiotools.main_context
-    def main_context() -> Generator[None, signal.Signals, None]:
-        loop = asyncio.get_running_loop()
-        ready: set[int] = set()
-        buffer = b""
+    def on_ready(config: Config) -> None:
+        if generation == 0:
+            print(
+                f"chat-server: serving {url} with {config.workers} workers (pid {os.getpid()})",
+                flush=True,
+            )
+        else:
+            log.info("reloaded: %d workers ready", config.workers)
 
-        def on_ready() -> None:
-            nonlocal buffer
-            try:
-                buffer += os.read(read_fd, 4096)
-            except OSError:
-                return
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                _, index, _pid = line.decode().split()
-                ready.add(int(index))
-            if len(ready) == config.workers:
-                loop.remove_reader(read_fd)
-                print(
-                    f"chat-server: serving {url} with {config.workers} workers (pid {os.getpid()})",
-                    flush=True,
-                )
-
-        loop.add_reader(read_fd, on_ready)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(read_fd)
-
+    # Signals are handled by the supervisor while a generation runs; between
+    # two generations they wait, blocked, instead of killing the process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        aiotools.start_server(
-            worker,
-            main_ctxmgr=main_context,
-            num_workers=config.workers,
-            args=(shared,),
-            stop_signals=(signal.SIGINT, signal.SIGTERM),
-            wait_timeout=config.shutdown_timeout_s * 2 + 5,
-            runner=loop_runner(config),
-        )
+        while True:
+            shared = Shared(config, redis_url, secret, sock, write_fd)
+            runner = loop_runner(config)
+            supervisor = Supervisor(shared, read_fd, runner, reload_config, on_ready)
+            aiotools.start_server(
+                worker,
+                main_ctxmgr=aiotools.main_context(supervisor.main_context),
+                num_workers=config.workers,
+                args=(shared,),
+                stop_signals=STOP_SIGNALS,
+                wait_timeout=config.shutdown_timeout_s * 2 + 5,
+                runner=runner,
+            )
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            if supervisor.action is Action.STOP or supervisor.action is None:
+                return
+            if supervisor.next_config is not None:
+                config = _keep_bound_settings(config, supervisor.next_config)
+                logging.getLogger().setLevel(config.log_level.upper())
+            generation += 1
     finally:
         sock.close()
         os.close(read_fd)
         os.close(write_fd)
+
+
+def _keep_bound_settings(old: Config, new: Config) -> Config:
+    """Settings that only a restart can change keep their old values, with a warning."""
+    kept = {}
+    for key in ("host", "port", "redis_url", "data_dir", "session_secret"):
+        if getattr(new, key) != getattr(old, key):
+            log.warning("reload: %s changed; it takes effect only after a restart", key)
+            kept[key] = getattr(old, key)
+    return dataclasses.replace(new, **kept)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not redis_url:
                 redis_url = stack.enter_context(embedded_redis(config.data_dir))
             wait_for_redis(redis_url, config.redis_wait_s)
-            serve(config, redis_url)
+            flags = parse_args(argv)
+            serve(config, redis_url, lambda: load(flags))
     except (EmbeddedRedisError, RuntimeError, OSError) as exc:
         print(f"chat-server: error: {exc}", file=sys.stderr)
         return 1

@@ -1,23 +1,20 @@
-"""One worker process: its own event loop, Redis contexts, the app on the shared socket.
+"""One worker process: its Redis contexts, the app on the shared socket, the heartbeat.
 
-aiotools forks the workers from the main process. Each enters its Redis
-client and session store concurrently (``aiotools.actxgroup``), serves the
-app on the listening socket the main process created, runs the heartbeat
-timer, and on the stop signal closes its streams (telling clients to
-reconnect) and finishes in-flight requests, in the reverse order of setup.
+Imported only inside worker processes (see :mod:`server.process`). Each
+worker enters its Redis client and session store concurrently
+(``aiotools.actxgroup``), serves the app on the listening socket the main
+process created, runs the heartbeat timer, and when stopped closes its
+streams (telling clients to reconnect) and finishes in-flight requests, in
+the reverse order of setup.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
-import socket
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiotools
 from aiohttp import web
@@ -25,7 +22,7 @@ from redis.asyncio import Redis
 
 from . import keys
 from .app import create_app
-from .config import Config
+from .process import Shared, report
 from .resources import redis_client, session_store
 from .sessions import SignedRedisStorage
 from .streams import RELOAD, SHUTDOWN
@@ -33,28 +30,16 @@ from .streams import RELOAD, SHUTDOWN
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Shared:
-    """What the main process prepares once for every worker."""
+@dataclasses.dataclass
+class Stop:
+    """Set by the caller before the block ends: the signal that stopped the worker."""
 
-    config: Config
-    redis_url: str
-    session_secret: str
-    sock: socket.socket
-    ready_fd: int  # write end of a pipe: each worker reports "ready <index> <pid>"
+    signal: signal.Signals = signal.SIGTERM
 
 
-def _report_ready(fd: int, index: int) -> None:
-    # OSError: the main process stopped listening; there is nobody to tell.
-    with contextlib.suppress(OSError):
-        os.write(fd, f"ready {index} {os.getpid()}\n".encode())
-
-
-@aiotools.server_context
-async def worker(
-    loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]
-) -> AsyncGenerator[None, signal.Signals]:
-    shared: Shared = args[0]
+@contextlib.asynccontextmanager
+async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
+    """Serve the app in this process until the caller's block ends."""
     config = shared.config
     group = aiotools.actxgroup(
         [
@@ -86,14 +71,15 @@ async def worker(
         try:
             await web.SockSite(runner, shared.sock).start()
             heartbeat = aiotools.create_timer(app[keys.HEARTBEAT].tick, config.heartbeat_s)
-            _report_ready(shared.ready_fd, pidx)
+            report(shared, "ready", pidx)
+            stop = Stop()
             try:
-                stop_signal = yield
+                yield stop
             finally:
                 await aiotools.cancel_and_wait(heartbeat)
             # Tell streaming clients to reconnect (to the next generation of
             # workers on a reload) before waiting for in-flight requests.
-            app[keys.HUB].close_all(RELOAD if stop_signal == signal.SIGHUP else SHUTDOWN)
+            app[keys.HUB].close_all(RELOAD if stop.signal == signal.SIGHUP else SHUTDOWN)
         finally:
             await runner.cleanup()
     for state in group.exit_states():

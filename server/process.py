@@ -1,0 +1,86 @@
+"""What crosses from the main process into a worker process.
+
+This module is imported by the main process, so it imports none of the
+app: the worker entry point imports :mod:`server.worker` (and through it
+the whole app) only once it runs in the forked child. A reload therefore
+runs freshly imported code in every new worker, while the main process and
+its listening socket stay as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from typing import Any
+
+import aiotools
+
+from .config import Config
+
+# Stop signals of the workers, as aiotools delivers them. SIGHUP means "a
+# new generation replaces you": streams are closed with a reconnect hint
+# (WebSocket 1012) rather than "going away" (1001).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """What the main process prepares once for every worker."""
+
+    config: Config
+    redis_url: str
+    session_secret: str
+    sock: socket.socket
+    # Write end of a pipe to the main process: "started|ready <index> <pid>".
+    report_fd: int
+
+
+def report(shared: Shared, state: str, index: int) -> None:
+    # OSError: the main process is gone or stopped listening; nobody to tell.
+    with contextlib.suppress(OSError):
+        os.write(shared.report_fd, f"{state} {index} {os.getpid()}\n".encode())
+
+
+@aiotools.server_context
+async def worker(
+    loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]
+) -> AsyncGenerator[None, signal.Signals]:
+    """The aiotools worker: report, then run :func:`server.worker.serve` until stopped."""
+    from . import worker as implementation  # noqa: PLC0415  (fresh code in every worker)
+
+    shared: Shared = args[0]
+    report(shared, "started", pidx)
+    async with implementation.serve(pidx, shared) as stop:
+        stop.signal = yield
+
+
+def run_replacement(index: int, shared: Shared, runner: Runner) -> None:
+    """Body of a worker that the main process starts to replace one that died.
+
+    aiotools starts the first workers of a generation but never replaces
+    one; this runs the same worker context the way aiotools does.
+    """
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stopped: asyncio.Future[signal.Signals] = loop.create_future()
+
+        def on_signal(signum: signal.Signals) -> None:
+            if not stopped.done():
+                stopped.set_result(signum)
+
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        context = worker(loop, index, (shared,))
+        async with context:
+            context.yield_return = await stopped
+
+    runner(main())
