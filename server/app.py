@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,10 +20,10 @@ from .heartbeat import Heartbeat
 from .hub import Hub
 from .ratelimit import RateLimiter
 from .sessions import SignedRedisStorage
-from .streams import SHUTDOWN
 from .transports import sse, ws
 
-WORKER_HEADER = "X-Chat-Worker"
+WORKER_HEADER = "X-Chat-Worker"  # index of the worker that served the request
+PID_HEADER = "X-Chat-Pid"  # and its process id, which changes when it is replaced
 
 
 def create_app(
@@ -73,12 +74,17 @@ def create_app(
         await reader.stop(reading, redis)
 
     async def close_streams(app: web.Application) -> None:
-        # Streams never end by themselves; without this, shutdown would wait
-        # for them until aiohttp's shutdown timeout.
-        hub.close_all(SHUTDOWN)
+        # Runs once the site has stopped accepting, so a client that
+        # reconnects at once reaches another worker. Streams never end by
+        # themselves: without this, shutdown would wait for them until
+        # aiohttp's shutdown timeout.
+        hub.close_all(hub.stop_reason)
+
+    pid = str(os.getpid())
 
     async def tag_worker(request: web.Request, response: web.StreamResponse) -> None:
         response.headers[WORKER_HEADER] = str(worker_index)
+        response.headers[PID_HEADER] = pid
 
     app.cleanup_ctx.append(stream_reader)
     app.on_shutdown.append(close_streams)

@@ -127,8 +127,11 @@ class StreamReader:
             pipe.pexpire(self.wake_key, WAKE_TTL_MS)
             await pipe.execute()
         except (RedisError, OSError):
-            # The reader is failing too; its next XREAD includes the room.
-            pass
+            # Try again shortly: until the reader is woken, a new room would
+            # wait for the current XREAD to time out.
+            if not self._stopping:
+                await asyncio.sleep(0.2)
+                self.hub.changed.set()
 
     async def run(self) -> None:
         """Read forever; reconnect with capped, jittered backoff on Redis errors."""
@@ -140,12 +143,17 @@ class StreamReader:
                 streams[stream_key(name)] = format_id(cursor)
             try:
                 response = await self.redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
+                # Not only Redis errors: whatever happens, this loop must not
+                # die and leave the worker deaf.
                 self.connected.clear()
                 failures += 1
                 delay = min(5.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0)
                 if failures == 1:
-                    log.warning("stream reader lost Redis (%s); reconnecting", exc)
+                    if isinstance(exc, (RedisError, OSError)):
+                        log.warning("stream reader lost Redis (%s); reconnecting", exc)
+                    else:
+                        log.exception("stream reader failed; retrying")
                 await asyncio.sleep(delay)
                 continue
             if failures:

@@ -39,6 +39,10 @@ class Overflow(Exception):
     """A subscriber did not keep up and its buffer overflowed."""
 
 
+class Closing(Exception):
+    """The worker is stopping and takes no new subscribers."""
+
+
 class Presence:
     """A snapshot of a room's online users, encoded once for all local subscribers."""
 
@@ -178,8 +182,11 @@ class Hub:
         self.backend = backend
         self.buffer_limit = buffer_limit
         self.rooms: dict[str, Room] = {}
-        self._joining: dict[str, asyncio.Future[Room]] = {}
+        self._joining: dict[str, asyncio.Task[Room]] = {}
+        self.closing = False
         self.changed = asyncio.Event()  # set when a room is added
+        # Why streams will be closed when the worker stops (see streams.py).
+        self.stop_reason = "shutdown"
 
     def cursors(self) -> dict[str, StreamKey]:
         return {name: room.cursor for name, room in self.rooms.items()}
@@ -188,32 +195,33 @@ class Hub:
         room = self.rooms.get(name)
         if room is not None:
             return room
-        pending = self._joining.get(name)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._joining[name] = pending
-            try:
-                last = await self.backend.last_id(name)
-                room = Room(name, parse_id(last) or (0, 0))
-                self.rooms[name] = room
-                self.changed.set()
-                pending.set_result(room)
-            except BaseException as exc:
-                pending.set_exception(exc)
-                pending.exception()  # consumed here; awaiting joiners re-raise it
-                raise
-            finally:
-                del self._joining[name]
-            return room
-        return await asyncio.shield(pending)
+        joining = self._joining.get(name)
+        if joining is None:
+            # A task of its own, so that one client hanging up while the
+            # cursor is read does not cancel the other joiners' requests.
+            joining = asyncio.create_task(self._create_room(name))
+            self._joining[name] = joining
+            joining.add_done_callback(lambda _: self._joining.pop(name, None))
+        return await asyncio.shield(joining)
+
+    async def _create_room(self, name: str) -> Room:
+        last = await self.backend.last_id(name)
+        room = Room(name, parse_id(last) or (0, 0))
+        self.rooms[name] = room
+        self.changed.set()
+        return room
 
     async def subscribe(
         self, room_name: str, user_id: str, name: str, since: StreamKey | None
     ) -> Subscription:
+        if self.closing:
+            raise Closing
         room = await self._room(room_name)
         # A room dropped while we awaited its cursor is created again.
         while self.rooms.get(room_name) is not room:
             room = await self._room(room_name)
+        if self.closing:
+            raise Closing
         subscription = Subscription(room, user_id, name, since, self.buffer_limit)
         room.subscriptions[subscription.id] = subscription
         return subscription
@@ -251,5 +259,6 @@ class Hub:
             subscription.set_presence(room.presence)
 
     def close_all(self, reason: str) -> None:
+        self.closing = True
         for subscription in self.subscriptions():
             subscription.close(reason)

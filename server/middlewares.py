@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,6 +35,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(exc.status, message.removeprefix(f"{exc.status}: "), headers=headers)
     except (RedisConnectionError, RedisTimeoutError, BusyLoadingError):
         return error_response(503, "Redis is unavailable; retry shortly", code="unavailable")
+    except ResponseError as exc:
+        # Input is validated before it reaches Redis, so this is Redis
+        # refusing work (out of memory, read-only replica): retry later.
+        log.warning("Redis refused %s %s: %s", request.method, request.path, exc)
+        return error_response(503, "Redis refused the request; retry shortly", code="unavailable")
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal error", code="internal")

@@ -9,8 +9,21 @@ from typing import Any
 
 ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _ID_RE = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_U64_MAX = 2**64 - 1
 
 StreamKey = tuple[int, int]
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(text: str) -> Any:
+    """Strict JSON: NaN and Infinity (which Python accepts) are refused too.
+
+    Raises ValueError, or RecursionError for absurdly deep nesting.
+    """
+    return json.loads(text, parse_constant=_no_constants)
 
 
 def parse_id(value: str) -> StreamKey | None:
@@ -18,7 +31,9 @@ def parse_id(value: str) -> StreamKey | None:
     match = _ID_RE.fullmatch(value)
     if match is None:
         return None
-    return int(match.group(1)), int(match.group(2) or 0)
+    key = int(match.group(1)), int(match.group(2) or 0)
+    # Redis ids are two unsigned 64-bit numbers; anything larger is refused by Redis.
+    return key if max(key) <= _U64_MAX else None
 
 
 def format_id(key: StreamKey) -> str:

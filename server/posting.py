@@ -36,11 +36,21 @@ def message_text(value: Any, max_chars: int) -> str:
     return value
 
 
-async def post(app: web.Application, room: str, user: User, text: Any) -> Message:
+def rate_key(request: web.Request, user: User) -> str:
+    """Whose budget a message comes out of.
+
+    A client without a session cookie gets a new session, and so a new user
+    id, on every request: its messages count against its address instead,
+    or it could post without limit.
+    """
+    return f"ip:{request.remote}" if user.is_new else user.user_id
+
+
+async def post(app: web.Application, room: str, user: User, text: Any, *, rate_key: str) -> Message:
     """Store a message in the room once it passes every check; raises a ChatError otherwise."""
     config = app[keys.CONFIG]
     text = message_text(text, config.message_max_chars)
-    retry_after = await app[keys.RATE_LIMITER].acquire(user.user_id)
+    retry_after = await app[keys.RATE_LIMITER].acquire(rate_key)
     if retry_after:
         raise RateLimited(
             f"more than {config.rate_limit_per_s:g} messages per second; slow down",

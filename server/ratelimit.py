@@ -17,7 +17,8 @@ local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local wait = tat + interval - burst * interval - now
-if wait > 0 then return wait end
+-- Lua numbers become integers in the reply: round up, never down to 0.
+if wait > 0 then return math.ceil(wait) end
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
 return 0
 """
@@ -29,9 +30,10 @@ class RateLimiter:
         self.burst = burst
         self._script = redis.register_script(_SCRIPT)
 
-    async def acquire(self, user_id: str) -> float:
-        """Take one message from the user's budget; 0 if allowed, else seconds to wait."""
+    async def acquire(self, key: str) -> float:
+        """Take one message from the budget of ``key`` (a user id or an address);
+        0 if allowed, else seconds to wait."""
         wait_ms = await self._script(
-            keys=[f"chat:user:{{{user_id}}}:rate"], args=[self.interval_ms, self.burst]
+            keys=[f"chat:rate:{{{key}}}"], args=[self.interval_ms, self.burst]
         )
         return 0.0 if not wait_ms else max(1, math.ceil(int(wait_ms) / 1000))

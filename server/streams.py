@@ -11,8 +11,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from . import keys
-from .errors import BadRequest, TooManyStreams
-from .hub import Subscription
+from .errors import BadRequest, TooManyStreams, Unavailable
+from .hub import Closing, Subscription
 from .model import StreamKey, parse_id
 from .sessions import User
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN = "shutdown"
 RELOAD = "reload"
 IDLE = "idle"
+UNAVAILABLE = "unavailable"  # Redis is unreachable
 
 
 def resume_id(value: str | None, name: str) -> StreamKey | None:
@@ -41,7 +42,10 @@ async def subscription(
     app = request.app
     hub = app[keys.HUB]
     connections = app[keys.CONNECTIONS]
-    sub = await hub.subscribe(room, user.user_id, user.name, since)
+    try:
+        sub = await hub.subscribe(room, user.user_id, user.name, since)
+    except Closing:
+        raise Unavailable("this worker is stopping; reconnect") from None
     try:
         if not await connections.open(room, user.user_id, user.name, sub.id):
             raise TooManyStreams(

@@ -116,12 +116,16 @@ class Supervisor:
         self._signal_all(signum)
 
     def _on_reload(self) -> None:
-        if self.action is not None:
-            return  # already stopping or reloading
+        if self.action is Action.STOP:
+            return
         try:
             config = self.reload_config()
         except ConfigError as exc:
             log.error("reload refused, still running the old settings: %s", exc)
+            return
+        if self.action is not None:
+            # A reload is under way: the next generation takes the newest settings.
+            self.next_config = config
             return
         log.info("received SIGHUP: replacing %d workers", self.config.workers)
         self.action = Action.RELOAD

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import pathlib
+import urllib.parse
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +13,7 @@ from multidict import MultiDictProxy
 
 from . import keys, posting, sessions
 from .errors import BadRequest, Unavailable
-from .model import parse_id
+from .model import parse_id, parse_json
 
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 HISTORY_LIMIT_MAX = 200
@@ -21,8 +21,6 @@ HISTORY_LIMIT_MAX = 200
 
 async def page(request: web.Request) -> web.StreamResponse:
     posting.room_name(request.match_info.get("room", "general"))
-    # Creating the session here means the page's streams find it ready.
-    await sessions.current_user(request)
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
@@ -65,12 +63,19 @@ async def get_messages(request: web.Request) -> web.Response:
 async def post_message(request: web.Request) -> web.Response:
     room = posting.room_name(request.match_info["room"])
     body: dict[str, Any] | MultiDictProxy[Any]
-    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        body = await request.post()
+    if request.content_type == "application/x-www-form-urlencoded":
+        body = await form_body(request)
+    elif request.content_type == "multipart/form-data":
+        try:
+            body = await request.post()
+        except (ValueError, LookupError):  # no boundary, unknown charset
+            raise BadRequest("malformed form body") from None
     else:
         body = await json_body(request)
     user = await sessions.current_user(request)
-    message = await posting.post(request.app, room, user, body.get("text"))
+    message = await posting.post(
+        request.app, room, user, body.get("text"), rate_key=posting.rate_key(request, user)
+    )
     return web.Response(
         text='{"message":' + message.json + "}", status=201, content_type="application/json"
     )
@@ -90,14 +95,33 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def form_body(request: web.Request) -> dict[str, Any]:
+    """An urlencoded form, refusing what is not UTF-8 (aiohttp would replace it silently)."""
+    check_charset(request)
+    raw = await request.read()
+    try:
+        pairs = urllib.parse.parse_qsl(
+            raw.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict"
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("form body is not valid UTF-8") from None
+    return dict(pairs)
+
+
+def check_charset(request: web.Request) -> None:
+    if request.charset and request.charset.lower() not in ("utf-8", "utf8", "us-ascii", "ascii"):
+        raise BadRequest(f"bodies must be UTF-8, not {request.charset!r}")
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
+    check_charset(request)
     raw = await request.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body is not valid UTF-8") from None
     try:
-        body = json.loads(text)
+        body = parse_json(text)
     except (ValueError, RecursionError):
         raise BadRequest("body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -10,6 +10,7 @@ the reverse order of setup.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -28,6 +29,8 @@ from .sessions import SignedRedisStorage
 from .streams import RELOAD, SHUTDOWN
 
 log = logging.getLogger(__name__)
+
+ACCEPTED_GRACE_S = 0.25
 
 
 @dataclasses.dataclass
@@ -68,8 +71,9 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
             access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
         )
         await runner.setup()
+        site = web.SockSite(runner, shared.sock)
         try:
-            await web.SockSite(runner, shared.sock).start()
+            await site.start()
             heartbeat = aiotools.create_timer(app[keys.HEARTBEAT].tick, config.heartbeat_s)
             report(shared, "ready", pidx)
             stop = Stop()
@@ -77,9 +81,15 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
                 yield stop
             finally:
                 await aiotools.cancel_and_wait(heartbeat)
-            # Tell streaming clients to reconnect (to the next generation of
-            # workers on a reload) before waiting for in-flight requests.
-            app[keys.HUB].close_all(RELOAD if stop.signal == signal.SIGHUP else SHUTDOWN)
+            # Streams are closed (in on_shutdown, after the site stops
+            # accepting) telling clients why: on a reload, to reconnect to
+            # the next generation of workers.
+            app[keys.HUB].stop_reason = RELOAD if stop.signal == signal.SIGHUP else SHUTDOWN
+            # Stop accepting, then give connections this worker accepted a
+            # moment to send their request: aiohttp's shutdown closes any
+            # connection that has not, and its client would see a reset.
+            await site.stop()
+            await asyncio.sleep(ACCEPTED_GRACE_S)
         finally:
             await runner.cleanup()
     for state in group.exit_states():

@@ -43,14 +43,21 @@ def redis_binary() -> str:
 class RedisProcess:
     """A private redis-server on a free loopback port, owned by the tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, persistent: bool = False) -> None:
+        # persistent: every write is fsync'd to an append-only file, so a
+        # restart loses nothing (as a production Redis must be configured).
+        self.persistent = persistent
         self.dir = tempfile.mkdtemp(prefix="chat-test-redis-")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = f"--bind 127.0.0.1 --save '' --appendonly no --port {self.port}".split()
+        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        if self.persistent:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
         self.proc = subprocess.Popen(
             [redis_binary(), *args, "--dir", self.dir, "--logfile", "redis.log"],
             stdin=subprocess.DEVNULL,
@@ -344,3 +351,143 @@ def running_server(**kwargs: Any) -> Iterator[ServerProcess]:
         yield server.start()
     finally:
         server.kill()
+
+
+@dataclass
+class Connection:
+    """One connection of a resilient subscriber: when it opened and who served it."""
+
+    opened: float
+    pid: int
+    worker: str
+
+
+class ResilientSubscriber:
+    """A subscriber that behaves like the page: on any close it reconnects at once
+    and resumes from the last id it saw. Records every message and every connection."""
+
+    def __init__(self, session: aiohttp.ClientSession, room_path: str, kind: str) -> None:
+        self.session = session
+        self.room_path = room_path
+        self.kind = kind
+        self.messages: list[dict[str, Any]] = []
+        self.connections: list[Connection] = []
+        self.reconnect_reasons: list[str] = []
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [m["id"] for m in self.messages]
+
+    @property
+    def last_id(self) -> str:
+        return self.messages[-1]["id"] if self.messages else "0-0"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _add(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        self._changed.set()
+
+    def _opened(self, headers: Any) -> None:
+        self.connections.append(
+            Connection(time.monotonic(), int(headers["X-Chat-Pid"]), headers["X-Chat-Worker"])
+        )
+        self._changed.set()
+
+    async def wait_for(self, predicate: Any, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.kind == "sse":
+                    await self._sse()
+                else:
+                    await self._ws()
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                self.reconnect_reasons.append(type(exc).__name__)
+            await asyncio.sleep(0.02)
+
+    async def _sse(self) -> None:
+        url = f"{self.room_path}/events?last_event_id={self.last_id}"
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as resp:
+            if resp.status != 200:
+                self.reconnect_reasons.append(f"http {resp.status}")
+                await asyncio.sleep(0.1)
+                return
+            self._opened(resp.headers)
+            async for event in sse_events(resp):
+                if event.event == "message":
+                    self._add(event.json())
+                elif event.event == "reconnect":
+                    self.reconnect_reasons.append(event.data)
+
+    async def _ws(self) -> None:
+        url = f"{self.room_path}/ws?since={self.last_id}"
+        async with self.session.ws_connect(url, heartbeat=None) as ws:
+            self._opened(ws._response.headers)
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    frame = json.loads(msg.data)
+                    if frame["type"] == "message":
+                        self._add(frame["message"])
+            self.reconnect_reasons.append(f"ws {ws.close_code}")
+
+
+class Sender:
+    """Posts steadily on fresh connections and records every outcome."""
+
+    def __init__(self, base: str, room_path: str, per_second: float) -> None:
+        self.base = base
+        self.room_path = room_path
+        self.interval = 1 / per_second
+        self.accepted: list[str] = []  # ids answered 201
+        self.statuses: list[int] = []
+        self.errors: list[str] = []  # connection-level failures (refused, reset)
+        self.bodies: list[Any] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        connector = aiohttp.TCPConnector(force_close=True)
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(self.base, connector=connector, cookie_jar=jar) as session:
+            i = 0
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    async with session.post(
+                        f"{self.room_path}/messages",
+                        json={"text": f"msg {i}"},
+                        timeout=aiohttp.ClientTimeout(total=15),
+                    ) as resp:
+                        self.statuses.append(resp.status)
+                        body = await resp.json()
+                        if resp.status == 201:
+                            self.accepted.append(body["message"]["id"])
+                        else:
+                            self.bodies.append(body)
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    self.errors.append(repr(exc))
+                i += 1
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))

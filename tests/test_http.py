@@ -129,6 +129,10 @@ async def test_history_is_capped(make_app: Any, aiohttp_client: Any) -> None:
         (b"[" * 50_000, {"Content-Type": "application/json"}),
         (b"", {}),
         (b"text=", {"Content-Type": "application/x-www-form-urlencoded"}),
+        (b"text=%FF%FE", {"Content-Type": "application/x-www-form-urlencoded"}),
+        (b"text=x", {"Content-Type": "application/x-www-form-urlencoded; charset=nonsense"}),
+        (b"text=x", {"Content-Type": "multipart/form-data"}),
+        (b'{"text": NaN}', {"Content-Type": "application/json"}),
     ],
 )
 async def test_malformed_posts_get_400(client: Any, body: bytes, headers: dict[str, str]) -> None:
@@ -173,7 +177,16 @@ async def test_unknown_path_404_and_wrong_method_405(client: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ["limit=0", "limit=201", "limit=abc", "before=yesterday", "before=1-2-3"]
+    "query",
+    [
+        "limit=0",
+        "limit=201",
+        "limit=abc",
+        "before=yesterday",
+        "before=1-2-3",
+        "before=99999999999999999999",
+        "before=18446744073709551616-0",
+    ],
 )
 async def test_bad_history_queries_get_400(client: Any, query: str) -> None:
     await error_of(await client.get(f"{ROOM}?{query}"), 400)
@@ -230,3 +243,15 @@ async def test_page_and_static_files_are_served(client: Any) -> None:
         assert "/static/app.js" in await resp.text()
     assert (await client.get("/static/app.js")).status == 200
     assert (await client.get("/favicon.ico")).status == 200
+
+
+async def test_clients_without_a_cookie_share_a_rate_limit_per_address(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    """Each cookie-less request gets a fresh session: it must not get a fresh budget too."""
+    client = await aiohttp_client(await make_app(rate_limit_per_s=1, rate_limit_burst=3))
+    statuses = []
+    for i in range(5):
+        client.session.cookie_jar.clear()
+        statuses.append((await client.post(ROOM, json={"text": str(i)})).status)
+    assert statuses == [201, 201, 201, 429, 429]

@@ -137,7 +137,7 @@ async def test_sse_without_session_gets_one_and_keeps_it(client: Any) -> None:
         assert [u["user_id"] for u in sse.presence[-1]] == [me["user_id"]]
 
 
-@pytest.mark.parametrize("value", ["abc", "1-2-3", "-1", "9" * 30])
+@pytest.mark.parametrize("value", ["abc", "1-2-3", "-1", "9" * 30, "18446744073709551616-1"])
 async def test_bad_resume_ids_get_400(client: Any, value: str) -> None:
     resp = await client.get(f"{ROOM}/events", headers={"Last-Event-ID": value})
     assert resp.status == 400
@@ -163,6 +163,7 @@ async def test_plain_get_on_ws_endpoint_gets_400(client: Any) -> None:
         ('{"type": "message", "text": 7, "ref": "r"}', "string"),
         ('{"type": "message", "text": "x", "ref": {"a": 1}}', "ref"),
         ("[" * 10000, "not valid JSON"),
+        ('{"type": "message", "text": "x", "ref": NaN}', "not valid JSON"),
     ],
 )
 async def test_ws_bad_frames_get_error_frames_and_stay_open(

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
+from redis.exceptions import RedisError
 
 from .. import keys, posting, sessions, streams
 from ..hub import Overflow, Presence
 
 PING_FRAME = b": ping\n\n"
 RETRY_MS = 1000
+REDIS_RETRY_MS = 2000
+
+
+def _reconnect(reason: str, retry_ms: int = RETRY_MS) -> bytes:
+    """The last event of a stream the server ends: why, and when to come back."""
+    return f"event: reconnect\ndata: {reason}\nretry: {retry_ms}\n\n".encode()
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -41,8 +50,12 @@ async def events(request: web.Request) -> web.StreamResponse:
                         await response.write(PING_FRAME)
                     sub.progressed()
                 if sub.close_reason in (streams.SHUTDOWN, streams.RELOAD):
-                    goodbye = f"event: reconnect\ndata: {sub.close_reason}\nretry: {RETRY_MS}\n\n"
-                    await response.write(goodbye.encode())
+                    await response.write(_reconnect(sub.close_reason))
+            except RedisError:
+                # The replay could not be read: the client retries (and
+                # resumes from its last id) once Redis is back.
+                with contextlib.suppress(ConnectionResetError, RuntimeError):
+                    await response.write(_reconnect(streams.UNAVAILABLE, REDIS_RETRY_MS))
             except Overflow:
                 # Writing more to a client that does not read would block:
                 # drop the connection; it reconnects and resumes from its last id.

@@ -16,11 +16,13 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import keys, posting, sessions, streams
 from ..errors import BadRequest, ChatError, Unavailable, error_payload
 from ..hub import Overflow, Presence, Subscription
+from ..model import parse_json
 from ..sessions import User
 
 log = logging.getLogger(__name__)
@@ -50,14 +52,20 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await ws.prepare(request)
         sub.abort = lambda: _abort(request)
         sub.last_seen = time.monotonic()
+        # The connection ends when either side does: a client that hangs
+        # up, or a sender that closed it (shutdown, overflow, Redis lost).
         sender = asyncio.create_task(_send(ws, sub, request.app))
+        limit = posting.rate_key(request, user)
+        receiver = asyncio.create_task(_receive(ws, sub, request.app, room, user, limit))
         try:
-            await _receive(ws, sub, request.app, room, user)
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             sub.close()
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            for task in (sender, receiver):
+                task.cancel()
+            for task in (sender, receiver):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                    await task
     return ws
 
 
@@ -79,6 +87,10 @@ async def _send(ws: web.WebSocketResponse, sub: Subscription, app: web.Applicati
             sub.progressed()
         code = CLOSE_CODES.get(sub.close_reason, WSCloseCode.GOING_AWAY)
         await ws.close(code=code, message=sub.close_reason.encode())
+    except RedisError:
+        # The replay could not be read; the client retries once Redis is back.
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"Redis is unavailable")
     except Overflow:
         # Cut off a client that does not keep up; it resumes with ?since=.
         sub.abort()
@@ -87,13 +99,18 @@ async def _send(ws: web.WebSocketResponse, sub: Subscription, app: web.Applicati
 
 
 async def _receive(
-    ws: web.WebSocketResponse, sub: Subscription, app: web.Application, room: str, user: User
+    ws: web.WebSocketResponse,
+    sub: Subscription,
+    app: web.Application,
+    room: str,
+    user: User,
+    rate_key: str,
 ) -> None:
     while True:
         msg = await ws.receive()
         sub.last_seen = time.monotonic()
         if msg.type == WSMsgType.TEXT:
-            await ws.send_str(await _handle_text(msg.data, app, room, user))
+            await ws.send_str(await _handle_text(msg.data, app, room, user, rate_key))
         elif msg.type == WSMsgType.PING:
             await ws.pong(msg.data)
         elif msg.type == WSMsgType.PONG:
@@ -113,12 +130,14 @@ def _frame(kind: str, ref: Any, **fields: Any) -> str:
     )
 
 
-async def _handle_text(text: str, app: web.Application, room: str, user: User) -> str:
+async def _handle_text(
+    text: str, app: web.Application, room: str, user: User, rate_key: str
+) -> str:
     """Answer one client frame with an ack or an error frame; never raises a ChatError."""
     ref: Any = None
     try:
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except (ValueError, RecursionError):
             raise BadRequest("frame is not valid JSON") from None
         if not isinstance(data, dict):
@@ -134,7 +153,11 @@ async def _handle_text(text: str, app: web.Application, room: str, user: User) -
             raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
         name = await app[keys.CONNECTIONS].name(user.user_id) or user.name
         message = await posting.post(
-            app, room, sessions.User(user.user_id, name, is_new=False), data.get("text")
+            app,
+            room,
+            sessions.User(user.user_id, name, is_new=False),
+            data.get("text"),
+            rate_key=rate_key,
         )
     except ChatError as exc:
         error = error_payload(exc)
