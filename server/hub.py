@@ -18,11 +18,14 @@ import asyncio
 import collections
 import itertools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
 from .model import Message, StreamKey, format_id, parse_id
+
+log = logging.getLogger(__name__)
 
 REPLAY_PAGE = 500
 
@@ -96,9 +99,17 @@ class Subscription:
             return
         self.buffer.extend(messages)
         if len(self.buffer) > self.limit:
-            # Cut off rather than grow: the client resumes by id later.
+            # Cut off rather than grow: the client resumes by id later. The
+            # transport is aborted at once, since its writer may be stuck on
+            # a client that stopped reading.
+            log.info(
+                "cutting off a subscriber of %s that fell %d messages behind",
+                self.room.name,
+                len(self.buffer),
+            )
             self.overflowed = True
             self.buffer.clear()
+            self.abort()
         self._wakeup.set()
 
     def set_presence(self, presence: Presence) -> None:

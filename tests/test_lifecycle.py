@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -20,6 +21,8 @@ from .support import (
     Sender,
     ServerProcess,
     assert_in_order_once,
+    id_key,
+    sse_events,
 )
 
 pytestmark = pytest.mark.processes
@@ -214,3 +217,190 @@ async def test_redis_outage_answers_503_then_recovers_with_nothing_lost(
     finally:
         server.kill()
         redis.cleanup()
+
+
+def worker_rss_kb(server: ServerProcess) -> int:
+    """Resident memory of the server's processes (main and workers), in KiB."""
+    assert server.proc is not None
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != server.proc.pid:  # process group
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def stalled_client(port: int, request: bytes) -> socket.socket:
+    """A client that sends its request and then never reads a byte."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def drain(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Read what the server sent; True if it then closed the connection."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    except ConnectionResetError:
+        return data, True
+    except TimeoutError:
+        return data, False
+    return data, True
+
+
+async def publish_burst(base: str, room: str, count: int, text: str) -> dict[str, float]:
+    """Post ``count`` messages from 8 concurrent senders; message id -> time sent."""
+    sent_at: dict[str, float] = {}
+    connector = aiohttp.TCPConnector(limit=8)
+    async with aiohttp.ClientSession(base, connector=connector) as session:
+
+        async def one(n: int) -> None:
+            started = time.monotonic()
+            async with session.post(f"/api/rooms/{room}/messages", json={"text": text}) as resp:
+                assert resp.status == 201
+                sent_at[(await resp.json())["message"]["id"]] = started
+
+        queue = list(range(count))
+
+        async def worker() -> None:
+            while queue:
+                await one(queue.pop())
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+    return sent_at
+
+
+async def latency_p50(base: str, room: str, count: int, text: str) -> tuple[float, list[str]]:
+    """Median publish-to-receipt latency at a fast SSE subscriber, and what it received."""
+    received_at: dict[str, float] = {}
+    done = asyncio.Event()
+    async with aiohttp.ClientSession(base) as session:
+
+        async def listen() -> None:
+            async with session.get(f"/api/rooms/{room}/events") as resp:
+                async for event in sse_events(resp):
+                    if event.event == "message" and event.id:
+                        received_at[event.id] = time.monotonic()
+                        if len(received_at) >= count:
+                            done.set()
+                            return
+
+        task = asyncio.create_task(listen())
+        await asyncio.sleep(0.3)
+        sent_at = await publish_burst(base, room, count, text)
+        await asyncio.wait_for(done.wait(), 30)
+        await task
+    latencies = sorted(received_at[i] - sent_at[i] for i in sent_at)
+    ids = sorted(received_at, key=id_key)
+    return latencies[len(latencies) // 2], ids
+
+
+async def test_slow_consumers_are_cut_off_without_slowing_anyone_or_growing_memory(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2, env={"CHAT_SEND_BUFFER_MESSAGES": "200"})
+    port = int(server.url.rsplit(":", 1)[1])
+    text = "x" * 1500  # 5,000 of these overflow any kernel socket buffer
+    count = 5000
+    baseline, _ = await latency_p50(server.url, "calm", count, text)
+    rss_before = worker_rss_kb(server)
+    slow = [
+        stalled_client(port, b"GET /api/rooms/busy/events HTTP/1.1\r\nHost: x\r\n\r\n"),
+        stalled_client(
+            port,
+            b"GET /api/rooms/busy/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+        ),
+    ]
+    try:
+        await asyncio.sleep(0.3)
+        with_slow, ids = await latency_p50(server.url, "busy", count, text)
+        assert len(ids) == count
+        rss_after = worker_rss_kb(server)
+        # The fast subscriber did not wait for the slow ones.
+        assert with_slow <= 2 * baseline + 0.02, (baseline, with_slow)
+        # Bounded memory: far less than the 7.5 MB each slow client was sent.
+        assert rss_after - rss_before < 15 * 1024, (rss_before, rss_after)
+        # Both slow clients were disconnected; the SSE one resumes from its last id.
+        data, closed = await asyncio.to_thread(drain, slow[0], 10)
+        assert closed
+        seen = [line[4:].decode() for line in data.split(b"\n") if line.startswith(b"id: ")]
+        assert seen and len(seen) < count
+        _, ws_closed = await asyncio.to_thread(drain, slow[1], 10)
+        assert ws_closed
+    finally:
+        for sock in slow:
+            sock.close()
+    async with aiohttp.ClientSession(server.url) as session:
+        rest: list[str] = []
+        async with session.get(f"/api/rooms/busy/events?last_event_id={seen[-1]}") as resp:
+            async for event in sse_events(resp):
+                if event.event == "message":
+                    rest.append(event.id or "")
+                    if len(rest) == count - len(seen):
+                        break
+    assert seen + rest == ids
+    assert "cutting off a subscriber of busy" in server.log()
+
+
+async def test_sigterm_under_traffic_exits_0_and_tells_streams_to_reconnect(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with subscribers(server.url, per_kind=1) as subs:
+        sender = Sender(server.url, ROOM, per_second=30)
+        sender.start()
+        await asyncio.sleep(1)
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(server.wait, 5)
+        elapsed = time.monotonic() - started
+        await sender.stop()
+    assert code == 0 and elapsed < 5, server.log()
+    assert any("shutdown" in r for r in subs[0].reconnect_reasons), subs[0].reconnect_reasons
+    assert any("1001" in r for r in subs[1].reconnect_reasons), subs[1].reconnect_reasons
+    deadline = time.monotonic() + 2
+    while server.group_alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not server.group_alive()
+    assert "Traceback" not in server.log()
+
+
+async def test_users_of_a_killed_worker_leave_presence_within_two_heartbeats(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    from .test_processes import subscribe_on_worker, user
+
+    server = start_server(workers=2)  # heartbeat 0.5 s
+    pids = await healthz(server.url)
+    async with (
+        user(server.url) as alice,
+        user(server.url) as bob,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        watcher = await subscribe_on_worker(stack, alice, "sse", "0")
+        await subscribe_on_worker(stack, bob, "ws", "1")
+        async with bob.get("/api/session") as resp:
+            bob_id = (await resp.json())["user_id"]
+        await watcher.wait_for(lambda c: bob_id in str(c.presence[-1:]))
+        # The worker dies with Bob's stream open: nobody removes his entry.
+        os.kill(pids[1], signal.SIGKILL)
+        killed = time.monotonic()
+        await watcher.wait_for(lambda c: bob_id not in str(c.presence[-1]), timeout=5)
+        assert time.monotonic() - killed <= 2 * 0.5 + 0.6

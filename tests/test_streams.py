@@ -262,3 +262,39 @@ async def test_slow_consumer_is_cut_off_and_others_get_everything(
         async for _ in subscription.events(app[keys.BROKER]):
             pass
     hub.unsubscribe(subscription)
+
+
+async def test_heartbeat_closes_a_websocket_whose_client_stopped_answering(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    import aiotools
+
+    from server import keys
+
+    app = await make_app(heartbeat_s=0.1, idle_timeout_s=0.5)
+    client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    timer = aiotools.create_timer(app[keys.HEARTBEAT].tick, 0.1)
+    try:
+        # autoping=False: this client never answers the server's pings.
+        async with client.ws_connect(f"{ROOM}/ws", autoping=False) as ws:
+            started = asyncio.get_running_loop().time()
+            pings = 0
+            async with asyncio.timeout(5):
+                while (msg := await ws.receive()).type not in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                ):
+                    pings += msg.type == aiohttp.WSMsgType.PING
+            elapsed = asyncio.get_running_loop().time() - started
+        assert pings >= 2
+        assert 0.5 <= elapsed < 2
+        # A client that answers stays connected through the same interval.
+        async with client.ws_connect(f"{ROOM}/ws") as ws:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.2):
+                    while True:
+                        msg = await ws.receive()
+                        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            assert not ws.closed
+    finally:
+        await aiotools.cancel_and_wait(timer)
