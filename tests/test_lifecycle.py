@@ -47,25 +47,35 @@ def start_server(redis_url: str) -> Iterator[Callable[..., ServerProcess]]:
 
 @contextlib.asynccontextmanager
 async def subscribers(base: str, per_kind: int = 2) -> AsyncIterator[list[ResilientSubscriber]]:
-    """SSE and WebSocket subscribers, reconnecting like the page, on every worker."""
+    """SSE and WebSocket subscribers, reconnecting like the page, spread over the
+    two workers: subscriber i of each kind starts on worker i % 2."""
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(base, cookie_jar=jar) as session:
         async with session.get("/api/session"):
             pass
-        subs = [
-            ResilientSubscriber(session, ROOM, kind)
-            for kind in ("sse", "ws")
-            for _ in range(per_kind)
-        ]
-        for sub in subs:
-            sub.start()
+        subs = []
         try:
-            for sub in subs:
-                await sub.wait_for(lambda s: bool(s.connections))
+            for kind in ("sse", "ws"):
+                for i in range(per_kind):
+                    sub = ResilientSubscriber(session, ROOM, kind)
+                    subs.append(sub)
+                    await start_on_worker(sub, str(i % 2))
             yield subs
         finally:
             for sub in subs:
                 await sub.stop()
+
+
+async def start_on_worker(sub: ResilientSubscriber, worker: str) -> None:
+    """Start ``sub`` again and again until its connection lands on ``worker``."""
+    async with asyncio.timeout(20):
+        while True:
+            sub.start()
+            await sub.wait_for(lambda s: bool(s.connections))
+            if sub.connections[-1].worker == worker:
+                return
+            await sub.stop()
+            sub.connections.clear()
 
 
 async def healthz(base: str) -> dict[int, int]:
@@ -120,6 +130,25 @@ async def test_three_sighups_under_traffic_lose_nothing_and_refuse_nobody(
                 assert moved, f"{sub.kind} subscriber not on a new worker within 3 s"
     assert server.proc is not None and server.proc.poll() is None
     assert "Traceback" not in server.log()
+
+
+async def test_a_burst_of_sighups_is_safe(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with subscribers(server.url, per_kind=1) as subs:
+        sender = Sender(server.url, ROOM, per_second=20)
+        sender.start()
+        await asyncio.sleep(0.5)
+        for _ in range(5):
+            server.signal(signal.SIGHUP)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2)
+        await sender.stop()
+        assert sender.errors == [] and set(sender.statuses) == {201}
+        await expect_everything(subs, sender.accepted)
+    assert server.proc is not None and server.proc.poll() is None
+    assert len(await healthz(server.url)) == 2
 
 
 async def test_sighup_with_broken_config_keeps_old_workers_and_logs_one_line(
