@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from .config import Config
 from .connections import Connections
 from .heartbeat import Heartbeat
 from .hub import Hub
+from .metrics import Metrics, MetricsStore
 from .ratelimit import RateLimiter
 from .sessions import SignedRedisStorage
 from .transports import sse, ws
@@ -33,6 +35,8 @@ def create_app(
     session_storage: SignedRedisStorage,
     redis_url: str,
     worker_index: int = 0,
+    reloads: int = 0,
+    instance: str | None = None,
 ) -> web.Application:
     """Build the chat app on an open Redis client and session store (owned by the caller)."""
     app = web.Application(
@@ -43,8 +47,13 @@ def create_app(
             aiohttp_session.session_middleware(session_storage),
         ],
     )
+    metrics = Metrics(
+        instance=instance or f"{socket.gethostname()}:{os.getpid()}",
+        worker=worker_index,
+        reloads=reloads,
+    )
     broker = Broker(redis, history_len=config.history_len)
-    hub = Hub(broker, buffer_limit=config.send_buffer_messages)
+    hub = Hub(broker, buffer_limit=config.send_buffer_messages, metrics=metrics)
     connections = Connections(
         redis,
         uuid.uuid4().hex[:12],
@@ -57,7 +66,9 @@ def create_app(
     app[keys.BROKER] = broker
     app[keys.HUB] = hub
     app[keys.CONNECTIONS] = connections
-    app[keys.HEARTBEAT] = Heartbeat(hub, connections, config)
+    app[keys.METRICS] = metrics
+    app[keys.METRICS_STORE] = store = MetricsStore(redis, metrics, ttl_s=3 * config.heartbeat_s)
+    app[keys.HEARTBEAT] = Heartbeat(hub, connections, config, store)
     app[keys.RATE_LIMITER] = RateLimiter(
         redis, per_s=config.rate_limit_per_s, burst=config.rate_limit_burst
     )
@@ -101,4 +112,5 @@ def create_app(
     app.router.add_get("/api/rooms/{room}/events", sse.events)
     app.router.add_get("/api/rooms/{room}/ws", ws.websocket)
     app.router.add_get("/healthz", views.healthz)
+    app.router.add_get("/metrics", views.metrics)
     return app

@@ -141,6 +141,7 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
     os.set_blocking(read_fd, False)
     secret = session_secret(config)
     generation = 0
+    reloads = 0
 
     def on_ready(config: Config) -> None:
         if generation == 0:
@@ -156,7 +157,7 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         while True:
-            shared = Shared(config, redis_url, secret, sock, write_fd)
+            shared = Shared(config, redis_url, secret, sock, write_fd, reloads)
             runner = loop_runner(config)
             supervisor = Supervisor(shared, read_fd, runner, reload_config, on_ready)
             aiotools.start_server(
@@ -171,6 +172,8 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             if supervisor.action is Action.STOP or supervisor.action is None:
                 return
+            if supervisor.action is Action.RELOAD:
+                reloads += 1
             if supervisor.next_config is not None:
                 config = _keep_bound_settings(config, supervisor.next_config)
                 logging.getLogger().setLevel(config.log_level.upper())

@@ -17,15 +17,19 @@ from redis.exceptions import RedisError
 from .config import Config
 from .connections import Connections
 from .hub import Hub
+from .metrics import MetricsStore
 from .streams import IDLE
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, hub: Hub, connections: Connections, config: Config) -> None:
+    def __init__(
+        self, hub: Hub, connections: Connections, config: Config, metrics: MetricsStore
+    ) -> None:
         self.hub = hub
         self.connections = connections
+        self.metrics = metrics
         self.idle_timeout_s = config.idle_timeout_s
         self._failing = False
 
@@ -35,6 +39,7 @@ class Heartbeat:
         for sub in self.hub.subscriptions():
             if now - sub.last_progress > self.idle_timeout_s:
                 log.info("aborting stream %s in %s: client stopped reading", sub.id, sub.room.name)
+                self.hub.metrics.dropped += 1
                 sub.abort()
             elif sub.last_seen is not None and now - sub.last_seen > self.idle_timeout_s:
                 log.info("closing stream %s in %s: client silent", sub.id, sub.room.name)
@@ -45,6 +50,7 @@ class Heartbeat:
         try:
             await self.connections.refresh(alive)
             await self.announce(list(self.hub.rooms))
+            await self.metrics.push()
         except (RedisError, OSError) as exc:
             if not self._failing:
                 log.warning("heartbeat cannot reach Redis: %s", exc)

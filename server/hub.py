@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
+from .metrics import Metrics
 from .model import Message, StreamKey, format_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Subscription:
             )
             self.overflowed = True
             self.buffer.clear()
+            self.room.metrics.dropped += 1
             self.abort()
         self._wakeup.set()
 
@@ -178,8 +180,9 @@ class Subscription:
 
 
 class Room:
-    def __init__(self, name: str, cursor: StreamKey) -> None:
+    def __init__(self, name: str, cursor: StreamKey, metrics: Metrics) -> None:
         self.name = name
+        self.metrics = metrics
         # The id up to which this worker has dispatched the room's messages.
         self.cursor = cursor
         self.subscriptions: dict[int, Subscription] = {}
@@ -189,8 +192,9 @@ class Room:
 class Hub:
     """Rooms with local subscribers, and the stream cursor of each."""
 
-    def __init__(self, backend: Backend, *, buffer_limit: int) -> None:
+    def __init__(self, backend: Backend, *, buffer_limit: int, metrics: Metrics) -> None:
         self.backend = backend
+        self.metrics = metrics
         self.buffer_limit = buffer_limit
         self.rooms: dict[str, Room] = {}
         self._joining: dict[str, asyncio.Task[Room]] = {}
@@ -217,7 +221,7 @@ class Hub:
 
     async def _create_room(self, name: str) -> Room:
         last = await self.backend.last_id(name)
-        room = Room(name, parse_id(last) or (0, 0))
+        room = Room(name, parse_id(last) or (0, 0), self.metrics)
         self.rooms[name] = room
         self.changed.set()
         return room

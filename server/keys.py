@@ -10,6 +10,7 @@ from .config import Config
 from .connections import Connections
 from .heartbeat import Heartbeat
 from .hub import Hub
+from .metrics import Metrics, MetricsStore
 from .ratelimit import RateLimiter
 
 CONFIG = web.AppKey("config", Config)
@@ -20,3 +21,5 @@ CONNECTIONS = web.AppKey("connections", Connections)
 HEARTBEAT = web.AppKey("heartbeat", Heartbeat)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 WORKER_INDEX = web.AppKey("worker_index", int)
+METRICS = web.AppKey("metrics", Metrics)
+METRICS_STORE = web.AppKey("metrics_store", MetricsStore)

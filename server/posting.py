@@ -56,4 +56,6 @@ async def post(app: web.Application, room: str, user: User, text: Any, *, rate_k
             f"more than {config.rate_limit_per_s:g} messages per second; slow down",
             retry_after=retry_after,
         )
-    return await app[keys.BROKER].publish(room, user.user_id, user.name, text)
+    message = await app[keys.BROKER].publish(room, user.user_id, user.name, text)
+    app[keys.METRICS].published += 1
+    return message

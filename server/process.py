@@ -40,6 +40,7 @@ class Shared:
     sock: socket.socket
     # Write end of a pipe to the main process: "started|ready <index> <pid>".
     report_fd: int
+    reloads: int = 0  # how many SIGHUP reloads came before this set of workers
 
 
 def report(shared: Shared, state: str, index: int) -> None:

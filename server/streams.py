@@ -36,7 +36,7 @@ def resume_id(value: str | None, name: str) -> StreamKey | None:
 
 @contextlib.asynccontextmanager
 async def subscription(
-    request: web.Request, room: str, user: User, since: StreamKey | None
+    request: web.Request, room: str, user: User, since: StreamKey | None, transport: str
 ) -> AsyncIterator[Subscription]:
     """Subscribe to a room and register the stream for presence and the stream limit."""
     app = request.app
@@ -54,10 +54,13 @@ async def subscription(
     except BaseException:
         hub.unsubscribe(sub)
         raise
+    connections_open = app[keys.METRICS].connections
+    connections_open[transport] += 1
     try:
         await app[keys.HEARTBEAT].announce([room])
         yield sub
     finally:
+        connections_open[transport] -= 1
         hub.unsubscribe(sub)
         # Runs even when the handler was cancelled by a disconnect; bounded so
         # that a Redis outage cannot hold a closing stream open.

@@ -13,6 +13,7 @@ from multidict import MultiDictProxy
 
 from . import keys, posting, sessions
 from .errors import BadRequest, Unavailable
+from .metrics import render as render_metrics
 from .model import parse_id, parse_json
 
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
@@ -111,6 +112,16 @@ async def form_body(request: web.Request) -> dict[str, Any]:
 def check_charset(request: web.Request) -> None:
     if request.charset and request.charset.lower() not in ("utf-8", "utf8", "us-ascii", "ascii"):
         raise BadRequest(f"bodies must be UTF-8, not {request.charset!r}")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    snapshots = await request.app[keys.METRICS_STORE].collect()
+    return web.Response(
+        text=render_metrics(snapshots),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 
 import aiotools
@@ -62,6 +64,9 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
             session_storage=storage,
             redis_url=shared.redis_url,
             worker_index=pidx,
+            reloads=shared.reloads,
+            # One running chat-server: its host and main process.
+            instance=f"{socket.gethostname()}:{os.getppid()}",
         )
         runner = web.AppRunner(
             app,

@@ -7,7 +7,10 @@ import asyncio
 import pytest
 
 from server.hub import Closing, Hub, Overflow
+from server.metrics import Metrics
 from server.model import Message
+
+METRICS = Metrics(instance="test", worker=0, reloads=0)
 
 
 class SlowBackend:
@@ -30,7 +33,7 @@ def message(n: int) -> Message:
 
 async def test_a_joiner_hanging_up_does_not_cancel_the_others() -> None:
     backend = SlowBackend()
-    hub = Hub(backend, buffer_limit=10)
+    hub = Hub(backend, buffer_limit=10, metrics=METRICS)
     first = asyncio.create_task(hub.subscribe("r", "u-1", "A", None))
     second = asyncio.create_task(hub.subscribe("r", "u-2", "B", None))
     await asyncio.sleep(0.01)
@@ -46,7 +49,7 @@ async def test_replay_and_live_overlap_is_sent_once_in_order() -> None:
     backend = SlowBackend()
     backend.release.set()
     backend.messages = [message(n) for n in range(1, 6)]
-    hub = Hub(backend, buffer_limit=100)
+    hub = Hub(backend, buffer_limit=100, metrics=METRICS)
     subscription = await hub.subscribe("r", "u-1", "A", (2, 0))
     # Live delivery of messages the replay also returns, and newer ones.
     hub.rooms["r"].cursor = (3, 0)
@@ -71,7 +74,7 @@ async def test_replay_and_live_overlap_is_sent_once_in_order() -> None:
 async def test_overflowing_subscriber_stops_buffering_and_raises() -> None:
     backend = SlowBackend()
     backend.release.set()
-    hub = Hub(backend, buffer_limit=3)
+    hub = Hub(backend, buffer_limit=3, metrics=METRICS)
     subscription = await hub.subscribe("r", "u-1", "A", None)
     hub.dispatch("r", [message(n) for n in range(1, 5)])
     hub.dispatch("r", [message(5)])
@@ -84,7 +87,7 @@ async def test_overflowing_subscriber_stops_buffering_and_raises() -> None:
 async def test_no_subscriptions_once_closing() -> None:
     backend = SlowBackend()
     backend.release.set()
-    hub = Hub(backend, buffer_limit=3)
+    hub = Hub(backend, buffer_limit=3, metrics=METRICS)
     existing = await hub.subscribe("r", "u-1", "A", None)
     hub.close_all("shutdown")
     assert existing.closed and existing.close_reason == "shutdown"

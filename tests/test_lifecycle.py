@@ -149,6 +149,18 @@ async def test_a_burst_of_sighups_is_safe(
         await expect_everything(subs, sender.accepted)
     assert server.proc is not None and server.proc.poll() is None
     assert len(await healthz(server.url)) == 2
+    # Metrics: both workers of the newest generation report, reloads counted.
+    async with aiohttp.ClientSession(server.url) as session:
+        async with asyncio.timeout(5):
+            while True:
+                async with session.get("/metrics") as resp:
+                    text = await resp.text()
+                ups = [line for line in text.splitlines() if line.startswith("chat_worker_up")]
+                if len(ups) == 2:
+                    break
+                await asyncio.sleep(0.1)
+    reloads = [line for line in text.splitlines() if line.startswith("chat_reloads_total")]
+    assert len(reloads) == 1 and 1 <= int(reloads[0].rsplit(" ", 1)[1]) <= 5
 
 
 async def test_sighup_with_broken_config_keeps_old_workers_and_logs_one_line(

@@ -108,6 +108,28 @@ async def test_two_workers_each_on_uvloop_answer_healthz_with_their_own_pid(
     assert {body["loop"] for body in seen.values()} == {"uvloop"}
 
 
+async def test_metrics_are_totals_over_all_workers(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with user(server.url) as alice:
+        workers = {(await post(alice, f"m{i}"))[1] for i in range(20)}
+        assert workers == {"0", "1"}, "both workers stored messages"
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(server.url, connector=connector) as session:
+            # Whichever worker answers, it answers for all; the others' counts
+            # are at most one heartbeat (0.5 s here) old.
+            async with asyncio.timeout(3):
+                while True:
+                    async with session.get("/metrics") as resp:
+                        text = await resp.text()
+                    if "chat_messages_published_total 20" in text.splitlines():
+                        break
+                    await asyncio.sleep(0.1)
+            ups = [line for line in text.splitlines() if line.startswith("chat_worker_up")]
+            assert len(ups) == 2 and 'worker="0"' in ups[0] and 'worker="1"' in ups[1]
+
+
 async def test_message_posted_on_one_worker_reaches_sse_and_ws_clients_on_the_other(
     start_server: Callable[..., ServerProcess],
 ) -> None:

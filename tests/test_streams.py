@@ -298,3 +298,33 @@ async def test_heartbeat_closes_a_websocket_whose_client_stopped_answering(
             assert not ws.closed
     finally:
         await aiotools.cancel_and_wait(timer)
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample in Prometheus text, e.g. 'chat_connections{transport="sse"}'."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics:\n{text}")
+
+
+async def test_metrics_count_connections_messages_and_deliveries(client: Any) -> None:
+    resp = await client.get("/metrics")
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    assert metric(await resp.text(), "chat_messages_published_total") == 0
+    async with sse_collector(client.session, client.make_url(f"{ROOM}/events")) as sse:
+        for i in range(3):
+            await post(client, f"m{i}")
+        await sse.wait_for(lambda c: len(c.messages) == 3)
+        text = await (await client.get("/metrics")).text()
+        assert metric(text, 'chat_connections{transport="sse"}') == 1
+        assert metric(text, 'chat_connections{transport="ws"}') == 0
+        assert metric(text, "chat_messages_published_total") == 3
+        assert metric(text, "chat_deliveries_total") == 3
+        assert metric(text, "chat_slow_consumers_dropped_total") == 0
+        assert 'chat_worker_up{instance="' in text and "# TYPE chat_reloads_total counter" in text
+    async with asyncio.timeout(5):
+        while metric(
+            await (await client.get("/metrics")).text(), 'chat_connections{transport="sse"}'
+        ):
+            await asyncio.sleep(0.02)

@@ -30,7 +30,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     user = await sessions.current_user(request)
     config = request.app[keys.CONFIG]
     broker = request.app[keys.BROKER]
-    async with streams.subscription(request, room, user, since) as sub:
+    metrics = request.app[keys.METRICS]
+    async with streams.subscription(request, room, user, since, "sse") as sub:
         # aiohttp-sse's own ping is left idle: the worker heartbeat pings
         # every stream, so that it can also tell which ones stopped reading.
         response = EventSourceResponse(ping_interval=1e9, send_timeout=config.idle_timeout_s)
@@ -44,6 +45,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 async for event in sub.events(broker):
                     if isinstance(event, list):
                         await response.write(b"".join(m.sse_frame for m in event))
+                        metrics.deliveries += len(event)
                     elif isinstance(event, Presence):
                         await response.write(event.sse_frame)
                     else:

@@ -46,7 +46,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade request")
     user = await sessions.current_user(request)
-    async with streams.subscription(request, room, user, since) as sub:
+    async with streams.subscription(request, room, user, since, "ws") as sub:
         if user.is_new:
             await sessions.save_for_stream(request, ws)
         await ws.prepare(request)
@@ -75,11 +75,13 @@ def _abort(request: web.Request) -> None:
 
 
 async def _send(ws: web.WebSocketResponse, sub: Subscription, app: web.Application) -> None:
+    metrics = app[keys.METRICS]
     try:
         async for event in sub.events(app[keys.BROKER]):
             if isinstance(event, list):
                 for message in event:
                     await ws.send_str(message.ws_frame)
+                metrics.deliveries += len(event)
             elif isinstance(event, Presence):
                 await ws.send_str(event.ws_frame)
             else:
