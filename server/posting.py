@@ -8,8 +8,19 @@ from aiohttp import web
 
 from . import keys
 from .errors import BadRequest, NotFound, RateLimited, TooLarge
-from .model import ROOM_RE, Message
+from .model import ROOM_RE, Message, parse_json
 from .sessions import User
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """Parse a request body or a WebSocket frame, which must be one JSON object."""
+    try:
+        data = parse_json(text)
+    except (ValueError, RecursionError):
+        raise BadRequest(f"{what} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return data
 
 
 def room_name(value: str) -> str:

@@ -14,7 +14,7 @@ from multidict import MultiDictProxy
 from . import keys, posting, sessions
 from .errors import BadRequest, Unavailable
 from .metrics import render as render_metrics
-from .model import parse_id, parse_json
+from .model import parse_id
 
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 HISTORY_LIMIT_MAX = 200
@@ -131,10 +131,4 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body is not valid UTF-8") from None
-    try:
-        body = parse_json(text)
-    except (ValueError, RecursionError):
-        raise BadRequest("body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
+    return posting.json_object(text, "body")

@@ -17,7 +17,7 @@ from server.app import create_app
 from server.config import Config
 from server.resources import redis_client, session_store
 
-from .support import RedisProcess
+from .support import RedisProcess, ServerProcess
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -105,3 +105,19 @@ async def client(
 ) -> TestClient[Any, Any]:
     app = await make_app()
     return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+
+
+@pytest.fixture
+def start_server(redis_url: str) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``python -m server`` processes on the test's Redis; killed at the end."""
+    servers: list[ServerProcess] = []
+
+    def start(**kwargs: Any) -> ServerProcess:
+        kwargs.setdefault("redis_url", redis_url)
+        server = ServerProcess(**kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.kill()

@@ -491,3 +491,11 @@ class Sender:
                     self.errors.append(repr(exc))
                 i += 1
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+async def wait_closed(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5) -> int | None:
+    """Read a WebSocket until the server closes it; its close code."""
+    async with asyncio.timeout(timeout):
+        while (await ws.receive()).type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            pass
+    return ws.close_code

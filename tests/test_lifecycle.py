@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -28,21 +28,6 @@ from .support import (
 pytestmark = pytest.mark.processes
 
 ROOM = "/api/rooms/general"
-
-
-@pytest.fixture
-def start_server(redis_url: str) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def start(**kwargs: Any) -> ServerProcess:
-        kwargs.setdefault("redis_url", redis_url)
-        server = ServerProcess(**kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.kill()
 
 
 @contextlib.asynccontextmanager

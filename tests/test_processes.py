@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -23,27 +23,13 @@ from .support import (
     ServerProcess,
     assert_in_order_once,
     sse_collector,
+    wait_closed,
     ws_collector,
 )
 
 pytestmark = pytest.mark.processes
 
 ROOM = "/api/rooms/general"
-
-
-@pytest.fixture
-def start_server(redis_url: str) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def start(**kwargs: Any) -> ServerProcess:
-        kwargs.setdefault("redis_url", redis_url)
-        server = ServerProcess(**kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.kill()
 
 
 @contextlib.asynccontextmanager
@@ -296,13 +282,7 @@ async def test_websocket_is_closed_with_going_away_on_sigterm(
     async with aiohttp.ClientSession(server.url) as session:
         async with session.ws_connect(f"{ROOM}/ws") as ws:
             server.signal(signal.SIGTERM)
-            async with asyncio.timeout(5):
-                while (await ws.receive()).type not in (
-                    aiohttp.WSMsgType.CLOSE,
-                    aiohttp.WSMsgType.CLOSED,
-                ):
-                    pass
-            assert ws.close_code == 1001
+            assert await wait_closed(ws) == 1001
     assert await asyncio.to_thread(server.wait, 5) == 0
 
 

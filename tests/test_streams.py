@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .support import assert_in_order_once, sse_collector, ws_collector
+from .support import assert_in_order_once, sse_collector, wait_closed, ws_collector
 
 ROOM = "/api/rooms/general"
 
@@ -199,25 +199,13 @@ async def test_ws_too_long_text_gets_413_error_frame(client: Any) -> None:
 async def test_ws_binary_frame_closes_1003(client: Any) -> None:
     async with client.ws_connect(f"{ROOM}/ws") as ws:
         await ws.send_bytes(b"\x00\x01")
-        async with asyncio.timeout(5):
-            while (await ws.receive()).type not in (
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSED,
-            ):
-                pass
-        assert ws.close_code == 1003
+        assert await wait_closed(ws) == 1003
 
 
 async def test_ws_oversize_frame_closes_1009(client: Any) -> None:
     async with client.ws_connect(f"{ROOM}/ws") as ws:
         await ws.send_str(json.dumps({"type": "message", "text": "x" * 70_000}))
-        async with asyncio.timeout(5):
-            while (await ws.receive()).type not in (
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSED,
-            ):
-                pass
-        assert ws.close_code == 1009
+        assert await wait_closed(ws) == 1009
     assert (await (await client.get(f"{ROOM}/messages")).json())["messages"] == []
 
 

@@ -22,7 +22,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import keys, posting, sessions, streams
 from ..errors import BadRequest, ChatError, Unavailable, error_payload
 from ..hub import Overflow, Presence, Subscription
-from ..model import parse_json
 from ..sessions import User
 
 log = logging.getLogger(__name__)
@@ -138,12 +137,7 @@ async def _handle_text(
     """Answer one client frame with an ack or an error frame; never raises a ChatError."""
     ref: Any = None
     try:
-        try:
-            data = parse_json(text)
-        except (ValueError, RecursionError):
-            raise BadRequest("frame is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise BadRequest("frame must be a JSON object")
+        data = posting.json_object(text, "frame")
         ref = data.get("ref")
         if not (ref is None or (isinstance(ref, (str, int, float)) and not isinstance(ref, bool))):
             ref = None
