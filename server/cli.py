@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import multiprocessing
+import multiprocessing.process
 import os
 import secrets
 import signal
@@ -155,11 +157,13 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
     # Signals are handled by the supervisor while a generation runs; between
     # two generations they wait, blocked, instead of killing the process.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    deaths: dict[int, list[float]] = {}
+    restarts = 0
     try:
         while True:
-            shared = Shared(config, redis_url, secret, sock, write_fd, reloads)
+            shared = Shared(config, redis_url, secret, sock, write_fd, reloads, generation)
             runner = loop_runner(config)
-            supervisor = Supervisor(shared, read_fd, runner, reload_config, on_ready)
+            supervisor = Supervisor(shared, read_fd, runner, reload_config, on_ready, deaths)
             aiotools.start_server(
                 worker,
                 main_ctxmgr=aiotools.main_context(supervisor.main_context),
@@ -168,10 +172,23 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
                 stop_signals=STOP_SIGNALS,
                 wait_timeout=config.shutdown_timeout_s * 2 + 5,
                 runner=runner,
+                # A worker that fails to start or stop is replaced by the
+                # supervisor; aiotools would instead SIGINT the whole process
+                # group, and so stop the server (and whatever shares its group).
+                ignore_child_interrupts=True,
             )
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            if supervisor.action is Action.STOP or supervisor.action is None:
+            _forget_reaped_children()
+            if supervisor.action is Action.STOP:
                 return
+            if supervisor.action is Action.RESTART:
+                # Every worker aiotools started has died: crashing workers.
+                restarts += 1
+                delay = min(5.0, 0.25 * 2 ** min(restarts, 5))
+                log.error("all workers died; starting new ones in %.1f s", delay)
+                _wait_blocked(delay)
+            else:
+                restarts = 0
             if supervisor.action is Action.RELOAD:
                 reloads += 1
             if supervisor.next_config is not None:
@@ -182,6 +199,33 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
         sock.close()
         os.close(read_fd)
         os.close(write_fd)
+
+
+def _wait_blocked(delay: float) -> None:
+    """Sleep with the stop signals blocked, but stop at once if one arrives."""
+    received = signal.sigtimedwait(STOP_SIGNALS, delay)
+    if received is not None and received.si_signo != signal.SIGHUP:
+        raise SystemExit(0)
+
+
+def _forget_reaped_children() -> None:
+    """Release what multiprocessing keeps for workers that aiotools has reaped.
+
+    aiotools waits for its workers through a pidfd and never joins their
+    ``multiprocessing.Process``: each would keep two pipe descriptors open
+    for the life of the main process, two more with every reload.
+    """
+    for process in list(multiprocessing.process._children):  # type: ignore[attr-defined]
+        pid = process.pid
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            continue  # still ours to reap: alive, or a zombie someone will wait for
+        except ChildProcessError:
+            pass  # already reaped
+        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        finalizer = getattr(getattr(process, "_popen", None), "finalizer", None)
+        if finalizer is not None:
+            finalizer()
 
 
 def _keep_bound_settings(old: Config, new: Config) -> Config:
@@ -204,6 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
+    # Until the workers run, a stop signal unwinds (stopping the embedded
+    # Redis on the way) and there is nothing to reload.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with contextlib.ExitStack() as stack:
             redis_url = config.redis_url
@@ -215,4 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EmbeddedRedisError, RuntimeError, OSError) as exc:
         print(f"chat-server: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 0
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -17,6 +17,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from .process import die_with_parent
+
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin.
 
 
@@ -78,8 +80,14 @@ def embedded_redis(data_dir: str, *, start_timeout: float = 10.0) -> Iterator[st
         "--logfile", os.path.join(redis_dir, "redis.log"),
     ]  # fmt: skip
     # Its own session: a Ctrl-C in the terminal reaches the server, which then
-    # stops Redis last, after the workers have finished with it.
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    # stops Redis last, after the workers have finished with it. A main
+    # process killed with SIGKILL takes it along (die_with_parent).
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent,  # noqa: PLW1509  (no threads run in the main process)
+    )
     try:
         deadline = time.monotonic() + start_timeout
         while not _ping(sock_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import os
 import signal
@@ -38,15 +39,31 @@ class Shared:
     redis_url: str
     session_secret: str
     sock: socket.socket
-    # Write end of a pipe to the main process: "started|ready <index> <pid>".
+    # Write end of a pipe to the main process: "started|ready <index> <pid> <generation>".
     report_fd: int
     reloads: int = 0  # how many SIGHUP reloads came before this set of workers
+    generation: int = 0  # how many sets of workers came before this one
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``signum`` to this process when its parent dies.
+
+    Workers (and the embedded Redis) must not outlive a main process that
+    was killed with SIGKILL: they would keep the port and serve stale code.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
 def report(shared: Shared, state: str, index: int) -> None:
     # OSError: the main process is gone or stopped listening; nobody to tell.
+    line = f"{state} {index} {os.getpid()} {shared.generation}\n"
     with contextlib.suppress(OSError):
-        os.write(shared.report_fd, f"{state} {index} {os.getpid()}\n".encode())
+        os.write(shared.report_fd, line.encode())
 
 
 @aiotools.server_context
@@ -57,6 +74,7 @@ async def worker(
     from . import worker as implementation  # noqa: PLC0415  (fresh code in every worker)
 
     shared: Shared = args[0]
+    die_with_parent()
     report(shared, "started", pidx)
     async with implementation.serve(pidx, shared) as stop:
         stop.signal = yield

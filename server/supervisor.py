@@ -61,6 +61,7 @@ class Supervisor:
         runner: Runner,
         reload_config: Callable[[], Config],
         on_ready: Callable[[Config], None],
+        deaths: dict[int, list[float]],
     ) -> None:
         self.shared = shared
         self.config = shared.config
@@ -74,7 +75,10 @@ class Supervisor:
         self.pids: dict[int, int] = {}  # worker index -> pid of the process serving it
         self.ready: set[int] = set()
         self.replacements: dict[int, multiprocessing.process.BaseProcess] = {}
-        self._deaths: dict[int, list[float]] = {}
+        # When each worker index last died: kept across generations, so that a
+        # worker that crashes at start is restarted with backoff, not in a loop.
+        self._deaths = deaths
+        self._kill_timer: asyncio.TimerHandle | None = None
         self._buffer = b""
         self._announced = False
 
@@ -93,6 +97,11 @@ class Supervisor:
         try:
             yield
         finally:
+            # Until the next generation's handlers are in place, signals wait
+            # (blocked) rather than killing the process or being lost.
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            if self._kill_timer is not None:
+                self._kill_timer.cancel()
             watchdog.cancel()
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.read_fd)
@@ -109,11 +118,32 @@ class Supervisor:
 
     def _on_stop(self, signum: signal.Signals) -> None:
         if self.action is Action.STOP:
+            log.warning("received %s again: killing the workers now", signum.name)
+            self._signal_all(signal.SIGKILL)
             return
         log.info("received %s: stopping", signum.name)
         self.action = Action.STOP
         self.stop_signal = signum
         self._signal_all(signum)
+        self._kill_stragglers_later()
+
+    def _kill_stragglers_later(self) -> None:
+        """Workers that have not stopped after the graceful timeout are killed.
+
+        aiotools' own wait_timeout does not apply once its handlers are
+        replaced: without this, one stuck worker would hang a stop or reload.
+        """
+        if self._kill_timer is None:
+            delay = self.config.shutdown_timeout_s * 2 + 2
+            loop = asyncio.get_running_loop()
+            self._kill_timer = loop.call_later(delay, self._kill_stragglers)
+
+    def _kill_stragglers(self) -> None:
+        for index, pid in list(self.pids.items()):
+            if self._alive(index, pid):
+                log.warning("worker %d (pid %d) did not stop in time; killing it", index, pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _on_reload(self) -> None:
         if self.action is Action.STOP:
@@ -132,6 +162,7 @@ class Supervisor:
         self.next_config = config
         self.stop_signal = signal.SIGHUP
         self._signal_all(signal.SIGHUP)
+        self._kill_stragglers_later()
 
     def _signal_all(self, signum: signal.Signals) -> None:
         for pid in list(self.pids.values()):
@@ -148,7 +179,9 @@ class Supervisor:
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
-            state, index_text, pid_text = line.decode().split()
+            state, index_text, pid_text, generation = line.decode().split()
+            if int(generation) != self.shared.generation:
+                continue  # a late word from a worker of an earlier generation
             index, pid = int(index_text), int(pid_text)
             if state == "started":
                 self.pids[index] = pid
@@ -182,8 +215,12 @@ class Supervisor:
             if self.action is not None:
                 continue
             for index, pid in list(self.pids.items()):
-                if not self._alive(index, pid):
-                    self._replace(index, pid)
+                try:
+                    if not self._alive(index, pid):
+                        self._replace(index, pid)
+                except Exception:
+                    # Never let the watchdog die: log, and try again next tick.
+                    log.exception("could not replace worker %d", index)
 
     def _replace(self, index: int, pid: int) -> None:
         now = time.monotonic()
@@ -193,15 +230,26 @@ class Supervisor:
             return  # crashing again and again: back off before the next try
         self._deaths[index] = [*recent, now]
         log.warning("worker %d (pid %d) died; starting a replacement", index, pid)
-        del self.pids[index]
-        self.ready.discard(index)
         process = multiprocessing.get_context("fork").Process(
             target=run_replacement,
             args=(index, self.shared, self.runner),
             name=f"chat-worker-{index}",
         )
-        process.start()
+        # The child starts with the stop signals blocked, and unblocks them
+        # once its own handlers are in place: until then a signal would reach
+        # this process' handlers through the inherited wakeup fd.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        old = self.replacements.pop(index, None)
+        if old is not None:
+            old.join(0)
+            with contextlib.suppress(ValueError):
+                old.close()
         self.replacements[index] = process
+        self.ready.discard(index)
         assert process.pid is not None
         self.pids[index] = process.pid
 
@@ -213,6 +261,8 @@ class Supervisor:
                 log.warning("replacement worker %s did not stop; killing it", process.pid)
                 process.kill()
                 process.join(1)
+            with contextlib.suppress(ValueError):
+                process.close()
 
 
 __all__ = ["STOP_SIGNALS", "Action", "Supervisor"]

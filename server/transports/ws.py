@@ -26,6 +26,8 @@ from ..sessions import User
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT_S = 2.0  # how long a close waits for the client's answer
+
 CLOSE_CODES = {
     streams.SHUTDOWN: WSCloseCode.GOING_AWAY,
     streams.RELOAD: WSCloseCode.SERVICE_RESTART,
@@ -40,7 +42,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         autoping=False,  # pongs are read here: they prove the client is alive
         compress=False,  # per-connection zlib state costs far more than it saves here
         max_msg_size=config.body_max_bytes,
-        timeout=2.0,
+        timeout=CLOSE_TIMEOUT_S,
     )
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade request")
@@ -58,6 +60,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         receiver = asyncio.create_task(_receive(ws, sub, request.app, room, user, limit))
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            sub.close()
+            # Let a closing handshake the sender started finish (the client
+            # then sees our close code, not 1006), within the close timeout.
+            await asyncio.wait({sender}, timeout=CLOSE_TIMEOUT_S + 0.5)
         finally:
             sub.close()
             for task in (sender, receiver):
