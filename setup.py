@@ -36,6 +36,9 @@ setup(
             "ruff>=0.15",
             "mypy>=1.15",
         ],
+        # The benchmark's peer (benchmarks/peer_socketio.py); the load generator
+        # needs nothing beyond the base install.
+        "bench": ["python-socketio>=5.11"],
     },
     entry_points={"console_scripts": ["chat-server=server.cli:main"]},
     classifiers=[
