@@ -97,7 +97,11 @@ def create_app(
         response.headers[WORKER_HEADER] = str(worker_index)
         response.headers[PID_HEADER] = pid
 
+    async def stop_heartbeat_tasks(app: web.Application) -> None:
+        await app[keys.HEARTBEAT].close()
+
     app.cleanup_ctx.append(stream_reader)
+    app.on_cleanup.append(stop_heartbeat_tasks)
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(tag_worker)
 

@@ -9,6 +9,8 @@ whose client sent nothing, not even a pong, for that long is closed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
@@ -22,6 +24,8 @@ from .streams import IDLE
 
 log = logging.getLogger(__name__)
 
+PRESENCE_BATCH_S = 0.05
+
 
 class Heartbeat:
     def __init__(
@@ -32,6 +36,8 @@ class Heartbeat:
         self.metrics = metrics
         self.idle_timeout_s = config.idle_timeout_s
         self._failing = False
+        self._pending: set[str] = set()
+        self._flush: asyncio.Task[None] | None = None
 
     async def tick(self, interval: float) -> None:
         now = time.monotonic()
@@ -59,6 +65,30 @@ class Heartbeat:
             if self._failing:
                 log.info("heartbeat reached Redis again")
             self._failing = False
+
+    def announce_soon(self, room: str) -> None:
+        """Announce the room's presence shortly, together with other joins and leaves.
+
+        A burst of N clients joining a room would otherwise send N presence
+        lists to up to N subscribers each: quadratic in the size of the room.
+        """
+        self._pending.add(room)
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.get_running_loop().create_task(self._announce_pending())
+
+    async def _announce_pending(self) -> None:
+        await asyncio.sleep(PRESENCE_BATCH_S)
+        rooms, self._pending = sorted(self._pending), set()
+        try:
+            await self.announce(rooms)
+        except (RedisError, OSError) as exc:
+            log.debug("presence not announced (%s); the next tick will", exc)
+
+    async def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush
 
     async def announce(self, rooms: list[str]) -> None:
         """Read the rooms' online users from Redis and tell local subscribers of changes."""

@@ -56,8 +56,9 @@ async def subscription(
         raise
     connections_open = app[keys.METRICS].connections
     connections_open[transport] += 1
+    heartbeat = app[keys.HEARTBEAT]
     try:
-        await app[keys.HEARTBEAT].announce([room])
+        heartbeat.announce_soon(room)
         yield sub
     finally:
         connections_open[transport] -= 1
@@ -67,6 +68,6 @@ async def subscription(
         try:
             async with asyncio.timeout(2):
                 await connections.close(room, user.user_id, sub.id)
-                await app[keys.HEARTBEAT].announce([room])
+            heartbeat.announce_soon(room)
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("could not unregister stream %s: %s", sub.id, exc)

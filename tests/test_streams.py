@@ -316,3 +316,19 @@ async def test_metrics_count_connections_messages_and_deliveries(client: Any) ->
             await (await client.get("/metrics")).text(), 'chat_connections{transport="sse"}'
         ):
             await asyncio.sleep(0.02)
+
+
+async def test_many_streams_opening_at_once_all_succeed(client: Any) -> None:
+    """More concurrent Redis work than the pool has connections: wait, never 503."""
+    url = client.make_url(f"{ROOM}/events")
+
+    async def open_one() -> int:
+        # A session per stream (no cookie), as many visitors arriving at once.
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            status = resp.status
+            if status == 200:
+                await resp.content.readline()
+            return status
+
+    statuses = await asyncio.gather(*(open_one() for _ in range(250)))
+    assert statuses.count(200) == 250, sorted(set(statuses))
