@@ -241,6 +241,9 @@ async def test_page_and_static_files_are_served(client: Any) -> None:
         resp = await client.get(path)
         assert resp.status == 200 and resp.content_type == "text/html"
         assert "/static/app.js" in await resp.text()
+        # No inline script anywhere, so the policy forbids it.
+        assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert (await client.get("/static/app.js")).status == 200
     assert (await client.get("/favicon.ico")).status == 200
 
