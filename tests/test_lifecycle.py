@@ -523,3 +523,32 @@ async def test_workers_do_not_outlive_a_killed_main_process(
     while server.group_alive() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert not server.group_alive(), "workers kept running without their main process"
+
+
+async def test_sighup_runs_freshly_imported_code(tmp_path: Any, redis_url: str) -> None:
+    """Workers of a new generation import the app again: a reload deploys new code."""
+    import shutil
+
+    from .support import ROOT
+
+    copy = tmp_path / "app"
+    shutil.copytree(os.path.join(ROOT, "server"), copy / "server")
+    server = ServerProcess(redis_url=redis_url, workers=2, env={"PYTHONPATH": str(copy)})
+    try:
+        server.start()
+        async with aiohttp.ClientSession(server.url) as session:
+            async with session.get("/healthz") as resp:
+                assert (await resp.json())["status"] == "ok"
+            views = copy / "server" / "views.py"
+            views.write_text(views.read_text().replace('"status": "ok"', '"status": "new code"'))
+            server.signal(signal.SIGHUP)
+            async with asyncio.timeout(10):
+                statuses: set[str] = set()
+                while statuses != {"new code"}:
+                    statuses = set()
+                    for _ in range(6):
+                        async with session.get("/healthz", headers={"Connection": "close"}) as resp:
+                            statuses.add((await resp.json())["status"])
+                    await asyncio.sleep(0.1)
+    finally:
+        server.kill()
