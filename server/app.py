@@ -25,7 +25,7 @@ from .sessions import SignedRedisStorage
 from .transports import sse, ws
 
 WORKER_HEADER = "X-Chat-Worker"  # index of the worker that served the request
-PID_HEADER = "X-Chat-Pid"
+PID_HEADER = "X-Chat-Pid"  # and its process id, which changes when it is replaced
 # The page loads nothing but its own files and never inlines script or style,
 # so a strict policy costs nothing and blunts any injection that slips by.
 SECURITY_HEADERS = {
@@ -35,7 +35,7 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
-}  # and its process id, which changes when it is replaced
+}
 
 
 def create_app(

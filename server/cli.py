@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from . import __version__
 from .config import LOG_LEVELS, LOOPS, Config, ConfigError, load
 from .embedded import EmbeddedRedisError, embedded_redis
-from .process import STOP_SIGNALS, Shared, worker
+from .process import STOP_SIGNALS, Shared, keeper, worker
 from .supervisor import Action, Supervisor
 
 log = logging.getLogger("chat-server")
@@ -161,13 +161,16 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
     restarts = 0
     try:
         while True:
-            shared = Shared(config, redis_url, secret, sock, write_fd, reloads, generation)
+            shared = Shared(
+                config, redis_url, secret, sock, os.getpid(), write_fd, reloads, generation
+            )
             runner = loop_runner(config)
             supervisor = Supervisor(shared, read_fd, runner, reload_config, on_ready, deaths)
             aiotools.start_server(
                 worker,
                 main_ctxmgr=aiotools.main_context(supervisor.main_context),
                 num_workers=config.workers,
+                extra_procs=(keeper,),
                 args=(shared,),
                 stop_signals=STOP_SIGNALS,
                 wait_timeout=config.shutdown_timeout_s * 2 + 5,
@@ -182,11 +185,13 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
             if supervisor.action is Action.STOP:
                 return
             if supervisor.action is Action.RESTART:
-                # Every worker aiotools started has died: crashing workers.
-                restarts += 1
-                delay = min(5.0, 0.25 * 2 ** min(restarts, 5))
-                log.error("all workers died; starting new ones in %.1f s", delay)
-                _wait_blocked(delay)
+                # Back off only when workers fail before they ever serve.
+                restarts = 0 if supervisor.ever_ready else restarts + 1
+                delay = min(5.0, 0.25 * 2**restarts) if restarts else 0.0
+                log.error("all workers are gone; starting new ones in %.1f s", delay)
+                if _wait_blocked(delay):
+                    with contextlib.suppress(ConfigError):
+                        supervisor.next_config = reload_config()
             else:
                 restarts = 0
             if supervisor.action is Action.RELOAD:
@@ -201,11 +206,17 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
         os.close(write_fd)
 
 
-def _wait_blocked(delay: float) -> None:
-    """Sleep with the stop signals blocked, but stop at once if one arrives."""
+def _wait_blocked(delay: float) -> bool:
+    """Sleep with the stop signals blocked; stop at once if one arrives.
+
+    True if a SIGHUP came meanwhile: the settings are to be read again.
+    """
+    if delay <= 0:
+        return False
     received = signal.sigtimedwait(STOP_SIGNALS, delay)
     if received is not None and received.si_signo != signal.SIGHUP:
         raise SystemExit(0)
+    return received is not None
 
 
 def _forget_reaped_children() -> None:

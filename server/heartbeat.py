@@ -38,6 +38,7 @@ class Heartbeat:
         self._failing = False
         self._pending: set[str] = set()
         self._flush: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def tick(self, interval: float) -> None:
         now = time.monotonic()
@@ -72,19 +73,24 @@ class Heartbeat:
         A burst of N clients joining a room would otherwise send N presence
         lists to up to N subscribers each: quadratic in the size of the room.
         """
+        if self._closed:
+            return
         self._pending.add(room)
         if self._flush is None or self._flush.done():
             self._flush = asyncio.get_running_loop().create_task(self._announce_pending())
 
     async def _announce_pending(self) -> None:
-        await asyncio.sleep(PRESENCE_BATCH_S)
-        rooms, self._pending = sorted(self._pending), set()
-        try:
-            await self.announce(rooms)
-        except (RedisError, OSError) as exc:
-            log.debug("presence not announced (%s); the next tick will", exc)
+        # Rooms added while an announcement is under way go out in the next round.
+        while self._pending:
+            await asyncio.sleep(PRESENCE_BATCH_S)
+            rooms, self._pending = sorted(self._pending), set()
+            try:
+                await self.announce(rooms)
+            except (RedisError, OSError) as exc:
+                log.debug("presence not announced (%s); the next tick will", exc)
 
     async def close(self) -> None:
+        self._closed = True
         if self._flush is not None:
             self._flush.cancel()
             with contextlib.suppress(asyncio.CancelledError):

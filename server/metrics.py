@@ -62,16 +62,20 @@ class MetricsStore:
 
     async def push(self) -> None:
         key = _snapshot_key(self.metrics.member)
+        now_ms = time.time() * 1000
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=self.metrics.snapshot())
         pipe.pexpire(key, self.ttl_ms)
-        pipe.zadd(REGISTRY_KEY, {self.metrics.member: time.time() * 1000 + self.ttl_ms})
+        pipe.zadd(REGISTRY_KEY, {self.metrics.member: now_ms + self.ttl_ms})
+        # Workers that stopped reporting leave the registry, and the registry
+        # itself goes when no worker is left.
+        pipe.zremrangebyscore(REGISTRY_KEY, "-inf", now_ms)
+        pipe.pexpire(REGISTRY_KEY, self.ttl_ms)
         await pipe.execute()
 
     async def collect(self) -> list[dict[str, str]]:
         """The snapshots of every live worker, this one's freshly pushed."""
         await self.push()
-        await self.redis.zremrangebyscore(REGISTRY_KEY, "-inf", time.time() * 1000)
         members = await self.redis.zrange(REGISTRY_KEY, 0, -1)
         pipe = self.redis.pipeline(transaction=False)
         for member in members:

@@ -39,6 +39,7 @@ class Shared:
     redis_url: str
     session_secret: str
     sock: socket.socket
+    main_pid: int  # a worker whose parent is no longer this one exits at once
     # Write end of a pipe to the main process: "started|ready <index> <pid> <generation>".
     report_fd: int
     reloads: int = 0  # how many SIGHUP reloads came before this set of workers
@@ -48,15 +49,19 @@ class Shared:
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(signum: int = signal.SIGTERM) -> None:
+def die_with_parent(signum: int = signal.SIGTERM, parent: int | None = None) -> None:
     """Ask Linux to send ``signum`` to this process when its parent dies.
 
     Workers (and the embedded Redis) must not outlive a main process that
     was killed with SIGKILL: they would keep the port and serve stale code.
+    With ``parent``, a parent that died before the request was made is
+    noticed too.
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signum)
 
 
 def report(shared: Shared, state: str, index: int) -> None:
@@ -74,10 +79,31 @@ async def worker(
     from . import worker as implementation  # noqa: PLC0415  (fresh code in every worker)
 
     shared: Shared = args[0]
-    die_with_parent()
+    die_with_parent(parent=shared.main_pid)
     report(shared, "started", pidx)
     async with implementation.serve(pidx, shared) as stop:
         stop.signal = yield
+
+
+def keeper(stop_event: Any, index: int, args: Sequence[Any]) -> None:
+    """An aiotools extra process that only waits for the stop signal.
+
+    aiotools ends a generation once every process it started has exited.
+    Replacement workers are not its own, so after the last original worker
+    died and was replaced, aiotools would stop a healthy server. The keeper
+    outlives the workers until the supervisor stops it with them.
+    """
+    shared: Shared = args[0]
+    # Forked from the main process' event loop, this process still holds its
+    # signal wakeup descriptor: a signal here would also wake the main loop,
+    # which would take it for a second signal of its own.
+    signal.set_wakeup_fd(-1)
+    die_with_parent(parent=shared.main_pid)
+    report(shared, "keeper", index)
+    # aiotools' handlers raise on the stop signals; that is the way out.
+    with contextlib.suppress(SystemExit, KeyboardInterrupt, aiotools.InterruptedBySignal):
+        while True:
+            signal.pause()
 
 
 def run_replacement(index: int, shared: Shared, runner: Runner) -> None:

@@ -14,7 +14,8 @@ event loop):
   same index; the others keep serving.
 
 Workers report "started" and "ready" with their pid through a pipe, so the
-supervisor knows every worker process, including its own replacements.
+supervisor knows every worker process, including its own replacements, and
+the keeper (see :func:`server.process.keeper`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ RESPAWN_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)
 class Action(enum.Enum):
     STOP = "stop"  # SIGINT or SIGTERM
     RELOAD = "reload"  # SIGHUP with valid settings
-    RESTART = "restart"  # every worker aiotools started has died
+    RESTART = "restart"  # every process aiotools started has died, keeper included
 
 
 class _QuietAllChildrenGone(logging.Filter):
@@ -73,6 +74,7 @@ class Supervisor:
         self.stop_signal = signal.SIGTERM
         self.next_config: Config | None = None
         self.pids: dict[int, int] = {}  # worker index -> pid of the process serving it
+        self.keeper_pid: int | None = None
         self.ready: set[int] = set()
         self.replacements: dict[int, multiprocessing.process.BaseProcess] = {}
         # When each worker index last died: kept across generations, so that a
@@ -81,6 +83,7 @@ class Supervisor:
         self._kill_timer: asyncio.TimerHandle | None = None
         self._buffer = b""
         self._announced = False
+        self.ever_ready = False  # some worker of this generation served
 
     def main_context(self) -> Generator[None, signal.Signals, None]:
         """To be wrapped with ``aiotools.main_context`` and given to ``start_server``."""
@@ -106,8 +109,8 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.read_fd)
             if self.action is None:
-                # aiotools saw all of its workers exit, though only some
-                # were replaced: start over with a fresh generation.
+                # aiotools saw all of its processes exit, the keeper too
+                # (killed from outside?): start over with a fresh generation.
                 self.action = Action.RESTART
                 self.stop_signal = signal.SIGHUP
                 self._signal_all(signal.SIGHUP)
@@ -165,7 +168,8 @@ class Supervisor:
         self._kill_stragglers_later()
 
     def _signal_all(self, signum: signal.Signals) -> None:
-        for pid in list(self.pids.values()):
+        keeper = [] if self.keeper_pid is None else [self.keeper_pid]
+        for pid in [*self.pids.values(), *keeper]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
@@ -183,7 +187,12 @@ class Supervisor:
             if int(generation) != self.shared.generation:
                 continue  # a late word from a worker of an earlier generation
             index, pid = int(index_text), int(pid_text)
-            if state == "started":
+            if state == "keeper":
+                self.keeper_pid = pid
+                if self.action is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, self.stop_signal)
+            elif state == "started":
                 self.pids[index] = pid
                 if self.action is not None:
                     # Forked before the signal reached its siblings.
@@ -191,6 +200,7 @@ class Supervisor:
                         os.kill(pid, self.stop_signal)
             elif state == "ready" and index not in self.ready:
                 self.ready.add(index)
+                self.ever_ready = True
                 if self._announced:
                     log.info("worker %d is serving again (pid %d)", index, pid)
                 elif len(self.ready) == self.config.workers:

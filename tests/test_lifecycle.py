@@ -552,3 +552,27 @@ async def test_sighup_runs_freshly_imported_code(tmp_path: Any, redis_url: str) 
                     await asyncio.sleep(0.1)
     finally:
         server.kill()
+
+
+async def test_replacing_every_original_worker_keeps_the_replacements_serving(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """aiotools ends a generation when all the workers it started are gone; the
+    replacements it does not know of must not be stopped for that."""
+    server = start_server(workers=2)
+    original = await healthz(server.url)
+
+    async def replaced(index: int) -> int:
+        os.kill(original[index], signal.SIGKILL)
+        async with asyncio.timeout(5):
+            while True:
+                now = await healthz(server.url)
+                if now.get(index) not in (None, original[index]):
+                    return now[index]
+                await asyncio.sleep(0.05)
+
+    first = await replaced(0)
+    second = await replaced(1)
+    await asyncio.sleep(1)
+    assert await healthz(server.url) == {0: first, 1: second}
+    assert "all workers are gone" not in server.log()
