@@ -1,11 +1,12 @@
 """``GET /metrics``: Prometheus text, totals over every worker of every instance.
 
-Each worker counts for itself and writes its counters to Redis on every
-heartbeat (and before answering ``/metrics``), in a hash that expires when
-the worker stops refreshing it. Any worker can then answer for all: it sums
-the hashes of the workers that are alive. A worker that died stops counting
-as up within a few heartbeats; counters of a replaced worker start again at
-zero, which Prometheus' ``rate()`` treats as a counter reset.
+Each worker counts for itself and, on every heartbeat (and before answering
+``/metrics``), adds what it counted since the last time to totals kept in
+Redis, and writes its gauges (open connections) to a hash that expires when
+the worker stops refreshing it. Any worker can then answer for all. The
+totals only grow, across reloads and replaced workers, as Prometheus
+expects of a counter; a worker killed outright loses at most one heartbeat
+of counts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ if TYPE_CHECKING:  # the counters themselves are used by the hub, which knows no
     import redis.asyncio as aioredis
 
 REGISTRY_KEY = "chat:metrics:workers"
+TOTALS_KEY = "chat:metrics:totals"
 TRANSPORTS = ("sse", "ws")
+COUNTERS = ("published", "deliveries", "dropped")
 
 
 def _snapshot_key(member: str) -> str:
@@ -43,15 +46,16 @@ class Metrics:
         return f"{self.instance}|{self.worker}"
 
     def snapshot(self) -> dict[Any, Any]:
+        """The gauges and labels of this worker."""
         return {
             "instance": self.instance,
             "worker": str(self.worker),
             "reloads": str(self.reloads),
-            "published": str(self.published),
-            "deliveries": str(self.deliveries),
-            "dropped": str(self.dropped),
             **{f"connections_{t}": str(self.connections[t]) for t in TRANSPORTS},
         }
+
+    def counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in COUNTERS}
 
 
 class MetricsStore:
@@ -59,11 +63,17 @@ class MetricsStore:
         self.redis = redis
         self.metrics = metrics
         self.ttl_ms = int(ttl_s * 1000)
+        self._pushed = dict.fromkeys(COUNTERS, 0)  # what the totals already hold
 
     async def push(self) -> None:
         key = _snapshot_key(self.metrics.member)
         now_ms = time.time() * 1000
-        pipe = self.redis.pipeline(transaction=False)
+        counts = self.metrics.counts()
+        # One transaction: the totals get each increment exactly once.
+        pipe = self.redis.pipeline(transaction=True)
+        for name, value in counts.items():
+            if value != self._pushed[name]:
+                pipe.hincrby(TOTALS_KEY, name, value - self._pushed[name])
         pipe.hset(key, mapping=self.metrics.snapshot())
         pipe.pexpire(key, self.ttl_ms)
         pipe.zadd(REGISTRY_KEY, {self.metrics.member: now_ms + self.ttl_ms})
@@ -72,25 +82,30 @@ class MetricsStore:
         pipe.zremrangebyscore(REGISTRY_KEY, "-inf", now_ms)
         pipe.pexpire(REGISTRY_KEY, self.ttl_ms)
         await pipe.execute()
+        self._pushed = counts
 
-    async def collect(self) -> list[dict[str, str]]:
-        """The snapshots of every live worker, this one's freshly pushed."""
+    async def collect(self) -> tuple[list[dict[str, str]], dict[str, str]]:
+        """The snapshots of every live worker (this one's fresh) and the totals."""
         await self.push()
         members = await self.redis.zrange(REGISTRY_KEY, 0, -1)
         pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(TOTALS_KEY)
         for member in members:
             pipe.hgetall(_snapshot_key(str(member)))
-        return [snapshot for snapshot in await pipe.execute() if snapshot]
+        totals, *snapshots = await pipe.execute()
+        return [snapshot for snapshot in snapshots if snapshot], totals
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(snapshots: list[dict[str, str]]) -> str:
+def render(snapshots: list[dict[str, str]], totals: dict[str, str]) -> str:
     """Prometheus text exposition format (version 0.0.4)."""
 
     def total(field: str) -> int:
+        if field in COUNTERS:
+            return int(totals.get(field, 0))
         return sum(int(s.get(field, 0)) for s in snapshots)
 
     lines = [

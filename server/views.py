@@ -115,9 +115,9 @@ def check_charset(request: web.Request) -> None:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    snapshots = await request.app[keys.METRICS_STORE].collect()
+    snapshots, totals = await request.app[keys.METRICS_STORE].collect()
     return web.Response(
-        text=render_metrics(snapshots),
+        text=render_metrics(snapshots, totals),
         content_type="text/plain",
         charset="utf-8",
         headers={"Cache-Control": "no-store"},

@@ -114,6 +114,25 @@ async def test_metrics_are_totals_over_all_workers(
                     await asyncio.sleep(0.1)
             ups = [line for line in text.splitlines() if line.startswith("chat_worker_up")]
             assert len(ups) == 2 and 'worker="0"' in ups[0] and 'worker="1"' in ups[1]
+            # Counters keep counting across a reload (new workers start at 0).
+            pids = await healthz_pids(server.url, 2)
+            server.signal(signal.SIGHUP)
+            async with asyncio.timeout(10):
+                while set(b["pid"] for b in (await healthz_pids(server.url, 2)).values()) & {
+                    b["pid"] for b in pids.values()
+                }:
+                    await asyncio.sleep(0.1)
+            await post(alice, "after the reload")
+            async with asyncio.timeout(3):
+                while True:
+                    async with session.get("/metrics") as resp:
+                        lines = (await resp.text()).splitlines()
+                    assert "chat_messages_published_total 20" in lines or (
+                        "chat_messages_published_total 21" in lines
+                    ), lines
+                    if "chat_messages_published_total 21" in lines:
+                        break
+                    await asyncio.sleep(0.1)
 
 
 async def test_message_posted_on_one_worker_reaches_sse_and_ws_clients_on_the_other(
