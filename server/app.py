@@ -83,6 +83,7 @@ def create_app(
         redis, per_s=config.rate_limit_per_s, burst=config.rate_limit_burst
     )
     app[keys.WORKER_INDEX] = worker_index
+    app[keys.REDIS_ERRORS] = middlewares.ThrottledErrorLog()
 
     async def stream_reader(app: web.Application) -> AsyncIterator[None]:
         reader = StreamReader(redis_url, hub)

@@ -11,6 +11,7 @@ from .connections import Connections
 from .heartbeat import Heartbeat
 from .hub import Hub
 from .metrics import Metrics, MetricsStore
+from .middlewares import ThrottledErrorLog
 from .ratelimit import RateLimiter
 
 CONFIG = web.AppKey("config", Config)
@@ -23,3 +24,4 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 WORKER_INDEX = web.AppKey("worker_index", int)
 METRICS = web.AppKey("metrics", Metrics)
 METRICS_STORE = web.AppKey("metrics_store", MetricsStore)
+REDIS_ERRORS = web.AppKey("redis_errors", ThrottledErrorLog)

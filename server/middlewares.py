@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
@@ -33,16 +34,37 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         message = exc.text if exc.status == 413 and exc.text else exc.reason
         return error_response(exc.status, message.removeprefix(f"{exc.status}: "), headers=headers)
-    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError):
+    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError) as exc:
+        request.app[keys.REDIS_ERRORS].record(exc)
         return error_response(503, "Redis is unavailable; retry shortly", code="unavailable")
     except ResponseError as exc:
         # Input is validated before it reaches Redis, so this is Redis
         # refusing work (out of memory, read-only replica): retry later.
-        log.warning("Redis refused %s %s: %s", request.method, request.path, exc)
+        request.app[keys.REDIS_ERRORS].record(exc)
         return error_response(503, "Redis refused the request; retry shortly", code="unavailable")
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal error", code="internal")
+
+
+class ThrottledErrorLog:
+    """Logs requests that failed on Redis: the first at once, then a count at
+    most every ``interval`` seconds, so that an outage is visible without
+    flooding the log with one line per request."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -interval
+        self._suppressed = 0
+
+    def record(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        more = f" (and {self._suppressed} more since the last report)" if self._suppressed else ""
+        log.warning("answered 503: Redis failed: %s%s", exc, more)
+        self._last, self._suppressed = now, 0
 
 
 def _is_websocket_upgrade(request: web.Request) -> bool:

@@ -240,6 +240,9 @@ async def test_redis_outage_answers_503_then_recovers_with_nothing_lost(
             assert sender.errors == []
             await expect_everything(subs, sender.accepted)
         assert "Traceback" not in server.log()
+        # The operator sees the outage, not one line per refused request.
+        refused = [line for line in server.log().splitlines() if "answered 503" in line]
+        assert 1 <= len(refused) <= 4, refused
     finally:
         server.kill()
         redis.cleanup()
