@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from server.process import die_with_parent
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_RE = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers \(pid (\d+)\)")
 
@@ -62,6 +64,8 @@ class RedisProcess:
             [redis_binary(), *args, "--dir", self.dir, "--logfile", "redis.log"],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # A test run that is killed (a timeout, Ctrl-C) leaves no Redis behind.
+            preexec_fn=die_with_parent,  # noqa: PLW1509
         )
         deadline = time.monotonic() + 10
         while True:
