@@ -502,3 +502,194 @@ def test_two_pages_chat_on_through_a_reload_and_a_killed_worker(
     finally:
         for tab in tabs:
             tab.context.close()
+
+
+# ---------------------------------------------------------------- SSE and WebSocket pages together
+
+
+@dataclass
+class Traffic:
+    """What one page sent over the network: every HTTP request, every WebSocket
+    it opened and the text frames it sent and received on them."""
+
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, url)
+    sockets: list[Any] = field(default_factory=list)
+    frames_sent: list[str] = field(default_factory=list)
+    frames_received: list[str] = field(default_factory=list)
+
+    def posts_to_messages(self) -> list[str]:
+        return [url for method, url in self.requests if method == "POST" and "/messages" in url]
+
+    def events_requests(self) -> list[str]:
+        return [url for _, url in self.requests if "/events" in url]
+
+
+def open_recorded_tab(
+    name: str, browser: Any, url: str, transport: str, all_problems: list[str]
+) -> tuple[Tab, Traffic]:
+    """Like open_tab, for either transport, also recording the page's traffic from
+    before it loads; returns once its event stream (SSE) or WebSocket answered."""
+    context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    problems: list[str] = []
+    traffic = Traffic()
+
+    def on_console(msg: Any) -> None:
+        if msg.type in ("error", "warning"):
+            line = f"page {name}: console {msg.type}: {msg.text} at {msg.location}"
+            problems.append(line)
+            all_problems.append(line)
+
+    def on_page_error(error: Any) -> None:
+        line = f"page {name}: page error: {error}"
+        problems.append(line)
+        all_problems.append(line)
+
+    def on_websocket(ws: Any) -> None:
+        traffic.sockets.append(ws)
+        ws.on("framesent", lambda payload: traffic.frames_sent.append(str(payload)))
+        ws.on("framereceived", lambda payload: traffic.frames_received.append(str(payload)))
+
+    page.on("console", on_console)
+    page.on("pageerror", on_page_error)
+    page.on("request", lambda request: traffic.requests.append((request.method, request.url)))
+    page.on("websocket", on_websocket)
+    try:
+        if transport == "ws":
+            with page.expect_websocket(lambda ws: WS_PATH in ws.url, timeout=PAGE_LOAD_MS):
+                page.goto(f"{url}/?transport=ws", timeout=PAGE_LOAD_MS)
+            worker = "?"  # Playwright does not expose a WebSocket's handshake headers
+        else:
+            with page.expect_response(
+                lambda r: EVENTS_PATH in r.url, timeout=PAGE_LOAD_MS
+            ) as events:
+                page.goto(url, timeout=PAGE_LOAD_MS)
+            assert events.value.status == 200, f"events stream answered {events.value.status}"
+            worker = events.value.header_value("x-chat-worker") or "?"
+    except BaseException:
+        context.close()
+        raise
+    return Tab(name, context, page, worker, problems), traffic
+
+
+def sent_message_frame(payload: str, text: str) -> bool:
+    """Whether ``payload`` is the page's {"type":"message","text":...,"ref":...}
+    frame carrying ``text``."""
+    if '"type":"message"' not in payload:
+        return False
+    frame = parse_json_object(payload)
+    return frame.get("type") == "message" and frame.get("text") == text and "ref" in frame
+
+
+def parse_json_object(payload: str) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@pytest.mark.timeout(90)
+def test_sse_page_and_websocket_page_chat_together(
+    chat_server: ServerProcess, browser: Any
+) -> None:
+    problems: list[str] = []
+    tabs: list[Tab] = []
+    try:
+        # History that exists before either page opens.
+        earlier = post_message(chat_server, "posted before the pages opened")
+
+        # A: the page as it loads by default (SSE + POST); B: ?transport=ws.
+        a, a_traffic = open_recorded_tab("A", browser, chat_server.url, "sse", problems)
+        tabs.append(a)
+        b, b_traffic = open_recorded_tab("B", browser, chat_server.url, "ws", problems)
+        tabs.append(b)
+        assert a.page.evaluate("window.chat.transport") == "sse"
+        assert b.page.evaluate("window.chat.transport") == "ws"
+
+        # 1. Both live. B's live stream is one WebSocket, opened after the
+        # history and resuming from its last id; B never opened an events stream.
+        for tab in (a, b):
+            expect(tab.page.locator("#conn-state")).to_have_attribute(
+                "data-state", "live", timeout=WAIT_MS
+            )
+        assert len(b_traffic.sockets) == 1, [ws.url for ws in b_traffic.sockets]
+        socket = b_traffic.sockets[0]
+        assert WS_PATH in socket.url, socket.url
+        assert socket.url.startswith("ws://"), socket.url
+        assert socket.url.endswith(f"?since={earlier['id']}"), socket.url
+        assert b_traffic.events_requests() == [], b_traffic.events_requests()
+        assert a_traffic.sockets == [], [ws.url for ws in a_traffic.sockets]
+        assert len(a_traffic.events_requests()) == 1, a_traffic.events_requests()
+
+        # 2. History on load, on both.
+        for tab in (a, b):
+            expect(
+                tab.page.locator(f'#messages .message[data-id="{earlier["id"]}"]')
+            ).to_have_count(1)
+            wait_for_message(tab, earlier["text"])
+            expect(tab.page.locator("#me")).not_to_have_text(re.compile(r"^(…)?$"))
+
+        a_id, b_id = a.user_id(), b.user_id()
+        assert a_id != b_id, "separate contexts must be separate users"
+
+        # 3. A (SSE page, sends by POST) -> B (WebSocket page).
+        send(a, "hello from the SSE page")
+        wait_for_message(b, "hello from the SSE page")
+        wait_for_message(a, "hello from the SSE page")
+        assert len(a_traffic.posts_to_messages()) == 1, a_traffic.posts_to_messages()
+
+        # B (sends over its WebSocket, waits for the ack) -> A.
+        b_text = "hi from the WebSocket page"
+        with socket.expect_event(
+            "framesent", lambda payload: sent_message_frame(str(payload), b_text), timeout=WAIT_MS
+        ):
+            send(b, b_text)
+        wait_for_message(a, b_text)
+        wait_for_message(b, b_text)
+        sent = [f for f in b_traffic.frames_sent if sent_message_frame(f, b_text)]
+        assert len(sent) == 1, b_traffic.frames_sent
+        ref = parse_json_object(sent[0])["ref"]
+        acks = [
+            frame
+            for raw in b_traffic.frames_received
+            if (frame := parse_json_object(raw)).get("type") == "ack"
+        ]
+        assert [ack["ref"] for ack in acks] == [ref], b_traffic.frames_received
+        assert acks[0]["message"]["text"] == b_text
+        assert b_traffic.posts_to_messages() == [], b_traffic.posts_to_messages()
+
+        # 4. Presence: each page lists both users, and only them (the HTTP
+        # poster of the history holds no stream, so it is not online).
+        for tab in (a, b):
+            for user_id in (a_id, b_id):
+                expect(
+                    tab.page.locator(f'#online li[data-user-id="{user_id}"]'),
+                    f"page {tab.name} should list user {user_id} online",
+                ).to_have_count(1)
+            expect(tab.page.locator("#online li[data-user-id]")).to_have_count(2)
+
+        # 5. Both pages show what the server stored: the same ids, in order, once.
+        with urllib.request.urlopen(
+            f"{chat_server.url}/api/rooms/general/messages?limit=200", timeout=5
+        ) as resp:
+            stored = [m["id"] for m in json.loads(resp.read())["messages"]]
+        assert len(stored) == 3, stored
+        ids_a, ids_b = rendered_ids(a), rendered_ids(b)
+        assert ids_a == ids_b == stored, (ids_a, ids_b, stored)
+        assert len(set(ids_a)) == len(ids_a)
+        assert ids_a == sorted(ids_a, key=id_key)
+
+        # Still live, on the same streams: nothing dropped and reopened meanwhile.
+        for tab in (a, b):
+            expect(tab.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+        assert len(b_traffic.sockets) == 1 and not socket.is_closed()
+        assert len(a_traffic.events_requests()) == 1, a_traffic.events_requests()
+        assert b_traffic.events_requests() == []
+
+        # No console error or warning, no page error, on either page.
+        assert problems == [], "\n".join(problems)
+    finally:
+        for tab in tabs:
+            tab.context.close()
