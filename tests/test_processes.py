@@ -434,3 +434,19 @@ async def test_without_redis_url_an_embedded_redis_keeps_history_across_restarts
         ).stdout.splitlines()
         if workdir in line
     )
+
+
+def test_chat_server_console_script_runs() -> None:
+    """The command the README starts: installed next to this Python by pip."""
+    script = os.path.join(os.path.dirname(sys.executable), "chat-server")
+    if not os.path.exists(script):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{script} missing: CI must install the package")
+        pytest.skip("the package is not installed (pip install -e '.[test]')")
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("chat-server "), result
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    for flag in ("--host", "--port", "--workers", "--redis-url", "--config", "--log-level"):
+        assert flag in result.stdout
+    assert "--loop" in result.stdout and "--debug" in result.stdout
