@@ -55,7 +55,7 @@ import aiohttp
 import uvloop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHAT_READY_RE = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers \(pid (\d+)\)")
+CHAT_READY_RE = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers? \(pid (\d+)\)")
 PEER_READY_RE = re.compile(r"peer-socketio: serving (http://\S+) \(pid (\d+)\)")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

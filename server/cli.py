@@ -148,7 +148,8 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
     def on_ready(config: Config) -> None:
         if generation == 0:
             print(
-                f"chat-server: serving {url} with {config.workers} workers (pid {os.getpid()})",
+                f"chat-server: serving {url} with {config.workers} "
+                f"worker{'s' if config.workers != 1 else ''} (pid {os.getpid()})",
                 flush=True,
             )
         else:

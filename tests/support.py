@@ -24,7 +24,7 @@ import aiohttp
 from server.process import die_with_parent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-READY_RE = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers \(pid (\d+)\)")
+READY_RE = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers? \(pid (\d+)\)")
 
 
 def free_port() -> int:
