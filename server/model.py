@@ -43,11 +43,9 @@ def format_id(key: StreamKey) -> str:
 class Message:
     """One chat message; immutable once built.
 
-    Every subscriber of a worker is written the very same ``sse_frame`` bytes
-    or ``ws_frame`` text: a message is encoded once, however many read it.
+    Every subscriber of a worker is written the very same ``sse_frame`` or
+    ``ws_frame`` bytes: a message is encoded once, however many read it.
     """
-
-    __slots__ = ("__dict__", "id", "key", "name", "room", "text", "ts", "user_id")
 
     def __init__(self, id: str, room: str, user_id: str, name: str, text: str, ts: float) -> None:
         self.id = id
@@ -90,8 +88,8 @@ class Message:
         return f"event: message\nid: {self.id}\ndata: {self.json}\n\n".encode()
 
     @cached_property
-    def ws_frame(self) -> str:
-        return f'{{"type":"message","message":{self.json}}}'
+    def ws_frame(self) -> bytes:
+        return f'{{"type":"message","message":{self.json}}}'.encode()
 
     def __repr__(self) -> str:
         return f"Message({self.room!r}, {self.id!r})"

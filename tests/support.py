@@ -337,6 +337,28 @@ async def ws_collector(
                 await task
 
 
+async def worker_health(base: str, workers: int = 2) -> dict[int, dict[str, Any]]:
+    """The /healthz body of each worker index, asked on fresh connections (the
+    kernel picks which worker accepts) until ``workers`` indices answered, or
+    200 tries passed: a worker being replaced may be missing from the result."""
+    seen: dict[int, dict[str, Any]] = {}
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(base, connector=connector) as session, asyncio.timeout(20):
+        for _ in range(200):
+            async with session.get("/healthz") as resp:
+                assert resp.status == 200, await resp.text()
+                body = await resp.json()
+                seen[body["worker"]] = body
+            if len(seen) == workers:
+                break
+    return seen
+
+
+async def worker_pids(base: str, workers: int = 2) -> dict[int, int]:
+    """Worker index -> pid (see :func:`worker_health`)."""
+    return {index: body["pid"] for index, body in (await worker_health(base, workers)).items()}
+
+
 def id_key(message_id: str) -> tuple[int, int]:
     ms, _, seq = message_id.partition("-")
     return int(ms), int(seq or 0)

@@ -44,6 +44,7 @@ DIFFERENT_WORKER_TRIES = 30
 DIFFERENT_WORKER_DEADLINE_S = 25.0
 HEARTBEAT_S = 0.5  # what tests.support gives the server
 EVENTS_PATH = "/api/rooms/general/events"
+WS_PATH = "/api/rooms/general/ws"
 XSS = '<img src=x onerror="window.__xss=1">'
 
 
@@ -59,6 +60,23 @@ def chromium_path() -> str:
 
 
 @dataclass
+class Traffic:
+    """What one page sent over the network: every HTTP request, every WebSocket
+    it opened and the text frames it sent and received on them."""
+
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, url)
+    sockets: list[Any] = field(default_factory=list)
+    frames_sent: list[str] = field(default_factory=list)
+    frames_received: list[str] = field(default_factory=list)
+
+    def posts_to_messages(self) -> list[str]:
+        return [url for method, url in self.requests if method == "POST" and "/messages" in url]
+
+    def events_requests(self) -> list[str]:
+        return [url for _, url in self.requests if "/events" in url]
+
+
+@dataclass
 class Tab:
     """One page in its own browser context, with everything it logged."""
 
@@ -68,6 +86,7 @@ class Tab:
     events_worker: str
     problems: list[str] = field(default_factory=list)
     streams: list[str] = field(default_factory=list)  # worker of every events stream opened
+    traffic: Traffic = field(default_factory=Traffic)
 
     def user_id(self) -> str:
         session = self.page.evaluate(
@@ -91,12 +110,18 @@ def post_message(server: ServerProcess, text: str) -> dict[str, Any]:
     return message
 
 
-def open_tab(name: str, browser: Any, url: str, all_problems: list[str]) -> Tab:
-    """A new context and page on the chat page; returns once its event stream answered."""
+def open_tab(
+    name: str, browser: Any, url: str, all_problems: list[str], transport: str = "sse"
+) -> Tab:
+    """A new context and page on the chat page (``transport="ws"``: ``?transport=ws``),
+    recording its problems and traffic from before it loads; returns once its event
+    stream (SSE) or WebSocket answered."""
     context = browser.new_context()
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
     problems: list[str] = []
+    streams: list[str] = []
+    traffic = Traffic()
 
     def on_console(msg: Any) -> None:
         if msg.type in ("error", "warning"):
@@ -113,21 +138,34 @@ def open_tab(name: str, browser: Any, url: str, all_problems: list[str]) -> Tab:
         if EVENTS_PATH in response.url:
             streams.append(response.header_value("x-chat-worker") or "?")
 
-    streams: list[str] = []
+    def on_websocket(ws: Any) -> None:
+        traffic.sockets.append(ws)
+        ws.on("framesent", lambda payload: traffic.frames_sent.append(str(payload)))
+        ws.on("framereceived", lambda payload: traffic.frames_received.append(str(payload)))
+
     page.on("console", on_console)
     page.on("pageerror", on_page_error)
     page.on("response", on_response)
+    page.on("request", lambda request: traffic.requests.append((request.method, request.url)))
+    page.on("websocket", on_websocket)
     try:
-        with page.expect_response(lambda r: EVENTS_PATH in r.url, timeout=PAGE_LOAD_MS) as events:
-            page.goto(url, timeout=PAGE_LOAD_MS)
-        response = events.value
-        assert response.status == 200, f"events stream answered {response.status}"
-        worker = response.header_value("x-chat-worker")
-        assert worker is not None, "the events stream carries no X-Chat-Worker header"
+        if transport == "ws":
+            with page.expect_websocket(lambda ws: WS_PATH in ws.url, timeout=PAGE_LOAD_MS):
+                page.goto(f"{url}/?transport=ws", timeout=PAGE_LOAD_MS)
+            worker = "?"  # Playwright does not expose a WebSocket's handshake headers
+        else:
+            with page.expect_response(
+                lambda r: EVENTS_PATH in r.url, timeout=PAGE_LOAD_MS
+            ) as events:
+                page.goto(url, timeout=PAGE_LOAD_MS)
+            response = events.value
+            assert response.status == 200, f"events stream answered {response.status}"
+            worker = response.header_value("x-chat-worker")
+            assert worker is not None, "the events stream carries no X-Chat-Worker header"
     except BaseException:
         context.close()
         raise
-    return Tab(name, context, page, worker, problems, streams)
+    return Tab(name, context, page, worker, problems, streams, traffic)
 
 
 def message_texts(tab: Tab, text: str) -> Any:
@@ -152,6 +190,20 @@ def send(tab: Tab, text: str) -> None:
     # The input is cleared only once the server stored the message.
     expect(box).to_have_value("", timeout=WAIT_MS)
     expect(tab.page.locator("#status")).to_have_text("", timeout=WAIT_MS)
+
+
+def say(sender: Tab, receiver: Tab, text: str) -> None:
+    """``sender`` types ``text``; it shows, once, on both pages."""
+    send(sender, text)
+    wait_for_message(receiver, text)
+    wait_for_message(sender, text)
+
+
+def expect_history_loaded(tab: Tab, message: dict[str, Any]) -> None:
+    """The page shows ``message`` from the history once, and its user's name."""
+    expect(tab.page.locator(f'#messages .message[data-id="{message["id"]}"]')).to_have_count(1)
+    wait_for_message(tab, message["text"])
+    expect(tab.page.locator("#me")).not_to_have_text(re.compile(r"^(…)?$"))
 
 
 def rendered_ids(tab: Tab) -> list[str]:
@@ -221,22 +273,14 @@ def test_two_browser_pages_on_different_workers_chat(
                 "data-state", "live", timeout=WAIT_MS
             )
             # History on load.
-            expect(
-                tab.page.locator(f'#messages .message[data-id="{earlier["id"]}"]')
-            ).to_have_count(1)
-            wait_for_message(tab, earlier["text"])
-            expect(tab.page.locator("#me")).not_to_have_text(re.compile(r"^(…)?$"))
+            expect_history_loaded(tab, earlier)
 
         a_id, b_id = a.user_id(), b.user_id()
         assert a_id != b_id, "separate contexts must be separate users"
 
         # Live messages both ways, across workers.
-        send(a, "hello from A")
-        wait_for_message(b, "hello from A")
-        wait_for_message(a, "hello from A")
-        send(b, "hi A, B here")
-        wait_for_message(a, "hi A, B here")
-        wait_for_message(b, "hi A, B here")
+        say(a, b, "hello from A")
+        say(b, a, "hi A, B here")
 
         # Each sees the other online (presence is refreshed every heartbeat).
         expect(a.page.locator(f'#online li[data-user-id="{b_id}"]')).to_have_count(1)
@@ -269,7 +313,6 @@ def test_two_browser_pages_on_different_workers_chat(
 
 # ---------------------------------------------------------------- a real deployment's events
 
-WS_PATH = "/api/rooms/general/ws"
 DISRUPTION_WAIT_S = 10.0  # a reload or a replacement, plus the page's backoff (at most 2 s)
 RELOAD_DEADLINE_S = 5.0  # SPEC section 4: streams are back on new workers within 3 s
 REPLACEMENT_DEADLINE_S = 3.0  # SPEC section 4: a dead worker is replaced within 2 s
@@ -507,72 +550,6 @@ def test_two_pages_chat_on_through_a_reload_and_a_killed_worker(
 # ---------------------------------------------------------------- SSE and WebSocket pages together
 
 
-@dataclass
-class Traffic:
-    """What one page sent over the network: every HTTP request, every WebSocket
-    it opened and the text frames it sent and received on them."""
-
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, url)
-    sockets: list[Any] = field(default_factory=list)
-    frames_sent: list[str] = field(default_factory=list)
-    frames_received: list[str] = field(default_factory=list)
-
-    def posts_to_messages(self) -> list[str]:
-        return [url for method, url in self.requests if method == "POST" and "/messages" in url]
-
-    def events_requests(self) -> list[str]:
-        return [url for _, url in self.requests if "/events" in url]
-
-
-def open_recorded_tab(
-    name: str, browser: Any, url: str, transport: str, all_problems: list[str]
-) -> tuple[Tab, Traffic]:
-    """Like open_tab, for either transport, also recording the page's traffic from
-    before it loads; returns once its event stream (SSE) or WebSocket answered."""
-    context = browser.new_context()
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
-    problems: list[str] = []
-    traffic = Traffic()
-
-    def on_console(msg: Any) -> None:
-        if msg.type in ("error", "warning"):
-            line = f"page {name}: console {msg.type}: {msg.text} at {msg.location}"
-            problems.append(line)
-            all_problems.append(line)
-
-    def on_page_error(error: Any) -> None:
-        line = f"page {name}: page error: {error}"
-        problems.append(line)
-        all_problems.append(line)
-
-    def on_websocket(ws: Any) -> None:
-        traffic.sockets.append(ws)
-        ws.on("framesent", lambda payload: traffic.frames_sent.append(str(payload)))
-        ws.on("framereceived", lambda payload: traffic.frames_received.append(str(payload)))
-
-    page.on("console", on_console)
-    page.on("pageerror", on_page_error)
-    page.on("request", lambda request: traffic.requests.append((request.method, request.url)))
-    page.on("websocket", on_websocket)
-    try:
-        if transport == "ws":
-            with page.expect_websocket(lambda ws: WS_PATH in ws.url, timeout=PAGE_LOAD_MS):
-                page.goto(f"{url}/?transport=ws", timeout=PAGE_LOAD_MS)
-            worker = "?"  # Playwright does not expose a WebSocket's handshake headers
-        else:
-            with page.expect_response(
-                lambda r: EVENTS_PATH in r.url, timeout=PAGE_LOAD_MS
-            ) as events:
-                page.goto(url, timeout=PAGE_LOAD_MS)
-            assert events.value.status == 200, f"events stream answered {events.value.status}"
-            worker = events.value.header_value("x-chat-worker") or "?"
-    except BaseException:
-        context.close()
-        raise
-    return Tab(name, context, page, worker, problems), traffic
-
-
 def sent_message_frame(payload: str, text: str) -> bool:
     """Whether ``payload`` is the page's {"type":"message","text":...,"ref":...}
     frame carrying ``text``."""
@@ -601,9 +578,11 @@ def test_sse_page_and_websocket_page_chat_together(
         earlier = post_message(chat_server, "posted before the pages opened")
 
         # A: the page as it loads by default (SSE + POST); B: ?transport=ws.
-        a, a_traffic = open_recorded_tab("A", browser, chat_server.url, "sse", problems)
+        a = open_tab("A", browser, chat_server.url, problems, transport="sse")
+        a_traffic = a.traffic
         tabs.append(a)
-        b, b_traffic = open_recorded_tab("B", browser, chat_server.url, "ws", problems)
+        b = open_tab("B", browser, chat_server.url, problems, transport="ws")
+        b_traffic = b.traffic
         tabs.append(b)
         assert a.page.evaluate("window.chat.transport") == "sse"
         assert b.page.evaluate("window.chat.transport") == "ws"
@@ -625,19 +604,13 @@ def test_sse_page_and_websocket_page_chat_together(
 
         # 2. History on load, on both.
         for tab in (a, b):
-            expect(
-                tab.page.locator(f'#messages .message[data-id="{earlier["id"]}"]')
-            ).to_have_count(1)
-            wait_for_message(tab, earlier["text"])
-            expect(tab.page.locator("#me")).not_to_have_text(re.compile(r"^(…)?$"))
+            expect_history_loaded(tab, earlier)
 
         a_id, b_id = a.user_id(), b.user_id()
         assert a_id != b_id, "separate contexts must be separate users"
 
         # 3. A (SSE page, sends by POST) -> B (WebSocket page).
-        send(a, "hello from the SSE page")
-        wait_for_message(b, "hello from the SSE page")
-        wait_for_message(a, "hello from the SSE page")
+        say(a, b, "hello from the SSE page")
         assert len(a_traffic.posts_to_messages()) == 1, a_traffic.posts_to_messages()
 
         # B (sends over its WebSocket, waits for the ack) -> A.

@@ -23,6 +23,7 @@ from .support import (
     assert_in_order_once,
     id_key,
     sse_events,
+    worker_pids,
 )
 
 pytestmark = pytest.mark.processes
@@ -61,20 +62,6 @@ async def start_on_worker(sub: ResilientSubscriber, worker: str) -> None:
                 return
             await sub.stop()
             sub.connections.clear()
-
-
-async def healthz(base: str) -> dict[int, int]:
-    """Worker index -> pid, by asking on fresh connections until every index answered."""
-    seen: dict[int, int] = {}
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(base, connector=connector) as session:
-        for _ in range(200):
-            async with session.get("/healthz") as resp:
-                body = await resp.json()
-                seen[body["worker"]] = body["pid"]
-            if len(seen) == 2:
-                break
-    return seen
 
 
 async def expect_everything(subs: list[ResilientSubscriber], accepted: list[str]) -> None:
@@ -133,7 +120,7 @@ async def test_a_burst_of_sighups_is_safe(
         assert sender.errors == [] and set(sender.statuses) == {201}
         await expect_everything(subs, sender.accepted)
     assert server.proc is not None and server.proc.poll() is None
-    assert len(await healthz(server.url)) == 2
+    assert len(await worker_pids(server.url)) == 2
     # Metrics: both workers of the newest generation report, reloads counted.
     async with aiohttp.ClientSession(server.url) as session:
         async with asyncio.timeout(5):
@@ -154,7 +141,7 @@ async def test_sighup_with_broken_config_keeps_old_workers_and_logs_one_line(
     config = tmp_path / "chat.toml"
     config.write_text("message_max_chars = 100\n")
     server = start_server(workers=2, args=["--config", str(config)])
-    pids = await healthz(server.url)
+    pids = await worker_pids(server.url)
     config.write_text("message_max_chars = 'many'\n")
     server.signal(signal.SIGHUP)
     deadline = time.monotonic() + 5
@@ -162,7 +149,7 @@ async def test_sighup_with_broken_config_keeps_old_workers_and_logs_one_line(
         await asyncio.sleep(0.05)
     refused = [line for line in server.log().splitlines() if "reload refused" in line]
     assert len(refused) == 1 and "message_max_chars" in refused[0], server.log()
-    assert await healthz(server.url) == pids
+    assert await worker_pids(server.url) == pids
     # Fresh connections: a keep-alive connection closed by a stopping worker
     # would fail a request that a browser retries on its own.
     connector = aiohttp.TCPConnector(force_close=True)
@@ -179,14 +166,14 @@ async def test_sighup_with_broken_config_keeps_old_workers_and_logs_one_line(
                         break
                     assert resp.status == 201
                 await asyncio.sleep(0.1)
-    assert set((await healthz(server.url)).values()).isdisjoint(pids.values())
+    assert set((await worker_pids(server.url)).values()).isdisjoint(pids.values())
 
 
 async def test_killed_worker_is_replaced_within_2s_and_nothing_is_lost(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    pids = await healthz(server.url)
+    pids = await worker_pids(server.url)
     async with subscribers(server.url) as subs:
         sender = Sender(server.url, ROOM, per_second=20)
         sender.start()
@@ -195,7 +182,7 @@ async def test_killed_worker_is_replaced_within_2s_and_nothing_is_lost(
         killed_at = time.monotonic()
         async with asyncio.timeout(5):
             while True:
-                now = await healthz(server.url)
+                now = await worker_pids(server.url)
                 if now.get(0) not in (None, pids[0]):
                     break
                 await asyncio.sleep(0.05)
@@ -417,7 +404,7 @@ async def test_users_of_a_killed_worker_leave_presence_within_two_heartbeats(
     from .test_processes import subscribe_on_worker, user
 
     server = start_server(workers=2)  # heartbeat 0.5 s
-    pids = await healthz(server.url)
+    pids = await worker_pids(server.url)
     async with (
         user(server.url) as alice,
         user(server.url) as bob,
@@ -459,12 +446,12 @@ async def test_reloads_and_replacements_leak_no_file_descriptors(
     assert server.proc is not None
     before = open_fds(server.proc.pid)
     for _ in range(4):
-        pids = await healthz(server.url)
+        pids = await worker_pids(server.url)
         server.signal(signal.SIGHUP)
         async with asyncio.timeout(10):
-            while set((await healthz(server.url)).values()) & set(pids.values()):
+            while set((await worker_pids(server.url)).values()) & set(pids.values()):
                 await asyncio.sleep(0.05)
-    os.kill((await healthz(server.url))[0], signal.SIGKILL)
+    os.kill((await worker_pids(server.url))[0], signal.SIGKILL)
     await asyncio.sleep(0.5)
     await wait_healthy(server.url, 5)
     server.signal(signal.SIGHUP)
@@ -501,7 +488,7 @@ async def test_a_stuck_worker_cannot_hang_a_stop(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2, env={"CHAT_SHUTDOWN_TIMEOUT_S": "1"})
-    pids = await healthz(server.url)
+    pids = await worker_pids(server.url)
     os.kill(pids[0], signal.SIGSTOP)  # frozen: it will never answer the stop signal
     started = time.monotonic()
     server.signal(signal.SIGTERM)
@@ -518,7 +505,7 @@ async def test_workers_do_not_outlive_a_killed_main_process(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    await healthz(server.url)
+    await worker_pids(server.url)
     assert server.proc is not None
     server.proc.kill()
     server.proc.wait(5)
@@ -563,13 +550,13 @@ async def test_replacing_every_original_worker_keeps_the_replacements_serving(
     """aiotools ends a generation when all the workers it started are gone; the
     replacements it does not know of must not be stopped for that."""
     server = start_server(workers=2)
-    original = await healthz(server.url)
+    original = await worker_pids(server.url)
 
     async def replaced(index: int) -> int:
         os.kill(original[index], signal.SIGKILL)
         async with asyncio.timeout(5):
             while True:
-                now = await healthz(server.url)
+                now = await worker_pids(server.url)
                 if now.get(index) not in (None, original[index]):
                     return now[index]
                 await asyncio.sleep(0.05)
@@ -577,5 +564,5 @@ async def test_replacing_every_original_worker_keeps_the_replacements_serving(
     first = await replaced(0)
     second = await replaced(1)
     await asyncio.sleep(1)
-    assert await healthz(server.url) == {0: first, 1: second}
+    assert await worker_pids(server.url) == {0: first, 1: second}
     assert "all workers are gone" not in server.log()

@@ -24,6 +24,7 @@ from .support import (
     assert_in_order_once,
     sse_collector,
     wait_closed,
+    worker_health,
     ws_collector,
 )
 
@@ -71,23 +72,11 @@ async def subscribe_on_worker(
             await inner.aclose()
 
 
-async def healthz_pids(base: str, want: int) -> dict[int, dict[str, Any]]:
-    seen: dict[int, dict[str, Any]] = {}
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(base, connector=connector) as session, asyncio.timeout(20):
-        while len(seen) < want:
-            async with session.get("/healthz") as resp:
-                assert resp.status == 200
-                body = await resp.json()
-                seen[body["worker"]] = body
-    return seen
-
-
 async def test_two_workers_each_on_uvloop_answer_healthz_with_their_own_pid(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    seen = await healthz_pids(server.url, 2)
+    seen = await worker_health(server.url)
     assert set(seen) == {0, 1}
     assert seen[0]["pid"] != seen[1]["pid"]
     assert server.proc is not None and server.proc.pid not in {seen[0]["pid"], seen[1]["pid"]}
@@ -115,10 +104,10 @@ async def test_metrics_are_totals_over_all_workers(
             ups = [line for line in text.splitlines() if line.startswith("chat_worker_up")]
             assert len(ups) == 2 and 'worker="0"' in ups[0] and 'worker="1"' in ups[1]
             # Counters keep counting across a reload (new workers start at 0).
-            pids = await healthz_pids(server.url, 2)
+            pids = await worker_health(server.url)
             server.signal(signal.SIGHUP)
             async with asyncio.timeout(10):
-                while set(b["pid"] for b in (await healthz_pids(server.url, 2)).values()) & {
+                while set(b["pid"] for b in (await worker_health(server.url)).values()) & {
                     b["pid"] for b in pids.values()
                 }:
                     await asyncio.sleep(0.1)
@@ -322,7 +311,7 @@ async def test_loop_asyncio_flag_runs_workers_on_asyncio_and_still_fans_out(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2, args=["--loop", "asyncio", "--debug"])
-    seen = await healthz_pids(server.url, 2)
+    seen = await worker_health(server.url)
     assert {body["loop"] for body in seen.values()} == {"asyncio"}
     async with user(server.url) as alice, contextlib.AsyncExitStack() as stack:
         collectors = [await subscribe_on_worker(stack, alice, "sse", w) for w in ("0", "1")]

@@ -86,11 +86,13 @@ async def _send(ws: web.WebSocketResponse, sub: Subscription, app: web.Applicati
     try:
         async for event in sub.events(app[keys.BROKER]):
             if isinstance(event, list):
+                # send_frame, not send_str: the bytes were encoded once for
+                # every subscriber, send_str would encode them again for each.
                 for message in event:
-                    await ws.send_str(message.ws_frame)
+                    await ws.send_frame(message.ws_frame, WSMsgType.TEXT)
                 metrics.deliveries += len(event)
             elif isinstance(event, Presence):
-                await ws.send_str(event.ws_frame)
+                await ws.send_frame(event.ws_frame, WSMsgType.TEXT)
             else:
                 await ws.ping()
             sub.progressed()
