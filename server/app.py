@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import uuid
@@ -14,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import keys, middlewares, views
-from .broker import Broker, StreamReader
+from .broker import Broker, Relay
 from .config import Config
 from .connections import Connections
 from .heartbeat import Heartbeat
@@ -63,7 +62,13 @@ def create_app(
         reloads=reloads,
     )
     broker = Broker(redis, history_len=config.history_len)
-    hub = Hub(broker, buffer_limit=config.send_buffer_messages, metrics=metrics)
+    relay = Relay(redis_url, broker)
+    hub = Hub(
+        relay,
+        buffer_limit=config.send_buffer_messages,
+        idle_timeout_s=config.idle_timeout_s,
+        metrics=metrics,
+    )
     connections = Connections(
         redis,
         uuid.uuid4().hex[:12],
@@ -78,22 +83,18 @@ def create_app(
     app[keys.CONNECTIONS] = connections
     app[keys.METRICS] = metrics
     app[keys.METRICS_STORE] = store = MetricsStore(redis, metrics, ttl_s=3 * config.heartbeat_s)
-    app[keys.HEARTBEAT] = Heartbeat(hub, connections, config, store)
+    app[keys.HEARTBEAT] = heartbeat = Heartbeat(hub, connections, config, store)
+    relay.deliver_to(hub.dispatch, heartbeat.announce_soon)
     app[keys.RATE_LIMITER] = RateLimiter(
         redis, per_s=config.rate_limit_per_s, burst=config.rate_limit_burst
     )
     app[keys.WORKER_INDEX] = worker_index
     app[keys.REDIS_ERRORS] = middlewares.ThrottledErrorLog()
 
-    async def stream_reader(app: web.Application) -> AsyncIterator[None]:
-        reader = StreamReader(redis_url, hub)
-        reading = asyncio.create_task(reader.run(), name="stream-reader")
-        waking = asyncio.create_task(reader.run_waker(redis), name="stream-waker")
+    async def live_delivery(app: web.Application) -> AsyncIterator[None]:
+        relaying = asyncio.create_task(relay.run(), name="relay")
         yield
-        waking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waking
-        await reader.stop(reading, redis)
+        await relay.stop(relaying)
 
     async def close_streams(app: web.Application) -> None:
         # Runs once the site has stopped accepting, so a client that
@@ -112,7 +113,7 @@ def create_app(
     async def stop_heartbeat_tasks(app: web.Application) -> None:
         await app[keys.HEARTBEAT].close()
 
-    app.cleanup_ctx.append(stream_reader)
+    app.cleanup_ctx.append(live_delivery)
     app.on_cleanup.append(stop_heartbeat_tasks)
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(tag_worker)
@@ -125,6 +126,7 @@ def create_app(
     app.router.add_put("/api/session", views.put_session)
     app.router.add_get("/api/rooms/{room}/messages", views.get_messages)
     app.router.add_post("/api/rooms/{room}/messages", views.post_message)
+    app.router.add_get("/api/rooms/{room}/online", views.get_online)
     app.router.add_get("/api/rooms/{room}/events", sse.events)
     app.router.add_get("/api/rooms/{room}/ws", ws.websocket)
     app.router.add_get("/healthz", views.healthz)

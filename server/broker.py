@@ -1,39 +1,58 @@
-"""Redis Streams as the source of truth: publishing, history, and the worker's reader.
+"""The Redis backend: streams as history, pub/sub for live delivery.
 
-Each room is a capped stream. A message is stored with XADD (the 201 comes
-only after Redis has it), and every worker runs exactly one blocking XREAD
-over the rooms its clients listen to. Because the reader keeps a cursor per
-room, a Redis outage or a reconnect loses nothing: the next XREAD continues
-from the cursor. No pub/sub channel is needed, so nothing published while a
-worker was disconnected can be missed.
+Each room is a capped Redis Stream, the source of truth for history and
+resume. Publishing runs one script that appends the message to the stream
+and publishes it, with its id and the id of the message before it, on the
+room's channel. Both keys carry the room as a hash tag (``{room}``).
 
-A per-worker "wake" stream is part of every XREAD so that a new room can be
-added to a read that is already blocked: an XADD to the wake stream ends the
-read at once, and the next one includes the new room. Unlike CLIENT UNBLOCK,
-this has no race with a read that is about to be sent.
+Each worker holds one pub/sub connection (:class:`Relay`) subscribed to
+exactly the channels of the rooms its clients are in, added and removed as
+rooms gain their first or lose their last local client. A message costs a
+worker one pub/sub frame, whatever the number of rooms it listens to.
+
+Pub/sub loses what is published while a worker is not subscribed, so the
+stream fills every hole: after each SUBSCRIBE is confirmed (on watching a
+room, and again after every reconnect), and whenever a message arrives
+whose previous id is not the last one the worker passed on, the worker
+reads the stream from its cursor and holds live messages back until it
+has caught up. Messages reach the hub in id order, each once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import random
 import time
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from .hub import Hub
-from .model import Message, format_id
+from .model import Message, StreamKey, format_id, parse_id
 
 log = logging.getLogger(__name__)
 
-READ_BLOCK_MS = 10_000
-READ_COUNT = 1000
-WAKE_TTL_MS = 3_600_000
+FILL_PAGE = 500  # messages read per catch-up read
+PENDING_MAX = 1000  # live messages held per room while it catches up
+SUBSCRIBE_BATCH = 500  # channels per SUBSCRIBE after a reconnect
+
+# Append to the stream and publish "m", the previous id, the new id and the
+# message body, in one step: no other message of the room can come between.
+_PUBLISH_SCRIPT = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local prev = '0-0'
+if last[1] then prev = last[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+  'u', ARGV[2], 'n', ARGV[3], 't', ARGV[4], 'ts', ARGV[5])
+redis.call('PUBLISH', ARGV[6], 'm\\n' .. prev .. '\\n' .. id .. '\\n' .. ARGV[7])
+return id
+"""
 
 
 def stream_key(room: str) -> str:
@@ -41,38 +60,29 @@ def stream_key(room: str) -> str:
     return f"chat:{{{room}}}:messages"
 
 
-def _entries(response: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
-    """Normalise an XREAD reply: a list of pairs under RESP2, a dict under RESP3.
+def channel(room: str) -> str:
+    return f"chat:{{{room}}}:live"
 
-    RESP3 wraps each stream's entries in one more list.
-    """
-    if not response:
-        return []
-    pairs = response.items() if isinstance(response, dict) else response
-    result = []
-    for key, value in pairs:
-        entries = value[0] if value and isinstance(value[0], list) else value
-        result.append((key, entries))
-    return result
+
+def room_of(channel_name: str) -> str | None:
+    start, end = channel_name.find("{"), channel_name.rfind("}")
+    return channel_name[start + 1 : end] if 0 <= start < end else None
 
 
 class Broker:
-    """Stores and reads messages; implements the hub's :class:`~server.hub.Backend`."""
+    """Stores and reads messages."""
 
     def __init__(self, redis: aioredis.Redis, *, history_len: int) -> None:
         self.redis = redis
         self.history_len = history_len
+        self._publish = redis.register_script(_PUBLISH_SCRIPT)
 
     async def publish(self, room: str, user_id: str, name: str, text: str) -> Message:
         ts = time.time()
-        fields: dict[Any, Any] = {
-            "u": user_id,
-            "n": name,
-            "t": text,
-            "ts": repr(ts),
-        }
-        message_id = await self.redis.xadd(
-            stream_key(room), fields, maxlen=self.history_len, approximate=True
+        body = json.dumps([user_id, name, text, ts], ensure_ascii=False, separators=(",", ":"))
+        message_id = await self._publish(
+            keys=[stream_key(room)],
+            args=[self.history_len, user_id, name, text, repr(ts), channel(room), body],
         )
         return Message(str(message_id), room, user_id, name, text, ts)
 
@@ -82,108 +92,285 @@ class Broker:
         entries = await self.redis.xrevrange(stream_key(room), max=newest, min="-", count=limit)
         return [Message.from_fields(room, id, fields) for id, fields in reversed(entries or [])]
 
-    async def read_after(self, room: str, after: str, count: int) -> list[Message]:
-        entries = await self.redis.xrange(stream_key(room), min="(" + after, max="+", count=count)
+    async def read_after(self, room: str, after: StreamKey, count: int) -> list[Message]:
+        entries = await self.redis.xrange(
+            stream_key(room), min="(" + format_id(after), max="+", count=count
+        )
         return [Message.from_fields(room, id, fields) for id, fields in entries or []]
 
-    async def last_id(self, room: str) -> str:
+    async def last_id(self, room: str) -> StreamKey:
         entries = await self.redis.xrevrange(stream_key(room), count=1)
-        return str(entries[0][0]) if entries else "0-0"
+        return (parse_id(str(entries[0][0])) or (0, 0)) if entries else (0, 0)
 
 
-class StreamReader:
-    """The worker's single blocking reader: Redis streams in, hub dispatch out."""
+def parse_live(room: str, data: str) -> tuple[StreamKey, Message] | None:
+    """A message as published by the publish script: (previous id, message)."""
+    try:
+        _, prev, message_id, body = data.split("\n", 3)
+        user_id, name, text, ts = json.loads(body)
+        prev_key = parse_id(prev)
+        message = Message(message_id, room, user_id, name, text, float(ts))
+    except (ValueError, TypeError):
+        return None
+    if prev_key is None:
+        return None
+    return prev_key, message
 
-    def __init__(self, redis_url: str, hub: Hub) -> None:
-        self.hub = hub
-        self.wake_key = f"chat:wake:{uuid.uuid4().hex}"
-        # A connection of its own with no socket timeout shorter than the block.
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+
+class _Feed:
+    """One watched room: where its delivery stands."""
+
+    __slots__ = ("cursor", "pending")
+
+    def __init__(self, cursor: StreamKey) -> None:
+        self.cursor = cursor
+        # None: live. A list: catching up from the stream, holding live
+        # messages (with their previous ids) back until it has.
+        self.pending: list[tuple[StreamKey, Message]] | None = []
+
+
+class Relay:
+    """The worker's pub/sub connection: the live half of the hub's backend.
+
+    With the reads of :class:`Broker` it is the hub's
+    :class:`~server.hub.Backend`. New messages go to the callback given to
+    :meth:`deliver_to` in id order, presence notices to the other one.
+    """
+
+    def __init__(self, redis_url: str, broker: Broker) -> None:
+        self.broker = broker
+        self.on_messages: Callable[[str, list[Message]], None] = lambda room, messages: None
+        self.on_presence: Callable[[str], None] = lambda room: None
+        # Pub/sub replies as plain RESP2 arrays, and no read timeout: a quiet
+        # channel is not a dead connection (TCP keepalive finds those).
+        self._client = aioredis.Redis.from_url(
             redis_url,
+            protocol=2,
             decode_responses=True,
             socket_connect_timeout=2,
-            socket_timeout=READ_BLOCK_MS / 1000 + 10,
-            single_connection_client=True,
+            socket_timeout=5,
+            socket_keepalive=True,
         )
-        self._wake_cursor = "0-0"
+        self._feeds: dict[str, _Feed] = {}
+        self._conn: AbstractConnection | None = None
+        self._outbox: list[tuple[str, str]] = []
+        self._outbox_ready = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._to_fill: dict[str, None] = {}  # an ordered set
+        self._fill_ready = asyncio.Event()
         self._stopping = False
         self.connected = asyncio.Event()
 
-    async def run_waker(self, redis: aioredis.Redis) -> None:
-        """End the reader's current XREAD whenever a room is added to the hub.
+    def deliver_to(
+        self,
+        on_messages: Callable[[str, list[Message]], None],
+        on_presence: Callable[[str], None],
+    ) -> None:
+        self.on_messages = on_messages
+        self.on_presence = on_presence
 
-        The XADD lands after the reader's wake cursor, so the XREAD in flight
-        (or the next one, if it was not sent yet) returns at once.
-        """
-        while True:
-            await self.hub.changed.wait()
-            self.hub.changed.clear()
-            await self._wake(redis)
+    # ------------------------------------------------------------- the contract
 
-    async def _wake(self, redis: aioredis.Redis) -> None:
-        try:
-            pipe = redis.pipeline(transaction=False)
-            pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
-            pipe.pexpire(self.wake_key, WAKE_TTL_MS)
-            await pipe.execute()
-        except (RedisError, OSError):
-            # Try again shortly: until the reader is woken, a new room would
-            # wait for the current XREAD to time out.
-            if not self._stopping:
-                await asyncio.sleep(0.2)
-                self.hub.changed.set()
+    async def last_id(self, room: str) -> StreamKey:
+        return await self.broker.last_id(room)
+
+    async def read_after(self, room: str, after: StreamKey, count: int) -> list[Message]:
+        return await self.broker.read_after(room, after, count)
+
+    def watch(self, room: str, after: StreamKey) -> None:
+        self._feeds[room] = _Feed(after)
+        self._queue("SUBSCRIBE", channel(room))
+
+    def unwatch(self, room: str) -> None:
+        if self._feeds.pop(room, None) is not None:
+            self._queue("UNSUBSCRIBE", channel(room))
+
+    def _queue(self, command: str, channel_name: str) -> None:
+        self._outbox.append((command, channel_name))
+        self._outbox_ready.set()
+
+    # ------------------------------------------------------------- the tasks
 
     async def run(self) -> None:
-        """Read forever; reconnect with capped, jittered backoff on Redis errors."""
+        """Read pub/sub forever, reconnecting with capped, jittered backoff."""
+        sender = asyncio.create_task(self._send_queued(), name="relay-sender")
+        filler = asyncio.create_task(self._fill_queued(), name="relay-filler")
+        try:
+            await self._read_forever()
+        finally:
+            for task in (sender, filler):
+                task.cancel()
+            for task in (sender, filler):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _read_forever(self) -> None:
         failures = 0
         while not self._stopping:
-            streams: dict[Any, Any] = {self.wake_key: self._wake_cursor}
-            rooms = {stream_key(name): name for name in self.hub.rooms}
-            for name, cursor in self.hub.cursors().items():
-                streams[stream_key(name)] = format_id(cursor)
+            conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
             try:
-                response = await self.redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
+                await conn.connect()
+                await self._subscribe_all(conn)
+                if failures:
+                    log.info("pub/sub reconnected to Redis")
+                    failures = 0
+                self.connected.set()
+                while True:
+                    reply = await conn.read_response(
+                        timeout=math.inf, disconnect_on_error=False, push_request=True
+                    )
+                    self._handle(reply)
             except Exception as exc:
                 # Not only Redis errors: whatever happens, this loop must not
                 # die and leave the worker deaf.
-                self.connected.clear()
+                if self._stopping:
+                    break
                 failures += 1
-                delay = min(5.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0)
                 if failures == 1:
                     if isinstance(exc, (RedisError, OSError)):
-                        log.warning("stream reader lost Redis (%s); reconnecting", exc)
+                        log.warning("pub/sub lost Redis (%s); reconnecting", exc)
                     else:
-                        log.exception("stream reader failed; retrying")
-                await asyncio.sleep(delay)
-                continue
-            if failures:
-                log.info("stream reader reconnected to Redis")
-                failures = 0
-            self.connected.set()
-            for key, entries in _entries(response):
-                if key == self.wake_key:
-                    self._wake_cursor = str(entries[-1][0])
+                        log.exception("pub/sub reader failed; reconnecting")
+                await asyncio.sleep(min(5.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0))
+            finally:
+                self._conn = None
+                self.connected.clear()
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+
+    async def _subscribe_all(self, conn: AbstractConnection) -> None:
+        """Subscribe a fresh connection to every watched room; each then catches up."""
+        async with self._send_lock:
+            # Whatever was queued is superseded by this snapshot of the rooms.
+            self._outbox.clear()
+            rooms = list(self._feeds)
+            for feed in self._feeds.values():
+                if feed.pending is None:
+                    feed.pending = []
+            for start in range(0, len(rooms), SUBSCRIBE_BATCH):
+                batch = rooms[start : start + SUBSCRIBE_BATCH]
+                await conn.send_command("SUBSCRIBE", *[channel(r) for r in batch])
+            self._conn = conn
+
+    async def _send_queued(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            async with self._send_lock:
+                conn = self._conn
+                if conn is None:
+                    continue  # the next connection subscribes to every room anyway
+                commands, self._outbox = self._outbox, []
+                try:
+                    for command, channel_name in commands:
+                        await conn.send_command(command, channel_name)
+                except (RedisError, OSError) as exc:
+                    # The reader sees the broken connection too and resubscribes.
+                    log.debug("pub/sub command not sent: %s", exc)
+
+    def _handle(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 3:
+            return
+        kind, channel_name, data = reply[0], reply[1], reply[2]
+        room = room_of(str(channel_name))
+        if room is None:
+            return
+        feed = self._feeds.get(room)
+        if feed is None:
+            return
+        if kind == "message":
+            if data == "p":
+                self.on_presence(room)
+            elif data.startswith("m\n"):
+                parsed = parse_live(room, data)
+                if parsed is None:
+                    log.warning("ignoring a malformed message on %s", channel_name)
+                else:
+                    self._arrived(room, feed, *parsed)
+        elif kind == "subscribe":
+            # Now nothing published to the room can be missed: read the
+            # stream from the cursor to cover what came before.
+            self._schedule_fill(room, feed)
+
+    def _arrived(self, room: str, feed: _Feed, prev: StreamKey, message: Message) -> None:
+        if feed.pending is not None:
+            if len(feed.pending) >= PENDING_MAX:
+                # The catch-up read will find these in the stream.
+                feed.pending.clear()
+            feed.pending.append((prev, message))
+        elif prev == feed.cursor:
+            feed.cursor = message.key
+            self.on_messages(room, [message])
+        elif message.key > feed.cursor:
+            # Something between the cursor and this message went missing.
+            feed.pending = [(prev, message)]
+            self._schedule_fill(room, feed)
+
+    def _schedule_fill(self, room: str, feed: _Feed) -> None:
+        """Catch the room up from its stream soon, holding live messages back until then."""
+        if feed.pending is None:
+            feed.pending = []
+        self._to_fill[room] = None
+        self._fill_ready.set()
+
+    async def _fill_queued(self) -> None:
+        failures = 0
+        while True:
+            await self._fill_ready.wait()
+            self._fill_ready.clear()
+            while self._to_fill:
+                room = next(iter(self._to_fill))
+                del self._to_fill[room]
+                feed = self._feeds.get(room)
+                if feed is None:
                     continue
-                room = rooms.get(key)
-                if room is not None and entries:
-                    self.hub.dispatch(
-                        room, [Message.from_fields(room, id, fields) for id, fields in entries]
-                    )
+                try:
+                    await self._fill(room, feed)
+                    failures = 0
+                except (RedisError, OSError) as exc:
+                    failures += 1
+                    if failures == 1:
+                        log.warning("cannot catch up %s from its stream: %s", room, exc)
+                    self._schedule_fill(room, feed)
+                    await asyncio.sleep(min(5.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0))
 
-    async def stop(self, task: asyncio.Task[None], redis: aioredis.Redis) -> None:
-        """End :meth:`run` (running as ``task``) and close the reader's connection.
+    async def _fill(self, room: str, feed: _Feed) -> None:
+        """Read the stream after the cursor, then release the held live messages."""
+        while True:
+            page = await self.broker.read_after(room, feed.cursor, FILL_PAGE)
+            if self._feeds.get(room) is not feed:
+                return  # unwatched meanwhile
+            fresh = [m for m in page if m.key > feed.cursor]
+            if fresh:
+                feed.cursor = fresh[-1].key
+                self.on_messages(room, fresh)
+            if len(page) < FILL_PAGE:
+                break
+        held, feed.pending = feed.pending or [], None
+        for index, (prev, message) in enumerate(held):
+            if message.key <= feed.cursor:
+                continue
+            if prev != feed.cursor:
+                # Published after our read but not next to it: read again.
+                feed.pending = held[index:]
+                self._schedule_fill(room, feed)
+                return
+            feed.cursor = message.key
+            self.on_messages(room, [message])
 
-        The reader is woken rather than cancelled: a redis-py command
-        cancelled in the middle of a blocking read can hang instead of
-        raising, so cancelling is only the fallback.
-        """
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """End :meth:`run` (running as ``task``) by closing its connection."""
         self._stopping = True
-        await self._wake(redis)
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
         done, _ = await asyncio.wait([task], timeout=2)
         if not done:
             task.cancel()
             await asyncio.wait([task], timeout=1)
         with contextlib.suppress(RedisError, OSError):
-            await redis.delete(self.wake_key)
-        with contextlib.suppress(RedisError, OSError):
-            await self.redis.aclose()
+            await self._client.aclose()
+
+
+__all__ = ["Broker", "Relay", "channel", "format_id", "stream_key"]

@@ -46,6 +46,7 @@ class Config:
     heartbeat_s: float = 15.0
     idle_timeout_s: float = 60.0
     send_buffer_messages: int = 1000
+    presence_list_max: int = 200
     shutdown_timeout_s: float = 5.0
     redis_wait_s: float = 15.0
     # Where the settings came from: reloads read the same file again.
@@ -66,6 +67,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "heartbeat_s": (float, 0.05, 3600),
     "idle_timeout_s": (float, 0.1, 86400),
     "send_buffer_messages": (int, 1, 1_000_000),
+    "presence_list_max": (int, 0, 100_000),
     "shutdown_timeout_s": (float, 0.1, 600),
     "redis_wait_s": (float, 0, 3600),
 }

@@ -1,10 +1,19 @@
-"""The worker heartbeat: ping every stream, close dead and idle ones, keep presence true.
+"""The worker heartbeat, and presence announcements batched per room.
 
-Run by ``aiotools.create_timer`` every ``heartbeat_s``. Pings are not written
-here: each stream's own sender writes them, so one stalled client cannot
-delay the tick. A stream whose sender made no progress for
-``idle_timeout_s`` (its client stopped reading) is aborted; a WebSocket
-whose client sent nothing, not even a pong, for that long is closed.
+The heartbeat runs every ``heartbeat_s`` (``aiotools.create_timer``): it pings
+every connection, closes WebSockets whose client has been silent past
+``idle_timeout_s``, refreshes this worker's connections in Redis (sweeping
+those of dead workers) and re-reads the presence of its rooms. It visits the
+connections in batches, letting the loop run in between, so that no single
+callback holds the loop for long however many connections there are.
+
+A connection that cannot take its ping (its client stopped reading) queues
+it, and is cut off when it has not drained within ``idle_timeout_s`` (see
+:mod:`server.hub`).
+
+Presence changes are announced in batches: a burst of joins in one room
+costs one read and one difference per batch, sent to each subscriber once.
+Rooms too big to list (counts only) are announced at most once a second.
 """
 
 from __future__ import annotations
@@ -18,13 +27,14 @@ from redis.exceptions import RedisError
 
 from .config import Config
 from .connections import Connections
-from .hub import Hub
+from .hub import IDLE, Hub, Subscription
 from .metrics import MetricsStore
-from .streams import IDLE
+from .model import PING
 
 log = logging.getLogger(__name__)
 
-PRESENCE_BATCH_S = 0.05
+PRESENCE_BATCH_S = 0.05  # rooms that list their users
+COUNT_BATCH_S = 1.0  # rooms that only count them
 
 
 class Heartbeat:
@@ -35,25 +45,27 @@ class Heartbeat:
         self.connections = connections
         self.metrics = metrics
         self.idle_timeout_s = config.idle_timeout_s
+        self.list_max = config.presence_list_max
         self._failing = False
-        self._pending: set[str] = set()
+        self._pending: dict[str, float] = {}  # room -> when to announce it
+        self._last: dict[str, float] = {}  # room -> when it was last announced
+        self._wake = asyncio.Event()
         self._flush: asyncio.Task[None] | None = None
         self._closed = False
 
     async def tick(self, interval: float) -> None:
         now = time.monotonic()
-        alive = []
-        for sub in self.hub.subscriptions():
-            if now - sub.last_progress > self.idle_timeout_s:
-                log.info("aborting stream %s in %s: client stopped reading", sub.id, sub.room.name)
-                self.hub.metrics.dropped += 1
-                sub.abort()
-            elif sub.last_seen is not None and now - sub.last_seen > self.idle_timeout_s:
+        alive: list[tuple[str, str, int]] = []
+
+        def visit(sub: Subscription) -> None:
+            if sub.last_seen is not None and now - sub.last_seen > self.idle_timeout_s:
                 log.info("closing stream %s in %s: client silent", sub.id, sub.room.name)
                 sub.close(IDLE)
-            else:
-                sub.ping()
-                alive.append((sub.room.name, sub.user_id, sub.id))
+                return
+            sub.deliver(PING)
+            alive.append((sub.room.name, sub.user_id, sub.id))
+
+        await self.hub.visit(visit)
         try:
             await self.connections.refresh(alive)
             await self.announce(list(self.hub.rooms))
@@ -68,26 +80,38 @@ class Heartbeat:
             self._failing = False
 
     def announce_soon(self, room: str) -> None:
-        """Announce the room's presence shortly, together with other joins and leaves.
-
-        A burst of N clients joining a room would otherwise send N presence
-        lists to up to N subscribers each: quadratic in the size of the room.
-        """
-        if self._closed:
+        """Announce the room's presence shortly, together with other joins and leaves."""
+        if self._closed or room in self._pending:
             return
-        self._pending.add(room)
+        presence = self.hub.rooms[room].presence if room in self.hub.rooms else None
+        delay = COUNT_BATCH_S if presence is not None and presence.online is None else 0
+        now = time.monotonic()
+        self._pending[room] = max(now + PRESENCE_BATCH_S, self._last.get(room, 0) + delay)
+        self._wake.set()
         if self._flush is None or self._flush.done():
             self._flush = asyncio.get_running_loop().create_task(self._announce_pending())
 
     async def _announce_pending(self) -> None:
-        # Rooms added while an announcement is under way go out in the next round.
         while self._pending:
-            await asyncio.sleep(PRESENCE_BATCH_S)
-            rooms, self._pending = sorted(self._pending), set()
+            self._wake.clear()
+            now = time.monotonic()
+            due = [room for room, when in self._pending.items() if when <= now]
+            if not due:
+                wait = min(self._pending.values()) - now
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                continue
+            for room in due:
+                del self._pending[room]
+                self._last[room] = now
             try:
-                await self.announce(rooms)
+                await self.announce(due)
             except (RedisError, OSError) as exc:
                 log.debug("presence not announced (%s); the next tick will", exc)
+        # Forget rooms whose one-a-second limit has passed.
+        cutoff = time.monotonic() - COUNT_BATCH_S
+        self._last = {room: when for room, when in self._last.items() if when > cutoff}
 
     async def close(self) -> None:
         self._closed = True
@@ -97,8 +121,10 @@ class Heartbeat:
                 await self._flush
 
     async def announce(self, rooms: list[str]) -> None:
-        """Read the rooms' online users from Redis and tell local subscribers of changes."""
+        """Read the rooms' presence from Redis and tell local subscribers what changed."""
+        rooms = [room for room in rooms if room in self.hub.rooms]
         if not rooms:
             return
-        for room, online in (await self.connections.online(rooms)).items():
-            self.hub.set_presence(room, online)
+        presence = await self.connections.presence(rooms, self.list_max)
+        for room, (online, count) in presence.items():
+            self.hub.set_presence(room, online, count)

@@ -1,188 +1,274 @@
-"""The per-worker room registry: who listens where, and bounded per-connection buffers.
+"""The per-worker room registry: who listens where, and how each connection is written.
 
-The hub does not know Redis exists. It asks a :class:`Backend` for a room's
-newest id and for the messages after an id, and is fed new messages by the
-worker's single stream reader through :meth:`Hub.dispatch`.
+The hub knows nothing of Redis. It talks to a :class:`Backend` through a
+small contract: "watch room R from id X", "unwatch R", and two reads (the
+newest id, and the messages after an id). The backend hands new messages
+back, in id order and without gaps, through :meth:`Hub.dispatch`, and says
+when a room's presence changed through the callback the app gives it.
 
-Delivery without gap or duplicate works like this: a subscription is added
-to its room *before* its replay is read, so every message is either in the
-replay (read afterwards, so it reaches at least as far as the room's cursor)
-or dispatched live into the subscription's buffer. Messages are emitted in
-id order and anything at or below the last emitted id is skipped, so the
-overlap between the two is never sent twice.
+Fan-out writes the bytes each message was encoded to once straight to every
+connection of the room (:meth:`Sink.send`), with no task woken per
+connection. Only a connection that cannot take a write right now (its
+client reads slowly, or it is still replaying history) gets a queue, and a
+pump task that drains it as the connection drains; when the queue is empty
+the connection goes back to direct writes. A queue that outgrows
+``buffer_limit`` events, or a connection that does not drain within
+``idle_timeout_s``, is cut off: the client resumes by id.
+
+No gap and no duplicate: a subscription is added to its room before its
+replay is read, so every message is either in the replay (read afterwards,
+so it reaches at least as far as the room's cursor) or dispatched live into
+the subscription's queue. Each subscription remembers the last id it wrote
+and skips anything at or below it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
-import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from redis.exceptions import RedisError
+
 from .metrics import Metrics
-from .model import Message, StreamKey, format_id, parse_id
+from .model import Event, Message, Presence, PresenceDiff, StreamKey
 
 log = logging.getLogger(__name__)
 
-REPLAY_PAGE = 500
+# Messages read per replay page. A connection replays one page at a time and
+# waits for its socket to drain between writes, so a client that stops
+# reading pins at most one page plus the transport's write buffer.
+REPLAY_PAGE = 100
+# How many connections the heartbeat visits before it lets the loop run.
+VISIT_BATCH = 500
 
 
 class Backend(Protocol):
-    async def last_id(self, room: str) -> str:
-        """The newest id in the room's history, or ``0-0`` when there is none."""
+    """Where messages come from: history reads, and live delivery per room."""
 
-    async def read_after(self, room: str, after: str, count: int) -> list[Message]:
+    async def last_id(self, room: str) -> StreamKey:
+        """The newest id in the room's history, ``(0, 0)`` when there is none."""
+
+    async def read_after(self, room: str, after: StreamKey, count: int) -> list[Message]:
         """Up to ``count`` messages with ids strictly greater than ``after``, oldest first."""
 
+    def watch(self, room: str, after: StreamKey) -> None:
+        """Start handing the room's messages after ``after`` to the hub, in order, none missed."""
 
-class Overflow(Exception):
-    """A subscriber did not keep up and its buffer overflowed."""
+    def unwatch(self, room: str) -> None:
+        """Stop delivering the room's messages."""
+
+
+class Sink(Protocol):
+    """One SSE or WebSocket connection, as the hub writes to it."""
+
+    def send(self, event: Event) -> bool:
+        """Write the event now; False, writing nothing, when the client is not reading.
+
+        A connection that is already closing swallows the write and answers True.
+        """
+
+    async def drain(self) -> None:
+        """Return once the connection takes writes again."""
+
+    def close(self, reason: str) -> None:
+        """End the connection telling the client why (and, for some reasons, to reconnect)."""
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding whatever is still queued for it."""
 
 
 class Closing(Exception):
     """The worker is stopping and takes no new subscribers."""
 
 
-class Presence:
-    """A snapshot of a room's online users, encoded once for all local subscribers."""
-
-    __slots__ = ("online", "sse_frame", "ws_frame")
-
-    def __init__(self, online: list[dict[str, str]]) -> None:
-        self.online = online
-        data = json.dumps({"online": online}, ensure_ascii=False, separators=(",", ":"))
-        self.sse_frame = f"event: presence\ndata: {data}\n\n".encode()
-        self.ws_frame = ('{"type":"presence",' + data[1:]).encode()
-
-
-class Ping:
-    """Marker: the heartbeat asks the connection to prove it is alive."""
-
-
-PING = Ping()
-Event = list[Message] | Presence | Ping
+# Why the server ends a connection, as told to clients.
+SHUTDOWN = "shutdown"
+RELOAD = "reload"
+IDLE = "idle"
+UNAVAILABLE = "unavailable"  # Redis could not be read
+OVERFLOW = "overflow"  # a slow consumer, cut off
 
 
 class Subscription:
-    """One streaming connection's view of a room: a bounded outbox of events."""
+    """One connection's membership of a room."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, room: Room, user_id: str, name: str, since: StreamKey | None, limit: int):
+    __slots__ = (
+        "_pump",
+        "close_reason",
+        "closed",
+        "done",
+        "has_presence",
+        "id",
+        "last_key",
+        "last_seen",
+        "name",
+        "queue",
+        "room",
+        "since",
+        "sink",
+        "user_id",
+    )
+
+    def __init__(self, room: Room, user_id: str, name: str, since: StreamKey | None) -> None:
         self.id = next(self._ids)
         self.room = room
         self.user_id = user_id
         self.name = name
         self.since = since
-        self.limit = limit
-        self.buffer: collections.deque[Message] = collections.deque()
         self.last_key: StreamKey = since or room.cursor
-        self.presence: Presence | None = room.presence
-        self.ping_due = False
-        self.overflowed = False
+        # None: writes go straight to the sink. A deque: events wait for the
+        # pump (until the sink is attached, during the replay, or while the
+        # client reads slowly).
+        self.queue: collections.deque[Event] | None = collections.deque()
+        self.sink: Sink | None = None
+        self.has_presence = False
         self.closed = False
         self.close_reason = ""
-        # When the consumer last finished a write: the heartbeat closes
-        # connections that make no progress (a peer that stopped reading).
-        self.last_progress = time.monotonic()
         # When the client last sent anything (WebSocket only; None for SSE).
         self.last_seen: float | None = None
-        # Set by the transport: drops the connection without flushing.
-        self.abort: Callable[[], None] = self.close
-        self._wakeup = asyncio.Event()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pump: asyncio.Task[None] | None = None
 
-    def push(self, messages: Iterable[Message]) -> None:
-        if self.closed or self.overflowed:
+    # ----------------------------------------------------------------- writing
+
+    def deliver(self, event: Event) -> None:
+        """Write an event now if the connection takes it, else queue it for the pump."""
+        if self.closed:
             return
-        self.buffer.extend(messages)
-        if len(self.buffer) > self.limit:
-            # Cut off rather than grow: the client resumes by id later. The
-            # transport is aborted at once, since its writer may be stuck on
-            # a client that stopped reading.
+        if isinstance(event, Message) and event.key <= self.last_key:
+            return
+        queue = self.queue
+        if queue is None:
+            assert self.sink is not None
+            if self.sink.send(event):
+                if isinstance(event, Message):
+                    self.last_key = event.key
+                    self.room.metrics.deliveries += 1
+                return
+            self.queue = queue = collections.deque()
+        queue.append(event)
+        if len(queue) > self.room.hub.buffer_limit:
             log.info(
-                "cutting off a subscriber of %s that fell %d messages behind",
+                "cutting off a subscriber of %s that fell %d events behind",
                 self.room.name,
-                len(self.buffer),
+                len(queue),
             )
-            self.overflowed = True
-            self.buffer.clear()
-            self.room.metrics.dropped += 1
             self.abort()
-        self._wakeup.set()
+        elif self._pump is None and self.sink is not None:
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
-    def set_presence(self, presence: Presence) -> None:
-        self.presence = presence
-        self._wakeup.set()
-
-    def ping(self) -> None:
-        self.ping_due = True
-        self._wakeup.set()
-
-    def close(self, reason: str = "") -> None:
+    def attach(self, sink: Sink) -> None:
+        """Start writing to the connection: the replay, then whatever was queued meanwhile."""
+        self.sink = sink
         if not self.closed:
-            self.closed = True
-            self.close_reason = reason
-        self._wakeup.set()
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
-    def progressed(self) -> None:
-        self.last_progress = time.monotonic()
+    async def _run_pump(self) -> None:
+        try:
+            if self.since is not None:
+                await self._replay()
+                self.since = None
+            queue = self.queue
+            while queue and not self.closed:
+                event = queue.popleft()
+                if isinstance(event, Message):
+                    if event.key <= self.last_key:
+                        continue
+                    self.last_key = event.key
+                await self._write(event)
+            if not self.closed:
+                # No await since the queue was seen empty: nothing slipped in.
+                self.queue = None
+        except TimeoutError:  # before OSError, its base class
+            log.info("cutting off a subscriber of %s that stopped reading", self.room.name)
+            self.abort()
+        except (RedisError, OSError) as exc:
+            log.info("replay of %s failed: %s", self.room.name, exc)
+            self.close(UNAVAILABLE)
+        finally:
+            self._pump = None
 
-    def _fresh(self, messages: Iterable[Message]) -> list[Message]:
-        fresh = []
-        for message in messages:
-            if message.key > self.last_key:
-                fresh.append(message)
-                self.last_key = message.key
-        return fresh
+    async def _replay(self) -> None:
+        hub = self.room.hub
+        after = self.since
+        assert after is not None
+        while not self.closed:
+            page = await hub.backend.read_after(self.room.name, after, REPLAY_PAGE)
+            for message in page:
+                if message.key > self.last_key:
+                    self.last_key = message.key
+                    await self._write(message)
+            if len(page) < REPLAY_PAGE:
+                return
+            after = page[-1].key
 
-    async def events(self, backend: Backend) -> AsyncIterator[Event]:
-        """Yield the replay after ``since``, then live messages, presence and pings.
-
-        Messages come in id order, each once. Ends when the subscription is
-        closed; raises :class:`Overflow` when the consumer fell further behind
-        than its buffer allows.
-        """
-        if self.since is not None:
-            after = format_id(self.since)
-            while not self.closed:
-                page = await backend.read_after(self.room.name, after, REPLAY_PAGE)
-                if page:
-                    after = page[-1].id
-                    fresh = self._fresh(page)
-                    if fresh:
-                        yield fresh
-                if len(page) < REPLAY_PAGE:
-                    break
-        while True:
-            if self.overflowed:
-                raise Overflow
+    async def _write(self, event: Event) -> None:
+        sink = self.sink
+        assert sink is not None
+        while not sink.send(event):
             if self.closed:
                 return
-            if self.presence is not None:
-                presence, self.presence = self.presence, None
-                yield presence
-            elif self.ping_due:
-                self.ping_due = False
-                yield PING
-            elif self.buffer:
-                pending = list(self.buffer)
-                self.buffer.clear()
-                fresh = self._fresh(pending)
-                if fresh:
-                    yield fresh
-            else:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            # Raises TimeoutError for a client that stopped reading.
+            async with asyncio.timeout(self.room.hub.idle_timeout_s):
+                await sink.drain()
+        if isinstance(event, Message):
+            self.room.metrics.deliveries += 1
+
+    def writable(self) -> bool:
+        """True when writes go straight to the connection (nothing queued)."""
+        return self.queue is None
+
+    # ----------------------------------------------------------------- ending
+
+    def close(self, reason: str) -> None:
+        """End the connection gracefully, telling the client why."""
+        if self.closed:
+            return
+        self._end(reason)
+        if self.sink is not None:
+            self.sink.close(reason)
+
+    def abort(self) -> None:
+        """Cut the connection off at once (a slow consumer, a dead peer)."""
+        if self.closed:
+            return
+        self.room.metrics.dropped += 1
+        self._end(OVERFLOW)
+        if self.sink is not None:
+            self.sink.abort()
+
+    def _end(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self.queue = collections.deque()  # never None again: no more direct writes
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def stop(self) -> None:
+        """Stop the pump, if one runs; called by the transport when the connection ends."""
+        if not self.closed:
+            self._end("gone")
+        pump = self._pump
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
 
 
 class Room:
-    def __init__(self, name: str, cursor: StreamKey, metrics: Metrics) -> None:
+    __slots__ = ("cursor", "hub", "metrics", "name", "presence", "subscriptions")
+
+    def __init__(self, hub: Hub, name: str, cursor: StreamKey) -> None:
+        self.hub = hub
         self.name = name
-        self.metrics = metrics
+        self.metrics = hub.metrics
         # The id up to which this worker has dispatched the room's messages.
         self.cursor = cursor
         self.subscriptions: dict[int, Subscription] = {}
@@ -190,21 +276,25 @@ class Room:
 
 
 class Hub:
-    """Rooms with local subscribers, and the stream cursor of each."""
+    """Rooms with local subscribers, and the cursor of each."""
 
-    def __init__(self, backend: Backend, *, buffer_limit: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        buffer_limit: int,
+        idle_timeout_s: float,
+        metrics: Metrics,
+    ) -> None:
         self.backend = backend
         self.metrics = metrics
         self.buffer_limit = buffer_limit
+        self.idle_timeout_s = idle_timeout_s
         self.rooms: dict[str, Room] = {}
         self._joining: dict[str, asyncio.Task[Room]] = {}
         self.closing = False
-        self.changed = asyncio.Event()  # set when a room is added
-        # Why streams will be closed when the worker stops (see streams.py).
-        self.stop_reason = "shutdown"
-
-    def cursors(self) -> dict[str, StreamKey]:
-        return {name: room.cursor for name, room in self.rooms.items()}
+        # Why connections will be closed when the worker stops.
+        self.stop_reason = SHUTDOWN
 
     async def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
@@ -220,15 +310,16 @@ class Hub:
         return await asyncio.shield(joining)
 
     async def _create_room(self, name: str) -> Room:
-        last = await self.backend.last_id(name)
-        room = Room(name, parse_id(last) or (0, 0), self.metrics)
+        cursor = await self.backend.last_id(name)
+        room = Room(self, name, cursor)
         self.rooms[name] = room
-        self.changed.set()
+        self.backend.watch(name, cursor)
         return room
 
     async def subscribe(
         self, room_name: str, user_id: str, name: str, since: StreamKey | None
     ) -> Subscription:
+        """Join a room; events queue until :meth:`Subscription.attach` gives them a sink."""
         if self.closing:
             raise Closing
         room = await self._room(room_name)
@@ -237,43 +328,99 @@ class Hub:
             room = await self._room(room_name)
         if self.closing:
             raise Closing
-        subscription = Subscription(room, user_id, name, since, self.buffer_limit)
+        subscription = Subscription(room, user_id, name, since)
         room.subscriptions[subscription.id] = subscription
+        if room.presence is not None:
+            subscription.has_presence = True
+            subscription.deliver(room.presence)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        subscription.close()
         room = subscription.room
         room.subscriptions.pop(subscription.id, None)
         if not room.subscriptions and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self.backend.unwatch(room.name)
 
     def dispatch(self, room_name: str, messages: list[Message]) -> None:
-        """Hand newly read messages of a room to every local subscriber."""
+        """Write newly stored messages of a room to every local subscriber.
+
+        The hot path: one pass over the room's subscribers per message,
+        writing the same bytes to each; only connections with a queue take
+        the slow path.
+        """
         room = self.rooms.get(room_name)
         if room is None:
             return
-        fresh = [m for m in messages if m.key > room.cursor]
-        if not fresh:
-            return
-        room.cursor = fresh[-1].key
-        for subscription in list(room.subscriptions.values()):
-            subscription.push(fresh)
+        subscriptions = list(room.subscriptions.values())
+        direct = 0
+        for message in messages:
+            key = message.key
+            if key <= room.cursor:
+                continue
+            room.cursor = key
+            for sub in subscriptions:
+                if sub.queue is None and sub.last_key < key and sub.sink.send(message):  # type: ignore[union-attr]
+                    sub.last_key = key
+                    direct += 1
+                else:
+                    sub.deliver(message)
+        self.metrics.deliveries += direct
 
-    def subscriptions(self) -> Iterable[Subscription]:
+    def set_presence(self, room_name: str, online: list[dict[str, str]] | None, count: int) -> None:
+        """Tell local subscribers what changed in the room's presence.
+
+        ``online`` is None in rooms too big to list. Subscribers that have a
+        snapshot get only the difference; a change between listed and
+        counted sends everyone a new snapshot.
+        """
+        room = self.rooms.get(room_name)
+        if room is None:
+            return
+        old = room.presence
+        new = Presence(online, count)
+        if old is not None and (old.online is None) == (online is None):
+            diff = _difference(old, new)
+            if diff is None:
+                return
+            room.presence = new
+            for sub in list(room.subscriptions.values()):
+                if sub.has_presence:
+                    sub.deliver(diff)
+                else:
+                    sub.has_presence = True
+                    sub.deliver(new)
+            return
+        room.presence = new
+        for sub in list(room.subscriptions.values()):
+            sub.has_presence = True
+            sub.deliver(new)
+
+    def subscriptions(self) -> Iterator[Subscription]:
         for room in list(self.rooms.values()):
             yield from list(room.subscriptions.values())
 
-    def set_presence(self, room_name: str, online: list[dict[str, str]]) -> None:
-        """Send a room's online users to its local subscribers if they changed."""
-        room = self.rooms.get(room_name)
-        if room is None or (room.presence is not None and room.presence.online == online):
-            return
-        room.presence = Presence(online)
-        for subscription in list(room.subscriptions.values()):
-            subscription.set_presence(room.presence)
+    async def visit(self, visitor: Callable[[Subscription], None]) -> None:
+        """Call ``visitor`` on every subscription, letting the loop run between batches."""
+        for n, sub in enumerate(self.subscriptions(), 1):
+            if not sub.closed:
+                visitor(sub)
+            if n % VISIT_BATCH == 0:
+                await asyncio.sleep(0)
 
     def close_all(self, reason: str) -> None:
         self.closing = True
         for subscription in self.subscriptions():
             subscription.close(reason)
+
+
+def _difference(old: Presence, new: Presence) -> PresenceDiff | None:
+    if new.online is None or old.online is None:
+        return None if new.count == old.count else PresenceDiff([], [], new.count)
+    before = {user["user_id"]: user for user in old.online}
+    after = {user["user_id"]: user for user in new.online}
+    joined = [user for uid, user in after.items() if before.get(uid) != user]
+    left = [user for uid, user in before.items() if uid not in after]
+    if not joined and not left and new.count == old.count:
+        return None
+    return PresenceDiff(joined, left, new.count)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from functools import cached_property
 from typing import Any
 
@@ -40,7 +41,88 @@ def format_id(key: StreamKey) -> str:
     return f"{key[0]}-{key[1]}"
 
 
-class Message:
+def sse_chunk(frame: bytes) -> bytes:
+    """An SSE frame as one chunk of a chunked HTTP response, ready for ``transport.write``."""
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
+
+
+def ws_text(payload: bytes) -> bytes:
+    """A whole WebSocket text frame as a server sends it.
+
+    Server frames are not masked (RFC 6455, 5.1), so the same bytes can be
+    written to every connection that did not negotiate compression.
+    """
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+class Event:
+    """Something sent to every subscriber of a room, encoded once per worker.
+
+    Subclasses set ``sse_frame`` (an SSE event) and ``ws_frame`` (a WebSocket
+    text payload); the wire forms below are derived from them on first use.
+    """
+
+    sse_frame: bytes
+    ws_frame: bytes
+
+    @cached_property
+    def sse_chunk(self) -> bytes:
+        return sse_chunk(self.sse_frame)
+
+    @cached_property
+    def ws_wire(self) -> bytes:
+        return ws_text(self.ws_frame)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Presence(Event):
+    """A room's presence snapshot: its online users (small rooms only) and their count."""
+
+    def __init__(self, online: list[dict[str, str]] | None, count: int) -> None:
+        self.online = online
+        self.count = count
+        body = {"online": online, "count": count} if online is not None else {"count": count}
+        data = _json(body)
+        self.sse_frame = f"event: presence\ndata: {data}\n\n".encode()
+        self.ws_frame = ('{"type":"presence",' + data[1:]).encode()
+
+
+class PresenceDiff(Event):
+    """What changed in a room's presence since the last snapshot or diff."""
+
+    def __init__(
+        self, joined: list[dict[str, str]], left: list[dict[str, str]], count: int
+    ) -> None:
+        data = _json({"joined": joined, "left": left, "count": count})
+        self.sse_frame = f"event: presence_diff\ndata: {data}\n\n".encode()
+        self.ws_frame = ('{"type":"presence_diff",' + data[1:]).encode()
+
+
+class Ping(Event):
+    """Asks the client to prove it is alive: an SSE comment, a WebSocket ping frame."""
+
+    sse_frame = b": ping\n\n"
+    ws_frame = b""
+
+    @cached_property
+    def ws_wire(self) -> bytes:
+        return b"\x89\x00"  # FIN + ping, no payload
+
+
+PING = Ping()
+
+
+class Message(Event):
     """One chat message; immutable once built.
 
     Every subscriber of a worker is written the very same ``sse_frame`` or
@@ -80,15 +162,15 @@ class Message:
 
     @cached_property
     def json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        return _json(self.to_dict())
 
     @cached_property
-    def sse_frame(self) -> bytes:
+    def sse_frame(self) -> bytes:  # type: ignore[override]
         # json.dumps never emits a raw newline, so the data fits one line.
         return f"event: message\nid: {self.id}\ndata: {self.json}\n\n".encode()
 
     @cached_property
-    def ws_frame(self) -> bytes:
+    def ws_frame(self) -> bytes:  # type: ignore[override]
         return f'{{"type":"message","message":{self.json}}}'.encode()
 
     def __repr__(self) -> str:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import hmac
 import random
+import re
 import secrets
 from typing import Any
 
@@ -77,6 +78,8 @@ _ANIMALS = [
     "Wombat",
     "Yak",
 ]
+
+USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
 
 
 def friendly_name() -> str:

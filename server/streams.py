@@ -18,12 +18,6 @@ from .sessions import User
 
 log = logging.getLogger(__name__)
 
-# Why a stream was closed by the server, as told to clients.
-SHUTDOWN = "shutdown"
-RELOAD = "reload"
-IDLE = "idle"
-UNAVAILABLE = "unavailable"  # Redis is unreachable
-
 
 def resume_id(value: str | None, name: str) -> StreamKey | None:
     if value is None or value == "":
@@ -56,9 +50,12 @@ async def subscription(
         raise
     connections_open = app[keys.METRICS].connections
     connections_open[transport] += 1
-    heartbeat = app[keys.HEARTBEAT]
     try:
-        heartbeat.announce_soon(room)
+        if not sub.has_presence:
+            # The first connection to the room on this worker: nobody here
+            # knows its presence yet. (A user coming online in a room is
+            # announced to every worker through the room's channel.)
+            app[keys.HEARTBEAT].announce_soon(room)
         yield sub
     finally:
         connections_open[transport] -= 1
@@ -68,6 +65,5 @@ async def subscription(
         try:
             async with asyncio.timeout(2):
                 await connections.close(room, user.user_id, sub.id)
-            heartbeat.announce_soon(room)
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("could not unregister stream %s: %s", sub.id, exc)

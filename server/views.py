@@ -46,19 +46,38 @@ async def put_session(request: web.Request) -> web.Response:
 
 async def get_messages(request: web.Request) -> web.Response:
     room = posting.room_name(request.match_info["room"])
-    raw_limit = request.query.get("limit", "50")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise BadRequest("'limit' must be an integer") from None
-    if not 1 <= limit <= HISTORY_LIMIT_MAX:
-        raise BadRequest(f"'limit' must be between 1 and {HISTORY_LIMIT_MAX}")
+    limit = int_param(request, "limit", 50, HISTORY_LIMIT_MAX)
     before = request.query.get("before")
     if before is not None and parse_id(before) is None:
         raise BadRequest("'before' must be a message id")
     messages = await request.app[keys.BROKER].history(room, limit, before)
     body = '{"messages":[' + ",".join(m.json for m in messages) + "]}"
     return web.Response(text=body, content_type="application/json")
+
+
+ONLINE_LIMIT_MAX = 1000
+
+
+async def get_online(request: web.Request) -> web.Response:
+    """A page of the room's online users in user id order: how big rooms are listed."""
+    room = posting.room_name(request.match_info["room"])
+    limit = int_param(request, "limit", 100, ONLINE_LIMIT_MAX)
+    after = request.query.get("after") or None
+    if after is not None and not sessions.USER_ID_RE.fullmatch(after):
+        raise BadRequest("'after' must be a user id")
+    online, count = await request.app[keys.CONNECTIONS].online_page(room, limit, after)
+    return web.json_response({"online": online, "count": count})
+
+
+def int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be an integer") from None
+    if not 1 <= value <= maximum:
+        raise BadRequest(f"'{name}' must be between 1 and {maximum}")
+    return value
 
 
 async def post_message(request: web.Request) -> web.Response:

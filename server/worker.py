@@ -25,10 +25,10 @@ from redis.asyncio import Redis
 
 from . import keys
 from .app import create_app
+from .hub import RELOAD, SHUTDOWN
 from .process import Shared, report
 from .resources import redis_client, session_store
 from .sessions import SignedRedisStorage
-from .streams import RELOAD, SHUTDOWN
 
 log = logging.getLogger(__name__)
 

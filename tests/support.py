@@ -244,7 +244,12 @@ class Collector:
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        # The online list after each presence event (snapshots and diffs applied).
         self.presence: list[list[dict[str, str]]] = []
+        # Each presence event as it came: ("presence" | "presence_diff", data).
+        self.presence_events: list[tuple[str, dict[str, Any]]] = []
+        self.count: int | None = None
+        self._online: dict[str, dict[str, str]] = {}
         self.worker: str | None = None
         self.closed = asyncio.Event()
         self._changed = asyncio.Event()
@@ -253,8 +258,18 @@ class Collector:
         self.messages.append(message)
         self._changed.set()
 
-    def add_presence(self, online: list[dict[str, str]]) -> None:
-        self.presence.append(online)
+    def add_presence(self, kind: str, data: dict[str, Any]) -> None:
+        """Apply a ``presence`` snapshot or a ``presence_diff``, as a client would."""
+        self.presence_events.append((kind, data))
+        if kind == "presence":
+            self._online = {u["user_id"]: u for u in data.get("online", [])}
+        else:
+            for user in data["left"]:
+                self._online.pop(user["user_id"], None)
+            for user in data["joined"]:
+                self._online[user["user_id"]] = user
+        self.count = data["count"]
+        self.presence.append(sorted(self._online.values(), key=lambda u: u["user_id"]))
         self._changed.set()
 
     @property
@@ -286,8 +301,8 @@ async def sse_collector(
                 async for event in sse_events(resp):
                     if event.event == "message":
                         collector.add(event.json())
-                    elif event.event == "presence":
-                        collector.add_presence(event.json()["online"])
+                    elif event.event in ("presence", "presence_diff"):
+                        collector.add_presence(event.event, event.json())
         except (TimeoutError, aiohttp.ClientError):
             pass
         finally:
@@ -322,8 +337,8 @@ async def ws_collector(
                     frame = json.loads(msg.data)
                     if frame["type"] == "message":
                         collector.add(frame["message"])
-                    elif frame["type"] == "presence":
-                        collector.add_presence(frame["online"])
+                    elif frame["type"] in ("presence", "presence_diff"):
+                        collector.add_presence(frame["type"], frame)
             finally:
                 collector.closed.set()
                 collector._changed.set()

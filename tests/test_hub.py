@@ -1,39 +1,111 @@
-"""The hub on its own, with a backend in memory: joins, ordering, overflow."""
+"""The hub on its own, against a backend and connections in memory.
+
+The hub's contract with Redis is the small ``Backend`` protocol and its
+contract with SSE and WebSocket the ``Sink`` protocol, so the core's
+ordering, fan-out, slow-consumer and presence rules are tested here with no
+Redis and no sockets.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import pytest
 
-from server.hub import Closing, Hub, Overflow
+from server.hub import OVERFLOW, REPLAY_PAGE, Closing, Hub, Subscription
 from server.metrics import Metrics
-from server.model import Message
-
-METRICS = Metrics(instance="test", worker=0, reloads=0)
+from server.model import Event, Message, Ping, Presence, PresenceDiff, StreamKey
 
 
-class SlowBackend:
+def message(n: int, room: str = "r") -> Message:
+    return Message(f"{n}-0", room, "u-1", "n", f"t{n}", 0.0)
+
+
+class MemoryBackend:
+    """Rooms' histories in lists; records what the hub asks to watch."""
+
     def __init__(self) -> None:
         self.release = asyncio.Event()
-        self.messages: list[Message] = []
+        self.release.set()
+        self.history: dict[str, list[Message]] = {}
+        self.watched: dict[str, StreamKey] = {}
+        self.reads = 0
 
-    async def last_id(self, room: str) -> str:
+    async def last_id(self, room: str) -> StreamKey:
         await self.release.wait()
-        return self.messages[-1].id if self.messages else "0-0"
+        messages = self.history.get(room, [])
+        return messages[-1].key if messages else (0, 0)
 
-    async def read_after(self, room: str, after: str, count: int) -> list[Message]:
-        key = tuple(map(int, after.split("-")))
-        return [m for m in self.messages if m.key > key][:count]
+    async def read_after(self, room: str, after: StreamKey, count: int) -> list[Message]:
+        self.reads += 1
+        return [m for m in self.history.get(room, []) if m.key > after][:count]
+
+    def watch(self, room: str, after: StreamKey) -> None:
+        self.watched[room] = after
+
+    def unwatch(self, room: str) -> None:
+        del self.watched[room]
 
 
-def message(n: int) -> Message:
-    return Message(f"{n}-0", "r", "u-1", "n", f"t{n}", 0.0)
+class MemorySink:
+    """A connection: keeps what was written; ``paused`` plays a client that does not read."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.paused = False
+        self.pause_after: int | None = None  # stop reading once this many were written
+        self.aborted = False
+        self.closed_with: str | None = None
+        self._resumed = asyncio.Event()
+
+    def send(self, event: Event) -> bool:
+        if self.paused or len(self.events) == self.pause_after:
+            self.paused = True
+            return False
+        self.events.append(event)
+        return True
+
+    async def drain(self) -> None:
+        while self.paused:
+            self._resumed.clear()
+            await self._resumed.wait()
+
+    def resume(self) -> None:
+        self.paused = False
+        self._resumed.set()
+
+    def close(self, reason: str) -> None:
+        self.closed_with = reason
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.events if isinstance(e, Message)]
+
+    def of(self, kind: type[Event]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def make_hub(backend: MemoryBackend, *, limit: int = 100, idle: float = 5.0) -> Hub:
+    metrics = Metrics(instance="test", worker=0, reloads=0)
+    return Hub(backend, buffer_limit=limit, idle_timeout_s=idle, metrics=metrics)
+
+
+async def settled(sub: Subscription) -> None:
+    """Wait until the subscription writes straight to its sink (its queue is gone)."""
+    async with asyncio.timeout(2):
+        while not sub.writable() and not sub.closed:
+            await asyncio.sleep(0.001)
 
 
 async def test_a_joiner_hanging_up_does_not_cancel_the_others() -> None:
-    backend = SlowBackend()
-    hub = Hub(backend, buffer_limit=10, metrics=METRICS)
+    backend = MemoryBackend()
+    backend.release.clear()
+    hub = make_hub(backend)
     first = asyncio.create_task(hub.subscribe("r", "u-1", "A", None))
     second = asyncio.create_task(hub.subscribe("r", "u-2", "B", None))
     await asyncio.sleep(0.01)
@@ -45,51 +117,202 @@ async def test_a_joiner_hanging_up_does_not_cancel_the_others() -> None:
         await first
 
 
+async def test_the_backend_watches_a_room_from_its_newest_id_while_it_has_subscribers() -> None:
+    backend = MemoryBackend()
+    backend.history["r"] = [message(1), message(2)]
+    hub = make_hub(backend)
+    a = await hub.subscribe("r", "u-1", "A", None)
+    b = await hub.subscribe("r", "u-2", "B", None)
+    assert backend.watched == {"r": (2, 0)}
+    hub.unsubscribe(a)
+    assert "r" in backend.watched
+    hub.unsubscribe(b)
+    assert backend.watched == {}
+
+
+async def test_live_messages_are_written_to_every_connection_within_dispatch() -> None:
+    backend = MemoryBackend()
+    hub = make_hub(backend)
+    sinks = [MemorySink() for _ in range(3)]
+    subs = []
+    for n, sink in enumerate(sinks):
+        sub = await hub.subscribe("r", f"u-{n}", "A", None)
+        sub.attach(sink)
+        subs.append(sub)
+    for sub in subs:
+        await settled(sub)
+    # No await between dispatch and the check: nothing was left to a task.
+    hub.dispatch("r", [message(1), message(2)])
+    assert [sink.ids for sink in sinks] == [["1-0", "2-0"]] * 3
+    # The very same encoded bytes for everyone.
+    assert len({id(sink.events[0]) for sink in sinks}) == 1
+    assert hub.metrics.deliveries == 6
+
+
+async def test_a_message_dispatched_twice_is_written_once() -> None:
+    backend = MemoryBackend()
+    hub = make_hub(backend)
+    sink = MemorySink()
+    sub = await hub.subscribe("r", "u-1", "A", None)
+    sub.attach(sink)
+    await settled(sub)
+    hub.dispatch("r", [message(1), message(2)])
+    hub.dispatch("r", [message(2), message(1), message(3)])
+    assert sink.ids == ["1-0", "2-0", "3-0"]
+
+
 async def test_replay_and_live_overlap_is_sent_once_in_order() -> None:
-    backend = SlowBackend()
-    backend.release.set()
-    backend.messages = [message(n) for n in range(1, 6)]
-    hub = Hub(backend, buffer_limit=100, metrics=METRICS)
-    subscription = await hub.subscribe("r", "u-1", "A", (2, 0))
-    # Live delivery of messages the replay also returns, and newer ones.
+    backend = MemoryBackend()
+    backend.history["r"] = [message(n) for n in range(1, 6)]
+    hub = make_hub(backend)
+    sub = await hub.subscribe("r", "u-1", "A", (2, 0))
+    # Live delivery, before the replay ran, of messages the replay also returns.
     hub.rooms["r"].cursor = (3, 0)
+    backend.history["r"].append(message(6))
     hub.dispatch("r", [message(4), message(5), message(6)])
-    backend.messages.append(message(6))
-    received: list[str] = []
-    async with asyncio.timeout(2):
-        async for event in subscription.events(backend):
-            if isinstance(event, list):
-                received += [m.id for m in event]
-            if received[-1:] == ["6-0"]:
-                break
+    sink = MemorySink()
+    sub.attach(sink)
+    await settled(sub)
     hub.dispatch("r", [message(7)])
+    assert sink.ids == ["3-0", "4-0", "5-0", "6-0", "7-0"]
+
+
+async def test_a_paused_connection_queues_and_catches_up_in_order_when_it_drains() -> None:
+    backend = MemoryBackend()
+    hub = make_hub(backend)
+    slow, fast = MemorySink(), MemorySink()
+    subs = []
+    for n, sink in enumerate((slow, fast)):
+        sub = await hub.subscribe("r", f"u-{n}", "A", None)
+        sub.attach(sink)
+        await settled(sub)
+        subs.append(sub)
+    slow.paused = True
+    hub.dispatch("r", [message(n) for n in range(1, 11)])
+    assert fast.ids == [f"{n}-0" for n in range(1, 11)]
+    assert slow.ids == [] and not subs[0].writable()
+    slow.resume()
+    await settled(subs[0])
+    hub.dispatch("r", [message(11)])
+    assert slow.ids == [f"{n}-0" for n in range(1, 12)]
+
+
+async def test_a_connection_that_falls_too_far_behind_is_cut_off() -> None:
+    backend = MemoryBackend()
+    hub = make_hub(backend, limit=5)
+    slow, fast = MemorySink(), MemorySink()
+    slow_sub = await hub.subscribe("r", "u-1", "A", None)
+    slow_sub.attach(slow)
+    fast_sub = await hub.subscribe("r", "u-2", "B", None)
+    fast_sub.attach(fast)
+    await settled(slow_sub)
+    await settled(fast_sub)
+    slow.paused = True
+    hub.dispatch("r", [message(n) for n in range(1, 8)])
+    assert slow.aborted and slow_sub.closed and slow_sub.close_reason == OVERFLOW
+    assert slow_sub.done.done() and not slow_sub.queue
+    assert fast.ids == [f"{n}-0" for n in range(1, 8)]
+    assert hub.metrics.dropped == 1
+
+
+async def test_a_connection_that_stops_reading_during_a_replay_holds_one_page_and_is_cut_off() -> (
+    None
+):
+    backend = MemoryBackend()
+    backend.history["r"] = [message(n) for n in range(1, 10 * REPLAY_PAGE)]
+    hub = make_hub(backend, idle=0.2)
+    sink = MemorySink()
+    sink.pause_after = 10
+    sub = await hub.subscribe("r", "u-1", "A", (0, 0))
+    sub.attach(sink)
     async with asyncio.timeout(2):
-        async for event in subscription.events(backend):
-            if isinstance(event, list):
-                received += [m.id for m in event]
-                break
-    assert received == ["3-0", "4-0", "5-0", "6-0", "7-0"]
-
-
-async def test_overflowing_subscriber_stops_buffering_and_raises() -> None:
-    backend = SlowBackend()
-    backend.release.set()
-    hub = Hub(backend, buffer_limit=3, metrics=METRICS)
-    subscription = await hub.subscribe("r", "u-1", "A", None)
-    hub.dispatch("r", [message(n) for n in range(1, 5)])
-    hub.dispatch("r", [message(5)])
-    assert subscription.overflowed and not subscription.buffer
-    with pytest.raises(Overflow):
-        async for _ in subscription.events(backend):
-            pass
+        await sub.done
+    assert sink.aborted and sub.close_reason == OVERFLOW
+    # One page at a time: the reader never ran ahead of the writes.
+    assert backend.reads == 1
+    assert len(sink.events) == 10
 
 
 async def test_no_subscriptions_once_closing() -> None:
-    backend = SlowBackend()
-    backend.release.set()
-    hub = Hub(backend, buffer_limit=3, metrics=METRICS)
+    backend = MemoryBackend()
+    hub = make_hub(backend)
     existing = await hub.subscribe("r", "u-1", "A", None)
+    sink = MemorySink()
+    existing.attach(sink)
     hub.close_all("shutdown")
     assert existing.closed and existing.close_reason == "shutdown"
+    assert sink.closed_with == "shutdown" and existing.done.done()
     with pytest.raises(Closing):
         await hub.subscribe("r", "u-2", "B", None)
+
+
+async def test_a_ping_waits_behind_queued_messages() -> None:
+    backend = MemoryBackend()
+    hub = make_hub(backend)
+    sink = MemorySink()
+    sub = await hub.subscribe("r", "u-1", "A", None)
+    sub.attach(sink)
+    await settled(sub)
+    sink.paused = True
+    hub.dispatch("r", [message(1)])
+    sub.deliver(Ping())
+    sink.resume()
+    await settled(sub)
+    assert [type(e).__name__ for e in sink.events] == ["Message", "Ping"]
+
+
+def users(*names: str) -> list[dict[str, str]]:
+    return [{"user_id": f"u-{n}", "name": n} for n in names]
+
+
+def body(event: Event) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(event.ws_frame)
+    return data
+
+
+async def test_presence_is_a_snapshot_then_only_what_changed() -> None:
+    backend = MemoryBackend()
+    hub = make_hub(backend)
+    first = MemorySink()
+    sub = await hub.subscribe("r", "u-a", "a", None)
+    sub.attach(first)
+    hub.set_presence("r", users("a"), 1)
+    late = MemorySink()
+    late_sub = await hub.subscribe("r", "u-b", "b", None)
+    late_sub.attach(late)
+    hub.set_presence("r", users("a", "b"), 2)
+    hub.set_presence("r", users("a", "b"), 2)  # nothing changed: nothing sent
+    hub.set_presence("r", users("b"), 1)
+    for s in (sub, late_sub):
+        await settled(s)
+    assert [body(e) for e in first.events] == [
+        {"type": "presence", "online": users("a"), "count": 1},
+        {"type": "presence_diff", "joined": users("b"), "left": [], "count": 2},
+        {"type": "presence_diff", "joined": [], "left": users("a"), "count": 1},
+    ]
+    # The late subscriber starts from the snapshot it joined at.
+    assert [body(e) for e in late.events] == [
+        {"type": "presence", "online": users("a"), "count": 1},
+        {"type": "presence_diff", "joined": users("b"), "left": [], "count": 2},
+        {"type": "presence_diff", "joined": [], "left": users("a"), "count": 1},
+    ]
+
+
+async def test_big_rooms_carry_counts_only_and_crossing_the_limit_sends_a_snapshot() -> None:
+    backend = MemoryBackend()
+    hub = make_hub(backend)
+    sink = MemorySink()
+    sub = await hub.subscribe("r", "u-a", "a", None)
+    sub.attach(sink)
+    hub.set_presence("r", users("a", "b"), 2)
+    hub.set_presence("r", None, 300)
+    hub.set_presence("r", None, 301)
+    hub.set_presence("r", users("a"), 1)
+    await settled(sub)
+    assert [body(e) for e in sink.events] == [
+        {"type": "presence", "online": users("a", "b"), "count": 2},
+        {"type": "presence", "count": 300},
+        {"type": "presence_diff", "joined": [], "left": [], "count": 301},
+        {"type": "presence", "online": users("a"), "count": 1},
+    ]
+    assert isinstance(sink.events[1], Presence) and isinstance(sink.events[2], PresenceDiff)

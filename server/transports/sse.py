@@ -1,24 +1,65 @@
-"""``GET /api/rooms/{room}/events``: Server-Sent Events with aiohttp-sse."""
+"""``GET /api/rooms/{room}/events``: Server-Sent Events with aiohttp-sse.
+
+Once the response is prepared, the hub writes every event straight to the
+connection (see :mod:`server.transports.sink`); the handler only waits for
+the subscription to end.
+"""
 
 from __future__ import annotations
 
-import contextlib
-
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
-from redis.exceptions import RedisError
 
-from .. import keys, posting, sessions, streams
-from ..hub import Overflow, Presence
+from .. import hub, keys, posting, sessions, streams
+from ..model import Event, sse_chunk
+from .sink import DirectSink
 
-PING_FRAME = b": ping\n\n"
 RETRY_MS = 1000
 REDIS_RETRY_MS = 2000
 
 
-def _reconnect(reason: str, retry_ms: int = RETRY_MS) -> bytes:
+def _reconnect(reason: str, retry_ms: int) -> bytes:
     """The last event of a stream the server ends: why, and when to come back."""
     return f"event: reconnect\ndata: {reason}\nretry: {retry_ms}\n\n".encode()
+
+
+class EventStream(EventSourceResponse):
+    """aiohttp-sse's response without its ping task.
+
+    The worker heartbeat pings every connection, and a task per connection
+    that sleeps between pings would cost memory for nothing. (aiohttp-sse 3.0
+    starts ``_ping`` in ``prepare``; this one returns at once.)
+    """
+
+    async def _ping(self) -> None:
+        return
+
+
+class SseSink(DirectSink):
+    __slots__ = ("_chunked",)
+
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        super().__init__(request)
+        # An HTTP/1.0 client gets no chunked encoding: then the frames go as they are.
+        self._chunked = response.chunked
+
+    def send(self, event: Event) -> bool:
+        transport = self._transport
+        if transport.is_closing():
+            return True
+        if self._protocol.writing_paused:
+            return False
+        transport.write(event.sse_chunk if self._chunked else event.sse_frame)
+        return True
+
+    def close(self, reason: str) -> None:
+        if (
+            reason in (hub.SHUTDOWN, hub.RELOAD, hub.UNAVAILABLE)
+            and not self._transport.is_closing()
+        ):
+            retry = REDIS_RETRY_MS if reason == hub.UNAVAILABLE else RETRY_MS
+            frame = _reconnect(reason, retry)
+            self._transport.write(sse_chunk(frame) if self._chunked else frame)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -29,39 +70,19 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     user = await sessions.current_user(request)
     config = request.app[keys.CONFIG]
-    broker = request.app[keys.BROKER]
-    metrics = request.app[keys.METRICS]
     async with streams.subscription(request, room, user, since, "sse") as sub:
-        # aiohttp-sse's own ping is left idle: the worker heartbeat pings
-        # every stream, so that it can also tell which ones stopped reading.
-        response = EventSourceResponse(ping_interval=1e9, send_timeout=config.idle_timeout_s)
+        response = EventStream(send_timeout=config.idle_timeout_s)
         if user.is_new:
             await sessions.save_for_stream(request, response)
         await response.prepare(request)
-        sub.abort = response._abort_transport  # public API has none; see aiohttp-sse
         async with response:
             try:
                 await response.write(f"retry: {RETRY_MS}\n\n".encode())
-                async for event in sub.events(broker):
-                    if isinstance(event, list):
-                        await response.write(b"".join(m.sse_frame for m in event))
-                        metrics.deliveries += len(event)
-                    elif isinstance(event, Presence):
-                        await response.write(event.sse_frame)
-                    else:
-                        await response.write(PING_FRAME)
-                    sub.progressed()
-                if sub.close_reason in (streams.SHUTDOWN, streams.RELOAD):
-                    await response.write(_reconnect(sub.close_reason))
-            except RedisError:
-                # The replay could not be read: the client retries (and
-                # resumes from its last id) once Redis is back.
-                with contextlib.suppress(ConnectionResetError, RuntimeError):
-                    await response.write(_reconnect(streams.UNAVAILABLE, REDIS_RETRY_MS))
-            except Overflow:
-                # Writing more to a client that does not read would block:
-                # drop the connection; it reconnects and resumes from its last id.
-                sub.abort()
             except (ConnectionResetError, RuntimeError):
-                pass  # the client went away
+                return response  # the client went away
+            sub.attach(SseSink(request, response))
+            try:
+                await sub.done
+            finally:
+                await sub.stop()
         return response

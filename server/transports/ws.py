@@ -1,10 +1,11 @@
 """``GET /api/rooms/{room}/ws``: the WebSocket transport.
 
-One task reads the client's frames (messages to post, pings, pongs); another
-drains the subscription. The connection ends when either does; the other
-is then cancelled and awaited. Close codes: 1001 on shutdown or when idle,
-1012 on a reload, 1013 when Redis failed, 1003 for binary and 1009 for
-oversize frames.
+The handler reads the client's frames (messages to post, pings, pongs);
+the hub writes events straight to the connection (see
+:mod:`server.transports.sink`), so no task is woken per message. The
+connection ends when the client closes it or the server does. Close codes:
+1001 on shutdown or when idle, 1012 on a reload, 1013 when Redis failed,
+1003 for binary and 1009 for oversize frames.
 """
 
 from __future__ import annotations
@@ -18,22 +19,57 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import keys, posting, sessions, streams
+from .. import hub, keys, posting, sessions, streams
 from ..errors import BadRequest, ChatError, Unavailable, error_payload
-from ..hub import Overflow, Presence, Subscription
+from ..hub import Subscription
+from ..model import Event
 from ..sessions import User
+from .sink import DirectSink
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 2.0  # how long a close waits for the client's answer
 
 CLOSE_CODES = {
-    streams.SHUTDOWN: WSCloseCode.GOING_AWAY,
-    streams.RELOAD: WSCloseCode.SERVICE_RESTART,
+    hub.SHUTDOWN: WSCloseCode.GOING_AWAY,
+    hub.IDLE: WSCloseCode.GOING_AWAY,
+    hub.RELOAD: WSCloseCode.SERVICE_RESTART,
+    hub.UNAVAILABLE: WSCloseCode.TRY_AGAIN_LATER,
 }
+
+
+class WsSink(DirectSink):
+    __slots__ = ("_closing", "_ws")
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+        super().__init__(request)
+        self._ws = ws
+        self._closing: asyncio.Task[bool] | None = None
+
+    def send(self, event: Event) -> bool:
+        transport = self._transport
+        if transport.is_closing():
+            return True
+        if self._protocol.writing_paused:
+            return False
+        transport.write(event.ws_wire)
+        return True
+
+    def close(self, reason: str) -> None:
+        """Start the closing handshake; the handler's receive loop ends with it."""
+        if self._closing is None and not self._ws.closed:
+            code = CLOSE_CODES.get(reason, WSCloseCode.GOING_AWAY)
+            message = b"Redis is unavailable" if reason == hub.UNAVAILABLE else reason.encode()
+            self._closing = asyncio.get_running_loop().create_task(
+                self._ws.close(code=code, message=message)
+            )
+
+    async def finish(self) -> None:
+        if self._closing is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._closing
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -53,60 +89,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if user.is_new:
             await sessions.save_for_stream(request, ws)
         await ws.prepare(request)
-        sub.abort = lambda: _abort(request)
+        sink = WsSink(request, ws)
         sub.last_seen = time.monotonic()
-        # The connection ends when either side does: a client that hangs
-        # up, or a sender that closed it (shutdown, overflow, Redis lost).
-        sender = asyncio.create_task(_send(ws, sub, request.app))
+        sub.attach(sink)
         limit = posting.rate_key(request, user)
-        receiver = asyncio.create_task(_receive(ws, sub, request.app, room, user, limit))
         try:
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            sub.close()
-            # Let a closing handshake the sender started finish (the client
-            # then sees our close code, not 1006), within the close timeout.
-            await asyncio.wait({sender}, timeout=CLOSE_TIMEOUT_S + 0.5)
+            await _receive(ws, sub, request.app, room, user, limit)
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client went away
         finally:
-            sub.close()
-            for task in (sender, receiver):
-                task.cancel()
-            for task in (sender, receiver):
-                with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
-                    await task
+            await sub.stop()
+            await sink.finish()
     return ws
-
-
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
-
-
-async def _send(ws: web.WebSocketResponse, sub: Subscription, app: web.Application) -> None:
-    metrics = app[keys.METRICS]
-    try:
-        async for event in sub.events(app[keys.BROKER]):
-            if isinstance(event, list):
-                # send_frame, not send_str: the bytes were encoded once for
-                # every subscriber, send_str would encode them again for each.
-                for message in event:
-                    await ws.send_frame(message.ws_frame, WSMsgType.TEXT)
-                metrics.deliveries += len(event)
-            elif isinstance(event, Presence):
-                await ws.send_frame(event.ws_frame, WSMsgType.TEXT)
-            else:
-                await ws.ping()
-            sub.progressed()
-        code = CLOSE_CODES.get(sub.close_reason, WSCloseCode.GOING_AWAY)
-        await ws.close(code=code, message=sub.close_reason.encode())
-    except RedisError:
-        # The replay could not be read; the client retries once Redis is back.
-        with contextlib.suppress(ConnectionResetError, RuntimeError):
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"Redis is unavailable")
-    except Overflow:
-        # Cut off a client that does not keep up; it resumes with ?since=.
-        sub.abort()
-    except (ConnectionResetError, RuntimeError):
-        pass  # the client went away
 
 
 async def _receive(

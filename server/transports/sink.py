@@ -1,0 +1,52 @@
+"""Writing pre-encoded events straight to a connection's transport.
+
+Both transports are written the same way once their response is prepared:
+the bytes of an event, encoded once per worker, go to ``transport.write``
+unless the transport has paused writing (its buffer is over the high-water
+mark because the client reads slowly); then the hub queues the event and
+waits for :meth:`drain`. aiohttp 3.14's protocol keeps that state in
+``writing_paused`` and ``_drain_helper()`` (what its own writers await).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+
+from aiohttp import web
+
+from ..model import Event
+
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+class DirectSink:
+    """The parts of :class:`~server.hub.Sink` that SSE and WebSocket share."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, request: web.Request) -> None:
+        assert request.transport is not None
+        self._transport = request.transport
+        self._protocol = request.protocol
+
+    def send(self, event: Event) -> bool:
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        await self._protocol._drain_helper()
+
+    def abort(self) -> None:
+        """Reset the connection, freeing what the kernel still holds for it.
+
+        A plain close keeps unsent data queued (FIN-WAIT-1) for minutes, and
+        a client that resumes reading later would get all of it.
+        """
+        transport = self._transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # uvloop's stand-in socket may refuse it: then a plain abort.
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+        transport.abort()
