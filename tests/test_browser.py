@@ -48,6 +48,36 @@ WS_PATH = "/api/rooms/general/ws"
 XSS = '<img src=x onerror="window.__xss=1">'
 
 
+# Runs before the page's own script: records every presence snapshot, presence
+# change and gap notice that the page's SSE stream or WebSocket receives, in
+# order, as [type, data]. Its listeners are added first, so by the time the page
+# shows a change, the event that caused it is recorded.
+RECORD_STREAM_EVENTS = """(() => {
+  const TYPES = ['presence', 'presence_diff', 'gap'];
+  const events = (window.__streamEvents = []);
+  const parse = (text) => { try { return JSON.parse(text); } catch { return null; } };
+  const NativeEventSource = window.EventSource;
+  window.EventSource = class extends NativeEventSource {
+    constructor(...args) {
+      super(...args);
+      for (const type of TYPES) {
+        this.addEventListener(type, (e) => events.push([type, parse(e.data)]));
+      }
+    }
+  };
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (e) => {
+        const frame = typeof e.data === 'string' ? parse(e.data) : null;
+        if (TYPES.includes(frame?.type)) events.push([frame.type, frame]);
+      });
+    }
+  };
+})();"""
+
+
 def chromium_path() -> str:
     """Debian's Chromium; skip without it, except in CI, which must install it."""
     path = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
@@ -95,6 +125,31 @@ class Tab:
         assert isinstance(session.get("user_id"), str), session
         return str(session["user_id"])
 
+    def stream_events(self) -> list[tuple[str, Any]]:
+        """Every presence snapshot, presence change and gap notice received, in order."""
+        events: list[list[Any]] = self.page.evaluate("window.__streamEvents")
+        return [(kind, data) for kind, data in events]
+
+    def online_ids(self) -> Any:
+        """The users listed online, as a locator."""
+        return self.page.locator("#online li[data-user-id]")
+
+    def expect_online(self, user_ids: list[str], count: int, timeout: int = WAIT_MS) -> None:
+        """The page lists exactly ``user_ids`` online and shows the count ``count``."""
+        for user_id in user_ids:
+            expect(
+                self.page.locator(f'#online li[data-user-id="{user_id}"]'),
+                f"page {self.name} should list {user_id} online, once",
+            ).to_have_count(1, timeout=timeout)
+        expect(self.online_ids(), f"page {self.name}: who is listed").to_have_count(
+            len(user_ids), timeout=timeout
+        )
+        expect(self.page.locator("#online-count"), f"page {self.name}: count").to_have_text(
+            str(count), timeout=timeout
+        )
+        expect(self.page.locator("#people")).to_have_attribute("data-mode", "list")
+        expect(self.page.locator("#online")).to_be_visible()
+
 
 def post_message(server: ServerProcess, text: str) -> dict[str, Any]:
     """Post over plain HTTP, outside the browser (a separate, cookieless user)."""
@@ -118,6 +173,7 @@ def open_tab(
     stream (SSE) or WebSocket answered."""
     context = browser.new_context()
     context.set_default_timeout(WAIT_MS)
+    context.add_init_script(RECORD_STREAM_EVENTS)
     page = context.new_page()
     problems: list[str] = []
     streams: list[str] = []
@@ -282,11 +338,9 @@ def test_two_browser_pages_on_different_workers_chat(
         say(a, b, "hello from A")
         say(b, a, "hi A, B here")
 
-        # Each sees the other online (presence is refreshed every heartbeat).
-        expect(a.page.locator(f'#online li[data-user-id="{b_id}"]')).to_have_count(1)
-        expect(b.page.locator(f'#online li[data-user-id="{a_id}"]')).to_have_count(1)
-        expect(a.page.locator(f'#online li[data-user-id="{a_id}"]')).to_have_count(1)
-        expect(b.page.locator(f'#online li[data-user-id="{b_id}"]')).to_have_count(1)
+        # Each sees both online, and the count (presence is refreshed every heartbeat).
+        for tab in (a, b):
+            tab.expect_online([a_id, b_id], 2)
 
         # Markup is shown as typed, never run.
         send(a, XSS)
@@ -636,12 +690,7 @@ def test_sse_page_and_websocket_page_chat_together(
         # 4. Presence: each page lists both users, and only them (the HTTP
         # poster of the history holds no stream, so it is not online).
         for tab in (a, b):
-            for user_id in (a_id, b_id):
-                expect(
-                    tab.page.locator(f'#online li[data-user-id="{user_id}"]'),
-                    f"page {tab.name} should list user {user_id} online",
-                ).to_have_count(1)
-            expect(tab.page.locator("#online li[data-user-id]")).to_have_count(2)
+            tab.expect_online([a_id, b_id], 2)
 
         # 5. Both pages show what the server stored: the same ids, in order, once.
         with urllib.request.urlopen(

@@ -1,6 +1,10 @@
 // Chat page client. History comes over HTTP, live messages over Server-Sent
 // Events (or a WebSocket with ?transport=ws). Every reconnect resumes after
-// the last message id received, so nothing is missed or shown twice.
+// the last message id received, so nothing is missed or shown twice; when the
+// server no longer has all of it, the page says so where the gap is.
+//
+// Presence: a snapshot when a stream opens (or whenever the server sends a new
+// one), then only the changes. Rooms too big to list carry just a count.
 //
 // User-supplied text is only ever written with textContent: messages and
 // names may contain markup, and it must show as typed.
@@ -15,6 +19,7 @@ const MAX_RENDERED = 1000; // keeps a tab that stays open for days from growing 
 const ACK_TIMEOUT_MS = 15000;
 const STABLE_MS = 5000; // a connection that lived this long resets the backoff
 const STATUS_CLEAR_MS = 8000;
+const ONLINE_PAGE = 100; // users per "show who is online" page in rooms too big to list
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -30,14 +35,17 @@ const ui = {
   status: $('status'),
   composer: $('composer'),
   input: $('input'),
+  people: $('people'),
   online: $('online'),
   onlineCount: $('online-count'),
+  onlineNote: $('online-note'),
+  onlineNoteText: $('online-note-text'),
+  onlineMore: $('online-more'),
 };
 
 let me = null; // {user_id, name} from the session
 let cursor = null; // highest id received from history or the live stream: where a reconnect resumes
 const rendered = new Set(); // ids currently in #messages
-let lastOnline = []; // last presence list, re-drawn after a rename
 
 // ---------------------------------------------------------------- helpers
 
@@ -165,15 +173,37 @@ function messageElement(msg) {
   return li;
 }
 
+/** Whether an entry of #messages belongs after the message with this id.
+ * A gap notice stands right after the id its stream resumed from. */
+function comesAfter(el, id) {
+  if (el.dataset.id) return compareIds(el.dataset.id, id) > 0;
+  return parseId(el.dataset.after) !== null && compareIds(el.dataset.after, id) >= 0;
+}
+
 /** Put a message into #messages in id order, once. */
 function render(msg) {
   if (rendered.has(msg.id)) return;
   // Almost always the newest, so scan from the end; our own POST reply can
   // arrive ahead of the stream and older pages arrive behind, hence the scan.
   let before = ui.messages.lastElementChild;
-  while (before && compareIds(before.dataset.id, msg.id) > 0) before = before.previousElementSibling;
+  while (before && comesAfter(before, msg.id)) before = before.previousElementSibling;
   ui.messages.insertBefore(messageElement(msg), before ? before.nextSibling : ui.messages.firstChild);
   rendered.add(msg.id);
+}
+
+/** The server no longer holds every message after `since`, where this stream
+ * resumed: say so at that point of the list, once, rather than let the
+ * reader believe nothing was missed. */
+function onGap(data, since) {
+  if (parseId(since) === null) return;
+  if ([...ui.messages.children].some((el) => el.dataset.after === since)) return;
+  const li = element('li', 'notice', 'Some earlier messages are no longer available.');
+  li.dataset.after = since;
+  const firstId = typeof data?.first_id === 'string' ? data.first_id : '';
+  if (parseId(firstId)) li.title = `missed the messages after ${since}, up to ${firstId}`;
+  let before = ui.messages.lastElementChild;
+  while (before?.dataset.id && compareIds(before.dataset.id, since) > 0) before = before.previousElementSibling;
+  followingBottom(() => ui.messages.insertBefore(li, before ? before.nextSibling : ui.messages.firstChild));
 }
 
 function atBottom() {
@@ -203,11 +233,12 @@ function followingBottom(change, force = false) {
   }
 }
 
-/** Drop the oldest messages past MAX_RENDERED; "Load older" brings them back. */
+/** Drop the oldest messages (and notices among them) past MAX_RENDERED;
+ * "Load older" brings the messages back. */
 function prune() {
   while (rendered.size > MAX_RENDERED && ui.messages.firstElementChild) {
     const first = ui.messages.firstElementChild;
-    rendered.delete(first.dataset.id);
+    if (first.dataset.id) rendered.delete(first.dataset.id);
     first.remove();
     ui.older.hidden = false;
   }
@@ -238,7 +269,7 @@ async function loadHistory() {
 }
 
 async function loadOlder() {
-  const first = ui.messages.firstElementChild;
+  const first = ui.messages.querySelector('.message');
   if (!first) return;
   ui.older.disabled = true;
   try {
@@ -259,27 +290,121 @@ async function loadOlder() {
 
 // ---------------------------------------------------------------- presence and identity
 
+/** Who is online, as the server last said. `users` maps user_id -> name (one
+ * entry per user, however many tabs they have open), or is null in a room too
+ * big to list, where only `count` is known. `count` is always the server's. */
+const presence = {
+  users: null,
+  count: null,
+  // Rooms too big to list: the pages of GET .../online the reader asked for.
+  sample: null, // Map user_id -> name, or null when none was asked for
+  sampleAfter: null, // user_id to ask the next page after; null when there is none
+  sampleLoading: false,
+  generation: 0, // bumped by each snapshot, so a page that arrives after one is dropped
+};
+
+const nameOrder = new Intl.Collator(undefined, { sensitivity: 'accent' }); // case-insensitive
+const countFormat = new Intl.NumberFormat();
+
+/** [user_id, name] of each well-formed {user_id, name} in `list`. */
+function userEntries(list) {
+  if (!Array.isArray(list)) return [];
+  return list
+    .filter((u) => u !== null && typeof u === 'object' && typeof u.user_id === 'string')
+    .map((u) => [u.user_id, String(u.name ?? '')]);
+}
+
+function serverCount(data) {
+  return Number.isSafeInteger(data.count) && data.count >= 0 ? data.count : null;
+}
+
+/** `presence`: a snapshot, which replaces everything known. */
 function onPresence(data) {
-  if (!Array.isArray(data?.online)) return;
-  lastOnline = data.online;
-  const users = new Map(); // one entry per user, even with several tabs open
-  for (const u of data.online) {
-    if (u && typeof u.user_id === 'string') users.set(u.user_id, String(u.name ?? ''));
+  if (data === null || typeof data !== 'object') return;
+  presence.users = Array.isArray(data.online) ? new Map(userEntries(data.online)) : null;
+  presence.count = serverCount(data) ?? presence.users?.size ?? null;
+  presence.sample = null;
+  presence.sampleAfter = null;
+  presence.generation++;
+  renderPresence();
+}
+
+/** `presence_diff`: who came and went since the last snapshot or diff. A user
+ * in `joined` who is already listed changed (e.g. was renamed). In rooms too
+ * big to list the lists are empty and only the count changes. */
+function onPresenceDiff(data) {
+  if (data === null || typeof data !== 'object') return;
+  if (presence.users) {
+    for (const [userId] of userEntries(data.left)) presence.users.delete(userId);
+    for (const [userId, name] of userEntries(data.joined)) presence.users.set(userId, name);
   }
-  if (me && users.has(me.user_id)) users.set(me.user_id, me.name); // a rename shows before the next presence
-  const items = [...users]
-    .sort(([, a], [, b]) => a.localeCompare(b))
-    .map(([userId, name]) => {
-      const li = element('li', null, name);
-      li.dataset.userId = userId;
-      if (me && userId === me.user_id) {
-        li.classList.add('self');
-        li.append(element('span', 'you', ' (you)'));
-      }
-      return li;
-    });
-  ui.online.replaceChildren(...items);
-  ui.onlineCount.textContent = String(users.size);
+  presence.count = serverCount(data) ?? presence.users?.size ?? presence.count;
+  renderPresence();
+}
+
+function personElement(userId, name) {
+  const li = element('li', null, name);
+  li.dataset.userId = userId;
+  if (me && userId === me.user_id) {
+    li.classList.add('self');
+    li.append(element('span', 'you', ' (you)'));
+  }
+  return li;
+}
+
+/** By name, ignoring case, then by id (which keeps namesakes apart and in a stable order). */
+function peopleElements(users) {
+  const entries = [...users].map(([userId, name]) => [userId, me && userId === me.user_id ? me.name : name]);
+  entries.sort(([aId, aName], [bId, bName]) => nameOrder.compare(aName, bName) || (aId < bId ? -1 : aId > bId ? 1 : 0));
+  return entries.map(([userId, name]) => personElement(userId, name));
+}
+
+function renderPresence() {
+  const { users, count, sample } = presence;
+  ui.onlineCount.textContent = count === null ? '' : countFormat.format(count);
+  ui.people.dataset.mode = users ? 'list' : count === null ? 'unknown' : 'count';
+  if (users) {
+    // A rename of our own shows at once, before the server's next presence.
+    ui.online.replaceChildren(...peopleElements(users));
+    ui.online.hidden = false;
+    ui.onlineNote.hidden = true;
+    return;
+  }
+  ui.online.replaceChildren(...(sample ? peopleElements(sample) : []));
+  ui.online.hidden = !sample;
+  ui.onlineNote.hidden = count === null;
+  if (count === null) return;
+  const total = `${countFormat.format(count)} online`;
+  ui.onlineNoteText.textContent = sample
+    ? `Showing ${countFormat.format(sample.size)} of ${total}, as they were when asked.`
+    : `${total}: too many to keep a list.`;
+  ui.onlineMore.textContent = sample ? 'Show more' : 'Show who is online';
+  ui.onlineMore.hidden = sample !== null && presence.sampleAfter === null;
+  ui.onlineMore.disabled = presence.sampleLoading;
+}
+
+/** Rooms too big to list: fetch the next page of who is online, on request.
+ * It is a look at one moment, kept until the next snapshot. */
+async function showMoreOnline() {
+  if (presence.users || presence.sampleLoading) return;
+  const generation = presence.generation;
+  const after = presence.sample ? presence.sampleAfter : null;
+  if (presence.sample && after === null) return;
+  presence.sampleLoading = true;
+  renderPresence();
+  try {
+    const query = `limit=${ONLINE_PAGE}${after === null ? '' : `&after=${encodeURIComponent(after)}`}`;
+    const data = await api('GET', `${apiRoom}/online?${query}`);
+    if (generation !== presence.generation || presence.users) return; // a snapshot came meanwhile
+    const page = userEntries(data.online);
+    presence.sample = new Map([...(presence.sample ?? []), ...page]);
+    presence.sampleAfter = page.length < ONLINE_PAGE ? null : page[page.length - 1][0];
+  } catch (err) {
+    showStatus(err.message);
+  } finally {
+    presence.sampleLoading = false;
+    renderPresence();
+  }
 }
 
 function showMe() {
@@ -302,7 +427,7 @@ async function rename(event) {
     const data = await api('PUT', '/api/session', { name: ui.nameInput.value });
     me = { ...me, name: typeof data.name === 'string' ? data.name : ui.nameInput.value.trim() };
     showMe();
-    onPresence({ online: lastOnline });
+    renderPresence();
     showStatus('');
   } catch (err) {
     showStatus(err.message);
@@ -327,12 +452,15 @@ function sseTransport(events) {
   return {
     open() {
       this.close();
-      const query = cursor === null ? '' : `?last_event_id=${encodeURIComponent(cursor)}`;
+      const since = cursor;
+      const query = since === null ? '' : `?last_event_id=${encodeURIComponent(since)}`;
       const es = new EventSource(`${apiRoom}/events${query}`);
       source = es;
       es.addEventListener('open', events.onOpen);
       es.addEventListener('message', (e) => onLiveMessage(parseJson(e.data)));
       es.addEventListener('presence', (e) => onPresence(parseJson(e.data)));
+      es.addEventListener('presence_diff', (e) => onPresenceDiff(parseJson(e.data)));
+      es.addEventListener('gap', (e) => onGap(parseJson(e.data), since));
       es.addEventListener('error', () => {
         es.close();
         if (source !== es) return;
@@ -368,7 +496,7 @@ function wsTransport(events) {
     for (const ref of [...pending.keys()]) settle(ref, new ApiError(reason, 0));
   }
 
-  function onFrame(raw) {
+  function onFrame(raw, since) {
     const frame = typeof raw === 'string' ? parseJson(raw) : null;
     switch (frame?.type) {
       case 'message':
@@ -376,6 +504,12 @@ function wsTransport(events) {
         break;
       case 'presence':
         onPresence(frame);
+        break;
+      case 'presence_diff':
+        onPresenceDiff(frame);
+        break;
+      case 'gap':
+        onGap(frame, since);
         break;
       case 'ack':
         if (isMessage(frame.message)) settle(frame.ref, null, frame.message);
@@ -394,11 +528,12 @@ function wsTransport(events) {
     open() {
       this.close();
       const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-      const query = cursor === null ? '' : `?since=${encodeURIComponent(cursor)}`;
+      const since = cursor;
+      const query = since === null ? '' : `?since=${encodeURIComponent(since)}`;
       const ws = new WebSocket(`${scheme}://${location.host}${apiRoom}/ws${query}`);
       socket = ws;
       ws.addEventListener('open', events.onOpen);
-      ws.addEventListener('message', (e) => onFrame(e.data));
+      ws.addEventListener('message', (e) => onFrame(e.data, since));
       // 'error' is always followed by 'close', so all recovery happens here.
       // Every close reconnects: 1001/1012 are a server restart, 1006 a lost
       // network; the backoff keeps any other cause from looping hot.
@@ -532,6 +667,7 @@ async function main() {
   ui.composer.addEventListener('submit', submit);
   ui.nameForm.addEventListener('submit', rename);
   ui.older.addEventListener('click', loadOlder);
+  ui.onlineMore.addEventListener('click', showMoreOnline);
   keepBottomOnResize();
   window.addEventListener('online', () => connection.retryNow());
   // Open streams keep a page out of the back/forward cache; close them on
