@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from .support import (
     RedisProcess,
@@ -566,3 +567,71 @@ async def test_replacing_every_original_worker_keeps_the_replacements_serving(
     await asyncio.sleep(1)
     assert await worker_pids(server.url) == {0: first, 1: second}
     assert "all workers are gone" not in server.log()
+
+
+async def test_pubsub_connections_dropping_under_traffic_lose_and_repeat_nothing(
+    start_server: Callable[..., ServerProcess], redis_url: str
+) -> None:
+    server = start_server(workers=2)
+    sender = Sender(server.url, ROOM, per_second=80)
+    admin = aioredis.Redis.from_url(redis_url)
+    async with subscribers(server.url) as subs:
+        sender.start()
+        kills = 0
+        try:
+            for _ in range(8):
+                await asyncio.sleep(0.25)
+                # Redis drops every worker's pub/sub connection, messages keep coming.
+                kills += await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        finally:
+            await sender.stop()
+            await admin.aclose()
+        assert kills >= 8 and not sender.errors and set(sender.statuses) == {201}
+        await expect_everything(subs, sender.accepted)
+        # The workers caught up from the streams by themselves: no client had
+        # to reconnect and resume.
+        assert [len(sub.connections) for sub in subs] == [1] * len(subs)
+    assert "pub/sub lost Redis" in server.log()
+
+
+async def test_a_client_that_replays_everything_and_never_reads_costs_little_and_is_cut_off(
+    start_server: Callable[..., ServerProcess], redis_url: str
+) -> None:
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        text = "y" * 1000
+        for start in range(0, 10_000, 1000):
+            pipe = admin.pipeline(transaction=False)
+            for n in range(start, start + 1000):
+                pipe.xadd("chat:{big}:messages", {"u": "u-1", "n": "A", "t": text, "ts": str(n)})
+            await pipe.execute()
+    finally:
+        await admin.aclose()
+    server = start_server(workers=1, env={"CHAT_IDLE_TIMEOUT_S": "3", "CHAT_HEARTBEAT_S": "1"})
+    port = int(server.url.rsplit(":", 1)[1])
+    # Warm the worker up on the same path, so that what follows measures one client.
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.get("/api/rooms/big/events?last_event_id=0-0") as resp:
+            async for event in sse_events(resp):
+                if event.event == "message":
+                    break
+    await asyncio.sleep(0.5)
+    rss_before = worker_rss_kb(server)
+    sock = stalled_client(
+        port, b"GET /api/rooms/big/events?last_event_id=0-0 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    try:
+        await asyncio.sleep(1.5)
+        grown_kb = worker_rss_kb(server) - rss_before
+        # Cut off within idle_timeout_s (3 s) of its socket filling up: by
+        # now the connection was reset, which drops what the kernel held.
+        await asyncio.sleep(3.5)
+        sock.settimeout(2)
+        with pytest.raises((ConnectionResetError, TimeoutError)) as raised:
+            while sock.recv(1 << 16):
+                pass
+    finally:
+        sock.close()
+    assert raised.type is ConnectionResetError, "still open after idle_timeout_s"
+    assert grown_kb < 2048, grown_kb
+    assert "stopped reading" in server.log()

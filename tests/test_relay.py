@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from server.broker import Broker, Relay, channel, stream_key
 from server.model import Message
 
-from .support import assert_in_order_once, sse_collector
+from .support import assert_in_order_once, id_key, sse_collector
 
 ROOM = "relay"
 
@@ -75,9 +75,10 @@ async def test_published_messages_arrive_in_order_once(redis_url: str, redis: An
         async def send(n: int) -> list[str]:
             return [(await broker.publish(ROOM, "u-1", "A", f"{n}.{i}")).id for i in range(25)]
 
-        sent = sorted(sum(await asyncio.gather(*(send(n) for n in range(4))), []))
+        batches = await asyncio.gather(*(send(n) for n in range(4)))
+        sent = sorted((i for batch in batches for i in batch), key=id_key)
         await received.wait_for(lambda: len(received.messages) >= len(sent))
-        assert received.ids == sorted(sent, key=lambda i: tuple(map(int, i.split("-"))))
+        assert received.ids == sent
         assert_in_order_once(received.ids)
 
 

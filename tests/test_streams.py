@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -125,6 +126,80 @@ async def test_presence_lists_users_with_open_streams(client: Any, aiohttp_clien
             lambda c: {u["user_id"] for u in c.presence[-1]} == {me["user_id"]}, timeout=3
         )
     assert {u["name"] for u in mine.presence[-2]} == {me["name"], them["name"]}
+
+
+async def test_a_join_and_a_leave_reach_the_others_as_changes(
+    client: Any, aiohttp_client: Any
+) -> None:
+    other = await aiohttp_client(client.server)
+    me = await (await client.get("/api/session")).json()
+    them = await (await other.get("/api/session")).json()
+    async with sse_collector(client.session, client.make_url(f"{ROOM}/events")) as mine:
+        await mine.wait_for(lambda c: c.count == 1)
+        async with ws_collector(other.session, other.make_url(f"{ROOM}/ws")) as theirs:
+            await mine.wait_for(lambda c: c.count == 2)
+            await theirs.wait_for(lambda c: c.count == 2)
+            assert [u["user_id"] for u in theirs.presence[-1]] == sorted(
+                [me["user_id"], them["user_id"]]
+            )
+        await mine.wait_for(lambda c: c.count == 1)
+    assert mine.presence_events == [
+        ("presence", {"online": [me], "count": 1}),
+        ("presence_diff", {"joined": [them], "left": [], "count": 2}),
+        ("presence_diff", {"joined": [], "left": [them], "count": 1}),
+    ]
+
+
+async def test_a_room_over_presence_list_max_sends_counts_only(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    app = await make_app(presence_list_max=1)
+    first = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    second = await aiohttp_client(first.server)
+    async with (
+        sse_collector(first.session, first.make_url(f"{ROOM}/events")) as a,
+        ws_collector(second.session, second.make_url(f"{ROOM}/ws")) as b,
+    ):
+        await a.wait_for(lambda c: c.count == 2)
+        await b.wait_for(lambda c: c.count == 2)
+    for collector in (a, b):
+        assert collector.presence_events
+        for kind, data in collector.presence_events:
+            assert "online" not in data or len(data["online"]) <= 1, (kind, data)
+            assert not data.get("joined") and not data.get("left"), (kind, data)
+    # Two users: over the limit of one, so the last snapshot had no list.
+    assert any(
+        kind == "presence" and "online" not in data
+        for kind, data in a.presence_events + b.presence_events
+    )
+
+
+async def test_online_pages_through_a_room_in_user_id_order(
+    client: Any, aiohttp_client: Any
+) -> None:
+    users = [client] + [await aiohttp_client(client.server) for _ in range(4)]
+    ids = sorted([(await (await u.get("/api/session")).json())["user_id"] for u in users])
+    async with contextlib.AsyncExitStack() as stack:
+        for user in users:
+            await stack.enter_async_context(
+                sse_collector(user.session, user.make_url(f"{ROOM}/events"))
+            )
+        seen: list[str] = []
+        after = ""
+        async with asyncio.timeout(5):
+            while True:
+                resp = await client.get(f"{ROOM}/online", params={"limit": 2, "after": after})
+                assert resp.status == 200
+                page = await resp.json()
+                assert page["count"] == 5
+                seen += [u["user_id"] for u in page["online"]]
+                if len(page["online"]) < 2:
+                    break
+                after = seen[-1]
+        assert seen == ids
+    for bad in ({"limit": "0"}, {"limit": "x"}, {"after": "<script>"}):
+        resp = await client.get(f"{ROOM}/online", params=bad)
+        assert resp.status == 400, bad
 
 
 async def test_sse_without_session_gets_one_and_keeps_it(client: Any) -> None:
