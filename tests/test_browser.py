@@ -5,6 +5,8 @@ users), whose event streams are served by different workers, each see the other'
 messages appear live, see the history on load, see each other online, render markup
 as text, and log no console errors or warnings. And two pages keep chatting, with
 nothing lost or shown twice, through a SIGHUP reload and a worker killed with SIGKILL.
+Presence reaches the pages as one snapshot, then changes (a join, a rename, a leave);
+rooms over ``presence_list_max`` show a count and no list.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ PAGE_LOAD_MS = 10_000
 DIFFERENT_WORKER_TRIES = 30
 DIFFERENT_WORKER_DEADLINE_S = 25.0
 HEARTBEAT_S = 0.5  # what tests.support gives the server
+PRESENCE_WAIT_MS = 10_000  # a page closing is noticed by its worker, then announced
 EVENTS_PATH = "/api/rooms/general/events"
 WS_PATH = "/api/rooms/general/ws"
 XSS = '<img src=x onerror="window.__xss=1">'
@@ -711,6 +714,146 @@ def test_sse_page_and_websocket_page_chat_together(
         assert b_traffic.events_requests() == []
 
         # No console error or warning, no page error, on either page.
+        assert problems == [], "\n".join(problems)
+    finally:
+        for tab in tabs:
+            tab.context.close()
+
+
+# ---------------------------------------------------------------- presence as changes
+
+
+def presence_kinds(tab: Tab) -> list[str]:
+    return [kind for kind, _ in tab.stream_events() if kind in ("presence", "presence_diff")]
+
+
+def user_ids(users: Any) -> set[str]:
+    return {user["user_id"] for user in users}
+
+
+def rename(tab: Tab, name: str) -> None:
+    """Save a new display name in the page's name form."""
+    tab.page.locator("#name-input").fill(name)
+    tab.page.locator("#name-save").click()
+    expect(tab.page.locator("#me")).to_have_text(name)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_joins_renames_and_leaves_reach_another_page_as_presence_changes(
+    chat_server: ServerProcess, browser: Any, transport: str
+) -> None:
+    problems: list[str] = []
+    tabs: list[Tab] = []
+    try:
+        # 1. A alone: it lists itself, once, marked as itself, with the count 1.
+        a = open_tab("A", browser, chat_server.url, problems, transport=transport)
+        tabs.append(a)
+        a_id = a.user_id()
+        a.expect_online([a_id], 1)
+        expect(a.online_ids()).to_have_class("self")
+        assert presence_kinds(a)[0] == "presence", a.stream_events()
+
+        # 2. B opens: A sees B appear by a change on the stream it already has.
+        b = open_tab("B", browser, chat_server.url, problems)
+        tabs.append(b)
+        b_id = b.user_id()
+        for tab in (a, b):
+            tab.expect_online([a_id, b_id], 2)
+        kinds = presence_kinds(a)
+        assert kinds[0] == "presence" and set(kinds[1:]) == {"presence_diff"}, kinds
+        joins = [data for kind, data in a.stream_events() if kind == "presence_diff"]
+        assert any(b_id in user_ids(d["joined"]) and d["count"] == 2 for d in joins), joins
+
+        # 3. Renames are changes too (B is already listed: its name is replaced), and
+        # the list is in name order ignoring case: "aaron" before "Zed".
+        rename(a, "Zed")
+        rename(b, "aaron")
+        expect(a.online_ids()).to_have_text(["aaron", "Zed (you)"], timeout=PRESENCE_WAIT_MS)
+        expect(b.online_ids()).to_have_text(["aaron (you)", "Zed"], timeout=PRESENCE_WAIT_MS)
+        a.expect_online([a_id, b_id], 2)
+
+        # 4. B's page closes: A sees B leave, by a change, and the count go back to 1.
+        tabs.remove(b)
+        b.context.close()
+        a.expect_online([a_id], 1, timeout=PRESENCE_WAIT_MS)
+        # One snapshot when the stream opened, and changes ever since.
+        kinds = presence_kinds(a)
+        assert kinds[0] == "presence" and set(kinds[1:]) == {"presence_diff"}, kinds
+        leaves = [data for kind, data in a.stream_events() if kind == "presence_diff"]
+        assert any(b_id in user_ids(d["left"]) and d["count"] == 1 for d in leaves), leaves
+
+        # All of it on A's first stream: nothing was dropped and reopened.
+        expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+        if transport == "ws":
+            assert len(a.traffic.sockets) == 1 and not a.traffic.sockets[0].is_closed()
+        else:
+            assert len(a.traffic.events_requests()) == 1, a.traffic.events_requests()
+        assert problems == [], "\n".join(problems)
+    finally:
+        for tab in tabs:
+            tab.context.close()
+
+
+@pytest.fixture
+def small_list_server(redis_url: str) -> Iterator[ServerProcess]:
+    """Rooms of more than one user carry presence counts only."""
+    env = {"CHAT_PRESENCE_LIST_MAX": "1"}
+    with running_server(redis_url=redis_url, workers=2, env=env) as server:
+        yield server
+
+
+def expect_count_only(tab: Tab, count: int) -> None:
+    """The page shows the count ``count`` and lists nobody."""
+    expect(tab.page.locator("#people")).to_have_attribute("data-mode", "count")
+    expect(tab.page.locator("#online-count")).to_have_text(str(count))
+    expect(tab.page.locator("#online-note-text")).to_contain_text(f"{count} online")
+    expect(tab.page.locator("#online")).to_be_hidden()
+    expect(tab.page.locator("#online li")).to_have_count(0)
+
+
+@pytest.mark.timeout(90)
+def test_rooms_over_the_list_limit_show_the_count_and_no_list(
+    small_list_server: ServerProcess, browser: Any
+) -> None:
+    problems: list[str] = []
+    tabs: list[Tab] = []
+    try:
+        # 1. One user is within presence_list_max = 1: listed.
+        a = open_tab("A", browser, small_list_server.url, problems, transport="sse")
+        tabs.append(a)
+        a_id = a.user_id()
+        a.expect_online([a_id], 1)
+
+        # 2. A second user (on a WebSocket) takes the room over the limit: every
+        # page gets a new snapshot with the count and no list, and shows just that.
+        b = open_tab("B", browser, small_list_server.url, problems, transport="ws")
+        tabs.append(b)
+        b_id = b.user_id()
+        for tab in (a, b):
+            expect_count_only(tab, 2)
+            snapshots = [data for kind, data in tab.stream_events() if kind == "presence"]
+            assert "online" not in snapshots[-1] and snapshots[-1]["count"] == 2, snapshots
+
+        # 3. On request, A looks at who is online (GET .../online): both, once each.
+        a.page.locator("#online-more").click()
+        expect(a.page.locator("#online")).to_be_visible()
+        expect(a.online_ids()).to_have_count(2)
+        for user_id in (a_id, b_id):
+            expect(a.page.locator(f'#online li[data-user-id="{user_id}"]')).to_have_count(1)
+        expect(a.page.locator(f'#online li[data-user-id="{a_id}"]')).to_have_class("self")
+        expect(a.page.locator("#online-note-text")).to_contain_text("Showing 2 of 2 online")
+        expect(a.page.locator("#online-more")).to_be_hidden()  # that was all of them
+        expect(a.page.locator("#online-count")).to_have_text("2")
+
+        # 4. B leaves: the room is within the limit again, and A's list is back.
+        tabs.remove(b)
+        b.context.close()
+        a.expect_online([a_id], 1, timeout=PRESENCE_WAIT_MS)
+        expect(a.page.locator("#online-note")).to_be_hidden()
+
+        expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+        assert len(a.traffic.events_requests()) == 1, a.traffic.events_requests()
         assert problems == [], "\n".join(problems)
     finally:
         for tab in tabs:
