@@ -16,7 +16,7 @@ from . import keys, middlewares, views
 from .broker import Broker, Relay
 from .config import Config
 from .connections import Connections
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, LoopWatch
 from .hub import Hub
 from .metrics import Metrics, MetricsStore
 from .ratelimit import RateLimiter
@@ -93,7 +93,10 @@ def create_app(
 
     async def live_delivery(app: web.Application) -> AsyncIterator[None]:
         relaying = asyncio.create_task(relay.run(), name="relay")
+        watch = LoopWatch(metrics)
+        watch.start()
         yield
+        watch.stop()
         await relay.stop(relaying)
 
     async def close_streams(app: web.Application) -> None:

@@ -28,13 +28,48 @@ from redis.exceptions import RedisError
 from .config import Config
 from .connections import Connections
 from .hub import IDLE, Hub, Subscription
-from .metrics import MetricsStore
+from .metrics import Metrics, MetricsStore
 from .model import PING
 
 log = logging.getLogger(__name__)
 
 PRESENCE_BATCH_S = 0.05  # rooms that list their users
 COUNT_BATCH_S = 1.0  # rooms that only count them
+
+
+class LoopWatch:
+    """Measures how late the event loop runs a callback: what every client waits too.
+
+    A callback every ``every_s`` notes how much later than asked it ran; the
+    worst is kept in the worker's metrics, and a stall over ``warn_s`` is
+    logged (at most once per ``every_s`` of course, since the check itself
+    waits for the loop).
+    """
+
+    def __init__(self, metrics: Metrics, every_s: float = 0.05, warn_s: float = 0.1) -> None:
+        self.metrics = metrics
+        self.every_s = every_s
+        self.warn_s = warn_s
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + self.every_s
+        self._handle = loop.call_at(self._due, self._check)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        late = loop.time() - self._due
+        self.metrics.loop_stall_max_s = max(self.metrics.loop_stall_max_s, late)
+        if late > self.warn_s:
+            log.warning("event loop stalled for %.0f ms", late * 1000)
+        self._due = loop.time() + self.every_s
+        self._handle = loop.call_at(self._due, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 class Heartbeat:
@@ -54,6 +89,15 @@ class Heartbeat:
         self._closed = False
 
     async def tick(self, interval: float) -> None:
+        started = time.perf_counter()
+        try:
+            await self._tick()
+        finally:
+            took = time.perf_counter() - started
+            worker = self.hub.metrics
+            worker.heartbeat_max_s = max(worker.heartbeat_max_s, took)
+
+    async def _tick(self) -> None:
         now = time.monotonic()
         alive: list[tuple[str, str, int]] = []
 

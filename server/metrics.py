@@ -40,6 +40,10 @@ class Metrics:
     published: int = 0
     deliveries: int = 0
     dropped: int = 0  # slow consumers cut off
+    # The longest the event loop was held up, and the longest heartbeat
+    # tick, since the worker started (seconds).
+    loop_stall_max_s: float = 0.0
+    heartbeat_max_s: float = 0.0
 
     @property
     def member(self) -> str:
@@ -52,6 +56,8 @@ class Metrics:
             "worker": str(self.worker),
             "reloads": str(self.reloads),
             **{f"connections_{t}": str(self.connections[t]) for t in TRANSPORTS},
+            "loop_stall_max_s": f"{self.loop_stall_max_s:.6f}",
+            "heartbeat_max_s": f"{self.heartbeat_max_s:.6f}",
         }
 
     def counts(self) -> dict[str, int]:
@@ -135,7 +141,15 @@ def render(snapshots: list[dict[str, str]], totals: dict[str, str]) -> str:
         "# HELP chat_worker_up Workers alive and reporting.",
         "# TYPE chat_worker_up gauge",
     ]
-    for s in sorted(snapshots, key=lambda s: (s.get("instance", ""), int(s.get("worker", 0)))):
-        instance, worker = _escape(s.get("instance", "")), _escape(s.get("worker", ""))
-        lines.append(f'chat_worker_up{{instance="{instance}",worker="{worker}"}} 1')
+    workers = sorted(snapshots, key=lambda s: (s.get("instance", ""), int(s.get("worker", 0))))
+    for name, field, help_text in (
+        ("chat_worker_up", "", "Workers alive and reporting."),
+        ("chat_loop_stall_max_seconds", "loop_stall_max_s", "Longest event loop stall so far."),
+        ("chat_heartbeat_max_seconds", "heartbeat_max_s", "Longest heartbeat tick so far."),
+    ):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for s in workers:
+            instance, worker = _escape(s.get("instance", "")), _escape(s.get("worker", ""))
+            value = s.get(field, "0") if field else "1"
+            lines.append(f'{name}{{instance="{instance}",worker="{worker}"}} {value}')
     return "\n".join(lines) + "\n"

@@ -316,3 +316,24 @@ async def test_big_rooms_carry_counts_only_and_crossing_the_limit_sends_a_snapsh
         {"type": "presence", "online": users("a"), "count": 1},
     ]
     assert isinstance(sink.events[1], Presence) and isinstance(sink.events[2], PresenceDiff)
+
+
+async def test_the_loop_watch_sees_and_logs_a_stalled_loop(caplog: Any) -> None:
+    import logging
+    import time
+
+    from server.heartbeat import LoopWatch
+
+    metrics = Metrics(instance="test", worker=0, reloads=0)
+    watch = LoopWatch(metrics, every_s=0.01, warn_s=0.1)
+    watch.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert metrics.loop_stall_max_s < 0.1
+        with caplog.at_level(logging.WARNING, logger="server.heartbeat"):
+            time.sleep(0.2)  # a callback that holds the loop
+            await asyncio.sleep(0.05)
+    finally:
+        watch.stop()
+    assert metrics.loop_stall_max_s >= 0.15
+    assert "event loop stalled for" in caplog.text

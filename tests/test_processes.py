@@ -103,6 +103,13 @@ async def test_metrics_are_totals_over_all_workers(
                     await asyncio.sleep(0.1)
             ups = [line for line in text.splitlines() if line.startswith("chat_worker_up")]
             assert len(ups) == 2 and 'worker="0"' in ups[0] and 'worker="1"' in ups[1]
+            for gauge in ("chat_loop_stall_max_seconds", "chat_heartbeat_max_seconds"):
+                values = [
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith(gauge + "{")
+                ]
+                assert len(values) == 2 and all(0 <= v < 5 for v in values), (gauge, values)
             # Counters keep counting across a reload (new workers start at 0).
             pids = await worker_health(server.url)
             server.signal(signal.SIGHUP)
