@@ -122,11 +122,11 @@ def create_app(redis_url: str, *, channel: str = "socketio") -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, redis_url: str) -> None:
+async def serve(host: str, port: int, redis_url: str, backlog: int) -> None:
     app = create_app(redis_url)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=True, backlog=1024)
+    site = web.TCPSite(runner, host, port, reuse_port=True, backlog=backlog)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -158,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--backlog", type=int, default=1024)
     args = parser.parse_args(argv)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-        runner.run(serve(args.host, args.port, args.redis_url))
+        runner.run(serve(args.host, args.port, args.redis_url, args.backlog))
     return 0
 
 

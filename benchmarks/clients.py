@@ -1,0 +1,556 @@
+"""The load generator's streaming clients: SSE, WebSocket and socket.io, parsed by hand.
+
+One asyncio ``Protocol`` per connection, no task or queue per message: the
+load generator shares the machine with the servers, so a client that costs
+less per delivery leaves more CPU to the server it measures. Each client:
+
+- sends its HTTP request itself (SSE ``GET .../events``, a WebSocket upgrade
+  to ``.../ws``, or socket.io's ``/socket.io/?EIO=4&transport=websocket``);
+- offers ``permessage-deflate`` on WebSocket as browsers do (unless told
+  not to) and inflates what a server that accepted it sends;
+- answers WebSocket pings and socket.io's Engine.IO pings;
+- reads each message's sequence number and send time from its text
+  (``bench <seq> <perf_counter_ns>``) and its id, without decoding the JSON;
+- counts lost, duplicate and out-of-order messages, and reconnects (the chat
+  server's clients resume after the last id they saw, as its page does).
+
+``Placement`` evens the clients out over the server's processes: a stream
+that lands on a process that has its share already is closed and opened again.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import socket
+import time
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+
+TEXT_PREFIX = "bench "
+TEXT_RE = re.compile(rb'"text": ?"bench (\d+) (\d+)"')
+ID_RE = re.compile(rb'"id": ?"([^"]*)"')
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+MAX_PLACEMENT_ATTEMPTS = 40
+WS_HANDSHAKE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: {key}\r\n"
+)
+DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where the streams go: the server's address, the response header that names the
+    process serving a stream, and whether it takes a resume id on reconnect."""
+
+    host: str
+    port: int
+    pid_header: str
+    resumes: bool = False
+
+
+class ProtocolError(Exception):
+    """The server answered something else than a stream (an HTTP error, a refusal)."""
+
+
+class Replaced(Exception):
+    """The connection landed on a process that has its share already; open another."""
+
+
+class Recorder:
+    """What all clients of one target received, in one place."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.latencies = array.array("d")  # milliseconds, one per delivery
+        self.deliveries = 0
+        self.first_copies = 0  # deliveries that were not duplicates
+        self.last_ns = 0
+        self.other_events = 0  # presence, pings, retry hints...
+        self.other_bytes = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.reconnects = 0
+
+
+class Placement:
+    """Spreads streams evenly over the server's processes (when enabled).
+
+    ``landings`` counts where connections landed before any correction: how
+    the server spreads them by itself.
+    """
+
+    def __init__(self, processes: int, kinds: Sequence[str], enabled: bool) -> None:
+        self.quota = {k: math.ceil(n / processes) for k, n in Counter(kinds).items()}
+        self.enabled = enabled
+        self.placed: Counter[tuple[str, str]] = Counter()
+        self.landings: Counter[str] = Counter()
+        self.retries = 0
+
+    def admit(self, kind: str, process: str, attempt: int) -> bool:
+        self.landings[process] += 1
+        full = self.placed[kind, process] >= self.quota[kind]
+        if self.enabled and full and attempt < MAX_PLACEMENT_ATTEMPTS:
+            self.retries += 1
+            return False
+        self.placed[kind, process] += 1
+        return True
+
+    def per_process(self) -> dict[str, int]:
+        totals: Counter[str] = Counter()
+        for (_, process), n in self.placed.items():
+            totals[process] += n
+        return dict(sorted(totals.items()))
+
+
+def parse_id(value: bytes) -> tuple[int, int]:
+    ms, _, seq = value.partition(b"-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def source_addresses(n_streams: int, per_address: int = 10_000) -> list[str | None]:
+    """Local addresses to connect from: the default one, or 127.0.0.2, .3, ... when there
+    are too many streams for one address's ephemeral ports."""
+    count = math.ceil(n_streams / per_address)
+    if count <= 1:
+        return [None]
+    return [f"127.0.0.{i + 2}" for i in range(count)]
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ProtocolError):
+        return str(exc)
+    return type(exc).__name__
+
+
+class Subscriber:
+    """One streaming client; reconnects when its stream ends while it runs."""
+
+    def __init__(
+        self,
+        kind: str,
+        endpoint: Endpoint,
+        room: str,
+        recorder: Recorder,
+        placement: Placement | None = None,
+        *,
+        source: str | None = None,
+        deflate: bool = True,
+    ) -> None:
+        self.kind = kind
+        self.host, self.port = endpoint.host, endpoint.port
+        self.pid_header = endpoint.pid_header.lower().encode()
+        self.resumes = endpoint.resumes
+        self.room = room
+        self.recorder = recorder
+        self.placement = placement
+        self.source = source
+        self.deflate_offer = deflate and kind != "sse"
+        self.ordered = kind != "eio"  # socket.io's ids carry no order
+        self.counts = bytearray(256)  # per sequence number: how often it arrived
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.last_key = (0, 0)
+        self.last_id = b""
+        self.process = ""
+        self.admitted = False
+        self.attempts = 0
+        self.reconnects = 0
+        self.close_reasons: Counter[str] = Counter()
+        self.error = ""
+        self.status = 0  # HTTP status of the last answer
+        self.connect_s = 0.0  # from the connect until the stream was open
+        self.opened_at = 0.0  # time.monotonic() then
+        self.ready = asyncio.Event()  # the stream is open (set once)
+        self.settled = asyncio.Event()  # open, or given up
+        self.stopping = False
+        self.task: asyncio.Task[None] | None = None
+        self.stream: Stream | None = None
+
+    def start(self, attempts: int = 5, open_timeout: float = 30.0) -> None:
+        self.task = asyncio.create_task(self._run(attempts, open_timeout))
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.stream is not None and self.stream.transport is not None:
+            self.stream.transport.abort()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self, attempts: int, open_timeout: float) -> None:
+        failures = 0
+        while not self.stopping:
+            try:
+                reason = await self._connect_once(open_timeout)
+            except Replaced:
+                continue
+            except (OSError, TimeoutError, ProtocolError, ValueError) as exc:
+                reason = describe(exc)
+            if self.stopping:
+                return
+            if not self.ready.is_set():
+                failures += 1
+                if failures >= attempts:
+                    self.error = reason
+                    self.settled.set()
+                    return
+            else:
+                self.reconnects += 1
+                self.recorder.reconnects += 1
+                self.close_reasons[reason] += 1
+            await asyncio.sleep(0.05)
+
+    async def _connect_once(self, open_timeout: float) -> str:
+        loop = asyncio.get_running_loop()
+        stream = self.stream = Stream(self, loop)
+        t0 = time.perf_counter()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if self.source is not None:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.source, 0))
+            async with asyncio.timeout(open_timeout):
+                await loop.sock_connect(sock, (self.host, self.port))
+                await loop.create_connection(lambda: stream, sock=sock)
+                await stream.opened
+        except BaseException:
+            if stream.transport is not None:
+                stream.transport.abort()
+            else:
+                sock.close()
+            raise
+        if not self.ready.is_set():
+            self.connect_s = time.perf_counter() - t0
+            self.opened_at = time.monotonic()
+            self.ready.set()
+            self.settled.set()
+        return await stream.closed
+
+    def request(self) -> bytes:
+        room = self.room
+        resume = self.last_id.decode() if self.resumes and self.last_id else ""
+        if self.kind == "sse":
+            path = f"/api/rooms/{room}/events" + (f"?last_event_id={resume}" if resume else "")
+            extra = "Accept: text/event-stream\r\n"
+        else:
+            if self.kind == "ws":
+                path = f"/api/rooms/{room}/ws" + (f"?since={resume}" if resume else "")
+            else:
+                path = "/socket.io/?EIO=4&transport=websocket"
+            key = base64.b64encode(os.urandom(16)).decode()
+            extra = WS_HANDSHAKE.format(key=key) + (DEFLATE_OFFER if self.deflate_offer else "")
+        return f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{extra}\r\n".encode()
+
+    def admit(self, process: str) -> bool:
+        """The server has accepted the stream on ``process``; False to move it."""
+        if self.admitted:
+            return True
+        self.attempts += 1
+        if self.placement is not None and not self.placement.admit(
+            self.kind, process, self.attempts
+        ):
+            return False
+        self.admitted = True
+        self.process = process
+        return True
+
+    def on_message(self, data: bytes, now: int) -> None:
+        """A chat message (its JSON, as bytes) arrived at ``now`` (perf_counter_ns)."""
+        recorder = self.recorder
+        if self.ordered:
+            found = ID_RE.search(data)
+            if found:
+                key = parse_id(found.group(1))
+                if key <= self.last_key:
+                    self.out_of_order += 1
+                    recorder.out_of_order += 1
+                else:
+                    self.last_key, self.last_id = key, found.group(1)
+        bench = TEXT_RE.search(data)
+        if bench is None:
+            return  # a warm-up message
+        seq = int(bench.group(1))
+        counts = self.counts
+        if seq >= len(counts):
+            counts.extend(bytes(max(seq + 1 - len(counts), len(counts))))
+        seen = counts[seq]
+        if seen:
+            self.duplicates += 1
+            recorder.duplicates += 1
+            if seen < 255:
+                counts[seq] = seen + 1
+        else:
+            counts[seq] = 1
+            recorder.first_copies += 1
+        recorder.deliveries += 1
+        recorder.latencies.append((now - int(bench.group(2))) / 1e6)
+        recorder.last_ns = now
+
+    def received(self, seq: int) -> bool:
+        return seq < len(self.counts) and self.counts[seq] > 0
+
+
+class Stream(asyncio.Protocol):
+    """One connection of a subscriber: its request, the response head, then the body."""
+
+    def __init__(self, sub: Subscriber, loop: asyncio.AbstractEventLoop) -> None:
+        self.sub = sub
+        self.kind = sub.kind
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[str] = loop.create_future()
+        self._head: bytes | None = b""  # None once the response head is read
+        self._raw = b""
+        self._events = b""
+        self._chunked = False
+        self._data_left = 0
+        self._crlf_left = 0
+        self._fragments: list[bytes] = []
+        self._compressed = False
+        self._inflate: zlib._Decompress | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.transport.write(self.sub.request())
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter_ns()
+        if self._head is not None:
+            head = self._head + data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                self._head = head
+                return
+            self._head = None
+            if not self._on_head(head[:end]):
+                return
+            data = head[end + 4 :]
+            if not data:
+                return
+        if self.kind == "sse":
+            self._sse_body(data, now)
+        else:
+            self._ws_body(data, now)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = describe(exc) if exc is not None else "closed by the server"
+        self._fail_open(ProtocolError(f"connection closed before the stream opened ({reason})"))
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+    def _fail_open(self, exc: Exception) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc)
+            self.opened.exception()  # retrieved: the caller may be gone already
+
+    def _open(self) -> None:
+        if not self.opened.done():
+            self.opened.set_result(None)
+
+    def _close(self, reason: str) -> None:
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- the response head
+
+    def _on_head(self, head: bytes) -> bool:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(None, 2)
+        status = self.sub.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if status != (200 if self.kind == "sse" else 101):
+            self._fail_open(ProtocolError(f"HTTP {status}"))
+            self._close(f"HTTP {status}")
+            return False
+        if not self.sub.admit(headers.get(self.sub.pid_header, b"?").decode()):
+            self._fail_open(Replaced())
+            self._close("replaced")
+            return False
+        self._chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+        if b"permessage-deflate" in headers.get(b"sec-websocket-extensions", b""):
+            self._inflate = zlib.decompressobj(-15)
+        if self.kind != "eio":
+            self._open()  # socket.io: once in the room (its "40" packet)
+        return True
+
+    # -- SSE
+
+    def _sse_body(self, data: bytes, now: int) -> None:
+        if self._chunked:
+            buf = self._raw + data if self._raw else data
+            pos, end, parts = 0, len(buf), []
+            while pos < end:
+                if self._data_left:
+                    take = min(self._data_left, end - pos)
+                    parts.append(buf[pos : pos + take])
+                    pos += take
+                    self._data_left -= take
+                elif self._crlf_left:
+                    take = min(self._crlf_left, end - pos)
+                    pos += take
+                    self._crlf_left -= take
+                else:
+                    eol = buf.find(b"\r\n", pos)
+                    if eol < 0:
+                        break
+                    size = int(buf[pos:eol].split(b";", 1)[0], 16)
+                    pos = eol + 2
+                    if size == 0:
+                        self._close("end of the response")
+                        break
+                    self._data_left, self._crlf_left = size, 2
+            self._raw = buf[pos:]
+            data = b"".join(parts)
+        events = self._events + data if self._events else data
+        if b"\r" in events:
+            events = events.replace(b"\r\n", b"\n")
+        if b"\n\n" not in events:
+            self._events = events
+            return
+        *complete, self._events = events.split(b"\n\n")
+        recorder = self.sub.recorder
+        for event in complete:
+            if event.startswith(b"event: message\n"):
+                start = event.find(b"\ndata:")
+                if start >= 0:
+                    stop = event.find(b"\n", start + 6)
+                    self.sub.on_message(event[start + 6 : stop if stop >= 0 else None], now)
+                    continue
+            recorder.other_events += 1
+            recorder.other_bytes += len(event) + 2
+
+    # -- WebSocket
+
+    def _ws_body(self, data: bytes, now: int) -> None:
+        buf = self._raw + data if self._raw else data
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            size, header = b1 & 0x7F, 2
+            if size == 126:
+                if end - pos < 4:
+                    break
+                size, header = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif size == 127:
+                if end - pos < 10:
+                    break
+                size, header = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            stop = pos + header + size
+            if stop > end:
+                break
+            payload = buf[pos + header : stop]
+            pos = stop
+            opcode = b0 & 0x0F
+            if opcode in (0, 1, 2):
+                if opcode:
+                    self._compressed = bool(b0 & 0x40)
+                if not b0 & 0x80 or self._fragments:  # fragmented
+                    self._fragments.append(payload)
+                    if not b0 & 0x80:
+                        continue
+                    payload, self._fragments = b"".join(self._fragments), []
+                if self._compressed and self._inflate is not None:
+                    payload = self._inflate.decompress(payload + b"\x00\x00\xff\xff")
+                self._on_text(payload, now)
+            elif opcode == 9:
+                self._send_ws(0xA, payload)  # pong
+            elif opcode == 8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self._send_ws(0x8, payload[:2])
+                self._fail_open(ProtocolError(f"closed with {code}"))
+                self._close(f"WebSocket close {code}")
+                return
+        self._raw = buf[pos:]
+
+    def _send_ws(self, opcode: int, payload: bytes) -> None:
+        """A masked client frame (RFC 6455 5.3)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        size = len(payload)
+        if size < 126:
+            header = bytes((0x80 | opcode, 0x80 | size))
+        else:
+            header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+        mask = os.urandom(4)
+        if size:
+            key = int.from_bytes((mask * (size // 4 + 1))[:size], "big")
+            payload = (int.from_bytes(payload, "big") ^ key).to_bytes(size, "big")
+        self.transport.write(header + mask + payload)
+
+    def _on_text(self, text: bytes, now: int) -> None:
+        if self.kind == "ws":
+            if text.startswith(b'{"type":"message"'):
+                self.sub.on_message(text, now)
+            else:
+                self.sub.recorder.other_events += 1
+                self.sub.recorder.other_bytes += len(text)
+            return
+        # socket.io: Engine.IO packet type, then Socket.IO packet type.
+        if text.startswith(b'42["message"'):
+            self.sub.on_message(text, now)
+        elif text == b"2":
+            self._send_ws(0x1, b"3")  # Engine.IO ping -> pong
+        elif text.startswith(b"0"):
+            self._send_ws(0x1, b'40{"room":"' + self.sub.room.encode() + b'"}')
+        elif text.startswith(b"40"):
+            self._open()  # the connect handler put us in the room
+        elif text.startswith(b"44"):
+            self._fail_open(ProtocolError("socket.io refused the connection"))
+            self._close("socket.io CONNECT_ERROR")
+        elif text in (b"1", b"41"):
+            self._close("socket.io close")
+        else:
+            self.sub.recorder.other_events += 1
+            self.sub.recorder.other_bytes += len(text)
+
+
+async def open_all(
+    subs: Sequence[Subscriber],
+    concurrency: int,
+    within_s: float,
+    *,
+    attempts: int = 5,
+    open_timeout: float = 30.0,
+) -> list[Subscriber]:
+    """Start them, at most ``concurrency`` connecting at once; the ones that made it."""
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(sub: Subscriber) -> None:
+        async with gate:
+            sub.start(attempts, open_timeout)
+            await sub.settled.wait()
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            await asyncio.gather(*(one(s) for s in subs))
+    return [s for s in subs if s.ready.is_set() and not s.error]
+
+
+async def stop_all(subs: Sequence[Subscriber]) -> None:
+    await asyncio.gather(*(s.stop() for s in subs), return_exceptions=True)

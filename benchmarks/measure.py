@@ -1,0 +1,290 @@
+"""Steps the scenarios share: warm up, connect a crowd of streams, publish and tally."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiohttp
+
+from .clients import Placement, Recorder, Subscriber, open_all, source_addresses, stop_all
+from .procfs import cpu_seconds, own_cpu_seconds, rss_bytes
+from .progress import LoopLag, Progress, showing
+from .publisher import Publisher, Window
+from .targets import BenchError, RedisServer, Target
+
+MIB = 2**20
+
+
+@dataclasses.dataclass
+class Context:
+    opts: argparse.Namespace
+    redis: RedisServer
+    progress: Progress
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    label: str
+    key: str
+    fmt: str = "{:.0f}"
+    ratio: bool = True  # show ours/other for it (not for counts that are the same by design)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (0 when there are none)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return float(sorted_values[min(rank, len(sorted_values)) - 1])
+
+
+def sources(opts: argparse.Namespace, n: int) -> list[str | None]:
+    if opts.source_addresses:
+        return [f"127.0.0.{i + 2}" for i in range(opts.source_addresses)]
+    return source_addresses(n)
+
+
+def make_subscribers(
+    target: Target,
+    opts: argparse.Namespace,
+    kinds_rooms: Sequence[tuple[str, str]],
+    recorder: Recorder,
+    placement: Placement | None,
+) -> list[Subscriber]:
+    addresses = sources(opts, len(kinds_rooms))
+    endpoint = target.endpoint()
+    return [
+        Subscriber(
+            kind,
+            endpoint,
+            room,
+            recorder,
+            placement,
+            source=addresses[i % len(addresses)],
+            deflate=opts.deflate,
+        )
+        for i, (kind, room) in enumerate(kinds_rooms)
+    ]
+
+
+async def warm_up(target: Target, ctx: Context, room: str, kinds: Sequence[str]) -> None:
+    """One stream of each kind on every process and a few messages, then closed: so that
+    lazily created state (the room, Redis connections, imports) exists before the
+    baseline is read."""
+    workers = ctx.opts.workers
+    kinds_rooms = [(kind, room) for kind in sorted(set(kinds)) for _ in range(workers)]
+    placement = Placement(workers, [k for k, _ in kinds_rooms], enabled=True)
+    subs = make_subscribers(target, ctx.opts, kinds_rooms, Recorder(), placement)
+    try:
+        live = await open_all(subs, len(subs), 30)
+        if len(live) < len(subs):
+            errors = {s.error for s in subs if s.error}
+            raise BenchError(f"{target.name}: warm-up streams could not connect: {errors}")
+        async with aiohttp.ClientSession(target.base_url) as poster:
+            for i in range(3):
+                async with poster.post(
+                    f"/api/rooms/{room}/messages", json={"text": f"warmup {i}"}
+                ) as resp:
+                    if resp.status != 201:
+                        raise BenchError(f"{target.name}: warm-up POST answered {resp.status}")
+        await asyncio.sleep(0.5)
+    finally:
+        await stop_all(subs)
+
+
+@dataclasses.dataclass
+class Crowd:
+    """The connected streams of one target."""
+
+    subs: list[Subscriber]
+    live: list[Subscriber]
+    recorder: Recorder
+    placement: Placement
+    connect_s: float
+    connect_server_cpu_s: float
+
+    def by_room(self) -> dict[str, list[Subscriber]]:
+        rooms: dict[str, list[Subscriber]] = {}
+        for sub in self.live:
+            rooms.setdefault(sub.room, []).append(sub)
+        return rooms
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "streams_by_kind": dict(Counter(s.kind for s in self.live)),
+            "streams_per_process": self.placement.per_process(),
+            "landings_per_process": dict(sorted(self.placement.landings.items())),
+            "reopened_to_balance": self.placement.retries,
+            "failed_streams": len(self.subs) - len(self.live),
+            "connect_errors": dict(Counter(s.error for s in self.subs if s.error)),
+        }
+
+
+async def connect(
+    target: Target,
+    ctx: Context,
+    kinds_rooms: Sequence[tuple[str, str]],
+    *,
+    balance: bool = True,
+) -> Crowd:
+    """Open the streams (at most ``--connect-concurrency`` at a time); fails when more
+    than a tenth of them could not connect."""
+    opts = ctx.opts
+    recorder = Recorder()
+    placement = Placement(opts.workers, [k for k, _ in kinds_rooms], balance and opts.balance)
+    subs = make_subscribers(target, opts, kinds_rooms, recorder, placement)
+    started = time.monotonic()
+    cpu0 = cpu_seconds(target.pids())
+
+    def state() -> tuple[str, float, str]:
+        ready = sum(1 for s in subs if s.ready.is_set())
+        return (
+            f"{target.name} connect",
+            ready / len(subs),
+            f"{ready}/{len(subs)} streams, {placement.retries} moved",
+        )
+
+    async with showing(ctx.progress, state):
+        live = await open_all(subs, opts.connect_concurrency, opts.connect_timeout)
+    crowd = Crowd(
+        subs,
+        live,
+        recorder,
+        placement,
+        time.monotonic() - started,
+        cpu_seconds(target.pids()) - cpu0,
+    )
+    if not live or len(subs) - len(live) > len(subs) // 10:
+        await stop_all(subs)
+        errors = dict(Counter(s.error for s in subs if s.error))
+        raise BenchError(
+            f"{target.name}: only {len(live)} of {len(subs)} streams connected in "
+            f"{crowd.connect_s:.0f} s: {errors}"
+        )
+    return crowd
+
+
+async def publish_and_drain(
+    target: Target,
+    ctx: Context,
+    crowd: Crowd,
+    publisher: Publisher,
+    rate: float,
+    duration: float,
+    room_of: Callable[[int], str],
+    *,
+    label: str,
+    drain_timeout: float,
+) -> dict[str, Any]:
+    """Publish on schedule, wait until every stream has every message (or nothing more
+    arrived for ``drain_timeout`` s), and measure the window: deliveries, latency, loss,
+    CPU of the server, Redis and the load generator."""
+    recorder = crowd.recorder
+    recorder.reset()
+    lag = LoopLag()
+    lag.start()
+    pids = target.pids()
+    server_cpu0 = cpu_seconds(pids)
+    redis_cpu0 = cpu_seconds([ctx.redis.pid])
+    own_cpu0 = own_cpu_seconds()
+    wall0 = time.perf_counter()
+
+    def publishing() -> tuple[str, float, str]:
+        window = publisher.window
+        elapsed = (time.perf_counter_ns() - window.start_ns) / 1e9 if window else 0.0
+        sent = f"{window.started}/{window.total} sent" if window else ""
+        return (f"{label} publish", elapsed / duration, f"{recorder.deliveries} deliveries, {sent}")
+
+    async with showing(ctx.progress, publishing):
+        window = await publisher.run(rate, duration, room_of)
+    rooms = crowd.by_room()
+    expected = sum(len(rooms.get(window.rooms[seq], ())) for seq in window.accepted)
+    last_progress, last_count = time.monotonic(), -1
+
+    def draining() -> tuple[str, float, str]:
+        done = recorder.first_copies / expected if expected else 1.0
+        return (f"{label} drain", done, f"{recorder.first_copies}/{expected} deliveries")
+
+    async with showing(ctx.progress, draining):
+        while recorder.first_copies < expected:
+            if recorder.first_copies != last_count:
+                last_count, last_progress = recorder.first_copies, time.monotonic()
+            elif time.monotonic() - last_progress > drain_timeout:
+                break
+            await asyncio.sleep(0.05)
+    wall = time.perf_counter() - wall0
+    server_cpu = cpu_seconds(pids) - server_cpu0
+    redis_cpu = cpu_seconds([ctx.redis.pid]) - redis_cpu0
+    own_cpu = own_cpu_seconds() - own_cpu0
+    await lag.stop()
+    return tally(window, crowd, expected) | {
+        "server_cpu_s": server_cpu,
+        "server_cpu_percent": server_cpu / wall * 100,
+        "server_cpu_ms_per_1k_deliveries": server_cpu * 1e6 / recorder.deliveries
+        if recorder.deliveries
+        else None,
+        "server_cpu_ms_per_message": server_cpu * 1e3 / len(window.accepted)
+        if window.accepted
+        else None,
+        "redis_cpu_s": redis_cpu,
+        "redis_cpu_ms_per_message": redis_cpu * 1e3 / len(window.accepted)
+        if window.accepted
+        else None,
+        "loadgen_cpu_percent": own_cpu / wall * 100,
+        "loadgen_loop_lag_p99_ms": percentile(sorted(lag.samples), 99),
+    }
+
+
+def tally(window: Window, crowd: Crowd, expected: int) -> dict[str, Any]:
+    """Deliveries, latency and loss of one window (per stream, by sequence number,
+    against every message answered 201)."""
+    recorder = crowd.recorder
+    rooms = crowd.by_room()
+    lost = 0
+    lost_messages = 0
+    for seq in window.accepted:
+        missing = sum(1 for sub in rooms.get(window.rooms[seq], ()) if not sub.received(seq))
+        lost += missing
+        lost_messages += bool(missing)
+    latencies = sorted(recorder.latencies)
+    rtts = sorted(window.round_trips)
+    end_ns = max(recorder.last_ns, window.end_ns)
+    span = (end_ns - window.start_ns) / 1e9
+    reasons: Counter[str] = Counter()
+    for sub in crowd.live:
+        reasons.update(sub.close_reasons)
+    return {
+        "streams": len(crowd.live),
+        "published": len(window.accepted),
+        "publish_failures": sum(window.failures.values()),
+        "publish_failure_kinds": dict(window.failures),
+        "expected_deliveries": expected,
+        "deliveries": recorder.deliveries,
+        "window_s": span,
+        "deliveries_per_s": recorder.deliveries / span if span > 0 else 0.0,
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p99_ms": percentile(latencies, 99),
+        "latency_max_ms": latencies[-1] if latencies else 0.0,
+        "lost": lost,
+        "lost_messages": lost_messages,
+        "duplicates": recorder.duplicates,
+        "out_of_order": recorder.out_of_order,
+        "reconnects": recorder.reconnects,
+        "reconnect_reasons": dict(reasons.most_common(5)),
+        "other_events": recorder.other_events,
+        "other_mib": recorder.other_bytes / MIB,
+        "publish_rtt_p50_ms": percentile(rtts, 50),
+        "publish_rtt_p99_ms": percentile(rtts, 99),
+        "schedule_lag_max_ms": max(window.lags, default=0.0),
+    }
+
+
+def memory(target: Target) -> int:
+    return rss_bytes(target.pids())

@@ -1,0 +1,189 @@
+"""idle: N idle streams; the server's memory per connection.
+
+The streams are opened from ``benchmarks/swarm.py`` processes (at most
+``--swarm-size`` each, so that no process needs more open files than its
+limit allows), from several local addresses (127.0.0.2, .3, ...) when there
+are more than 10,000, WebSocket ones offering permessage-deflate as browsers
+do. Memory per connection is the summed RSS of all the server's processes
+once every stream is open and ``--settle`` seconds passed, minus the same
+before (after a warm-up), divided by the streams open.
+
+Acceptance figures: ``--subscribers 2000 --transport ws``, ``--transport sse``,
+and ``--subscribers 20000 --transport mixed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from ..measure import MIB, Context, Metric, memory, sources, warm_up
+from ..procfs import cpu_seconds, fd_limit, rss_bytes
+from ..progress import showing
+from ..targets import ROOT, BenchError, Target, stream_kinds
+
+DESCRIPTION = "N idle streams: server memory per connection"
+DEFAULTS: dict[str, Any] = {"subscribers": 2000, "transport": "ws"}
+
+METRICS = [
+    Metric("streams open", "streams", ratio=False),
+    Metric("streams that failed", "failed"),
+    Metric("memory per connection (KiB)", "memory_per_connection_kib", "{:.1f}"),
+    Metric("server RSS before (MiB)", "rss_before_mib", "{:.1f}"),
+    Metric("server RSS, all open (MiB)", "rss_open_mib", "{:.1f}"),
+    Metric("time to open all (s)", "connect_s", "{:.1f}"),
+    Metric("server CPU while opening (s)", "connect_server_cpu_s", "{:.2f}"),
+    Metric("events sent to idle streams", "other_events"),
+]
+
+
+def cases(opts: Any) -> list[dict[str, Any]]:
+    deflate = ", WebSocket offering permessage-deflate" if opts.deflate else ""
+    return [
+        {
+            "label": f"{opts.subscribers} idle {opts.transport} streams, one room{deflate}",
+            "transport": opts.transport,
+        }
+    ]
+
+
+class Swarm:
+    """The processes holding the streams."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.opened: list[int] = []
+        self.settled: list[int] = []
+        self.reports: list[dict[str, Any]] = []
+
+    async def start(self, target: Target, ctx: Context, kinds: list[str]) -> None:
+        opts = ctx.opts
+        per_process = max(1, min(opts.swarm_size, fd_limit() - 256))
+        addresses = sources(opts, len(kinds))
+        streams = [(kind, addresses[i % len(addresses)]) for i, kind in enumerate(kinds)]
+        endpoint = target.endpoint()
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+        )
+        for start in range(0, len(streams), per_process):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "benchmarks.swarm",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=ROOT,
+                env=env,
+            )
+            spec = {
+                "endpoint": [endpoint.host, endpoint.port, endpoint.pid_header, endpoint.resumes],
+                "room": opts.room,
+                "streams": streams[start : start + per_process],
+                "deflate": opts.deflate,
+                "concurrency": opts.connect_concurrency,
+                "timeout": opts.connect_timeout,
+            }
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(spec).encode() + b"\n")
+            await proc.stdin.drain()
+            self.procs.append(proc)
+            self.opened.append(0)
+            self.settled.append(0)
+
+    async def wait(self) -> None:
+        async def follow(i: int, proc: asyncio.subprocess.Process) -> None:
+            assert proc.stdout is not None
+            while line := await proc.stdout.readline():
+                word, _, rest = line.decode().strip().partition(" ")
+                if word == "progress":
+                    opened, settled = rest.split()
+                    self.opened[i], self.settled[i] = int(opened), int(settled)
+                elif word == "done":
+                    self.reports.append(json.loads(rest))
+                    return
+            raise BenchError(f"a swarm process exited with {await proc.wait()}")
+
+        await asyncio.gather(*(follow(i, p) for i, p in enumerate(self.procs)))
+
+    async def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                async with asyncio.timeout(60):
+                    await proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+
+async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, Any]:
+    opts = ctx.opts
+    kinds = stream_kinds(target, case["transport"], opts.subscribers)
+    assert kinds is not None
+    await warm_up(target, ctx, opts.room, kinds)
+    await asyncio.sleep(opts.settle)
+    rss_before = memory(target)
+    cpu0 = cpu_seconds(target.pids())
+    started = time.monotonic()
+    swarm = Swarm()
+    try:
+        await swarm.start(target, ctx, kinds)
+
+        def state() -> tuple[str, float, str]:
+            opened, settled = sum(swarm.opened), sum(swarm.settled)
+            return (
+                f"{target.name} open",
+                settled / len(kinds),
+                f"{opened}/{len(kinds)} open, {settled - opened} failed",
+            )
+
+        async with showing(ctx.progress, state):
+            await swarm.wait()
+        connect_s = time.monotonic() - started
+        connect_cpu = cpu_seconds(target.pids()) - cpu0
+        await asyncio.sleep(opts.settle)
+        pids = target.pids()
+        rss_open = rss_bytes(pids)
+        opened = sum(r["opened"] for r in swarm.reports)
+        errors: Counter[str] = Counter()
+        per_process: Counter[str] = Counter()
+        for report in swarm.reports:
+            errors.update(report["errors"])
+            per_process.update(report["per_process"])
+        if not opened:
+            raise BenchError(f"{target.name}: no idle stream opened: {dict(errors)}")
+        return {
+            "streams": opened,
+            "failed": sum(r["failed"] for r in swarm.reports),
+            "memory_per_connection_kib": (rss_open - rss_before) / opened / 1024,
+            "rss_before_mib": rss_before / MIB,
+            "rss_open_mib": rss_open / MIB,
+            "connect_s": connect_s,
+            "connect_server_cpu_s": connect_cpu,
+            "other_events": sum(r["other_events"] for r in swarm.reports),
+            "details": {
+                "streams_by_kind": dict(Counter(kinds)),
+                "streams_per_process": dict(sorted(per_process.items())),
+                "rss_per_process_mib": {str(p): rss_bytes([p]) / MIB for p in pids},
+                "connect_errors": dict(errors),
+                "closed_by_server_meanwhile": sum(r["closed_meanwhile"] for r in swarm.reports),
+                "swarm_processes": len(swarm.procs),
+                "source_addresses": len(sources(opts, len(kinds))),
+            },
+        }
+    finally:
+        await swarm.close()
+
+
+def problems(target: str, figures: dict[str, Any]) -> list[str]:
+    return []

