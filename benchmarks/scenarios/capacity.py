@@ -4,8 +4,10 @@ S streams in one room (WebSocket, or SSE with ``--transport sse``). The
 publish rate starts at ``--start-rate`` and grows by ``--step-factor`` every
 step of ``--step-duration`` seconds (the same connections throughout); a step
 passes when every message answered 201 reached every stream (after at most
-``--step-drain`` s without progress), no POST failed and the p99 latency is
-under ``--p99-limit-ms``. The capacity is the delivery rate of the last step
+``--step-drain`` s without progress), no POST failed, the p99 latency (from
+the start of each POST to its receipt) is under ``--p99-limit-ms`` and no
+message waited that long to be sent (a server slow to answer POSTs holds the
+publisher back). The capacity is the delivery rate of the last step
 that passed; the search stops at the first step that fails.
 
 Acceptance figures: ``--subscribers 1000 --transport ws`` and ``--transport sse``.
@@ -73,6 +75,9 @@ def verdict(step: dict[str, Any], p99_limit_ms: float) -> str:
         reasons.append(f"{step['publish_failures']} POST failures")
     if step["latency_p99_ms"] >= p99_limit_ms:
         reasons.append(f"p99 {step['latency_p99_ms']:.0f} ms")
+    if step["schedule_lag_max_ms"] >= p99_limit_ms:
+        # The POSTs themselves could not keep up: messages waited to be sent.
+        reasons.append(f"publishing {step['schedule_lag_max_ms']:.0f} ms behind schedule")
     return ", ".join(reasons)
 
 

@@ -4,7 +4,8 @@ Every client tries once (no retry), all at the same moment (or at most
 ``--storm-concurrency`` at a time), and waits up to ``--storm-timeout`` s for
 its stream to open. Reported: how many opened, how many got a 503 or another
 answer or error, the time until the last one opened, connect times, and the
-server's CPU per opened stream (over the whole storm). socket.io has no SSE:
+server's CPU per opened stream (from the first connect until ``--settle`` s
+after the last one settled). socket.io has no SSE:
 all its clients use WebSocket.
 
 Acceptance figure: ``--subscribers 2000 --transport mixed``.
@@ -80,6 +81,7 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
                 attempts=1,
                 open_timeout=opts.storm_timeout,
             )
+        await asyncio.sleep(opts.settle)  # work the storm left behind (presence, say)
         server_cpu = cpu_seconds(pids) - cpu0
         errors = Counter(s.error or "no answer in time" for s in subs if not s.ready.is_set())
         times = sorted(s.connect_s * 1e3 for s in live)
