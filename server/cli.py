@@ -107,14 +107,14 @@ def wait_for_redis(url: str, timeout: float) -> None:
         client.close()
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, backlog: int) -> socket.socket:
     """The listening socket all workers accept on; created once, so reloads refuse nothing."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(address)
-    sock.listen(1024)
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
@@ -136,7 +136,7 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
     settings; the socket stays open in between, so clients wait rather than
     being refused.
     """
-    sock = bind(config.host, config.port)
+    sock = bind(config.host, config.port, config.backlog)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     read_fd, write_fd = os.pipe()

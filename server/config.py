@@ -47,6 +47,7 @@ class Config:
     idle_timeout_s: float = 60.0
     send_buffer_messages: int = 1000
     presence_list_max: int = 200
+    backlog: int = 1024
     shutdown_timeout_s: float = 5.0
     redis_wait_s: float = 15.0
     # Where the settings came from: reloads read the same file again.
@@ -68,6 +69,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "idle_timeout_s": (float, 0.1, 86400),
     "send_buffer_messages": (int, 1, 1_000_000),
     "presence_list_max": (int, 0, 100_000),
+    "backlog": (int, 1, 65535),
     "shutdown_timeout_s": (float, 0.1, 600),
     "redis_wait_s": (float, 0, 3600),
 }

@@ -76,7 +76,8 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
             access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
         )
         await runner.setup()
-        site = web.SockSite(runner, shared.sock)
+        # SockSite listens again, with its own backlog (128 unless told).
+        site = web.SockSite(runner, shared.sock, backlog=config.backlog)
         try:
             await site.start()
             heartbeat = aiotools.create_timer(app[keys.HEARTBEAT].tick, config.heartbeat_s)

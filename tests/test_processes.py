@@ -83,6 +83,23 @@ async def test_two_workers_each_on_uvloop_answer_healthz_with_their_own_pid(
     assert {body["loop"] for body in seen.values()} == {"uvloop"}
 
 
+async def test_workers_listen_with_the_configured_backlog(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """A storm of connects waits in the kernel's queue instead of being dropped."""
+    ss = shutil.which("ss")
+    assert ss is not None, "ss (iproute2) is needed to read a listening socket's backlog"
+    for backlog in (1024, 300):
+        server = start_server(workers=2, env={"CHAT_BACKLOG": str(backlog)})
+        port = server.url.rsplit(":", 1)[1]
+        out = subprocess.run(
+            [ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        # State, Recv-Q, Send-Q (the backlog of a listening socket), address.
+        assert out[0] == "LISTEN" and int(out[2]) == backlog, out
+        server.kill()
+
+
 async def test_metrics_are_totals_over_all_workers(
     start_server: Callable[..., ServerProcess],
 ) -> None:
