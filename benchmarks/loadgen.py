@@ -40,7 +40,7 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
         --json benchmarks/results/idle-mixed.json
     python -m benchmarks.loadgen --scenario storm --subscribers 2000 --transport mixed \\
         --json benchmarks/results/storm.json
-    python -m benchmarks.report benchmarks/results/*.json > BENCHMARKS.rst
+    python -m benchmarks.report benchmarks/results > BENCHMARKS.rst
 
 (``benchmarks/acceptance.sh`` runs exactly these.) Exit code: 0, 1 when the
 chat server lost or duplicated a message, 2 when a target could not be
@@ -54,6 +54,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -331,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 problems += scenario.problems(name, figures)
     record["problems"] = problems
     if opts.json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(opts.json_path)), exist_ok=True)
         with open(opts.json_path, "w") as f:
             json.dump(record, f, indent=1)
             f.write("\n")

@@ -141,4 +141,5 @@ def machine_info(redis_binary: str, root: str) -> dict[str, Any]:
         "commit": _git(root, "rev-parse", "--short=10", "HEAD"),
         "uncommitted_changes": bool(dirty),
         "fd_limit": fd_limit(),
+        "clock_ticks_per_s": CLOCK_TICKS,
     }

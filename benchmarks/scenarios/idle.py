@@ -174,7 +174,7 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
             "details": {
                 "streams_by_kind": dict(Counter(kinds)),
                 "streams_per_process": dict(sorted(per_process.items())),
-                "rss_per_process_mib": {str(p): rss_bytes([p]) / MIB for p in pids},
+                "rss_per_process_mib": {str(p): round(rss_bytes([p]) / MIB, 1) for p in pids},
                 "connect_errors": dict(errors),
                 "closed_by_server_meanwhile": sum(r["closed_meanwhile"] for r in swarm.reports),
                 "swarm_processes": len(swarm.procs),

@@ -1,0 +1,43 @@
+#!/bin/sh
+# The benchmark runs that BENCHMARKS.rst reports, then BENCHMARKS.rst itself.
+#
+# Run from the repository's root, with the bench extra installed
+# (pip install -e '.[bench]'), on an otherwise idle Linux machine whose
+# open-file hard limit (ulimit -Hn) is at least 20000. It takes about an hour.
+# A run that fails (exit code 2) or finds the chat server losing messages
+# (exit code 1) is reported and the next one runs anyway.
+#
+# Usage: benchmarks/acceptance.sh [extra loadgen options, e.g. --no-progress]
+
+set -u
+cd "$(dirname "$0")/.." || exit 2
+out=benchmarks/results
+mkdir -p "$out"
+failed=0
+
+run() {
+    name=$1
+    shift
+    echo "== $name: python -m benchmarks.loadgen $*" >&2
+    python -m benchmarks.loadgen "$@" --json "$out/$name.json" || {
+        echo "== $name exited with $?" >&2
+        failed=1
+    }
+}
+
+# (a) cost per message: 10 rooms against 1000, 1000 SSE streams, 100 msg/s
+run rooms --scenario rooms --subscribers 1000 --rooms 10,1000 --rate 100 --duration 20 "$@"
+# (b) fan-out: 1000 WebSocket streams in one room, 10 msg/s
+run fanout --scenario fanout --subscribers 1000 --transport ws --rate 10 --duration 20 "$@"
+# (c) capacity at 1000 streams, WebSocket and SSE
+run capacity-ws --scenario capacity --subscribers 1000 --transport ws "$@"
+run capacity-sse --scenario capacity --subscribers 1000 --transport sse "$@"
+# (d) memory per idle connection: 2000 WebSocket (deflate offered), 2000 SSE, 20000 mixed
+run idle-ws --scenario idle --subscribers 2000 --transport ws "$@"
+run idle-sse --scenario idle --subscribers 2000 --transport sse "$@"
+run idle-mixed --scenario idle --subscribers 20000 --transport mixed "$@"
+# (e) 2000 clients connecting at once, half SSE, half WebSocket
+run storm --scenario storm --subscribers 2000 --transport mixed "$@"
+
+python -m benchmarks.report "$out" > BENCHMARKS.rst
+exit $failed
