@@ -328,8 +328,9 @@ class Stream(asyncio.Protocol):
         self._inflate: zlib._Decompress | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self.transport.write(self.sub.request())
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.sub.request())  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter_ns()

@@ -64,6 +64,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import aiohttp
 import uvloop
 
 from .measure import Context
@@ -223,9 +224,11 @@ async def measure_target(
             figures = await SCENARIOS[opts.scenario].run(target, ctx, case)
         finally:
             target.stop()
-    except BenchError as exc:
-        ctx.progress.note(f"{name}: failed: {exc}")
-        figures = {"error": str(exc)}
+    except (BenchError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        # A server that failed or died: recorded, and the run goes on with the others.
+        reason = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+        ctx.progress.note(f"{name}: failed: {reason}")
+        figures = {"error": reason}
     figures["description"] = target.description
     figures["server_exit_codes"] = target.exit_codes
     figures["server_log_problems"] = target.log_problems()[:20]
