@@ -7,7 +7,9 @@ passes when every message answered 201 reached every stream (after at most
 ``--step-drain`` s without progress), no POST failed, the p99 latency (from
 the start of each POST to its receipt) is under ``--p99-limit-ms`` and no
 message waited that long to be sent (a server slow to answer POSTs holds the
-publisher back). The capacity is the delivery rate of the last step
+publisher back: the messages come from ``--senders`` concurrent connections,
+so with few streams, where the POST rate binds before the fan-out does, raise
+``--senders``). The capacity is the delivery rate of the last step
 that passed; the search stops at the first step that fails.
 
 Acceptance figures: ``--subscribers 1000 --transport ws`` and ``--transport sse``.

@@ -130,6 +130,11 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
     opts = ctx.opts
     kinds = stream_kinds(target, case["transport"], opts.subscribers)
     assert kinds is not None
+    if len(kinds) // opts.workers + 1000 > fd_limit():
+        ctx.progress.note(
+            f"warning: {len(kinds)} streams on {opts.workers} processes may need more open "
+            f"files per server process than the limit ({fd_limit()}; see ulimit -Hn)"
+        )
     await warm_up(target, ctx, opts.room, kinds)
     await asyncio.sleep(opts.settle)
     rss_before = memory(target)
