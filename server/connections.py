@@ -29,7 +29,9 @@ import redis.asyncio as aioredis
 
 from .broker import channel
 
-# Drop expired entries, refuse when the user is at the limit, else register.
+# KEYS: the user's streams and name (one slot: both carry the user's tag).
+# Drop expired entries, refuse when the user is at the limit, else register
+# the stream and keep the user's display name for presence.
 _OPEN_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
@@ -37,6 +39,7 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
 return 1
 """
 
@@ -143,18 +146,20 @@ class Connections:
         expiry = now + self.ttl_ms
         member = self.member(user_id, stream_id)
         allowed = await self._open(
-            keys=[streams_key(user_id)], args=[now, expiry, self.per_session_limit, member]
+            keys=[streams_key(user_id), name_key(user_id)],
+            args=[now, expiry, self.per_session_limit, member, name, self.name_ttl_s],
         )
         if not allowed:
             return False
-        await self.redis.set(name_key(user_id), name, ex=self.name_ttl_s)
         await self._join(keys=room_keys(room), args=[expiry, channel(room), member, user_id])
         return True
 
     async def close(self, room: str, user_id: str, stream_id: int) -> None:
         member = self.member(user_id, stream_id)
-        await self._leave(keys=room_keys(room), args=[member, user_id, channel(room)])
-        await self.redis.zrem(streams_key(user_id), member)
+        pipe = self.redis.pipeline(transaction=False)
+        await self._leave(keys=room_keys(room), args=[member, user_id, channel(room)], client=pipe)
+        pipe.zrem(streams_key(user_id), member)
+        await pipe.execute()
 
     async def refresh(self, streams: Iterable[tuple[str, str, int]]) -> None:
         """Extend the (room, user_id, stream_id) connections this worker holds.

@@ -167,8 +167,21 @@ class Subscription:
     def attach(self, sink: Sink) -> None:
         """Start writing to the connection: the replay, then whatever was queued meanwhile."""
         self.sink = sink
-        if not self.closed:
-            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+        if self.closed:
+            return
+        queue = self.queue
+        if self.since is None and queue is not None:
+            # Nothing to replay: write what waited (a presence snapshot, say)
+            # now, and only fall back to the pump if the socket is full.
+            while queue and sink.send(queue[0]):
+                event = queue.popleft()
+                if isinstance(event, Message):
+                    self.last_key = event.key
+                    self.room.metrics.deliveries += 1
+            if not queue:
+                self.queue = None
+                return
+        self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
     async def _run_pump(self) -> None:
         try:
