@@ -264,9 +264,11 @@ class Relay:
                 try:
                     for command, channel_name in commands:
                         await conn.send_command(command, channel_name)
-                except (RedisError, OSError) as exc:
-                    # The reader sees the broken connection too and resubscribes.
-                    log.debug("pub/sub command not sent: %s", exc)
+                except Exception as exc:  # noqa: BLE001  this loop must not die
+                    # The connection broke (redis-py may raise AttributeError
+                    # on one closed under it): the reader reconnects and
+                    # subscribes to every room again.
+                    log.debug("pub/sub command not sent: %r", exc)
 
     def _handle(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 3:
@@ -289,8 +291,10 @@ class Relay:
                     self._arrived(room, feed, *parsed)
         elif kind == "subscribe":
             # Now nothing published to the room can be missed: read the
-            # stream from the cursor to cover what came before.
+            # stream from the cursor to cover what came before, and presence
+            # (notices published while not subscribed are lost too).
             self._schedule_fill(room, feed)
+            self.on_presence(room)
 
     def _arrived(self, room: str, feed: _Feed, prev: StreamKey, message: Message) -> None:
         if feed.pending is not None:
@@ -369,6 +373,8 @@ class Relay:
         if not done:
             task.cancel()
             await asyncio.wait([task], timeout=1)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("pub/sub reader ended with %r", task.exception())
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
 

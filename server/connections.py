@@ -13,10 +13,11 @@ A script keeps the three in step. When a user comes online in a room (their
 first connection) or goes offline (their last), it publishes a presence
 notice on the room's channel, so that every worker with clients in the room
 re-reads the room's presence, once per short batch. Joins and leaves cost a
-constant number of commands however big the room.
+constant number of commands however big the room. A rename publishes the
+same notice in every room the user is online in.
 
 The per-session stream limit counts a user's connections in a sorted set of
-their own, scored by expiry in the same way.
+their own (members name the room), scored by expiry in the same way.
 """
 
 from __future__ import annotations
@@ -138,7 +139,12 @@ class Connections:
         self._leave = redis.register_script(_LEAVE_SCRIPT)
 
     def member(self, user_id: str, stream_id: int) -> str:
+        """A connection in its room's set: whose it is comes first."""
         return f"{user_id}|{self.worker_token}:{stream_id}"
+
+    def user_member(self, room: str, stream_id: int) -> str:
+        """A connection in its user's set: where it is comes last (see :meth:`set_name`)."""
+        return f"{self.worker_token}:{stream_id}|{room}"
 
     async def open(self, room: str, user_id: str, name: str, stream_id: int) -> bool:
         """Register a connection; False when the user already has the most allowed."""
@@ -147,7 +153,14 @@ class Connections:
         member = self.member(user_id, stream_id)
         allowed = await self._open(
             keys=[streams_key(user_id), name_key(user_id)],
-            args=[now, expiry, self.per_session_limit, member, name, self.name_ttl_s],
+            args=[
+                now,
+                expiry,
+                self.per_session_limit,
+                self.user_member(room, stream_id),
+                name,
+                self.name_ttl_s,
+            ],
         )
         if not allowed:
             return False
@@ -158,7 +171,7 @@ class Connections:
         member = self.member(user_id, stream_id)
         pipe = self.redis.pipeline(transaction=False)
         await self._leave(keys=room_keys(room), args=[member, user_id, channel(room)], client=pipe)
-        pipe.zrem(streams_key(user_id), member)
+        pipe.zrem(streams_key(user_id), self.user_member(room, stream_id))
         await pipe.execute()
 
     async def refresh(self, streams: Iterable[tuple[str, str, int]]) -> None:
@@ -174,7 +187,7 @@ class Connections:
         for room, user_id, stream_id in streams:
             member = self.member(user_id, stream_id)
             by_room[room] += (member, user_id)
-            by_user[streams_key(user_id)][member] = expiry
+            by_user[streams_key(user_id)][self.user_member(room, stream_id)] = expiry
         if not by_room:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -234,7 +247,17 @@ class Connections:
         return None if value is None else str(value)
 
     async def set_name(self, user_id: str, name: str) -> None:
-        await self.redis.set(name_key(user_id), name, ex=self.name_ttl_s)
+        """Keep the new name, and tell every room the user is online in to re-read presence."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(name_key(user_id), name, ex=self.name_ttl_s)
+        pipe.zrangebyscore(streams_key(user_id), _now_ms(), "+inf")
+        _, members = await pipe.execute()
+        rooms = {str(m).rsplit("|", 1)[1] for m in members if "|" in str(m)}
+        if rooms:
+            pipe = self.redis.pipeline(transaction=False)
+            for room in sorted(rooms):
+                pipe.publish(channel(room), "p")
+            await pipe.execute()
 
 
 def _by_name(user_ids: list[str], names: dict[str, str]) -> Online:

@@ -2,8 +2,8 @@
 
 The heartbeat runs every ``heartbeat_s`` (``aiotools.create_timer``): it pings
 every connection, closes WebSockets whose client has been silent past
-``idle_timeout_s``, refreshes this worker's connections in Redis (sweeping
-those of dead workers) and re-reads the presence of its rooms. It visits the
+``idle_timeout_s``, and refreshes this worker's connections in Redis
+(sweeping those of dead workers). It visits the
 connections in batches, letting the loop run in between, so that no single
 callback holds the loop for long however many connections there are.
 
@@ -111,8 +111,11 @@ class Heartbeat:
 
         await self.hub.visit(visit)
         try:
+            # Presence itself is not re-read here: every change publishes a
+            # notice (joins, leaves, renames, and the sweep of dead workers'
+            # connections that this refresh does), and a reconnected relay
+            # re-reads its rooms.
             await self.connections.refresh(alive)
-            await self.announce(list(self.hub.rooms))
             await self.metrics.push()
         except (RedisError, OSError) as exc:
             if not self._failing:

@@ -150,6 +150,27 @@ async def test_a_join_and_a_leave_reach_the_others_as_changes(
     ]
 
 
+async def test_a_rename_reaches_the_others_as_a_change(make_app: Any, aiohttp_client: Any) -> None:
+    # A heartbeat that never ticks: the change must come from the rename itself.
+    app = await make_app(heartbeat_s=3600)
+    mine = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    other = await aiohttp_client(mine.server)
+    them = await (await other.get("/api/session")).json()
+    async with (
+        sse_collector(mine.session, mine.make_url(f"{ROOM}/events")) as watcher,
+        ws_collector(other.session, other.make_url(f"{ROOM}/ws")),
+    ):
+        await watcher.wait_for(lambda c: c.count == 2)
+        resp = await other.put("/api/session", json={"name": "Renamed"})
+        assert resp.status == 200
+        renamed = {"user_id": them["user_id"], "name": "Renamed"}
+        await watcher.wait_for(lambda c: renamed in c.presence[-1], timeout=3)
+    assert watcher.presence_events[-1] == (
+        "presence_diff",
+        {"joined": [renamed], "left": [], "count": 2},
+    )
+
+
 async def test_a_room_over_presence_list_max_sends_counts_only(
     make_app: Any, aiohttp_client: Any
 ) -> None:
