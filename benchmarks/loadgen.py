@@ -165,6 +165,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--settle", type=float, default=2.0, help="seconds to wait before reading memory"
     )
     parser.add_argument(
+        "--hold",
+        type=float,
+        default=20.0,
+        help="idle: seconds to keep the streams open after measuring, so that the chat "
+        "server's heartbeat ticks over all of them (its longest tick and loop stall are "
+        "then read from /metrics)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=10.0,

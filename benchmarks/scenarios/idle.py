@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import aiohttp
+
 from ..measure import MIB, Context, Metric, memory, sources, warm_up
 from ..procfs import cpu_seconds, fd_limit, rss_bytes
 from ..progress import showing
@@ -40,7 +42,27 @@ METRICS = [
     Metric("time to open all (s)", "connect_s", "{:.1f}"),
     Metric("server CPU while opening (s)", "connect_server_cpu_s", "{:.2f}"),
     Metric("events sent to idle streams", "other_events"),
+    Metric("bytes of those events (MiB)", "other_mib", "{:.2f}"),
+    Metric("longest heartbeat tick (ms)", "heartbeat_max_ms", "{:.1f}"),
+    Metric("longest event loop stall (ms)", "loop_stall_max_ms", "{:.1f}"),
 ]
+
+
+async def worker_maxima(base_url: str) -> dict[str, float]:
+    """The chat server's longest heartbeat tick and loop stall over its workers, in ms."""
+    gauges = {
+        "chat_heartbeat_max_seconds": "heartbeat_max_ms",
+        "chat_loop_stall_max_seconds": "loop_stall_max_ms",
+    }
+    async with aiohttp.ClientSession() as session, session.get(base_url + "/metrics") as resp:
+        text = await resp.text()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in gauges:
+            value = float(rest.rsplit(" ", 1)[1]) * 1000
+            found[gauges[name]] = max(found.get(gauges[name], 0.0), value)
+    return found
 
 
 def cases(opts: Any) -> list[dict[str, Any]]:
@@ -167,7 +189,12 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
             per_process.update(report["per_process"])
         if not opened:
             raise BenchError(f"{target.name}: no idle stream opened: {dict(errors)}")
+        maxima: dict[str, float] = {}
+        if target.name == "chat" and opts.hold > 0:
+            await asyncio.sleep(opts.hold)
+            maxima = await worker_maxima(target.base_url)
         return {
+            **maxima,
             "streams": opened,
             "failed": sum(r["failed"] for r in swarm.reports),
             "memory_per_connection_kib": (rss_open - rss_before) / opened / 1024,
@@ -176,6 +203,7 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
             "connect_s": connect_s,
             "connect_server_cpu_s": connect_cpu,
             "other_events": sum(r["other_events"] for r in swarm.reports),
+            "other_mib": sum(r["other_bytes"] for r in swarm.reports) / MIB,
             "details": {
                 "streams_by_kind": dict(Counter(kinds)),
                 "streams_per_process": dict(sorted(per_process.items())),

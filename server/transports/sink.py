@@ -19,6 +19,11 @@ from aiohttp import web
 from ..model import Event
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+# A transport pauses writing above this many unsent bytes; then the hub
+# queues events for the connection instead of writing them. The default
+# (64 KiB) sends a client that merely lags for a moment down the slower
+# queued path; this still bounds what one connection holds in the process.
+HIGH_WATER = 256 * 1024
 
 
 class DirectSink:
@@ -30,6 +35,7 @@ class DirectSink:
         assert request.transport is not None
         self._transport = request.transport
         self._protocol = request.protocol
+        self._transport.set_write_buffer_limits(high=HIGH_WATER)
 
     def send(self, event: Event) -> bool:
         raise NotImplementedError
