@@ -7,6 +7,8 @@ the subscription to end.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
@@ -33,6 +35,13 @@ class EventStream(EventSourceResponse):
 
     async def _ping(self) -> None:
         return
+
+    def end_with(self, done: asyncio.Future[None]) -> None:
+        """Let aiohttp-sse's ``wait``/``stop_streaming`` follow ``done`` instead of its task.
+
+        The finished ping task is then not kept for the whole life of the stream.
+        """
+        self._ping_task = done  # type: ignore[assignment]
 
 
 class SseSink(DirectSink):
@@ -80,6 +89,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await response.write(f"retry: {RETRY_MS}\n\n".encode())
             except (ConnectionResetError, RuntimeError):
                 return response  # the client went away
+            response.end_with(sub.done)
             sub.attach(SseSink(request, response))
             try:
                 await sub.done
