@@ -32,14 +32,16 @@ from .broker import channel
 
 # KEYS: the user's streams and name (one slot: both carry the user's tag).
 # Drop expired entries, refuse when the user is at the limit, else register
-# the stream and keep the user's display name for presence.
+# the stream and keep the user's display name for presence. Entries expire
+# by their scores; the key lives as long as a session, so that a heartbeat
+# refreshes a stream with a single ZADD.
 _OPEN_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
 return 1
 """
@@ -94,6 +96,9 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 return 0
 """
+
+
+REFRESH_BATCH = 250  # connections refreshed per pipeline
 
 
 def room_keys(room: str) -> list[str]:
@@ -180,6 +185,13 @@ class Connections:
         Also sweeps each room of connections that expired (their worker died),
         which publishes a presence notice when someone went offline.
         """
+        streams = list(streams)
+        # In batches: packing one pipeline of tens of thousands of commands
+        # would hold the event loop for hundreds of milliseconds.
+        for start in range(0, len(streams), REFRESH_BATCH):
+            await self._refresh(streams[start : start + REFRESH_BATCH])
+
+    async def _refresh(self, streams: list[tuple[str, str, int]]) -> None:
         now = _now_ms()
         expiry = now + self.ttl_ms
         by_room: dict[str, list[str]] = collections.defaultdict(list)
@@ -199,7 +211,6 @@ class Connections:
             )
         for key, members in by_user.items():
             pipe.zadd(key, members)
-            pipe.pexpireat(key, expiry)
         await pipe.execute()
 
     async def presence(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 
@@ -52,11 +53,24 @@ class LoopWatch:
         self.warn_s = warn_s
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
+        self._gc_started = 0.0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._due = loop.time() + self.every_s
         self._handle = loop.call_at(self._due, self._check)
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        # A full collection walks every live object: with tens of thousands
+        # of connections it is what holds the loop longest.
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif info.get("generation") == 2:
+            took = time.perf_counter() - self._gc_started
+            self.metrics.gc_pause_max_s = max(self.metrics.gc_pause_max_s, took)
+            if took > self.warn_s:
+                log.warning("a full garbage collection took %.0f ms", took * 1000)
 
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
@@ -70,6 +84,8 @@ class LoopWatch:
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
 
 
 class Heartbeat:
@@ -174,4 +190,4 @@ class Heartbeat:
             return
         presence = await self.connections.presence(rooms, self.list_max)
         for room, (online, count) in presence.items():
-            self.hub.set_presence(room, online, count)
+            await self.hub.set_presence(room, online, count)

@@ -380,34 +380,35 @@ class Hub:
                     sub.deliver(message)
         self.metrics.deliveries += direct
 
-    def set_presence(self, room_name: str, online: list[dict[str, str]] | None, count: int) -> None:
+    async def set_presence(
+        self, room_name: str, online: list[dict[str, str]] | None, count: int
+    ) -> None:
         """Tell local subscribers what changed in the room's presence.
 
         ``online`` is None in rooms too big to list. Subscribers that have a
         snapshot get only the difference; a change between listed and
-        counted sends everyone a new snapshot.
+        counted sends everyone a new snapshot. A big room is told in
+        batches, letting the loop run in between.
         """
         room = self.rooms.get(room_name)
         if room is None:
             return
         old = room.presence
         new = Presence(online, count)
+        diff: PresenceDiff | None = None
         if old is not None and (old.online is None) == (online is None):
             diff = _difference(old, new)
             if diff is None:
                 return
-            room.presence = new
-            for sub in list(room.subscriptions.values()):
-                if sub.has_presence:
-                    sub.deliver(diff)
-                else:
-                    sub.has_presence = True
-                    sub.deliver(new)
-            return
         room.presence = new
-        for sub in list(room.subscriptions.values()):
-            sub.has_presence = True
-            sub.deliver(new)
+        for n, sub in enumerate(list(room.subscriptions.values()), 1):
+            if diff is not None and sub.has_presence:
+                sub.deliver(diff)
+            else:
+                sub.has_presence = True
+                sub.deliver(new)
+            if n % VISIT_BATCH == 0:
+                await asyncio.sleep(0)
 
     def subscriptions(self) -> Iterator[Subscription]:
         for room in list(self.rooms.values()):

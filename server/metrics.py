@@ -44,6 +44,7 @@ class Metrics:
     # tick, since the worker started (seconds).
     loop_stall_max_s: float = 0.0
     heartbeat_max_s: float = 0.0
+    gc_pause_max_s: float = 0.0  # the longest full garbage collection
 
     @property
     def member(self) -> str:
@@ -58,6 +59,7 @@ class Metrics:
             **{f"connections_{t}": str(self.connections[t]) for t in TRANSPORTS},
             "loop_stall_max_s": f"{self.loop_stall_max_s:.6f}",
             "heartbeat_max_s": f"{self.heartbeat_max_s:.6f}",
+            "gc_pause_max_s": f"{self.gc_pause_max_s:.6f}",
         }
 
     def counts(self) -> dict[str, int]:
@@ -146,6 +148,7 @@ def render(snapshots: list[dict[str, str]], totals: dict[str, str]) -> str:
         ("chat_worker_up", "", "Workers alive and reporting."),
         ("chat_loop_stall_max_seconds", "loop_stall_max_s", "Longest event loop stall so far."),
         ("chat_heartbeat_max_seconds", "heartbeat_max_s", "Longest heartbeat tick so far."),
+        ("chat_gc_pause_max_seconds", "gc_pause_max_s", "Longest full garbage collection."),
     ):
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         for s in workers:

@@ -276,13 +276,13 @@ async def test_presence_is_a_snapshot_then_only_what_changed() -> None:
     first = MemorySink()
     sub = await hub.subscribe("r", "u-a", "a", None)
     sub.attach(first)
-    hub.set_presence("r", users("a"), 1)
+    await hub.set_presence("r", users("a"), 1)
     late = MemorySink()
     late_sub = await hub.subscribe("r", "u-b", "b", None)
     late_sub.attach(late)
-    hub.set_presence("r", users("a", "b"), 2)
-    hub.set_presence("r", users("a", "b"), 2)  # nothing changed: nothing sent
-    hub.set_presence("r", users("b"), 1)
+    await hub.set_presence("r", users("a", "b"), 2)
+    await hub.set_presence("r", users("a", "b"), 2)  # nothing changed: nothing sent
+    await hub.set_presence("r", users("b"), 1)
     for s in (sub, late_sub):
         await settled(s)
     assert [body(e) for e in first.events] == [
@@ -304,10 +304,10 @@ async def test_big_rooms_carry_counts_only_and_crossing_the_limit_sends_a_snapsh
     sink = MemorySink()
     sub = await hub.subscribe("r", "u-a", "a", None)
     sub.attach(sink)
-    hub.set_presence("r", users("a", "b"), 2)
-    hub.set_presence("r", None, 300)
-    hub.set_presence("r", None, 301)
-    hub.set_presence("r", users("a"), 1)
+    await hub.set_presence("r", users("a", "b"), 2)
+    await hub.set_presence("r", None, 300)
+    await hub.set_presence("r", None, 301)
+    await hub.set_presence("r", users("a"), 1)
     await settled(sub)
     assert [body(e) for e in sink.events] == [
         {"type": "presence", "online": users("a", "b"), "count": 2},
@@ -337,3 +337,19 @@ async def test_the_loop_watch_sees_and_logs_a_stalled_loop(caplog: Any) -> None:
         watch.stop()
     assert metrics.loop_stall_max_s >= 0.15
     assert "event loop stalled for" in caplog.text
+
+
+async def test_the_loop_watch_times_full_garbage_collections() -> None:
+    import gc
+
+    from server.heartbeat import LoopWatch
+
+    metrics = Metrics(instance="test", worker=0, reloads=0)
+    watch = LoopWatch(metrics)
+    watch.start()
+    try:
+        gc.collect()
+    finally:
+        watch.stop()
+    assert metrics.gc_pause_max_s > 0
+    assert watch._on_gc not in gc.callbacks
