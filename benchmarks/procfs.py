@@ -129,7 +129,10 @@ def machine_info(redis_binary: str, root: str) -> dict[str, Any]:
             packages[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             packages[name] = "not installed"
-    dirty = _git(root, "status", "--porcelain", "--", "server", "benchmarks")
+    # Tracked files only: the results a run writes are not a change to the code.
+    dirty = _git(
+        root, "status", "--porcelain", "--untracked-files=no", "--", "server", "benchmarks"
+    )
     return {
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count() or 0,
