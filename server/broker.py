@@ -143,13 +143,15 @@ class Relay:
         self.on_presence: Callable[[str], None] = lambda room: None
         # Pub/sub replies as plain RESP2 arrays, and no read timeout: a quiet
         # channel is not a dead connection (TCP keepalive finds those).
+        tcp = redis_url.startswith(("redis://", "rediss://"))
         self._client = aioredis.Redis.from_url(
             redis_url,
             protocol=2,
             decode_responses=True,
             socket_connect_timeout=2,
             socket_timeout=5,
-            socket_keepalive=True,
+            # A unix socket connection refuses the keepalive option.
+            **({"socket_keepalive": True} if tcp else {}),
         )
         self._feeds: dict[str, _Feed] = {}
         self._conn: AbstractConnection | None = None
@@ -207,8 +209,9 @@ class Relay:
     async def _read_forever(self) -> None:
         failures = 0
         while not self._stopping:
-            conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            conn: AbstractConnection | None = None
             try:
+                conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
                 await conn.connect()
                 await self._subscribe_all(conn)
                 if failures:
@@ -235,8 +238,9 @@ class Relay:
             finally:
                 self._conn = None
                 self.connected.clear()
-                with contextlib.suppress(Exception):
-                    await conn.disconnect()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect()
 
     async def _subscribe_all(self, conn: AbstractConnection) -> None:
         """Subscribe a fresh connection to every watched room; each then catches up."""

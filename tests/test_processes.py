@@ -426,7 +426,16 @@ async def test_without_redis_url_an_embedded_redis_keeps_history_across_restarts
         stack.callback(server.kill)
         server.start()
         async with user(server.url) as alice:
-            message, _ = await post(alice, "kept")
+            # Live delivery works over the embedded Redis' unix socket too,
+            # on whichever worker each stream lands.
+            async with contextlib.AsyncExitStack() as streams:
+                collectors = [
+                    await streams.enter_async_context(sse_collector(alice, f"{ROOM}/events"))
+                    for _ in range(4)
+                ]
+                message, _ = await post(alice, "kept")
+                for collector in collectors:
+                    await collector.wait_for(lambda c: message["id"] in c.ids, timeout=5)
         server.signal(signal.SIGTERM)
         assert await asyncio.to_thread(server.wait, 10) == 0
     assert os.path.exists(os.path.join(workdir, "chat-data", "redis", "redis.log"))
