@@ -11,8 +11,10 @@ waits for :meth:`drain`. aiohttp 3.14's protocol keeps that state in
 from __future__ import annotations
 
 import contextlib
+import operator
 import socket
 import struct
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -27,18 +29,29 @@ HIGH_WATER = 256 * 1024
 
 
 class DirectSink:
-    """The parts of :class:`~server.hub.Sink` that SSE and WebSocket share."""
+    """The parts of :class:`~server.hub.Sink` that SSE and WebSocket share.
 
-    __slots__ = ("_protocol", "_transport")
+    ``wire`` picks an event's bytes for this connection (an attribute of the
+    event, already encoded once per worker).
+    """
 
-    def __init__(self, request: web.Request) -> None:
+    __slots__ = ("_protocol", "_transport", "_wire")
+
+    def __init__(self, request: web.Request, wire: str) -> None:
         assert request.transport is not None
         self._transport = request.transport
         self._protocol = request.protocol
         self._transport.set_write_buffer_limits(high=HIGH_WATER)
+        self._wire: Callable[[Event], bytes] = operator.attrgetter(wire)
 
     def send(self, event: Event) -> bool:
-        raise NotImplementedError
+        transport = self._transport
+        if transport.is_closing():
+            return True  # the handler is about to learn the client left
+        if self._protocol.writing_paused:
+            return False
+        transport.write(self._wire(event))
+        return True
 
     async def drain(self) -> None:
         await self._protocol._drain_helper()

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from .. import hub, keys, posting, sessions, streams
-from ..model import Event, sse_chunk
+from ..model import sse_chunk
 from .sink import DirectSink
 
 RETRY_MS = 1000
@@ -48,18 +48,9 @@ class SseSink(DirectSink):
     __slots__ = ("_chunked",)
 
     def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
-        super().__init__(request)
         # An HTTP/1.0 client gets no chunked encoding: then the frames go as they are.
         self._chunked = response.chunked
-
-    def send(self, event: Event) -> bool:
-        transport = self._transport
-        if transport.is_closing():
-            return True
-        if self._protocol.writing_paused:
-            return False
-        transport.write(event.sse_chunk if self._chunked else event.sse_frame)
-        return True
+        super().__init__(request, "sse_chunk" if self._chunked else "sse_frame")
 
     def close(self, reason: str) -> None:
         if (

@@ -24,7 +24,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import hub, keys, posting, sessions, streams
 from ..errors import BadRequest, ChatError, Unavailable, error_payload
 from ..hub import Subscription
-from ..model import Event
 from ..sessions import User
 from .sink import DirectSink
 
@@ -44,18 +43,9 @@ class WsSink(DirectSink):
     __slots__ = ("_closing", "_ws")
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
-        super().__init__(request)
+        super().__init__(request, "ws_wire")
         self._ws = ws
         self._closing: asyncio.Task[bool] | None = None
-
-    def send(self, event: Event) -> bool:
-        transport = self._transport
-        if transport.is_closing():
-            return True
-        if self._protocol.writing_paused:
-            return False
-        transport.write(event.ws_wire)
-        return True
 
     def close(self, reason: str) -> None:
         """Start the closing handshake; the handler's receive loop ends with it."""
