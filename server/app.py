@@ -111,7 +111,11 @@ def create_app(
     async def tag_worker(request: web.Request, response: web.StreamResponse) -> None:
         response.headers[WORKER_HEADER] = str(worker_index)
         response.headers[PID_HEADER] = pid
-        response.headers.update(SECURITY_HEADERS)
+        # Documents and their assets need the policy; a stream (SSE, or a
+        # WebSocket's 101) is never rendered, and keeps its headers for as
+        # long as it is open: thousands of copies for nothing.
+        if response.status != 101 and response.content_type != "text/event-stream":
+            response.headers.update(SECURITY_HEADERS)
 
     async def stop_heartbeat_tasks(app: web.Application) -> None:
         await app[keys.HEARTBEAT].close()

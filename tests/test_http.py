@@ -248,6 +248,17 @@ async def test_page_and_static_files_are_served(client: Any) -> None:
     assert (await client.get("/favicon.ico")).status == 200
 
 
+async def test_streams_carry_the_worker_headers_but_not_the_document_policy(client: Any) -> None:
+    async with client.get("/api/rooms/general/events") as resp:
+        assert resp.status == 200 and resp.headers["X-Chat-Worker"] == "0"
+        assert "Content-Security-Policy" not in resp.headers
+    async with client.ws_connect("/api/rooms/general/ws") as ws:
+        headers = ws._response.headers
+        assert headers["X-Chat-Worker"] == "0" and "Content-Security-Policy" not in headers
+    resp = await client.get("/api/session")
+    assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+
+
 async def test_clients_without_a_cookie_share_a_rate_limit_per_address(
     make_app: Any, aiohttp_client: Any
 ) -> None:
