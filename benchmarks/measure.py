@@ -288,3 +288,10 @@ def tally(window: Window, crowd: Crowd, expected: int) -> dict[str, Any]:
 
 def memory(target: Target) -> int:
     return rss_bytes(target.pids())
+
+
+def lost_or_duplicated(target: str, figures: dict[str, Any]) -> list[str]:
+    """What fails a run (exit code 1): the chat server lost or duplicated messages."""
+    if target != "chat":
+        return []
+    return [f"{key}: {figures[key]}" for key in ("lost", "duplicates") if figures.get(key)]

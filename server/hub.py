@@ -148,9 +148,7 @@ class Subscription:
         if queue is None:
             assert self.sink is not None
             if self.sink.send(event):
-                if isinstance(event, Message):
-                    self.last_key = event.key
-                    self.room.metrics.deliveries += 1
+                self._written(event)
                 return
             self.queue = queue = collections.deque()
         queue.append(event)
@@ -174,14 +172,16 @@ class Subscription:
             # Nothing to replay: write what waited (a presence snapshot, say)
             # now, and only fall back to the pump if the socket is full.
             while queue and sink.send(queue[0]):
-                event = queue.popleft()
-                if isinstance(event, Message):
-                    self.last_key = event.key
-                    self.room.metrics.deliveries += 1
+                self._written(queue.popleft())
             if not queue:
                 self.queue = None
                 return
         self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    def _written(self, event: Event) -> None:
+        if isinstance(event, Message):
+            self.last_key = event.key
+            self.room.metrics.deliveries += 1
 
     async def _run_pump(self) -> None:
         try:
@@ -191,11 +191,8 @@ class Subscription:
             queue = self.queue
             while queue and not self.closed:
                 event = queue.popleft()
-                if isinstance(event, Message):
-                    if event.key <= self.last_key:
-                        continue
-                    self.last_key = event.key
-                await self._write(event)
+                if not isinstance(event, Message) or event.key > self.last_key:
+                    await self._write(event)
             if not self.closed:
                 # No await since the queue was seen empty: nothing slipped in.
                 self.queue = None
@@ -216,13 +213,13 @@ class Subscription:
             page = await hub.backend.read_after(self.room.name, after, REPLAY_PAGE)
             for message in page:
                 if message.key > self.last_key:
-                    self.last_key = message.key
                     await self._write(message)
             if len(page) < REPLAY_PAGE:
                 return
             after = page[-1].key
 
     async def _write(self, event: Event) -> None:
+        """Write one event, waiting (within ``idle_timeout_s``) for the socket to drain."""
         sink = self.sink
         assert sink is not None
         while not sink.send(event):
@@ -231,8 +228,7 @@ class Subscription:
             # Raises TimeoutError for a client that stopped reading.
             async with asyncio.timeout(self.room.hub.idle_timeout_s):
                 await sink.drain()
-        if isinstance(event, Message):
-            self.room.metrics.deliveries += 1
+        self._written(event)
 
     def writable(self) -> bool:
         """True when writes go straight to the connection (nothing queued)."""

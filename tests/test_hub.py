@@ -102,6 +102,15 @@ async def settled(sub: Subscription) -> None:
             await asyncio.sleep(0.001)
 
 
+async def live(hub: Hub, user_id: str = "u-1") -> tuple[Subscription, MemorySink]:
+    """A subscription of ``user_id`` to room ``r`` writing straight to a fresh sink."""
+    sink = MemorySink()
+    sub = await hub.subscribe("r", user_id, user_id, None)
+    sub.attach(sink)
+    await settled(sub)
+    return sub, sink
+
+
 async def test_a_joiner_hanging_up_does_not_cancel_the_others() -> None:
     backend = MemoryBackend()
     backend.release.clear()
@@ -133,14 +142,7 @@ async def test_the_backend_watches_a_room_from_its_newest_id_while_it_has_subscr
 async def test_live_messages_are_written_to_every_connection_within_dispatch() -> None:
     backend = MemoryBackend()
     hub = make_hub(backend)
-    sinks = [MemorySink() for _ in range(3)]
-    subs = []
-    for n, sink in enumerate(sinks):
-        sub = await hub.subscribe("r", f"u-{n}", "A", None)
-        sub.attach(sink)
-        subs.append(sub)
-    for sub in subs:
-        await settled(sub)
+    sinks = [(await live(hub, f"u-{n}"))[1] for n in range(3)]
     # No await between dispatch and the check: nothing was left to a task.
     hub.dispatch("r", [message(1), message(2)])
     assert [sink.ids for sink in sinks] == [["1-0", "2-0"]] * 3
@@ -152,10 +154,7 @@ async def test_live_messages_are_written_to_every_connection_within_dispatch() -
 async def test_a_message_dispatched_twice_is_written_once() -> None:
     backend = MemoryBackend()
     hub = make_hub(backend)
-    sink = MemorySink()
-    sub = await hub.subscribe("r", "u-1", "A", None)
-    sub.attach(sink)
-    await settled(sub)
+    _, sink = await live(hub)
     hub.dispatch("r", [message(1), message(2)])
     hub.dispatch("r", [message(2), message(1), message(3)])
     assert sink.ids == ["1-0", "2-0", "3-0"]
@@ -180,19 +179,14 @@ async def test_replay_and_live_overlap_is_sent_once_in_order() -> None:
 async def test_a_paused_connection_queues_and_catches_up_in_order_when_it_drains() -> None:
     backend = MemoryBackend()
     hub = make_hub(backend)
-    slow, fast = MemorySink(), MemorySink()
-    subs = []
-    for n, sink in enumerate((slow, fast)):
-        sub = await hub.subscribe("r", f"u-{n}", "A", None)
-        sub.attach(sink)
-        await settled(sub)
-        subs.append(sub)
+    slow_sub, slow = await live(hub, "u-0")
+    _, fast = await live(hub, "u-1")
     slow.paused = True
     hub.dispatch("r", [message(n) for n in range(1, 11)])
     assert fast.ids == [f"{n}-0" for n in range(1, 11)]
-    assert slow.ids == [] and not subs[0].writable()
+    assert slow.ids == [] and not slow_sub.writable()
     slow.resume()
-    await settled(subs[0])
+    await settled(slow_sub)
     hub.dispatch("r", [message(11)])
     assert slow.ids == [f"{n}-0" for n in range(1, 12)]
 
@@ -200,13 +194,8 @@ async def test_a_paused_connection_queues_and_catches_up_in_order_when_it_drains
 async def test_a_connection_that_falls_too_far_behind_is_cut_off() -> None:
     backend = MemoryBackend()
     hub = make_hub(backend, limit=5)
-    slow, fast = MemorySink(), MemorySink()
-    slow_sub = await hub.subscribe("r", "u-1", "A", None)
-    slow_sub.attach(slow)
-    fast_sub = await hub.subscribe("r", "u-2", "B", None)
-    fast_sub.attach(fast)
-    await settled(slow_sub)
-    await settled(fast_sub)
+    slow_sub, slow = await live(hub, "u-1")
+    _, fast = await live(hub, "u-2")
     slow.paused = True
     hub.dispatch("r", [message(n) for n in range(1, 8)])
     assert slow.aborted and slow_sub.closed and slow_sub.close_reason == OVERFLOW
@@ -249,10 +238,7 @@ async def test_no_subscriptions_once_closing() -> None:
 async def test_a_ping_waits_behind_queued_messages() -> None:
     backend = MemoryBackend()
     hub = make_hub(backend)
-    sink = MemorySink()
-    sub = await hub.subscribe("r", "u-1", "A", None)
-    sub.attach(sink)
-    await settled(sub)
+    sub, sink = await live(hub)
     sink.paused = True
     hub.dispatch("r", [message(1)])
     sub.deliver(Ping())

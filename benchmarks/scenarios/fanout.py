@@ -9,7 +9,16 @@ import asyncio
 from typing import Any
 
 from ..clients import stop_all
-from ..measure import MIB, Context, Metric, connect, memory, publish_and_drain, warm_up
+from ..measure import (
+    MIB,
+    Context,
+    Metric,
+    connect,
+    lost_or_duplicated,
+    memory,
+    publish_and_drain,
+    warm_up,
+)
 from ..publisher import Publisher
 from ..targets import Target, stream_kinds
 
@@ -97,12 +106,4 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
         await stop_all(crowd.subs)
 
 
-def problems(target: str, figures: dict[str, Any]) -> list[str]:
-    """What makes the run fail (exit code 1): the chat server lost or duplicated."""
-    if target != "chat":
-        return []
-    return [
-        f"{key.replace('_', ' ')}: {figures[key]}"
-        for key in ("lost", "duplicates")
-        if figures.get(key)
-    ]
+problems = lost_or_duplicated

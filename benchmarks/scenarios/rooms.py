@@ -16,7 +16,16 @@ import random
 from typing import Any
 
 from ..clients import stop_all
-from ..measure import MIB, Context, Metric, connect, memory, publish_and_drain, warm_up
+from ..measure import (
+    MIB,
+    Context,
+    Metric,
+    connect,
+    lost_or_duplicated,
+    memory,
+    publish_and_drain,
+    warm_up,
+)
 from ..publisher import Publisher
 from ..targets import Target, stream_kinds
 
@@ -100,7 +109,4 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
         await stop_all(crowd.subs)
 
 
-def problems(target: str, figures: dict[str, Any]) -> list[str]:
-    if target != "chat":
-        return []
-    return [f"{k}: {figures[k]}" for k in ("lost", "duplicates") if figures.get(k)]
+problems = lost_or_duplicated
