@@ -1,30 +1,39 @@
 """Open connections as Redis sees them: room presence and the per-session stream limit.
 
-Per room, three keys share the room's hash tag:
+Per room, these keys share the room's hash tag:
 
-- ``conns``: a sorted set of the room's open connections (``user|worker:id``),
-  scored by expiry; the worker that holds a connection refreshes it every
-  heartbeat, so those of a worker that died expire after two intervals;
 - ``counts``: a hash of how many connections each user has in the room;
 - ``users``: the room's online users, a sorted set with every score 0 so that
-  it pages in user id order (``ZRANGEBYLEX``).
+  it pages in user id order (``ZRANGEBYLEX``);
+- ``leases``: the workers holding connections in the room, each scored by
+  when its lease runs out;
+- ``held:<worker>``: a set of the connections (``user|id``) that worker holds
+  in the room.
 
-A script keeps the three in step. When a user comes online in a room (their
-first connection) or goes offline (their last), it publishes a presence
-notice on the room's channel, so that every worker with clients in the room
-re-reads the room's presence, once per short batch. Joins and leaves cost a
-constant number of commands however big the room. A rename publishes the
-same notice in every room the user is online in.
+A worker renews its lease on each room it holds connections in once per
+heartbeat: one command per room, however many connections. Whoever joins
+the room or renews a lease first sweeps the connections of workers whose
+lease ran out (they died, or stalled for two heartbeats); a worker whose
+lease was swept while it stalled joins its connections again.
+
+Scripts keep the keys in step. When a user comes online in a room (their
+first connection) or goes offline (their last), the script publishes a
+presence notice on the room's channel, so that every worker with clients in
+the room re-reads the room's presence, once per short batch. Joins and
+leaves cost a constant number of commands however big the room. A rename
+publishes the same notice in every room the user is online in.
 
 The per-session stream limit counts a user's connections in a sorted set of
-their own (members name the room), scored by expiry in the same way.
+their own (members ``worker:id|room``), scored by expiry. An entry is
+renewed every ``USER_SLICES`` heartbeats (a slice of the connections each
+heartbeat), and lasts twice that; a sweep removes the entries of a dead
+worker's connections at once, so the long expiry only matters when nobody
+sweeps them.
 """
 
 from __future__ import annotations
 
-import collections
 import time
-from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
@@ -33,8 +42,7 @@ from .broker import channel
 # KEYS: the user's streams and name (one slot: both carry the user's tag).
 # Drop expired entries, refuse when the user is at the limit, else register
 # the stream and keep the user's display name for presence. Entries expire
-# by their scores; the key lives as long as a session, so that a heartbeat
-# refreshes a stream with a single ZADD.
+# by their scores; the key lives as long as a session.
 _OPEN_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
@@ -46,67 +54,119 @@ redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
 return 1
 """
 
-# KEYS: conns, counts, users. ARGV: expiry (ms), channel, then pairs of
-# (connection, user) to add or refresh; with ARGV[3] == 'sweep' first drops
-# connections that expired before ARGV[4] and starts the pairs at ARGV[5].
-# A connection that was not there (new, or swept while its worker stalled)
-# counts for its user again.
-_JOIN_SCRIPT = """
+# Shared by the room scripts. KEYS: counts, users, leases, this worker's held
+# set. ARGV[1]: lease (ms), ARGV[2]: this worker, ARGV[3]: the channel,
+# ARGV[4]: the prefix of held sets. The sweep drops the connections of every
+# other worker whose lease ran out and returns them as {worker, 'user|id', ...}
+# so that the caller can free their users' stream slots. (Held sets are named
+# from the room's tag: every key a script touches is in the room's slot.)
+_ROOM_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = now + tonumber(ARGV[1])
 local changed = false
-local first = 3
-if ARGV[3] == 'sweep' then
-  first = 5
-  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
-  for _, conn in ipairs(dead) do
-    local user = string.match(conn, '^([^|]*)')
-    redis.call('ZREM', KEYS[1], conn)
-    if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
-      redis.call('HDEL', KEYS[2], user)
-      redis.call('ZREM', KEYS[3], user)
-      changed = true
-    end
+local function user_of(conn)
+  return string.match(conn, '^([^|]*)')
+end
+local function gone(user)
+  if redis.call('HINCRBY', KEYS[1], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[1], user)
+    redis.call('ZREM', KEYS[2], user)
+    changed = true
   end
 end
-for i = first, #ARGV, 2 do
-  if redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    if redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1) == 1 then
-      redis.call('ZADD', KEYS[3], 0, ARGV[i + 1])
-      changed = true
+local swept = {}
+for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  if worker ~= ARGV[2] then
+    local held = ARGV[4] .. worker
+    for _, conn in ipairs(redis.call('SMEMBERS', held)) do
+      gone(user_of(conn))
+      swept[#swept + 1] = worker
+      swept[#swept + 1] = conn
     end
+    redis.call('DEL', held)
+    redis.call('ZREM', KEYS[3], worker)
   end
 end
-for i = 1, 3 do
-  redis.call('PEXPIREAT', KEYS[i], ARGV[1])
+local function renew()
+  local fresh = redis.call('ZADD', KEYS[3], lease, ARGV[2]) == 1
+  for i = 1, 3 do
+    redis.call('PEXPIREAT', KEYS[i], lease)
+  end
+  -- A dead worker's held set outlives its lease, so that a sweep finds it.
+  redis.call('PEXPIREAT', KEYS[4], lease + tonumber(ARGV[1]))
+  return fresh
 end
+"""
+
+_EPILOGUE = """
 if changed then
-  redis.call('PUBLISH', ARGV[2], 'p')
+  redis.call('PUBLISH', ARGV[3], 'p')
 end
-return changed and 1 or 0
 """
 
-# KEYS: conns, counts, users. ARGV: connection, user, channel.
-_LEAVE_SCRIPT = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
-    redis.call('HDEL', KEYS[2], ARGV[2])
-    redis.call('ZREM', KEYS[3], ARGV[2])
-    redis.call('PUBLISH', ARGV[3], 'p')
-    return 1
+# ARGV[5...]: pairs of (connection, user) to add. The first reply is 1 when
+# the lease was not there (see _RENEW_SCRIPT).
+_JOIN_SCRIPT = (
+    _ROOM_PRELUDE
+    + """
+local fresh = renew()
+for i = 5, #ARGV, 2 do
+  if redis.call('SADD', KEYS[4], ARGV[i]) == 1 then
+    if redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1) == 1 then
+      redis.call('ZADD', KEYS[2], 0, ARGV[i + 1])
+      changed = true
+    end
   end
 end
-return 0
 """
+    + _EPILOGUE
+    + "return {fresh and 1 or 0, swept}\n"
+)
+
+# Renews the lease; the first reply is 1 when the lease was not there (this
+# worker's connections were swept while it stalled): the caller joins them again.
+_RENEW_SCRIPT = (
+    _ROOM_PRELUDE
+    + """
+local fresh = renew()
+"""
+    + _EPILOGUE
+    + "return {fresh and 1 or 0, swept}\n"
+)
+
+# ARGV[5]: the connection, ARGV[6]: its user. The last connection the worker
+# holds in the room gives up its lease.
+_LEAVE_SCRIPT = (
+    _ROOM_PRELUDE
+    + """
+if redis.call('SREM', KEYS[4], ARGV[5]) == 1 then
+  gone(ARGV[6])
+end
+if redis.call('SCARD', KEYS[4]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[2])
+end
+"""
+    + _EPILOGUE
+    + "return swept\n"
+)
 
 
-REFRESH_BATCH = 250  # connections refreshed per pipeline
+REFRESH_BATCH = 250  # rooms renewed, or user entries refreshed, per pipeline
+USER_SLICES = 20  # a user entry is renewed every this many heartbeats
 
 
-def room_keys(room: str) -> list[str]:
-    return [f"chat:{{{room}}}:conns", f"chat:{{{room}}}:counts", f"chat:{{{room}}}:users"]
+def room_keys(room: str, worker: str) -> list[str]:
+    tag = f"chat:{{{room}}}"
+    return [f"{tag}:counts", f"{tag}:users", f"{tag}:leases", f"{tag}:held:{worker}"]
+
+
+def held_prefix(room: str) -> str:
+    return f"chat:{{{room}}}:held:"
 
 
 def users_key(room: str) -> str:
-    return room_keys(room)[2]
+    return f"chat:{{{room}}}:users"
 
 
 def streams_key(user_id: str) -> str:
@@ -137,30 +197,38 @@ class Connections:
         self.redis = redis
         self.worker_token = worker_token
         self.ttl_ms = int(ttl_s * 1000)
+        # A user entry is renewed every USER_SLICES heartbeats (ttl_s is two).
+        self.user_ttl_ms = self.ttl_ms * USER_SLICES
         self.per_session_limit = per_session_limit
         self.name_ttl_s = name_ttl_s
         self._open = redis.register_script(_OPEN_SCRIPT)
         self._join = redis.register_script(_JOIN_SCRIPT)
+        self._renew = redis.register_script(_RENEW_SCRIPT)
         self._leave = redis.register_script(_LEAVE_SCRIPT)
+        # What this worker holds: room -> {stream id: user id}.
+        self._held: dict[str, dict[int, str]] = {}
+        self._ticks = 0
 
-    def member(self, user_id: str, stream_id: int) -> str:
-        """A connection in its room's set: whose it is comes first."""
-        return f"{user_id}|{self.worker_token}:{stream_id}"
+    @staticmethod
+    def member(user_id: str, stream_id: int) -> str:
+        """A connection in its worker's held set: whose it is comes first."""
+        return f"{user_id}|{stream_id}"
 
-    def user_member(self, room: str, stream_id: int) -> str:
+    def user_member(self, room: str, stream_id: int, worker: str | None = None) -> str:
         """A connection in its user's set: where it is comes last (see :meth:`set_name`)."""
-        return f"{self.worker_token}:{stream_id}|{room}"
+        return f"{worker or self.worker_token}:{stream_id}|{room}"
+
+    def _room_args(self, room: str) -> list[str | int]:
+        return [self.ttl_ms, self.worker_token, channel(room), held_prefix(room)]
 
     async def open(self, room: str, user_id: str, name: str, stream_id: int) -> bool:
         """Register a connection; False when the user already has the most allowed."""
         now = _now_ms()
-        expiry = now + self.ttl_ms
-        member = self.member(user_id, stream_id)
         allowed = await self._open(
             keys=[streams_key(user_id), name_key(user_id)],
             args=[
                 now,
-                expiry,
+                now + self.user_ttl_ms,
                 self.per_session_limit,
                 self.user_member(room, stream_id),
                 name,
@@ -169,48 +237,94 @@ class Connections:
         )
         if not allowed:
             return False
-        await self._join(keys=room_keys(room), args=[expiry, channel(room), member, user_id])
+        self._held.setdefault(room, {})[stream_id] = user_id
+        try:
+            fresh, swept = await self._join(
+                keys=room_keys(room, self.worker_token),
+                args=[*self._room_args(room), self.member(user_id, stream_id), user_id],
+            )
+        except BaseException:
+            self._forget(room, stream_id)
+            raise
+        await self._free(room, swept)
+        if int(fresh):
+            await self._rejoin(room, but=stream_id)
         return True
 
+    def _forget(self, room: str, stream_id: int) -> None:
+        held = self._held.get(room, {})
+        held.pop(stream_id, None)
+        if not held:
+            self._held.pop(room, None)
+
     async def close(self, room: str, user_id: str, stream_id: int) -> None:
-        member = self.member(user_id, stream_id)
-        pipe = self.redis.pipeline(transaction=False)
-        await self._leave(keys=room_keys(room), args=[member, user_id, channel(room)], client=pipe)
-        pipe.zrem(streams_key(user_id), self.user_member(room, stream_id))
-        await pipe.execute()
+        self._forget(room, stream_id)
+        swept = await self._leave(
+            keys=room_keys(room, self.worker_token),
+            args=[*self._room_args(room), self.member(user_id, stream_id), user_id],
+        )
+        await self.redis.zrem(streams_key(user_id), self.user_member(room, stream_id))
+        await self._free(room, swept)
 
-    async def refresh(self, streams: Iterable[tuple[str, str, int]]) -> None:
-        """Extend the (room, user_id, stream_id) connections this worker holds.
+    async def refresh(self) -> None:
+        """Renew this worker's lease on each room it holds, and one slice of
+        its connections' entries in their users' sets.
 
-        Also sweeps each room of connections that expired (their worker died),
+        Renewing sweeps each room of the connections of workers that died,
         which publishes a presence notice when someone went offline.
         """
-        streams = list(streams)
-        # In batches: packing one pipeline of tens of thousands of commands
-        # would hold the event loop for hundreds of milliseconds.
-        for start in range(0, len(streams), REFRESH_BATCH):
-            await self._refresh(streams[start : start + REFRESH_BATCH])
+        self._ticks += 1
+        rooms = list(self._held)
+        # In batches: packing one pipeline of thousands of commands would
+        # hold the event loop for tens of milliseconds.
+        for start in range(0, len(rooms), REFRESH_BATCH):
+            batch = rooms[start : start + REFRESH_BATCH]
+            pipe = self.redis.pipeline(transaction=False)
+            for room in batch:
+                await self._renew(
+                    keys=room_keys(room, self.worker_token), args=self._room_args(room), client=pipe
+                )
+            for room, (fresh, swept) in zip(batch, await pipe.execute(), strict=True):
+                await self._free(room, swept)
+                if int(fresh):
+                    await self._rejoin(room)
+        due = self._ticks % USER_SLICES
+        users = [
+            (room, user_id, stream_id)
+            for room, held in list(self._held.items())
+            for stream_id, user_id in list(held.items())
+            if stream_id % USER_SLICES == due
+        ]
+        expiry = _now_ms() + self.user_ttl_ms
+        for start in range(0, len(users), REFRESH_BATCH):
+            pipe = self.redis.pipeline(transaction=False)
+            for room, user_id, stream_id in users[start : start + REFRESH_BATCH]:
+                member = self.user_member(room, stream_id)
+                pipe.zadd(streams_key(user_id), {member: expiry}, xx=True)
+            await pipe.execute()
 
-    async def _refresh(self, streams: list[tuple[str, str, int]]) -> None:
-        now = _now_ms()
-        expiry = now + self.ttl_ms
-        by_room: dict[str, list[str]] = collections.defaultdict(list)
-        by_user: dict[str, dict[str, int]] = collections.defaultdict(dict)
-        for room, user_id, stream_id in streams:
-            member = self.member(user_id, stream_id)
-            by_room[room] += (member, user_id)
-            by_user[streams_key(user_id)][self.user_member(room, stream_id)] = expiry
-        if not by_room:
+    async def _rejoin(self, room: str, but: int | None = None) -> None:
+        """Join again the connections a sweep dropped while this worker stalled."""
+        pairs = [
+            value
+            for stream_id, user_id in list(self._held.get(room, {}).items())
+            if stream_id != but
+            for value in (self.member(user_id, stream_id), user_id)
+        ]
+        if pairs:
+            _, swept = await self._join(
+                keys=room_keys(room, self.worker_token), args=[*self._room_args(room), *pairs]
+            )
+            await self._free(room, swept)
+
+    async def _free(self, room: str, swept: list[str]) -> None:
+        """Free the stream slots of the dead workers' connections a sweep dropped."""
+        if not swept:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for room, pairs in by_room.items():
-            await self._join(
-                keys=room_keys(room),
-                args=[expiry, channel(room), "sweep", now, *pairs],
-                client=pipe,
-            )
-        for key, members in by_user.items():
-            pipe.zadd(key, members)
+        for worker, conn in zip(swept[::2], swept[1::2], strict=True):
+            user_id, _, stream_id = str(conn).rpartition("|")
+            pipe.zrem(streams_key(user_id), self.user_member(room, int(stream_id), str(worker)))
         await pipe.execute()
 
     async def presence(

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PRESENCE_BATCH_S = 0.05  # rooms that list their users
 COUNT_BATCH_S = 1.0  # rooms that only count them
+SLOW_TICK_S = 0.1  # a tick longer than this is logged
 
 
 class LoopWatch:
@@ -112,10 +113,15 @@ class Heartbeat:
             took = time.perf_counter() - started
             worker = self.hub.metrics
             worker.heartbeat_max_s = max(worker.heartbeat_max_s, took)
+            if took > SLOW_TICK_S:
+                log.warning(
+                    "heartbeat took %.0f ms over %d connections",
+                    took * 1000,
+                    sum(len(room.subscriptions) for room in self.hub.rooms.values()),
+                )
 
     async def _tick(self) -> None:
         now = time.monotonic()
-        alive: list[tuple[str, str, int]] = []
 
         def visit(sub: Subscription) -> None:
             if sub.last_seen is not None and now - sub.last_seen > self.idle_timeout_s:
@@ -123,7 +129,6 @@ class Heartbeat:
                 sub.close(IDLE)
                 return
             sub.deliver(PING)
-            alive.append((sub.room.name, sub.user_id, sub.id))
 
         await self.hub.visit(visit)
         try:
@@ -131,7 +136,7 @@ class Heartbeat:
             # notice (joins, leaves, renames, and the sweep of dead workers'
             # connections that this refresh does), and a reconnected relay
             # re-reads its rooms.
-            await self.connections.refresh(alive)
+            await self.connections.refresh()
             await self.metrics.push()
         except (RedisError, OSError) as exc:
             if not self._failing:

@@ -1,0 +1,90 @@
+"""Presence and the stream limit in Redis: leases per worker and room (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from server.connections import USER_SLICES, Connections, streams_key, users_key
+
+
+def worker(
+    redis: aioredis.Redis, token: str, *, ttl_s: float = 0.3, limit: int = 10
+) -> Connections:
+    return Connections(redis, token, ttl_s=ttl_s, per_session_limit=limit, name_ttl_s=60)
+
+
+async def online(redis: aioredis.Redis, room: str) -> list[str]:
+    return sorted(str(u) for u in await redis.zrange(users_key(room), 0, -1))
+
+
+async def calls(redis: aioredis.Redis) -> int:
+    """Commands Redis has run so far (scripts count once, plus what they call)."""
+    stats = await redis.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+async def test_a_dead_workers_connections_are_swept_and_free_their_slots(redis: Any) -> None:
+    alive, dead = worker(redis, "alive"), worker(redis, "dead", limit=2)
+    assert await alive.open("lobby", "u-a", "Ann", 1)
+    assert await dead.open("lobby", "u-b", "Bob", 1)
+    assert await dead.open("other", "u-b", "Bob", 2)
+    assert not await dead.open("lobby", "u-b", "Bob", 3)  # at the limit of 2
+    assert await online(redis, "lobby") == ["u-a", "u-b"]
+    # "dead" stops renewing; "alive" renews until the lease of "dead" runs out.
+    async with asyncio.timeout(3):
+        while await online(redis, "lobby") != ["u-a"]:
+            await alive.refresh()
+            await asyncio.sleep(0.05)
+    # Bob's slot in the lobby is free again; his stream in "other" (which
+    # nobody renews or sweeps) still counts until its own entry expires.
+    assert [str(m) for m in await redis.zrange(streams_key("u-b"), 0, -1)] == ["dead:2|other"]
+    fresh = worker(redis, "fresh", limit=2)
+    assert await fresh.open("lobby", "u-b", "Bob", 9)
+    assert await online(redis, "lobby") == ["u-a", "u-b"]
+
+
+async def test_a_renewal_costs_one_command_per_room_however_many_connections(
+    redis: Any,
+) -> None:
+    async def cost(connections: int) -> int:
+        w = worker(redis, f"w{connections}", ttl_s=60)
+        for i in range(connections):
+            assert await w.open(f"room{connections}", f"u-{i}", "U", i * USER_SLICES + 1)
+        await w.refresh()  # the first renewal loads the script
+        before = await calls(redis)
+        await w.refresh()
+        return await calls(redis) - before - 1  # INFO itself
+
+    few, many = await cost(2), await cost(200)
+    assert many == few
+
+
+async def test_a_worker_swept_while_it_stalled_joins_its_connections_again(redis: Any) -> None:
+    stalled, other = worker(redis, "stalled"), worker(redis, "other")
+    assert await stalled.open("lobby", "u-s1", "S", 1)
+    assert await stalled.open("lobby", "u-s2", "S", 2)
+    assert await other.open("lobby", "u-o", "O", 1)
+    async with asyncio.timeout(3):
+        while await online(redis, "lobby") != ["u-o"]:
+            await other.refresh()
+            await asyncio.sleep(0.05)
+    await stalled.refresh()  # it runs again: its lease is gone, so it joins again
+    assert await online(redis, "lobby") == ["u-o", "u-s1", "u-s2"]
+    # And the counts are right: each user leaves once.
+    await stalled.close("lobby", "u-s1", 1)
+    await stalled.close("lobby", "u-s2", 2)
+    assert await online(redis, "lobby") == ["u-o"]
+
+
+async def test_two_connections_of_one_user_leave_presence_with_the_last(redis: Any) -> None:
+    a, b = worker(redis, "a"), worker(redis, "b")
+    assert await a.open("lobby", "u-1", "One", 1)
+    assert await b.open("lobby", "u-1", "One", 1)
+    await a.close("lobby", "u-1", 1)
+    assert await online(redis, "lobby") == ["u-1"]
+    await b.close("lobby", "u-1", 1)
+    assert await online(redis, "lobby") == []
+    assert await redis.zcard(streams_key("u-1")) == 0
