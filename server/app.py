@@ -95,7 +95,9 @@ def create_app(
         relaying = asyncio.create_task(relay.run(), name="relay")
         watch = LoopWatch(metrics)
         watch.start()
+        heartbeat.frozen.start()
         yield
+        heartbeat.frozen.stop()
         watch.stop()
         await relay.stop(relaying)
 

@@ -266,15 +266,18 @@ class Connections:
         await self.redis.zrem(streams_key(user_id), self.user_member(room, stream_id))
         await self._free(room, swept)
 
-    async def refresh(self) -> None:
-        """Renew this worker's lease on each room it holds, and one slice of
-        its connections' entries in their users' sets.
+    async def refresh(self, parts: int = 1) -> None:
+        """Renew this worker's lease on its rooms, and its connections'
+        entries in their users' sets, one share of them a call.
 
-        Renewing sweeps each room of the connections of workers that died,
-        which publishes a presence notice when someone went offline.
+        ``parts`` calls renew every room once, and ``parts * USER_SLICES``
+        every user entry. Renewing sweeps each room of the connections of
+        workers that died, which publishes a presence notice when someone
+        went offline.
         """
+        tick = self._ticks
         self._ticks += 1
-        rooms = list(self._held)
+        rooms = [room for room in self._held if hash(room) % parts == tick % parts]
         # In batches: packing one pipeline of thousands of commands would
         # hold the event loop for tens of milliseconds.
         for start in range(0, len(rooms), REFRESH_BATCH):
@@ -288,12 +291,12 @@ class Connections:
                 await self._free(room, swept)
                 if int(fresh):
                     await self._rejoin(room)
-        due = self._ticks % USER_SLICES
+        slices = parts * USER_SLICES
         users = [
             (room, user_id, stream_id)
             for room, held in list(self._held.items())
             for stream_id, user_id in list(held.items())
-            if stream_id % USER_SLICES == due
+            if stream_id % slices == tick % slices
         ]
         expiry = _now_ms() + self.user_ttl_ms
         for start in range(0, len(users), REFRESH_BATCH):

@@ -346,7 +346,8 @@ class Hub:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         room = subscription.room
-        room.subscriptions.pop(subscription.id, None)
+        if room.subscriptions.pop(subscription.id, None) is not None:
+            self.metrics.closed += 1
         if not room.subscriptions and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self.backend.unwatch(room.name)

@@ -40,11 +40,14 @@ class Metrics:
     published: int = 0
     deliveries: int = 0
     dropped: int = 0  # slow consumers cut off
+    closed: int = 0  # connections closed (this worker, since it started)
     # The longest the event loop was held up, and the longest heartbeat
     # tick, since the worker started (seconds).
     loop_stall_max_s: float = 0.0
     heartbeat_max_s: float = 0.0
     gc_pause_max_s: float = 0.0  # the longest full garbage collection
+    loop_stalls: int = 0  # stalls over 100 ms
+    heartbeat_slow: int = 0  # ticks over 100 ms
 
     @property
     def member(self) -> str:
@@ -60,6 +63,8 @@ class Metrics:
             "loop_stall_max_s": f"{self.loop_stall_max_s:.6f}",
             "heartbeat_max_s": f"{self.heartbeat_max_s:.6f}",
             "gc_pause_max_s": f"{self.gc_pause_max_s:.6f}",
+            "loop_stalls": str(self.loop_stalls),
+            "heartbeat_slow": str(self.heartbeat_slow),
         }
 
     def counts(self) -> dict[str, int]:
@@ -149,8 +154,11 @@ def render(snapshots: list[dict[str, str]], totals: dict[str, str]) -> str:
         ("chat_loop_stall_max_seconds", "loop_stall_max_s", "Longest event loop stall so far."),
         ("chat_heartbeat_max_seconds", "heartbeat_max_s", "Longest heartbeat tick so far."),
         ("chat_gc_pause_max_seconds", "gc_pause_max_s", "Longest full garbage collection."),
+        ("chat_loop_stalls_total", "loop_stalls", "Event loop stalls over 100 ms."),
+        ("chat_heartbeat_slow_total", "heartbeat_slow", "Heartbeat ticks over 100 ms."),
     ):
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        kind = "counter" if name.endswith("_total") else "gauge"
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         for s in workers:
             instance, worker = _escape(s.get("instance", "")), _escape(s.get("worker", ""))
             value = s.get(field, "0") if field else "1"

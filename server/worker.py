@@ -80,7 +80,8 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
         site = web.SockSite(runner, shared.sock, backlog=config.backlog)
         try:
             await site.start()
-            heartbeat = aiotools.create_timer(app[keys.HEARTBEAT].tick, config.heartbeat_s)
+            beat = app[keys.HEARTBEAT]
+            heartbeat = aiotools.create_timer(beat.tick, beat.interval)
             report(shared, "ready", pidx)
             stop = Stop()
             try:

@@ -339,3 +339,30 @@ async def test_the_loop_watch_times_full_garbage_collections() -> None:
         watch.stop()
     assert metrics.gc_pause_max_s > 0
     assert watch._on_gc not in gc.callbacks
+
+
+async def test_survivors_of_a_full_collection_are_frozen_until_enough_connections_close() -> None:
+    import gc
+
+    from server.heartbeat import FrozenSurvivors
+
+    metrics = Metrics(instance="test", worker=0, reloads=0)
+    metrics.connections["ws"] = 100
+    frozen = FrozenSurvivors(metrics, min_closed=10)
+    frozen.start()
+    try:
+        gc.collect()
+        await asyncio.sleep(0)  # the freeze runs on the loop, after the collection
+        assert gc.get_freeze_count() > 0
+        metrics.closed += 9
+        frozen.check()
+        assert gc.get_freeze_count() > 0  # fewer than min_closed closed
+        metrics.closed += 15
+        frozen.check()
+        assert gc.get_freeze_count() > 0  # fewer than a quarter of the 100 open
+        metrics.closed += 1
+        frozen.check()
+        assert gc.get_freeze_count() == 0
+    finally:
+        frozen.stop()
+    assert gc.get_freeze_count() == 0
