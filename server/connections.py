@@ -33,11 +33,21 @@ sweeps them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from .broker import channel
+
+log = logging.getLogger(__name__)
+
+Call = tuple[AsyncScript, list[str], list[Any]]  # a script, its keys and its arguments
 
 # KEYS: the user's streams and name (one slot: both carry the user's tag).
 # Drop expired entries, refuse when the user is at the limit, else register
@@ -208,6 +218,7 @@ class Connections:
         # What this worker holds: room -> {stream id: user id}.
         self._held: dict[str, dict[int, str]] = {}
         self._ticks = 0
+        self._undoing: set[asyncio.Future[None]] = set()
 
     @staticmethod
     def member(user_id: str, stream_id: int) -> str:
@@ -224,32 +235,44 @@ class Connections:
     async def open(self, room: str, user_id: str, name: str, stream_id: int) -> bool:
         """Register a connection; False when the user already has the most allowed."""
         now = _now_ms()
-        allowed = await self._open(
-            keys=[streams_key(user_id), name_key(user_id)],
-            args=[
-                now,
-                now + self.user_ttl_ms,
-                self.per_session_limit,
-                self.user_member(room, stream_id),
-                name,
-                self.name_ttl_s,
-            ],
-        )
-        if not allowed:
-            return False
         self._held.setdefault(room, {})[stream_id] = user_id
         try:
-            fresh, swept = await self._join(
-                keys=room_keys(room, self.worker_token),
-                args=[*self._room_args(room), self.member(user_id, stream_id), user_id],
+            # One round trip: the join goes with the limit check, and is
+            # undone in the rare case that the check refuses.
+            allowed, (fresh, swept) = await self._run(
+                (
+                    self._open,
+                    [streams_key(user_id), name_key(user_id)],
+                    [
+                        now,
+                        now + self.user_ttl_ms,
+                        self.per_session_limit,
+                        self.user_member(room, stream_id),
+                        name,
+                        self.name_ttl_s,
+                    ],
+                ),
+                self._room_call(self._join, room, user_id, stream_id),
             )
         except BaseException:
-            self._forget(room, stream_id)
+            # The join may have been applied: undo it, whatever happens to us.
+            undo = asyncio.ensure_future(self._undo(room, user_id, stream_id))
+            self._undoing.add(undo)
+            undo.add_done_callback(self._undoing.discard)
             raise
+        if not int(allowed):
+            await self.close(room, user_id, stream_id)
+            return False
         await self._free(room, swept)
         if int(fresh):
             await self._rejoin(room, but=stream_id)
         return True
+
+    async def _undo(self, room: str, user_id: str, stream_id: int) -> None:
+        try:
+            await self.close(room, user_id, stream_id)
+        except (RedisError, OSError) as exc:
+            log.debug("could not undo the join of stream %s: %s", stream_id, exc)
 
     def _forget(self, room: str, stream_id: int) -> None:
         held = self._held.get(room, {})
@@ -259,12 +282,38 @@ class Connections:
 
     async def close(self, room: str, user_id: str, stream_id: int) -> None:
         self._forget(room, stream_id)
-        swept = await self._leave(
-            keys=room_keys(room, self.worker_token),
-            args=[*self._room_args(room), self.member(user_id, stream_id), user_id],
-        )
-        await self.redis.zrem(streams_key(user_id), self.user_member(room, stream_id))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(streams_key(user_id), self.user_member(room, stream_id))
+        leave = self._room_call(self._leave, room, user_id, stream_id)
+        (swept,) = await self._run(leave, pipe=pipe)
         await self._free(room, swept)
+
+    def _room_call(self, script: AsyncScript, room: str, user_id: str, stream_id: int) -> Call:
+        return (
+            script,
+            room_keys(room, self.worker_token),
+            [*self._room_args(room), self.member(user_id, stream_id), user_id],
+        )
+
+    async def _run(self, *calls: Call, pipe: Pipeline | None = None) -> list[Any]:
+        """Run scripts in one round trip (after what ``pipe`` already holds);
+        their replies, in order.
+
+        By sha: redis-py's pipeline would ask Redis whether they exist on
+        every call. A script Redis lost (a restart) is loaded and run again.
+        """
+        pipe = pipe or self.redis.pipeline(transaction=False)
+        skip = len(pipe)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies = (await pipe.execute(raise_on_error=False))[skip:]
+        for n, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                script, keys, args = calls[n]
+                replies[n] = await script(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def refresh(self, parts: int = 1) -> None:
         """Renew this worker's lease on its rooms, and its connections'
@@ -282,12 +331,11 @@ class Connections:
         # hold the event loop for tens of milliseconds.
         for start in range(0, len(rooms), REFRESH_BATCH):
             batch = rooms[start : start + REFRESH_BATCH]
-            pipe = self.redis.pipeline(transaction=False)
-            for room in batch:
-                await self._renew(
-                    keys=room_keys(room, self.worker_token), args=self._room_args(room), client=pipe
-                )
-            for room, (fresh, swept) in zip(batch, await pipe.execute(), strict=True):
+            calls = [
+                (self._renew, room_keys(room, self.worker_token), self._room_args(room))
+                for room in batch
+            ]
+            for room, (fresh, swept) in zip(batch, await self._run(*calls), strict=True):
                 await self._free(room, swept)
                 if int(fresh):
                     await self._rejoin(room)
@@ -315,8 +363,8 @@ class Connections:
             for value in (self.member(user_id, stream_id), user_id)
         ]
         if pairs:
-            _, swept = await self._join(
-                keys=room_keys(room, self.worker_token), args=[*self._room_args(room), *pairs]
+            ((_, swept),) = await self._run(
+                (self._join, room_keys(room, self.worker_token), [*self._room_args(room), *pairs])
             )
             await self._free(room, swept)
 

@@ -11,8 +11,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .config import Config
@@ -26,16 +28,27 @@ CLIENT_OPTIONS: dict[str, Any] = {
     # When all are busy, wait this long for one: a burst of clients (after a
     # reload, say) queues briefly instead of getting 503 at once.
     "wait_s": 5.0,
+    # Given once: redis-py 8 otherwise reads its version from the package
+    # metadata (parsing it) for every new connection, a burst of which a
+    # storm of clients causes.
+    "driver_info": DriverInfo(lib_version=redis.__version__),
 }
 
 
 class WaitingPool(aioredis.ConnectionPool):
-    """A pool where a burst waits (up to ``wait_s``) for a free connection instead of failing.
+    """A pool where a burst waits (up to ``wait_s``) for a free connection
+    instead of failing, and where taking and giving back a connection costs
+    a list operation and one uncontended semaphore.
 
-    redis-py's BlockingConnectionPool does the same but enters a condition
-    and a timeout on every command, which cost a fifth of a worker's CPU per
-    message; here a command that finds a connection free pays for one
-    uncontended semaphore, and only one that has to wait sets a timeout.
+    redis-py's own pool takes a lock, reports to its observability hooks
+    and polls the socket (a system call) on every command, and its
+    BlockingConnectionPool adds a condition and a timeout: together most of
+    the client-side cost of a command. What the poll guards against (a
+    connection handed back with a reply unread) cannot happen here: redis-py
+    disconnects a connection whose command was interrupted, and a
+    disconnected connection connects again when next taken. No credential
+    provider or maintenance notifications are used, which is what the
+    pool's release events serve.
     """
 
     def __init__(self, *args: Any, wait_s: float, **kwargs: Any) -> None:
@@ -53,16 +66,27 @@ class WaitingPool(aioredis.ConnectionPool):
         else:
             await self._free.acquire()  # free: returns at once
         try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call,no-any-return]
+            connection = (
+                self._available_connections.pop()
+                if self._available_connections
+                else self.make_connection()  # type: ignore[no-untyped-call]
+            )
         except BaseException:
             self._free.release()
             raise
+        self._in_use_connections.add(connection)
+        try:
+            if not connection.is_connected:
+                await connection.connect()
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
 
     async def release(self, connection: AbstractConnection) -> None:
-        try:
-            await super().release(connection)
-        finally:
-            self._free.release()
+        self._in_use_connections.discard(connection)
+        self._available_connections.append(connection)
+        self._free.release()
 
 
 def _client(url: str, *, decode_responses: bool) -> aioredis.Redis:

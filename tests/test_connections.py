@@ -89,3 +89,24 @@ async def test_two_connections_of_one_user_leave_presence_with_the_last(redis: A
     await b.close("lobby", "u-1", 1)
     assert await online(redis, "lobby") == []
     assert await redis.zcard(streams_key("u-1")) == 0
+
+
+async def test_scripts_lost_by_redis_are_loaded_again(redis: Any) -> None:
+    w = worker(redis, "w")
+    assert await w.open("lobby", "u-1", "One", 1)
+    await redis.script_flush()  # as after a restart of Redis
+    assert await w.open("lobby", "u-2", "Two", 2)
+    await w.refresh()
+    assert await online(redis, "lobby") == ["u-1", "u-2"]
+    await redis.script_flush()
+    await w.close("lobby", "u-1", 1)
+    assert await online(redis, "lobby") == ["u-2"]
+
+
+async def test_a_refused_stream_leaves_no_trace_in_the_room(redis: Any) -> None:
+    w = worker(redis, "w", limit=1)
+    assert await w.open("lobby", "u-1", "One", 1)
+    assert not await w.open("other", "u-1", "One", 2)
+    assert await online(redis, "other") == []
+    assert await redis.exists("chat:{other}:held:w") == 0
+    assert [str(m) for m in await redis.zrange(streams_key("u-1"), 0, -1)] == ["w:1|lobby"]
