@@ -52,6 +52,7 @@ def create_app(
         client_max_size=config.body_max_bytes,
         middlewares=[
             middlewares.errors,
+            middlewares.known_host,
             middlewares.same_origin,
             aiohttp_session.session_middleware(session_storage),
         ],
@@ -77,6 +78,7 @@ def create_app(
         name_ttl_s=config.session_max_age_s,
     )
     app[keys.CONFIG] = config
+    app[keys.KNOWN_HOSTS] = middlewares.KnownHosts(config)
     app[keys.REDIS] = redis
     app[keys.BROKER] = broker
     app[keys.HUB] = hub

@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from .model import Message, StreamKey, format_id, parse_id
+from .model import LAST_KEY, Message, StreamKey, format_id, parse_id
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,17 @@ class Broker:
         )
         return Message(str(message_id), room, user_id, name, text, ts)
 
-    async def history(self, room: str, limit: int, before: str | None) -> list[Message]:
+    async def history(self, room: str, limit: int, before: StreamKey | None) -> list[Message]:
         """The newest ``limit`` messages older than ``before``, oldest first."""
-        newest = "(" + before if before else "+"
+        if before == (0, 0):
+            return []  # nothing is older (and Redis refuses the range)
+        newest = "(" + format_id(before) if before else "+"
         entries = await self.redis.xrevrange(stream_key(room), max=newest, min="-", count=limit)
         return [Message.from_fields(room, id, fields) for id, fields in reversed(entries or [])]
 
     async def read_after(self, room: str, after: StreamKey, count: int) -> list[Message]:
+        if after == LAST_KEY:
+            return []  # nothing can follow (and Redis refuses the range)
         entries = await self.redis.xrange(
             stream_key(room), min="(" + format_id(after), max="+", count=count
         )

@@ -37,6 +37,7 @@ class Config:
     session_max_age_s: int = 2592000
     cookie_secure: bool = False
     allowed_origins: tuple[str, ...] = ()
+    public_origin: str = ""
     message_max_chars: int = 2000
     body_max_bytes: int = 65536
     rate_limit_per_s: float = 5.0
@@ -73,7 +74,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "shutdown_timeout_s": (float, 0.1, 600),
     "redis_wait_s": (float, 0, 3600),
 }
-_STRINGS = ("host", "redis_url", "log_level", "loop", "data_dir", "session_secret")
+_STRINGS = ("host", "redis_url", "log_level", "loop", "data_dir", "session_secret", "public_origin")
 _BOOLS = ("debug", "cookie_secure")
 KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}
 
@@ -124,6 +125,8 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
             raise ConfigError(f"{key}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
     if key == "loop" and value not in LOOPS:
         raise ConfigError(f"{key}: expected one of {', '.join(LOOPS)}, got {value!r}")
+    if key == "public_origin" and value and not _ORIGIN_RE.match(value):
+        raise ConfigError(f"{key}: {value!r} is not an origin like https://chat.example.com")
     if key == "host" and not value:
         raise ConfigError(f"{key}: must not be empty")
     if key == "redis_url" and value and not value.startswith(("redis://", "rediss://", "unix://")):

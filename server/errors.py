@@ -33,6 +33,10 @@ class TooLarge(ChatError):
     status, code = 413, "too_large"
 
 
+class UnsupportedMediaType(ChatError):
+    status, code = 415, "unsupported_media_type"
+
+
 class RateLimited(ChatError):
     status, code = 429, "rate_limited"
 
@@ -51,6 +55,7 @@ _CODES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
+    415: "unsupported_media_type",
     429: "rate_limited",
     500: "internal",
     503: "unavailable",

@@ -331,6 +331,12 @@ class Hub:
         """Join a room; events queue until :meth:`Subscription.attach` gives them a sink."""
         if self.closing:
             raise Closing
+        if since is not None and since > (room := await self._room(room_name)).cursor:
+            # Newer than this worker has seen: either a message still on its
+            # way here, or an id the room never had (another room's, or from
+            # before Redis lost data). The latter would wait for ever for a
+            # message after it: resume from the room's newest instead.
+            since = min(since, await self.backend.last_id(room_name))
         room = await self._room(room_name)
         # A room dropped while we awaited its cursor is created again.
         while self.rooms.get(room_name) is not room:

@@ -11,7 +11,7 @@ from .connections import Connections
 from .heartbeat import Heartbeat
 from .hub import Hub
 from .metrics import Metrics, MetricsStore
-from .middlewares import ThrottledErrorLog
+from .middlewares import KnownHosts, ThrottledErrorLog
 from .ratelimit import RateLimiter
 
 CONFIG = web.AppKey("config", Config)
@@ -25,3 +25,4 @@ WORKER_INDEX = web.AppKey("worker_index", int)
 METRICS = web.AppKey("metrics", Metrics)
 METRICS_STORE = web.AppKey("metrics_store", MetricsStore)
 REDIS_ERRORS = web.AppKey("redis_errors", ThrottledErrorLog)
+KNOWN_HOSTS = web.AppKey("known_hosts", KnownHosts)

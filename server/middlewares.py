@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import time
 from urllib.parse import urlsplit
 
@@ -13,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
+from .config import Config
 from .errors import ChatError, error_response
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,54 @@ class ThrottledErrorLog:
         self._last, self._suppressed = now, 0
 
 
+class KnownHosts:
+    """The names a browser may use to reach this server.
+
+    A page on another site can make its own name resolve to this server's
+    address (DNS rebinding): its requests are then same-origin in the
+    browser's eyes, with ``Host`` and ``Origin`` both naming that site.
+    Refusing a ``Host`` the server does not know stops them. Known: IP
+    addresses, ``localhost``, this machine's names, the address it listens
+    on, and the hosts of ``public_origin`` and ``allowed_origins``.
+    """
+
+    def __init__(self, config: Config) -> None:
+        origins = (config.public_origin, *config.allowed_origins)
+        names = {"localhost", config.host, socket.gethostname()}
+        names |= {urlsplit(origin).hostname or "" for origin in origins}
+        self.names = frozenset(name.lower() for name in names if name)
+
+    def __contains__(self, host: str) -> bool:
+        name = host.lower()
+        if name in self.names or name.endswith(".localhost"):
+            return True
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            return False
+        return True
+
+
+# Asked for by machines rather than browsers, often by a name of the
+# network's own (a service name): they need no protection from pages.
+_ANY_HOST_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+@web.middleware
+async def known_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests whose ``Host`` names a site this server does not know (400)."""
+    host = request.headers.get(hdrs.HOST)
+    if host is not None and request.path not in _ANY_HOST_PATHS:
+        name = urlsplit("//" + host).hostname if host.isascii() else None
+        if name is None or name not in request.app[keys.KNOWN_HOSTS]:
+            return error_response(
+                400,
+                f"unknown host {host!r}: set public_origin to the address browsers use",
+                code="unknown_host",
+            )
+    return await handler(request)
+
+
 def _is_websocket_upgrade(request: web.Request) -> bool:
     return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
 
@@ -86,8 +137,11 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def _allowed(request: web.Request, origin: str) -> bool:
-    if origin in request.app[keys.CONFIG].allowed_origins:
+    config = request.app[keys.CONFIG]
+    if origin in config.allowed_origins:
         return True
+    if config.public_origin:
+        return origin.lower() == config.public_origin.lower()
     parts = urlsplit(origin)
     # Scheme is not compared: behind a TLS-terminating proxy the server sees http.
     return parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower()

@@ -9,7 +9,9 @@ from functools import cached_property
 from typing import Any
 
 ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-_ID_RE = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+# ASCII digits only: \d would take other scripts' digits, which Redis refuses.
+_ID_RE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+LAST_KEY = (2**64 - 1, 2**64 - 1)  # no id can follow it
 _U64_MAX = 2**64 - 1
 
 StreamKey = tuple[int, int]

@@ -104,7 +104,9 @@ class SignedRedisStorage(RedisStorage):
 
     def load_cookie(self, request: web.Request) -> str | None:
         cookie = super().load_cookie(request)
-        if not cookie or "." not in cookie:
+        # Any cookie at all (garbage, planted, not ASCII) just means "no
+        # session": a fresh one is made.
+        if not cookie or not cookie.isascii() or "." not in cookie:
             return None
         key = cookie.rsplit(".", 1)[0]
         return key if hmac.compare_digest(self._sign(key), cookie) else None

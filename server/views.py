@@ -12,7 +12,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from . import keys, posting, sessions
-from .errors import BadRequest, Unavailable
+from .errors import BadRequest, Unavailable, UnsupportedMediaType
 from .metrics import render as render_metrics
 from .model import parse_id
 
@@ -48,9 +48,10 @@ async def get_messages(request: web.Request) -> web.Response:
     room = posting.room_name(request.match_info["room"])
     limit = int_param(request, "limit", 50, HISTORY_LIMIT_MAX)
     before = request.query.get("before")
-    if before is not None and parse_id(before) is None:
-        raise BadRequest("'before' must be a message id")
-    messages = await request.app[keys.BROKER].history(room, limit, before)
+    before_key = None if before is None else parse_id(before)
+    if before is not None and before_key is None:
+        raise BadRequest("'before' must be a message id like 1700000000000-0")
+    messages = await request.app[keys.BROKER].history(room, limit, before_key)
     body = '{"messages":[' + ",".join(m.json for m in messages) + "]}"
     return web.Response(text=body, content_type="application/json")
 
@@ -90,8 +91,14 @@ async def post_message(request: web.Request) -> web.Response:
             body = await request.post()
         except (ValueError, LookupError):  # no boundary, unknown charset
             raise BadRequest("malformed form body") from None
-    else:
+    elif request.content_type in ("application/json", "application/octet-stream"):
+        # (aiohttp's answer when no Content-Type was sent: programs often don't.)
         body = await json_body(request)
+    else:
+        # Not text/plain read as JSON: that is what a cross-site form can send.
+        raise UnsupportedMediaType(
+            "send JSON (application/json) or a form (application/x-www-form-urlencoded)"
+        )
     user = await sessions.current_user(request)
     message = await posting.post(
         request.app, room, user, body.get("text"), rate_key=posting.rate_key(request, user)

@@ -337,10 +337,10 @@ async def test_slow_consumers_are_cut_off_without_slowing_anyone_or_growing_memo
     baseline, _ = await latency_p50(server.url, "calm", count, text)
     rss_before = worker_rss_kb(server)
     slow = [
-        stalled_client(port, b"GET /api/rooms/busy/events HTTP/1.1\r\nHost: x\r\n\r\n"),
+        stalled_client(port, b"GET /api/rooms/busy/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
         stalled_client(
             port,
-            b"GET /api/rooms/busy/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"GET /api/rooms/busy/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\n\r\n",
         ),
@@ -618,7 +618,7 @@ async def test_a_client_that_replays_everything_and_never_reads_costs_little_and
     await asyncio.sleep(0.5)
     rss_before = worker_rss_kb(server)
     sock = stalled_client(
-        port, b"GET /api/rooms/big/events?last_event_id=0-0 HTTP/1.1\r\nHost: x\r\n\r\n"
+        port, b"GET /api/rooms/big/events?last_event_id=0-0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     )
     try:
         await asyncio.sleep(1.5)

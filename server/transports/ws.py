@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import hub, keys, posting, sessions, streams
@@ -136,6 +138,9 @@ async def _handle_text(
         if not (ref is None or (isinstance(ref, (str, int, float)) and not isinstance(ref, bool))):
             ref = None
             raise BadRequest("'ref' must be a string or a number")
+        if isinstance(ref, float) and not math.isfinite(ref):
+            ref = None
+            raise BadRequest("'ref' must be a finite number")
         if isinstance(ref, str) and len(ref) > 128:
             ref = None
             raise BadRequest("'ref' is longer than 128 characters")
@@ -156,4 +161,10 @@ async def _handle_text(
         return _frame("error", ref, error=error)
     except (RedisConnectionError, RedisTimeoutError, OSError):
         return _frame("error", ref, error=error_payload(Unavailable("Redis is unavailable; retry")))
+    except RedisError as exc:
+        # Redis refused the write (out of memory, a read-only replica): the
+        # message was not stored; the connection itself is fine.
+        log.warning("Redis refused a message: %s", exc)
+        error = error_payload(Unavailable("Redis refused the message; retry shortly"))
+        return _frame("error", ref, error=error)
     return f'{{"type":"ack","ref":{json.dumps(ref)},"message":{message.json}}}'
