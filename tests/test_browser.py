@@ -6,7 +6,8 @@ messages appear live, see the history on load, see each other online, render mar
 as text, and log no console errors or warnings. And two pages keep chatting, with
 nothing lost or shown twice, through a SIGHUP reload and a worker killed with SIGKILL.
 Presence reaches the pages as one snapshot, then changes (a join, a rename, a leave);
-rooms over ``presence_list_max`` show a count and no list.
+rooms over ``presence_list_max`` show a count and no list. Every name shows with its
+user's tag, so namesakes look different, and a name cannot reorder what follows it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import redis
 from playwright.sync_api import expect, sync_playwright
 
 from .support import ServerProcess, id_key, running_server
@@ -731,6 +733,12 @@ def user_ids(users: Any) -> set[str]:
     return {user["user_id"] for user in users}
 
 
+def tag_of(user_id: str) -> str:
+    """The tag the page shows after a user's name: the first six hex digits of its id."""
+    assert re.fullmatch(r"u-[0-9a-f]{24}", user_id), user_id
+    return user_id[2:8]
+
+
 def rename(tab: Tab, name: str) -> None:
     """Save a new display name in the page's name form."""
     tab.page.locator("#name-input").fill(name)
@@ -769,8 +777,13 @@ def test_joins_renames_and_leaves_reach_another_page_as_presence_changes(
         # the list is in name order ignoring case: "aaron" before "Zed".
         rename(a, "Zed")
         rename(b, "aaron")
-        expect(a.online_ids()).to_have_text(["aaron", "Zed (you)"], timeout=PRESENCE_WAIT_MS)
-        expect(b.online_ids()).to_have_text(["aaron (you)", "Zed"], timeout=PRESENCE_WAIT_MS)
+        a_tag, b_tag = tag_of(a_id), tag_of(b_id)
+        expect(a.online_ids()).to_have_text(
+            [f"aaron {b_tag}", f"Zed {a_tag} (you)"], timeout=PRESENCE_WAIT_MS
+        )
+        expect(b.online_ids()).to_have_text(
+            [f"aaron {b_tag} (you)", f"Zed {a_tag}"], timeout=PRESENCE_WAIT_MS
+        )
         a.expect_online([a_id, b_id], 2)
 
         # 4. B's page closes: A sees B leave, by a change, and the count go back to 1.
@@ -854,6 +867,162 @@ def test_rooms_over_the_list_limit_show_the_count_and_no_list(
 
         expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
         assert len(a.traffic.events_requests()) == 1, a.traffic.events_requests()
+        assert problems == [], "\n".join(problems)
+    finally:
+        for tab in tabs:
+            tab.context.close()
+
+
+# ---------------------------------------------------------------- names people can trust
+
+
+@pytest.mark.timeout(90)
+def test_namesakes_show_different_tags_in_messages_and_the_online_list(
+    chat_server: ServerProcess, browser: Any
+) -> None:
+    problems: list[str] = []
+    tabs: list[Tab] = []
+    try:
+        a = open_tab("A", browser, chat_server.url, problems)
+        tabs.append(a)
+        b = open_tab("B", browser, chat_server.url, problems, transport="ws")
+        tabs.append(b)
+        a_id, b_id = a.user_id(), b.user_id()
+        tags = {a_id: tag_of(a_id), b_id: tag_of(b_id)}
+        # 24 random bits each: equal by chance once in 16.7 million runs.
+        assert tags[a_id] != tags[b_id], tags
+
+        rename(a, "Sam")
+        rename(b, "Sam")
+        say(a, b, "from the first Sam")
+        say(b, a, "from the second Sam")
+
+        for tab, own_id in ((a, a_id), (b, b_id)):
+            expect(tab.page.locator("#my-tag")).to_have_text(tags[own_id])
+            tab.expect_online([a_id, b_id], 2)
+            for user_id, tag in tags.items():
+                line = tab.page.locator(f'#messages .message[data-user-id="{user_id}"]')
+                expect(line, f"page {tab.name}: one message by {user_id}").to_have_count(1)
+                expect(line.locator(".name")).to_have_text("Sam")
+                expect(line.locator(".tag")).to_have_text(tag)
+                person = tab.page.locator(f'#online li[data-user-id="{user_id}"]')
+                expect(person.locator(".name")).to_have_text("Sam", timeout=PRESENCE_WAIT_MS)
+                expect(person.locator(".tag")).to_have_text(tag)
+            # What a reader sees of the two differs, in both places.
+            authors = tab.page.locator("#messages .message .author").all_inner_texts()
+            assert sorted(authors) == sorted(f"Sam {tag}" for tag in tags.values()), authors
+            people = tab.page.locator("#online li").all_inner_texts()
+            assert len(set(people)) == 2, people
+            assert sorted(people) == sorted(
+                f"Sam {tag}" + (" (you)" if user_id == own_id else "")
+                for user_id, tag in tags.items()
+            ), people
+        assert problems == [], "\n".join(problems)
+    finally:
+        for tab in tabs:
+            tab.context.close()
+
+
+# Stored before names were checked: the server refuses it now, but sessions and
+# history may still hold such names. Its U+202E (right-to-left override) would
+# reverse everything after it on the line, were the name not isolated.
+OLD_NAME = "Eve \u202ezyx"
+
+# Where an element that holds a name (a message's author, a person online)
+# draws its parts: the x of each character of the tag (and of our own "(you)").
+NAME_LAYOUT = """(el) => {
+  const lefts = (node) => [...node.firstChild.data].map((_, i) => {
+    const range = document.createRange();
+    range.setStart(node.firstChild, i);
+    range.setEnd(node.firstChild, i + 1);
+    return range.getBoundingClientRect().left;
+  });
+  const name = el.querySelector('.name');
+  const tag = el.querySelector('.tag');
+  const you = el.querySelector('.you');
+  const author = el.querySelector('.author') ?? el;
+  return {
+    element: name.tagName,
+    unicodeBidi: getComputedStyle(name).unicodeBidi,
+    dir: name.dir,
+    name: name.textContent,
+    parts: [...author.childNodes].map((n) => (n.nodeType === 1 ? `.${n.className}` : n.data)),
+    nameRight: name.getBoundingClientRect().right,
+    tagLeft: tag.getBoundingClientRect().left,
+    tagRight: tag.getBoundingClientRect().right,
+    tagLefts: lefts(tag),
+    youLefts: you ? lefts(you) : null,
+  };
+}"""
+
+
+def store_old_name(redis_url: str, tab: Tab, name: str) -> None:
+    """Put ``name`` into the tab's session in Redis, past the server's checks."""
+    cookie = next(c for c in tab.context.cookies() if c["name"] == "chat_session")
+    key = "chat_session_" + cookie["value"].rsplit(".", 1)[0]  # the cookie is "key.signature"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        data = json.loads(client.get(key))
+        data["session"]["name"] = name
+        assert client.set(key, json.dumps(data), keepttl=True)
+    finally:
+        client.close()
+
+
+def expect_isolated(layout: dict[str, Any], tag: str) -> None:
+    """The name is in a <bdi> that isolates it, and what follows it on the line
+    reads left to right, after it: its tag, then our own marker if there is one."""
+    assert layout["name"] == OLD_NAME, layout
+    assert layout["parts"] == [".name", " ", ".tag"], layout
+    lefts = layout["tagLefts"]
+    assert len(lefts) == len(tag) and lefts == sorted(lefts), layout
+    assert len(set(lefts)) == len(lefts), layout
+    assert layout["tagLeft"] >= layout["nameRight"] - 0.5, layout
+    if layout["youLefts"] is not None:
+        you = layout["youLefts"]
+        assert you == sorted(you) and you[0] >= layout["tagRight"] - 0.5, layout
+    assert layout["element"] == "BDI", layout
+    assert layout["unicodeBidi"] == "isolate", layout
+    assert layout["dir"] == "auto", layout
+
+
+@pytest.mark.timeout(90)
+def test_an_old_name_with_a_bidi_override_cannot_reorder_what_follows_it(
+    chat_server: ServerProcess, browser: Any, redis_url: str
+) -> None:
+    problems: list[str] = []
+    tabs: list[Tab] = []
+    try:
+        a = open_tab("A", browser, chat_server.url, problems)
+        tabs.append(a)
+        a_id = a.user_id()
+        a_tag = tag_of(a_id)
+        store_old_name(redis_url, a, OLD_NAME)
+        with a.page.expect_response(lambda r: EVENTS_PATH in r.url, timeout=PAGE_LOAD_MS):
+            a.page.reload(timeout=PAGE_LOAD_MS)
+        expect(a.page.locator("#me")).to_have_text(OLD_NAME)
+        expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+
+        b = open_tab("B", browser, chat_server.url, problems)
+        tabs.append(b)
+        say(a, b, "said under an old name")
+
+        for tab in (a, b):
+            line = tab.page.locator(f'#messages .message[data-user-id="{a_id}"]')
+            expect(line).to_have_count(1)
+            expect(line.locator(".tag")).to_have_text(a_tag)
+            expect_isolated(line.locator(".author").evaluate(NAME_LAYOUT), a_tag)
+            person = tab.page.locator(f'#online li[data-user-id="{a_id}"]')
+            expect(person.locator(".name")).to_have_text(OLD_NAME, timeout=PRESENCE_WAIT_MS)
+            layout = person.evaluate(NAME_LAYOUT)
+            expect_isolated(layout, a_tag)
+            assert (layout["youLefts"] is not None) == (tab is a), layout
+        # The header's own name is isolated too.
+        me = a.page.locator("#me")
+        assert me.evaluate("(el) => [el.tagName, getComputedStyle(el).unicodeBidi]") == [
+            "BDI",
+            "isolate",
+        ]
         assert problems == [], "\n".join(problems)
     finally:
         for tab in tabs:

@@ -8,6 +8,11 @@
 //
 // User-supplied text is only ever written with textContent: messages and
 // names may contain markup, and it must show as typed.
+//
+// Every name is shown with its user's tag (from the user id), so two users
+// with the same name never look the same, and in a <bdi>, so a bidi control in
+// a name (the server refuses them now, older names may still hold one) cannot
+// reorder the tag or anything else after it.
 
 const ROOM_PATH = /^\/rooms\/([a-z0-9][a-z0-9_-]{0,31})\/?$/;
 const room = ROOM_PATH.exec(location.pathname)?.[1] ?? 'general';
@@ -25,6 +30,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   room: $('room'),
   me: $('me'),
+  myTag: $('my-tag'),
   nameForm: $('name-form'),
   nameInput: $('name-input'),
   nameSave: $('name-save'),
@@ -90,11 +96,47 @@ function element(tag, className, text) {
   return el;
 }
 
-/** A stable colour per user, so names are easy to tell apart. */
+/** A stable colour per user, so names are easy to tell apart at a glance
+ * (360 hues collide soon: the tag is what tells users apart). */
 function hue(userId) {
   let h = 0;
   for (const ch of String(userId)) h = (h * 31 + ch.codePointAt(0)) % 360;
   return h;
+}
+
+const TAG_LENGTH = 6;
+
+/** A user's tag: the first hex digits of the random part of the user id
+ * (`u-` + hex, made by the server). Six digits are 16.7 million tags, so a
+ * namesake with the same tag takes millions of new sessions to find. Any
+ * other id, which this server does not make, gets a hash of it instead. */
+function userTag(userId) {
+  const id = String(userId ?? '');
+  const hex = /^u-([0-9a-f]+)$/.exec(id)?.[1];
+  if (hex) return hex.slice(0, TAG_LENGTH);
+  let h = 0x811c9dc5; // FNV-1a
+  for (const ch of id) h = Math.imul(h ^ ch.codePointAt(0), 0x01000193);
+  return (h >>> 0).toString(16).padStart(8, '0').slice(0, TAG_LENGTH);
+}
+
+function tagElement(userId) {
+  const tag = element('span', 'tag', userTag(userId));
+  tag.title = 'Tag of this user: people with the same name have different tags';
+  return tag;
+}
+
+/** A name, isolated from the text around it. */
+function nameElement(name) {
+  const bdi = element('bdi', 'name', name);
+  bdi.dir = 'auto';
+  return bdi;
+}
+
+/** A name followed by its user's tag. */
+function authorElement(userId, name) {
+  const author = element('span', 'author');
+  author.append(nameElement(name), ' ', tagElement(userId));
+  return author;
 }
 
 class ApiError extends Error {
@@ -156,9 +198,9 @@ function messageElement(msg) {
   if (me && msg.user_id === me.user_id) li.classList.add('mine');
 
   const meta = element('div', 'meta');
-  const name = element('span', 'name', String(msg.name ?? ''));
-  name.style.setProperty('--hue', hue(msg.user_id));
-  meta.append(name);
+  const author = authorElement(msg.user_id, String(msg.name ?? ''));
+  author.style.setProperty('--hue', hue(msg.user_id));
+  meta.append(author);
 
   const date = new Date(Number(msg.ts) * 1000);
   if (!Number.isNaN(date.getTime())) {
@@ -342,12 +384,15 @@ function onPresenceDiff(data) {
   renderPresence();
 }
 
+/** An online user. Our own marker comes after the tag, where no name can
+ * reach: a name ending in "(you)" still shows its tag before that text. */
 function personElement(userId, name) {
-  const li = element('li', null, name);
+  const li = element('li');
   li.dataset.userId = userId;
+  li.append(authorElement(userId, name));
   if (me && userId === me.user_id) {
     li.classList.add('self');
-    li.append(element('span', 'you', ' (you)'));
+    li.append(' ', element('span', 'you', '(you)'));
   }
   return li;
 }
@@ -409,6 +454,7 @@ async function showMoreOnline() {
 
 function showMe() {
   ui.me.textContent = me.name;
+  ui.myTag.textContent = userTag(me.user_id);
   ui.nameInput.value = me.name;
 }
 
