@@ -127,11 +127,26 @@ class Message(Event):
 
     Every subscriber of a worker is written the very same ``sse_frame`` or
     ``ws_frame`` bytes: a message is encoded once, however many read it.
+
+    ``prev`` is the id of the message stored just before it in the room
+    (``(0, 0)`` for the first of the room's history), None when unknown. A
+    message whose ``prev`` is newer than what a client last saw tells that
+    messages in between are gone. It is not part of the message's JSON.
     """
 
-    def __init__(self, id: str, room: str, user_id: str, name: str, text: str, ts: float) -> None:
+    def __init__(
+        self,
+        id: str,
+        room: str,
+        user_id: str,
+        name: str,
+        text: str,
+        ts: float,
+        prev: StreamKey | None = None,
+    ) -> None:
         self.id = id
         self.key: StreamKey = parse_id(id) or (0, 0)
+        self.prev = prev
         self.room = room
         self.user_id = user_id
         self.name = name
@@ -148,6 +163,8 @@ class Message(Event):
             name=fields.get("n", ""),
             text=fields.get("t", ""),
             ts=float(fields.get("ts", "0") or 0),
+            # Entries stored before ids of predecessors were kept have no "p".
+            prev=parse_id(fields.get("p") or ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
