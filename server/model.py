@@ -108,6 +108,24 @@ class PresenceDiff(Event):
         self.ws_frame = ('{"type":"presence_diff",' + data[1:]).encode()
 
 
+class Gap(Event):
+    """Messages the client has not seen are gone; the next one it gets is ``first_id``.
+
+    Sent before that message, when the room's history no longer holds
+    everything between what the client last saw and it (trimmed away, the
+    room expired, or Redis lost it), so the client is never left to believe
+    it saw everything.
+    """
+
+    def __init__(self, first_id: str) -> None:
+        self.first_id = first_id
+        data = _json({"first_id": first_id})
+        # No "id:" line: the client has not seen first_id yet, and its
+        # Last-Event-ID must stay the last message it got.
+        self.sse_frame = f"event: gap\ndata: {data}\n\n".encode()
+        self.ws_frame = ('{"type":"gap",' + data[1:]).encode()
+
+
 class Ping(Event):
     """Asks the client to prove it is alive: an SSE comment, a WebSocket ping frame."""
 
@@ -176,6 +194,11 @@ class Message(Event):
             "text": self.text,
             "ts": self.ts,
         }
+
+    @cached_property
+    def gap(self) -> Gap:
+        """The notice that messages before this one are gone, encoded once per worker."""
+        return Gap(self.id)
 
     @cached_property
     def json(self) -> str:
