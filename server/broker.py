@@ -5,6 +5,15 @@ resume. Publishing runs one script that appends the message to the stream
 and publishes it, with its id and the id of the message before it, on the
 room's channel. Both keys carry the room as a hash tag (``{room}``).
 
+Each entry also keeps the id of the entry before it (field ``p``). Trimming
+removes the oldest entries, so the first entry after a client's id tells,
+at no extra cost, whether anything between the two is gone: its ``p`` is
+newer than the client's id exactly when messages the client never got were
+trimmed away (or the room's history started again after that id). Nothing
+extra is written or read per message. Entries stored before ``p`` existed
+get their predecessor from the stream, or from Redis 7's
+``max-deleted-entry-id`` for the oldest one (unknown on older Redis).
+
 Each worker holds one pub/sub connection (:class:`Relay`) subscribed to
 exactly the channels of the rooms its clients are in, added and removed as
 rooms gain their first or lose their last local client. A message costs a
@@ -49,9 +58,23 @@ local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = '0-0'
 if last[1] then prev = last[1][1] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-  'u', ARGV[2], 'n', ARGV[3], 't', ARGV[4], 'ts', ARGV[5])
+  'u', ARGV[2], 'n', ARGV[3], 't', ARGV[4], 'ts', ARGV[5], 'p', prev)
 redis.call('PUBLISH', ARGV[6], 'm\\n' .. prev .. '\\n' .. id .. '\\n' .. ARGV[7])
-return id
+return {id, prev}
+"""
+
+# The predecessor of an entry stored without "p": the entry before it, or,
+# for the stream's oldest, the newest one trimmed away (Redis 7 keeps it;
+# '0-0' when nothing was). Nil when Redis cannot tell.
+_PREDECESSOR_SCRIPT = """
+local before = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[1], '-', 'COUNT', 1)
+if before[1] then return before[1][1] end
+local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+if not ok then return false end
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then return info[i + 1] end
+end
+return false
 """
 
 
@@ -76,15 +99,16 @@ class Broker:
         self.redis = redis
         self.history_len = history_len
         self._publish = redis.register_script(_PUBLISH_SCRIPT)
+        self._predecessor = redis.register_script(_PREDECESSOR_SCRIPT)
 
     async def publish(self, room: str, user_id: str, name: str, text: str) -> Message:
         ts = time.time()
         body = json.dumps([user_id, name, text, ts], ensure_ascii=False, separators=(",", ":"))
-        message_id = await self._publish(
+        message_id, prev = await self._publish(
             keys=[stream_key(room)],
             args=[self.history_len, user_id, name, text, repr(ts), channel(room), body],
         )
-        return Message(str(message_id), room, user_id, name, text, ts)
+        return Message(str(message_id), room, user_id, name, text, ts, parse_id(str(prev)))
 
     async def history(self, room: str, limit: int, before: StreamKey | None) -> list[Message]:
         """The newest ``limit`` messages older than ``before``, oldest first."""
@@ -95,12 +119,24 @@ class Broker:
         return [Message.from_fields(room, id, fields) for id, fields in reversed(entries or [])]
 
     async def read_after(self, room: str, after: StreamKey, count: int) -> list[Message]:
+        """Up to ``count`` messages after ``after``, oldest first, each with its ``prev``."""
         if after == LAST_KEY:
             return []  # nothing can follow (and Redis refuses the range)
-        entries = await self.redis.xrange(
-            stream_key(room), min="(" + format_id(after), max="+", count=count
-        )
-        return [Message.from_fields(room, id, fields) for id, fields in entries or []]
+        key = stream_key(room)
+        entries = await self.redis.xrange(key, min="(" + format_id(after), max="+", count=count)
+        messages = [Message.from_fields(room, id, fields) for id, fields in entries or []]
+        for index, message in enumerate(messages):
+            if message.prev is not None:
+                continue
+            # Stored before entries kept their predecessor. Within one read the
+            # entries are consecutive (the stream only loses its oldest), so
+            # only the first of the page needs asking.
+            if index:
+                message.prev = messages[index - 1].key
+            else:
+                found = await self._predecessor(keys=[key], args=[message.id])
+                message.prev = parse_id(str(found)) if found else None
+        return messages
 
     async def last_id(self, room: str) -> StreamKey:
         entries = await self.redis.xrevrange(stream_key(room), count=1)
@@ -113,10 +149,10 @@ def parse_live(room: str, data: str) -> tuple[StreamKey, Message] | None:
         _, prev, message_id, body = data.split("\n", 3)
         user_id, name, text, ts = json.loads(body)
         prev_key = parse_id(prev)
-        message = Message(message_id, room, user_id, name, text, float(ts))
+        if prev_key is None:
+            return None
+        message = Message(message_id, room, user_id, name, text, float(ts), prev_key)
     except (ValueError, TypeError):
-        return None
-    if prev_key is None:
         return None
     return prev_key, message
 

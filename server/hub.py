@@ -20,6 +20,19 @@ replay is read, so every message is either in the replay (read afterwards,
 so it reaches at least as far as the room's cursor) or dispatched live into
 the subscription's queue. Each subscription remembers the last id it wrote
 and skips anything at or below it.
+
+Honest resume: every message carries ``prev``, the id stored just before it.
+A message whose ``prev`` is newer than what a connection last got follows
+messages that connection will never get (trimmed from the capped history,
+or never read by this worker before they were): the connection is sent a
+:class:`~server.model.Gap` naming that message first. A replay is stricter,
+since the server knows nothing of what the client saw before its resume id:
+a message that began the room's history again (its ``prev`` is ``(0, 0)``:
+the room expired, or Redis lost it) or whose predecessor is unknown is
+announced as a gap too. Resuming from ``(0, 0)`` asks for the whole history
+and never starts with one; neither does an id at or past the room's newest
+message, even in a room that holds nothing any more: nothing it holds is
+missing, and what follows arrives live.
 """
 
 from __future__ import annotations
@@ -54,10 +67,18 @@ class Backend(Protocol):
         """The newest id in the room's history, ``(0, 0)`` when there is none."""
 
     async def read_after(self, room: str, after: StreamKey, count: int) -> list[Message]:
-        """Up to ``count`` messages with ids strictly greater than ``after``, oldest first."""
+        """Up to ``count`` messages with ids strictly greater than ``after``, oldest first.
+
+        Each with its ``prev``: what was stored just before it, ``(0, 0)`` for
+        the first of the room's history, None when the backend cannot tell.
+        """
 
     def watch(self, room: str, after: StreamKey) -> None:
-        """Start handing the room's messages after ``after`` to the hub, in order, none missed."""
+        """Start handing the room's messages after ``after`` to the hub, in order, none missed.
+
+        Live messages carry their ``prev``; one newer than the message handed
+        before it says that what lies between is gone from the history.
+        """
 
     def unwatch(self, room: str) -> None:
         """Stop delivering the room's messages."""
@@ -142,9 +163,13 @@ class Subscription:
         """Write an event now if the connection takes it, else queue it for the pump."""
         if self.closed:
             return
-        if isinstance(event, Message) and event.key <= self.last_key:
-            return
         queue = self.queue
+        if isinstance(event, Message):
+            if event.key <= self.last_key:
+                return
+            if queue is None and _missed(event, self.last_key):
+                # The pump writes the gap notice first.
+                self.queue = queue = collections.deque()
         if queue is None:
             assert self.sink is not None
             if self.sink.send(event):
@@ -171,12 +196,15 @@ class Subscription:
         if self.since is None and queue is not None:
             # Nothing to replay: write what waited (a presence snapshot, say)
             # now, and only fall back to the pump if the socket is full.
-            while queue and sink.send(queue[0]):
+            while queue and not self._gap_due(queue[0]) and sink.send(queue[0]):
                 self._written(queue.popleft())
             if not queue:
                 self.queue = None
                 return
         self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    def _gap_due(self, event: Event) -> bool:
+        return isinstance(event, Message) and _missed(event, self.last_key)
 
     def _written(self, event: Event) -> None:
         if isinstance(event, Message):
@@ -191,8 +219,12 @@ class Subscription:
             queue = self.queue
             while queue and not self.closed:
                 event = queue.popleft()
-                if not isinstance(event, Message) or event.key > self.last_key:
-                    await self._write(event)
+                if isinstance(event, Message):
+                    if event.key <= self.last_key:
+                        continue
+                    if _missed(event, self.last_key):
+                        await self._write(event.gap)
+                await self._write(event)
             if not self.closed:
                 # No await since the queue was seen empty: nothing slipped in.
                 self.queue = None
@@ -213,6 +245,8 @@ class Subscription:
             page = await hub.backend.read_after(self.room.name, after, REPLAY_PAGE)
             for message in page:
                 if message.key > self.last_key:
+                    if _missed_on_resume(message, self.last_key):
+                        await self._write(message.gap)
                     await self._write(message)
             if len(page) < REPLAY_PAGE:
                 return
@@ -374,7 +408,15 @@ class Hub:
             key = message.key
             if key <= room.cursor:
                 continue
+            prev = message.prev
+            hole = prev is not None and prev > room.cursor
             room.cursor = key
+            if hole:
+                # What came between was trimmed before this worker read it:
+                # each subscriber is told first (see Subscription.deliver).
+                for sub in subscriptions:
+                    sub.deliver(message)
+                continue
             for sub in subscriptions:
                 if sub.queue is None and sub.last_key < key and sub.sink.send(message):  # type: ignore[union-attr]
                     sub.last_key = key
@@ -429,6 +471,25 @@ class Hub:
         self.closing = True
         for subscription in self.subscriptions():
             subscription.close(reason)
+
+
+def _missed(message: Message, last_key: StreamKey) -> bool:
+    """Whether messages between ``last_key`` and this live message are gone."""
+    prev = message.prev
+    return prev is not None and prev > last_key
+
+
+def _missed_on_resume(message: Message, last_key: StreamKey) -> bool:
+    """Whether a client that resumed from ``last_key`` may have missed messages before this one.
+
+    ``(0, 0)`` asks for the whole history. A ``prev`` of ``(0, 0)`` after a
+    real id means the room's history began again after that id: what the
+    client missed of the old one cannot be known, so it is told.
+    """
+    if last_key == (0, 0):
+        return False
+    prev = message.prev
+    return prev is None or prev == (0, 0) or prev > last_key
 
 
 def _difference(old: Presence, new: Presence) -> PresenceDiff | None:

@@ -110,6 +110,24 @@ class PresenceDiff(Event):
         self.ws_frame = ('{"type":"presence_diff",' + data[1:]).encode()
 
 
+class Gap(Event):
+    """Messages the client has not seen are gone; the next one it gets is ``first_id``.
+
+    Sent before that message, when the room's history no longer holds
+    everything between what the client last saw and it (trimmed away, the
+    room expired, or Redis lost it), so the client is never left to believe
+    it saw everything.
+    """
+
+    def __init__(self, first_id: str) -> None:
+        self.first_id = first_id
+        data = _json({"first_id": first_id})
+        # No "id:" line: the client has not seen first_id yet, and its
+        # Last-Event-ID must stay the last message it got.
+        self.sse_frame = f"event: gap\ndata: {data}\n\n".encode()
+        self.ws_frame = ('{"type":"gap",' + data[1:]).encode()
+
+
 class Ping(Event):
     """Asks the client to prove it is alive: an SSE comment, a WebSocket ping frame."""
 
@@ -129,11 +147,26 @@ class Message(Event):
 
     Every subscriber of a worker is written the very same ``sse_frame`` or
     ``ws_frame`` bytes: a message is encoded once, however many read it.
+
+    ``prev`` is the id of the message stored just before it in the room
+    (``(0, 0)`` for the first of the room's history), None when unknown. A
+    message whose ``prev`` is newer than what a client last saw tells that
+    messages in between are gone. It is not part of the message's JSON.
     """
 
-    def __init__(self, id: str, room: str, user_id: str, name: str, text: str, ts: float) -> None:
+    def __init__(
+        self,
+        id: str,
+        room: str,
+        user_id: str,
+        name: str,
+        text: str,
+        ts: float,
+        prev: StreamKey | None = None,
+    ) -> None:
         self.id = id
         self.key: StreamKey = parse_id(id) or (0, 0)
+        self.prev = prev
         self.room = room
         self.user_id = user_id
         self.name = name
@@ -150,6 +183,8 @@ class Message(Event):
             name=fields.get("n", ""),
             text=fields.get("t", ""),
             ts=float(fields.get("ts", "0") or 0),
+            # Entries stored before ids of predecessors were kept have no "p".
+            prev=parse_id(fields.get("p") or ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +196,11 @@ class Message(Event):
             "text": self.text,
             "ts": self.ts,
         }
+
+    @cached_property
+    def gap(self) -> Gap:
+        """The notice that messages before this one are gone, encoded once per worker."""
+        return Gap(self.id)
 
     @cached_property
     def json(self) -> str:

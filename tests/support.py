@@ -249,6 +249,8 @@ class Collector:
         # Each presence event as it came: ("presence" | "presence_diff", data).
         self.presence_events: list[tuple[str, dict[str, Any]]] = []
         self.count: int | None = None
+        # Each gap notice: how many messages came before it, and its data.
+        self.gaps: list[tuple[int, dict[str, Any]]] = []
         self._online: dict[str, dict[str, str]] = {}
         self.worker: str | None = None
         self.closed = asyncio.Event()
@@ -256,6 +258,10 @@ class Collector:
 
     def add(self, message: dict[str, Any]) -> None:
         self.messages.append(message)
+        self._changed.set()
+
+    def add_gap(self, data: dict[str, Any]) -> None:
+        self.gaps.append((len(self.messages), data))
         self._changed.set()
 
     def add_presence(self, kind: str, data: dict[str, Any]) -> None:
@@ -301,6 +307,8 @@ async def sse_collector(
                 async for event in sse_events(resp):
                     if event.event == "message":
                         collector.add(event.json())
+                    elif event.event == "gap":
+                        collector.add_gap(event.json())
                     elif event.event in ("presence", "presence_diff"):
                         collector.add_presence(event.event, event.json())
         except (TimeoutError, aiohttp.ClientError):
@@ -337,6 +345,8 @@ async def ws_collector(
                     frame = json.loads(msg.data)
                     if frame["type"] == "message":
                         collector.add(frame["message"])
+                    elif frame["type"] == "gap":
+                        collector.add_gap({k: v for k, v in frame.items() if k != "type"})
                     elif frame["type"] in ("presence", "presence_diff"):
                         collector.add_presence(frame["type"], frame)
             finally:

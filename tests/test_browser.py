@@ -8,6 +8,8 @@ nothing lost or shown twice, through a SIGHUP reload and a worker killed with SI
 Presence reaches the pages as one snapshot, then changes (a join, a rename, a leave);
 rooms over ``presence_list_max`` show a count and no list. Every name shows with its
 user's tag, so namesakes look different, and a name cannot reorder what follows it.
+A page that comes back after the capped history dropped what it missed says so, where
+the messages were.
 """
 
 from __future__ import annotations
@@ -1023,6 +1025,62 @@ def test_an_old_name_with_a_bidi_override_cannot_reorder_what_follows_it(
             "BDI",
             "isolate",
         ]
+        assert problems == [], "\n".join(problems)
+    finally:
+        for tab in tabs:
+            tab.context.close()
+
+
+@pytest.fixture
+def short_history_server(redis_url: str) -> Iterator[ServerProcess]:
+    """Rooms keep about ten messages: a page that is away for long misses some for good."""
+    env = {"CHAT_HISTORY_LEN": "10"}
+    with running_server(redis_url=redis_url, workers=1, env=env) as server:
+        yield server
+
+
+def list_entries(tab: Tab) -> list[str]:
+    """What #messages shows, in order: message ids, and "notice" for a gap notice."""
+    entries: list[str] = tab.page.eval_on_selector_all(
+        "#messages > li", "(els) => els.map((el) => el.dataset.id ?? el.className)"
+    )
+    return entries
+
+
+@pytest.mark.timeout(90)
+def test_a_page_that_resumes_past_the_trimmed_history_says_what_is_missing(
+    short_history_server: ServerProcess, browser: Any
+) -> None:
+    problems: list[str] = []
+    tabs: list[Tab] = []
+    try:
+        for transport in ("sse", "ws"):
+            tabs.append(open_tab(transport, browser, short_history_server.url, problems, transport))
+        seen = post_message(short_history_server, "seen by both pages")
+        for tab in tabs:
+            wait_for_message(tab, seen["text"])
+            # Away, as in the back/forward cache: the page closes its stream.
+            tab.page.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide'))")
+        for i in range(150):
+            post_message(short_history_server, f"posted while away {i}")
+        with urllib.request.urlopen(
+            f"{short_history_server.url}/api/rooms/general/messages?limit=200", timeout=5
+        ) as resp:
+            retained = [m["id"] for m in json.loads(resp.read())["messages"]]
+        assert len(retained) < 150, "the history was never trimmed"
+        for tab in tabs:
+            tab.page.evaluate(
+                "window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))"
+            )
+        for tab in tabs:
+            expect(tab.page.locator(f'#messages [data-id="{retained[-1]}"]')).to_have_count(1)
+            notice = tab.page.locator("#messages .notice")
+            expect(notice).to_have_count(1)
+            expect(notice).to_have_text("Some earlier messages are no longer available.")
+            # Where the missing messages were: after what the page saw, before what came back.
+            assert list_entries(tab) == [seen["id"], "notice", *retained], tab.name
+            gaps = [data["first_id"] for kind, data in tab.stream_events() if kind == "gap"]
+            assert gaps == [retained[0]], tab.name
         assert problems == [], "\n".join(problems)
     finally:
         for tab in tabs:

@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from server.hub import OVERFLOW, REPLAY_PAGE, Closing, Hub, Subscription
 from server.metrics import Metrics
-from server.model import Event, Message, Ping, Presence, PresenceDiff, StreamKey
+from server.model import Event, Gap, Message, Ping, Presence, PresenceDiff, StreamKey
 
 
 def message(n: int, room: str = "r") -> Message:
-    return Message(f"{n}-0", room, "u-1", "n", f"t{n}", 0.0)
+    """Message ``n-0``, stored right after ``n-1`` (the room's first for 1)."""
+    return stored_after((n - 1, 0) if n > 1 else (0, 0), n, room)
+
+
+def stored_after(prev: StreamKey | None, n: int, room: str = "r") -> Message:
+    """Message ``n-0`` stored right after ``prev`` (None: not known)."""
+    return Message(f"{n}-0", room, "u-1", "n", f"t{n}", 0.0, prev)
 
 
 class MemoryBackend:
-    """Rooms' histories in lists; records what the hub asks to watch."""
+    """Rooms' capped histories in lists; records what the hub asks to watch."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
@@ -32,6 +39,11 @@ class MemoryBackend:
         self.history: dict[str, list[Message]] = {}
         self.watched: dict[str, StreamKey] = {}
         self.reads = 0
+        self.before_read: Callable[[], None] | None = None
+
+    def trim(self, room: str, keep: int) -> None:
+        """Drop all but the newest ``keep`` messages, as the capped stream does."""
+        self.history[room] = self.history[room][-keep:]
 
     async def last_id(self, room: str) -> StreamKey:
         await self.release.wait()
@@ -40,6 +52,8 @@ class MemoryBackend:
 
     async def read_after(self, room: str, after: StreamKey, count: int) -> list[Message]:
         self.reads += 1
+        if self.before_read is not None:
+            self.before_read()
         return [m for m in self.history.get(room, []) if m.key > after][:count]
 
     def watch(self, room: str, after: StreamKey) -> None:
@@ -85,6 +99,15 @@ class MemorySink:
     @property
     def ids(self) -> list[str]:
         return [e.id for e in self.events if isinstance(e, Message)]
+
+    @property
+    def story(self) -> list[str]:
+        """Messages and gap notices in the order written: ``["gap 6-0", "6-0", ...]``."""
+        return [
+            e.id if isinstance(e, Message) else f"gap {e.first_id}"
+            for e in self.events
+            if isinstance(e, (Message, Gap))
+        ]
 
     def of(self, kind: type[Event]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -245,6 +268,112 @@ async def test_a_ping_waits_behind_queued_messages() -> None:
     sink.resume()
     await settled(sub)
     assert [type(e).__name__ for e in sink.events] == ["Message", "Ping"]
+
+
+async def resumed(hub: Hub, since: StreamKey, user_id: str = "u-1") -> MemorySink:
+    """A connection to room ``r`` resuming from ``since``, once its replay is written."""
+    sink = MemorySink()
+    sub = await hub.subscribe("r", user_id, user_id, since)
+    sub.attach(sink)
+    await settled(sub)
+    return sink
+
+
+async def test_a_resume_from_before_the_retained_history_is_told_of_the_gap_first() -> None:
+    backend = MemoryBackend()
+    backend.history["r"] = [message(n) for n in range(1, 11)]
+    backend.trim("r", 5)  # 6-0 to 10-0 remain
+    hub = make_hub(backend)
+    retained = ["6-0", "7-0", "8-0", "9-0", "10-0"]
+    assert (await resumed(hub, (3, 0))).story == ["gap 6-0", *retained]
+    # The last id trimmed away: nothing after it is missing.
+    assert (await resumed(hub, (5, 0))).story == retained
+    assert (await resumed(hub, (7, 0))).story == retained[2:]
+    # The whole history, and an id past the newest: no gap either.
+    assert (await resumed(hub, (0, 0))).story == retained
+    assert (await resumed(hub, (12, 0))).story == []
+    # The wire forms the page reads.
+    gap = Gap("6-0")
+    assert gap.sse_frame == b'event: gap\ndata: {"first_id":"6-0"}\n\n'
+    assert json.loads(gap.ws_frame) == {"type": "gap", "first_id": "6-0"}
+
+
+async def test_a_resumed_connection_then_gets_live_messages_without_a_gap() -> None:
+    backend = MemoryBackend()
+    backend.history["r"] = [message(n) for n in range(1, 11)]
+    backend.trim("r", 3)
+    hub = make_hub(backend)
+    sink = await resumed(hub, (2, 0))
+    backend.history["r"].append(message(11))
+    hub.dispatch("r", [message(11)])
+    assert sink.story == ["gap 8-0", "8-0", "9-0", "10-0", "11-0"]
+
+
+async def test_messages_trimmed_while_a_replay_runs_are_a_gap_where_they_were() -> None:
+    backend = MemoryBackend()
+    backend.history["r"] = [message(n) for n in range(1, 3 * REPLAY_PAGE + 1)]
+    hub = make_hub(backend)
+
+    def trim_after_the_first_page() -> None:
+        if backend.reads == 2:
+            backend.trim("r", REPLAY_PAGE)
+
+    backend.before_read = trim_after_the_first_page
+    sink = await resumed(hub, (0, 0))
+    first_kept = 2 * REPLAY_PAGE + 1
+    assert sink.story == (
+        [f"{n}-0" for n in range(1, REPLAY_PAGE + 1)]
+        + [f"gap {first_kept}-0"]
+        + [f"{n}-0" for n in range(first_kept, 3 * REPLAY_PAGE + 1)]
+    )
+
+
+async def test_a_history_that_began_again_is_a_gap_on_resume_but_an_empty_one_is_not() -> None:
+    backend = MemoryBackend()
+    # The room expired (or Redis lost it) after the client's 5-0; 20-0 began it again.
+    backend.history["r"] = [stored_after((0, 0), 20), message(21)]
+    hub = make_hub(backend)
+    assert (await resumed(hub, (5, 0))).story == ["gap 20-0", "20-0", "21-0"]
+    assert (await resumed(hub, (0, 0))).story == ["20-0", "21-0"]
+
+    # A room that holds nothing: nothing to replay, nothing missing; what
+    # comes next is live, as for every other connection.
+    backend.history["e"] = []
+    sink = MemorySink()
+    sub = await hub.subscribe("e", "u-1", "A", (5, 0))
+    sub.attach(sink)
+    await settled(sub)
+    hub.dispatch("e", [stored_after((0, 0), 30, "e")])
+    assert sink.story == ["30-0"]
+
+
+async def test_a_message_whose_predecessor_is_unknown_is_a_gap_on_resume() -> None:
+    backend = MemoryBackend()
+    backend.history["r"] = [stored_after(None, 8), message(9)]
+    hub = make_hub(backend)
+    assert (await resumed(hub, (7, 0))).story == ["gap 8-0", "8-0", "9-0"]
+    assert (await resumed(hub, (0, 0))).story == ["8-0", "9-0"]
+
+
+async def test_live_messages_after_a_hole_come_after_one_gap_notice_for_each_connection() -> None:
+    backend = MemoryBackend()
+    hub = make_hub(backend)
+    fast_sub, fast = await live(hub, "u-1")
+    slow_sub, slow = await live(hub, "u-2")
+    hub.dispatch("r", [message(1)])
+    slow.paused = True
+    hub.dispatch("r", [message(2)])
+    # 3-0 and 4-0 were trimmed before this worker read them.
+    hub.dispatch("r", [message(5), message(6)])
+    await settled(fast_sub)
+    assert fast.story == ["1-0", "2-0", "gap 5-0", "5-0", "6-0"]
+    slow.resume()
+    await settled(slow_sub)
+    hub.dispatch("r", [message(7)])
+    assert slow.story == ["1-0", "2-0", "gap 5-0", "5-0", "6-0", "7-0"]
+    assert fast.story[-1] == "7-0"
+    # One encoding per worker.
+    assert fast.of(Gap)[0] is slow.of(Gap)[0]
 
 
 def users(*names: str) -> list[dict[str, str]]:

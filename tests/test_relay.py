@@ -111,6 +111,22 @@ async def test_a_message_missing_from_pubsub_is_read_from_the_stream(
         assert [m.text for m in received.messages] == ["one", "lost", "three"]
 
 
+async def test_a_relay_behind_the_trimmed_history_hands_on_the_rest_with_its_predecessors(
+    redis_url: str, redis: Any
+) -> None:
+    broker = Broker(redis, history_len=10)
+    sent = [await broker.publish(ROOM, "u-1", "A", f"m{i}") for i in range(150)]
+    retained = [str(i) for i, _ in await redis.xrange(stream_key(ROOM))]
+    first = [m.id for m in sent].index(retained[0])
+    assert first > 1, "the history was never trimmed"
+    async with relay_on(redis_url, redis) as (relay, received):
+        relay.watch(ROOM, sent[0].key)
+        await received.wait_for(lambda: len(received.messages) >= len(retained))
+    assert received.ids == retained
+    # The first says what it followed: the hub tells its subscribers of the hole.
+    assert [m.prev for m in received.messages] == [m.key for m in sent[first - 1 : -1]]
+
+
 async def test_unwatched_rooms_are_unsubscribed(redis_url: str, redis: Any) -> None:
     broker = Broker(redis, history_len=10_000)
     async with relay_on(redis_url, redis) as (relay, received):

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .support import assert_in_order_once, sse_collector, wait_closed, ws_collector
+from .support import assert_in_order_once, id_key, sse_collector, wait_closed, ws_collector
 
 ROOM = "/api/rooms/general"
 
@@ -99,6 +99,88 @@ async def test_resume_under_concurrent_posting_has_no_gap_or_duplicate(client: A
         seen.extend(sse.ids)
     assert_in_order_once(seen)
     assert seen == sent
+
+
+def resume(client: Any, transport: str, since: str) -> Any:
+    """A collector on ROOM resuming from ``since``: SSE by header, WebSocket by ?since=."""
+    if transport == "sse":
+        url = client.make_url(f"{ROOM}/events")
+        return sse_collector(client.session, url, headers={"Last-Event-ID": since})
+    return ws_collector(client.session, client.make_url(f"{ROOM}/ws").with_query(since=since))
+
+
+async def trimmed_history(client: Any) -> tuple[list[str], list[str]]:
+    """Post until the capped history has dropped its oldest: (ids posted, ids retained)."""
+    posted: list[str] = []
+    for _ in range(20):
+        posted += [(await post(client, f"m{len(posted)}"))["id"] for _ in range(50)]
+        page = await (await client.get(f"{ROOM}/messages", params={"limit": 200})).json()
+        retained = [m["id"] for m in page["messages"]]
+        if retained[0] != posted[0]:
+            assert posted[-len(retained) :] == retained
+            return posted, retained
+    raise AssertionError("the history was never trimmed")
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_a_resume_from_trimmed_history_is_told_of_the_gap_then_gets_all_retained_once(
+    make_app: Any, aiohttp_client: Any, transport: str
+) -> None:
+    client = await aiohttp_client(
+        await make_app(history_len=10), server_kwargs={"handler_cancellation": True}
+    )
+    posted, retained = await trimmed_history(client)
+    # Messages after the client's id were trimmed away: it must be told.
+    async with resume(client, transport, posted[0]) as stream:
+        later = await post(client, "live")
+        await stream.wait_for(lambda c: later["id"] in c.ids)
+        assert stream.gaps == [(0, {"first_id": retained[0]})]
+        assert stream.ids == [*retained, later["id"]]
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_a_resume_whose_successors_are_all_retained_gets_no_gap(
+    make_app: Any, aiohttp_client: Any, transport: str
+) -> None:
+    client = await aiohttp_client(
+        await make_app(history_len=10), server_kwargs={"handler_cancellation": True}
+    )
+    posted, retained = await trimmed_history(client)
+    last_trimmed = posted[posted.index(retained[0]) - 1]
+    # The last id trimmed away (nothing after it is missing), one still
+    # retained, the whole history (0-0) and the newest.
+    for since in (last_trimmed, retained[5], "0-0", retained[-1]):
+        expected = [i for i in retained if id_key(i) > id_key(since)]
+        async with resume(client, transport, since) as stream:
+            later = await post(client, f"live after {since}")
+            await stream.wait_for(lambda c, i=later["id"]: i in c.ids)
+            assert stream.gaps == [], since
+            assert stream.ids == [*expected, later["id"]], since
+        retained.append(later["id"])
+
+
+async def test_history_stored_without_predecessors_is_judged_as_exactly_as_redis_allows(
+    client: Any, redis: Any
+) -> None:
+    """Entries written before each kept its predecessor: Redis 7 still knows the
+    newest id trimmed away; older Redis cannot tell, and the client is told."""
+    from server.broker import stream_key
+
+    key = stream_key("general")
+    ids = [
+        await redis.xadd(key, {"u": "u-1", "n": "n", "t": f"old{i}", "ts": "1"}, maxlen=10)
+        for i in range(150)
+    ]
+    retained = [i for i, _ in await redis.xrange(key)]
+    assert retained[0] != ids[0]
+    last_trimmed = ids[ids.index(retained[0]) - 1]
+    exact = int((await redis.info("server"))["redis_version"].split(".")[0]) >= 7
+    for since, gap in ((ids[0], True), (last_trimmed, not exact), (retained[3], False)):
+        async with resume(client, "sse", since) as stream:
+            later = await post(client, f"live after {since}")
+            await stream.wait_for(lambda c, i=later["id"]: i in c.ids)
+            assert stream.gaps == ([(0, {"first_id": retained[0]})] if gap else []), since
+        retained.append(later["id"])
 
 
 async def test_rooms_are_separate(client: Any) -> None:
