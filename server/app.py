@@ -12,14 +12,15 @@ import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import keys, middlewares, views
+from . import addresses, keys, middlewares, views
+from .addresses import Proxies
 from .broker import Broker, Relay
 from .config import Config
 from .connections import Connections
 from .heartbeat import Heartbeat, LoopWatch
 from .hub import Hub
 from .metrics import Metrics, MetricsStore
-from .ratelimit import RateLimiter
+from .ratelimit import Budgets, RateLimiter
 from .sessions import SignedRedisStorage
 from .transports import sse, ws
 
@@ -52,6 +53,7 @@ def create_app(
         client_max_size=config.body_max_bytes,
         middlewares=[
             middlewares.errors,
+            addresses.forwarded(Proxies(config.trusted_proxies)),
             middlewares.known_host,
             middlewares.same_origin,
             aiohttp_session.session_middleware(session_storage),
@@ -75,6 +77,7 @@ def create_app(
         uuid.uuid4().hex[:12],
         ttl_s=2 * config.heartbeat_s,
         per_session_limit=config.streams_per_session,
+        per_address_limit=config.address_streams,
         name_ttl_s=config.session_max_age_s,
     )
     app[keys.CONFIG] = config
@@ -87,9 +90,8 @@ def create_app(
     app[keys.METRICS_STORE] = store = MetricsStore(redis, metrics, ttl_s=3 * config.heartbeat_s)
     app[keys.HEARTBEAT] = heartbeat = Heartbeat(hub, connections, config, store)
     relay.deliver_to(hub.dispatch, heartbeat.announce_soon)
-    app[keys.RATE_LIMITER] = RateLimiter(
-        redis, per_s=config.rate_limit_per_s, burst=config.rate_limit_burst
-    )
+    app[keys.RATE_LIMITER] = RateLimiter(redis, metrics)
+    app[keys.BUDGETS] = Budgets.from_config(config)
     app[keys.WORKER_INDEX] = worker_index
     app[keys.REDIS_ERRORS] = middlewares.ThrottledErrorLog()
 

@@ -8,6 +8,7 @@ one-line message naming the key, never later inside a worker.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -38,6 +39,11 @@ class Config:
     cookie_secure: bool = False
     allowed_origins: tuple[str, ...] = ()
     public_origin: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    address_sessions_per_min: int = 30
+    address_rate_limit_per_s: float = 20.0
+    address_rate_limit_burst: int = 60
+    address_streams: int = 100
     message_max_chars: int = 2000
     body_max_bytes: int = 65536
     rate_limit_per_s: float = 5.0
@@ -70,6 +76,10 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "idle_timeout_s": (float, 0.1, 86400),
     "send_buffer_messages": (int, 1, 1_000_000),
     "presence_list_max": (int, 0, 100_000),
+    "address_sessions_per_min": (int, 1, None),
+    "address_rate_limit_per_s": (float, 0.01, None),
+    "address_rate_limit_burst": (int, 1, None),
+    "address_streams": (int, 1, None),
     "backlog": (int, 1, 65535),
     "shutdown_timeout_s": (float, 0.1, 600),
     "redis_wait_s": (float, 0, 3600),
@@ -77,6 +87,38 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
 _STRINGS = ("host", "redis_url", "log_level", "loop", "data_dir", "session_secret", "public_origin")
 _BOOLS = ("debug", "cookie_secure")
 KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}
+
+
+def _is_origin(item: str) -> bool:
+    return bool(_ORIGIN_RE.match(item))
+
+
+def _is_network(item: str) -> bool:
+    try:
+        ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+# key -> (what each item is, a check of one item)
+_LISTS = {
+    "allowed_origins": ("an origin like https://chat.example.com", _is_origin),
+    "trusted_proxies": ("an address or network like 10.0.0.0/8", _is_network),
+}
+
+
+def _coerce_list(key: str, value: Any, *, from_env: bool) -> tuple[str, ...]:
+    """A list of strings (comma-separated in the environment), each checked."""
+    what, check = _LISTS[key]
+    if from_env:
+        value = [item.strip() for item in str(value).split(",") if item.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    for item in value:
+        if not check(item):
+            raise ConfigError(f"{key}: {item!r} is not {what}")
+    return tuple(value)
 
 
 def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
@@ -105,17 +147,8 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
-    if key == "allowed_origins":
-        if from_env:
-            value = [item.strip() for item in str(value).split(",") if item.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of origins, got {value!r}")
-        for origin in value:
-            if not _ORIGIN_RE.match(origin):
-                raise ConfigError(
-                    f"{key}: {origin!r} is not an origin like https://chat.example.com"
-                )
-        return tuple(value)
+    if key in _LISTS:
+        return _coerce_list(key, value, from_env=from_env)
     assert key in _STRINGS, key
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")

@@ -36,18 +36,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
+from . import scripts
 from .broker import channel
+from .scripts import Call
 
 log = logging.getLogger(__name__)
-
-Call = tuple[AsyncScript, list[str], list[Any]]  # a script, its keys and its arguments
 
 # KEYS: the user's streams and name (one slot: both carry the user's tag).
 # Drop expired entries, refuse when the user is at the limit, else register
@@ -61,6 +60,18 @@ end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
+return 1
+"""
+
+# KEYS: a client address's streams. The same as the user's limit, for the
+# address: ARGV: now, expiry, limit, the entry, the key's lifetime (ms).
+_LIMIT_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
@@ -183,6 +194,17 @@ def streams_key(user_id: str) -> str:
     return f"chat:user:{{{user_id}}}:streams"
 
 
+def address_streams_key(address: str) -> str:
+    return f"chat:address:{{{address}}}:streams"
+
+
+class Holder(NamedTuple):
+    """Whose a connection is: its user, and its client address (budget key)."""
+
+    user_id: str
+    address: str
+
+
 def name_key(user_id: str) -> str:
     return f"chat:user:{{{user_id}}}:name"
 
@@ -202,6 +224,7 @@ class Connections:
         *,
         ttl_s: float,
         per_session_limit: int,
+        per_address_limit: int,
         name_ttl_s: int,
     ) -> None:
         self.redis = redis
@@ -210,20 +233,22 @@ class Connections:
         # A user entry is renewed every USER_SLICES heartbeats (ttl_s is two).
         self.user_ttl_ms = self.ttl_ms * USER_SLICES
         self.per_session_limit = per_session_limit
+        self.per_address_limit = per_address_limit
         self.name_ttl_s = name_ttl_s
         self._open = redis.register_script(_OPEN_SCRIPT)
+        self._limit = redis.register_script(_LIMIT_SCRIPT)
         self._join = redis.register_script(_JOIN_SCRIPT)
         self._renew = redis.register_script(_RENEW_SCRIPT)
         self._leave = redis.register_script(_LEAVE_SCRIPT)
-        # What this worker holds: room -> {stream id: user id}.
-        self._held: dict[str, dict[int, str]] = {}
+        # What this worker holds: room -> {stream id: (user id, address key)}.
+        self._held: dict[str, dict[int, Holder]] = {}
         self._ticks = 0
         self._undoing: set[asyncio.Future[None]] = set()
 
     @staticmethod
-    def member(user_id: str, stream_id: int) -> str:
+    def member(user_id: str, stream_id: int, address: str) -> str:
         """A connection in its worker's held set: whose it is comes first."""
-        return f"{user_id}|{stream_id}"
+        return f"{user_id}|{stream_id}|{address}"
 
     def user_member(self, room: str, stream_id: int, worker: str | None = None) -> str:
         """A connection in its user's set: where it is comes last (see :meth:`set_name`)."""
@@ -232,45 +257,60 @@ class Connections:
     def _room_args(self, room: str) -> list[str | int]:
         return [self.ttl_ms, self.worker_token, channel(room), held_prefix(room)]
 
-    async def open(self, room: str, user_id: str, name: str, stream_id: int) -> bool:
-        """Register a connection; False when the user already has the most allowed."""
+    async def open(
+        self,
+        room: str,
+        user_id: str,
+        name: str,
+        stream_id: int,
+        address: str,
+        *,
+        ttl_s: int | None = None,
+    ) -> str | None:
+        """Register a connection of a user from a client address (its budget key).
+
+        None when registered, else what is at its limit: "session" or "address".
+        The user's keys live as long as their session (``ttl_s`` when it is new).
+        """
         now = _now_ms()
-        self._held.setdefault(room, {})[stream_id] = user_id
+        holder = Holder(user_id, address)
+        self._held.setdefault(room, {})[stream_id] = holder
+        expiry = now + self.user_ttl_ms
+        entry = self.user_member(room, stream_id)
         try:
-            # One round trip: the join goes with the limit check, and is
-            # undone in the rare case that the check refuses.
-            allowed, (fresh, swept) = await self._run(
+            # One round trip: the join goes with the limit checks, and is
+            # undone in the rare case that a check refuses.
+            for_session, for_address, (fresh, swept) = await scripts.run(
+                self.redis,
                 (
                     self._open,
                     [streams_key(user_id), name_key(user_id)],
-                    [
-                        now,
-                        now + self.user_ttl_ms,
-                        self.per_session_limit,
-                        self.user_member(room, stream_id),
-                        name,
-                        self.name_ttl_s,
-                    ],
+                    [now, expiry, self.per_session_limit, entry, name, ttl_s or self.name_ttl_s],
                 ),
-                self._room_call(self._join, room, user_id, stream_id),
+                (
+                    self._limit,
+                    [address_streams_key(address)],
+                    [now, expiry, self.per_address_limit, entry, self.user_ttl_ms],
+                ),
+                self._room_call(self._join, room, holder, stream_id),
             )
         except BaseException:
             # The join may have been applied: undo it, whatever happens to us.
-            undo = asyncio.ensure_future(self._undo(room, user_id, stream_id))
+            undo = asyncio.ensure_future(self._undo(room, holder, stream_id))
             self._undoing.add(undo)
             undo.add_done_callback(self._undoing.discard)
             raise
-        if not int(allowed):
-            await self.close(room, user_id, stream_id)
-            return False
+        if not int(for_session) or not int(for_address):
+            await self.close(room, holder, stream_id)
+            return "session" if not int(for_session) else "address"
         await self._free(room, swept)
         if int(fresh):
             await self._rejoin(room, but=stream_id)
-        return True
+        return None
 
-    async def _undo(self, room: str, user_id: str, stream_id: int) -> None:
+    async def _undo(self, room: str, holder: Holder, stream_id: int) -> None:
         try:
-            await self.close(room, user_id, stream_id)
+            await self.close(room, holder, stream_id)
         except (RedisError, OSError) as exc:
             log.debug("could not undo the join of stream %s: %s", stream_id, exc)
 
@@ -280,40 +320,26 @@ class Connections:
         if not held:
             self._held.pop(room, None)
 
-    async def close(self, room: str, user_id: str, stream_id: int) -> None:
+    async def close(self, room: str, holder: Holder, stream_id: int) -> None:
         self._forget(room, stream_id)
+        entry = self.user_member(room, stream_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrem(streams_key(user_id), self.user_member(room, stream_id))
-        leave = self._room_call(self._leave, room, user_id, stream_id)
-        (swept,) = await self._run(leave, pipe=pipe)
+        pipe.zrem(streams_key(holder.user_id), entry)
+        pipe.zrem(address_streams_key(holder.address), entry)
+        leave = self._room_call(self._leave, room, holder, stream_id)
+        (swept,) = await scripts.run(self.redis, leave, pipe=pipe)
         await self._free(room, swept)
 
-    def _room_call(self, script: AsyncScript, room: str, user_id: str, stream_id: int) -> Call:
+    def _room_call(self, script: AsyncScript, room: str, holder: Holder, stream_id: int) -> Call:
         return (
             script,
             room_keys(room, self.worker_token),
-            [*self._room_args(room), self.member(user_id, stream_id), user_id],
+            [*self._room_args(room), *self._pair(holder, stream_id)],
         )
 
-    async def _run(self, *calls: Call, pipe: Pipeline | None = None) -> list[Any]:
-        """Run scripts in one round trip (after what ``pipe`` already holds);
-        their replies, in order.
-
-        By sha: redis-py's pipeline would ask Redis whether they exist on
-        every call. A script Redis lost (a restart) is loaded and run again.
-        """
-        pipe = pipe or self.redis.pipeline(transaction=False)
-        skip = len(pipe)
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies = (await pipe.execute(raise_on_error=False))[skip:]
-        for n, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                script, keys, args = calls[n]
-                replies[n] = await script(keys=keys, args=args)
-            elif isinstance(reply, Exception):
-                raise reply
-        return replies
+    def _pair(self, holder: Holder, stream_id: int) -> tuple[str, str]:
+        """A connection and its user, as the room scripts take them."""
+        return self.member(holder.user_id, stream_id, holder.address), holder.user_id
 
     async def refresh(self, parts: int = 1) -> None:
         """Renew this worker's lease on its rooms, and its connections'
@@ -335,36 +361,39 @@ class Connections:
                 (self._renew, room_keys(room, self.worker_token), self._room_args(room))
                 for room in batch
             ]
-            for room, (fresh, swept) in zip(batch, await self._run(*calls), strict=True):
+            replies = await scripts.run(self.redis, *calls)
+            for room, (fresh, swept) in zip(batch, replies, strict=True):
                 await self._free(room, swept)
                 if int(fresh):
                     await self._rejoin(room)
         slices = parts * USER_SLICES
-        users = [
-            (room, user_id, stream_id)
+        due = [
+            (room, holder, stream_id)
             for room, held in list(self._held.items())
-            for stream_id, user_id in list(held.items())
+            for stream_id, holder in list(held.items())
             if stream_id % slices == tick % slices
         ]
         expiry = _now_ms() + self.user_ttl_ms
-        for start in range(0, len(users), REFRESH_BATCH):
+        for start in range(0, len(due), REFRESH_BATCH):
             pipe = self.redis.pipeline(transaction=False)
-            for room, user_id, stream_id in users[start : start + REFRESH_BATCH]:
-                member = self.user_member(room, stream_id)
-                pipe.zadd(streams_key(user_id), {member: expiry}, xx=True)
+            for room, holder, stream_id in due[start : start + REFRESH_BATCH]:
+                entry = {self.user_member(room, stream_id): expiry}
+                pipe.zadd(streams_key(holder.user_id), entry, xx=True)
+                pipe.zadd(address_streams_key(holder.address), entry, xx=True)
             await pipe.execute()
 
     async def _rejoin(self, room: str, but: int | None = None) -> None:
         """Join again the connections a sweep dropped while this worker stalled."""
         pairs = [
             value
-            for stream_id, user_id in list(self._held.get(room, {}).items())
+            for stream_id, holder in list(self._held.get(room, {}).items())
             if stream_id != but
-            for value in (self.member(user_id, stream_id), user_id)
+            for value in self._pair(holder, stream_id)
         ]
         if pairs:
-            ((_, swept),) = await self._run(
-                (self._join, room_keys(room, self.worker_token), [*self._room_args(room), *pairs])
+            ((_, swept),) = await scripts.run(
+                self.redis,
+                (self._join, room_keys(room, self.worker_token), [*self._room_args(room), *pairs]),
             )
             await self._free(room, swept)
 
@@ -374,8 +403,10 @@ class Connections:
             return
         pipe = self.redis.pipeline(transaction=False)
         for worker, conn in zip(swept[::2], swept[1::2], strict=True):
-            user_id, _, stream_id = str(conn).rpartition("|")
-            pipe.zrem(streams_key(user_id), self.user_member(room, int(stream_id), str(worker)))
+            user_id, stream_id, address = str(conn).split("|", 2)
+            entry = self.user_member(room, int(stream_id), str(worker))
+            pipe.zrem(streams_key(user_id), entry)
+            pipe.zrem(address_streams_key(address), entry)
         await pipe.execute()
 
     async def presence(
@@ -422,10 +453,11 @@ class Connections:
         value = await self.redis.get(name_key(user_id))
         return None if value is None else str(value)
 
-    async def set_name(self, user_id: str, name: str) -> None:
-        """Keep the new name, and tell every room the user is online in to re-read presence."""
+    async def set_name(self, user_id: str, name: str, *, ttl_s: int | None = None) -> None:
+        """Keep the new name (as long as the session, ``ttl_s`` when it is new),
+        and tell every room the user is online in to re-read presence."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(name_key(user_id), name, ex=self.name_ttl_s)
+        pipe.set(name_key(user_id), name, ex=ttl_s or self.name_ttl_s)
         pipe.zrangebyscore(streams_key(user_id), _now_ms(), "+inf")
         _, members = await pipe.execute()
         rooms = {str(m).rsplit("|", 1)[1] for m in members if "|" in str(m)}

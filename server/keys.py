@@ -12,7 +12,7 @@ from .heartbeat import Heartbeat
 from .hub import Hub
 from .metrics import Metrics, MetricsStore
 from .middlewares import KnownHosts, ThrottledErrorLog
-from .ratelimit import RateLimiter
+from .ratelimit import Budgets, RateLimiter
 
 CONFIG = web.AppKey("config", Config)
 REDIS = web.AppKey("redis", aioredis.Redis)
@@ -21,6 +21,7 @@ HUB = web.AppKey("hub", Hub)
 CONNECTIONS = web.AppKey("connections", Connections)
 HEARTBEAT = web.AppKey("heartbeat", Heartbeat)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+BUDGETS = web.AppKey("budgets", Budgets)
 WORKER_INDEX = web.AppKey("worker_index", int)
 METRICS = web.AppKey("metrics", Metrics)
 METRICS_STORE = web.AppKey("metrics_store", MetricsStore)

@@ -23,6 +23,7 @@ REGISTRY_KEY = "chat:metrics:workers"
 TOTALS_KEY = "chat:metrics:totals"
 TRANSPORTS = ("sse", "ws")
 COUNTERS = ("published", "deliveries", "dropped")
+LIMITED = "limited_"  # totals fields "limited_<kind>"
 
 
 def _snapshot_key(member: str) -> str:
@@ -41,6 +42,8 @@ class Metrics:
     deliveries: int = 0
     dropped: int = 0  # slow consumers cut off
     closed: int = 0  # connections closed (this worker, since it started)
+    # Requests refused for being over a budget, by kind (see server.ratelimit).
+    limited: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     # The longest the event loop was held up, and the longest heartbeat
     # tick, since the worker started (seconds).
     loop_stall_max_s: float = 0.0
@@ -68,7 +71,9 @@ class Metrics:
         }
 
     def counts(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in COUNTERS}
+        counts = {name: getattr(self, name) for name in COUNTERS}
+        counts.update({f"{LIMITED}{kind}": n for kind, n in self.limited.items()})
+        return counts
 
 
 class MetricsStore:
@@ -85,8 +90,8 @@ class MetricsStore:
         # One transaction: the totals get each increment exactly once.
         pipe = self.redis.pipeline(transaction=True)
         for name, value in counts.items():
-            if value != self._pushed[name]:
-                pipe.hincrby(TOTALS_KEY, name, value - self._pushed[name])
+            if value != self._pushed.get(name, 0):
+                pipe.hincrby(TOTALS_KEY, name, value - self._pushed.get(name, 0))
         pipe.hset(key, mapping=self.metrics.snapshot())
         pipe.pexpire(key, self.ttl_ms)
         pipe.zadd(REGISTRY_KEY, {self.metrics.member: now_ms + self.ttl_ms})
@@ -134,6 +139,13 @@ def render(snapshots: list[dict[str, str]], totals: dict[str, str]) -> str:
         "# HELP chat_slow_consumers_dropped_total Streams cut off for not keeping up.",
         "# TYPE chat_slow_consumers_dropped_total counter",
         f"chat_slow_consumers_dropped_total {total('dropped')}",
+        "# HELP chat_rate_limited_total Requests refused for being over a budget, by kind.",
+        "# TYPE chat_rate_limited_total counter",
+        *(
+            f'chat_rate_limited_total{{kind="{_escape(field.removeprefix(LIMITED))}"}} {n}'
+            for field, n in sorted(totals.items())
+            if field.startswith(LIMITED)
+        ),
         "# HELP chat_reloads_total Reloads (SIGHUP) of each running instance.",
         "# TYPE chat_reloads_total counter",
     ]

@@ -47,26 +47,21 @@ def message_text(value: Any, max_chars: int) -> str:
     return value
 
 
-def rate_key(request: web.Request, user: User) -> str:
-    """Whose budget a message comes out of.
+async def post(app: web.Application, room: str, user: User, text: Any, *, address: str) -> Message:
+    """Store a message in the room once it passes every check; raises a ChatError otherwise.
 
-    A client without a session cookie gets a new session, and so a new user
-    id, on every request: its messages count against its address instead,
-    or it could post without limit.
+    A message comes out of its user's budget and its client address's (one
+    round trip for both): a client can make as many users as it likes, but
+    it has one address (``address`` is its budget key).
     """
-    return f"ip:{request.remote}" if user.is_new else user.user_id
-
-
-async def post(app: web.Application, room: str, user: User, text: Any, *, rate_key: str) -> Message:
-    """Store a message in the room once it passes every check; raises a ChatError otherwise."""
     config = app[keys.CONFIG]
     text = message_text(text, config.message_max_chars)
-    retry_after = await app[keys.RATE_LIMITER].acquire(rate_key)
+    budgets = app[keys.BUDGETS]
+    retry_after = await app[keys.RATE_LIMITER].take(
+        (budgets.messages, user.user_id), (budgets.address_messages, address)
+    )
     if retry_after:
-        raise RateLimited(
-            f"more than {config.rate_limit_per_s:g} messages per second; slow down",
-            retry_after=retry_after,
-        )
+        raise RateLimited("too many messages; slow down", retry_after=retry_after)
     message = await app[keys.BROKER].publish(room, user.user_id, user.name, text)
     app[keys.METRICS].published += 1
     return message

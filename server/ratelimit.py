@@ -1,14 +1,25 @@
-"""Messages per user per second, shared by every worker: a GCRA bucket in Redis."""
+"""Budgets shared by every worker: GCRA buckets in Redis.
+
+A budget is a rate and a burst for one kind of thing (messages, new
+sessions) and one kind of owner (a user, a client address). Every charge
+of a request goes to Redis in one round trip; a refusal is counted per kind
+in the worker's metrics.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import redis.asyncio as aioredis
 
-# GCRA: the key holds the theoretical arrival time (ms) of the next message.
+from . import scripts
+from .config import Config
+from .metrics import Metrics
+
+# GCRA: the key holds the theoretical arrival time (ms) of the next use.
 # Redis' own clock is used so that every machine agrees. Returns 0 when the
-# message is allowed, else how many ms until it would be.
+# use is allowed, else how many ms until it would be.
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -24,16 +35,63 @@ return 0
 """
 
 
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    kind: str  # what is limited, per whom: "messages", "address_messages", ...
+    per_s: float
+    burst: int
+
+    @property
+    def interval_ms(self) -> float:
+        return 1000.0 / self.per_s
+
+
+def _key(budget: Budget, owner: str) -> str:
+    return f"chat:rate:{budget.kind}:{{{owner}}}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budgets:
+    messages: Budget  # per user
+    address_messages: Budget
+    address_sessions: Budget
+
+    @classmethod
+    def from_config(cls, config: Config) -> Budgets:
+        return cls(
+            messages=Budget("messages", config.rate_limit_per_s, config.rate_limit_burst),
+            address_messages=Budget(
+                "address_messages", config.address_rate_limit_per_s, config.address_rate_limit_burst
+            ),
+            address_sessions=Budget(
+                "address_sessions",
+                config.address_sessions_per_min / 60,
+                config.address_sessions_per_min,
+            ),
+        )
+
+
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis, *, per_s: float, burst: int) -> None:
-        self.interval_ms = 1000.0 / per_s
-        self.burst = burst
+    def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
+        self.redis = redis
+        self.metrics = metrics
         self._script = redis.register_script(_SCRIPT)
 
-    async def acquire(self, key: str) -> float:
-        """Take one message from the budget of ``key`` (a user id or an address);
-        0 if allowed, else seconds to wait."""
-        wait_ms = await self._script(
-            keys=[f"chat:rate:{{{key}}}"], args=[self.interval_ms, self.burst]
-        )
-        return 0.0 if not wait_ms else max(1, math.ceil(int(wait_ms) / 1000))
+    async def take(self, *charges: tuple[Budget, str]) -> float:
+        """Take one from each budget, for its owner (a user id, an address key).
+
+        0 when every budget allows it, else the seconds to wait (the
+        longest). A refused request still uses up what the other budgets
+        allowed: a client over one limit is not owed the others.
+        """
+        calls = [
+            (self._script, [_key(budget, owner)], [budget.interval_ms, budget.burst])
+            for budget, owner in charges
+        ]
+        waits = await scripts.run(self.redis, *calls)
+        longest = 0.0
+        for (budget, _), wait_ms in zip(charges, waits, strict=True):
+            if wait_ms:
+                self.metrics.limited[budget.kind] += 1
+                longest = max(longest, math.ceil(int(wait_ms) / 1000))
+        return longest

@@ -22,7 +22,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp_session.redis_storage import RedisStorage
 
-from .errors import BadRequest
+from . import keys
+from .addresses import budget_key
+from .errors import BadRequest, RateLimited
 
 COOKIE_NAME = "chat_session"
 NAME_MAX_CHARS = 32
@@ -138,23 +140,47 @@ def make_storage(
 class User:
     user_id: str
     name: str
-    is_new: bool  # the session was just created and still needs saving
+    is_new: bool  # the session was just created: the client has no cookie yet
+    unsaved: bool = False  # the session changed (new, or used for the first time)
+
+
+# A session nobody uses again is gone within the hour; one that comes back
+# lives session_max_age_s from then on.
+NEW_SESSION_TTL_S = 3600
+USED = "used"
 
 
 async def current_user(request: web.Request) -> User:
-    """The caller's identity, creating the session on first contact."""
+    """The caller's identity, creating the session on first contact.
+
+    A new session costs its client's address one from its budget of new
+    sessions: identity is free to make, and every per-user limit would
+    otherwise be one cookie-less request away.
+    """
     session = await aiohttp_session.get_session(request)
     user_id = session.get("user_id")
     name = session.get("name")
     if isinstance(user_id, str) and isinstance(name, str):
-        return User(user_id, name, is_new=False)
+        if session.get(USED):
+            return User(user_id, name, is_new=False)
+        session[USED] = True  # saved with its full age
+        return User(user_id, name, is_new=False, unsaved=True)
+    app = request.app
+    budget = app[keys.BUDGETS].address_sessions
+    wait = await app[keys.RATE_LIMITER].take((budget, budget_key(request.remote)))
+    if wait:
+        raise RateLimited(
+            "too many new sessions from this address; keep the session cookie",
+            retry_after=wait,
+        )
     session["user_id"] = user_id = new_user_id()
     session["name"] = name = friendly_name()
-    return User(user_id, name, is_new=True)
+    session.max_age = NEW_SESSION_TTL_S
+    return User(user_id, name, is_new=True, unsaved=True)
 
 
 async def save_for_stream(request: web.Request, response: web.StreamResponse) -> None:
-    """Save a new session on a streaming response before it is prepared.
+    """Save a changed session on a streaming response before it is prepared.
 
     aiohttp-session's middleware saves sessions only for plain responses, so
     a client whose first request is an SSE or WebSocket stream would
@@ -232,4 +258,4 @@ async def rename(request: web.Request, name: str) -> User:
     session = await aiohttp_session.get_session(request)
     user = await current_user(request)
     session["name"] = name
-    return User(user.user_id, name, is_new=user.is_new)
+    return dataclasses.replace(user, name=name)

@@ -11,10 +11,12 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from . import keys
+from .addresses import budget_key
+from .connections import Holder
 from .errors import BadRequest, TooManyStreams, Unavailable
 from .hub import Closing, Subscription
 from .model import StreamKey, parse_id
-from .sessions import User
+from .sessions import NEW_SESSION_TTL_S, User
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,17 @@ async def subscription(
         sub = await hub.subscribe(room, user.user_id, user.name, since)
     except Closing:
         raise Unavailable("this worker is stopping; reconnect") from None
+    address = budget_key(request.remote)
     try:
-        if not await connections.open(room, user.user_id, user.name, sub.id):
+        ttl_s = NEW_SESSION_TTL_S if user.is_new else None
+        full = await connections.open(room, user.user_id, user.name, sub.id, address, ttl_s=ttl_s)
+        if full is not None:
+            config = app[keys.CONFIG]
+            app[keys.METRICS].limited[f"{'' if full == 'session' else 'address_'}streams"] += 1
             raise TooManyStreams(
-                f"at most {app[keys.CONFIG].streams_per_session} open streams per session"
+                f"at most {config.streams_per_session} open streams per session"
+                if full == "session"
+                else f"at most {config.address_streams} open streams per client address"
             )
     except BaseException:
         hub.unsubscribe(sub)
@@ -64,6 +73,6 @@ async def subscription(
         # that a Redis outage cannot hold a closing stream open.
         try:
             async with asyncio.timeout(2):
-                await connections.close(room, user.user_id, sub.id)
+                await connections.close(room, Holder(user.user_id, address), sub.id)
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("could not unregister stream %s: %s", sub.id, exc)

@@ -12,6 +12,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from . import keys, posting, sessions
+from .addresses import budget_key
 from .errors import BadRequest, Unavailable, UnsupportedMediaType
 from .metrics import render as render_metrics
 from .model import parse_id
@@ -40,7 +41,8 @@ async def put_session(request: web.Request) -> web.Response:
     body = await json_body(request)
     name = sessions.clean_name(body.get("name"))
     user = await sessions.rename(request, name)
-    await request.app[keys.CONNECTIONS].set_name(user.user_id, name)
+    ttl_s = sessions.NEW_SESSION_TTL_S if user.is_new else None
+    await request.app[keys.CONNECTIONS].set_name(user.user_id, name, ttl_s=ttl_s)
     return web.json_response({"user_id": user.user_id, "name": user.name})
 
 
@@ -99,9 +101,11 @@ async def post_message(request: web.Request) -> web.Response:
         raise UnsupportedMediaType(
             "send JSON (application/json) or a form (application/x-www-form-urlencoded)"
         )
+    # Checked before a session is made for it: a request that fails leaves nothing.
+    posting.message_text(body.get("text"), request.app[keys.CONFIG].message_max_chars)
     user = await sessions.current_user(request)
     message = await posting.post(
-        request.app, room, user, body.get("text"), rate_key=posting.rate_key(request, user)
+        request.app, room, user, body.get("text"), address=budget_key(request.remote)
     )
     return web.Response(
         text='{"message":' + message.json + "}", status=201, content_type="application/json"

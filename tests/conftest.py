@@ -65,6 +65,12 @@ def make_config(tmp_path: Any) -> Callable[..., Config]:
             # Tests post fast; the rate limit has tests of its own.
             "rate_limit_per_s": 10_000.0,
             "rate_limit_burst": 10_000,
+            # Every test client comes from one address; budgets per address
+            # have tests of their own.
+            "address_sessions_per_min": 1_000_000,
+            "address_rate_limit_per_s": 1_000_000.0,
+            "address_rate_limit_burst": 1_000_000,
+            "address_streams": 1_000_000,
         }
         values.update(overrides)
         return Config(**values)

@@ -123,6 +123,11 @@ class ServerProcess:
                 # The tests post fast; the rate limit is tested in-process.
                 "CHAT_RATE_LIMIT_PER_S": "10000",
                 "CHAT_RATE_LIMIT_BURST": "10000",
+                # And all from one address.
+                "CHAT_ADDRESS_SESSIONS_PER_MIN": "1000000",
+                "CHAT_ADDRESS_RATE_LIMIT_PER_S": "1000000",
+                "CHAT_ADDRESS_RATE_LIMIT_BURST": "1000000",
+                "CHAT_ADDRESS_STREAMS": "1000000",
             }
         )
         env.update(self.env)

@@ -263,7 +263,8 @@ async def test_clients_without_a_cookie_share_a_rate_limit_per_address(
     make_app: Any, aiohttp_client: Any
 ) -> None:
     """Each cookie-less request gets a fresh session: it must not get a fresh budget too."""
-    client = await aiohttp_client(await make_app(rate_limit_per_s=1, rate_limit_burst=3))
+    app = await make_app(address_rate_limit_per_s=1, address_rate_limit_burst=3)
+    client = await aiohttp_client(app)
     statuses = []
     for i in range(5):
         client.session.cookie_jar.clear()

@@ -72,7 +72,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     async with streams.subscription(request, room, user, since, "sse") as sub:
         response = EventStream(send_timeout=config.idle_timeout_s)
-        if user.is_new:
+        if user.unsaved:
             await sessions.save_for_stream(request, response)
         await response.prepare(request)
         async with response:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import hub, keys, posting, sessions, streams
+from ..addresses import budget_key
 from ..errors import BadRequest, ChatError, Unavailable, error_payload
 from ..hub import Subscription
 from ..sessions import User
@@ -78,15 +79,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise BadRequest("expected a WebSocket upgrade request")
     user = await sessions.current_user(request)
     async with streams.subscription(request, room, user, since, "ws") as sub:
-        if user.is_new:
+        if user.unsaved:
             await sessions.save_for_stream(request, ws)
         await ws.prepare(request)
         sink = WsSink(request, ws)
         sub.last_seen = time.monotonic()
         sub.attach(sink)
-        limit = posting.rate_key(request, user)
+        address = budget_key(request.remote)
         try:
-            await _receive(ws, sub, request.app, room, user, limit)
+            await _receive(ws, sub, request.app, room, user, address)
         except (ConnectionResetError, RuntimeError):
             pass  # the client went away
         finally:
@@ -101,13 +102,13 @@ async def _receive(
     app: web.Application,
     room: str,
     user: User,
-    rate_key: str,
+    address: str,
 ) -> None:
     while True:
         msg = await ws.receive()
         sub.last_seen = time.monotonic()
         if msg.type == WSMsgType.TEXT:
-            await ws.send_str(await _handle_text(msg.data, app, room, user, rate_key))
+            await ws.send_str(await _handle_text(msg.data, app, room, user, address))
         elif msg.type == WSMsgType.PING:
             await ws.pong(msg.data)
         elif msg.type == WSMsgType.PONG:
@@ -127,9 +128,7 @@ def _frame(kind: str, ref: Any, **fields: Any) -> str:
     )
 
 
-async def _handle_text(
-    text: str, app: web.Application, room: str, user: User, rate_key: str
-) -> str:
+async def _handle_text(text: str, app: web.Application, room: str, user: User, address: str) -> str:
     """Answer one client frame with an ack or an error frame; never raises a ChatError."""
     ref: Any = None
     try:
@@ -152,7 +151,7 @@ async def _handle_text(
             room,
             sessions.User(user.user_id, name, is_new=False),
             data.get("text"),
-            rate_key=rate_key,
+            address=address,
         )
     except ChatError as exc:
         error = error_payload(exc)

@@ -1,0 +1,33 @@
+"""Running Lua scripts in pipelines: one round trip, by sha."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+Call = tuple[AsyncScript, list[str], list[Any]]  # a script, its keys and its arguments
+
+
+async def run(redis: aioredis.Redis, *calls: Call, pipe: Pipeline | None = None) -> list[Any]:
+    """Run scripts in one round trip (after what ``pipe`` already holds); their
+    replies, in order.
+
+    By sha: redis-py's own pipeline would ask Redis whether they exist on
+    every call. A script Redis lost (a restart) is loaded and run again.
+    """
+    pipe = pipe or redis.pipeline(transaction=False)
+    skip = len(pipe)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    replies = (await pipe.execute(raise_on_error=False))[skip:]
+    for n, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            script, keys, args = calls[n]
+            replies[n] = await script(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            raise reply
+    return replies
