@@ -32,6 +32,7 @@ setup(
             "pytest-asyncio>=1.4",
             "pytest-aiohttp>=1.1",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
             "playwright>=1.50",
             "ruff>=0.15",
             "mypy>=1.15",

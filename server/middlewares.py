@@ -8,8 +8,10 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -48,6 +50,33 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal error", code="internal")
+
+
+class MalformedRequests(logging.Filter):
+    """Keeps requests that are not HTTP, or bodies that are not what they
+    say, out of the error log.
+
+    aiohttp answers them 400 itself, and logs each as an error with a
+    traceback ("Error handling request"): a client sending garbage would
+    fill the log. They are logged on one line at debug level, and dropped
+    otherwise. Install on the ``aiohttp.server`` logger.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        # A body that could not be read (a bad chunk, gzip that is not) after
+        # the answer went out, or a request that did not parse.
+        client_error = isinstance(exc, RequestPayloadError) or (
+            isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500
+        )
+        if not client_error:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.msg, record.args = "malformed request: %s", (str(exc).splitlines()[0],)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
 
 
 class ThrottledErrorLog:
@@ -116,6 +145,39 @@ async def known_host(request: web.Request, handler: Handler) -> web.StreamRespon
                 code="unknown_host",
             )
     return await handler(request)
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Answer ``Expect`` before the handler (aiohttp asks this of every route).
+
+    aiohttp's own handler echoes the header into its 417, and a value that
+    is not UTF-8 made that a 500 with a traceback, before any middleware.
+    """
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11 or not expect:
+        return None
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+    message = "the only Expect understood is 100-continue"
+    return error_response(417, message, code="expectation_failed")
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    """What no other route takes: 405 where the path exists, else 404.
+
+    Routed here, rather than left to aiohttp, so that these requests too
+    have :func:`expect_continue` for their ``Expect`` header.
+    """
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 def _is_websocket_upgrade(request: web.Request) -> bool:

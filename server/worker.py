@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from . import keys
 from .app import create_app
 from .hub import RELOAD, SHUTDOWN
+from .middlewares import MalformedRequests
 from .process import Shared, report
 from .resources import redis_client, session_store
 from .sessions import SignedRedisStorage
@@ -46,6 +47,7 @@ class Stop:
 async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
     """Serve the app in this process until the caller's block ends."""
     config = shared.config
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     group = aiotools.actxgroup(
         [
             redis_client(shared.redis_url),
