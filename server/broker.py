@@ -3,7 +3,9 @@
 Each room is a capped Redis Stream, the source of truth for history and
 resume. Publishing runs one script that appends the message to the stream
 and publishes it, with its id and the id of the message before it, on the
-room's channel. Both keys carry the room as a hash tag (``{room}``).
+room's channel. Both keys carry the room as a hash tag (``{room}``). The
+stream expires ``room_ttl_s`` after its newest message: a room nobody writes
+to leaves nothing behind (its presence keys go with its last connection).
 
 Each entry also keeps the id of the entry before it (field ``p``). Trimming
 removes the oldest entries, so the first entry after a client's id tells,
@@ -43,6 +45,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from .config import Config
 from .model import LAST_KEY, Message, StreamKey, format_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -53,12 +56,16 @@ SUBSCRIBE_BATCH = 500  # channels per SUBSCRIBE after a reconnect
 
 # Append to the stream and publish "m", the previous id, the new id and the
 # message body, in one step: no other message of the room can come between.
+# Each message also pushes the room's expiry back to ARGV[8] seconds from now.
+# (XADD is the first write: when Redis is out of memory the script fails
+# there, having changed nothing.)
 _PUBLISH_SCRIPT = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = '0-0'
 if last[1] then prev = last[1][1] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
   'u', ARGV[2], 'n', ARGV[3], 't', ARGV[4], 'ts', ARGV[5], 'p', prev)
+redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('PUBLISH', ARGV[6], 'm\\n' .. prev .. '\\n' .. id .. '\\n' .. ARGV[7])
 return {id, prev}
 """
@@ -95,9 +102,12 @@ def room_of(channel_name: str) -> str | None:
 class Broker:
     """Stores and reads messages."""
 
-    def __init__(self, redis: aioredis.Redis, *, history_len: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, history_len: int, room_ttl_s: int = Config.room_ttl_s
+    ) -> None:
         self.redis = redis
         self.history_len = history_len
+        self.room_ttl_s = room_ttl_s
         self._publish = redis.register_script(_PUBLISH_SCRIPT)
         self._predecessor = redis.register_script(_PREDECESSOR_SCRIPT)
 
@@ -106,7 +116,16 @@ class Broker:
         body = json.dumps([user_id, name, text, ts], ensure_ascii=False, separators=(",", ":"))
         message_id, prev = await self._publish(
             keys=[stream_key(room)],
-            args=[self.history_len, user_id, name, text, repr(ts), channel(room), body],
+            args=[
+                self.history_len,
+                user_id,
+                name,
+                text,
+                repr(ts),
+                channel(room),
+                body,
+                self.room_ttl_s,
+            ],
         )
         return Message(str(message_id), room, user_id, name, text, ts, parse_id(str(prev)))
 

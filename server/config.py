@@ -44,6 +44,7 @@ class Config:
     rate_limit_burst: int = 20
     streams_per_session: int = 10
     history_len: int = 10000
+    room_ttl_s: int = 2592000
     heartbeat_s: float = 15.0
     idle_timeout_s: float = 60.0
     send_buffer_messages: int = 1000
@@ -66,6 +67,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "rate_limit_burst": (int, 1, None),
     "streams_per_session": (int, 1, 10_000),
     "history_len": (int, 1, 10_000_000),
+    "room_ttl_s": (int, 1, None),
     "heartbeat_s": (float, 0.05, 3600),
     "idle_timeout_s": (float, 0.1, 86400),
     "send_buffer_messages": (int, 1, 1_000_000),
