@@ -17,6 +17,9 @@ from typing import Any
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOOPS = ("uvloop", "asyncio")
 _ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
+_MEMORY_RE = re.compile(r"([0-9]{1,19})(kb|mb|gb)?", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+MEMORY_MIN = 1024**2  # Redis itself warns about less than this
 
 
 class ConfigError(ValueError):
@@ -45,6 +48,7 @@ class Config:
     streams_per_session: int = 10
     history_len: int = 10000
     room_ttl_s: int = 2592000
+    redis_maxmemory: str = "256mb"
     heartbeat_s: float = 15.0
     idle_timeout_s: float = 60.0
     send_buffer_messages: int = 1000
@@ -81,7 +85,7 @@ _BOOLS = ("debug", "cookie_secure")
 KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}
 
 
-def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
+def _coerce(key: str, value: Any, *, from_env: bool) -> Any:  # noqa: PLR0911  (a branch per kind)
     """Turn one raw value (TOML-typed, or a string from the environment) into its type."""
     if key in _NUMBERS:
         kind, low, high = _NUMBERS[key]
@@ -118,6 +122,8 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
                     f"{key}: {origin!r} is not an origin like https://chat.example.com"
                 )
         return tuple(value)
+    if key == "redis_maxmemory":
+        return _memory(key, value)
     assert key in _STRINGS, key
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -134,6 +140,17 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
     if key == "redis_url" and value and not value.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{key}: expected redis://, rediss:// or unix:// URL, got {value!r}")
     return value
+
+
+def _memory(key: str, value: Any) -> str:
+    """A Redis memory size as Redis reads it: bytes, or a number with kb, mb or gb."""
+    match = _MEMORY_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(f'{key}: expected a size like "256mb" (kb, mb or gb), got {value!r}')
+    size = int(match.group(1)) * _MEMORY_UNITS[(match.group(2) or "").lower()]
+    if not MEMORY_MIN <= size < 2**63:
+        raise ConfigError(f"{key}: {value!r} is out of range [1mb, 2**63 bytes)")
+    return match.group(0).lower()
 
 
 def read_file(path: str) -> dict[str, Any]:

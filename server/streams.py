@@ -8,10 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from . import keys
-from .errors import BadRequest, TooManyStreams, Unavailable
+from .errors import BadRequest, TooManyStreams, Unavailable, is_out_of_memory
 from .hub import Closing, Subscription
 from .model import StreamKey, parse_id
 from .sessions import User
@@ -45,6 +45,14 @@ async def subscription(
             raise TooManyStreams(
                 f"at most {app[keys.CONFIG].streams_per_session} open streams per session"
             )
+    except ResponseError as exc:
+        if not is_out_of_memory(exc):
+            hub.unsubscribe(sub)
+            raise
+        # Redis is full and refuses to record the stream (presence, the
+        # per-session count). The stream itself only reads: serve it
+        # unrecorded rather than turn readers away while Redis is full.
+        log.debug("Redis is full: a %s stream in %s is not in presence", transport, room)
     except BaseException:
         hub.unsubscribe(sub)
         raise

@@ -24,7 +24,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import hub, keys, posting, sessions, streams
-from ..errors import BadRequest, ChatError, Unavailable, error_payload
+from ..errors import (
+    BadRequest,
+    ChatError,
+    Unavailable,
+    error_payload,
+    is_out_of_memory,
+    storage_full,
+)
 from ..hub import Subscription
 from ..sessions import User
 from .sink import DirectSink
@@ -164,6 +171,10 @@ async def _handle_text(
     except RedisError as exc:
         # Redis refused the write (out of memory, a read-only replica): the
         # message was not stored; the connection itself is fine.
+        if is_out_of_memory(exc):
+            full = storage_full()
+            app[keys.REDIS_ERRORS].record(exc, full.status)
+            return _frame("error", ref, error=error_payload(full))
         log.warning("Redis refused a message: %s", exc)
         error = error_payload(Unavailable("Redis refused the message; retry shortly"))
         return _frame("error", ref, error=error)
