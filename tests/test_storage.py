@@ -62,9 +62,12 @@ def test_room_ttl_s_defaults_to_30_days_and_must_be_positive() -> None:
 # ------------------------------------------------------------------ helpers
 
 
-async def post(http: aiohttp.ClientSession, room: str, text: str) -> tuple[int, Any]:
-    async with http.post(f"/api/rooms/{room}/messages", json={"text": text}) as resp:
-        return resp.status, await resp.json()
+async def post(
+    http: aiohttp.ClientSession, room: str, text: str, key: str | None = None
+) -> tuple[int, Any]:
+    headers = {"Idempotency-Key": key} if key else None
+    async with http.post(f"/api/rooms/{room}/messages", json={"text": text}, headers=headers) as r:
+        return r.status, await r.json()
 
 
 async def room_keys(redis: aioredis.Redis, room: str) -> list[str]:
@@ -97,14 +100,14 @@ async def test_a_room_without_new_messages_expires_with_every_key_and_can_begin_
     room = "fleeting"
     async with aiohttp.ClientSession(server.url) as http:
         async with sse_collector(http, f"/api/rooms/{room}/events") as stream:
-            status, body = await post(http, room, "soon gone")
+            status, body = await post(http, room, "soon gone", key="k-1")
             assert status == 201
             old_id = body["message"]["id"]
             await stream.wait_for(lambda c: old_id in c.ids)
             # Each message sets the room's expiry in the same script.
             assert ttl * 1000 - 1000 < await redis.pttl(stream_key(room)) <= ttl * 1000
             kinds = {key.split(":")[2] for key in await room_keys(redis, room)}
-            assert kinds == {"messages", "counts", "users", "leases", "held"}
+            assert kinds == {"messages", "counts", "users", "leases", "held", "idem"}
         # Nobody is connected and nobody writes: nothing of the room is left.
         deadline = time.monotonic() + ttl + 10
         while keys := await room_keys(redis, room):

@@ -153,13 +153,15 @@ async def _handle_text(
             raise BadRequest("'ref' is longer than 128 characters")
         if data.get("type") != "message":
             raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
+        key = posting.idempotency_key(data.get("key"), "'key'")
         name = await app[keys.CONNECTIONS].name(user.user_id) or user.name
-        message = await posting.post(
+        message, _ = await posting.post(
             app,
             room,
             sessions.User(user.user_id, name, is_new=False),
             data.get("text"),
             rate_key=rate_key,
+            idempotency_key=key,
         )
     except ChatError as exc:
         error = error_payload(exc)
