@@ -64,7 +64,7 @@ def create_app(
         worker=worker_index,
         reloads=reloads,
     )
-    broker = Broker(redis, history_len=config.history_len)
+    broker = Broker(redis, history_len=config.history_len, room_ttl_s=config.room_ttl_s)
     relay = Relay(redis_url, broker)
     hub = Hub(
         relay,

@@ -3,7 +3,9 @@
 Each room is a capped Redis Stream, the source of truth for history and
 resume. Publishing runs one script that appends the message to the stream
 and publishes it, with its id and the id of the message before it, on the
-room's channel. Both keys carry the room as a hash tag (``{room}``).
+room's channel. Both keys carry the room as a hash tag (``{room}``). The
+stream expires ``room_ttl_s`` after its newest message: a room nobody writes
+to leaves nothing behind (its presence keys go with its last connection).
 
 Each entry also keeps the id of the entry before it (field ``p``). Trimming
 removes the oldest entries, so the first entry after a client's id tells,
@@ -43,6 +45,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from .config import Config
 from .model import LAST_KEY, Message, StreamKey, format_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -53,13 +56,31 @@ SUBSCRIBE_BATCH = 500  # channels per SUBSCRIBE after a reconnect
 
 # Append to the stream and publish "m", the previous id, the new id and the
 # message body, in one step: no other message of the room can come between.
+# Each message also pushes the room's expiry back to ARGV[8] seconds from now.
+# (XADD is the first write: when Redis is out of memory the script fails
+# there, having changed nothing.)
+#
+# With an idempotency record (KEYS[2]): when it exists, the message was
+# published already, and what was published is returned instead, alone in
+# the reply; else the record keeps what is published, for ARGV[9] seconds.
+# It keeps the whole message rather than its id, so that a retry gets the
+# same answer even after the message was trimmed from the history.
 _PUBLISH_SCRIPT = """
+if KEYS[2] then
+  local published = redis.call('GET', KEYS[2])
+  if published then return {published} end
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = '0-0'
 if last[1] then prev = last[1][1] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
   'u', ARGV[2], 'n', ARGV[3], 't', ARGV[4], 'ts', ARGV[5], 'p', prev)
-redis.call('PUBLISH', ARGV[6], 'm\\n' .. prev .. '\\n' .. id .. '\\n' .. ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+local published = 'm\\n' .. prev .. '\\n' .. id .. '\\n' .. ARGV[7]
+redis.call('PUBLISH', ARGV[6], published)
+if KEYS[2] then
+  redis.call('SET', KEYS[2], published, 'EX', ARGV[9])
+end
 return {id, prev}
 """
 
@@ -83,6 +104,11 @@ def stream_key(room: str) -> str:
     return f"chat:{{{room}}}:messages"
 
 
+def idempotency_key(room: str, user_id: str, key: str) -> str:
+    # In the room's slot, so that the publish script may touch it.
+    return f"chat:{{{room}}}:idem:{user_id}:{key}"
+
+
 def channel(room: str) -> str:
     return f"chat:{{{room}}}:live"
 
@@ -92,23 +118,70 @@ def room_of(channel_name: str) -> str | None:
     return channel_name[start + 1 : end] if 0 <= start < end else None
 
 
+IDEMPOTENCY_TTL_S = 600  # how long a retry with the same key gets the first message
+
+
 class Broker:
     """Stores and reads messages."""
 
-    def __init__(self, redis: aioredis.Redis, *, history_len: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, history_len: int, room_ttl_s: int = Config.room_ttl_s
+    ) -> None:
         self.redis = redis
         self.history_len = history_len
+        self.room_ttl_s = room_ttl_s
         self._publish = redis.register_script(_PUBLISH_SCRIPT)
         self._predecessor = redis.register_script(_PREDECESSOR_SCRIPT)
 
     async def publish(self, room: str, user_id: str, name: str, text: str) -> Message:
+        message, _ = await self.publish_once(room, user_id, name, text, None)
+        return message
+
+    async def publish_once(
+        self, room: str, user_id: str, name: str, text: str, key: str | None
+    ) -> tuple[Message, bool]:
+        """Store and publish a message; True with it when it was stored now.
+
+        With an idempotency ``key``: if ``user_id`` published a message with
+        the same key in this room within ``IDEMPOTENCY_TTL_S`` (or
+        ``room_ttl_s``, if shorter), that message is returned with False, and
+        nothing is stored or published. Atomic, in one round trip.
+        """
         ts = time.time()
         body = json.dumps([user_id, name, text, ts], ensure_ascii=False, separators=(",", ":"))
-        message_id, prev = await self._publish(
-            keys=[stream_key(room)],
-            args=[self.history_len, user_id, name, text, repr(ts), channel(room), body],
+        keys = [stream_key(room)]
+        if key is not None:
+            keys.append(idempotency_key(room, user_id, key))
+        reply = await self._publish(
+            keys=keys,
+            args=[
+                self.history_len,
+                user_id,
+                name,
+                text,
+                repr(ts),
+                channel(room),
+                body,
+                self.room_ttl_s,
+                min(IDEMPOTENCY_TTL_S, self.room_ttl_s),
+            ],
         )
-        return Message(str(message_id), room, user_id, name, text, ts, parse_id(str(prev)))
+        if len(reply) == 1:
+            return self._published(room, str(reply[0])), False
+        message_id, prev = reply
+        return Message(str(message_id), room, user_id, name, text, ts, parse_id(str(prev))), True
+
+    async def published_with(self, room: str, user_id: str, key: str) -> Message | None:
+        """The message ``user_id`` published with idempotency ``key``, if it is remembered."""
+        published = await self.redis.get(idempotency_key(room, user_id, key))
+        return None if published is None else self._published(room, str(published))
+
+    @staticmethod
+    def _published(room: str, published: str) -> Message:
+        parsed = parse_live(room, published)
+        if parsed is None:
+            raise ValueError(f"malformed idempotency record in {room}")
+        return parsed[1]
 
     async def history(self, room: str, limit: int, before: StreamKey | None) -> list[Message]:
         """The newest ``limit`` messages older than ``before``, oldest first."""

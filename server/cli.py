@@ -243,7 +243,7 @@ def _forget_reaped_children() -> None:
 def _keep_bound_settings(old: Config, new: Config) -> Config:
     """Settings that only a restart can change keep their old values, with a warning."""
     kept = {}
-    for key in ("host", "port", "redis_url", "data_dir", "session_secret"):
+    for key in ("host", "port", "redis_url", "data_dir", "session_secret", "redis_maxmemory"):
         if getattr(new, key) != getattr(old, key):
             log.warning("reload: %s changed; it takes effect only after a restart", key)
             kept[key] = getattr(old, key)
@@ -268,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             redis_url = config.redis_url
             if not redis_url:
-                redis_url = stack.enter_context(embedded_redis(config.data_dir))
+                redis_url = stack.enter_context(
+                    embedded_redis(config.data_dir, maxmemory=config.redis_maxmemory)
+                )
             wait_for_redis(redis_url, config.redis_wait_s)
             flags = parse_args(argv)
             serve(config, redis_url, lambda: load(flags))

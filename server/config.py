@@ -18,6 +18,9 @@ from typing import Any
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOOPS = ("uvloop", "asyncio")
 _ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
+_MEMORY_RE = re.compile(r"([0-9]{1,19})(kb|mb|gb)?", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+MEMORY_MIN = 1024**2  # Redis itself warns about less than this
 
 
 class ConfigError(ValueError):
@@ -50,6 +53,8 @@ class Config:
     rate_limit_burst: int = 20
     streams_per_session: int = 10
     history_len: int = 10000
+    room_ttl_s: int = 2592000
+    redis_maxmemory: str = "256mb"
     heartbeat_s: float = 15.0
     idle_timeout_s: float = 60.0
     send_buffer_messages: int = 1000
@@ -72,6 +77,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "rate_limit_burst": (int, 1, None),
     "streams_per_session": (int, 1, 10_000),
     "history_len": (int, 1, 10_000_000),
+    "room_ttl_s": (int, 1, None),
     "heartbeat_s": (float, 0.05, 3600),
     "idle_timeout_s": (float, 0.1, 86400),
     "send_buffer_messages": (int, 1, 1_000_000),
@@ -121,7 +127,7 @@ def _coerce_list(key: str, value: Any, *, from_env: bool) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
+def _coerce(key: str, value: Any, *, from_env: bool) -> Any:  # noqa: PLR0911  (a branch per kind)
     """Turn one raw value (TOML-typed, or a string from the environment) into its type."""
     if key in _NUMBERS:
         kind, low, high = _NUMBERS[key]
@@ -149,6 +155,8 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
         return value
     if key in _LISTS:
         return _coerce_list(key, value, from_env=from_env)
+    if key == "redis_maxmemory":
+        return _memory(key, value)
     assert key in _STRINGS, key
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -165,6 +173,17 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:
     if key == "redis_url" and value and not value.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{key}: expected redis://, rediss:// or unix:// URL, got {value!r}")
     return value
+
+
+def _memory(key: str, value: Any) -> str:
+    """A Redis memory size as Redis reads it: bytes, or a number with kb, mb or gb."""
+    match = _MEMORY_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(f'{key}: expected a size like "256mb" (kb, mb or gb), got {value!r}')
+    size = int(match.group(1)) * _MEMORY_UNITS[(match.group(2) or "").lower()]
+    if not MEMORY_MIN <= size < 2**63:
+        raise ConfigError(f"{key}: {value!r} is out of range [1mb, 2**63 bytes)")
+    return match.group(0).lower()
 
 
 def read_file(path: str) -> dict[str, Any]:

@@ -4,6 +4,9 @@ Used when no Redis URL is configured, so that ``chat-server`` works on a
 machine with nothing but the Python package installed. It listens only on a
 unix socket inside the data directory (no TCP port), keeps an append-only
 file there so history survives restarts, and is stopped when the server exits.
+It runs with a memory limit and the ``noeviction`` policy: when it is full,
+Redis refuses new writes (the server answers 503 storage_full) rather than evicting
+messages, sessions or presence it has already accepted.
 """
 
 from __future__ import annotations
@@ -49,8 +52,11 @@ def _ping(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def embedded_redis(data_dir: str, *, start_timeout: float = 10.0) -> Iterator[str]:
-    """Start a private Redis with its files in ``data_dir/redis``; yield its URL."""
+def embedded_redis(
+    data_dir: str, *, maxmemory: str = "256mb", start_timeout: float = 10.0
+) -> Iterator[str]:
+    """Start a private Redis with its files in ``data_dir/redis``, using at most
+    ``maxmemory`` (a Redis size such as ``"256mb"``); yield its URL."""
     binary = find_binary()
     if binary is None:
         raise EmbeddedRedisError(
@@ -76,6 +82,8 @@ def embedded_redis(data_dir: str, *, start_timeout: float = 10.0) -> Iterator[st
         "--appendonly", "yes",
         "--appendfsync", "everysec",
         "--save", "",
+        "--maxmemory", maxmemory,
+        "--maxmemory-policy", "noeviction",
         "--daemonize", "no",
         "--logfile", os.path.join(redis_dir, "redis.log"),
     ]  # fmt: skip

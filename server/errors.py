@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 
 class ChatError(Exception):
@@ -47,6 +48,26 @@ class TooManyStreams(ChatError):
 
 class Unavailable(ChatError):
     status, code = 503, "unavailable"
+
+
+class StorageFull(ChatError):
+    status, code = 503, "storage_full"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a write because it reached ``maxmemory``.
+
+    Redis 7 keeps the ``OOM`` code of an error raised inside a script
+    (redis-py makes it an OutOfMemoryError); Redis 6.2 reports it as a script
+    error that quotes it.
+    """
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "-OOM command not allowed" in str(exc)
+    )
+
+
+def storage_full() -> StorageFull:
+    return StorageFull("Redis is full: nothing new can be stored until it has room again")
 
 
 _CODES = {

@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
 from .config import Config
-from .errors import ChatError, error_response
+from .errors import ChatError, Unavailable, error_response, is_out_of_memory, storage_full
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ResponseError as exc:
         # Input is validated before it reaches Redis, so this is Redis
         # refusing work (out of memory, read-only replica): retry later.
-        request.app[keys.REDIS_ERRORS].record(exc)
-        return error_response(503, "Redis refused the request; retry shortly", code="unavailable")
+        # Full (maxmemory with noeviction): 503 storage_full until it has room.
+        error = (
+            storage_full()
+            if is_out_of_memory(exc)
+            else Unavailable("Redis refused the request; retry shortly")
+        )
+        request.app[keys.REDIS_ERRORS].record(exc, error.status)
+        return error_response(error.status, error.message, code=error.code)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal error", code="internal")
@@ -89,13 +95,13 @@ class ThrottledErrorLog:
         self._last = -interval
         self._suppressed = 0
 
-    def record(self, exc: Exception) -> None:
+    def record(self, exc: Exception, status: int = 503) -> None:
         now = time.monotonic()
         if now - self._last < self.interval:
             self._suppressed += 1
             return
         more = f" (and {self._suppressed} more since the last report)" if self._suppressed else ""
-        log.warning("answered 503: Redis failed: %s%s", exc, more)
+        log.warning("answered %d: Redis failed: %s%s", status, exc, more)
         self._last, self._suppressed = now, 0
 
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from . import keys
 from .errors import BadRequest, NotFound, RateLimited, TooLarge
 from .model import ROOM_RE, Message, parse_json
 from .sessions import User
+
+log = logging.getLogger(__name__)
+
+# Visible ASCII: what clients use (UUIDs, random tokens), safe in a Redis key.
+IDEMPOTENCY_KEY_RE = re.compile(r"[!-~]{1,64}")
 
 
 def json_object(text: str, what: str) -> dict[str, Any]:
@@ -47,21 +55,60 @@ def message_text(value: Any, max_chars: int) -> str:
     return value
 
 
-async def post(app: web.Application, room: str, user: User, text: Any, *, address: str) -> Message:
+def idempotency_key(value: Any, what: str) -> str | None:
+    """An idempotency key as sent (None when there is none), or BadRequest."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not IDEMPOTENCY_KEY_RE.fullmatch(value):
+        raise BadRequest(f"{what} must be 1-64 visible ASCII characters (no spaces)")
+    return value
+
+
+async def post(
+    app: web.Application,
+    room: str,
+    user: User,
+    text: Any,
+    *,
+    address: str,
+    idempotency_key: str | None = None,
+) -> tuple[Message, bool]:
     """Store a message in the room once it passes every check; raises a ChatError otherwise.
 
     A message comes out of its user's budget and its client address's (one
     round trip for both): a client can make as many users as it likes, but
     it has one address (``address`` is its budget key).
+
+    Returns the message, and True when it is not new: ``idempotency_key``
+    named a message the user already posted in the room (within ten
+    minutes), which is returned instead of storing another. Such a retry
+    costs nothing from the budgets: it is answered even when they are
+    spent, and what it took from them is given back.
     """
     config = app[keys.CONFIG]
     text = message_text(text, config.message_max_chars)
+    broker = app[keys.BROKER]
+    limiter = app[keys.RATE_LIMITER]
     budgets = app[keys.BUDGETS]
-    retry_after = await app[keys.RATE_LIMITER].take(
-        (budgets.messages, user.user_id), (budgets.address_messages, address)
-    )
+    charges = ((budgets.messages, user.user_id), (budgets.address_messages, address))
+    retry_after = await limiter.take(*charges)
     if retry_after:
+        if idempotency_key is not None:
+            # One more read, only for a keyed message that is refused anyway.
+            first = await broker.published_with(room, user.user_id, idempotency_key)
+            if first is not None:
+                return first, True
         raise RateLimited("too many messages; slow down", retry_after=retry_after)
-    message = await app[keys.BROKER].publish(room, user.user_id, user.name, text)
-    app[keys.METRICS].published += 1
-    return message
+    message, stored = await broker.publish_once(
+        room, user.user_id, user.name, text, idempotency_key
+    )
+    if stored:
+        app[keys.METRICS].published += 1
+        return message, False
+    # A retry: the message was stored before, and answered now, so what it
+    # just took from the budgets goes back (one more round trip, retries only).
+    try:
+        await limiter.refund(*charges)
+    except (RedisError, OSError) as exc:
+        log.debug("budgets not refunded for a retry: %s", exc)
+    return message, True

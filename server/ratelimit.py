@@ -35,6 +35,23 @@ return 0
 """
 
 
+# Give back one message taken from the budget (a retry that stored nothing):
+# the theoretical arrival time moves back one interval, never before now.
+_REFUND_SCRIPT = """
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+tat = tat - tonumber(ARGV[1])
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], tat, 'PX', math.ceil(tat - now) + 1000)
+end
+return 1
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
     kind: str  # what is limited, per whom: "messages", "address_messages", ...
@@ -76,6 +93,7 @@ class RateLimiter:
         self.redis = redis
         self.metrics = metrics
         self._script = redis.register_script(_SCRIPT)
+        self._refund = redis.register_script(_REFUND_SCRIPT)
 
     async def take(self, *charges: tuple[Budget, str]) -> float:
         """Take one from each budget, for its owner (a user id, an address key).
@@ -95,3 +113,10 @@ class RateLimiter:
                 self.metrics.limited[budget.kind] += 1
                 longest = max(longest, math.ceil(int(wait_ms) / 1000))
         return longest
+
+    async def refund(self, *charges: tuple[Budget, str]) -> None:
+        """Give back what :meth:`take` just took from each budget."""
+        calls = [
+            (self._refund, [_key(budget, owner)], [budget.interval_ms]) for budget, owner in charges
+        ]
+        await scripts.run(self.redis, *calls)

@@ -8,12 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from . import keys
 from .addresses import budget_key
 from .connections import Holder
-from .errors import BadRequest, TooManyStreams, Unavailable
+from .errors import BadRequest, TooManyStreams, Unavailable, is_out_of_memory
 from .hub import Closing, Subscription
 from .model import StreamKey, parse_id
 from .sessions import NEW_SESSION_TTL_S, User
@@ -54,6 +54,14 @@ async def subscription(
                 if full == "session"
                 else f"at most {config.address_streams} open streams per client address"
             )
+    except ResponseError as exc:
+        if not is_out_of_memory(exc):
+            hub.unsubscribe(sub)
+            raise
+        # Redis is full and refuses to record the stream (presence, the
+        # per-session count). The stream itself only reads: serve it
+        # unrecorded rather than turn readers away while Redis is full.
+        log.debug("Redis is full: a %s stream in %s is not in presence", transport, room)
     except BaseException:
         hub.unsubscribe(sub)
         raise

@@ -85,6 +85,7 @@ def int_param(request: web.Request, name: str, default: int, maximum: int) -> in
 
 async def post_message(request: web.Request) -> web.Response:
     room = posting.room_name(request.match_info["room"])
+    key = posting.idempotency_key(request.headers.get("Idempotency-Key"), "Idempotency-Key")
     body: dict[str, Any] | MultiDictProxy[Any]
     if request.content_type == "application/x-www-form-urlencoded":
         body = await form_body(request)
@@ -104,11 +105,19 @@ async def post_message(request: web.Request) -> web.Response:
     # Checked before a session is made for it: a request that fails leaves nothing.
     posting.message_text(body.get("text"), request.app[keys.CONFIG].message_max_chars)
     user = await sessions.current_user(request)
-    message = await posting.post(
-        request.app, room, user, body.get("text"), address=budget_key(request.remote)
+    message, replayed = await posting.post(
+        request.app,
+        room,
+        user,
+        body.get("text"),
+        address=budget_key(request.remote),
+        idempotency_key=key,
     )
     return web.Response(
-        text='{"message":' + message.json + "}", status=201, content_type="application/json"
+        text='{"message":' + message.json + "}",
+        status=201,
+        content_type="application/json",
+        headers={"Idempotent-Replayed": "true"} if replayed else None,
     )
 
 

@@ -138,7 +138,7 @@ async def test_a_write_redis_refuses_gets_an_error_frame(
         finally:
             await redis.config_set("maxmemory", limit)
         assert frame["ref"] == "a"
-        assert frame["error"]["code"] == "unavailable"
+        assert frame["error"]["code"] == "storage_full"
         await ws.send_str('{"type": "message", "text": "after", "ref": "b"}')
         async with asyncio.timeout(10):
             while (frame := json.loads(await ws.receive_str()))["type"] != "ack":

@@ -9,6 +9,8 @@ import redis
 
 from server import embedded
 
+from .support import ServerProcess
+
 
 def test_embedded_redis_keeps_data_across_restarts_and_stops(tmp_path: Any) -> None:
     with embedded.embedded_redis(str(tmp_path / "data")) as url:
@@ -34,3 +36,29 @@ def test_without_any_redis_binary_the_error_says_what_to_do(
             pass
     message = str(error.value)
     assert "\n" not in message and "--redis-url" in message and "install" in message
+
+
+def test_embedded_redis_has_a_memory_limit_and_never_evicts(tmp_path: Any) -> None:
+    with embedded.embedded_redis(str(tmp_path / "data"), maxmemory="64MB") as url:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        assert client.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        client.close()
+
+
+@pytest.mark.processes
+def test_the_server_starts_its_embedded_redis_with_redis_maxmemory(tmp_path: Any) -> None:
+    server = ServerProcess(
+        redis_url=None, workers=1, env={"CHAT_REDIS_MAXMEMORY": "48mb"}, cwd=str(tmp_path)
+    )
+    try:
+        server.start()
+        socket_path = str(tmp_path / "chat-data" / "redis" / "redis.sock")
+        client = redis.Redis(unix_socket_path=socket_path, decode_responses=True)
+        try:
+            assert client.config_get("maxmemory")["maxmemory"] == str(48 * 1024 * 1024)
+            assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        finally:
+            client.close()
+    finally:
+        server.kill()

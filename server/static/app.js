@@ -13,6 +13,10 @@
 // with the same name never look the same, and in a <bdi>, so a bidi control in
 // a name (the server refuses them now, older names may still hold one) cannot
 // reorder the tag or anything else after it.
+//
+// Each typed message is sent with an idempotency key, the same for every try
+// until the server confirms it: a message whose answer was lost (the
+// connection dropped, no ack came) may be sent again without showing twice.
 
 const ROOM_PATH = /^\/rooms\/([a-z0-9][a-z0-9_-]{0,31})\/?$/;
 const room = ROOM_PATH.exec(location.pathname)?.[1] ?? 'general';
@@ -147,8 +151,8 @@ class ApiError extends Error {
 }
 
 /** JSON request to our own server; throws ApiError carrying the server's message. */
-async function api(method, path, body) {
-  const init = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+async function api(method, path, body, headers = {}) {
+  const init = { method, credentials: 'same-origin', headers: { ...headers, Accept: 'application/json' } };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -484,8 +488,8 @@ async function rename(event) {
 
 // ---------------------------------------------------------------- transports
 
-async function postMessage(text) {
-  const data = await api('POST', `${apiRoom}/messages`, { text });
+async function postMessage(text, key) {
+  const data = await api('POST', `${apiRoom}/messages`, { text }, { 'Idempotency-Key': key });
   if (!isMessage(data.message)) throw new ApiError('unexpected answer from the server', 201);
   return data.message;
 }
@@ -596,13 +600,13 @@ function wsTransport(events) {
       ws?.close(1000);
       failAll('connection closed before the server confirmed the message');
     },
-    send(text) {
-      if (socket?.readyState !== WebSocket.OPEN) return postMessage(text);
+    send(text, key) {
+      if (socket?.readyState !== WebSocket.OPEN) return postMessage(text, key);
       const ref = `${Date.now().toString(36)}-${++nextRef}`;
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => settle(ref, new ApiError('no answer from the server', 0)), ACK_TIMEOUT_MS);
         pending.set(ref, { resolve, reject, timer });
-        socket.send(JSON.stringify({ type: 'message', text, ref }));
+        socket.send(JSON.stringify({ type: 'message', text, ref, key }));
       });
     },
   };
@@ -671,6 +675,29 @@ const connection = (() => {
 
 let sessionReady = null;
 let sendQueue = Promise.resolve();
+// Texts sent but not yet confirmed -> their idempotency keys. Sending the same
+// text again before the server confirmed it (Enter pressed again, or after an
+// error, the input keeping the text) is a retry of the same message: the
+// server stores it once, however many tries reached it.
+const unconfirmed = new Map();
+const UNCONFIRMED_MAX = 20;
+
+/** A fresh idempotency key: 128 random bits (crypto.randomUUID needs a secure context). */
+function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function keyFor(text) {
+  let key = unconfirmed.get(text);
+  if (key === undefined) {
+    key = newKey();
+    unconfirmed.set(text, key);
+    // The server remembers a key for ten minutes: old ones are of no use.
+    if (unconfirmed.size > UNCONFIRMED_MAX) unconfirmed.delete(unconfirmed.keys().next().value);
+  }
+  return key;
+}
 
 /** Sends run one at a time so they are stored in the order typed. The input
  * is cleared only on success, and only if it still holds what was sent. */
@@ -678,10 +705,12 @@ function submit(event) {
   event.preventDefault();
   const text = ui.input.value;
   if (!text.trim()) return;
+  const key = keyFor(text);
   sendQueue = sendQueue.then(async () => {
     try {
       await sessionReady;
-      const msg = await connection.transport.send(text);
+      const msg = await connection.transport.send(text, key);
+      if (unconfirmed.get(text) === key) unconfirmed.delete(text);
       if (ui.input.value === text) ui.input.value = '';
       showStatus('');
       followingBottom(() => render(msg), true);

@@ -25,7 +25,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import hub, keys, posting, sessions, streams
 from ..addresses import budget_key
-from ..errors import BadRequest, ChatError, Unavailable, error_payload
+from ..errors import (
+    BadRequest,
+    ChatError,
+    Unavailable,
+    error_payload,
+    is_out_of_memory,
+    storage_full,
+)
 from ..hub import Subscription
 from ..sessions import User
 from .sink import DirectSink
@@ -145,13 +152,15 @@ async def _handle_text(text: str, app: web.Application, room: str, user: User, a
             raise BadRequest("'ref' is longer than 128 characters")
         if data.get("type") != "message":
             raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
+        key = posting.idempotency_key(data.get("key"), "'key'")
         name = await app[keys.CONNECTIONS].name(user.user_id) or user.name
-        message = await posting.post(
+        message, _ = await posting.post(
             app,
             room,
             sessions.User(user.user_id, name, is_new=False),
             data.get("text"),
             address=address,
+            idempotency_key=key,
         )
     except ChatError as exc:
         error = error_payload(exc)
@@ -163,6 +172,10 @@ async def _handle_text(text: str, app: web.Application, room: str, user: User, a
     except RedisError as exc:
         # Redis refused the write (out of memory, a read-only replica): the
         # message was not stored; the connection itself is fine.
+        if is_out_of_memory(exc):
+            full = storage_full()
+            app[keys.REDIS_ERRORS].record(exc, full.status)
+            return _frame("error", ref, error=error_payload(full))
         log.warning("Redis refused a message: %s", exc)
         error = error_payload(Unavailable("Redis refused the message; retry shortly"))
         return _frame("error", ref, error=error)
