@@ -65,10 +65,16 @@ SUBSCRIBE_BATCH = 500  # channels per SUBSCRIBE after a reconnect
 # the reply; else the record keeps what is published, for ARGV[9] seconds.
 # It keeps the whole message rather than its id, so that a retry gets the
 # same answer even after the message was trimmed from the history.
+#
+# With ARGV[10] == '0', a message that would create the room (its stream
+# does not exist) is not stored: 'new' is returned.
 _PUBLISH_SCRIPT = """
 if KEYS[2] then
   local published = redis.call('GET', KEYS[2])
   if published then return {published} end
+end
+if ARGV[10] == '0' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return 'new'
 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = '0-0'
@@ -121,6 +127,10 @@ def room_of(channel_name: str) -> str | None:
 IDEMPOTENCY_TTL_S = 600  # how long a retry with the same key gets the first message
 
 
+class NewRoom(Exception):
+    """The message would create its room, and was not allowed to."""
+
+
 class Broker:
     """Stores and reads messages."""
 
@@ -138,9 +148,19 @@ class Broker:
         return message
 
     async def publish_once(
-        self, room: str, user_id: str, name: str, text: str, key: str | None
+        self,
+        room: str,
+        user_id: str,
+        name: str,
+        text: str,
+        key: str | None,
+        *,
+        may_create: bool = True,
     ) -> tuple[Message, bool]:
         """Store and publish a message; True with it when it was stored now.
+
+        Unless ``may_create``, a message that would create the room raises
+        :class:`NewRoom` and nothing is stored.
 
         With an idempotency ``key``: if ``user_id`` published a message with
         the same key in this room within ``IDEMPOTENCY_TTL_S`` (or
@@ -164,8 +184,11 @@ class Broker:
                 body,
                 self.room_ttl_s,
                 min(IDEMPOTENCY_TTL_S, self.room_ttl_s),
+                "1" if may_create else "0",
             ],
         )
+        if reply == "new":
+            raise NewRoom(room)
         if len(reply) == 1:
             return self._published(room, str(reply[0])), False
         message_id, prev = reply

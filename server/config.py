@@ -47,6 +47,7 @@ class Config:
     address_rate_limit_per_s: float = 20.0
     address_rate_limit_burst: int = 60
     address_streams: int = 100
+    address_rooms_per_min: int = 10
     message_max_chars: int = 2000
     body_max_bytes: int = 65536
     rate_limit_per_s: float = 5.0
@@ -86,6 +87,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "address_rate_limit_per_s": (float, 0.01, None),
     "address_rate_limit_burst": (int, 1, None),
     "address_streams": (int, 1, None),
+    "address_rooms_per_min": (int, 1, None),
     "backlog": (int, 1, 65535),
     "shutdown_timeout_s": (float, 0.1, 600),
     "redis_wait_s": (float, 0, 3600),

@@ -10,6 +10,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from . import keys
+from .broker import NewRoom
 from .errors import BadRequest, NotFound, RateLimited, TooLarge
 from .model import ROOM_RE, Message, parse_json
 from .sessions import User
@@ -99,9 +100,20 @@ async def post(
             if first is not None:
                 return first, True
         raise RateLimited("too many messages; slow down", retry_after=retry_after)
-    message, stored = await broker.publish_once(
-        room, user.user_id, user.name, text, idempotency_key
-    )
+    try:
+        message, stored = await broker.publish_once(
+            room, user.user_id, user.name, text, idempotency_key, may_create=False
+        )
+    except NewRoom:
+        # A room with no history is a new room: its address has a budget of those.
+        retry_after = await limiter.take((budgets.address_rooms, address))
+        if retry_after:
+            raise RateLimited(
+                "too many new rooms from this address; slow down", retry_after=retry_after
+            ) from None
+        message, stored = await broker.publish_once(
+            room, user.user_id, user.name, text, idempotency_key
+        )
     if stored:
         app[keys.METRICS].published += 1
         return message, False

@@ -72,6 +72,7 @@ class Budgets:
     messages: Budget  # per user
     address_messages: Budget
     address_sessions: Budget
+    address_rooms: Budget
 
     @classmethod
     def from_config(cls, config: Config) -> Budgets:
@@ -84,6 +85,9 @@ class Budgets:
                 "address_sessions",
                 config.address_sessions_per_min / 60,
                 config.address_sessions_per_min,
+            ),
+            address_rooms=Budget(
+                "address_rooms", config.address_rooms_per_min / 60, config.address_rooms_per_min
             ),
         )
 

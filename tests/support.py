@@ -128,6 +128,7 @@ class ServerProcess:
                 "CHAT_ADDRESS_RATE_LIMIT_PER_S": "1000000",
                 "CHAT_ADDRESS_RATE_LIMIT_BURST": "1000000",
                 "CHAT_ADDRESS_STREAMS": "1000000",
+                "CHAT_ADDRESS_ROOMS_PER_MIN": "1000000",
             }
         )
         env.update(self.env)

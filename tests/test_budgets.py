@@ -30,6 +30,7 @@ def budgets(**low: str) -> dict[str, str]:
         "CHAT_ADDRESS_RATE_LIMIT_PER_S": UNLIMITED,
         "CHAT_ADDRESS_RATE_LIMIT_BURST": UNLIMITED,
         "CHAT_ADDRESS_STREAMS": UNLIMITED,
+        "CHAT_ADDRESS_ROOMS_PER_MIN": UNLIMITED,
     }
     env.update({f"CHAT_{key.upper()}": value for key, value in low.items()})
     return env
@@ -117,6 +118,25 @@ async def test_open_streams_per_address_are_limited(
                     if resp.status == 200:
                         break
                 await asyncio.sleep(0.1)
+
+
+async def test_new_rooms_per_address_are_limited(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2, env=budgets(address_rooms_per_min="3"))
+    statuses = []
+    for i in range(10):
+        path = f"/api/rooms/new-{i}/messages"
+        statuses.append((await cookieless(server.url, "POST", path, json={"text": "x"}))[0])
+    assert statuses.count(201) in (3, 4), statuses  # 3, and perhaps one refilled
+    assert statuses[:3] == [201] * 3
+    # Rooms that exist take messages as before.
+    for _ in range(5):
+        status, _ = await cookieless(
+            server.url, "POST", "/api/rooms/new-0/messages", json={"text": "more"}
+        )
+        assert status == 201
+    await metrics_show(server.url, 'chat_rate_limited_total{kind="address_rooms"}')
 
 
 async def post_as(server: ServerProcess, forwarded_for: str | None) -> int:
