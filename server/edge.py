@@ -15,6 +15,8 @@ for as long as it likes. Here:
   fails the handler's read with :class:`~server.errors.RequestTimeout` (408
   with the JSON error), and the connection is closed after the answer.
 - the headers of one request take at most :data:`HEAD_MAX_BYTES` in all.
+- every accepted socket has a fixed kernel send buffer
+  (:data:`SEND_BUFFER_BYTES`) instead of one the kernel grows to megabytes.
 
 Streams are not timed: once an SSE or WebSocket request is in, its
 connection is the stream's (the heartbeat and ``idle_timeout_s`` watch it).
@@ -57,6 +59,16 @@ log = logging.getLogger(__name__)
 # limits (8190 bytes a line, 128 headers) still let one connection pin a
 # megabyte, more than twice that once parsed.
 HEAD_MAX_BYTES = 64 * 1024
+
+# The kernel send buffer of every accepted socket (Linux doubles it, for its
+# bookkeeping: 128 KiB). Left alone, the kernel grows a connection's buffer
+# to tcp_wmem's maximum (4 MiB) when it sends fast, as fan-out and replays
+# do, and a client that then stops reading pins all of it until it is cut
+# off. 64 KiB keeps a connection busy at 1 MB/s over 60 ms of round trip, far
+# above what a chat stream needs (a replay page is 100 messages), and beyond
+# it the transport's own buffer (256 KiB, see server.transports.sink) waits
+# in the process, where the hub sees it and cuts slow consumers off.
+SEND_BUFFER_BYTES = 64 * 1024
 
 _HEAD_TOO_LARGE_BODY = (
     b'{"error":{"code":"headers_too_large","message":"request headers over '
@@ -221,6 +233,9 @@ class Edge:
         server = self.runner.server
         assert server is not None, "call runner.setup() first"
         loop = asyncio.get_running_loop()
+        # Accepted sockets take the listening socket's buffer size, and with
+        # it the kernel's promise not to grow it.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         factory = functools.partial(
             EdgeHandler,
             server,

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from server import middlewares
 from server.config import Config
-from server.edge import HEAD_MAX_BYTES, Edge, EdgeHandler
+from server.edge import HEAD_MAX_BYTES, SEND_BUFFER_BYTES, Edge, EdgeHandler
 
 from .support import RedisProcess, ServerProcess, running_server
 from .test_lifecycle import worker_rss_kb
@@ -326,6 +326,19 @@ async def test_an_open_websocket_is_not_timed(quick: Config) -> None:
             await ws.send_str("two")
             assert await ws.receive_str() == "two"
             assert not ws.closed and not edge.deadlines._due
+
+
+async def test_accepted_sockets_have_a_fixed_send_buffer(quick: Config, clients: Clients) -> None:
+    async with edge_app(quick) as (edge, port):
+        await clients.open(port)
+        async with asyncio.timeout(2):
+            while not handlers(edge):
+                await asyncio.sleep(0.01)
+        transport = handlers(edge)[0].transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        # Linux reports twice what was asked (its bookkeeping).
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * SEND_BUFFER_BYTES
 
 
 # ------------------------------------------------- the real server, 2 workers
