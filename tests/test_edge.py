@@ -1,4 +1,5 @@
-"""The edge: deadlines for headers, bodies and idle connections, and bounded headers.
+"""The edge: deadlines for headers, bodies and idle connections, bounded headers, and
+cut-offs that leave nothing in the kernel.
 
 In-process tests serve a small app through :class:`server.edge.Edge` on a
 real socket (on both event loops) and check the aiohttp internals the edge
@@ -12,7 +13,10 @@ import contextlib
 import gc
 import json
 import os
+import re
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -23,9 +27,11 @@ from aiohttp import web
 from server import middlewares
 from server.config import Config
 from server.edge import HEAD_MAX_BYTES, SEND_BUFFER_BYTES, Edge, EdgeHandler
+from server.hub import IDLE, OVERFLOW
 
 from .support import RedisProcess, ServerProcess, running_server
-from .test_lifecycle import worker_rss_kb
+from .test_hub import MemoryBackend, live, make_hub, message
+from .test_lifecycle import drain, stalled_client, worker_rss_kb
 
 REQUEST_TIMEOUT_S = 2.0
 KEEPALIVE_TIMEOUT_S = 4.0
@@ -341,6 +347,24 @@ async def test_accepted_sockets_have_a_fixed_send_buffer(quick: Config, clients:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * SEND_BUFFER_BYTES
 
 
+async def test_closing_a_subscriber_that_does_not_read_cuts_it_off() -> None:
+    """A goodbye would wait behind what the client is not reading: reset it instead."""
+    hub = make_hub(MemoryBackend())
+    sub, sink = await live(hub)
+    sink.paused = True
+    sub.deliver(message(1))  # not taken: the pump waits for the client
+    async with asyncio.timeout(2):
+        while not sub._blocked:
+            await asyncio.sleep(0.001)
+    sub.close(IDLE)
+    assert sink.aborted and sink.closed_with is None and sub.close_reason == OVERFLOW
+    assert hub.metrics.dropped == 1
+    # One that keeps up is told why.
+    other, other_sink = await live(hub, "u-2")
+    other.close(IDLE)
+    assert other_sink.closed_with == IDLE and not other_sink.aborted
+
+
 # ------------------------------------------------- the real server, 2 workers
 
 
@@ -500,3 +524,87 @@ async def test_headers_piling_up_past_64_kib_are_cut_off_and_cost_little(
         assert took < REQUEST_TIMEOUT_S - 0.5, took
     # Held to the end, the same would take 40 x 1.8 MB.
     assert grown_kb < 16 * 1024, grown_kb
+
+
+def send_queue(port: int, client_port: int) -> int | None:
+    """Bytes the server's side of a connection has queued in the kernel (ss Send-Q);
+    None when the kernel no longer has that socket."""
+    ss = shutil.which("ss")
+    assert ss is not None, "ss (iproute2) is needed to read a socket's send queue"
+    out = subprocess.run(
+        [ss, "-tnH", "state", "all", f"( sport = :{port} and dport = :{client_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    # State, Recv-Q, Send-Q, local address, peer address.
+    return int(out[2]) if out else None
+
+
+STALLED = {
+    # Silent past idle_timeout_s, its socket and its transport's buffer full:
+    # the hub's pump waits for it.
+    "ws-paused": ("ws", 400, {"CHAT_IDLE_TIMEOUT_S": "2", "CHAT_HEARTBEAT_S": "0.5"}),
+    # Silent, with only the kernel holding what it did not read.
+    "ws-kernel": ("ws", 60, {"CHAT_IDLE_TIMEOUT_S": "2", "CHAT_HEARTBEAT_S": "0.5"}),
+    # More behind than send_buffer_messages.
+    "sse-overflow": ("sse", 400, {"CHAT_SEND_BUFFER_MESSAGES": "50"}),
+}
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("case", list(STALLED))
+async def test_a_stalled_stream_is_reset_and_leaves_nothing_in_the_kernel(
+    start_server: Callable[..., ServerProcess], case: str
+) -> None:
+    """A client that stops reading: once it is cut off, the server's kernel
+    holds nothing more for it within a second, and the client is told."""
+    kind, count, env = STALLED[case]
+    server = start_server(workers=2, env=env)
+    port = port_of(server.url)
+    room = f"stall-{kind}"
+    if kind == "ws":
+        upgrade = (
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        )
+        sock = stalled_client(port, request(f"/api/rooms/{room}/ws", *upgrade))
+    else:
+        sock = stalled_client(port, request(f"/api/rooms/{room}/events"))
+    client_port = sock.getsockname()[1]
+    # The hub's line, or the heartbeat's for a silent WebSocket.
+    cut_off = re.compile(rf"(cutting off a subscriber of|closing stream \d+ in) {room}\b")
+    try:
+        async with aiohttp.ClientSession(server.url) as session:
+            async with asyncio.timeout(5):
+                while True:
+                    async with session.get(f"/api/rooms/{room}/online") as resp:
+                        if (await resp.json())["count"] == 1:
+                            break
+                    await asyncio.sleep(0.05)
+            most = 0
+            for n in range(count):
+                async with session.post(
+                    f"/api/rooms/{room}/messages", json={"text": "z" * 1500}
+                ) as resp:
+                    assert resp.status == 201
+                if n % 10 == 9:
+                    most = max(most, send_queue(port, client_port) or 0)
+            deadline = time.monotonic() + 10
+            while not cut_off.search(server.log()):
+                most = max(most, send_queue(port, client_port) or 0)
+                assert time.monotonic() < deadline, f"not cut off\n{server.log()}"
+                await asyncio.sleep(0.05)
+            seen_cut_off = time.monotonic()
+            # Its socket was full, and no fuller than SO_SNDBUF allows.
+            assert 0 < most <= 2 * SEND_BUFFER_BYTES, most
+            while (queued := send_queue(port, client_port)) and time.monotonic() < seen_cut_off + 1:
+                await asyncio.sleep(0.05)
+            assert not queued, f"{queued} bytes still queued 1 s after the cut-off\n{server.log()}"
+        _, closed = await asyncio.to_thread(drain, sock, 5)
+        assert closed, "the client was not told"
+    finally:
+        sock.close()
+    assert "Traceback" not in server.log()
