@@ -61,6 +61,8 @@ class Config:
     send_buffer_messages: int = 1000
     presence_list_max: int = 200
     backlog: int = 1024
+    request_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 75.0
     shutdown_timeout_s: float = 5.0
     redis_wait_s: float = 15.0
     # Where the settings came from: reloads read the same file again.
@@ -89,6 +91,8 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "address_streams": (int, 1, None),
     "address_rooms_per_min": (int, 1, None),
     "backlog": (int, 1, 65535),
+    "request_timeout_s": (float, 0.1, 3600),
+    "keepalive_timeout_s": (float, 0.1, 86400),
     "shutdown_timeout_s": (float, 0.1, 600),
     "redis_wait_s": (float, 0, 3600),
 }

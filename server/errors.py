@@ -30,6 +30,16 @@ class NotFound(ChatError):
     status, code = 404, "not_found"
 
 
+class RequestTimeout(ChatError, TimeoutError):
+    """A request body that did not arrive in time (see :mod:`server.edge`).
+
+    Also a ``TimeoutError``: when no handler reads the body, aiohttp's read of
+    what is left after the response swallows it and closes the connection.
+    """
+
+    status, code = 408, "request_timeout"
+
+
 class TooLarge(ChatError):
     status, code = 413, "too_large"
 
@@ -75,6 +85,7 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -91,11 +102,15 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """The body every error has: ``{"error": {"code": ..., "message": ...}}``."""
-    return web.json_response(
+    response = web.json_response(
         {"error": {"code": code or _CODES.get(status, "error"), "message": message}},
         status=status,
         headers=headers,
     )
+    if status == 408:
+        # What is left of the request is not coming: the connection cannot carry another.
+        response.force_close()
+    return response
 
 
 def error_payload(error: ChatError) -> dict[str, str]:

@@ -121,6 +121,7 @@ class Subscription:
     _ids = itertools.count(1)
 
     __slots__ = (
+        "_blocked",
         "_pump",
         "close_reason",
         "closed",
@@ -156,6 +157,8 @@ class Subscription:
         self.last_seen: float | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pump: asyncio.Task[None] | None = None
+        # The pump waits for the client to take what was written.
+        self._blocked = False
 
     # ----------------------------------------------------------------- writing
 
@@ -232,8 +235,9 @@ class Subscription:
             log.info("cutting off a subscriber of %s that stopped reading", self.room.name)
             self.abort()
         except (RedisError, OSError) as exc:
-            log.info("replay of %s failed: %s", self.room.name, exc)
-            self.close(UNAVAILABLE)
+            if not self.closed:  # (else it was cut off while the pump waited for it)
+                log.info("replay of %s failed: %s", self.room.name, exc)
+                self.close(UNAVAILABLE)
         finally:
             self._pump = None
 
@@ -260,8 +264,12 @@ class Subscription:
             if self.closed:
                 return
             # Raises TimeoutError for a client that stopped reading.
-            async with asyncio.timeout(self.room.hub.idle_timeout_s):
-                await sink.drain()
+            self._blocked = True
+            try:
+                async with asyncio.timeout(self.room.hub.idle_timeout_s):
+                    await sink.drain()
+            finally:
+                self._blocked = False
         self._written(event)
 
     def writable(self) -> bool:
@@ -271,15 +279,23 @@ class Subscription:
     # ----------------------------------------------------------------- ending
 
     def close(self, reason: str) -> None:
-        """End the connection gracefully, telling the client why."""
+        """End the connection gracefully, telling the client why.
+
+        Unless the client is not taking what was already written: the goodbye
+        would wait behind it (and the socket with it) for as long as the
+        client likes. Such a connection is cut off.
+        """
         if self.closed:
+            return
+        if self._blocked:
+            self.abort()
             return
         self._end(reason)
         if self.sink is not None:
             self.sink.close(reason)
 
     def abort(self) -> None:
-        """Cut the connection off at once (a slow consumer, a dead peer)."""
+        """Cut the connection off at once (a slow consumer, a dead peer), with a reset."""
         if self.closed:
             return
         self.room.metrics.dropped += 1

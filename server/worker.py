@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from . import keys
 from .app import create_app
+from .edge import Edge
 from .hub import RELOAD, SHUTDOWN
 from .middlewares import MalformedRequests
 from .process import Shared, report
@@ -75,13 +76,16 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
             handle_signals=False,
             handler_cancellation=True,
             shutdown_timeout=config.shutdown_timeout_s,
-            access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
         )
         await runner.setup()
-        # SockSite listens again, with its own backlog (128 unless told).
-        site = web.SockSite(runner, shared.sock, backlog=config.backlog)
+        edge = Edge(
+            runner,
+            shared.sock,
+            config,
+            access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
+        )
         try:
-            await site.start()
+            await edge.start()
             beat = app[keys.HEARTBEAT]
             heartbeat = aiotools.create_timer(beat.tick, beat.interval)
             report(shared, "ready", pidx)
@@ -90,16 +94,17 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
                 yield stop
             finally:
                 await aiotools.cancel_and_wait(heartbeat)
-            # Streams are closed (in on_shutdown, after the site stops
+            # Streams are closed (in on_shutdown, after the worker stops
             # accepting) telling clients why: on a reload, to reconnect to
             # the next generation of workers.
             app[keys.HUB].stop_reason = RELOAD if stop.signal == signal.SIGHUP else SHUTDOWN
             # Stop accepting, then give connections this worker accepted a
             # moment to send their request: aiohttp's shutdown closes any
             # connection that has not, and its client would see a reset.
-            await site.stop()
+            await edge.stop()
             await asyncio.sleep(ACCEPTED_GRACE_S)
         finally:
+            await edge.stop()
             await runner.cleanup()
     for state in group.exit_states():
         if isinstance(state, BaseException):

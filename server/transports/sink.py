@@ -11,6 +11,7 @@ waits for :meth:`drain`. aiohttp 3.14's protocol keeps that state in
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import operator
 import socket
 import struct
@@ -21,6 +22,8 @@ from aiohttp import web
 from ..model import Event
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+# Linux's ioctl for the bytes a socket has not sent yet (sockios.h).
+_SIOCOUTQNSD = 0x894B
 # A transport pauses writing above this many unsent bytes; then the hub
 # queues events for the connection instead of writing them. The default
 # (64 KiB) sends a client that merely lags for a moment down the slower
@@ -55,6 +58,23 @@ class DirectSink:
 
     async def drain(self) -> None:
         await self._protocol._drain_helper()
+
+    def behind(self) -> bool:
+        """Whether some of what was written is not sent yet, in the process or the kernel.
+
+        Then the client is not reading (or not keeping up): a goodbye would
+        wait behind the rest, and a plain close would leave the kernel
+        holding it, for as long as the client likes.
+        """
+        transport = self._transport
+        if transport.get_write_buffer_size():
+            return True
+        sock = transport.get_extra_info("socket")
+        try:
+            unsent = fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0")
+        except (OSError, AttributeError, ValueError):
+            return False  # not Linux, or not a socket of its own any more
+        return int(struct.unpack("i", unsent)[0]) > 0
 
     def abort(self) -> None:
         """Reset the connection, freeing what the kernel still holds for it.

@@ -53,10 +53,13 @@ class SseSink(DirectSink):
         super().__init__(request, "sse_chunk" if self._chunked else "sse_frame")
 
     def close(self, reason: str) -> None:
-        if (
-            reason in (hub.SHUTDOWN, hub.RELOAD, hub.UNAVAILABLE)
-            and not self._transport.is_closing()
-        ):
+        if self._transport.is_closing():
+            return
+        if self.behind():
+            # Not reading: the reconnect hint would never arrive (see WsSink.close).
+            self.abort()
+            return
+        if reason in (hub.SHUTDOWN, hub.RELOAD, hub.UNAVAILABLE):
             retry = REDIS_RETRY_MS if reason == hub.UNAVAILABLE else RETRY_MS
             frame = _reconnect(reason, retry)
             self._transport.write(sse_chunk(frame) if self._chunked else frame)

@@ -5,7 +5,8 @@ the hub writes events straight to the connection (see
 :mod:`server.transports.sink`), so no task is woken per message. The
 connection ends when the client closes it or the server does. Close codes:
 1001 on shutdown or when idle, 1012 on a reload, 1013 when Redis failed,
-1003 for binary and 1009 for oversize frames.
+1003 for binary and 1009 for oversize frames; a client that is not reading
+what it was sent is reset instead.
 """
 
 from __future__ import annotations
@@ -58,8 +59,16 @@ class WsSink(DirectSink):
         self._closing: asyncio.Task[bool] | None = None
 
     def close(self, reason: str) -> None:
-        """Start the closing handshake; the handler's receive loop ends with it."""
+        """Start the closing handshake; the handler's receive loop ends with it.
+
+        A client that is not reading gets a reset instead: it would not see
+        the close frame, and after the handshake timed out aiohttp's plain
+        close would leave the kernel holding what it did not read.
+        """
         if self._closing is None and not self._ws.closed:
+            if self.behind():
+                self.abort()
+                return
             code = CLOSE_CODES.get(reason, WSCloseCode.GOING_AWAY)
             message = b"Redis is unavailable" if reason == hub.UNAVAILABLE else reason.encode()
             self._closing = asyncio.get_running_loop().create_task(
