@@ -14,7 +14,6 @@ import ipaddress
 from collections.abc import Iterable
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler, Middleware
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -64,19 +63,14 @@ def budget_key(address: str | None) -> str:
     return str(parsed)
 
 
-def forwarded(proxies: Proxies) -> Middleware:
-    """A middleware that makes ``request.remote`` (and ``scheme``) the client's
-    when the peer is a trusted proxy."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        peer = request.remote
-        if not proxies.trusts(parse_address(peer) if peer else None):
-            return await handler(request)
-        client = proxies.client(peer, request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
-        proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "").split(",")[-1].strip().lower()
-        if proto in ("http", "https"):
-            return await handler(request.clone(remote=client or "", scheme=proto))
-        return await handler(request.clone(remote=client or ""))
-
-    return middleware
+def from_client(request: web.Request, proxies: Proxies) -> web.Request:
+    """The request with ``remote`` (and ``scheme``) the client's when the peer
+    is a trusted proxy; else the request as it is."""
+    peer = request.remote
+    if not proxies.trusts(parse_address(peer) if peer else None):
+        return request
+    client = proxies.client(peer, request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
+    proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "").split(",")[-1].strip().lower()
+    if proto in ("http", "https"):
+        return request.clone(remote=client or "", scheme=proto)
+    return request.clone(remote=client or "")

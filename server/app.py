@@ -12,8 +12,7 @@ import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import addresses, keys, middlewares, views
-from .addresses import Proxies
+from . import keys, middlewares, views
 from .broker import Broker, Relay
 from .config import Config
 from .connections import Connections
@@ -52,10 +51,7 @@ def create_app(
     app = web.Application(
         client_max_size=config.body_max_bytes,
         middlewares=[
-            middlewares.errors,
-            addresses.forwarded(Proxies(config.trusted_proxies)),
-            middlewares.known_host,
-            middlewares.same_origin,
+            middlewares.guard(config),
             aiohttp_session.session_middleware(session_storage),
         ],
     )
@@ -81,7 +77,6 @@ def create_app(
         name_ttl_s=config.session_max_age_s,
     )
     app[keys.CONFIG] = config
-    app[keys.KNOWN_HOSTS] = middlewares.KnownHosts(config)
     app[keys.REDIS] = redis
     app[keys.BROKER] = broker
     app[keys.HUB] = hub

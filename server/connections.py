@@ -36,9 +36,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
@@ -205,6 +207,13 @@ class Holder(NamedTuple):
     address: str
 
 
+class Opened(NamedTuple):
+    """How a connection's registration went."""
+
+    full: str | None  # what is at its limit ("session", "address"), None when registered
+    first: list[Any]  # the replies of the scripts that went first
+
+
 def name_key(user_id: str) -> str:
     return f"chat:user:{{{user_id}}}:name"
 
@@ -266,11 +275,14 @@ class Connections:
         address: str,
         *,
         ttl_s: int | None = None,
-    ) -> str | None:
+        pipe: Pipeline | None = None,
+        first: Sequence[Call] = (),
+    ) -> Opened:
         """Register a connection of a user from a client address (its budget key).
 
-        None when registered, else what is at its limit: "session" or "address".
-        The user's keys live as long as their session (``ttl_s`` when it is new).
+        The user's keys live as long as their session (``ttl_s`` when it is
+        new). What ``pipe`` holds and the ``first`` scripts go in the same
+        round trip, before the registration.
         """
         now = _now_ms()
         holder = Holder(user_id, address)
@@ -280,8 +292,9 @@ class Connections:
         try:
             # One round trip: the join goes with the limit checks, and is
             # undone in the rare case that a check refuses.
-            for_session, for_address, (fresh, swept) = await scripts.run(
+            *firsts, for_session, for_address, (fresh, swept) = await scripts.run(
                 self.redis,
+                *first,
                 (
                     self._open,
                     [streams_key(user_id), name_key(user_id)],
@@ -293,6 +306,7 @@ class Connections:
                     [now, expiry, self.per_address_limit, entry, self.user_ttl_ms],
                 ),
                 self._room_call(self._join, room, holder, stream_id),
+                pipe=pipe,
             )
         except BaseException:
             # The join may have been applied: undo it, whatever happens to us.
@@ -302,11 +316,11 @@ class Connections:
             raise
         if not int(for_session) or not int(for_address):
             await self.close(room, holder, stream_id)
-            return "session" if not int(for_session) else "address"
+            return Opened("session" if not int(for_session) else "address", firsts)
         await self._free(room, swept)
         if int(fresh):
             await self._rejoin(room, but=stream_id)
-        return None
+        return Opened(None, firsts)
 
     async def _undo(self, room: str, holder: Holder, stream_id: int) -> None:
         try:

@@ -475,11 +475,17 @@ class Hub:
         for room in list(self.rooms.values()):
             yield from list(room.subscriptions.values())
 
-    async def visit(self, visitor: Callable[[Subscription], None]) -> None:
-        """Call ``visitor`` on every subscription, letting the loop run between batches."""
-        for n, sub in enumerate(self.subscriptions(), 1):
-            if not sub.closed:
-                visitor(sub)
+    async def visit(
+        self, visitor: Callable[[Subscription], None], part: int = 0, parts: int = 1
+    ) -> None:
+        """Call ``visitor`` on one share of the subscriptions (those whose id is
+        ``part`` modulo ``parts``), letting the loop run between batches."""
+        n = 0
+        for sub in self.subscriptions():
+            if sub.id % parts != part or sub.closed:
+                continue
+            visitor(sub)
+            n += 1
             if n % VISIT_BATCH == 0:
                 await asyncio.sleep(0)
 

@@ -11,7 +11,7 @@ from .connections import Connections
 from .heartbeat import Heartbeat
 from .hub import Hub
 from .metrics import Metrics, MetricsStore
-from .middlewares import KnownHosts, ThrottledErrorLog
+from .middlewares import ThrottledErrorLog
 from .ratelimit import Budgets, RateLimiter
 
 CONFIG = web.AppKey("config", Config)
@@ -26,4 +26,3 @@ WORKER_INDEX = web.AppKey("worker_index", int)
 METRICS = web.AppKey("metrics", Metrics)
 METRICS_STORE = web.AppKey("metrics_store", MetricsStore)
 REDIS_ERRORS = web.AppKey("redis_errors", ThrottledErrorLog)
-KNOWN_HOSTS = web.AppKey("known_hosts", KnownHosts)

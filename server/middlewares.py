@@ -1,4 +1,6 @@
-"""Middlewares at the edge: every error becomes a JSON body; cross-site writes are refused."""
+"""The edge of the app: the one middleware, and what aiohttp asks before it.
+
+Every error becomes a JSON body; unknown hosts and cross-site writes are refused."""
 
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ from urllib.parse import urlsplit
 
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestPayloadError
 from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
+from .addresses import Proxies, from_client
 from .config import Config
 from .errors import ChatError, Unavailable, error_response, is_out_of_memory, storage_full
 
@@ -25,24 +28,48 @@ log = logging.getLogger(__name__)
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into ``{"error": {...}}`` with its status; never leak a traceback."""
-    try:
-        return await handler(request)
-    except ChatError as exc:
+def guard(config: Config) -> Middleware:
+    """The middleware every request passes first, in one coroutine frame (a
+    frame per middleware would be held by every open stream).
+
+    In order: the client's address from trusted proxies
+    (:func:`~server.addresses.from_client`), a ``Host`` this server knows
+    (:class:`KnownHosts`), no cross-site write (:func:`cross_site`); then
+    every failure of the handler becomes ``{"error": {...}}`` with its
+    status, and no traceback leaks.
+    """
+    proxies = Proxies(config.trusted_proxies)
+    known_hosts = KnownHosts(config)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            request = from_client(request, proxies)
+            refused = unknown_host(request, known_hosts) or cross_site(request, config)
+            if refused is not None:
+                return refused
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 (each kind is answered in _answer)
+            return _answer(request, exc)
+
+    return middleware
+
+
+def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON error response for what a handler raised (a redirect is raised again)."""
+    if isinstance(exc, ChatError):
         headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
         return error_response(exc.status, exc.message, code=exc.code, headers=headers)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         message = exc.text if exc.status == 413 and exc.text else exc.reason
         return error_response(exc.status, message.removeprefix(f"{exc.status}: "), headers=headers)
-    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError) as exc:
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, BusyLoadingError)):
         request.app[keys.REDIS_ERRORS].record(exc)
         return error_response(503, "Redis is unavailable; retry shortly", code="unavailable")
-    except ResponseError as exc:
+    if isinstance(exc, ResponseError):
         # Input is validated before it reaches Redis, so this is Redis
         # refusing work (out of memory, read-only replica): retry later.
         # Full (maxmemory with noeviction): 503 storage_full until it has room.
@@ -53,9 +80,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
         request.app[keys.REDIS_ERRORS].record(exc, error.status)
         return error_response(error.status, error.message, code=error.code)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal error", code="internal")
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal error", code="internal")
 
 
 class MalformedRequests(logging.Filter):
@@ -138,19 +164,18 @@ class KnownHosts:
 _ANY_HOST_PATHS = frozenset({"/healthz", "/metrics"})
 
 
-@web.middleware
-async def known_host(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse requests whose ``Host`` names a site this server does not know (400)."""
+def unknown_host(request: web.Request, known: KnownHosts) -> web.Response | None:
+    """A 400 for a ``Host`` that names a site this server does not know."""
     host = request.headers.get(hdrs.HOST)
     if host is not None and request.path not in _ANY_HOST_PATHS:
         name = urlsplit("//" + host).hostname if host.isascii() else None
-        if name is None or name not in request.app[keys.KNOWN_HOSTS]:
+        if name is None or name not in known:
             return error_response(
                 400,
                 f"unknown host {host!r}: set public_origin to the address browsers use",
                 code="unknown_host",
             )
-    return await handler(request)
+    return None
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
@@ -190,22 +215,20 @@ def _is_websocket_upgrade(request: web.Request) -> bool:
     return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
 
 
-@web.middleware
-async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse writes and WebSocket upgrades that a browser sends from another site.
+def cross_site(request: web.Request, config: Config) -> web.Response | None:
+    """A 403 for a write or WebSocket upgrade that a browser sends from another site.
 
     Requests without an ``Origin`` header (programs, curl) are not cross-site
     browser requests and pass; the session cookie is ``SameSite=Lax`` too.
     """
     if request.method in _UNSAFE_METHODS or _is_websocket_upgrade(request):
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is not None and not _allowed(request, origin):
+        if origin is not None and not _allowed(request, config, origin):
             return error_response(403, f"cross-site request from {origin!r} refused")
-    return await handler(request)
+    return None
 
 
-def _allowed(request: web.Request, origin: str) -> bool:
-    config = request.app[keys.CONFIG]
+def _allowed(request: web.Request, config: Config, origin: str) -> bool:
     if origin in config.allowed_origins:
         return True
     if config.public_origin:

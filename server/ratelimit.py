@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from . import scripts
 from .config import Config
 from .metrics import Metrics
+from .scripts import Call
 
 # GCRA: the key holds the theoretical arrival time (ms) of the next use.
 # Redis' own clock is used so that every machine agrees. Returns 0 when the
@@ -106,13 +109,20 @@ class RateLimiter:
         longest). A refused request still uses up what the other budgets
         allowed: a client over one limit is not owed the others.
         """
-        calls = [
+        return self.verdict(charges, await scripts.run(self.redis, *self.calls(*charges)))
+
+    def calls(self, *charges: tuple[Budget, str]) -> list[Call]:
+        """The scripts that take the charges, for a caller that sends them
+        with its own commands in one round trip (then see :meth:`verdict`)."""
+        return [
             (self._script, [_key(budget, owner)], [budget.interval_ms, budget.burst])
             for budget, owner in charges
         ]
-        waits = await scripts.run(self.redis, *calls)
+
+    def verdict(self, charges: Sequence[tuple[Budget, str]], replies: Sequence[Any]) -> float:
+        """What :meth:`take` answers, from the replies of :meth:`calls`; refusals are counted."""
         longest = 0.0
-        for (budget, _), wait_ms in zip(charges, waits, strict=True):
+        for (budget, _), wait_ms in zip(charges, replies, strict=True):
             if wait_ms:
                 self.metrics.limited[budget.kind] += 1
                 longest = max(longest, math.ceil(int(wait_ms) / 1000))

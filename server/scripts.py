@@ -23,7 +23,11 @@ async def run(redis: aioredis.Redis, *calls: Call, pipe: Pipeline | None = None)
     skip = len(pipe)
     for script, keys, args in calls:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
-    replies = (await pipe.execute(raise_on_error=False))[skip:]
+    replies = await pipe.execute(raise_on_error=False)
+    for reply in replies[:skip]:
+        if isinstance(reply, Exception):
+            raise reply
+    replies = replies[skip:]
     for n, reply in enumerate(replies):
         if isinstance(reply, NoScriptError):
             script, keys, args = calls[n]

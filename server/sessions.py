@@ -21,10 +21,12 @@ import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp_session.redis_storage import RedisStorage
+from redis.asyncio.client import Pipeline
 
 from . import keys
 from .addresses import budget_key
 from .errors import BadRequest, RateLimited
+from .ratelimit import Budget
 
 COOKIE_NAME = "chat_session"
 NAME_MAX_CHARS = 32
@@ -121,6 +123,29 @@ class SignedRedisStorage(RedisStorage):
             response, self._sign(cookie_data) if cookie_data else "", max_age=max_age
         )
 
+    def queue_save(
+        self, pipe: Pipeline, response: web.StreamResponse, session: aiohttp_session.Session
+    ) -> str:
+        """Put the session's cookie on ``response`` and its write on ``pipe``,
+        so that saving it costs no round trip of its own; its Redis key."""
+        key = session.identity
+        if key is None:
+            key = self._key_factory()
+            self.save_cookie(response, key, max_age=session.max_age)
+        else:
+            key = str(key)
+            self.save_cookie(response, "" if session.empty else key, max_age=session.max_age)
+        redis_key = self.cookie_name + "_" + key
+        pipe.set(redis_key, self._encoder(self._get_session_data(session)), ex=session.max_age)
+        return redis_key
+
+    async def save_session(
+        self, request: web.Request, response: web.StreamResponse, session: aiohttp_session.Session
+    ) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        self.queue_save(pipe, response, session)
+        await pipe.execute()
+
 
 def make_storage(
     redis: aioredis.Redis, *, secret: str, max_age: int, secure: bool
@@ -150,12 +175,26 @@ NEW_SESSION_TTL_S = 3600
 USED = "used"
 
 
-async def current_user(request: web.Request) -> User:
+def new_session_charge(request: web.Request) -> tuple[Budget, str]:
+    """What a new session costs: one from its client address's budget of new sessions."""
+    return request.app[keys.BUDGETS].address_sessions, budget_key(request.remote)
+
+
+def too_many_sessions(retry_after: float) -> RateLimited:
+    return RateLimited(
+        "too many new sessions from this address; keep the session cookie",
+        retry_after=retry_after,
+    )
+
+
+async def current_user(request: web.Request, *, charge: bool = True) -> User:
     """The caller's identity, creating the session on first contact.
 
     A new session costs its client's address one from its budget of new
-    sessions: identity is free to make, and every per-user limit would
-    otherwise be one cookie-less request away.
+    sessions (:func:`new_session_charge`): identity is free to make, and
+    every per-user limit would otherwise be one cookie-less request away.
+    With ``charge=False`` the caller charges it, in its own round trip to
+    Redis, and refuses the request if the budget does.
     """
     session = await aiohttp_session.get_session(request)
     user_id = session.get("user_id")
@@ -165,30 +204,27 @@ async def current_user(request: web.Request) -> User:
             return User(user_id, name, is_new=False)
         session[USED] = True  # saved with its full age
         return User(user_id, name, is_new=False, unsaved=True)
-    app = request.app
-    budget = app[keys.BUDGETS].address_sessions
-    wait = await app[keys.RATE_LIMITER].take((budget, budget_key(request.remote)))
-    if wait:
-        raise RateLimited(
-            "too many new sessions from this address; keep the session cookie",
-            retry_after=wait,
-        )
+    if charge:
+        wait = await request.app[keys.RATE_LIMITER].take(new_session_charge(request))
+        if wait:
+            raise too_many_sessions(wait)
     session["user_id"] = user_id = new_user_id()
     session["name"] = name = friendly_name()
     session.max_age = NEW_SESSION_TTL_S
     return User(user_id, name, is_new=True, unsaved=True)
 
 
-async def save_for_stream(request: web.Request, response: web.StreamResponse) -> None:
-    """Save a changed session on a streaming response before it is prepared.
+async def queue_save(request: web.Request, response: web.StreamResponse, pipe: Pipeline) -> str:
+    """Save a changed session on a streaming response before it is prepared,
+    with the commands on ``pipe``; the session's Redis key.
 
     aiohttp-session's middleware saves sessions only for plain responses, so
     a client whose first request is an SSE or WebSocket stream would
     otherwise get a different identity on every connection.
     """
     session = await aiohttp_session.get_session(request)
-    storage = request[aiohttp_session.STORAGE_KEY]
-    await storage.save_session(request, response, session)
+    storage: SignedRedisStorage = request[aiohttp_session.STORAGE_KEY]
+    return storage.queue_save(pipe, response, session)
 
 
 # Display names are shown to everyone, so they must look like what they are.

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.exceptions import RedisError, ResponseError
 
-from . import keys
+from . import keys, sessions
 from .addresses import budget_key
 from .connections import Holder
 from .errors import BadRequest, TooManyStreams, Unavailable, is_out_of_memory
@@ -32,9 +32,19 @@ def resume_id(value: str | None, name: str) -> StreamKey | None:
 
 @contextlib.asynccontextmanager
 async def subscription(
-    request: web.Request, room: str, user: User, since: StreamKey | None, transport: str
+    request: web.Request,
+    response: web.StreamResponse,
+    room: str,
+    user: User,
+    since: StreamKey | None,
+    transport: str,
 ) -> AsyncIterator[Subscription]:
-    """Subscribe to a room and register the stream for presence and the stream limit."""
+    """Subscribe to a room and register the stream for presence and the stream limits.
+
+    One round trip to Redis registers the stream, saves a changed session
+    (its cookie goes on ``response``, not yet prepared) and charges a new
+    session to its address (``user`` comes from ``current_user(charge=False)``).
+    """
     app = request.app
     hub = app[keys.HUB]
     connections = app[keys.CONNECTIONS]
@@ -44,18 +54,10 @@ async def subscription(
         raise Unavailable("this worker is stopping; reconnect") from None
     address = budget_key(request.remote)
     try:
-        ttl_s = NEW_SESSION_TTL_S if user.is_new else None
-        full = await connections.open(room, user.user_id, user.name, sub.id, address, ttl_s=ttl_s)
-        if full is not None:
-            config = app[keys.CONFIG]
-            app[keys.METRICS].limited[f"{'' if full == 'session' else 'address_'}streams"] += 1
-            raise TooManyStreams(
-                f"at most {config.streams_per_session} open streams per session"
-                if full == "session"
-                else f"at most {config.address_streams} open streams per client address"
-            )
+        await _register(request, response, sub, user, address)
     except ResponseError as exc:
-        if not is_out_of_memory(exc):
+        if not is_out_of_memory(exc) or user.unsaved:
+            # (A session Redis cannot store would be a new identity on every request.)
             hub.unsubscribe(sub)
             raise
         # Redis is full and refuses to record the stream (presence, the
@@ -84,3 +86,47 @@ async def subscription(
                 await connections.close(room, Holder(user.user_id, address), sub.id)
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("could not unregister stream %s: %s", sub.id, exc)
+
+
+async def _register(
+    request: web.Request,
+    response: web.StreamResponse,
+    sub: Subscription,
+    user: User,
+    address: str,
+) -> None:
+    """The one round trip of :func:`subscription` (what it builds is not kept
+    for the life of the stream)."""
+    app = request.app
+    connections = app[keys.CONNECTIONS]
+    limiter = app[keys.RATE_LIMITER]
+    room = sub.room.name
+    charges = (sessions.new_session_charge(request),) if user.is_new else ()
+    pipe = app[keys.REDIS].pipeline(transaction=False)
+    session_key = await sessions.queue_save(request, response, pipe) if user.unsaved else None
+    full, replies = await connections.open(
+        room,
+        user.user_id,
+        user.name,
+        sub.id,
+        address,
+        ttl_s=NEW_SESSION_TTL_S if user.is_new else None,
+        pipe=pipe,
+        first=limiter.calls(*charges),
+    )
+    wait = limiter.verdict(charges, replies)
+    if wait:
+        # Refused after all: the new session and the stream are undone.
+        if full is None:
+            await connections.close(room, Holder(user.user_id, address), sub.id)
+        if session_key is not None:
+            await app[keys.REDIS].delete(session_key)
+        raise sessions.too_many_sessions(wait)
+    if full is not None:
+        config = app[keys.CONFIG]
+        app[keys.METRICS].limited[f"{'' if full == 'session' else 'address_'}streams"] += 1
+        raise TooManyStreams(
+            f"at most {config.streams_per_session} open streams per session"
+            if full == "session"
+            else f"at most {config.address_streams} open streams per client address"
+        )

@@ -97,6 +97,41 @@ async def test_new_sessions_per_address_are_limited(
     await metrics_show(server.url, 'chat_rate_limited_total{kind="address_sessions"}')
 
 
+async def test_cookieless_streams_spend_the_new_session_budget_and_a_refused_one_leaves_nothing(
+    start_server: Callable[..., ServerProcess], own_redis: RedisProcess
+) -> None:
+    server = start_server(
+        workers=2, redis_url=own_redis.url, env=budgets(address_sessions_per_min="4")
+    )
+    client = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
+    try:
+        async with aiohttp.ClientSession(server.url, cookie_jar=aiohttp.DummyCookieJar()) as http:
+            # Four new visitors, each with a stream and no cookie: each is a session.
+            sse = [await http.get("/api/rooms/lobby/events") for _ in range(2)]
+            ws = [await http.ws_connect("/api/rooms/lobby/ws") for _ in range(2)]
+            try:
+                assert [r.status for r in sse] == [200, 200]
+                async with http.get("/api/rooms/lobby/events") as refused:
+                    assert refused.status == 429
+                    assert int(refused.headers["Retry-After"]) >= 1
+                    assert (await refused.json())["error"]["code"] == "rate_limited"
+                with pytest.raises(aiohttp.WSServerHandshakeError) as handshake:
+                    await http.ws_connect("/api/rooms/lobby/ws")
+                assert handshake.value.status == 429
+                # The refused ones left no session and hold no stream.
+                assert len(await client.keys("chat_session_*")) == 4
+                held = await client.keys("chat:address:*:streams")
+                assert [await client.zcard(key) for key in held] == [4]
+            finally:
+                for resp in sse:
+                    resp.close()
+                for conn in ws:
+                    await conn.close()
+    finally:
+        await client.aclose()
+    await metrics_show(server.url, 'chat_rate_limited_total{kind="address_sessions"}')
+
+
 async def test_open_streams_per_address_are_limited(
     start_server: Callable[..., ServerProcess],
 ) -> None:

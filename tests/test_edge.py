@@ -129,7 +129,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 @contextlib.asynccontextmanager
 async def edge_app(config: Config) -> AsyncIterator[tuple[Edge, int]]:
     """A small app served through the edge, as a worker serves the chat; its port."""
-    app = web.Application(middlewares=[middlewares.errors])
+    app = web.Application(middlewares=[middlewares.guard(config)])
     app.router.add_get("/", hello)
     app.router.add_post("/echo", echo)
     app.router.add_post("/ignore", ignore_body)
@@ -174,7 +174,7 @@ async def test_edge_handlers_see_the_aiohttp_internals_they_rely_on(
         (handler,) = handlers(edge)
         # A new connection is timed from its start.
         assert handler._head_since > 0 and handler in edge.deadlines._due
-        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n")
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n")
         async with asyncio.timeout(2):
             while handler._head_bytes == 0:
                 await asyncio.sleep(0.01)
@@ -205,7 +205,7 @@ async def test_headers_that_do_not_arrive_in_time_close_the_connection(
     async with edge_app(quick) as (_, port):
         reader, writer = await clients.open(port)
         started = time.monotonic()
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         data, closed = await read_until_closed(reader, 3)
         took = time.monotonic() - started
         assert closed and data == b""
@@ -242,7 +242,7 @@ async def test_a_body_that_stalls_is_answered_408_and_the_connection_closed(
 ) -> None:
     async with edge_app(quick) as (_, port):
         reader, writer = await clients.open(port)
-        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")
         started = time.monotonic()
         data, closed = await read_until_closed(reader, 3)
         assert closed and 0.3 <= time.monotonic() - started <= 0.4 + SLACK_S
@@ -252,7 +252,7 @@ async def test_a_body_that_stalls_is_answered_408_and_the_connection_closed(
         assert json.loads(body)["error"]["code"] == "request_timeout"
         # A body that keeps coming, in time, is fine.
         reader, writer = await clients.open(port)
-        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 6\r\n\r\n")
         for part in (b"ab", b"cd", b"ef"):
             await asyncio.sleep(0.1)
             writer.write(part)
@@ -264,7 +264,7 @@ async def test_a_body_no_handler_reads_is_bounded_too(quick: Config, clients: Cl
     edge's deadline ends that earlier, and without a traceback."""
     async with edge_app(quick) as (_, port):
         reader, writer = await clients.open(port)
-        writer.write(b"POST /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        writer.write(b"POST /ignore HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")
         status, _, body = await read_response(reader)
         assert (status, body) == (200, b"not read")
         started = time.monotonic()
@@ -279,7 +279,8 @@ async def test_headers_over_the_total_limit_are_refused_at_once(
         reader, writer = await clients.open(port)
         line = b"X-Filler: " + b"a" * 8000 + b"\r\n"
         started = time.monotonic()
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + line * (HEAD_MAX_BYTES // len(line) + 2))
+        head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        writer.write(head + line * (HEAD_MAX_BYTES // len(line) + 2))
         data, closed = await read_until_closed(reader, 3)
         # Long before the deadline: at the limit.
         assert closed and time.monotonic() - started < 0.3
@@ -287,7 +288,7 @@ async def test_headers_over_the_total_limit_are_refused_at_once(
         # Just under the limit is a request like any other.
         reader, writer = await clients.open(port)
         filler = line * (HEAD_MAX_BYTES // len(line) - 1)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + filler + b"\r\n")
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + filler + b"\r\n")
         assert (await read_response(reader))[0] == 200
         writer.close()
         assert "Traceback" not in caplog.text
@@ -304,7 +305,7 @@ async def test_closed_connections_leave_no_handler_or_parser_behind(
         streams = []
         for _ in range(20):
             reader, writer = await clients.open(port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + line * 7)
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + line * 7)
             streams.append((reader, writer))
         async with asyncio.timeout(2):
             while len(handlers(edge)) < 20 or any(h._head_bytes == 0 for h in handlers(edge)):

@@ -71,12 +71,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     since = streams.resume_id(
         header if header is not None else request.query.get("last_event_id"), "Last-Event-ID"
     )
-    user = await sessions.current_user(request)
+    user = await sessions.current_user(request, charge=False)
     config = request.app[keys.CONFIG]
-    async with streams.subscription(request, room, user, since, "sse") as sub:
-        response = EventStream(send_timeout=config.idle_timeout_s)
-        if user.unsaved:
-            await sessions.save_for_stream(request, response)
+    response = EventStream(send_timeout=config.idle_timeout_s)
+    async with streams.subscription(request, response, room, user, since, "sse") as sub:
         await response.prepare(request)
         async with response:
             try:

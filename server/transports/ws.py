@@ -93,10 +93,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade request")
-    user = await sessions.current_user(request)
-    async with streams.subscription(request, room, user, since, "ws") as sub:
-        if user.unsaved:
-            await sessions.save_for_stream(request, ws)
+    user = await sessions.current_user(request, charge=False)
+    async with streams.subscription(request, ws, room, user, since, "ws") as sub:
         await ws.prepare(request)
         sink = WsSink(request, ws)
         sub.last_seen = time.monotonic()
