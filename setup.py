@@ -21,6 +21,8 @@ setup(
         "aiotools>=2.2.4,<3",
         "uvloop>=0.21",
         "redis[hiredis]>=5.2",
+        # Parses replies (through redis-py) and packs commands (server/resources.py).
+        "hiredis>=3.0",
         "aiohttp-sse>=3.0,<4",
         "aiohttp-session>=2.12,<3",
         # Ships a redis-server binary: the embedded default needs nothing else installed.
