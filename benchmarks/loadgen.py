@@ -125,7 +125,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="rooms: random room sequence")
     capacity = parser.add_argument_group("capacity")
     capacity.add_argument("--start-rate", type=float, default=5.0, help="msg/s of the 1st step")
-    capacity.add_argument("--step-factor", type=float, default=1.5)
+    capacity.add_argument(
+        "--step-factor",
+        type=float,
+        default=1.15,
+        help="each step's rate over the last's (the capacity is known to within this factor)",
+    )
     capacity.add_argument("--step-duration", type=float, default=5.0, help="seconds per step")
     capacity.add_argument(
         "--step-drain", type=float, default=3.0, help="wait this long without a delivery"
