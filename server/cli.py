@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -32,10 +33,10 @@ import aiotools
 import redis
 from redis.exceptions import RedisError
 
-from . import __version__
-from .config import LOG_LEVELS, LOOPS, Config, ConfigError, load
+from . import __version__, logs
+from .config import LOG_FORMATS, LOG_LEVELS, LOOPS, Config, ConfigError, load
 from .embedded import EmbeddedRedisError, embedded_redis
-from .process import STOP_SIGNALS, Shared, keeper, worker
+from .process import STOP_SIGNALS, Shared, keeper, title, worker
 from .supervisor import Action, Supervisor
 
 log = logging.getLogger("chat-server")
@@ -62,21 +63,38 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
     )
     parser.add_argument("--config", help="TOML config file")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="[info]")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text, or one JSON object a line [text]"
+    )
     parser.add_argument("--loop", choices=LOOPS, help="event loop of the workers [uvloop]")
     parser.add_argument("--debug", action="store_true", default=None, help="asyncio debug mode")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return vars(parser.parse_args(argv))
 
 
-def session_secret(config: Config) -> str:
-    """The configured secret, or one generated once and kept in the data directory."""
+SECRET_KEY = "chat:session_secret"
+
+
+def session_secret(config: Config, redis_url: str) -> str:
+    """The secret that signs session cookies.
+
+    The configured one; else, on an external Redis, the one every instance
+    on that Redis reads from it (the first instance to start sets it), so
+    that a cookie from one instance is the same user on any other; else
+    (the embedded Redis) one generated once and kept in the data directory.
+    An instance that kept its own secret in its data directory offers that
+    one, so that its users stay signed in when they start sharing.
+    """
     if config.session_secret:
         return config.session_secret
     path = os.path.join(config.data_dir, "session_secret")
+    kept = ""
     with contextlib.suppress(FileNotFoundError), open(path) as f:
-        secret = f.read().strip()
-        if secret:
-            return secret
+        kept = f.read().strip()
+    if config.redis_url:
+        return _shared_secret(redis_url, kept or secrets.token_urlsafe(32))
+    if kept:
+        return kept
     os.makedirs(config.data_dir, exist_ok=True)
     secret = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -85,9 +103,41 @@ def session_secret(config: Config) -> str:
     return secret
 
 
+def _shared_secret(redis_url: str, offer: str) -> str:
+    """The secret kept in Redis, set to ``offer`` if there is none yet."""
+    client = redis.Redis.from_url(
+        redis_url, socket_connect_timeout=2, socket_timeout=2, decode_responses=True
+    )
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(SECRET_KEY, offer, nx=True)
+        pipe.get(SECRET_KEY)
+        created, secret = pipe.execute()
+    except RedisError as exc:
+        raise RuntimeError(f"cannot read the session secret from Redis: {exc}") from None
+    finally:
+        client.close()
+    if not secret:
+        raise RuntimeError(f"the session secret in Redis ({SECRET_KEY}) is empty")
+    if created:
+        log.info("session secret generated and kept in Redis (%s)", SECRET_KEY)
+    return str(secret)
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL fit for a log line: its password, if any, masked."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+
+
 def wait_for_redis(url: str, timeout: float) -> None:
     """Ping Redis with capped backoff until it answers or ``timeout`` passes."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    shown = shown_url(url)
     deadline = time.monotonic() + timeout
     delay = 0.1
     try:
@@ -98,9 +148,9 @@ def wait_for_redis(url: str, timeout: float) -> None:
             except (RedisError, OSError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise RuntimeError(
-                        f"cannot reach Redis at {url} after {timeout:g} s: {exc}"
+                        f"cannot reach Redis at {shown} after {timeout:g} s: {exc}"
                     ) from None
-                log.warning("Redis at %s not reachable (%s); retrying", url, exc)
+                log.warning("Redis at %s not reachable (%s); retrying", shown, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
     finally:
@@ -141,7 +191,7 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
-    secret = session_secret(config)
+    secret = session_secret(config, redis_url)
     generation = 0
     reloads = 0
 
@@ -199,7 +249,7 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
                 reloads += 1
             if supervisor.next_config is not None:
                 config = _keep_bound_settings(config, supervisor.next_config)
-                logging.getLogger().setLevel(config.log_level.upper())
+                logs.configure(config.log_level, config.log_format)
             generation += 1
     finally:
         sock.close()
@@ -256,10 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"chat-server: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-    )
+    title("main")
+    logs.configure(config.log_level, config.log_format)
     # Until the workers run, a stop signal unwinds (stopping the embedded
     # Redis on the way) and there is nothing to reload.
     signal.signal(signal.SIGTERM, _exit_on_signal)

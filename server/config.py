@@ -17,6 +17,7 @@ from typing import Any
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOOPS = ("uvloop", "asyncio")
+LOG_FORMATS = ("text", "json")
 _ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
 _MEMORY_RE = re.compile(r"([0-9]{1,19})(kb|mb|gb)?", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
@@ -34,6 +35,7 @@ class Config:
     workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     redis_url: str = ""
     log_level: str = "info"
+    log_format: str = "text"
     loop: str = "uvloop"
     debug: bool = False
     data_dir: str = "./chat-data"
@@ -96,7 +98,16 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "shutdown_timeout_s": (float, 0.1, 600),
     "redis_wait_s": (float, 0, 3600),
 }
-_STRINGS = ("host", "redis_url", "log_level", "loop", "data_dir", "session_secret", "public_origin")
+_STRINGS = (
+    "host",
+    "redis_url",
+    "log_level",
+    "log_format",
+    "loop",
+    "data_dir",
+    "session_secret",
+    "public_origin",
+)
 _BOOLS = ("debug", "cookie_secure")
 KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}
 
@@ -172,6 +183,8 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:  # noqa: PLR0911  (
             raise ConfigError(f"{key}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
     if key == "loop" and value not in LOOPS:
         raise ConfigError(f"{key}: expected one of {', '.join(LOOPS)}, got {value!r}")
+    if key == "log_format" and value not in LOG_FORMATS:
+        raise ConfigError(f"{key}: expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
     if key == "public_origin" and value and not _ORIGIN_RE.match(value):
         raise ConfigError(f"{key}: {value!r} is not an origin like https://chat.example.com")
     if key == "host" and not value:

@@ -20,7 +20,9 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiotools
+import setproctitle
 
+from . import logs
 from .config import Config
 
 # Stop signals of the workers, as aiotools delivers them. SIGHUP means "a
@@ -64,6 +66,13 @@ def die_with_parent(signum: int = signal.SIGTERM, parent: int | None = None) -> 
         os.kill(os.getpid(), signum)
 
 
+def title(role: str) -> None:
+    """Name this process in ``ps`` and ``top`` (``chat-server: worker 0`` and
+    the like) and on its log lines."""
+    setproctitle.setproctitle(f"chat-server: {role}")
+    logs.set_role(role)
+
+
 def report(shared: Shared, state: str, index: int) -> None:
     # OSError: the main process is gone or stopped listening; nobody to tell.
     line = f"{state} {index} {os.getpid()} {shared.generation}\n"
@@ -79,6 +88,7 @@ async def worker(
     from . import worker as implementation  # noqa: PLC0415  (fresh code in every worker)
 
     shared: Shared = args[0]
+    title(f"worker {pidx}")
     die_with_parent(parent=shared.main_pid)
     report(shared, "started", pidx)
     async with implementation.serve(pidx, shared) as stop:
@@ -98,6 +108,7 @@ def keeper(stop_event: Any, index: int, args: Sequence[Any]) -> None:
     # signal wakeup descriptor: a signal here would also wake the main loop,
     # which would take it for a second signal of its own.
     signal.set_wakeup_fd(-1)
+    title("keeper")
     die_with_parent(parent=shared.main_pid)
     report(shared, "keeper", index)
     # aiotools' handlers raise on the stop signals; that is the way out.

@@ -203,7 +203,9 @@ class Supervisor:
                 self.ever_ready = True
                 if self._announced:
                     log.info("worker %d is serving again (pid %d)", index, pid)
-                elif len(self.ready) == self.config.workers:
+                    continue
+                log.info("worker %d is serving (pid %d)", index, pid)
+                if len(self.ready) == self.config.workers:
                     self._announced = True
                     self.on_ready(self.config)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import pytest
 
 from server.process import die_with_parent
 
@@ -82,12 +83,7 @@ class RedisProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         self.proc = None
 
     def cleanup(self) -> None:
@@ -556,3 +552,40 @@ async def wait_closed(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5) -
         while (await ws.receive()).type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
             pass
     return ws.close_code
+
+
+# Debian's Chromium, as the browser tests run it.
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # the tests run as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def debian_program(name: str) -> str:
+    """A program from a Debian package; skip without it, except in CI, which must install it."""
+    for path in (f"/usr/bin/{name}", f"/usr/sbin/{name}", shutil.which(name)):
+        if path and os.path.exists(path):
+            return path
+    reason = f"no {name} (apt-get install {name})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}: CI must install it")
+    pytest.skip(reason)
+
+
+def chromium_path() -> str:
+    return debian_program("chromium")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import threading
 import time
@@ -31,19 +30,10 @@ import pytest
 import redis
 from playwright.sync_api import expect, sync_playwright
 
-from .support import ServerProcess, id_key, running_server
+from .support import CHROMIUM_ARGS, ServerProcess, chromium_path, id_key, running_server
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # the tests run as root
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 5_000  # any single wait in the page
 PAGE_LOAD_MS = 10_000
 DIFFERENT_WORKER_TRIES = 30
@@ -83,17 +73,6 @@ RECORD_STREAM_EVENTS = """(() => {
     }
   };
 })();"""
-
-
-def chromium_path() -> str:
-    """Debian's Chromium; skip without it, except in CI, which must install it."""
-    path = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
-    if path is None:
-        reason = "no Chromium (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}: CI must install it")
-        pytest.skip(reason)
-    return path
 
 
 @dataclass

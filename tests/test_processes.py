@@ -25,6 +25,7 @@ from .support import (
     sse_collector,
     wait_closed,
     worker_health,
+    worker_pids,
     ws_collector,
 )
 
@@ -81,6 +82,38 @@ async def test_two_workers_each_on_uvloop_answer_healthz_with_their_own_pid(
     assert seen[0]["pid"] != seen[1]["pid"]
     assert server.proc is not None and server.proc.pid not in {seen[0]["pid"], seen[1]["pid"]}
     assert {body["loop"] for body in seen.values()} == {"uvloop"}
+
+
+def title(pid: int) -> str:
+    """What ``ps`` shows for a process."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode().strip()
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+async def test_processes_are_named_by_their_role_in_ps(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    assert server.proc is not None
+    main = server.proc.pid
+    assert title(main) == "chat-server: main"
+    assert sorted(title(pid) for pid in children(main)) == [
+        "chat-server: keeper",
+        "chat-server: worker 0",
+        "chat-server: worker 1",
+    ]
+    # A replacement is named after the worker it replaces.
+    pids = await worker_pids(server.url)
+    os.kill(pids[1], signal.SIGKILL)
+    async with asyncio.timeout(10):
+        while (now := await worker_pids(server.url)).get(1) in (None, pids[1]):
+            await asyncio.sleep(0.05)
+    assert title(now[1]) == "chat-server: worker 1"
 
 
 async def test_workers_listen_with_the_configured_backlog(

@@ -1,0 +1,183 @@
+"""Several chat-server instances on one Redis act as one chat, with no shared
+setting, and say what happens to them in their logs: real processes, each
+with its own data directory, on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from server.cli import SECRET_KEY, shown_url
+
+from .support import (
+    RedisProcess,
+    ServerProcess,
+    assert_in_order_once,
+    sse_collector,
+    worker_pids,
+)
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(60)]
+
+
+async def user_of(http: aiohttp.ClientSession, base: str) -> str:
+    async with http.get(f"{base}/api/session") as resp:
+        assert resp.status == 200
+        return str((await resp.json())["user_id"])
+
+
+async def post(http: aiohttp.ClientSession, base: str, room: str, text: str) -> str:
+    async with http.post(f"{base}/api/rooms/{room}/messages", json={"text": text}) as resp:
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["message"]["id"])
+
+
+async def test_two_instances_without_a_secret_are_one_chat(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    # Each ServerProcess runs in a directory of its own: two data directories.
+    one = start_server(workers=2)
+    two = start_server(workers=1)
+    assert one.cwd != two.cwd
+    # One cookie jar, as one browser: the cookie is for the host, whatever the
+    # port (unsafe=True: aiohttp keeps no cookies from IP-address hosts otherwise).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        user = await user_of(http, one.url)
+        assert await user_of(http, two.url) == user  # the same user on the other
+
+        # A message posted on one reaches a subscriber on the other.
+        room = "together"
+        async with sse_collector(http, f"{two.url}/api/rooms/{room}/events") as on_two:
+            first = await post(http, one.url, room, "from one")
+            await on_two.wait_for(lambda c: c.ids == [first])
+            assert on_two.messages[0]["user_id"] == user
+        # The subscriber moves to the other instance and resumes: no gap, no double.
+        later = [await post(http, two.url, room, f"while away {n}") for n in range(3)]
+        async with sse_collector(
+            http, f"{one.url}/api/rooms/{room}/events", headers={"Last-Event-ID": first}
+        ) as on_one:
+            await on_one.wait_for(lambda c: len(c.ids) >= 3)
+            last = await post(http, one.url, room, "back")
+            await on_one.wait_for(lambda c: last in c.ids)
+            assert on_one.ids == [*later, last] and on_one.gaps == []
+            assert_in_order_once(on_one.ids)
+
+
+async def test_a_configured_secret_wins_and_a_kept_one_is_offered_first(
+    start_server: Callable[..., ServerProcess], redis_url: str, tmp_path: Path
+) -> None:
+    # An instance that kept a secret of its own (from before it shared a
+    # Redis) offers it: its users stay signed in.
+    (tmp_path / "chat-data").mkdir()
+    (tmp_path / "chat-data" / "session_secret").write_text("kept-before-sharing\n")
+    first = start_server(workers=1, cwd=str(tmp_path))
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert await client.get(SECRET_KEY) == "kept-before-sharing"
+        later = start_server(workers=1)  # reads it, and keeps nothing of its own
+        assert not os.path.exists(os.path.join(later.cwd or "", "chat-data", "session_secret"))
+        own = start_server(workers=1, env={"CHAT_SESSION_SECRET": "configured"})
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            user = await user_of(http, first.url)
+            assert await user_of(http, later.url) == user
+            # A configured secret wins: that instance does not know the cookie.
+            assert await user_of(http, own.url) != user
+        assert await client.get(SECRET_KEY) == "kept-before-sharing"
+    finally:
+        await client.aclose()
+
+
+async def test_json_logs_have_one_line_per_lifecycle_event_and_no_secret(
+    tmp_path: Path,
+) -> None:
+    redis = RedisProcess(persistent=True)
+    redis.start()
+    server = ServerProcess(redis_url=redis.url, workers=2, args=["--log-format", "json"])
+    try:
+        server.start()
+        first = await worker_pids(server.url)
+        assert server.proc is not None
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            await user_of(http, server.url)
+            cookie = next(iter(http.cookie_jar)).value
+        # A reload, a killed worker, and Redis going away and coming back.
+        os.kill(server.proc.pid, signal.SIGHUP)
+        second = await changed_pids(server.url, first, {0, 1})
+        os.kill(second[1], signal.SIGKILL)
+        third = await changed_pids(server.url, second, {1})
+        redis.stop()
+        await until_logged(server, lambda lines: count(lines, "lost Redis") >= 2)
+        redis.start()
+        await until_logged(server, lambda lines: count(lines, "reconnected") >= 2)
+        client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+        secret = await client.get(SECRET_KEY)
+        await client.aclose()
+        text = server.log()
+    finally:
+        server.kill()
+        redis.cleanup()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert all(set(line) >= {"time", "level", "pid", "role", "logger", "message"} for line in lines)
+    said = [(line["role"], line["message"]) for line in lines]
+    for pids in (first, second):
+        for index, pid in pids.items():
+            assert ("main", f"worker {index} is serving (pid {pid})") in said
+    assert ("main", "received SIGHUP: replacing 2 workers") in said
+    assert ("main", "reloaded: 2 workers ready") in said
+    assert ("main", f"worker 1 (pid {second[1]}) died; starting a replacement") in said
+    assert ("main", f"worker 1 is serving again (pid {third[1]})") in said
+    for index in (0, 1):
+        mine = [message for role, message in said if role == f"worker {index}"]
+        assert any("lost Redis" in message for message in mine), mine
+        assert any("reconnected" in message for message in mine), mine
+    assert secret and secret not in text and cookie not in text
+    assert cookie.rsplit(".", 1)[0] not in text  # nor the session's key
+
+
+async def changed_pids(base: str, before: dict[int, int], which: set[int]) -> dict[int, int]:
+    """The workers' pids once those in ``which`` are new ones, serving."""
+    async with asyncio.timeout(20):
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                now = await worker_pids(base)
+                if all(now.get(i) not in (None, before[i]) for i in which):
+                    return now
+            await asyncio.sleep(0.05)
+
+
+def logged(server: ServerProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in server.log().splitlines() if line.strip()]
+
+
+def count(lines: list[dict[str, Any]], text: str) -> int:
+    return sum(text in line["message"] for line in lines)
+
+
+async def until_logged(server: ServerProcess, done: Callable[[list[dict[str, Any]]], bool]) -> None:
+    async with asyncio.timeout(15):
+        while not done(logged(server)):
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:hunter2@redis.internal:6379/0", "redis://:***@redis.internal:6379/0"),
+        ("rediss://chat:hunter2@redis.internal/1", "rediss://chat:***@redis.internal/1"),
+        ("redis://chat@redis.internal", "redis://chat@redis.internal"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_a_redis_password_never_reaches_the_log(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
