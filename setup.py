@@ -40,10 +40,13 @@ setup(
             "playwright>=1.50",
             "ruff>=0.15",
             "mypy>=1.15",
+            "aiomonitor>=0.7",
         ],
         # The benchmark's peer (benchmarks/peer_socketio.py); the load generator
         # needs nothing beyond the base install.
         "bench": ["python-socketio>=5.11"],
+        # The opt-in live console of each worker (monitor_port).
+        "monitor": ["aiomonitor>=0.7"],
     },
     entry_points={"console_scripts": ["chat-server=server.cli:main"]},
     classifiers=[

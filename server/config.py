@@ -8,6 +8,7 @@ one-line message naming the key, never later inside a worker.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import os
 import re
@@ -44,6 +45,8 @@ class Config:
     cookie_secure: bool = False
     allowed_origins: tuple[str, ...] = ()
     public_origin: str = ""
+    metrics_token: str = ""
+    monitor_port: int = 0
     trusted_proxies: tuple[str, ...] = ()
     address_sessions_per_min: int = 30
     address_rate_limit_per_s: float = 20.0
@@ -93,6 +96,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "address_streams": (int, 1, None),
     "address_rooms_per_min": (int, 1, None),
     "backlog": (int, 1, 65535),
+    "monitor_port": (int, 0, 65535),
     "request_timeout_s": (float, 0.1, 3600),
     "keepalive_timeout_s": (float, 0.1, 86400),
     "shutdown_timeout_s": (float, 0.1, 600),
@@ -107,6 +111,7 @@ _STRINGS = (
     "data_dir",
     "session_secret",
     "public_origin",
+    "metrics_token",
 )
 _BOOLS = ("debug", "cookie_secure")
 KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}
@@ -248,4 +253,14 @@ def load(
             f"idle_timeout_s: {config.idle_timeout_s:g} must be longer than "
             f"heartbeat_s ({config.heartbeat_s:g})"
         )
+    if config.monitor_port:
+        if config.monitor_port + 3 * config.workers > 65536:
+            raise ConfigError(
+                f"monitor_port: {config.monitor_port} leaves no room for 3 ports per worker"
+            )
+        if importlib.util.find_spec("aiomonitor") is None:
+            raise ConfigError(
+                "monitor_port: the live console needs aiomonitor "
+                "(pip install 'chat-server[monitor]')"
+            )
     return config

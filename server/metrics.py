@@ -87,11 +87,14 @@ class MetricsStore:
         key = _snapshot_key(self.metrics.member)
         now_ms = time.time() * 1000
         counts = self.metrics.counts()
-        # One transaction: the totals get each increment exactly once.
+        pushed, self._pushed = self._pushed, counts
+        # One transaction: the totals get each increment exactly once. What
+        # it adds is taken before the first await, so that pushes that
+        # overlap (concurrent scrapes) never add the same counts twice.
         pipe = self.redis.pipeline(transaction=True)
         for name, value in counts.items():
-            if value != self._pushed.get(name, 0):
-                pipe.hincrby(TOTALS_KEY, name, value - self._pushed.get(name, 0))
+            if value != pushed.get(name, 0):
+                pipe.hincrby(TOTALS_KEY, name, value - pushed.get(name, 0))
         pipe.hset(key, mapping=self.metrics.snapshot())
         pipe.pexpire(key, self.ttl_ms)
         pipe.zadd(REGISTRY_KEY, {self.metrics.member: now_ms + self.ttl_ms})
@@ -99,8 +102,13 @@ class MetricsStore:
         # itself goes when no worker is left.
         pipe.zremrangebyscore(REGISTRY_KEY, "-inf", now_ms)
         pipe.pexpire(REGISTRY_KEY, self.ttl_ms)
-        await pipe.execute()
-        self._pushed = counts
+        try:
+            await pipe.execute()
+        except BaseException:
+            # Not added (a transaction is all or nothing): the next push adds it.
+            for name, value in counts.items():
+                self._pushed[name] = self._pushed.get(name, 0) - (value - pushed.get(name, 0))
+            raise
 
     async def collect(self) -> tuple[list[dict[str, str]], dict[str, str]]:
         """The snapshots of every live worker (this one's fresh) and the totals."""

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 import pathlib
 import urllib.parse
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import MultiDictProxy
 
 from . import keys, posting, sessions
 from .addresses import budget_key
-from .errors import BadRequest, Unavailable, UnsupportedMediaType
+from .errors import BadRequest, Unavailable, UnsupportedMediaType, error_response
 from .metrics import render as render_metrics
 from .model import parse_id
 
@@ -154,12 +155,28 @@ def check_charset(request: web.Request) -> None:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    token = request.app[keys.CONFIG].metrics_token
+    if token and not _bearer(request, token):
+        return error_response(
+            401,
+            "/metrics needs Authorization: Bearer <metrics_token>",
+            code="unauthorized",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     snapshots, totals = await request.app[keys.METRICS_STORE].collect()
     return web.Response(
         text=render_metrics(snapshots, totals),
         content_type="text/plain",
         charset="utf-8",
         headers={"Cache-Control": "no-store"},
+    )
+
+
+def _bearer(request: web.Request, token: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>``."""
+    scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
     )
 
 

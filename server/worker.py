@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiotools
 from aiohttp import web
@@ -84,8 +84,11 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
             config,
             access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
         )
+        console = contextlib.ExitStack()
         try:
             await edge.start()
+            if config.monitor_port:
+                console.enter_context(live_console(config.monitor_port, pidx, app))
             beat = app[keys.HEARTBEAT]
             heartbeat = aiotools.create_timer(beat.tick, beat.interval)
             report(shared, "ready", pidx)
@@ -104,8 +107,35 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
             await edge.stop()
             await asyncio.sleep(ACCEPTED_GRACE_S)
         finally:
+            console.close()
             await edge.stop()
             await runner.cleanup()
     for state in group.exit_states():
         if isinstance(state, BaseException):
             log.warning("worker %d: error while closing Redis: %s", pidx, state)
+
+
+MONITOR_PORTS = 3  # per worker: aiomonitor's terminal, web and Python console
+
+
+@contextlib.contextmanager
+def live_console(base_port: int, pidx: int, app: web.Application) -> Iterator[None]:
+    """aiomonitor on this worker's loop, on loopback only: worker ``i`` takes
+    ports ``base + 3i`` (terminal: ``telnet 127.0.0.1 <port>``), ``+1`` (web)
+    and ``+2`` (Python console, with ``app`` in scope)."""
+    import aiomonitor  # noqa: PLC0415  (an optional dependency, checked at start)
+
+    port = base_port + MONITOR_PORTS * pidx
+    monitor = aiomonitor.start_monitor(
+        asyncio.get_running_loop(),
+        host="127.0.0.1",
+        port=port,
+        webui_port=port + 1,
+        console_port=port + 2,
+        locals={"app": app},
+    )
+    log.info("live console on 127.0.0.1:%d (web %d, Python %d)", port, port + 1, port + 2)
+    try:
+        yield
+    finally:
+        monitor.close()

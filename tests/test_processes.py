@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from .support import (
     Collector,
     ServerProcess,
     assert_in_order_once,
+    free_port,
     sse_collector,
     wait_closed,
     worker_health,
@@ -116,6 +118,59 @@ async def test_processes_are_named_by_their_role_in_ps(
     assert title(now[1]) == "chat-server: worker 1"
 
 
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports."""
+    for _ in range(100):
+        base = free_port()
+        if base + count > 65536:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one unlabelled sample in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics:\n{text}")
+
+
+async def answers(port: int) -> bytes:
+    """The first bytes a server on the port sends (b"" if it sends none within 5 s)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(5):
+            return await reader.read(100)
+    except TimeoutError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_the_live_console_answers_on_its_ports_only_when_enabled(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    base = free_port_run(6)
+    server = start_server(workers=2, env={"CHAT_MONITOR_PORT": str(base)})
+    for worker in (0, 1):
+        assert await answers(base + 3 * worker), f"worker {worker}'s console"
+    assert "live console on 127.0.0.1:" in server.log()
+    server.kill()
+    quiet = start_server(workers=2)
+    assert await worker_health(quiet.url)  # serving
+    for port in range(base, base + 6):
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+
+
 async def test_workers_listen_with_the_configured_backlog(
     start_server: Callable[..., ServerProcess],
 ) -> None:
@@ -179,6 +234,19 @@ async def test_metrics_are_totals_over_all_workers(
                     if "chat_messages_published_total 21" in lines:
                         break
                     await asyncio.sleep(0.1)
+            # Scrapes at once, on both workers, right after messages they have
+            # not pushed yet: each count reaches the totals once, however the
+            # pushes overlap.
+            for _ in range(3):
+                await post(alice, "scraped at once")
+            published = []
+            for _ in range(3):
+                scrapes = [session.get("/metrics") for _ in range(40)]
+                for resp in await asyncio.gather(*scrapes):
+                    published.append(metric(await resp.text(), "chat_messages_published_total"))
+                    resp.release()
+                await asyncio.sleep(0.5)  # a heartbeat: every worker pushes
+            assert max(published) == 24 == published[-1], published
 
 
 async def test_message_posted_on_one_worker_reaches_sse_and_ws_clients_on_the_other(

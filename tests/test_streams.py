@@ -492,6 +492,18 @@ async def test_metrics_count_connections_messages_and_deliveries(client: Any) ->
             await asyncio.sleep(0.02)
 
 
+async def test_a_metrics_token_keeps_metrics_private(make_app: Any, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(await make_app(metrics_token="s3cret-token"))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+        resp = await client.get("/metrics", headers=headers)
+        assert resp.status == 401, headers
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await resp.json())["error"]["code"] == "unauthorized"
+    resp = await client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
+    assert resp.status == 200
+    assert metric(await resp.text(), "chat_messages_published_total") == 0
+
+
 async def test_many_streams_opening_at_once_all_succeed(client: Any) -> None:
     """More concurrent Redis work than the pool has connections: wait, never 503."""
     url = client.make_url(f"{ROOM}/events")
