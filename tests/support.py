@@ -589,3 +589,11 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample in Prometheus text, e.g. 'chat_connections{transport="sse"}'."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics:\n{text}")

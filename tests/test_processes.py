@@ -24,6 +24,7 @@ from .support import (
     ServerProcess,
     assert_in_order_once,
     free_port,
+    metric,
     sse_collector,
     wait_closed,
     worker_health,
@@ -133,14 +134,6 @@ def free_port_run(count: int) -> int:
                 continue
         return base
     raise RuntimeError(f"no {count} consecutive free ports")
-
-
-def metric(text: str, name: str) -> float:
-    """The value of one unlabelled sample in Prometheus text."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in metrics:\n{text}")
 
 
 async def answers(port: int) -> bytes:

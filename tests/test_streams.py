@@ -10,7 +10,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .support import assert_in_order_once, id_key, sse_collector, wait_closed, ws_collector
+from .support import (
+    assert_in_order_once,
+    id_key,
+    metric,
+    sse_collector,
+    wait_closed,
+    ws_collector,
+)
 
 ROOM = "/api/rooms/general"
 
@@ -460,14 +467,6 @@ async def test_heartbeat_closes_a_websocket_whose_client_stopped_answering(
             assert not ws.closed
     finally:
         await aiotools.cancel_and_wait(timer)
-
-
-def metric(text: str, name: str) -> float:
-    """The value of one sample in Prometheus text, e.g. 'chat_connections{transport="sse"}'."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in metrics:\n{text}")
 
 
 async def test_metrics_count_connections_messages_and_deliveries(client: Any) -> None:
