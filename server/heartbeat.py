@@ -26,7 +26,9 @@ import gc
 import logging
 import time
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Config
 from .connections import Connections
@@ -169,6 +171,7 @@ class Heartbeat:
         self._ticks = 0
         self._pinging_s = 0.0  # how long the last tick's pings took
         self._failing = False
+        self._failure_level = logging.WARNING
         self._pending: dict[str, float] = {}  # room -> when to announce it
         self._last: dict[str, float] = {}  # room -> when it was last announced
         self._wake = asyncio.Event()
@@ -218,11 +221,16 @@ class Heartbeat:
             await self.metrics.push()
         except (RedisError, OSError) as exc:
             if not self._failing:
-                log.warning("heartbeat cannot reach Redis: %s", exc)
+                # Losing Redis is logged once per worker, by its pub/sub
+                # relay; anything else (a full or read-only Redis) is the
+                # heartbeat's to tell.
+                lost = isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+                self._failure_level = logging.DEBUG if lost else logging.WARNING
+                log.log(self._failure_level, "heartbeat cannot update Redis: %s", exc)
             self._failing = True
         else:
             if self._failing:
-                log.info("heartbeat reached Redis again")
+                log.log(self._failure_level, "heartbeat updates Redis again")
             self._failing = False
 
     def announce_soon(self, room: str) -> None:
