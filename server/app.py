@@ -126,19 +126,23 @@ def create_app(
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(tag_worker)
 
+    # Every route answers Expect itself (see middlewares.expect_continue).
     expect = middlewares.expect_continue
-    app.router.add_get("/", views.page, expect_handler=expect)
-    app.router.add_get("/rooms/{room}", views.page, expect_handler=expect)
-    app.router.add_get("/favicon.ico", views.favicon, expect_handler=expect)
+    routes = [
+        (web.get, "/", views.page),
+        (web.get, "/rooms/{room}", views.page),
+        (web.get, "/favicon.ico", views.favicon),
+        (web.get, "/api/session", views.get_session),
+        (web.put, "/api/session", views.put_session),
+        (web.get, "/api/rooms/{room}/messages", views.get_messages),
+        (web.post, "/api/rooms/{room}/messages", views.post_message),
+        (web.get, "/api/rooms/{room}/online", views.get_online),
+        (web.get, "/api/rooms/{room}/events", sse.events),
+        (web.get, "/api/rooms/{room}/ws", ws.websocket),
+        (web.get, "/healthz", views.healthz),
+        (web.get, "/metrics", views.metrics),
+    ]
+    app.add_routes([route(path, handler, expect_handler=expect) for route, path, handler in routes])
     app.router.add_static("/static", views.STATIC_DIR, expect_handler=expect)
-    app.router.add_get("/api/session", views.get_session, expect_handler=expect)
-    app.router.add_put("/api/session", views.put_session, expect_handler=expect)
-    app.router.add_get("/api/rooms/{room}/messages", views.get_messages, expect_handler=expect)
-    app.router.add_post("/api/rooms/{room}/messages", views.post_message, expect_handler=expect)
-    app.router.add_get("/api/rooms/{room}/online", views.get_online, expect_handler=expect)
-    app.router.add_get("/api/rooms/{room}/events", sse.events, expect_handler=expect)
-    app.router.add_get("/api/rooms/{room}/ws", ws.websocket, expect_handler=expect)
-    app.router.add_get("/healthz", views.healthz, expect_handler=expect)
-    app.router.add_get("/metrics", views.metrics, expect_handler=expect)
     app.router.add_route("*", "/{path:.*}", middlewares.unrouted, expect_handler=expect)
     return app

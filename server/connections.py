@@ -50,23 +50,12 @@ from .scripts import Call
 
 log = logging.getLogger(__name__)
 
-# KEYS: the user's streams and name (one slot: both carry the user's tag).
-# Drop expired entries, refuse when the user is at the limit, else register
-# the stream and keep the user's display name for presence. Entries expire
-# by their scores; the key lives as long as a session.
-_OPEN_SCRIPT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
-return 1
-"""
-
-# KEYS: a client address's streams. The same as the user's limit, for the
-# address: ARGV: now, expiry, limit, the entry, the key's lifetime (ms).
+# KEYS[1]: the open connections of one owner (a user, a client address),
+# a sorted set scored by expiry. Drop expired entries, refuse (0) when the
+# owner is at the limit, else register the connection (1). ARGV: now,
+# expiry, limit, the entry, the key's lifetime (ms). For a user, KEYS[2] and
+# ARGV[6] also keep their display name for presence, as long as the set
+# (both keys carry the user's tag: one slot).
 _LIMIT_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
@@ -74,6 +63,9 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[5])
+end
 return 1
 """
 
@@ -244,7 +236,6 @@ class Connections:
         self.per_session_limit = per_session_limit
         self.per_address_limit = per_address_limit
         self.name_ttl_s = name_ttl_s
-        self._open = redis.register_script(_OPEN_SCRIPT)
         self._limit = redis.register_script(_LIMIT_SCRIPT)
         self._join = redis.register_script(_JOIN_SCRIPT)
         self._renew = redis.register_script(_RENEW_SCRIPT)
@@ -289,6 +280,7 @@ class Connections:
         self._held.setdefault(room, {})[stream_id] = holder
         expiry = now + self.user_ttl_ms
         entry = self.user_member(room, stream_id)
+        lifetime_ms = (ttl_s or self.name_ttl_s) * 1000
         try:
             # One round trip: the join goes with the limit checks, and is
             # undone in the rare case that a check refuses.
@@ -296,9 +288,9 @@ class Connections:
                 self.redis,
                 *first,
                 (
-                    self._open,
+                    self._limit,
                     [streams_key(user_id), name_key(user_id)],
-                    [now, expiry, self.per_session_limit, entry, name, ttl_s or self.name_ttl_s],
+                    [now, expiry, self.per_session_limit, entry, lifetime_ms, name],
                 ),
                 (
                     self._limit,

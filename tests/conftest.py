@@ -12,12 +12,13 @@ import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from playwright.sync_api import sync_playwright
 
 from server.app import create_app
 from server.config import Config
 from server.resources import redis_client, session_store
 
-from .support import RedisProcess, ServerProcess
+from .support import CHROMIUM_ARGS, RedisProcess, ServerProcess, chromium_path, running_server
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -128,3 +129,22 @@ def start_server(redis_url: str) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (the browser tests')."""
+    executable = chromium_path()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def chat_server(redis_url: str) -> Iterator[ServerProcess]:
+    """Two workers as real processes on the test's Redis."""
+    with running_server(redis_url=redis_url, workers=2) as server:
+        yield server

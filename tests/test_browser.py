@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 import redis
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from .support import CHROMIUM_ARGS, ServerProcess, chromium_path, id_key, running_server
+from .support import ServerProcess, id_key, running_server
 
 pytestmark = pytest.mark.browser
 
@@ -253,23 +253,6 @@ def rendered_ids(tab: Tab) -> list[str]:
         "#messages .message[data-id]", "(els) => els.map((el) => el.dataset.id)"
     )
     return ids
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def chat_server(redis_url: str) -> Iterator[ServerProcess]:
-    with running_server(redis_url=redis_url, workers=2) as server:
-        yield server
 
 
 @pytest.mark.timeout(90)

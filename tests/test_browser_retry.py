@@ -10,20 +10,17 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from .support import ServerProcess, running_server
+from .support import ServerProcess
 from .test_browser import (
-    CHROMIUM_ARGS,
     PAGE_LOAD_MS,
     WAIT_MS,
     WS_PATH,
     Tab,
-    chromium_path,
     message_texts,
     open_tab,
     send,
@@ -33,24 +30,6 @@ from .test_browser import (
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
 MESSAGES_URL = re.compile(r"/api/rooms/general/messages$")
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def chat_server(redis_url: str) -> Iterator[ServerProcess]:
-    with running_server(redis_url=redis_url, workers=2) as server:
-        yield server
 
 
 def stored_texts(server: ServerProcess) -> list[str]:

@@ -12,16 +12,15 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from .support import (
-    CHROMIUM_ARGS,
     ROOT,
     ServerProcess,
-    chromium_path,
     debian_program,
     free_port,
     stop_process,
@@ -107,28 +106,23 @@ def deployment(
 
 @pytest.mark.browser
 def test_a_browser_chats_through_nginx_over_sse_and_websocket(
-    deployment: tuple[Nginx, list[ServerProcess]],
+    deployment: tuple[Nginx, list[ServerProcess]], browser: Any
 ) -> None:
     nginx, _ = deployment
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            pages = {}
-            for transport in ("sse", "ws"):
-                context = browser.new_context()
-                context.set_default_timeout(10_000)
-                page = context.new_page()
-                page.goto(f"{nginx.url}/?transport={transport}")
-                expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
-                pages[transport] = page
-            for sender, reader in (("sse", "ws"), ("ws", "sse")):
-                text = f"through nginx from {sender} {time.monotonic_ns()}"
-                pages[sender].locator("#input").fill(text)
-                pages[sender].locator("#input").press("Enter")
-                expect(pages[reader].locator("#messages li", has_text=text)).to_have_count(1)
-                expect(pages[sender].locator("#messages li", has_text=text)).to_have_count(1)
-        finally:
-            browser.close()
+    pages = {}
+    for transport in ("sse", "ws"):
+        context = browser.new_context()
+        context.set_default_timeout(10_000)
+        page = context.new_page()
+        page.goto(f"{nginx.url}/?transport={transport}")
+        expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
+        pages[transport] = page
+    for sender, reader in (("sse", "ws"), ("ws", "sse")):
+        text = f"through nginx from {sender} {time.monotonic_ns()}"
+        pages[sender].locator("#input").fill(text)
+        pages[sender].locator("#input").press("Enter")
+        expect(pages[reader].locator("#messages li", has_text=text)).to_have_count(1)
+        expect(pages[sender].locator("#messages li", has_text=text)).to_have_count(1)
 
 
 @pytest.mark.parametrize("deployment", [{"CHAT_ADDRESS_SESSIONS_PER_MIN": "2"}], indirect=True)
