@@ -42,9 +42,12 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from . import redisurl, scripts
 from .config import Config
 from .model import LAST_KEY, Message, StreamKey, format_id, parse_id
 
@@ -140,7 +143,7 @@ class Broker:
         self.redis = redis
         self.history_len = history_len
         self.room_ttl_s = room_ttl_s
-        self._publish = redis.register_script(_PUBLISH_SCRIPT)
+        self._publish = scripts.register(redis, _PUBLISH_SCRIPT)
         self._predecessor = redis.register_script(_PREDECESSOR_SCRIPT)
 
     async def publish(self, room: str, user_id: str, name: str, text: str) -> Message:
@@ -266,38 +269,32 @@ class _Feed:
 
 
 class Relay:
-    """The worker's pub/sub connection: the live half of the hub's backend.
+    """The worker's pub/sub connections: the live half of the hub's backend.
 
     With the reads of :class:`Broker` it is the hub's
     :class:`~server.hub.Backend`. New messages go to the callback given to
     :meth:`deliver_to` in id order, presence notices to the other one.
+
+    One Redis (or the primary Sentinel names) gets one connection. A Redis
+    Cluster gets one per primary that serves a watched room, subscribed to
+    its rooms' shard channels (``SSUBSCRIBE``). When a primary fails or a
+    slot moves, the relay reads the cluster's slots again and moves the
+    rooms concerned to the connection of their new primary; their feeds
+    catch up from the streams as after any reconnect.
     """
 
     def __init__(self, redis_url: str, broker: Broker) -> None:
         self.broker = broker
         self.on_messages: Callable[[str, list[Message]], None] = lambda room, messages: None
         self.on_presence: Callable[[str], None] = lambda room: None
-        # Pub/sub replies as plain RESP2 arrays, and no read timeout: a quiet
-        # channel is not a dead connection (TCP keepalive finds those).
-        tcp = redis_url.startswith(("redis://", "rediss://"))
-        self._client = aioredis.Redis.from_url(
-            redis_url,
-            protocol=2,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            # A unix socket connection refuses the keepalive option.
-            **({"socket_keepalive": True} if tcp else {}),
-        )
+        self.nodes = _nodes(redis_url)
         self._feeds: dict[str, _Feed] = {}
-        self._conn: AbstractConnection | None = None
-        self._outbox: list[tuple[str, str]] = []
-        self._outbox_ready = asyncio.Event()
-        self._send_lock = asyncio.Lock()
+        self._links: dict[str, _Link] = {}  # by node
+        self._room_links: dict[str, _Link] = {}
         self._to_fill: dict[str, None] = {}  # an ordered set
         self._fill_ready = asyncio.Event()
+        self._remapping: asyncio.Task[None] | None = None
         self._stopping = False
-        self.connected = asyncio.Event()
 
     def deliver_to(
         self,
@@ -317,100 +314,86 @@ class Relay:
 
     def watch(self, room: str, after: StreamKey) -> None:
         self._feeds[room] = _Feed(after)
-        self._queue("SUBSCRIBE", channel(room))
+        self._place(room)
 
     def unwatch(self, room: str) -> None:
         if self._feeds.pop(room, None) is not None:
-            self._queue("UNSUBSCRIBE", channel(room))
-
-    def _queue(self, command: str, channel_name: str) -> None:
-        self._outbox.append((command, channel_name))
-        self._outbox_ready.set()
+            link = self._room_links.pop(room, None)
+            if link is not None:
+                link.remove(room)
 
     # ------------------------------------------------------------- the tasks
 
     async def run(self) -> None:
-        """Read pub/sub forever, reconnecting with capped, jittered backoff."""
-        sender = asyncio.create_task(self._send_queued(), name="relay-sender")
-        filler = asyncio.create_task(self._fill_queued(), name="relay-filler")
+        """Relay forever: every connection reconnects with capped, jittered backoff."""
+        await self.nodes.start()
+        if self.nodes.default is not None:
+            self._link(self.nodes.default)
+        for room in self._feeds:
+            if room not in self._room_links:
+                self._place(room)
         try:
-            await self._read_forever()
+            await self._fill_queued()
         finally:
-            for task in (sender, filler):
-                task.cancel()
-            for task in (sender, filler):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            self._stopping = True
+            if self._remapping is not None:
+                self._remapping.cancel()
+            for link in list(self._links.values()):
+                await link.close()
+            await self.nodes.close()
 
-    async def _read_forever(self) -> None:
-        failures = 0
-        while not self._stopping:
-            conn: AbstractConnection | None = None
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """End :meth:`run` (running as ``task``), closing every connection."""
+        self._stopping = True
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=3)
+        if done and not task.cancelled() and task.exception() is not None:
+            log.warning("pub/sub relay ended with %r", task.exception())
+
+    def _link(self, node: str) -> _Link:
+        link = self._links.get(node)
+        if link is None:
+            self._links[node] = link = _Link(self, node)
+        return link
+
+    def _place(self, room: str) -> None:
+        """Subscribe ``room`` on the connection of the node that serves it
+        (once the nodes are known: :meth:`run` places what came before)."""
+        if not self.nodes.ready:
+            return
+        link = self._link(self.nodes.node_of(channel(room)))
+        self._room_links[room] = link
+        link.add(room)
+
+    def link_failed(self) -> None:
+        """A connection broke or was told its slots moved: read the slots again, soon."""
+        if self.nodes.sharded and not self._stopping and self._remapping is None:
+            self._remapping = asyncio.create_task(self._remap(), name="relay-remap")
+
+    async def _remap(self) -> None:
+        try:
             try:
-                conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-                await conn.connect()
-                await self._subscribe_all(conn)
-                if failures:
-                    log.info("pub/sub reconnected to Redis")
-                    failures = 0
-                self.connected.set()
-                while True:
-                    reply = await conn.read_response(
-                        timeout=math.inf, disconnect_on_error=False, push_request=True
-                    )
-                    self._handle(reply)
-            except Exception as exc:
-                # Not only Redis errors: whatever happens, this loop must not
-                # die and leave the worker deaf.
-                if self._stopping:
-                    break
-                failures += 1
-                if failures == 1:
-                    if isinstance(exc, (RedisError, OSError)):
-                        log.warning("pub/sub lost Redis (%s); reconnecting", exc)
-                    else:
-                        log.exception("pub/sub reader failed; reconnecting")
-                await asyncio.sleep(min(5.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0))
-            finally:
-                self._conn = None
-                self.connected.clear()
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.disconnect()
+                await self.nodes.refresh()
+            except redisurl.FAILURES as exc:
+                log.debug("cannot read the cluster's slots: %r", exc)
+                return  # the failing connection asks again after its backoff
+            for room, link in list(self._room_links.items()):
+                if self.nodes.node_of(channel(room)) != link.node:
+                    link.remove(room, unsubscribe=False)
+                    feed = self._feeds.get(room)
+                    if feed is not None and feed.pending is None:
+                        feed.pending = []  # until the new subscription catches up
+                    self._place(room)
+            for node, link in list(self._links.items()):
+                if not link.rooms:
+                    del self._links[node]
+                    await link.close()
+        finally:
+            self._remapping = None
 
-    async def _subscribe_all(self, conn: AbstractConnection) -> None:
-        """Subscribe a fresh connection to every watched room; each then catches up."""
-        async with self._send_lock:
-            # Whatever was queued is superseded by this snapshot of the rooms.
-            self._outbox.clear()
-            rooms = list(self._feeds)
-            for feed in self._feeds.values():
-                if feed.pending is None:
-                    feed.pending = []
-            for start in range(0, len(rooms), SUBSCRIBE_BATCH):
-                batch = rooms[start : start + SUBSCRIBE_BATCH]
-                await conn.send_command("SUBSCRIBE", *[channel(r) for r in batch])
-            self._conn = conn
+    # ------------------------------------------------------------- what arrives
 
-    async def _send_queued(self) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            async with self._send_lock:
-                conn = self._conn
-                if conn is None:
-                    continue  # the next connection subscribes to every room anyway
-                commands, self._outbox = self._outbox, []
-                try:
-                    for command, channel_name in commands:
-                        await conn.send_command(command, channel_name)
-                except Exception as exc:  # noqa: BLE001  this loop must not die
-                    # The connection broke (redis-py may raise AttributeError
-                    # on one closed under it): the reader reconnects and
-                    # subscribes to every room again.
-                    log.debug("pub/sub command not sent: %r", exc)
-
-    def _handle(self, reply: Any) -> None:
+    def handle(self, link: _Link, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 3:
             return
         kind, channel_name, data = reply[0], reply[1], reply[2]
@@ -420,7 +403,7 @@ class Relay:
         feed = self._feeds.get(room)
         if feed is None:
             return
-        if kind == "message":
+        if kind in ("message", "smessage"):
             if data == "p":
                 self.on_presence(room)
             elif data.startswith("m\n"):
@@ -429,12 +412,16 @@ class Relay:
                     log.warning("ignoring a malformed message on %s", channel_name)
                 else:
                     self._arrived(room, feed, *parsed)
-        elif kind == "subscribe":
+        elif kind in ("subscribe", "ssubscribe"):
             # Now nothing published to the room can be missed: read the
             # stream from the cursor to cover what came before, and presence
             # (notices published while not subscribed are lost too).
             self._schedule_fill(room, feed)
             self.on_presence(room)
+        elif kind == "sunsubscribe" and room in link.rooms:
+            # Not asked for: Redis Cluster moved the room's slot elsewhere.
+            feed.pending = feed.pending or []
+            self.link_failed()
 
     def _arrived(self, room: str, feed: _Feed, prev: StreamKey, message: Message) -> None:
         if feed.pending is not None:
@@ -449,6 +436,13 @@ class Relay:
             # Something between the cursor and this message went missing.
             feed.pending = [(prev, message)]
             self._schedule_fill(room, feed)
+
+    def resubscribing(self, rooms: list[str]) -> None:
+        """A connection subscribes to ``rooms`` afresh: hold their live messages."""
+        for room in rooms:
+            feed = self._feeds.get(room)
+            if feed is not None and feed.pending is None:
+                feed.pending = []
 
     def _schedule_fill(self, room: str, feed: _Feed) -> None:
         """Catch the room up from its stream soon, holding live messages back until then."""
@@ -471,12 +465,12 @@ class Relay:
                 try:
                     await self._fill(room, feed)
                     failures = 0
-                except (RedisError, OSError) as exc:
+                except redisurl.FAILURES as exc:
                     failures += 1
                     if failures == 1:
                         log.warning("cannot catch up %s from its stream: %s", room, exc)
                     self._schedule_fill(room, feed)
-                    await asyncio.sleep(min(5.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0))
+                    await asyncio.sleep(_backoff(failures))
 
     async def _fill(self, room: str, feed: _Feed) -> None:
         """Read the stream after the cursor, then release the held live messages."""
@@ -502,21 +496,216 @@ class Relay:
             feed.cursor = message.key
             self.on_messages(room, [message])
 
-    async def stop(self, task: asyncio.Task[None]) -> None:
-        """End :meth:`run` (running as ``task``) by closing its connection."""
-        self._stopping = True
+
+class _OneNode:
+    """One Redis (or the primary Sentinel names): one connection for every room."""
+
+    sharded = False
+    commands = ("SUBSCRIBE", "UNSUBSCRIBE")
+    default: str | None = ""
+    ready = True
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+
+    async def start(self) -> None:
+        pass
+
+    def node_of(self, channel_name: str) -> str:
+        return ""
+
+    def connection(self, node: str) -> AbstractConnection:
+        connection: AbstractConnection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        return connection
+
+    async def refresh(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class _ClusterNodes:
+    """A Redis Cluster: a connection per primary, shard channels."""
+
+    sharded = True
+    commands = ("SSUBSCRIBE", "SUNSUBSCRIBE")
+    default: str | None = None
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+        self.ready = False
+
+    async def start(self) -> None:
+        while True:
+            try:
+                await self._client.initialize()
+                break
+            except redisurl.FAILURES as exc:
+                log.warning("cannot read the cluster's slots (%s); retrying", exc)
+                await asyncio.sleep(1)
+        self.ready = True
+
+    def node_of(self, channel_name: str) -> str:
+        slot = self._client.keyslot(channel_name)
+        return str(self._client.nodes_manager.get_node_from_slot(slot).name)
+
+    def connection(self, node: str) -> AbstractConnection:
+        found = self._client.get_node(node_name=node)
+        if found is None:
+            raise RedisConnectionError(f"{node} is no longer a node of the cluster")
+        return found.connection_class(**found.connection_kwargs)
+
+    async def refresh(self) -> None:
+        await self._client.nodes_manager.initialize()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _nodes(redis_url: str) -> _OneNode | _ClusterNodes:
+    # Pub/sub replies as plain RESP2 arrays, and no read timeout: a quiet
+    # channel is not a dead connection (TCP keepalive finds those).
+    options: dict[str, Any] = {
+        "protocol": 2,
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    }
+    kind = redisurl.kind_of(redis_url)
+    if kind == "cluster":
+        return _ClusterNodes(redisurl.async_client(redis_url, **options))
+    if kind != "single" or redis_url.startswith(("redis://", "rediss://")):
+        options["socket_keepalive"] = True  # a unix socket refuses the option
+    return _OneNode(redisurl.async_client(redis_url, **options))
+
+
+def _backoff(failures: int) -> float:
+    return min(5.0, 0.05 * 2.0**failures) * random.uniform(0.5, 1.0)
+
+
+class _Link:
+    """One pub/sub connection, to one node, subscribed to the rooms it serves.
+
+    It reads forever, reconnecting with capped, jittered backoff; each new
+    connection subscribes to all of its rooms again (their feeds then catch
+    up from the streams). Subscribing and unsubscribing single rooms is
+    queued and sent by a task of its own, so that ``watch`` never waits.
+    """
+
+    def __init__(self, relay: Relay, node: str) -> None:
+        self.relay = relay
+        self.node = node
+        self.rooms: dict[str, None] = {}  # an ordered set
+        self._conn: AbstractConnection | None = None
+        self._outbox: list[tuple[str, str]] = []
+        self._outbox_ready = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._closing = False
+        subscribe, unsubscribe = relay.nodes.commands
+        self._subscribe, self._unsubscribe = subscribe, unsubscribe
+        self._task = asyncio.create_task(self._run(), name=f"relay-link {node}".strip())
+
+    def add(self, room: str) -> None:
+        self.rooms[room] = None
+        self._queue(self._subscribe, channel(room))
+
+    def remove(self, room: str, *, unsubscribe: bool = True) -> None:
+        if room in self.rooms:
+            del self.rooms[room]
+            if unsubscribe:
+                self._queue(self._unsubscribe, channel(room))
+
+    def _queue(self, command: str, channel_name: str) -> None:
+        self._outbox.append((command, channel_name))
+        self._outbox_ready.set()
+
+    async def close(self) -> None:
+        self._closing = True
         conn = self._conn
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
-        done, _ = await asyncio.wait([task], timeout=2)
-        if not done:
-            task.cancel()
-            await asyncio.wait([task], timeout=1)
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            log.warning("pub/sub reader ended with %r", task.exception())
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
+        self._task.cancel()
+        await asyncio.wait([self._task], timeout=2)
 
+    async def _run(self) -> None:
+        sender = asyncio.create_task(self._send_queued(), name="relay-sender")
+        try:
+            await self._read_forever()
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
 
-__all__ = ["Broker", "Relay", "channel", "format_id", "stream_key"]
+    async def _read_forever(self) -> None:
+        failures = 0
+        while not self._closing:
+            conn: AbstractConnection | None = None
+            try:
+                conn = self.relay.nodes.connection(self.node)
+                await conn.connect()  # type: ignore[no-untyped-call]
+                await self._subscribe_all(conn)
+                if failures:
+                    log.info("pub/sub reconnected to Redis")
+                    failures = 0
+                while True:
+                    reply = await conn.read_response(
+                        timeout=math.inf, disconnect_on_error=False, push_request=True
+                    )
+                    self.relay.handle(self, reply)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Not only Redis errors: whatever happens, this loop must not
+                # die and leave the worker deaf.
+                if self._closing:
+                    break
+                failures += 1
+                if failures == 1:
+                    if isinstance(exc, (RedisError, OSError)):
+                        log.warning("pub/sub lost Redis (%s); reconnecting", exc)
+                    else:
+                        log.exception("pub/sub reader failed; reconnecting")
+                self.relay.link_failed()
+                await asyncio.sleep(_backoff(failures))
+            finally:
+                self._conn = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect()
+
+    async def _subscribe_all(self, conn: AbstractConnection) -> None:
+        """Subscribe a fresh connection to every room of this node; each then catches up."""
+        async with self._send_lock:
+            # Whatever was queued is superseded by this snapshot of the rooms.
+            self._outbox.clear()
+            rooms = list(self.rooms)
+            self.relay.resubscribing(rooms)
+            if self.relay.nodes.sharded:
+                # A shard channel per command: one command may only name one slot.
+                for room in rooms:
+                    await conn.send_command(self._subscribe, channel(room))
+            else:
+                for start in range(0, len(rooms), SUBSCRIBE_BATCH):
+                    batch = rooms[start : start + SUBSCRIBE_BATCH]
+                    await conn.send_command(self._subscribe, *[channel(r) for r in batch])
+            self._conn = conn
+
+    async def _send_queued(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            async with self._send_lock:
+                conn = self._conn
+                if conn is None:
+                    continue  # the next connection subscribes to every room anyway
+                commands, self._outbox = self._outbox, []
+                try:
+                    for command, channel_name in commands:
+                        await conn.send_command(command, channel_name)
+                except Exception as exc:  # noqa: BLE001  this loop must not die
+                    # The connection broke (redis-py may raise AttributeError
+                    # on one closed under it): the reader reconnects and
+                    # subscribes to every room again.
+                    log.debug("pub/sub command not sent: %r", exc)

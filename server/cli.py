@@ -22,7 +22,6 @@ import signal
 import socket
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -30,10 +29,9 @@ import aiohttp  # noqa: F401  (preloaded, so that forked workers need not import
 import aiohttp_session  # noqa: F401
 import aiohttp_sse  # noqa: F401
 import aiotools
-import redis
 from redis.exceptions import RedisError
 
-from . import __version__, logs
+from . import __version__, logs, redisurl
 from .config import LOG_FORMATS, LOG_LEVELS, LOOPS, Config, ConfigError, load
 from .embedded import EmbeddedRedisError, embedded_redis
 from .process import STOP_SIGNALS, Shared, keeper, title, worker
@@ -105,7 +103,7 @@ def session_secret(config: Config, redis_url: str) -> str:
 
 def _shared_secret(redis_url: str, offer: str) -> str:
     """The secret kept in Redis, set to ``offer`` if there is none yet."""
-    client = redis.Redis.from_url(
+    client = redisurl.blocking_client(
         redis_url, socket_connect_timeout=2, socket_timeout=2, decode_responses=True
     )
     try:
@@ -124,37 +122,44 @@ def _shared_secret(redis_url: str, offer: str) -> str:
     return str(secret)
 
 
-def shown_url(url: str) -> str:
-    """A Redis URL fit for a log line: its password, if any, masked."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:" if parts.username else ":"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+def reach_redis(url: str, timeout: float) -> str:
+    """Ping Redis with capped backoff until it answers or ``timeout`` passes.
 
-
-def wait_for_redis(url: str, timeout: float) -> None:
-    """Ping Redis with capped backoff until it answers or ``timeout`` passes."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    shown = shown_url(url)
+    The URL the workers are to use: ``url``, or for a node of a Redis
+    Cluster named by a plain ``redis://`` URL, its cluster form.
+    """
+    shown = redisurl.shown(url)
     deadline = time.monotonic() + timeout
     delay = 0.1
+    while True:
+        try:
+            return _probe(url)
+        except redisurl.FAILURES as exc:
+            if time.monotonic() + delay > deadline:
+                raise RuntimeError(
+                    f"cannot reach Redis at {shown} after {timeout:g} s: {exc}"
+                ) from None
+            log.warning("Redis at %s not reachable (%s); retrying", shown, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _probe(url: str) -> str:
+    client = redisurl.blocking_client(url, socket_connect_timeout=2, socket_timeout=2)
     try:
-        while True:
-            try:
-                client.ping()
-                return
-            except (RedisError, OSError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise RuntimeError(
-                        f"cannot reach Redis at {shown} after {timeout:g} s: {exc}"
-                    ) from None
-                log.warning("Redis at %s not reachable (%s); retrying", shown, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        client.ping()
+        if redisurl.kind_of(url) != "single" or url.startswith("unix:"):
+            return url
+        if not redisurl.is_cluster_node(client):
+            return url
     finally:
         client.close()
+    try:
+        found = redisurl.validate(redisurl.cluster_url(url))
+    except redisurl.BadRedisURL as exc:
+        raise RuntimeError(str(exc)) from None
+    log.info("Redis at %s is a cluster node: using the cluster", redisurl.shown(url))
+    return found
 
 
 def bind(host: str, port: int, backlog: int) -> socket.socket:
@@ -319,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 redis_url = stack.enter_context(
                     embedded_redis(config.data_dir, maxmemory=config.redis_maxmemory)
                 )
-            wait_for_redis(redis_url, config.redis_wait_s)
+            redis_url = reach_redis(redis_url, config.redis_wait_s)
             flags = parse_args(argv)
             serve(config, redis_url, lambda: load(flags))
     except (EmbeddedRedisError, RuntimeError, OSError) as exc:

@@ -16,6 +16,8 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from . import redisurl
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOOPS = ("uvloop", "asyncio")
 LOG_FORMATS = ("text", "json")
@@ -194,8 +196,11 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:  # noqa: PLR0911  (
         raise ConfigError(f"{key}: {value!r} is not an origin like https://chat.example.com")
     if key == "host" and not value:
         raise ConfigError(f"{key}: must not be empty")
-    if key == "redis_url" and value and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"{key}: expected redis://, rediss:// or unix:// URL, got {value!r}")
+    if key == "redis_url" and value:
+        try:
+            redisurl.validate(value)
+        except redisurl.BadRedisURL as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     return value
 
 

@@ -42,9 +42,8 @@ from typing import Any, NamedTuple
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
-from . import scripts
+from . import redisurl, scripts
 from .broker import channel
 from .scripts import Call
 
@@ -237,9 +236,9 @@ class Connections:
         self.per_address_limit = per_address_limit
         self.name_ttl_s = name_ttl_s
         self._limit = redis.register_script(_LIMIT_SCRIPT)
-        self._join = redis.register_script(_JOIN_SCRIPT)
-        self._renew = redis.register_script(_RENEW_SCRIPT)
-        self._leave = redis.register_script(_LEAVE_SCRIPT)
+        self._join = scripts.register(redis, _JOIN_SCRIPT)
+        self._renew = scripts.register(redis, _RENEW_SCRIPT)
+        self._leave = scripts.register(redis, _LEAVE_SCRIPT)
         # What this worker holds: room -> {stream id: (user id, address key)}.
         self._held: dict[str, dict[int, Holder]] = {}
         self._ticks = 0
@@ -317,7 +316,7 @@ class Connections:
     async def _undo(self, room: str, holder: Holder, stream_id: int) -> None:
         try:
             await self.close(room, holder, stream_id)
-        except (RedisError, OSError) as exc:
+        except redisurl.FAILURES as exc:
             log.debug("could not undo the join of stream %s: %s", stream_id, exc)
 
     def _forget(self, room: str, stream_id: int) -> None:
@@ -452,7 +451,13 @@ class Connections:
         if not user_ids:
             return {}
         ordered = sorted(user_ids)
-        values = await self.redis.mget([name_key(u) for u in ordered])
+        # GETs in a pipeline rather than one MGET: each user's key has its
+        # own hash tag, so on a Redis Cluster they live on different nodes
+        # (the pipeline sends each node its share).
+        pipe = self.redis.pipeline(transaction=False)
+        for user_id in ordered:
+            pipe.get(name_key(user_id))
+        values = await pipe.execute()
         return {u: str(v) for u, v in zip(ordered, values, strict=True) if v is not None}
 
     async def name(self, user_id: str) -> str | None:

@@ -27,9 +27,9 @@ import logging
 import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import redisurl
 from .config import Config
 from .connections import Connections
 from .hub import IDLE, Hub, Subscription
@@ -219,7 +219,7 @@ class Heartbeat:
             # re-reads its rooms.
             await self.connections.refresh(self.parts)
             await self.metrics.push()
-        except (RedisError, OSError) as exc:
+        except redisurl.FAILURES as exc:
             if not self._failing:
                 # Losing Redis is logged once per worker, by its pub/sub
                 # relay; anything else (a full or read-only Redis) is the
@@ -261,7 +261,7 @@ class Heartbeat:
                 self._last[room] = now
             try:
                 await self.announce(due)
-            except (RedisError, OSError) as exc:
+            except redisurl.FAILURES as exc:
                 log.debug("presence not announced (%s); the next tick will", exc)
         # Forget rooms whose one-a-second limit has passed.
         cutoff = time.monotonic() - COUNT_BATCH_S

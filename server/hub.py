@@ -45,8 +45,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from redis.exceptions import RedisError
-
+from . import redisurl
 from .metrics import Metrics
 from .model import Event, Message, Presence, PresenceDiff, StreamKey
 
@@ -234,7 +233,7 @@ class Subscription:
         except TimeoutError:  # before OSError, its base class
             log.info("cutting off a subscriber of %s that stopped reading", self.room.name)
             self.abort()
-        except (RedisError, OSError) as exc:
+        except redisurl.FAILURES as exc:
             if not self.closed:  # (else it was cut off while the pump waited for it)
                 log.info("replay of %s failed: %s", self.room.name, exc)
                 self.close(UNAVAILABLE)

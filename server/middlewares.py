@@ -14,7 +14,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestPayloadError
-from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import BusyLoadingError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -66,7 +66,11 @@ def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         message = exc.text if exc.status == 413 and exc.text else exc.reason
         return error_response(exc.status, message.removeprefix(f"{exc.status}: "), headers=headers)
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, BusyLoadingError)):
+    # (A cluster's RedisClusterException: no primary serves the key's slot
+    # yet, during a failover.)
+    if isinstance(
+        exc, (RedisConnectionError, RedisTimeoutError, BusyLoadingError, RedisClusterException)
+    ):
         request.app[keys.REDIS_ERRORS].record(exc)
         return error_response(503, "Redis is unavailable; retry shortly", code="unavailable")
     if isinstance(exc, ResponseError):

@@ -7,9 +7,8 @@ import re
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
-from . import keys
+from . import keys, redisurl
 from .broker import NewRoom
 from .errors import BadRequest, NotFound, RateLimited, TooLarge
 from .model import ROOM_RE, Message, parse_json
@@ -121,6 +120,6 @@ async def post(
     # just took from the budgets goes back (one more round trip, retries only).
     try:
         await limiter.refund(*charges)
-    except (RedisError, OSError) as exc:
+    except redisurl.FAILURES as exc:
         log.debug("budgets not refunded for a retry: %s", exc)
     return message, True

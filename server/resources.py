@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis
@@ -19,6 +19,7 @@ from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
+from . import redisurl
 from .config import Config
 from .sessions import SignedRedisStorage, make_storage
 
@@ -133,9 +134,24 @@ class WaitingPool(aioredis.ConnectionPool):
         self._free.release()
 
 
+CLUSTER_MAX_CONNECTIONS = 256  # per node; redis-py's cluster client refuses more at once
+
+
 def _client(url: str, *, decode_responses: bool) -> aioredis.Redis:
-    pool = WaitingPool.from_url(url, decode_responses=decode_responses, **CLIENT_OPTIONS)
-    return aioredis.Redis.from_pool(pool)
+    """A client of one Redis, of a Redis Cluster or of the primary Sentinel names.
+
+    A cluster client has the commands, scripts and pipelines of a plain one
+    (pipelines split by node), so the rest of the server is written against
+    one type, :class:`redis.asyncio.Redis`.
+    """
+    if redisurl.kind_of(url) == "single":
+        pool = WaitingPool.from_url(url, decode_responses=decode_responses, **CLIENT_OPTIONS)
+        return aioredis.Redis.from_pool(pool)
+    options = {name: value for name, value in CLIENT_OPTIONS.items() if name != "wait_s"}
+    if redisurl.kind_of(url) == "cluster":
+        options["max_connections"] = CLUSTER_MAX_CONNECTIONS
+    client = redisurl.async_client(url, decode_responses=decode_responses, **options)
+    return cast(aioredis.Redis, client)
 
 
 @contextlib.asynccontextmanager

@@ -6,10 +6,24 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 Call = tuple[AsyncScript, list[str], list[Any]]  # a script, its keys and its arguments
+
+
+def register(redis: aioredis.Redis, text: str) -> AsyncScript:
+    """``text`` as a script of ``redis``.
+
+    On a Redis Cluster its PUBLISH becomes SPUBLISH: a script may only
+    touch its keys' slot, and a room's shard channel carries the room's
+    hash tag, so it lives in the slot of the room's keys (and only
+    subscribers of that shard's primary hear it, instead of every node).
+    """
+    if isinstance(redis, RedisCluster):
+        text = text.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+    return redis.register_script(text)
 
 
 async def run(redis: aioredis.Redis, *calls: Call, pipe: Pipeline | None = None) -> list[Any]:
@@ -22,7 +36,9 @@ async def run(redis: aioredis.Redis, *calls: Call, pipe: Pipeline | None = None)
     pipe = pipe or redis.pipeline(transaction=False)
     skip = len(pipe)
     for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        # As a plain command: redis-py refuses pipe.evalsha on a Redis Cluster,
+        # though its pipelines route EVALSHA by its keys like any other command.
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     replies = await pipe.execute(raise_on_error=False)
     for reply in replies[:skip]:
         if isinstance(reply, Exception):

@@ -100,7 +100,11 @@ class SignedRedisStorage(RedisStorage):
     """aiohttp-session's Redis store, with the cookie key signed by the session secret."""
 
     def __init__(self, redis: aioredis.Redis, secret: str, **kwargs: Any) -> None:
-        super().__init__(redis, **kwargs)
+        # aiohttp-session (2.12) accepts only a redis.asyncio.Redis; a Redis
+        # Cluster client has the same GET and SET, so it is put in place
+        # after the check, which is handed an unconnected stand-in.
+        super().__init__(redis if isinstance(redis, aioredis.Redis) else aioredis.Redis(), **kwargs)
+        self._redis = redis
         self._secret = secret.encode()
 
     def _sign(self, key: str) -> str:

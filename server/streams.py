@@ -8,9 +8,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from . import keys, sessions
+from . import keys, redisurl, sessions
 from .addresses import budget_key
 from .connections import Holder
 from .errors import BadRequest, TooManyStreams, Unavailable, is_out_of_memory
@@ -84,7 +84,7 @@ async def subscription(
         try:
             async with asyncio.timeout(2):
                 await connections.close(room, Holder(user.user_id, address), sub.id)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (*redisurl.FAILURES, TimeoutError) as exc:
             log.debug("could not unregister stream %s: %s", sub.id, exc)
 
 

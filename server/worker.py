@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import aiotools
 from aiohttp import web
@@ -60,7 +61,8 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
         for result in (redis, storage):
             if isinstance(result, BaseException):
                 raise RuntimeError(f"worker {pidx} could not open Redis: {result}") from result
-        assert isinstance(redis, Redis) and isinstance(storage, SignedRedisStorage)
+        assert isinstance(storage, SignedRedisStorage)
+        redis = cast(Redis, redis)  # or a RedisCluster: see server.resources
         app = create_app(
             config,
             redis=redis,

@@ -18,7 +18,14 @@ from server.app import create_app
 from server.config import Config
 from server.resources import redis_client, session_store
 
-from .support import CHROMIUM_ARGS, RedisProcess, ServerProcess, chromium_path, running_server
+from .support import (
+    CHROMIUM_ARGS,
+    ClusterProcesses,
+    RedisProcess,
+    ServerProcess,
+    chromium_path,
+    running_server,
+)
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -52,6 +59,30 @@ def redis_url(redis_server: RedisProcess | None) -> Iterator[str]:
     client.flushdb()
     client.close()
     yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterProcesses]:
+    """A private Redis Cluster (three primaries, a replica each) for the run."""
+    cluster = ClusterProcesses()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: ClusterProcesses) -> str:
+    """The URL of one node of the run's Redis Cluster, emptied for this test."""
+    redis_cluster.flushall()
+    return redis_cluster.url
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """One Redis, then a Redis Cluster: the test runs on each."""
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url"))
 
 
 @pytest.fixture
@@ -117,7 +148,8 @@ async def client(
 
 @pytest.fixture
 def start_server(redis_url: str) -> Iterator[Callable[..., ServerProcess]]:
-    """Start ``python -m server`` processes on the test's Redis; killed at the end."""
+    """Start ``python -m server`` processes (on the test's Redis, unless told
+    another ``redis_url``); killed at the end."""
     servers: list[ServerProcess] = []
 
     def start(**kwargs: Any) -> ServerProcess:

@@ -597,3 +597,233 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in metrics:\n{text}")
+
+
+class ClusterProcesses:
+    """A private Redis Cluster: three primaries with one replica each.
+
+    Debian's redis-server (7.x, for sharded pub/sub), on free loopback
+    ports, formed with ``redis-cli --cluster create``. A short node timeout
+    makes a replica take over within a few seconds of its primary's death.
+    """
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="chat-test-cluster-")
+        self.ports = [free_port() for _ in range(6)]
+        # Each node's cluster bus on a free port too (by default it is the
+        # port + 10000, which may be taken or out of range).
+        self.bus_ports = {port: free_port() for port in self.ports}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        server, cli = debian_program("redis-server"), debian_program("redis-cli")
+        for port in self.ports:
+            self.start_node(port, server)
+        for port in self.ports:
+            _wait_for_ping(port, self.procs[port])
+        subprocess.run(
+            [
+                *(cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)),
+                *("--cluster-replicas", "1", "--cluster-yes"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.wait_ok()
+
+    def start_node(self, port: int, server: str | None = None) -> None:
+        node_dir = os.path.join(self.dir, str(port))
+        os.makedirs(node_dir, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [
+                server or debian_program("redis-server"),
+                *("--bind", "127.0.0.1", "--port", str(port)),
+                *("--save", "", "--appendonly", "no"),
+                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)),
+                *("--cluster-port", str(self.bus_ports[port])),
+                # A replica takes over however long ago it last heard from its
+                # primary (an idle test cluster has little traffic).
+                *("--cluster-replica-validity-factor", "0"),
+                *("--dir", node_dir, "--logfile", "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every live node says the cluster is ok and every slot has a primary."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for port, proc in self.procs.items():
+                if proc.poll() is not None:
+                    continue
+                client = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+                try:
+                    info = client.cluster("INFO")
+                    states.append(info.get("cluster_state") == "ok")
+                except redis.RedisError:
+                    states.append(False)
+                finally:
+                    client.close()
+            if states and all(states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("test Redis Cluster is not ok")
+            time.sleep(0.1)
+
+    def primaries(self) -> dict[int, list[tuple[int, int]]]:
+        """Each live primary's port and the slot ranges it serves."""
+        import redis
+
+        port = next(p for p, proc in self.procs.items() if proc.poll() is None)
+        client = redis.Redis(port=port, socket_timeout=2)
+        try:
+            slots = client.execute_command("CLUSTER SLOTS")
+        finally:
+            client.close()
+        owners: dict[int, list[tuple[int, int]]] = {}
+        for start, end, primary, *_ in slots:
+            owners.setdefault(int(primary[1]), []).append((int(start), int(end)))
+        return owners
+
+    def kill(self, port: int) -> None:
+        proc = self.procs[port]
+        proc.kill()
+        proc.wait()
+
+    def wait_failover(self, dead: int, timeout: float = 30) -> None:
+        """Until a replica has taken over the slots of the ``dead`` primary."""
+        deadline = time.monotonic() + timeout
+        while dead in self.primaries():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica took over from {dead}")
+            time.sleep(0.1)
+        self.wait_ok(max(1.0, deadline - time.monotonic()))
+
+    def flushall(self) -> None:
+        import redis
+
+        for port in self.primaries():
+            client = redis.Redis(port=port, socket_timeout=5)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+
+    def cleanup(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                stop_process(proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), 0.2) as s,
+        ):
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"test redis-server on port {port} did not start")
+        time.sleep(0.02)
+
+
+class SentinelProcesses:
+    """A private primary, its replica and one Sentinel watching them
+    (quorum 1), on free loopback ports: Debian's redis-server."""
+
+    SERVICE = "chat"
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="chat-test-sentinel-")
+        self.primary, self.replica, self.sentinel = free_port(), free_port(), free_port()
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel}/{self.SERVICE}"
+
+    def _start(self, port: int, *args: str) -> None:
+        node_dir = os.path.join(self.dir, str(port))
+        os.makedirs(node_dir, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [debian_program("redis-server"), *args, "--dir", node_dir, "--logfile", "redis.log"],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )
+        _wait_for_ping(port, self.procs[port])
+
+    def start(self) -> None:
+        common = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+        self._start(self.primary, "--port", str(self.primary), *common)
+        self._start(
+            self.replica,
+            *("--port", str(self.replica), *common),
+            *("--replicaof", "127.0.0.1", str(self.primary)),
+        )
+        config = os.path.join(self.dir, "sentinel.conf")
+        with open(config, "w") as f:  # Sentinel rewrites its config: a file of its own
+            f.write(
+                f"port {self.sentinel}\nbind 127.0.0.1\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary} 1\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+                f"sentinel failover-timeout {self.SERVICE} 5000\n"
+            )
+        self._start(self.sentinel, config, "--sentinel")
+        self.wait_primary(self.primary)
+
+    def current_primary(self) -> int | None:
+        import redis
+
+        client = redis.Redis(port=self.sentinel, socket_timeout=2, decode_responses=True)
+        try:
+            found = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+            return int(found[1]) if found else None
+        finally:
+            client.close()
+
+    def wait_primary(self, port: int, timeout: float = 30) -> None:
+        """Until the Sentinel names ``port`` as the primary, and it has its replica."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.current_primary() == port:
+                client = redis.Redis(port=port, socket_timeout=2)
+                try:
+                    if port != self.primary or client.info("replication")["connected_slaves"]:
+                        return
+                finally:
+                    client.close()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Sentinel does not name {port} as the primary")
+            time.sleep(0.1)
+
+    def kill(self, port: int) -> None:
+        proc = self.procs[port]
+        proc.kill()
+        proc.wait()
+
+    def cleanup(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                stop_process(proc)
+        shutil.rmtree(self.dir, ignore_errors=True)

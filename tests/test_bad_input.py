@@ -66,6 +66,18 @@ async def test_any_cookie_gets_a_fresh_session(server: ServerProcess, cookie: by
     assert "chat_session=" in headers  # a new cookie replaces it
 
 
+@pytest.mark.parametrize("upgrade", [b"\x80", b"h2c", b"websocket\xff"])
+async def test_a_websocket_request_with_a_bad_upgrade_header_is_a_400(
+    server: ServerProcess, upgrade: bytes
+) -> None:
+    status, _, body = await raw(
+        server,
+        b"GET /api/rooms/general/ws HTTP/1.1\nHost: 127.0.0.1\nUpgrade: " + upgrade + b"\n",
+    )
+    assert status == 400
+    assert json_of(body)["error"]["code"] == "bad_request"
+
+
 async def test_ids_are_checked_before_they_reach_redis(server: ServerProcess) -> None:
     async with aiohttp.ClientSession(server.url) as http:
         messages = "/api/rooms/lobby/messages"

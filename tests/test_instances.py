@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from server.cli import SECRET_KEY, shown_url
+from server.cli import SECRET_KEY
+from server.redisurl import shown as shown_url
 
 from .support import (
     RedisProcess,
@@ -43,11 +44,11 @@ async def post(http: aiohttp.ClientSession, base: str, room: str, text: str) -> 
 
 
 async def test_two_instances_without_a_secret_are_one_chat(
-    start_server: Callable[..., ServerProcess],
+    start_server: Callable[..., ServerProcess], any_redis_url: str
 ) -> None:
     # Each ServerProcess runs in a directory of its own: two data directories.
-    one = start_server(workers=2)
-    two = start_server(workers=1)
+    one = start_server(workers=2, redis_url=any_redis_url)
+    two = start_server(workers=1, redis_url=any_redis_url)
     assert one.cwd != two.cwd
     # One cookie jar, as one browser: the cookie is for the host, whatever the
     # port (unsafe=True: aiohttp keeps no cookies from IP-address hosts otherwise).
@@ -182,6 +183,11 @@ async def until_logged(server: ServerProcess, done: Callable[[list[dict[str, Any
         ("rediss://chat:hunter2@redis.internal/1", "rediss://chat:***@redis.internal/1"),
         ("redis://chat@redis.internal", "redis://chat@redis.internal"),
         ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ("redis+cluster://:hunter2@10.0.0.1:7000", "redis+cluster://:***@10.0.0.1:7000"),
+        (
+            "redis+sentinel://:hunter2@s1:26379,s2:26379/chat?sentinel_password=sesame",
+            "redis+sentinel://:***@s1:26379,s2:26379/chat?sentinel_password=***",
+        ),
     ],
 )
 def test_a_redis_password_never_reaches_the_log(url: str, shown: str) -> None:

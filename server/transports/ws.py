@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import hub, keys, posting, sessions, streams
@@ -91,7 +91,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=config.body_max_bytes,
         timeout=CLOSE_TIMEOUT_S,
     )
-    if not ws.can_prepare(request).ok:
+    try:
+        upgrade = ws.can_prepare(request).ok
+    except UnicodeEncodeError:
+        # aiohttp (3.14) words its 400 for a bad handshake header with the
+        # header's value, and fails to encode one that is not UTF-8.
+        upgrade = False
+    if not upgrade:
         raise BadRequest("expected a WebSocket upgrade request")
     user = await sessions.current_user(request, charge=False)
     async with streams.subscription(request, ws, room, user, since, "ws") as sub:
@@ -174,7 +180,7 @@ async def _handle_text(text: str, app: web.Application, room: str, user: User, a
         if exc.retry_after:
             error["retry_after"] = str(exc.retry_after)
         return _frame("error", ref, error=error)
-    except (RedisConnectionError, RedisTimeoutError, OSError):
+    except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError):
         return _frame("error", ref, error=error_payload(Unavailable("Redis is unavailable; retry")))
     except RedisError as exc:
         # Redis refused the write (out of memory, a read-only replica): the

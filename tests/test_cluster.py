@@ -1,0 +1,202 @@
+"""The chat on a Redis Cluster: real processes on a real six-node cluster
+(three primaries, one replica each), formed by the test fixture."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+import redis
+from redis.cluster import key_slot
+
+from server import redisurl
+from server.broker import stream_key
+
+from .support import (
+    ClusterProcesses,
+    ResilientSubscriber,
+    Sender,
+    ServerProcess,
+    assert_in_order_once,
+    running_server,
+    sse_collector,
+    ws_collector,
+)
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
+
+
+def rooms_on_every_primary(cluster: ClusterProcesses) -> dict[int, str]:
+    """A room whose keys live on each primary, by the primary's port."""
+    owners = cluster.primaries()
+    rooms: dict[int, str] = {}
+    n = 0
+    while len(rooms) < len(owners):
+        room = f"shard-{n}"
+        slot = key_slot(stream_key(room).encode())
+        port = next(p for p, ranges in owners.items() if any(a <= slot <= b for a, b in ranges))
+        rooms.setdefault(port, room)
+        n += 1
+    return rooms
+
+
+def jar() -> aiohttp.CookieJar:
+    # unsafe=True: aiohttp keeps no cookies from IP-address hosts otherwise.
+    return aiohttp.CookieJar(unsafe=True)
+
+
+async def post(
+    http: aiohttp.ClientSession, base: str, room: str, text: str, **kwargs: object
+) -> aiohttp.ClientResponse:
+    async with http.post(f"{base}/api/rooms/{room}/messages", json={"text": text}, **kwargs) as r:
+        await r.read()
+        return r
+
+
+async def test_rooms_on_every_shard_reach_every_worker_and_instance(
+    start_server: Callable[..., ServerProcess],
+    redis_cluster: ClusterProcesses,
+    cluster_url: str,
+) -> None:
+    one = start_server(workers=2, redis_url=cluster_url)
+    two = start_server(workers=1, redis_url=cluster_url)
+    rooms = rooms_on_every_primary(redis_cluster)
+    async with (
+        aiohttp.ClientSession(cookie_jar=jar()) as alice,
+        aiohttp.ClientSession(cookie_jar=jar()) as bob,
+    ):
+        for port, room in rooms.items():
+            async with (
+                sse_collector(alice, f"{two.url}/api/rooms/{room}/events") as on_two,
+                ws_collector(bob, f"{one.url}/api/rooms/{room}/ws") as on_one,
+            ):
+                # Presence crosses instances: each sees both.
+                await on_two.wait_for(lambda c: len(c.presence and c.presence[-1]) == 2)
+                await on_one.wait_for(lambda c: len(c.presence and c.presence[-1]) == 2)
+                sent = []
+                for n in range(5):
+                    base = one.url if n % 2 else two.url
+                    resp = await post(alice, base, room, f"{room} {n}")
+                    assert resp.status == 201
+                    sent.append((await resp.json())["message"]["id"])
+                for collector in (on_one, on_two):
+                    await collector.wait_for(lambda c, last=sent[-1]: last in c.ids)
+                    assert collector.ids == sent and collector.gaps == []
+            # The room's history is on that primary, and only there.
+            node = redis.Redis(port=port, decode_responses=True)
+            try:
+                assert node.xlen(stream_key(room)) == len(sent)
+            finally:
+                node.close()
+            # Bob comes back on the other instance from the first message:
+            # the other four, no gap, no double.
+            async with sse_collector(
+                bob, f"{two.url}/api/rooms/{room}/events", headers={"Last-Event-ID": sent[0]}
+            ) as back:
+                await back.wait_for(lambda c: len(c.ids) >= 4)
+                assert back.ids == sent[1:] and back.gaps == []
+
+
+async def test_budgets_and_idempotency_keys_hold_across_instances(
+    start_server: Callable[..., ServerProcess], cluster_url: str
+) -> None:
+    budget = {"CHAT_RATE_LIMIT_PER_S": "0.1", "CHAT_RATE_LIMIT_BURST": "3"}
+    one = start_server(workers=2, redis_url=cluster_url, env=budget)
+    two = start_server(workers=1, redis_url=cluster_url, env=budget)
+    async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+        keyed = {"headers": {"Idempotency-Key": "k-1"}}
+        first = await post(http, one.url, "budget", "once", **keyed)
+        again = await post(http, two.url, "budget", "once", **keyed)
+        assert first.status == 201 and again.status == 201
+        assert again.headers["Idempotent-Replayed"] == "true"
+        # The replay took nothing from the budget: two more go through, on
+        # either instance, and then the user is over it on both.
+        assert (await post(http, two.url, "budget", "two")).status == 201
+        assert (await post(http, one.url, "budget", "three")).status == 201
+        for base in (one.url, two.url):
+            refused = await post(http, base, "budget", "four")
+            assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+        async with http.get(f"{two.url}/api/rooms/budget/messages") as resp:
+            texts = [m["text"] for m in (await resp.json())["messages"]]
+        assert texts == ["once", "two", "three"]
+
+
+async def test_a_primary_failing_over_under_traffic_loses_no_answered_message() -> None:
+    cluster = ClusterProcesses()  # its own: this test breaks one of its primaries
+    try:
+        cluster.start()
+        rooms = rooms_on_every_primary(cluster)
+        victim = next(iter(rooms))
+        with running_server(redis_url=cluster.url, workers=2) as server:
+            await _fail_over_under_traffic(cluster, server, victim, list(rooms.values()))
+    finally:
+        cluster.cleanup()
+
+
+async def _fail_over_under_traffic(
+    cluster: ClusterProcesses, server: ServerProcess, victim: int, rooms: list[str]
+) -> None:
+    async with aiohttp.ClientSession(server.url, cookie_jar=jar()) as http:
+        subscribers = [
+            ResilientSubscriber(http, f"/api/rooms/{room}", kind)
+            for room in rooms
+            for kind in ("sse", "ws")
+        ]
+        for subscriber in subscribers:
+            subscriber.start()
+        senders = [Sender(server.url, f"/api/rooms/{room}", per_second=15) for room in rooms]
+        try:
+            for subscriber in subscribers:
+                await subscriber.wait_for(lambda s: s.connections)
+            for sender in senders:
+                sender.start()
+            await asyncio.sleep(1.0)
+            cluster.kill(victim)
+            cluster.wait_failover(victim)  # a replica takes over its slots
+            before = [len(sender.accepted) for sender in senders]
+            await asyncio.sleep(2.0)  # traffic on the new primary
+            # Every room, the failed-over one too, is written again.
+            assert all(len(s.accepted) > n for s, n in zip(senders, before, strict=True))
+        finally:
+            for sender in senders:
+                await sender.stop()
+        try:
+            for sender, room in zip(senders, rooms, strict=True):
+                assert len(sender.accepted) >= 20, (room, sender.statuses, sender.errors)
+                mine = [s for s in subscribers if s.room_path.endswith(f"/{room}")]
+                for subscriber in mine:
+                    last = sender.accepted[-1]
+                    await subscriber.wait_for(lambda s, last=last: last in s.ids, timeout=20)
+                    assert_in_order_once(subscriber.ids)
+                    missing = set(sender.accepted) - set(subscriber.ids)
+                    assert not missing, (room, subscriber.kind, sorted(missing))
+        finally:
+            for subscriber in subscribers:
+                await subscriber.stop()
+
+
+def test_cluster_and_sentinel_urls_are_read_and_checked() -> None:
+    assert redisurl.kind_of("redis://127.0.0.1:6379/0") == "single"
+    assert redisurl.kind_of("unix:///run/redis.sock") == "single"
+    assert redisurl.kind_of("redis+cluster://10.0.0.1:7000") == "cluster"
+    assert redisurl.node_url("rediss+cluster://:pw@n1:7000") == "rediss://:pw@n1:7000"
+    assert redisurl.cluster_url("redis://n1:7000/0") == "redis+cluster://n1:7000/0"
+    found = redisurl.sentinels(
+        "redis+sentinel://:pw@s1:26379,[::1]:26380/chat/2?sentinel_password=sesame"
+    )
+    assert found.addresses == [("s1", 26379), ("::1", 26380)]
+    assert (found.service, found.db, found.password) == ("chat", 2, "pw")
+    assert found.sentinel_password == "sesame"
+    assert redisurl.sentinels("redis+sentinel://s1:26379").service == redisurl.DEFAULT_SERVICE
+    for bad in (
+        "http://127.0.0.1:6379",
+        "127.0.0.1:6379",
+        "redis+cluster://n1:7000/3",  # a cluster has database 0 only
+        "redis+cluster:///0",
+        "redis+sentinel://s1/chat",  # no port
+        "redis+sentinel://s1:26379/chat/x",
+    ):
+        with pytest.raises(redisurl.BadRedisURL):
+            redisurl.validate(bad)
