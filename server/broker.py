@@ -46,6 +46,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from .config import Config
+from .metrics import Metrics
 from .model import LAST_KEY, Message, StreamKey, format_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -273,8 +274,9 @@ class Relay:
     :meth:`deliver_to` in id order, presence notices to the other one.
     """
 
-    def __init__(self, redis_url: str, broker: Broker) -> None:
+    def __init__(self, redis_url: str, broker: Broker, metrics: Metrics | None = None) -> None:
         self.broker = broker
+        self.metrics = metrics if metrics is not None else Metrics()
         self.on_messages: Callable[[str, list[Message]], None] = lambda room, messages: None
         self.on_presence: Callable[[str], None] = lambda room: None
         # Pub/sub replies as plain RESP2 arrays, and no read timeout: a quiet
@@ -352,6 +354,7 @@ class Relay:
                 await self._subscribe_all(conn)
                 if failures:
                     log.info("pub/sub reconnected to Redis")
+                    self.metrics.redis_reconnected()
                     failures = 0
                 self.connected.set()
                 while True:
@@ -364,6 +367,7 @@ class Relay:
                 # die and leave the worker deaf.
                 if self._stopping:
                     break
+                self.metrics.redis_error()
                 failures += 1
                 if failures == 1:
                     if isinstance(exc, (RedisError, OSError)):
@@ -472,6 +476,7 @@ class Relay:
                     await self._fill(room, feed)
                     failures = 0
                 except (RedisError, OSError) as exc:
+                    self.metrics.redis_error()
                     failures += 1
                     if failures == 1:
                         log.warning("cannot catch up %s from its stream: %s", room, exc)
