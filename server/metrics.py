@@ -45,7 +45,7 @@ class Metrics:
 
     Beside the Prometheus values, plain fields keep what other parts of the
     worker read back: open connections by transport, streams closed, and
-    the worst loop stall, heartbeat tick and collection so far.
+    the longest loop stall, heartbeat tick and collection so far.
     """
 
     def __init__(self, worker: int = 0, directory: str | None = None) -> None:
@@ -55,9 +55,6 @@ class Metrics:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.connections: collections.Counter[str] = collections.Counter()
         self.closed = 0  # streams closed on this worker since it started
-        self.loop_stall_max_s = 0.0
-        self.heartbeat_max_s = 0.0
-        self.gc_pause_max_s = 0.0
 
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, doc, labels, registry=registry)
@@ -66,6 +63,9 @@ class Metrics:
             # One series per live worker process (the pid label is added).
             gauge = Gauge(name, doc, ["worker"], registry=registry, multiprocess_mode="liveall")
             return gauge.labels(str(worker))
+
+        def longest(name: str, doc: str) -> _Longest:
+            return _Longest(worker_gauge(name, doc))
 
         self._published = counter("chat_messages_published", "Messages stored (201 or acked).")
         self._deliveries = counter("chat_deliveries", "Messages written to streaming clients.")
@@ -106,13 +106,11 @@ class Metrics:
         slow_beats = counter("chat_heartbeat_slow", "Heartbeat ticks over 100 ms.", ["worker"])
         self._loop_stalls = loop_stalls.labels(str(worker))
         self._heartbeat_slow = slow_beats.labels(str(worker))
-        self._loop_stall_max = worker_gauge(
+        self.loop_stall_max = longest(
             "chat_loop_stall_max_seconds", "Longest event loop stall so far."
         )
-        self._heartbeat_max = worker_gauge(
-            "chat_heartbeat_max_seconds", "Longest heartbeat tick so far."
-        )
-        self._gc_pause_max = worker_gauge(
+        self.heartbeat_max = longest("chat_heartbeat_max_seconds", "Longest heartbeat tick so far.")
+        self.gc_pause_max = longest(
             "chat_gc_pause_max_seconds", "Longest full garbage collection so far."
         )
         worker_gauge("chat_worker_up", "Worker processes serving.").set(1)
@@ -167,29 +165,37 @@ class Metrics:
 
     def loop_late(self, late_s: float, stalled: bool) -> None:
         """The loop ran a timer ``late_s`` late (``stalled``: over the warning)."""
-        if late_s > self.loop_stall_max_s:
-            self.loop_stall_max_s = late_s
-            self._loop_stall_max.set(late_s)
+        self.loop_stall_max.note(late_s)
         if stalled:
             self._loop_stalls.inc()
 
     def heartbeat_took(self, took_s: float, slow: bool) -> None:
-        if took_s > self.heartbeat_max_s:
-            self.heartbeat_max_s = took_s
-            self._heartbeat_max.set(took_s)
+        self.heartbeat_max.note(took_s)
         if slow:
             self._heartbeat_slow.inc()
 
     def gc_paused(self, took_s: float) -> None:
-        if took_s > self.gc_pause_max_s:
-            self.gc_pause_max_s = took_s
-            self._gc_pause_max.set(took_s)
+        self.gc_pause_max.note(took_s)
 
     # -- reading ----------------------------------------------------------------
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """This process' own value of one sample (0 when absent)."""
         return self.registry.get_sample_value(name, labels) or 0.0
+
+
+class _Longest:
+    """The longest of some duration so far, in seconds: kept here to compare
+    with, and written to its gauge only when it grows."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.seconds = 0.0
+        self._gauge = gauge
+
+    def note(self, seconds: float) -> None:
+        if seconds > self.seconds:
+            self.seconds = seconds
+            self._gauge.set(seconds)
 
 
 def render(metrics: Metrics) -> bytes:

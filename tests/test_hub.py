@@ -444,13 +444,13 @@ async def test_the_loop_watch_sees_and_logs_a_stalled_loop(caplog: Any) -> None:
     watch.start()
     try:
         await asyncio.sleep(0.05)
-        assert metrics.loop_stall_max_s < 0.1
+        assert metrics.loop_stall_max.seconds < 0.1
         with caplog.at_level(logging.WARNING, logger="server.heartbeat"):
             time.sleep(0.2)  # a callback that holds the loop
             await asyncio.sleep(0.05)
     finally:
         watch.stop()
-    assert metrics.loop_stall_max_s >= 0.15
+    assert metrics.loop_stall_max.seconds >= 0.15
     assert "event loop stalled for" in caplog.text
 
 
@@ -466,7 +466,7 @@ async def test_the_loop_watch_times_full_garbage_collections() -> None:
         gc.collect()
     finally:
         watch.stop()
-    assert metrics.gc_pause_max_s > 0
+    assert metrics.gc_pause_max.seconds > 0
     assert watch._on_gc not in gc.callbacks
 
 

@@ -43,6 +43,10 @@ def samples(text: str) -> dict[str, float]:
     return found
 
 
+def open_streams(sse: int, ws: int) -> dict[str, float]:
+    return {'chat_connections{transport="sse"}': sse, 'chat_connections{transport="ws"}': ws}
+
+
 def expected(**extra: float) -> dict[str, float]:
     """The counters after the workload (as many subscribers as PLACES)."""
     return {
@@ -79,6 +83,16 @@ async def assert_every_scrape(base: str, wanted: dict[str, float]) -> None:
             answers[worker] = answers.get(worker, 0) + 1
 
 
+async def wait_replaced(base: str, old: dict[int, int], indices: list[int]) -> None:
+    """Wait until a new process serves each of the worker ``indices``."""
+    async with asyncio.timeout(15):
+        while True:
+            now = await worker_pids(base)
+            if all(now.get(index) not in (None, old[index]) for index in indices):
+                return
+            await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def workload(base: str) -> AsyncIterator[list[Collector]]:
     """Four subscribers (see PLACES), and 30 messages posted on fresh
@@ -102,12 +116,7 @@ async def test_every_scrape_of_an_instance_counts_its_workload_exactly(
 ) -> None:
     server = start_server(workers=2)
     async with workload(server.url):
-        await assert_every_scrape(
-            server.url,
-            expected(
-                **{'chat_connections{transport="sse"}': 2, 'chat_connections{transport="ws"}': 2}
-            ),
-        )
+        await assert_every_scrape(server.url, expected(**open_streams(2, 2)))
 
 
 async def test_counts_survive_a_killed_worker_and_its_connections_leave_the_gauges(
@@ -117,20 +126,13 @@ async def test_counts_survive_a_killed_worker_and_its_connections_leave_the_gaug
     async with workload(server.url) as subs:
         pids = await worker_pids(server.url)
         os.kill(pids[1], signal.SIGKILL)
-        async with asyncio.timeout(10):
-            while (await worker_pids(server.url)).get(1) in (None, pids[1]):
-                await asyncio.sleep(0.05)
+        await wait_replaced(server.url, pids, [1])
         for sub in subs[2:]:  # worker 1's
             async with asyncio.timeout(5):
                 await sub.closed.wait()
         # Worker 0's subscribers are still open; worker 1's went with it.
-        await assert_every_scrape(
-            server.url,
-            expected(
-                chat_worker_restarts_total=1,
-                **{'chat_connections{transport="sse"}': 1, 'chat_connections{transport="ws"}': 1},
-            ),
-        )
+        wanted = expected(chat_worker_restarts_total=1, **open_streams(1, 1))
+        await assert_every_scrape(server.url, wanted)
 
 
 async def test_counts_survive_a_reload_and_the_reload_is_counted(
@@ -138,21 +140,11 @@ async def test_counts_survive_a_reload_and_the_reload_is_counted(
 ) -> None:
     server = start_server(workers=2)
     async with workload(server.url):
-        pids = set((await worker_pids(server.url)).values())
+        pids = await worker_pids(server.url)
         server.signal(signal.SIGHUP)
-        async with asyncio.timeout(15):
-            while (now := await worker_pids(server.url)).keys() != {0, 1} or (
-                set(now.values()) & pids
-            ):
-                await asyncio.sleep(0.05)
-    await assert_every_scrape(
-        server.url,
-        expected(
-            chat_reloads_total=1,
-            chat_worker_restarts_total=0,
-            **{'chat_connections{transport="sse"}': 0, 'chat_connections{transport="ws"}': 0},
-        ),
-    )
+        await wait_replaced(server.url, pids, [0, 1])
+    wanted = expected(chat_reloads_total=1, chat_worker_restarts_total=0, **open_streams(0, 0))
+    await assert_every_scrape(server.url, wanted)
 
 
 async def test_concurrent_scrapes_change_no_counter(
