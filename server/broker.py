@@ -49,6 +49,7 @@ from redis.exceptions import RedisError
 
 from . import redisurl, scripts
 from .config import Config
+from .metrics import Metrics
 from .model import LAST_KEY, Message, StreamKey, format_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -283,8 +284,9 @@ class Relay:
     catch up from the streams as after any reconnect.
     """
 
-    def __init__(self, redis_url: str, broker: Broker) -> None:
+    def __init__(self, redis_url: str, broker: Broker, metrics: Metrics | None = None) -> None:
         self.broker = broker
+        self.metrics = metrics if metrics is not None else Metrics()
         self.on_messages: Callable[[str, list[Message]], None] = lambda room, messages: None
         self.on_presence: Callable[[str], None] = lambda room: None
         self.nodes = _nodes(redis_url)
@@ -466,6 +468,7 @@ class Relay:
                     await self._fill(room, feed)
                     failures = 0
                 except redisurl.FAILURES as exc:
+                    self.metrics.redis_error()
                     failures += 1
                     if failures == 1:
                         log.warning("cannot catch up %s from its stream: %s", room, exc)
@@ -648,6 +651,7 @@ class _Link:
                 await self._subscribe_all(conn)
                 if failures:
                     log.info("pub/sub reconnected to Redis")
+                    self.relay.metrics.redis_reconnected()
                     failures = 0
                 while True:
                     reply = await conn.read_response(
@@ -661,6 +665,7 @@ class _Link:
                 # die and leave the worker deaf.
                 if self._closing:
                     break
+                self.relay.metrics.redis_error()
                 failures += 1
                 if failures == 1:
                     if isinstance(exc, (RedisError, OSError)):

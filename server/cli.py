@@ -18,12 +18,14 @@ import multiprocessing
 import multiprocessing.process
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiohttp  # noqa: F401  (preloaded, so that forked workers need not import it)
 import aiohttp_session  # noqa: F401
@@ -34,8 +36,11 @@ from redis.exceptions import RedisError
 from . import __version__, logs, redisurl
 from .config import LOG_FORMATS, LOG_LEVELS, LOOPS, Config, ConfigError, load
 from .embedded import EmbeddedRedisError, embedded_redis
-from .process import STOP_SIGNALS, Shared, keeper, title, worker
+from .process import METRICS_DIR_ENV, STOP_SIGNALS, Shared, keeper, title, worker
 from .supervisor import Action, Supervisor
+
+if TYPE_CHECKING:  # imported at run time once its directory is set (see main)
+    from .instance_metrics import InstanceMetrics
 
 log = logging.getLogger("chat-server")
 
@@ -184,12 +189,17 @@ def loop_runner(config: Config) -> Callable[[Coroutine[Any, Any, None]], None]:
     return functools.partial(run, debug=config.debug)
 
 
-def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -> None:
+def serve(
+    config: Config,
+    redis_url: str,
+    reload_config: Callable[[], Config],
+    metrics: InstanceMetrics,
+) -> None:
     """Run generations of workers on one listening socket until a stop signal.
 
     A reload (SIGHUP) ends one generation and starts the next with the new
     settings; the socket stays open in between, so clients wait rather than
-    being refused.
+    being refused. Every generation writes its metrics to ``metrics``' directory.
     """
     sock = bind(config.host, config.port, config.backlog)
     host, port = sock.getsockname()[:2]
@@ -198,7 +208,6 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
     os.set_blocking(read_fd, False)
     secret = session_secret(config, redis_url)
     generation = 0
-    reloads = 0
 
     def on_ready(config: Config) -> None:
         if generation == 0:
@@ -218,10 +227,19 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
     try:
         while True:
             shared = Shared(
-                config, redis_url, secret, sock, os.getpid(), write_fd, reloads, generation
+                config,
+                redis_url,
+                secret,
+                sock,
+                os.getpid(),
+                write_fd,
+                generation,
+                metrics_dir=metrics.directory,
             )
             runner = loop_runner(config)
-            supervisor = Supervisor(shared, read_fd, runner, reload_config, on_ready, deaths)
+            supervisor = Supervisor(
+                shared, read_fd, runner, reload_config, on_ready, deaths, metrics
+            )
             aiotools.start_server(
                 worker,
                 main_ctxmgr=aiotools.main_context(supervisor.main_context),
@@ -250,8 +268,6 @@ def serve(config: Config, redis_url: str, reload_config: Callable[[], Config]) -
                         supervisor.next_config = reload_config()
             else:
                 restarts = 0
-            if supervisor.action is Action.RELOAD:
-                reloads += 1
             if supervisor.next_config is not None:
                 config = _keep_bound_settings(config, supervisor.next_config)
                 logs.configure(config.log_level, config.log_format)
@@ -319,6 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with contextlib.ExitStack() as stack:
+            directory = stack.enter_context(metrics_directory())
+            # Only now: prometheus_client picks file-backed values on import
+            # when the directory is set (see server.instance_metrics).
+            from .instance_metrics import InstanceMetrics  # noqa: PLC0415
+
+            metrics = InstanceMetrics(directory)
             redis_url = config.redis_url
             if not redis_url:
                 redis_url = stack.enter_context(
@@ -326,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             redis_url = reach_redis(redis_url, config.redis_wait_s)
             flags = parse_args(argv)
-            serve(config, redis_url, lambda: load(flags))
+            serve(config, redis_url, lambda: load(flags), metrics)
     except (EmbeddedRedisError, RuntimeError, OSError) as exc:
         print(f"chat-server: error: {exc}", file=sys.stderr)
         return 1
@@ -337,3 +359,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[str]:
+    """A fresh directory of this instance's own, where all its processes write
+    their metrics; removed at exit.
+
+    Named in ``PROMETHEUS_MULTIPROC_DIR`` before anything imports
+    prometheus_client, and before any worker is forked (they inherit it).
+    Private, so that another instance on this machine never adds to ours.
+    """
+    path = tempfile.mkdtemp(prefix="chat-metrics-")
+    os.environ[METRICS_DIR_ENV] = path
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -33,7 +33,7 @@ from . import redisurl
 from .config import Config
 from .connections import Connections
 from .hub import IDLE, Hub, Subscription
-from .metrics import Metrics, MetricsStore
+from .metrics import Metrics
 from .model import PING
 
 log = logging.getLogger(__name__)
@@ -75,16 +75,15 @@ class LoopWatch:
             self._gc_started = time.perf_counter()
         elif info.get("generation") == 2:
             took = time.perf_counter() - self._gc_started
-            self.metrics.gc_pause_max_s = max(self.metrics.gc_pause_max_s, took)
+            self.metrics.gc_paused(took)
             if took > self.warn_s:
                 log.warning("a full garbage collection took %.0f ms", took * 1000)
 
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
         late = loop.time() - self._due
-        self.metrics.loop_stall_max_s = max(self.metrics.loop_stall_max_s, late)
+        self.metrics.loop_late(late, stalled=late > self.warn_s)
         if late > self.warn_s:
-            self.metrics.loop_stalls += 1
             log.warning("event loop stalled for %.0f ms", late * 1000)
         self._due = loop.time() + self.every_s
         self._handle = loop.call_at(self._due, self._check)
@@ -157,12 +156,9 @@ class FrozenSurvivors:
 
 
 class Heartbeat:
-    def __init__(
-        self, hub: Hub, connections: Connections, config: Config, metrics: MetricsStore
-    ) -> None:
+    def __init__(self, hub: Hub, connections: Connections, config: Config) -> None:
         self.hub = hub
         self.connections = connections
-        self.metrics = metrics
         self.idle_timeout_s = config.idle_timeout_s
         self.list_max = config.presence_list_max
         # The interval is spread over ``parts`` ticks of ``interval`` each.
@@ -185,10 +181,8 @@ class Heartbeat:
             await self._tick()
         finally:
             took = time.perf_counter() - started
-            worker = self.hub.metrics
-            worker.heartbeat_max_s = max(worker.heartbeat_max_s, took)
+            self.hub.metrics.heartbeat_took(took, slow=took > SLOW_TICK_S)
             if took > SLOW_TICK_S:
-                worker.heartbeat_slow += 1
                 log.warning(
                     "heartbeat took %.0f ms over %d connections (%.0f ms of it pinging)",
                     took * 1000,
@@ -218,8 +212,8 @@ class Heartbeat:
             # connections that this refresh does), and a reconnected relay
             # re-reads its rooms.
             await self.connections.refresh(self.parts)
-            await self.metrics.push()
         except redisurl.FAILURES as exc:
+            self.hub.metrics.redis_error()
             if not self._failing:
                 # Losing Redis is logged once per worker, by its pub/sub
                 # relay; anything else (a full or read-only Redis) is the

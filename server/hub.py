@@ -211,7 +211,7 @@ class Subscription:
     def _written(self, event: Event) -> None:
         if isinstance(event, Message):
             self.last_key = event.key
-            self.room.metrics.deliveries += 1
+            self.room.metrics.delivered()
 
     async def _run_pump(self) -> None:
         try:
@@ -244,16 +244,21 @@ class Subscription:
         hub = self.room.hub
         after = self.since
         assert after is not None
-        while not self.closed:
-            page = await hub.backend.read_after(self.room.name, after, REPLAY_PAGE)
-            for message in page:
-                if message.key > self.last_key:
-                    if _missed_on_resume(message, self.last_key):
-                        await self._write(message.gap)
-                    await self._write(message)
-            if len(page) < REPLAY_PAGE:
-                return
-            after = page[-1].key
+        sent = 0
+        try:
+            while not self.closed:
+                page = await hub.backend.read_after(self.room.name, after, REPLAY_PAGE)
+                for message in page:
+                    if message.key > self.last_key:
+                        if _missed_on_resume(message, self.last_key):
+                            await self._write(message.gap)
+                        await self._write(message)
+                        sent += 1
+                if len(page) < REPLAY_PAGE:
+                    return
+                after = page[-1].key
+        finally:
+            self.room.metrics.replayed(sent)
 
     async def _write(self, event: Event) -> None:
         """Write one event, waiting (within ``idle_timeout_s``) for the socket to drain."""
@@ -297,7 +302,7 @@ class Subscription:
         """Cut the connection off at once (a slow consumer, a dead peer), with a reset."""
         if self.closed:
             return
-        self.room.metrics.dropped += 1
+        self.room.metrics.slow_consumer_dropped()
         self._end(OVERFLOW)
         if self.sink is not None:
             self.sink.abort()
@@ -419,6 +424,7 @@ class Hub:
             return
         subscriptions = list(room.subscriptions.values())
         direct = 0
+        stored_ms: list[int] = []
         for message in messages:
             key = message.key
             if key <= room.cursor:
@@ -426,6 +432,7 @@ class Hub:
             prev = message.prev
             hole = prev is not None and prev > room.cursor
             room.cursor = key
+            stored_ms.append(key[0])
             if hole:
                 # What came between was trimmed before this worker read it:
                 # each subscriber is told first (see Subscription.deliver).
@@ -438,7 +445,8 @@ class Hub:
                     direct += 1
                 else:
                     sub.deliver(message)
-        self.metrics.deliveries += direct
+        # Counted once per dispatch, not per write: the batch is one file write.
+        self.metrics.dispatched(direct, stored_ms)
 
     async def set_presence(
         self, room_name: str, online: list[dict[str, str]] | None, count: int

@@ -10,7 +10,7 @@ from .config import Config
 from .connections import Connections
 from .heartbeat import Heartbeat
 from .hub import Hub
-from .metrics import Metrics, MetricsStore
+from .metrics import Metrics
 from .middlewares import ThrottledErrorLog
 from .ratelimit import Budgets, RateLimiter
 
@@ -24,5 +24,4 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 BUDGETS = web.AppKey("budgets", Budgets)
 WORKER_INDEX = web.AppKey("worker_index", int)
 METRICS = web.AppKey("metrics", Metrics)
-METRICS_STORE = web.AppKey("metrics_store", MetricsStore)
 REDIS_ERRORS = web.AppKey("redis_errors", ThrottledErrorLog)

@@ -1,186 +1,208 @@
-"""``GET /metrics``: Prometheus text, totals over every worker of every instance.
+"""``GET /metrics``: this instance's Prometheus metrics, exact at scrape time.
 
-Each worker counts for itself and, on every heartbeat (and before answering
-``/metrics``), adds what it counted since the last time to totals kept in
-Redis, and writes its gauges (open connections) to a hash that expires when
-the worker stops refreshing it. Any worker can then answer for all. The
-totals only grow, across reloads and replaced workers, as Prometheus
-expects of a counter; a worker killed outright loses at most one heartbeat
-of counts.
+Each worker writes every count as it happens to memory-mapped files in the
+instance's private directory (prometheus_client's multiprocess mode, see
+:mod:`server.instance_metrics`); whichever worker answers a scrape sums the
+files of every process of the instance, so the answer is the same from any
+of them and holds everything counted before the scrape arrived. A worker
+killed outright loses nothing: its counts were in its file already. Other
+instances on the same Redis have directories of their own, and are scraped
+on their own.
+
+A count written to its file costs about a microsecond, so hot paths add a
+batch at once: a room's dispatch adds the deliveries it wrote to all its
+subscribers in one step, and observes the delivery latency once per message,
+not once per subscriber.
+
+An app built without a directory (in-process tests) keeps its values in its
+own registry and renders them alone.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
-if TYPE_CHECKING:  # the counters themselves are used by the hub, which knows no Redis
-    import redis.asyncio as aioredis
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
-REGISTRY_KEY = "chat:metrics:workers"
-TOTALS_KEY = "chat:metrics:totals"
+from .instance_metrics import require_multiprocess
+
 TRANSPORTS = ("sse", "ws")
-COUNTERS = ("published", "deliveries", "dropped")
-LIMITED = "limited_"  # totals fields "limited_<kind>"
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+REPLAY_BUCKETS = (0, 1, 10, 50, 100, 500, 1000, 5000, 10000)
 
 
-def _snapshot_key(member: str) -> str:
-    return f"chat:metrics:worker:{{{member}}}"
-
-
-@dataclasses.dataclass
 class Metrics:
-    """This worker's own counters."""
+    """One worker's metrics.
 
-    instance: str  # host and main pid: one running chat-server
-    worker: int
-    reloads: int  # how many reloads the instance has done
-    connections: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    published: int = 0
-    deliveries: int = 0
-    dropped: int = 0  # slow consumers cut off
-    closed: int = 0  # connections closed (this worker, since it started)
-    # Requests refused for being over a budget, by kind (see server.ratelimit).
-    limited: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    # The longest the event loop was held up, and the longest heartbeat
-    # tick, since the worker started (seconds).
-    loop_stall_max_s: float = 0.0
-    heartbeat_max_s: float = 0.0
-    gc_pause_max_s: float = 0.0  # the longest full garbage collection
-    loop_stalls: int = 0  # stalls over 100 ms
-    heartbeat_slow: int = 0  # ticks over 100 ms
+    Beside the Prometheus values, plain fields keep what other parts of the
+    worker read back: open connections by transport, streams closed, and
+    the longest loop stall, heartbeat tick and collection so far.
+    """
 
-    @property
-    def member(self) -> str:
-        return f"{self.instance}|{self.worker}"
+    def __init__(self, worker: int = 0, directory: str | None = None) -> None:
+        if directory is not None:
+            require_multiprocess(directory)
+        self.directory = directory
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.connections: collections.Counter[str] = collections.Counter()
+        self.closed = 0  # streams closed on this worker since it started
 
-    def snapshot(self) -> dict[Any, Any]:
-        """The gauges and labels of this worker."""
-        return {
-            "instance": self.instance,
-            "worker": str(self.worker),
-            "reloads": str(self.reloads),
-            **{f"connections_{t}": str(self.connections[t]) for t in TRANSPORTS},
-            "loop_stall_max_s": f"{self.loop_stall_max_s:.6f}",
-            "heartbeat_max_s": f"{self.heartbeat_max_s:.6f}",
-            "gc_pause_max_s": f"{self.gc_pause_max_s:.6f}",
-            "loop_stalls": str(self.loop_stalls),
-            "heartbeat_slow": str(self.heartbeat_slow),
-        }
+        def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
 
-    def counts(self) -> dict[str, int]:
-        counts = {name: getattr(self, name) for name in COUNTERS}
-        counts.update({f"{LIMITED}{kind}": n for kind, n in self.limited.items()})
-        return counts
+        def worker_gauge(name: str, doc: str) -> Gauge:
+            # One series per live worker process (the pid label is added).
+            gauge = Gauge(name, doc, ["worker"], registry=registry, multiprocess_mode="liveall")
+            return gauge.labels(str(worker))
 
+        def longest(name: str, doc: str) -> _Longest:
+            return _Longest(worker_gauge(name, doc))
 
-class MetricsStore:
-    def __init__(self, redis: aioredis.Redis, metrics: Metrics, *, ttl_s: float) -> None:
-        self.redis = redis
-        self.metrics = metrics
-        self.ttl_ms = int(ttl_s * 1000)
-        self._pushed = dict.fromkeys(COUNTERS, 0)  # what the totals already hold
+        self._published = counter("chat_messages_published", "Messages stored (201 or acked).")
+        self._deliveries = counter("chat_deliveries", "Messages written to streaming clients.")
+        self._dropped = counter("chat_slow_consumers_dropped", "Streams cut off for lagging.")
+        limited = counter("chat_rate_limited", "Requests refused over a budget.", ["kind"])
+        self._limited = limited
+        self._redis_errors = counter("chat_redis_errors", "Redis operations that failed.")
+        self._reconnects = counter("chat_redis_reconnects", "Pub/sub reconnections to Redis.")
+        opened = counter("chat_connections_opened", "Streams opened, by transport.", ["transport"])
+        current = Gauge(
+            "chat_connections",
+            "Open streaming connections, by transport.",
+            ["transport"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._opened = {t: opened.labels(t) for t in TRANSPORTS}
+        self._current = {t: current.labels(t) for t in TRANSPORTS}
+        self._publish_latency = Histogram(
+            "chat_publish_latency_seconds",
+            "From a message's request to its storage in Redis.",
+            registry=registry,
+            buckets=LATENCY_BUCKETS_S,
+        )
+        self._delivery_latency = Histogram(
+            "chat_delivery_latency_seconds",
+            "From a message's storage to its writing to this worker's clients.",
+            registry=registry,
+            buckets=LATENCY_BUCKETS_S,
+        )
+        self._replay = Histogram(
+            "chat_replay_messages",
+            "Messages sent by a resume's replay.",
+            registry=registry,
+            buckets=REPLAY_BUCKETS,
+        )
+        loop_stalls = counter("chat_loop_stalls", "Event loop stalls over 100 ms.", ["worker"])
+        slow_beats = counter("chat_heartbeat_slow", "Heartbeat ticks over 100 ms.", ["worker"])
+        self._loop_stalls = loop_stalls.labels(str(worker))
+        self._heartbeat_slow = slow_beats.labels(str(worker))
+        self.loop_stall_max = longest(
+            "chat_loop_stall_max_seconds", "Longest event loop stall so far."
+        )
+        self.heartbeat_max = longest("chat_heartbeat_max_seconds", "Longest heartbeat tick so far.")
+        self.gc_pause_max = longest(
+            "chat_gc_pause_max_seconds", "Longest full garbage collection so far."
+        )
+        worker_gauge("chat_worker_up", "Worker processes serving.").set(1)
 
-    async def push(self) -> None:
-        key = _snapshot_key(self.metrics.member)
+    # -- messages ------------------------------------------------------------
+
+    def published(self, took_s: float) -> None:
+        """A message was stored, ``took_s`` after its request arrived."""
+        self._published.inc()
+        self._publish_latency.observe(took_s)
+
+    def delivered(self, n: int = 1) -> None:
+        self._deliveries.inc(n)
+
+    def dispatched(self, delivered: int, stored_ms: Sequence[int]) -> None:
+        """A room's dispatch wrote ``delivered`` messages in all, of the
+        messages stored at ``stored_ms`` (their ids' milliseconds)."""
+        if delivered:
+            self._deliveries.inc(delivered)
         now_ms = time.time() * 1000
-        counts = self.metrics.counts()
-        pushed, self._pushed = self._pushed, counts
-        # One transaction: the totals get each increment exactly once. What
-        # it adds is taken before the first await, so that pushes that
-        # overlap (concurrent scrapes) never add the same counts twice.
-        pipe = self.redis.pipeline(transaction=True)
-        for name, value in counts.items():
-            if value != pushed.get(name, 0):
-                pipe.hincrby(TOTALS_KEY, name, value - pushed.get(name, 0))
-        pipe.hset(key, mapping=self.metrics.snapshot())
-        pipe.pexpire(key, self.ttl_ms)
-        pipe.zadd(REGISTRY_KEY, {self.metrics.member: now_ms + self.ttl_ms})
-        # Workers that stopped reporting leave the registry, and the registry
-        # itself goes when no worker is left.
-        pipe.zremrangebyscore(REGISTRY_KEY, "-inf", now_ms)
-        pipe.pexpire(REGISTRY_KEY, self.ttl_ms)
-        try:
-            await pipe.execute()
-        except BaseException:
-            # Not added (a transaction is all or nothing): the next push adds it.
-            for name, value in counts.items():
-                self._pushed[name] = self._pushed.get(name, 0) - (value - pushed.get(name, 0))
-            raise
+        for ms in stored_ms:
+            # Redis' clock stamped the id: another host's may be a little behind.
+            self._delivery_latency.observe(max(0.0, now_ms - ms) / 1000)
 
-    async def collect(self) -> tuple[list[dict[str, str]], dict[str, str]]:
-        """The snapshots of every live worker (this one's fresh) and the totals."""
-        await self.push()
-        members = await self.redis.zrange(REGISTRY_KEY, 0, -1)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(TOTALS_KEY)
-        for member in members:
-            pipe.hgetall(_snapshot_key(str(member)))
-        totals, *snapshots = await pipe.execute()
-        return [snapshot for snapshot in snapshots if snapshot], totals
+    def replayed(self, messages: int) -> None:
+        self._replay.observe(messages)
+
+    # -- connections and refusals ---------------------------------------------
+
+    def connection_opened(self, transport: str) -> None:
+        self.connections[transport] += 1
+        self._opened[transport].inc()
+        self._current[transport].inc()
+
+    def connection_closed(self, transport: str) -> None:
+        self.connections[transport] -= 1
+        self._current[transport].dec()
+
+    def slow_consumer_dropped(self) -> None:
+        self._dropped.inc()
+
+    def rate_limited(self, kind: str) -> None:
+        self._limited.labels(kind).inc()
+
+    def redis_error(self) -> None:
+        self._redis_errors.inc()
+
+    def redis_reconnected(self) -> None:
+        self._reconnects.inc()
+
+    # -- the worker's health --------------------------------------------------
+
+    def loop_late(self, late_s: float, stalled: bool) -> None:
+        """The loop ran a timer ``late_s`` late (``stalled``: over the warning)."""
+        self.loop_stall_max.note(late_s)
+        if stalled:
+            self._loop_stalls.inc()
+
+    def heartbeat_took(self, took_s: float, slow: bool) -> None:
+        self.heartbeat_max.note(took_s)
+        if slow:
+            self._heartbeat_slow.inc()
+
+    def gc_paused(self, took_s: float) -> None:
+        self.gc_pause_max.note(took_s)
+
+    # -- reading ----------------------------------------------------------------
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """This process' own value of one sample (0 when absent)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Longest:
+    """The longest of some duration so far, in seconds: kept here to compare
+    with, and written to its gauge only when it grows."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.seconds = 0.0
+        self._gauge = gauge
+
+    def note(self, seconds: float) -> None:
+        if seconds > self.seconds:
+            self.seconds = seconds
+            self._gauge.set(seconds)
 
 
-def render(snapshots: list[dict[str, str]], totals: dict[str, str]) -> str:
-    """Prometheus text exposition format (version 0.0.4)."""
-
-    def total(field: str) -> int:
-        if field in COUNTERS:
-            return int(totals.get(field, 0))
-        return sum(int(s.get(field, 0)) for s in snapshots)
-
-    lines = [
-        "# HELP chat_connections Open streaming connections, by transport.",
-        "# TYPE chat_connections gauge",
-        *(f'chat_connections{{transport="{t}"}} {total("connections_" + t)}' for t in TRANSPORTS),
-        "# HELP chat_messages_published_total Messages stored (answered 201 or acked).",
-        "# TYPE chat_messages_published_total counter",
-        f"chat_messages_published_total {total('published')}",
-        "# HELP chat_deliveries_total Messages written to streaming clients.",
-        "# TYPE chat_deliveries_total counter",
-        f"chat_deliveries_total {total('deliveries')}",
-        "# HELP chat_slow_consumers_dropped_total Streams cut off for not keeping up.",
-        "# TYPE chat_slow_consumers_dropped_total counter",
-        f"chat_slow_consumers_dropped_total {total('dropped')}",
-        "# HELP chat_rate_limited_total Requests refused for being over a budget, by kind.",
-        "# TYPE chat_rate_limited_total counter",
-        *(
-            f'chat_rate_limited_total{{kind="{_escape(field.removeprefix(LIMITED))}"}} {n}'
-            for field, n in sorted(totals.items())
-            if field.startswith(LIMITED)
-        ),
-        "# HELP chat_reloads_total Reloads (SIGHUP) of each running instance.",
-        "# TYPE chat_reloads_total counter",
-    ]
-    reloads: dict[str, int] = {}
-    for s in snapshots:
-        instance = s.get("instance", "")
-        reloads[instance] = max(reloads.get(instance, 0), int(s.get("reloads", 0)))
-    lines += [
-        f'chat_reloads_total{{instance="{_escape(i)}"}} {n}' for i, n in sorted(reloads.items())
-    ]
-    lines += [
-        "# HELP chat_worker_up Workers alive and reporting.",
-        "# TYPE chat_worker_up gauge",
-    ]
-    workers = sorted(snapshots, key=lambda s: (s.get("instance", ""), int(s.get("worker", 0))))
-    for name, field, help_text in (
-        ("chat_worker_up", "", "Workers alive and reporting."),
-        ("chat_loop_stall_max_seconds", "loop_stall_max_s", "Longest event loop stall so far."),
-        ("chat_heartbeat_max_seconds", "heartbeat_max_s", "Longest heartbeat tick so far."),
-        ("chat_gc_pause_max_seconds", "gc_pause_max_s", "Longest full garbage collection."),
-        ("chat_loop_stalls_total", "loop_stalls", "Event loop stalls over 100 ms."),
-        ("chat_heartbeat_slow_total", "heartbeat_slow", "Heartbeat ticks over 100 ms."),
-    ):
-        kind = "counter" if name.endswith("_total") else "gauge"
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        for s in workers:
-            instance, worker = _escape(s.get("instance", "")), _escape(s.get("worker", ""))
-            value = s.get(field, "0") if field else "1"
-            lines.append(f'{name}{{instance="{instance}",worker="{worker}"}} {value}')
-    return "\n".join(lines) + "\n"
+def render(metrics: Metrics) -> bytes:
+    """The Prometheus text of the instance: every process' files summed, or,
+    without a directory, this process' own values."""
+    registry = metrics.registry
+    if metrics.directory is not None:
+        registry = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(registry, path=metrics.directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

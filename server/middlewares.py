@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from aiohttp import HttpVersion11, hdrs, web
@@ -118,14 +119,17 @@ class MalformedRequests(logging.Filter):
 class ThrottledErrorLog:
     """Logs requests that failed on Redis: the first at once, then a count at
     most every ``interval`` seconds, so that an outage is visible without
-    flooding the log with one line per request."""
+    flooding the log with one line per request. Each is also counted, by
+    ``count`` (the metrics')."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, count: Callable[[], None] = lambda: None) -> None:
         self.interval = interval
+        self.count = count
         self._last = -interval
         self._suppressed = 0
 
     def record(self, exc: Exception, status: int = 503) -> None:
+        self.count()
         now = time.monotonic()
         if now - self._last < self.interval:
             self._suppressed += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 from aiohttp import web
@@ -72,6 +73,7 @@ async def post(
     *,
     address: str,
     idempotency_key: str | None = None,
+    arrived: float | None = None,
 ) -> tuple[Message, bool]:
     """Store a message in the room once it passes every check; raises a ChatError otherwise.
 
@@ -84,7 +86,12 @@ async def post(
     minutes), which is returned instead of storing another. Such a retry
     costs nothing from the budgets: it is answered even when they are
     spent, and what it took from them is given back.
+
+    ``arrived`` (``time.monotonic()``) is when the request or frame came
+    in: a stored message's publish latency is counted from it.
     """
+    if arrived is None:
+        arrived = time.monotonic()
     config = app[keys.CONFIG]
     text = message_text(text, config.message_max_chars)
     broker = app[keys.BROKER]
@@ -114,7 +121,7 @@ async def post(
             room, user.user_id, user.name, text, idempotency_key
         )
     if stored:
-        app[keys.METRICS].published += 1
+        app[keys.METRICS].published(time.monotonic() - arrived)
         return message, False
     # A retry: the message was stored before, and answered now, so what it
     # just took from the budgets goes back (one more round trip, retries only).

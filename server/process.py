@@ -32,6 +32,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
 
+# prometheus_client's switch to its multiprocess mode (values in files
+# there), inherited by every worker.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 
 @dataclasses.dataclass(frozen=True)
 class Shared:
@@ -44,8 +48,10 @@ class Shared:
     main_pid: int  # a worker whose parent is no longer this one exits at once
     # Write end of a pipe to the main process: "started|ready <index> <pid> <generation>".
     report_fd: int
-    reloads: int = 0  # how many SIGHUP reloads came before this set of workers
     generation: int = 0  # how many sets of workers came before this one
+    # The instance's metrics directory, where all its processes write their
+    # metrics (see server.instance_metrics); "" for none.
+    metrics_dir: str = ""
 
 
 PR_SET_PDEATHSIG = 1

@@ -124,7 +124,7 @@ class RateLimiter:
         longest = 0.0
         for (budget, _), wait_ms in zip(charges, replies, strict=True):
             if wait_ms:
-                self.metrics.limited[budget.kind] += 1
+                self.metrics.rate_limited(budget.kind)
                 longest = max(longest, math.ceil(int(wait_ms) / 1000))
         return longest
 

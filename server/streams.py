@@ -67,8 +67,8 @@ async def subscription(
     except BaseException:
         hub.unsubscribe(sub)
         raise
-    connections_open = app[keys.METRICS].connections
-    connections_open[transport] += 1
+    metrics = app[keys.METRICS]
+    metrics.connection_opened(transport)
     try:
         if not sub.has_presence:
             # The first connection to the room on this worker: nobody here
@@ -77,7 +77,7 @@ async def subscription(
             app[keys.HEARTBEAT].announce_soon(room)
         yield sub
     finally:
-        connections_open[transport] -= 1
+        metrics.connection_closed(transport)
         hub.unsubscribe(sub)
         # Runs even when the handler was cancelled by a disconnect; bounded so
         # that a Redis outage cannot hold a closing stream open.
@@ -124,7 +124,7 @@ async def _register(
         raise sessions.too_many_sessions(wait)
     if full is not None:
         config = app[keys.CONFIG]
-        app[keys.METRICS].limited[f"{'' if full == 'session' else 'address_'}streams"] += 1
+        app[keys.METRICS].rate_limited(f"{'' if full == 'session' else 'address_'}streams")
         raise TooManyStreams(
             f"at most {config.streams_per_session} open streams per session"
             if full == "session"

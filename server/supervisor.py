@@ -30,9 +30,13 @@ import os
 import signal
 import time
 from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError
 from .process import STOP_SIGNALS, Runner, Shared, run_replacement
+
+if TYPE_CHECKING:  # imported by the main process once the metrics directory is set
+    from .instance_metrics import InstanceMetrics
 
 log = logging.getLogger("chat-server")
 
@@ -63,8 +67,10 @@ class Supervisor:
         reload_config: Callable[[], Config],
         on_ready: Callable[[Config], None],
         deaths: dict[int, list[float]],
+        metrics: InstanceMetrics,
     ) -> None:
         self.shared = shared
+        self.metrics = metrics
         self.config = shared.config
         self.read_fd = read_fd
         self.runner = runner
@@ -115,6 +121,8 @@ class Supervisor:
                 self.stop_signal = signal.SIGHUP
                 self._signal_all(signal.SIGHUP)
             self._join_replacements()
+            # Every worker of this generation has exited (aiotools waited for its own).
+            self.metrics.workers_stopped(self.pids.values())
             logging.getLogger("aiotools.server").removeFilter(quiet)
 
     # -- signals ---------------------------------------------------------
@@ -161,6 +169,7 @@ class Supervisor:
             self.next_config = config
             return
         log.info("received SIGHUP: replacing %d workers", self.config.workers)
+        self.metrics.reloaded()
         self.action = Action.RELOAD
         self.next_config = config
         self.stop_signal = signal.SIGHUP
@@ -235,6 +244,9 @@ class Supervisor:
                     log.exception("could not replace worker %d", index)
 
     def _replace(self, index: int, pid: int) -> None:
+        # At once, even while backing off: the dead worker's connections
+        # leave the gauges now.
+        self.metrics.worker_died(pid)
         now = time.monotonic()
         recent = [t for t in self._deaths.get(index, []) if now - t < 60]
         delay = RESPAWN_BACKOFF_S[min(len(recent), len(RESPAWN_BACKOFF_S) - 1)]
@@ -261,6 +273,7 @@ class Supervisor:
             with contextlib.suppress(ValueError):
                 old.close()
         self.replacements[index] = process
+        self.metrics.worker_replaced()
         self.ready.discard(index)
         assert process.pid is not None
         self.pids[index] = process.pid

@@ -6,11 +6,13 @@ import asyncio
 import hmac
 import os
 import pathlib
+import time
 import urllib.parse
 from typing import Any
 
 from aiohttp import hdrs, web
 from multidict import MultiDictProxy
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import keys, posting, sessions
 from .addresses import budget_key
@@ -85,6 +87,7 @@ def int_param(request: web.Request, name: str, default: int, maximum: int) -> in
 
 
 async def post_message(request: web.Request) -> web.Response:
+    arrived = time.monotonic()
     room = posting.room_name(request.match_info["room"])
     key = posting.idempotency_key(request.headers.get("Idempotency-Key"), "Idempotency-Key")
     body: dict[str, Any] | MultiDictProxy[Any]
@@ -113,6 +116,7 @@ async def post_message(request: web.Request) -> web.Response:
         body.get("text"),
         address=budget_key(request.remote),
         idempotency_key=key,
+        arrived=arrived,
     )
     return web.Response(
         text='{"message":' + message.json + "}",
@@ -163,12 +167,9 @@ async def metrics(request: web.Request) -> web.Response:
             code="unauthorized",
             headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
         )
-    snapshots, totals = await request.app[keys.METRICS_STORE].collect()
     return web.Response(
-        text=render_metrics(snapshots, totals),
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"Cache-Control": "no-store"},
+        body=render_metrics(request.app[keys.METRICS]),
+        headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, hdrs.CACHE_CONTROL: "no-store"},
     )
 
 

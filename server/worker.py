@@ -14,9 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import cast
 
@@ -69,9 +67,7 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
             session_storage=storage,
             redis_url=shared.redis_url,
             worker_index=pidx,
-            reloads=shared.reloads,
-            # One running chat-server: its host and main process.
-            instance=f"{socket.gethostname()}:{os.getppid()}",
+            metrics_dir=shared.metrics_dir or None,
         )
         runner = web.AppRunner(
             app,

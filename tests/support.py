@@ -364,6 +364,27 @@ async def ws_collector(
                 await task
 
 
+async def subscribe_on_worker(
+    stack: contextlib.AsyncExitStack,
+    session: aiohttp.ClientSession,
+    kind: str,
+    worker: str,
+    query: str = "",
+    room: str = "/api/rooms/general",
+) -> Collector:
+    """Open streams until one lands on ``worker`` (the kernel picks who accepts)."""
+    opener = sse_collector if kind == "sse" else ws_collector
+    path = f"{room}/events" if kind == "sse" else f"{room}/ws"
+    async with asyncio.timeout(20):
+        while True:
+            inner = contextlib.AsyncExitStack()
+            collector = await inner.enter_async_context(opener(session, path + query))
+            if collector.worker == worker:
+                stack.push_async_callback(inner.aclose)
+                return collector
+            await inner.aclose()
+
+
 async def worker_health(base: str, workers: int = 2) -> dict[int, dict[str, Any]]:
     """The /healthz body of each worker index, asked on fresh connections (the
     kernel picks which worker accepts) until ``workers`` indices answered, or

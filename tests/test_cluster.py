@@ -100,11 +100,11 @@ async def test_rooms_on_every_shard_reach_every_worker_and_instance(
 
 
 async def test_budgets_and_idempotency_keys_hold_across_instances(
-    start_server: Callable[..., ServerProcess], cluster_url: str
+    start_server: Callable[..., ServerProcess], any_redis_url: str
 ) -> None:
     budget = {"CHAT_RATE_LIMIT_PER_S": "0.1", "CHAT_RATE_LIMIT_BURST": "3"}
-    one = start_server(workers=2, redis_url=cluster_url, env=budget)
-    two = start_server(workers=1, redis_url=cluster_url, env=budget)
+    one = start_server(workers=2, redis_url=any_redis_url, env=budget)
+    two = start_server(workers=1, redis_url=any_redis_url, env=budget)
     async with aiohttp.ClientSession(cookie_jar=jar()) as http:
         keyed = {"headers": {"Idempotency-Key": "k-1"}}
         first = await post(http, one.url, "budget", "once", **keyed)

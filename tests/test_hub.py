@@ -114,7 +114,7 @@ class MemorySink:
 
 
 def make_hub(backend: MemoryBackend, *, limit: int = 100, idle: float = 5.0) -> Hub:
-    metrics = Metrics(instance="test", worker=0, reloads=0)
+    metrics = Metrics()
     return Hub(backend, buffer_limit=limit, idle_timeout_s=idle, metrics=metrics)
 
 
@@ -171,7 +171,7 @@ async def test_live_messages_are_written_to_every_connection_within_dispatch() -
     assert [sink.ids for sink in sinks] == [["1-0", "2-0"]] * 3
     # The very same encoded bytes for everyone.
     assert len({id(sink.events[0]) for sink in sinks}) == 1
-    assert hub.metrics.deliveries == 6
+    assert hub.metrics.value("chat_deliveries_total") == 6
 
 
 async def test_a_message_dispatched_twice_is_written_once() -> None:
@@ -224,7 +224,7 @@ async def test_a_connection_that_falls_too_far_behind_is_cut_off() -> None:
     assert slow.aborted and slow_sub.closed and slow_sub.close_reason == OVERFLOW
     assert slow_sub.done.done() and not slow_sub.queue
     assert fast.ids == [f"{n}-0" for n in range(1, 8)]
-    assert hub.metrics.dropped == 1
+    assert hub.metrics.value("chat_slow_consumers_dropped_total") == 1
 
 
 async def test_a_connection_that_stops_reading_during_a_replay_holds_one_page_and_is_cut_off() -> (
@@ -439,18 +439,18 @@ async def test_the_loop_watch_sees_and_logs_a_stalled_loop(caplog: Any) -> None:
 
     from server.heartbeat import LoopWatch
 
-    metrics = Metrics(instance="test", worker=0, reloads=0)
+    metrics = Metrics()
     watch = LoopWatch(metrics, every_s=0.01, warn_s=0.1)
     watch.start()
     try:
         await asyncio.sleep(0.05)
-        assert metrics.loop_stall_max_s < 0.1
+        assert metrics.loop_stall_max.seconds < 0.1
         with caplog.at_level(logging.WARNING, logger="server.heartbeat"):
             time.sleep(0.2)  # a callback that holds the loop
             await asyncio.sleep(0.05)
     finally:
         watch.stop()
-    assert metrics.loop_stall_max_s >= 0.15
+    assert metrics.loop_stall_max.seconds >= 0.15
     assert "event loop stalled for" in caplog.text
 
 
@@ -459,14 +459,14 @@ async def test_the_loop_watch_times_full_garbage_collections() -> None:
 
     from server.heartbeat import LoopWatch
 
-    metrics = Metrics(instance="test", worker=0, reloads=0)
+    metrics = Metrics()
     watch = LoopWatch(metrics)
     watch.start()
     try:
         gc.collect()
     finally:
         watch.stop()
-    assert metrics.gc_pause_max_s > 0
+    assert metrics.gc_pause_max.seconds > 0
     assert watch._on_gc not in gc.callbacks
 
 
@@ -475,7 +475,7 @@ async def test_survivors_of_a_full_collection_are_frozen_until_enough_connection
 
     from server.heartbeat import FrozenSurvivors
 
-    metrics = Metrics(instance="test", worker=0, reloads=0)
+    metrics = Metrics()
     metrics.connections["ws"] = 100
     frozen = FrozenSurvivors(metrics, min_closed=10)
     frozen.start()

@@ -133,7 +133,8 @@ async def test_a_burst_of_sighups_is_safe(
                     break
                 await asyncio.sleep(0.1)
     reloads = [line for line in text.splitlines() if line.startswith("chat_reloads_total")]
-    assert len(reloads) == 1 and 1 <= int(reloads[0].rsplit(" ", 1)[1]) <= 5
+    # A SIGHUP that comes while a reload is under way joins it.
+    assert len(reloads) == 1 and 1 <= float(reloads[0].rsplit(" ", 1)[1]) <= 5
 
 
 async def test_sighup_with_broken_config_keeps_old_workers_and_logs_one_line(

@@ -20,12 +20,11 @@ import redis as sync_redis
 
 from .support import (
     ROOT,
-    Collector,
     ServerProcess,
     assert_in_order_once,
     free_port,
-    metric,
     sse_collector,
+    subscribe_on_worker,
     wait_closed,
     worker_health,
     worker_pids,
@@ -54,26 +53,6 @@ async def post(session: aiohttp.ClientSession, text: str) -> tuple[dict[str, Any
     ) as resp:
         assert resp.status == 201, await resp.text()
         return (await resp.json())["message"], resp.headers["X-Chat-Worker"]
-
-
-async def subscribe_on_worker(
-    stack: contextlib.AsyncExitStack,
-    session: aiohttp.ClientSession,
-    kind: str,
-    worker: str,
-    query: str = "",
-) -> Collector:
-    """Open streams until one lands on ``worker`` (the kernel picks who accepts)."""
-    opener = sse_collector if kind == "sse" else ws_collector
-    path = f"{ROOM}/events" if kind == "sse" else f"{ROOM}/ws"
-    async with asyncio.timeout(20):
-        while True:
-            inner = contextlib.AsyncExitStack()
-            collector = await inner.enter_async_context(opener(session, path + query))
-            if collector.worker == worker:
-                stack.push_async_callback(inner.aclose)
-                return collector
-            await inner.aclose()
 
 
 async def test_two_workers_each_on_uvloop_answer_healthz_with_their_own_pid(
@@ -179,67 +158,6 @@ async def test_workers_listen_with_the_configured_backlog(
         # State, Recv-Q, Send-Q (the backlog of a listening socket), address.
         assert out[0] == "LISTEN" and int(out[2]) == backlog, out
         server.kill()
-
-
-async def test_metrics_are_totals_over_all_workers(
-    start_server: Callable[..., ServerProcess],
-) -> None:
-    server = start_server(workers=2)
-    async with user(server.url) as alice:
-        workers = {(await post(alice, f"m{i}"))[1] for i in range(20)}
-        assert workers == {"0", "1"}, "both workers stored messages"
-        connector = aiohttp.TCPConnector(force_close=True)
-        async with aiohttp.ClientSession(server.url, connector=connector) as session:
-            # Whichever worker answers, it answers for all; the others' counts
-            # are at most one heartbeat (0.5 s here) old.
-            async with asyncio.timeout(3):
-                while True:
-                    async with session.get("/metrics") as resp:
-                        text = await resp.text()
-                    if "chat_messages_published_total 20" in text.splitlines():
-                        break
-                    await asyncio.sleep(0.1)
-            ups = [line for line in text.splitlines() if line.startswith("chat_worker_up")]
-            assert len(ups) == 2 and 'worker="0"' in ups[0] and 'worker="1"' in ups[1]
-            for gauge in ("chat_loop_stall_max_seconds", "chat_heartbeat_max_seconds"):
-                values = [
-                    float(line.rsplit(" ", 1)[1])
-                    for line in text.splitlines()
-                    if line.startswith(gauge + "{")
-                ]
-                assert len(values) == 2 and all(0 <= v < 5 for v in values), (gauge, values)
-            # Counters keep counting across a reload (new workers start at 0).
-            pids = await worker_health(server.url)
-            server.signal(signal.SIGHUP)
-            async with asyncio.timeout(10):
-                while set(b["pid"] for b in (await worker_health(server.url)).values()) & {
-                    b["pid"] for b in pids.values()
-                }:
-                    await asyncio.sleep(0.1)
-            await post(alice, "after the reload")
-            async with asyncio.timeout(3):
-                while True:
-                    async with session.get("/metrics") as resp:
-                        lines = (await resp.text()).splitlines()
-                    assert "chat_messages_published_total 20" in lines or (
-                        "chat_messages_published_total 21" in lines
-                    ), lines
-                    if "chat_messages_published_total 21" in lines:
-                        break
-                    await asyncio.sleep(0.1)
-            # Scrapes at once, on both workers, right after messages they have
-            # not pushed yet: each count reaches the totals once, however the
-            # pushes overlap.
-            for _ in range(3):
-                await post(alice, "scraped at once")
-            published = []
-            for _ in range(3):
-                scrapes = [session.get("/metrics") for _ in range(40)]
-                for resp in await asyncio.gather(*scrapes):
-                    published.append(metric(await resp.text(), "chat_messages_published_total"))
-                    resp.release()
-                await asyncio.sleep(0.5)  # a heartbeat: every worker pushes
-            assert max(published) == 24 == published[-1], published
 
 
 async def test_message_posted_on_one_worker_reaches_sse_and_ws_clients_on_the_other(

@@ -483,7 +483,10 @@ async def test_metrics_count_connections_messages_and_deliveries(client: Any) ->
         assert metric(text, "chat_messages_published_total") == 3
         assert metric(text, "chat_deliveries_total") == 3
         assert metric(text, "chat_slow_consumers_dropped_total") == 0
-        assert 'chat_worker_up{instance="' in text and "# TYPE chat_reloads_total counter" in text
+        assert metric(text, 'chat_connections_opened_total{transport="sse"}') == 1
+        assert metric(text, "chat_publish_latency_seconds_count") == 3
+        assert metric(text, "chat_delivery_latency_seconds_count") == 3
+        assert 'chat_worker_up{worker="0"} 1.0' in text
     async with asyncio.timeout(5):
         while metric(
             await (await client.get("/metrics")).text(), 'chat_connections{transport="sse"}'

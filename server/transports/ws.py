@@ -126,9 +126,10 @@ async def _receive(
 ) -> None:
     while True:
         msg = await ws.receive()
-        sub.last_seen = time.monotonic()
+        sub.last_seen = received = time.monotonic()
         if msg.type == WSMsgType.TEXT:
-            await ws.send_str(await _handle_text(msg.data, app, room, user, address))
+            answer = await _handle_text(msg.data, app, room, user, address, received)
+            await ws.send_str(answer)
         elif msg.type == WSMsgType.PING:
             await ws.pong(msg.data)
         elif msg.type == WSMsgType.PONG:
@@ -148,8 +149,11 @@ def _frame(kind: str, ref: Any, **fields: Any) -> str:
     )
 
 
-async def _handle_text(text: str, app: web.Application, room: str, user: User, address: str) -> str:
-    """Answer one client frame with an ack or an error frame; never raises a ChatError."""
+async def _handle_text(
+    text: str, app: web.Application, room: str, user: User, address: str, arrived: float
+) -> str:
+    """Answer one client frame (received at ``arrived``, monotonic) with an
+    ack or an error frame; never raises a ChatError."""
     ref: Any = None
     try:
         data = posting.json_object(text, "frame")
@@ -174,13 +178,15 @@ async def _handle_text(text: str, app: web.Application, room: str, user: User, a
             data.get("text"),
             address=address,
             idempotency_key=key,
+            arrived=arrived,
         )
     except ChatError as exc:
         error = error_payload(exc)
         if exc.retry_after:
             error["retry_after"] = str(exc.retry_after)
         return _frame("error", ref, error=error)
-    except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError):
+    except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
+        app[keys.REDIS_ERRORS].record(exc)
         return _frame("error", ref, error=error_payload(Unavailable("Redis is unavailable; retry")))
     except RedisError as exc:
         # Redis refused the write (out of memory, a read-only replica): the
@@ -190,6 +196,7 @@ async def _handle_text(text: str, app: web.Application, room: str, user: User, a
             app[keys.REDIS_ERRORS].record(exc, full.status)
             return _frame("error", ref, error=error_payload(full))
         log.warning("Redis refused a message: %s", exc)
+        app[keys.METRICS].redis_error()
         error = error_payload(Unavailable("Redis refused the message; retry shortly"))
         return _frame("error", ref, error=error)
     return f'{{"type":"ack","ref":{json.dumps(ref)},"message":{message.json}}}'

@@ -1,0 +1,68 @@
+"""The main process' share of the metrics: its own counters, and its dead workers.
+
+Every process of one running ``chat-server`` writes its metrics to memory-
+mapped files in one private directory (prometheus_client's multiprocess
+mode), which the main process creates before any worker starts (see
+:func:`server.cli.metrics_directory`); a scrape, whichever worker answers,
+sums the files. prometheus_client chooses between plain and file-backed
+values once, when it is first imported, by whether
+``PROMETHEUS_MULTIPROC_DIR`` is set: this module (which imports it) is
+therefore imported by the main process only once the directory is set, and
+:func:`require_multiprocess` says so loudly when it is not.
+
+The main process counts what only it sees (reloads, replaced workers) and
+tells the directory when a worker has died, so that the gauges of live
+processes (open connections) drop what that worker held; its counters stay
+in the sums, as a counter must.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+
+from prometheus_client import Counter, multiprocess, values
+
+from .process import METRICS_DIR_ENV
+
+
+def require_multiprocess(directory: str) -> None:
+    """Fail unless new metrics will be written to files in ``directory``."""
+    if os.environ.get(METRICS_DIR_ENV) != directory:
+        raise RuntimeError(f"{METRICS_DIR_ENV} must be {directory!r} before metrics are made")
+    if values.ValueClass is values.MutexValue:
+        raise RuntimeError(
+            f"prometheus_client was imported before {METRICS_DIR_ENV} was set: "
+            "its metrics would count in this process only"
+        )
+
+
+class InstanceMetrics:
+    """What the main process counts, and its bookkeeping of dead workers."""
+
+    def __init__(self, directory: str) -> None:
+        require_multiprocess(directory)
+        self.directory = directory
+        # registry=None: the scrape reads the directory, not a registry.
+        self._reloads = Counter("chat_reloads", "Reloads (SIGHUP) of this instance.", registry=None)
+        self._restarts = Counter(
+            "chat_worker_restarts", "Workers that died and were replaced.", registry=None
+        )
+
+    def reloaded(self) -> None:
+        self._reloads.inc()
+
+    def worker_died(self, pid: int) -> None:
+        """Drop a dead worker's live gauges; its counters keep counting in the totals."""
+        # Bookkeeping that fails must not take the main process down with it.
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+
+    def worker_replaced(self) -> None:
+        self._restarts.inc()
+
+    def workers_stopped(self, pids: Iterable[int]) -> None:
+        """A generation of workers has ended (a reload, a stop): each is dead."""
+        for pid in pids:
+            self.worker_died(pid)

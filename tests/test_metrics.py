@@ -1,0 +1,230 @@
+"""``/metrics`` per instance, exact at scrape time: real processes, real Redis.
+
+A known workload (30 messages, four subscribers spread over both workers)
+must read the same from every scrape, whichever worker answers, and stay
+so when a worker is killed and replaced, after a reload, under concurrent
+scrapes, and beside another instance on the same Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.metrics import Metrics, render
+
+from .support import Collector, ServerProcess, subscribe_on_worker, worker_pids
+
+pytestmark = pytest.mark.processes
+
+ROOM = "/api/rooms/general"
+MESSAGES = 30
+# One SSE and one WebSocket subscriber on each of the two workers.
+PLACES = [("sse", "0"), ("ws", "0"), ("sse", "1"), ("ws", "1")]
+
+
+def samples(text: str) -> dict[str, float]:
+    """Every sample of a Prometheus text, as ``name{label="value",...}`` (pid left out)."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(
+                f'{key}="{value}"' for key, value in sorted(sample.labels.items()) if key != "pid"
+            )
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found
+
+
+def open_streams(sse: int, ws: int) -> dict[str, float]:
+    return {'chat_connections{transport="sse"}': sse, 'chat_connections{transport="ws"}': ws}
+
+
+def expected(**extra: float) -> dict[str, float]:
+    """The counters after the workload (as many subscribers as PLACES)."""
+    return {
+        "chat_messages_published_total": MESSAGES,
+        "chat_deliveries_total": MESSAGES * len(PLACES),
+        "chat_publish_latency_seconds_count": MESSAGES,
+        # Once per message per worker that has subscribers: both do.
+        "chat_delivery_latency_seconds_count": MESSAGES * 2,
+        "chat_slow_consumers_dropped_total": 0,
+        **extra,
+    }
+
+
+async def scrape(http: aiohttp.ClientSession, headers: dict[str, str] | None = None) -> Any:
+    async with http.get("/metrics", headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.content_type == "text/plain"
+        return resp.headers["X-Chat-Worker"], samples(await resp.text())
+
+
+def assert_counts(found: dict[str, float], wanted: dict[str, float]) -> None:
+    assert {name: found.get(name) for name in wanted} == wanted
+
+
+async def assert_every_scrape(base: str, wanted: dict[str, float]) -> None:
+    """Scrape on fresh connections until each worker answered three times; every
+    answer holds ``wanted``."""
+    answers: dict[str, int] = {}
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(base, connector=connector) as http, asyncio.timeout(20):
+        while len(answers) < 2 or min(answers.values()) < 3:
+            worker, found = await scrape(http)
+            assert_counts(found, wanted)
+            answers[worker] = answers.get(worker, 0) + 1
+
+
+async def wait_replaced(base: str, old: dict[int, int], indices: list[int]) -> None:
+    """Wait until a new process serves each of the worker ``indices``."""
+    async with asyncio.timeout(15):
+        while True:
+            now = await worker_pids(base)
+            if all(now.get(index) not in (None, old[index]) for index in indices):
+                return
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def workload(base: str) -> AsyncIterator[list[Collector]]:
+    """Four subscribers (see PLACES), and 30 messages posted on fresh
+    connections, all received; the subscribers stay open in the block."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(base, connector=connector) as http,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        subs = [await subscribe_on_worker(stack, http, kind, worker) for kind, worker in PLACES]
+        for i in range(MESSAGES):
+            async with http.post(f"{ROOM}/messages", json={"text": f"m{i}"}) as resp:
+                assert resp.status == 201, await resp.text()
+        for sub in subs:
+            await sub.wait_for(lambda c: len(c.messages) == MESSAGES)
+        yield subs
+
+
+async def test_every_scrape_of_an_instance_counts_its_workload_exactly(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with workload(server.url):
+        await assert_every_scrape(server.url, expected(**open_streams(2, 2)))
+
+
+async def test_counts_survive_a_killed_worker_and_its_connections_leave_the_gauges(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with workload(server.url) as subs:
+        pids = await worker_pids(server.url)
+        os.kill(pids[1], signal.SIGKILL)
+        await wait_replaced(server.url, pids, [1])
+        for sub in subs[2:]:  # worker 1's
+            async with asyncio.timeout(5):
+                await sub.closed.wait()
+        # Worker 0's subscribers are still open; worker 1's went with it.
+        wanted = expected(chat_worker_restarts_total=1, **open_streams(1, 1))
+        await assert_every_scrape(server.url, wanted)
+
+
+async def test_counts_survive_a_reload_and_the_reload_is_counted(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with workload(server.url):
+        pids = await worker_pids(server.url)
+        server.signal(signal.SIGHUP)
+        await wait_replaced(server.url, pids, [0, 1])
+    wanted = expected(chat_reloads_total=1, chat_worker_restarts_total=0, **open_streams(0, 0))
+    await assert_every_scrape(server.url, wanted)
+
+
+async def test_concurrent_scrapes_change_no_counter(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2)
+    async with workload(server.url):
+        connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        workers = set()
+        async with aiohttp.ClientSession(server.url, connector=connector) as http:
+            for _ in range(3):
+                answers = await asyncio.gather(*(scrape(http) for _ in range(40)))
+                for worker, found in answers:
+                    workers.add(worker)
+                    assert_counts(found, expected())
+        assert workers == {"0", "1"}
+
+
+async def test_another_instance_on_the_same_redis_is_not_counted(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    one = start_server(workers=2)
+    two = start_server(workers=1)
+    async with aiohttp.ClientSession(two.url) as http:
+        for i in range(5):
+            async with http.post(f"{ROOM}/messages", json={"text": f"other {i}"}) as resp:
+                assert resp.status == 201
+    async with workload(one.url):
+        await assert_every_scrape(one.url, expected())
+        async with aiohttp.ClientSession(two.url) as http:
+            _, found = await scrape(http)
+    # The other instance relays the same room to nobody: its own numbers only.
+    assert_counts(found, {"chat_messages_published_total": 5, "chat_deliveries_total": 0})
+
+
+async def test_a_metrics_token_guards_the_scrape_of_an_instance(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2, env={"CHAT_METRICS_TOKEN": "t0ken"})
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.get("/metrics") as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        _, found = await scrape(http, {"Authorization": "Bearer t0ken"})
+    assert found["chat_messages_published_total"] == 0
+
+
+# -- in-process: the rendering ------------------------------------------------
+
+
+def test_render_without_a_directory_is_this_process_alone() -> None:
+    metrics = Metrics(worker=3)
+    metrics.published(0.002)
+    metrics.dispatched(4, [0])  # stored at the epoch: a very late delivery
+    metrics.connection_opened("ws")
+    metrics.rate_limited("messages")
+    metrics.replayed(12)
+    metrics.loop_late(0.2, stalled=True)
+    found = samples(render(metrics).decode())
+    assert_counts(
+        found,
+        {
+            "chat_messages_published_total": 1,
+            "chat_deliveries_total": 4,
+            'chat_publish_latency_seconds_bucket{le="0.0025"}': 1,
+            'chat_delivery_latency_seconds_bucket{le="10.0"}': 0,
+            'chat_delivery_latency_seconds_bucket{le="+Inf"}': 1,
+            'chat_connections{transport="ws"}': 1,
+            'chat_connections_opened_total{transport="ws"}': 1,
+            'chat_rate_limited_total{kind="messages"}': 1,
+            "chat_replay_messages_sum": 12,
+            'chat_loop_stalls_total{worker="3"}': 1,
+            'chat_loop_stall_max_seconds{worker="3"}': 0.2,
+            'chat_worker_up{worker="3"}': 1,
+        },
+    )
+
+
+def test_a_directory_needs_prometheus_client_in_multiprocess_mode(tmp_path: Any) -> None:
+    # This process imported prometheus_client without PROMETHEUS_MULTIPROC_DIR:
+    # its values are plain, and a directory would silently hold nothing.
+    with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
+        Metrics(directory=str(tmp_path))
