@@ -1,9 +1,10 @@
-"""``chat-server``: flags, the embedded Redis, the shared socket, and the workers.
+"""``chat-server``: flags, settings, Redis, the session secret; then the supervisor.
 
 The main process does everything that all workers share, once: it reads
-and validates the settings, finds or starts Redis, loads the session secret,
-binds the listening socket, and then hands over to ``aiotools.start_server``,
-which forks the workers and forwards stop signals to them.
+and validates the settings, finds or starts Redis (and finds out whether
+it is a cluster), loads the session secret, and hands over to
+:class:`server.supervisor.Supervisor`, which binds the listening socket
+and runs generations of workers until a stop signal.
 """
 
 from __future__ import annotations
@@ -11,36 +12,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
-import multiprocessing
-import multiprocessing.process
 import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp  # noqa: F401  (preloaded, so that forked workers need not import it)
 import aiohttp_session  # noqa: F401
 import aiohttp_sse  # noqa: F401
-import aiotools
 from redis.exceptions import RedisError
 
 from . import __version__, logs, redisurl
 from .config import LOG_FORMATS, LOG_LEVELS, LOOPS, Config, ConfigError, load
 from .embedded import EmbeddedRedisError, embedded_redis
-from .process import METRICS_DIR_ENV, STOP_SIGNALS, Shared, keeper, title, worker
-from .supervisor import Action, Supervisor
+from .process import METRICS_DIR_ENV, Runner, title
+from .supervisor import Supervisor
 
 if TYPE_CHECKING:  # imported at run time once its directory is set (see main)
-    from .instance_metrics import InstanceMetrics
+    pass
 
 log = logging.getLogger("chat-server")
 
@@ -167,19 +163,7 @@ def _probe(url: str) -> str:
     return found
 
 
-def bind(host: str, port: int, backlog: int) -> socket.socket:
-    """The listening socket all workers accept on; created once, so reloads refuse nothing."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(address)
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
-
-
-def loop_runner(config: Config) -> Callable[[Coroutine[Any, Any, None]], None]:
+def loop_runner(config: Config) -> Runner:
     if config.loop == "uvloop":
         import uvloop  # noqa: PLC0415  (only where it is used)
 
@@ -189,141 +173,10 @@ def loop_runner(config: Config) -> Callable[[Coroutine[Any, Any, None]], None]:
     return functools.partial(run, debug=config.debug)
 
 
-def serve(
-    config: Config,
-    redis_url: str,
-    reload_config: Callable[[], Config],
-    metrics: InstanceMetrics,
-) -> None:
-    """Run generations of workers on one listening socket until a stop signal.
-
-    A reload (SIGHUP) ends one generation and starts the next with the new
-    settings; the socket stays open in between, so clients wait rather than
-    being refused. Every generation writes its metrics to ``metrics``' directory.
-    """
-    sock = bind(config.host, config.port, config.backlog)
-    host, port = sock.getsockname()[:2]
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    secret = session_secret(config, redis_url)
-    generation = 0
-
-    def on_ready(config: Config) -> None:
-        if generation == 0:
-            print(
-                f"chat-server: serving {url} with {config.workers} "
-                f"worker{'s' if config.workers != 1 else ''} (pid {os.getpid()})",
-                flush=True,
-            )
-        else:
-            log.info("reloaded: %d workers ready", config.workers)
-
-    # Signals are handled by the supervisor while a generation runs; between
-    # two generations they wait, blocked, instead of killing the process.
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    deaths: dict[int, list[float]] = {}
-    restarts = 0
-    try:
-        while True:
-            shared = Shared(
-                config,
-                redis_url,
-                secret,
-                sock,
-                os.getpid(),
-                write_fd,
-                generation,
-                metrics_dir=metrics.directory,
-            )
-            runner = loop_runner(config)
-            supervisor = Supervisor(
-                shared, read_fd, runner, reload_config, on_ready, deaths, metrics
-            )
-            aiotools.start_server(
-                worker,
-                main_ctxmgr=aiotools.main_context(supervisor.main_context),
-                num_workers=config.workers,
-                extra_procs=(keeper,),
-                args=(shared,),
-                stop_signals=STOP_SIGNALS,
-                wait_timeout=config.shutdown_timeout_s * 2 + 5,
-                runner=runner,
-                # A worker that fails to start or stop is replaced by the
-                # supervisor; aiotools would instead SIGINT the whole process
-                # group, and so stop the server (and whatever shares its group).
-                ignore_child_interrupts=True,
-            )
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            _forget_reaped_children()
-            if supervisor.action is Action.STOP:
-                return
-            if supervisor.action is Action.RESTART:
-                # Back off only when workers fail before they ever serve.
-                restarts = 0 if supervisor.ever_ready else restarts + 1
-                delay = min(5.0, 0.25 * 2**restarts) if restarts else 0.0
-                log.error("all workers are gone; starting new ones in %.1f s", delay)
-                if _wait_blocked(delay):
-                    with contextlib.suppress(ConfigError):
-                        supervisor.next_config = reload_config()
-            else:
-                restarts = 0
-            if supervisor.next_config is not None:
-                config = _keep_bound_settings(config, supervisor.next_config)
-                logs.configure(config.log_level, config.log_format)
-            generation += 1
-    finally:
-        sock.close()
-        os.close(read_fd)
-        os.close(write_fd)
-
-
-def _wait_blocked(delay: float) -> bool:
-    """Sleep with the stop signals blocked; stop at once if one arrives.
-
-    True if a SIGHUP came meanwhile: the settings are to be read again.
-    """
-    if delay <= 0:
-        return False
-    received = signal.sigtimedwait(STOP_SIGNALS, delay)
-    if received is not None and received.si_signo != signal.SIGHUP:
-        raise SystemExit(0)
-    return received is not None
-
-
-def _forget_reaped_children() -> None:
-    """Release what multiprocessing keeps for workers that aiotools has reaped.
-
-    aiotools waits for its workers through a pidfd and never joins their
-    ``multiprocessing.Process``: each would keep two pipe descriptors open
-    for the life of the main process, two more with every reload.
-    """
-    for process in list(multiprocessing.process._children):  # type: ignore[attr-defined]
-        pid = process.pid
-        try:
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            continue  # still ours to reap: alive, or a zombie someone will wait for
-        except ChildProcessError:
-            pass  # already reaped
-        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
-        finalizer = getattr(getattr(process, "_popen", None), "finalizer", None)
-        if finalizer is not None:
-            finalizer()
-
-
-def _keep_bound_settings(old: Config, new: Config) -> Config:
-    """Settings that only a restart can change keep their old values, with a warning."""
-    kept = {}
-    for key in ("host", "port", "redis_url", "data_dir", "session_secret", "redis_maxmemory"):
-        if getattr(new, key) != getattr(old, key):
-            log.warning("reload: %s changed; it takes effect only after a restart", key)
-            kept[key] = getattr(old, key)
-    return dataclasses.replace(new, **kept)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config = load(parse_args(argv))
+        flags = parse_args(argv)
+        config = load(flags)
     except (UsageError, ConfigError) as exc:
         print(f"chat-server: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -347,8 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     embedded_redis(config.data_dir, maxmemory=config.redis_maxmemory)
                 )
             redis_url = reach_redis(redis_url, config.redis_wait_s)
-            flags = parse_args(argv)
-            serve(config, redis_url, lambda: load(flags), metrics)
+            Supervisor(
+                config,
+                redis_url=redis_url,
+                session_secret=session_secret(config, redis_url),
+                reload_config=lambda: load(flags),
+                runner_for=loop_runner,
+                metrics=metrics,
+            ).run()
     except (EmbeddedRedisError, RuntimeError, OSError) as exc:
         print(f"chat-server: error: {exc}", file=sys.stderr)
         return 1

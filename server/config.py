@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import ipaddress
+import logging
 import os
 import re
 import tomllib
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import redisurl
+
+log = logging.getLogger("chat-server")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOOPS = ("uvloop", "asyncio")
@@ -269,3 +272,13 @@ def load(
                 "(pip install 'chat-server[monitor]')"
             )
     return config
+
+
+def keep_bound_settings(old: Config, new: Config) -> Config:
+    """Settings that only a restart can change keep their old values, with a warning."""
+    kept = {}
+    for key in ("host", "port", "redis_url", "data_dir", "session_secret", "redis_maxmemory"):
+        if getattr(new, key) != getattr(old, key):
+            log.warning("reload: %s changed; it takes effect only after a restart", key)
+            kept[key] = getattr(old, key)
+    return dataclasses.replace(new, **kept)

@@ -22,10 +22,6 @@ class BadRequest(ChatError):
     status, code = 400, "bad_request"
 
 
-class Forbidden(ChatError):
-    status, code = 403, "forbidden"
-
-
 class NotFound(ChatError):
     status, code = 404, "not_found"
 

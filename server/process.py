@@ -16,10 +16,9 @@ import dataclasses
 import os
 import signal
 import socket
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import aiotools
 import setproctitle
 
 from . import logs
@@ -54,6 +53,18 @@ class Shared:
     metrics_dir: str = ""
 
 
+def bind(host: str, port: int, backlog: int) -> socket.socket:
+    """The listening socket all workers accept on; created once, so reloads refuse nothing."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -86,63 +97,9 @@ def report(shared: Shared, state: str, index: int) -> None:
         os.write(shared.report_fd, line.encode())
 
 
-@aiotools.server_context
-async def worker(
-    loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]
-) -> AsyncGenerator[None, signal.Signals]:
-    """The aiotools worker: report, then run :func:`server.worker.serve` until stopped."""
-    from . import worker as implementation  # noqa: PLC0415  (fresh code in every worker)
+def worker(loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]) -> Any:
+    """aiotools' worker context, :func:`server.worker.worker`, imported only
+    here, in the worker process (fresh code in every generation)."""
+    from . import worker as implementation  # noqa: PLC0415
 
-    shared: Shared = args[0]
-    title(f"worker {pidx}")
-    die_with_parent(parent=shared.main_pid)
-    report(shared, "started", pidx)
-    async with implementation.serve(pidx, shared) as stop:
-        stop.signal = yield
-
-
-def keeper(stop_event: Any, index: int, args: Sequence[Any]) -> None:
-    """An aiotools extra process that only waits for the stop signal.
-
-    aiotools ends a generation once every process it started has exited.
-    Replacement workers are not its own, so after the last original worker
-    died and was replaced, aiotools would stop a healthy server. The keeper
-    outlives the workers until the supervisor stops it with them.
-    """
-    shared: Shared = args[0]
-    # Forked from the main process' event loop, this process still holds its
-    # signal wakeup descriptor: a signal here would also wake the main loop,
-    # which would take it for a second signal of its own.
-    signal.set_wakeup_fd(-1)
-    title("keeper")
-    die_with_parent(parent=shared.main_pid)
-    report(shared, "keeper", index)
-    # aiotools' handlers raise on the stop signals; that is the way out.
-    with contextlib.suppress(SystemExit, KeyboardInterrupt, aiotools.InterruptedBySignal):
-        while True:
-            signal.pause()
-
-
-def run_replacement(index: int, shared: Shared, runner: Runner) -> None:
-    """Body of a worker that the main process starts to replace one that died.
-
-    aiotools starts the first workers of a generation but never replaces
-    one; this runs the same worker context the way aiotools does.
-    """
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stopped: asyncio.Future[signal.Signals] = loop.create_future()
-
-        def on_signal(signum: signal.Signals) -> None:
-            if not stopped.done():
-                stopped.set_result(signum)
-
-        for signum in STOP_SIGNALS:
-            loop.add_signal_handler(signum, on_signal, signum)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        context = worker(loop, index, (shared,))
-        async with context:
-            context.yield_return = await stopped
-
-    runner(main())
+    return implementation.worker(loop, pidx, args)

@@ -1,21 +1,27 @@
-"""The main process while workers run: signals, reloads, and replacing dead workers.
+"""The main process while workers run: generations, signals, dead workers.
 
-aiotools starts a generation of workers and forwards stop signals, but has
-no reload and never replaces a worker that dies. The supervisor fills both
-gaps from inside aiotools' main context (which runs on the main process'
+The supervisor owns what outlives a generation of workers: the listening
+socket, the pipe workers report on, the generation count and one backoff.
+Each generation is one ``aiotools.start_server`` call, with
+:meth:`Supervisor.main_context` as its main context (on the main process'
 event loop):
 
 - SIGINT/SIGTERM: stop every worker (each tells its clients to reconnect).
 - SIGHUP: read the settings again; if they are valid, stop this generation
-  with SIGHUP so that the caller starts a new one on the same listening
-  socket (connections wait in its backlog meanwhile: none is refused). If
-  they are not, log one line and keep the current workers.
-- A worker that dies is replaced within a fraction of a second, with the
-  same index; the others keep serving.
+  with SIGHUP and start the next on the same listening socket (connections
+  wait in its backlog meanwhile: none is refused). If they are not, log one
+  line and keep the current workers.
+- A worker that dies is replaced with the same index; the others keep
+  serving. Its death is an event (a pidfd per worker, readable when it
+  exits), not something polled for.
+- If every process aiotools started is gone, a new generation starts.
 
-Workers report "started" and "ready" with their pid through a pipe, so the
-supervisor knows every worker process, including its own replacements, and
-the keeper (see :func:`server.process.keeper`).
+Something that keeps failing (a worker index that dies again and again, a
+generation whose workers never serve) waits longer each time: one
+:class:`~server.workers.Backoff`. Workers report "started" and "ready" with their pid through
+the pipe, so the supervisor knows every worker process, its own
+replacements included. What aiotools needs worked around is in
+:mod:`server.workarounds`.
 """
 
 from __future__ import annotations
@@ -24,77 +30,153 @@ import asyncio
 import contextlib
 import enum
 import logging
-import multiprocessing
-import multiprocessing.process
 import os
 import signal
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING
 
-from .config import Config, ConfigError
-from .process import STOP_SIGNALS, Runner, Shared, run_replacement
+import aiotools
+
+from . import logs
+from .config import Config, ConfigError, keep_bound_settings
+from .process import STOP_SIGNALS, Runner, Shared, bind, worker
+from .workarounds import QuietAllChildrenGone, forget_reaped_children, keeper
+from .workers import Backoff, WorkerProcesses
 
 if TYPE_CHECKING:  # imported by the main process once the metrics directory is set
     from .instance_metrics import InstanceMetrics
 
 log = logging.getLogger("chat-server")
 
-WATCH_INTERVAL_S = 0.1
-RESPAWN_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)
+GENERATION = "generation"  # the backoff's key for starting a whole generation
 
 
 class Action(enum.Enum):
+    """Why a generation ended."""
+
     STOP = "stop"  # SIGINT or SIGTERM
     RELOAD = "reload"  # SIGHUP with valid settings
     RESTART = "restart"  # every process aiotools started has died, keeper included
 
 
-class _QuietAllChildrenGone(logging.Filter):
-    """aiotools warns when all its workers have exited; here that is how every
-    stop and reload ends, so the warning would only be noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "All child processes have terminated" not in record.getMessage()
-
-
 class Supervisor:
     def __init__(
         self,
-        shared: Shared,
-        read_fd: int,
-        runner: Runner,
+        config: Config,
+        *,
+        redis_url: str,
+        session_secret: str,
         reload_config: Callable[[], Config],
-        on_ready: Callable[[Config], None],
-        deaths: dict[int, list[float]],
+        runner_for: Callable[[Config], Runner],
         metrics: InstanceMetrics,
     ) -> None:
-        self.shared = shared
-        self.metrics = metrics
-        self.config = shared.config
-        self.read_fd = read_fd
-        self.runner = runner
+        self.config = config
+        self.redis_url = redis_url
+        self.session_secret = session_secret
         self.reload_config = reload_config
-        self.on_ready = on_ready
+        self.runner_for = runner_for
+        self.metrics = metrics
+        self.backoff = Backoff()
+        self.generation = 0
+        self.sock = bind(config.host, config.port, config.backlog)
+        host, port = self.sock.getsockname()[:2]
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self._begin()
+
+    def _begin(self) -> None:
+        """What one generation knows of its processes, fresh."""
+        self.shared = Shared(
+            self.config,
+            self.redis_url,
+            self.session_secret,
+            self.sock,
+            os.getpid(),
+            self.write_fd,
+            self.generation,
+            metrics_dir=self.metrics.directory,
+        )
+        self.runner = self.runner_for(self.config)
+        self.workers = WorkerProcesses(self.shared, self.runner, self.backoff, self.metrics)
+        self.workers.on_death = self._not_ready
         self.action: Action | None = None
         self.stop_signal = signal.SIGTERM
         self.next_config: Config | None = None
-        self.pids: dict[int, int] = {}  # worker index -> pid of the process serving it
         self.keeper_pid: int | None = None
         self.ready: set[int] = set()
-        self.replacements: dict[int, multiprocessing.process.BaseProcess] = {}
-        # When each worker index last died: kept across generations, so that a
-        # worker that crashes at start is restarted with backoff, not in a loop.
-        self._deaths = deaths
-        self._kill_timer: asyncio.TimerHandle | None = None
+        self.ever_ready = False  # some worker of this generation served
         self._buffer = b""
         self._announced = False
-        self.ever_ready = False  # some worker of this generation served
+
+    # -- generations -----------------------------------------------------
+
+    def run(self) -> None:
+        """Run generations of workers until a stop signal."""
+        # Signals are handled by the main context while a generation runs;
+        # between two generations they wait, blocked, instead of killing the
+        # process.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            while True:
+                aiotools.start_server(
+                    worker,
+                    main_ctxmgr=aiotools.main_context(self.main_context),
+                    num_workers=self.config.workers,
+                    extra_procs=(keeper,),
+                    args=(self.shared,),
+                    stop_signals=STOP_SIGNALS,
+                    runner=self.runner,
+                    # A worker that fails to start or stop is replaced here;
+                    # aiotools would instead SIGINT the whole process group,
+                    # and so stop the server (and whatever shares its group).
+                    ignore_child_interrupts=True,
+                )
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                forget_reaped_children()
+                if self.action is Action.STOP:
+                    return
+                self._next_generation()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close what outlives the generations: the socket and the report pipe."""
+        self.sock.close()
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+    def _next_generation(self) -> None:
+        if self.action is Action.RESTART:
+            if self.ever_ready:
+                self.backoff.succeeded(GENERATION)
+            delay = self.backoff.failed(GENERATION, time.monotonic())
+            log.error("all workers are gone; starting new ones in %.1f s", delay)
+            if _wait_blocked(delay):
+                with contextlib.suppress(ConfigError):
+                    self.next_config = self.reload_config()
+        if self.next_config is not None:
+            self.config = keep_bound_settings(self.config, self.next_config)
+            logs.configure(self.config.log_level, self.config.log_format)
+        self.generation += 1
+        self._begin()
+
+    def _on_ready(self) -> None:
+        if self.generation == 0:
+            workers = self.config.workers
+            print(
+                f"chat-server: serving {self.url} with {workers} "
+                f"worker{'s' if workers != 1 else ''} (pid {os.getpid()})",
+                flush=True,
+            )
+        else:
+            log.info("reloaded: %d workers ready", self.config.workers)
 
     def main_context(self) -> Generator[None, signal.Signals, None]:
         """To be wrapped with ``aiotools.main_context`` and given to ``start_server``."""
         loop = asyncio.get_running_loop()
-        quiet = _QuietAllChildrenGone()
+        quiet = QuietAllChildrenGone()
         logging.getLogger("aiotools.server").addFilter(quiet)
         # These replace aiotools' own handlers: stopping goes through
         # _signal_all, which also reaches replacement workers.
@@ -102,16 +184,12 @@ class Supervisor:
             loop.add_signal_handler(signum, self._on_stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         loop.add_reader(self.read_fd, self._on_report)
-        watchdog = loop.create_task(self._watch())
         try:
             yield
         finally:
             # Until the next generation's handlers are in place, signals wait
             # (blocked) rather than killing the process or being lost.
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            if self._kill_timer is not None:
-                self._kill_timer.cancel()
-            watchdog.cancel()
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.read_fd)
             if self.action is None:
@@ -120,9 +198,7 @@ class Supervisor:
                 self.action = Action.RESTART
                 self.stop_signal = signal.SIGHUP
                 self._signal_all(signal.SIGHUP)
-            self._join_replacements()
-            # Every worker of this generation has exited (aiotools waited for its own).
-            self.metrics.workers_stopped(self.pids.values())
+            self.workers.close(timeout=self.config.shutdown_timeout_s * 2 + 2)
             logging.getLogger("aiotools.server").removeFilter(quiet)
 
     # -- signals ---------------------------------------------------------
@@ -137,24 +213,6 @@ class Supervisor:
         self.stop_signal = signum
         self._signal_all(signum)
         self._kill_stragglers_later()
-
-    def _kill_stragglers_later(self) -> None:
-        """Workers that have not stopped after the graceful timeout are killed.
-
-        aiotools' own wait_timeout does not apply once its handlers are
-        replaced: without this, one stuck worker would hang a stop or reload.
-        """
-        if self._kill_timer is None:
-            delay = self.config.shutdown_timeout_s * 2 + 2
-            loop = asyncio.get_running_loop()
-            self._kill_timer = loop.call_later(delay, self._kill_stragglers)
-
-    def _kill_stragglers(self) -> None:
-        for index, pid in list(self.pids.items()):
-            if self._alive(index, pid):
-                log.warning("worker %d (pid %d) did not stop in time; killing it", index, pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
     def _on_reload(self) -> None:
         if self.action is Action.STOP:
@@ -176,13 +234,22 @@ class Supervisor:
         self._signal_all(signal.SIGHUP)
         self._kill_stragglers_later()
 
+    def _kill_stragglers_later(self) -> None:
+        """Workers that have not stopped after the graceful timeout are killed."""
+        delay = self.config.shutdown_timeout_s * 2 + 2
+        self.workers.later(delay, self.workers.kill_stragglers)
+
     def _signal_all(self, signum: signal.Signals) -> None:
-        keeper = [] if self.keeper_pid is None else [self.keeper_pid]
-        for pid in [*self.pids.values(), *keeper]:
+        self.workers.replacing = False
+        self.workers.signal_all(signum)
+        if self.keeper_pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+                os.kill(self.keeper_pid, signum)
 
     # -- reports from workers --------------------------------------------
+
+    def _not_ready(self, index: int) -> None:
+        self.ready.discard(index)
 
     def _on_report(self) -> None:
         try:
@@ -193,101 +260,45 @@ class Supervisor:
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
             state, index_text, pid_text, generation = line.decode().split()
-            if int(generation) != self.shared.generation:
+            if int(generation) != self.generation:
                 continue  # a late word from a worker of an earlier generation
-            index, pid = int(index_text), int(pid_text)
-            if state == "keeper":
-                self.keeper_pid = pid
-                if self.action is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, self.stop_signal)
-            elif state == "started":
-                self.pids[index] = pid
-                if self.action is not None:
-                    # Forked before the signal reached its siblings.
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, self.stop_signal)
-            elif state == "ready" and index not in self.ready:
-                self.ready.add(index)
-                self.ever_ready = True
-                if self._announced:
-                    log.info("worker %d is serving again (pid %d)", index, pid)
-                    continue
-                log.info("worker %d is serving (pid %d)", index, pid)
-                if len(self.ready) == self.config.workers:
-                    self._announced = True
-                    self.on_ready(self.config)
+            self._reported(state, int(index_text), int(pid_text))
 
-    # -- dead workers ----------------------------------------------------
-
-    def _alive(self, index: int, pid: int) -> bool:
-        replacement = self.replacements.get(index)
-        if replacement is not None and replacement.pid == pid:
-            return replacement.is_alive()
-        try:
-            # WNOWAIT: look without reaping; aiotools reaps its own children.
-            return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-        except ChildProcessError:
-            return False
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
+    def _reported(self, state: str, index: int, pid: int) -> None:
+        if state == "keeper":
+            self.keeper_pid = pid
             if self.action is not None:
-                continue
-            for index, pid in list(self.pids.items()):
-                try:
-                    if not self._alive(index, pid):
-                        self._replace(index, pid)
-                except Exception:
-                    # Never let the watchdog die: log, and try again next tick.
-                    log.exception("could not replace worker %d", index)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, self.stop_signal)
+        elif state == "started":
+            self.workers.started(index, pid)
+            if self.action is not None:
+                # Forked before the signal reached its siblings.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, self.stop_signal)
+        elif state == "ready" and index not in self.ready:
+            self.ready.add(index)
+            self.ever_ready = True
+            if self._announced:
+                log.info("worker %d is serving again (pid %d)", index, pid)
+                return
+            log.info("worker %d is serving (pid %d)", index, pid)
+            if len(self.ready) == self.config.workers:
+                self._announced = True
+                self._on_ready()
 
-    def _replace(self, index: int, pid: int) -> None:
-        # At once, even while backing off: the dead worker's connections
-        # leave the gauges now.
-        self.metrics.worker_died(pid)
-        now = time.monotonic()
-        recent = [t for t in self._deaths.get(index, []) if now - t < 60]
-        delay = RESPAWN_BACKOFF_S[min(len(recent), len(RESPAWN_BACKOFF_S) - 1)]
-        if recent and now - recent[-1] < delay:
-            return  # crashing again and again: back off before the next try
-        self._deaths[index] = [*recent, now]
-        log.warning("worker %d (pid %d) died; starting a replacement", index, pid)
-        process = multiprocessing.get_context("fork").Process(
-            target=run_replacement,
-            args=(index, self.shared, self.runner),
-            name=f"chat-worker-{index}",
-        )
-        # The child starts with the stop signals blocked, and unblocks them
-        # once its own handlers are in place: until then a signal would reach
-        # this process' handlers through the inherited wakeup fd.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        old = self.replacements.pop(index, None)
-        if old is not None:
-            old.join(0)
-            with contextlib.suppress(ValueError):
-                old.close()
-        self.replacements[index] = process
-        self.metrics.worker_replaced()
-        self.ready.discard(index)
-        assert process.pid is not None
-        self.pids[index] = process.pid
 
-    def _join_replacements(self) -> None:
-        deadline = time.monotonic() + self.config.shutdown_timeout_s * 2 + 2
-        for process in self.replacements.values():
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                log.warning("replacement worker %s did not stop; killing it", process.pid)
-                process.kill()
-                process.join(1)
-            with contextlib.suppress(ValueError):
-                process.close()
+def _wait_blocked(delay: float) -> bool:
+    """Sleep with the stop signals blocked; stop at once if one arrives.
+
+    True if a SIGHUP came meanwhile: the settings are to be read again.
+    """
+    if delay <= 0:
+        return False
+    received = signal.sigtimedwait(STOP_SIGNALS, delay)
+    if received is not None and received.si_signo != signal.SIGHUP:
+        raise SystemExit(0)
+    return received is not None
 
 
 __all__ = ["STOP_SIGNALS", "Action", "Supervisor"]

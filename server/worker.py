@@ -1,6 +1,7 @@
 """One worker process: its Redis contexts, the app on the shared socket, the heartbeat.
 
-Imported only inside worker processes (see :mod:`server.process`). Each
+Imported only inside worker processes (see :mod:`server.process`), so
+that every generation of workers runs freshly imported code. Each
 worker enters its Redis client and session store concurrently
 (``aiotools.actxgroup``), serves the app on the listening socket the main
 process created, runs the heartbeat timer, and when stopped closes its
@@ -12,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
-from typing import cast
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from typing import Any, cast
 
 import aiotools
 from aiohttp import web
@@ -27,7 +27,7 @@ from .app import create_app
 from .edge import Edge
 from .hub import RELOAD, SHUTDOWN
 from .middlewares import MalformedRequests
-from .process import Shared, report
+from .process import Shared, die_with_parent, report, title
 from .resources import redis_client, session_store
 from .sessions import SignedRedisStorage
 
@@ -36,16 +36,20 @@ log = logging.getLogger(__name__)
 ACCEPTED_GRACE_S = 0.25
 
 
-@dataclasses.dataclass
-class Stop:
-    """Set by the caller before the block ends: the signal that stopped the worker."""
+@aiotools.server_context
+async def worker(
+    loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]
+) -> AsyncGenerator[None, signal.Signals]:
+    """One worker process, in aiotools' shape: set up, ``sig = yield``, tear down.
 
-    signal: signal.Signals = signal.SIGTERM
-
-
-@contextlib.asynccontextmanager
-async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
-    """Serve the app in this process until the caller's block ends."""
+    Set up: Redis client and session store (entered concurrently), the app
+    on the shared socket, the heartbeat timer; then report "ready". Tear
+    down, once a stop signal arrives, in the reverse order.
+    """
+    shared: Shared = args[0]
+    title(f"worker {pidx}")
+    die_with_parent(parent=shared.main_pid)
+    report(shared, "started", pidx)
     config = shared.config
     logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     group = aiotools.actxgroup(
@@ -90,15 +94,14 @@ async def serve(pidx: int, shared: Shared) -> AsyncIterator[Stop]:
             beat = app[keys.HEARTBEAT]
             heartbeat = aiotools.create_timer(beat.tick, beat.interval)
             report(shared, "ready", pidx)
-            stop = Stop()
             try:
-                yield stop
+                sig = yield
             finally:
                 await aiotools.cancel_and_wait(heartbeat)
             # Streams are closed (in on_shutdown, after the worker stops
             # accepting) telling clients why: on a reload, to reconnect to
             # the next generation of workers.
-            app[keys.HUB].stop_reason = RELOAD if stop.signal == signal.SIGHUP else SHUTDOWN
+            app[keys.HUB].stop_reason = RELOAD if sig == signal.SIGHUP else SHUTDOWN
             # Stop accepting, then give connections this worker accepted a
             # moment to send their request: aiohttp's shutdown closes any
             # connection that has not, and its client would see a reset.

@@ -1,0 +1,113 @@
+"""Workarounds of aiotools 2.2.4, in one place, each with the test that fails without it.
+
+aiotools starts a generation of workers and forwards stop signals to them;
+it has no reload and never replaces a worker that dies, and a few of its
+habits get in the way of a supervisor that does both (see
+:mod:`server.supervisor`). What follows fills those gaps. Check each one
+against a new aiotools release: the tests named below say whether it is
+still needed.
+
+- :func:`keeper`: ``test_replacing_every_original_worker_keeps_the_replacements_serving``
+- :func:`run_replacement`: ``test_killed_worker_is_replaced_within_2s_and_nothing_is_lost``
+- :class:`QuietAllChildrenGone`: ``test_json_logs_have_one_line_per_lifecycle_event_and_no_secret``
+- :func:`forget_reaped_children`: ``test_reloads_and_replacements_leak_no_file_descriptors``
+- the supervisor's own stop handlers and straggler timer (aiotools' are
+  replaced, and with them its ``wait_timeout``):
+  ``test_a_stuck_worker_cannot_hang_a_stop``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing.process
+import os
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import aiotools
+
+from .process import STOP_SIGNALS, Runner, Shared, die_with_parent, report, title, worker
+
+AIOTOOLS_VERSION = "2.2.4"  # the release these were written against
+
+
+def keeper(stop_event: Any, index: int, args: Sequence[Any]) -> None:
+    """An aiotools extra process that only waits for the stop signal.
+
+    aiotools ends a generation once every process it started has exited.
+    Replacement workers are not its own, so after the last original worker
+    died and was replaced, aiotools would stop a healthy server. The keeper
+    outlives the workers until the supervisor stops it with them.
+    """
+    shared: Shared = args[0]
+    # Forked from the main process' event loop, this process still holds its
+    # signal wakeup descriptor: a signal here would also wake the main loop,
+    # which would take it for a second signal of its own.
+    signal.set_wakeup_fd(-1)
+    title("keeper")
+    die_with_parent(parent=shared.main_pid)
+    report(shared, "keeper", index)
+    # aiotools' handlers raise on the stop signals; that is the way out.
+    with contextlib.suppress(SystemExit, KeyboardInterrupt, aiotools.InterruptedBySignal):
+        while True:
+            signal.pause()
+
+
+def run_replacement(index: int, shared: Shared, runner: Runner) -> None:
+    """Body of a worker that the main process starts to replace one that died.
+
+    aiotools starts the first workers of a generation but never replaces
+    one; this runs the same worker context the way aiotools does: stop
+    signals handled on the loop, the signal that came given back at the
+    context's ``yield``.
+    """
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stopped: asyncio.Future[signal.Signals] = loop.create_future()
+
+        def on_signal(signum: signal.Signals) -> None:
+            if not stopped.done():
+                stopped.set_result(signum)
+
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        context = worker(loop, index, (shared,))
+        async with context:
+            context.yield_return = await stopped
+
+    runner(main())
+
+
+class QuietAllChildrenGone(logging.Filter):
+    """aiotools warns when all its workers have exited; here that is how every
+    stop and reload ends, so the warning would only be noise. (It matches
+    aiotools' message text.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "All child processes have terminated" not in record.getMessage()
+
+
+def forget_reaped_children() -> None:
+    """Release what multiprocessing keeps for workers that aiotools has reaped.
+
+    aiotools waits for its workers through a pidfd and never joins their
+    ``multiprocessing.Process``: each would keep two pipe descriptors open
+    for the life of the main process, two more with every reload. (Uses
+    multiprocessing's private ``_children`` and ``_popen``.)
+    """
+    for process in list(multiprocessing.process._children):  # type: ignore[attr-defined]
+        pid = process.pid
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            continue  # still ours to reap: alive, or a zombie someone will wait for
+        except ChildProcessError:
+            pass  # already reaped
+        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        finalizer = getattr(getattr(process, "_popen", None), "finalizer", None)
+        if finalizer is not None:
+            finalizer()

@@ -1,0 +1,165 @@
+"""The supervisor's decisions, in-process: when to replace a worker, how long
+to wait when something keeps failing, what a reload with broken settings does.
+
+The processes themselves (forking replacements, signals, reloads under
+traffic) are tested for real in ``test_lifecycle.py``; here the decisions are
+taken against real child processes (``sleep``) whose deaths arrive as
+pidfd events, with the forking of a replacement recorded instead of done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from server.config import Config, ConfigError, load
+from server.supervisor import Action, Supervisor
+from server.workers import Backoff, WorkerProcesses
+
+
+class Counts:
+    """The main process' metrics, counted in plain numbers."""
+
+    directory = ""
+
+    def __init__(self) -> None:
+        self.reloads = 0
+        self.dead: list[int] = []
+        self.replaced = 0
+
+    def reloaded(self) -> None:
+        self.reloads += 1
+
+    def worker_died(self, pid: int) -> None:
+        self.dead.append(pid)
+
+    def worker_replaced(self) -> None:
+        self.replaced += 1
+
+    def workers_stopped(self, pids: Any) -> None:
+        self.dead.extend(pids)
+
+
+class RecordedReplacements(WorkerProcesses):
+    """Workers whose replacements are recorded (when, for which index), not forked."""
+
+    def __init__(self) -> None:
+        super().__init__(None, lambda coro: None, Backoff(), Counts())  # type: ignore[arg-type]
+        self.asked: list[tuple[float, int]] = []
+        self.changed = asyncio.Event()
+
+    def _replace(self, index: int, pid: int) -> None:
+        if self.replacing and self.pids.get(index) == pid:
+            self.asked.append((asyncio.get_running_loop().time(), index))
+            self.changed.set()
+
+    async def wait_asked(self, count: int) -> None:
+        async with asyncio.timeout(5):
+            while len(self.asked) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def sleeper(procs: list[subprocess.Popen[bytes]]) -> int:
+    proc = subprocess.Popen(["sleep", "60"])
+    procs.append(proc)
+    return proc.pid
+
+
+def test_something_that_keeps_failing_waits_longer_each_time() -> None:
+    backoff = Backoff()
+    delays = [backoff.failed("x", now) for now in (0, 1, 2, 3, 4, 5)]
+    assert delays == [0.0, 0.5, 1.0, 2.0, 5.0, 5.0]
+    assert backoff.failed("y", 5) == 0.0  # each thing on its own
+    assert backoff.failed("x", 100) == 0.0  # a minute later it starts over
+    backoff.succeeded("y")
+    assert backoff.failed("y", 6) == 0.0
+
+
+async def test_a_dead_worker_is_replaced_at_once_and_again_after_a_backoff(
+    sleepers: list[subprocess.Popen[bytes]],
+) -> None:
+    workers = RecordedReplacements()
+    first, other = sleeper(sleepers), sleeper(sleepers)
+    workers.started(0, first)
+    workers.started(1, other)
+    died_at = asyncio.get_running_loop().time()
+    sleepers[0].kill()
+    await workers.wait_asked(1)
+    assert workers.asked[0][1] == 0 and workers.asked[0][0] - died_at < 0.5
+    assert workers.metrics.dead == [first]  # type: ignore[attr-defined]
+    # The replacement dies too, at once: the next one waits.
+    second = sleeper(sleepers)
+    workers.started(0, second)
+    died_at = asyncio.get_running_loop().time()
+    sleepers[-1].kill()
+    await workers.wait_asked(2)
+    assert workers.asked[1][0] - died_at >= Backoff.SCHEDULE_S[1] - 0.05
+    assert workers.alive(other) and not workers.alive(second)
+    workers.close(timeout=1)
+
+
+async def test_no_replacement_once_the_generation_is_stopping(
+    sleepers: list[subprocess.Popen[bytes]],
+) -> None:
+    workers = RecordedReplacements()
+    pid = sleeper(sleepers)
+    workers.started(0, pid)
+    workers.replacing = False
+    sleepers[0].kill()
+    async with asyncio.timeout(5):
+        while workers.alive(pid):
+            await asyncio.sleep(0.01)
+    assert workers.asked == [] and workers.metrics.dead == [pid]  # type: ignore[attr-defined]
+    workers.close(timeout=1)
+
+
+def broken() -> Config:
+    raise ConfigError("workers: expected a positive integer, got 'many'")
+
+
+async def test_a_reload_with_broken_settings_keeps_the_workers_and_says_so(
+    caplog: pytest.LogCaptureFixture, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    config = load({"port": 0, "workers": 1})
+    counts = Counts()
+    supervisor = Supervisor(
+        config,
+        redis_url="redis://127.0.0.1:1/0",
+        session_secret="s",
+        reload_config=broken,
+        runner_for=lambda config: asyncio.run,
+        metrics=counts,  # type: ignore[arg-type]
+    )
+    try:
+        pid = sleeper(sleepers)
+        supervisor.workers.started(0, pid)
+        with caplog.at_level(logging.ERROR, logger="chat-server"):
+            supervisor._on_reload()
+        assert supervisor.action is None and counts.reloads == 0
+        assert "reload refused, still running the old settings" in caplog.text
+        assert sleepers[0].poll() is None  # not signalled
+        # With good settings, the workers are told to go (SIGHUP) and the
+        # reload is counted.
+        supervisor.reload_config = lambda: config
+        supervisor._on_reload()
+        assert supervisor.action is Action.RELOAD and counts.reloads == 1
+        assert sleepers[0].wait(5) == -signal.SIGHUP
+        supervisor.workers.close(timeout=1)
+    finally:
+        supervisor.close()
