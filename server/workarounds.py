@@ -7,7 +7,9 @@ habits get in the way of a supervisor that does both (see
 against a new aiotools release: the tests named below say whether it is
 still needed.
 
-- :func:`keeper`: ``test_replacing_every_original_worker_keeps_the_replacements_serving``
+- :func:`keeper`: ``test_replacing_every_original_worker_keeps_the_replacements_serving``;
+  its reset of the inherited signal wakeup descriptor:
+  ``test_sigterm_under_traffic_exits_0_and_tells_streams_to_reconnect``
 - :func:`run_replacement`: ``test_killed_worker_is_replaced_within_2s_and_nothing_is_lost``
 - :class:`QuietAllChildrenGone`: ``test_json_logs_have_one_line_per_lifecycle_event_and_no_secret``
 - :func:`forget_reaped_children`: ``test_reloads_and_replacements_leak_no_file_descriptors``
