@@ -475,7 +475,7 @@ class Connections:
         if rooms:
             pipe = self.redis.pipeline(transaction=False)
             for room in sorted(rooms):
-                pipe.publish(channel(room), "p")
+                pipe.execute_command(scripts.publish_command(self.redis), channel(room), "p")
             await pipe.execute()
 
 

@@ -13,17 +13,21 @@ from redis.exceptions import NoScriptError
 Call = tuple[AsyncScript, list[str], list[Any]]  # a script, its keys and its arguments
 
 
-def register(redis: aioredis.Redis, text: str) -> AsyncScript:
-    """``text`` as a script of ``redis``.
+def publish_command(redis: aioredis.Redis) -> str:
+    """PUBLISH, or SPUBLISH on a Redis Cluster.
 
-    On a Redis Cluster its PUBLISH becomes SPUBLISH: a script may only
-    touch its keys' slot, and a room's shard channel carries the room's
-    hash tag, so it lives in the slot of the room's keys (and only
-    subscribers of that shard's primary hear it, instead of every node).
+    A room's channel carries the room's hash tag, so on a cluster it is a
+    shard channel in the slot of the room's keys: only subscribers of that
+    shard's primary hear it (not every node), and a script that touches the
+    room's keys may publish on it.
     """
-    if isinstance(redis, RedisCluster):
-        text = text.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
-    return redis.register_script(text)
+    return "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
+
+
+def register(redis: aioredis.Redis, text: str) -> AsyncScript:
+    """``text`` as a script of ``redis``, publishing with :func:`publish_command`."""
+    command = publish_command(redis)
+    return redis.register_script(text.replace("redis.call('PUBLISH'", f"redis.call('{command}'"))
 
 
 async def run(redis: aioredis.Redis, *calls: Call, pipe: Pipeline | None = None) -> list[Any]:

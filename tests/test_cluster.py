@@ -72,9 +72,16 @@ async def test_rooms_on_every_shard_reach_every_worker_and_instance(
                 sse_collector(alice, f"{two.url}/api/rooms/{room}/events") as on_two,
                 ws_collector(bob, f"{one.url}/api/rooms/{room}/ws") as on_one,
             ):
-                # Presence crosses instances: each sees both.
+                # Presence crosses instances: each sees both, and a rename.
                 await on_two.wait_for(lambda c: len(c.presence and c.presence[-1]) == 2)
                 await on_one.wait_for(lambda c: len(c.presence and c.presence[-1]) == 2)
+                name = f"Alice of {room}"
+                async with alice.put(f"{one.url}/api/session", json={"name": name}) as resp:
+                    assert resp.status == 200
+                for collector in (on_one, on_two):
+                    await collector.wait_for(
+                        lambda c, name=name: name in [u["name"] for u in c.presence[-1]]
+                    )
                 sent = []
                 for n in range(5):
                     base = one.url if n % 2 else two.url
