@@ -24,12 +24,12 @@ from redis.asyncio import Redis
 
 from . import keys
 from .app import create_app
+from .close_reason import RELOAD, SHUTDOWN
 from .edge import Edge
-from .hub import RELOAD, SHUTDOWN
 from .middlewares import MalformedRequests
 from .process import Shared, report
-from .resources import redis_client, session_store
-from .sessions import SignedRedisStorage
+from .redis_clients import redis_client, session_store
+from .session_store import SignedRedisStorage
 
 log = logging.getLogger(__name__)
 
