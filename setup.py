@@ -42,6 +42,8 @@ setup(
             "playwright>=1.50",
             "ruff>=0.15",
             "mypy>=1.15",
+            # The layers of server/ (scripts/check runs lint-imports).
+            "import-linter>=2.1",
             "aiomonitor>=0.7",
         ],
         # The benchmark's peer (benchmarks/peer_socketio.py); the load generator

@@ -11,15 +11,17 @@ import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import keys, middlewares, views
-from .broker import Broker, Relay
+from . import keys, middlewares, redisurl, views
+from .broker import Broker
 from .config import Config
-from .connections import Connections
+from .connection_registry import ConnectionRegistry
 from .heartbeat import Heartbeat, LoopWatch
 from .hub import Hub
 from .metrics import Metrics
+from .presence import Announcer
 from .ratelimit import Budgets, RateLimiter
-from .sessions import SignedRedisStorage
+from .relay import Relay
+from .session_store import SignedRedisStorage
 from .transports import sse, ws
 
 WORKER_HEADER = "X-Chat-Worker"  # index of the worker that served the request
@@ -66,7 +68,7 @@ def create_app(
         idle_timeout_s=config.idle_timeout_s,
         metrics=metrics,
     )
-    connections = Connections(
+    connections = ConnectionRegistry(
         redis,
         uuid.uuid4().hex[:12],
         ttl_s=2 * config.heartbeat_s,
@@ -81,7 +83,10 @@ def create_app(
     app[keys.CONNECTIONS] = connections
     app[keys.METRICS] = metrics
     app[keys.HEARTBEAT] = heartbeat = Heartbeat(hub, connections, config)
-    relay.deliver_to(hub.dispatch, heartbeat.announce_soon)
+    app[keys.ANNOUNCER] = announcer = Announcer(
+        hub, connections.presence.read, config.presence_list_max, redisurl.FAILURES
+    )
+    relay.deliver_to(hub.dispatch, announcer.announce_soon)
     app[keys.RATE_LIMITER] = RateLimiter(redis, metrics)
     app[keys.BUDGETS] = Budgets.from_config(config)
     app[keys.WORKER_INDEX] = worker_index
@@ -115,11 +120,11 @@ def create_app(
         if response.status != 101 and response.content_type != "text/event-stream":
             response.headers.update(SECURITY_HEADERS)
 
-    async def stop_heartbeat_tasks(app: web.Application) -> None:
-        await app[keys.HEARTBEAT].close()
+    async def stop_announcing(app: web.Application) -> None:
+        await announcer.close()
 
     app.cleanup_ctx.append(live_delivery)
-    app.on_cleanup.append(stop_heartbeat_tasks)
+    app.on_cleanup.append(stop_announcing)
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(tag_worker)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from redis.exceptions import OutOfMemoryError, ResponseError
 
 
 class ChatError(Exception):
@@ -58,18 +57,6 @@ class Unavailable(ChatError):
 
 class StorageFull(ChatError):
     status, code = 503, "storage_full"
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether Redis refused a write because it reached ``maxmemory``.
-
-    Redis 7 keeps the ``OOM`` code of an error raised inside a script
-    (redis-py makes it an OutOfMemoryError); Redis 6.2 reports it as a script
-    error that quotes it.
-    """
-    return isinstance(exc, OutOfMemoryError) or (
-        isinstance(exc, ResponseError) and "-OOM command not allowed" in str(exc)
-    )
 
 
 def storage_full() -> StorageFull:

@@ -1,4 +1,4 @@
-"""The worker heartbeat, and presence announcements batched per room.
+"""The worker heartbeat: pings, idle connections, leases; and the loop's health.
 
 Every connection is pinged once per ``heartbeat_s``, WebSockets whose
 client has been silent past ``idle_timeout_s`` are closed, and this worker's
@@ -11,17 +11,12 @@ visits its connections in batches, letting the loop run in between.
 
 A connection that cannot take its ping (its client stopped reading) queues
 it, and is cut off when it has not drained within ``idle_timeout_s`` (see
-:mod:`server.hub`).
-
-Presence changes are announced in batches: a burst of joins in one room
-costs one read and one difference per batch, sent to each subscriber once.
-Rooms too big to list (counts only) are announced at most once a second.
+:mod:`server.subscription`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
@@ -30,16 +25,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import redisurl
+from .close_reason import CloseReason
 from .config import Config
-from .connections import Connections
-from .hub import IDLE, Hub, Subscription
+from .connection_registry import ConnectionRegistry
+from .hub import Hub
 from .metrics import Metrics
 from .model import PING
+from .subscription import Subscription
 
 log = logging.getLogger(__name__)
 
-PRESENCE_BATCH_S = 0.05  # rooms that list their users
-COUNT_BATCH_S = 1.0  # rooms that only count them
 SLOW_TICK_S = 0.1  # a tick longer than this is logged
 TICK_S = 1.0  # about how often the heartbeat ticks
 MAX_PARTS = 15  # the most ticks a heartbeat interval is spread over
@@ -156,11 +151,10 @@ class FrozenSurvivors:
 
 
 class Heartbeat:
-    def __init__(self, hub: Hub, connections: Connections, config: Config) -> None:
+    def __init__(self, hub: Hub, connections: ConnectionRegistry, config: Config) -> None:
         self.hub = hub
         self.connections = connections
         self.idle_timeout_s = config.idle_timeout_s
-        self.list_max = config.presence_list_max
         # The interval is spread over ``parts`` ticks of ``interval`` each.
         self.parts = max(1, min(MAX_PARTS, round(config.heartbeat_s / TICK_S)))
         self.interval = config.heartbeat_s / self.parts
@@ -168,11 +162,6 @@ class Heartbeat:
         self._pinging_s = 0.0  # how long the last tick's pings took
         self._failing = False
         self._failure_level = logging.WARNING
-        self._pending: dict[str, float] = {}  # room -> when to announce it
-        self._last: dict[str, float] = {}  # room -> when it was last announced
-        self._wake = asyncio.Event()
-        self._flush: asyncio.Task[None] | None = None
-        self._closed = False
         self.frozen = FrozenSurvivors(hub.metrics)
 
     async def tick(self, interval: float) -> None:
@@ -198,7 +187,7 @@ class Heartbeat:
         def visit(sub: Subscription) -> None:
             if sub.last_seen is not None and now - sub.last_seen > self.idle_timeout_s:
                 log.info("closing stream %s in %s: client silent", sub.id, sub.room.name)
-                sub.close(IDLE)
+                sub.close(CloseReason.IDLE)
                 return
             sub.deliver(PING)
 
@@ -226,53 +215,3 @@ class Heartbeat:
             if self._failing:
                 log.log(self._failure_level, "heartbeat updates Redis again")
             self._failing = False
-
-    def announce_soon(self, room: str) -> None:
-        """Announce the room's presence shortly, together with other joins and leaves."""
-        if self._closed or room in self._pending:
-            return
-        presence = self.hub.rooms[room].presence if room in self.hub.rooms else None
-        delay = COUNT_BATCH_S if presence is not None and presence.online is None else 0
-        now = time.monotonic()
-        self._pending[room] = max(now + PRESENCE_BATCH_S, self._last.get(room, 0) + delay)
-        self._wake.set()
-        if self._flush is None or self._flush.done():
-            self._flush = asyncio.get_running_loop().create_task(self._announce_pending())
-
-    async def _announce_pending(self) -> None:
-        while self._pending:
-            self._wake.clear()
-            now = time.monotonic()
-            due = [room for room, when in self._pending.items() if when <= now]
-            if not due:
-                wait = min(self._pending.values()) - now
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._wake.wait()
-                continue
-            for room in due:
-                del self._pending[room]
-                self._last[room] = now
-            try:
-                await self.announce(due)
-            except redisurl.FAILURES as exc:
-                log.debug("presence not announced (%s); the next tick will", exc)
-        # Forget rooms whose one-a-second limit has passed.
-        cutoff = time.monotonic() - COUNT_BATCH_S
-        self._last = {room: when for room, when in self._last.items() if when > cutoff}
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._flush is not None:
-            self._flush.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush
-
-    async def announce(self, rooms: list[str]) -> None:
-        """Read the rooms' presence from Redis and tell local subscribers what changed."""
-        rooms = [room for room in rooms if room in self.hub.rooms]
-        if not rooms:
-            return
-        presence = await self.connections.presence(rooms, self.list_max)
-        for room, (online, count) in presence.items():
-            await self.hub.set_presence(room, online, count)

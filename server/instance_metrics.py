@@ -19,23 +19,11 @@ in the sums, as a counter must.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable
 
-from prometheus_client import Counter, multiprocess, values
+from prometheus_client import Counter, multiprocess
 
-from .process import METRICS_DIR_ENV
-
-
-def require_multiprocess(directory: str) -> None:
-    """Fail unless new metrics will be written to files in ``directory``."""
-    if os.environ.get(METRICS_DIR_ENV) != directory:
-        raise RuntimeError(f"{METRICS_DIR_ENV} must be {directory!r} before metrics are made")
-    if values.ValueClass is values.MutexValue:
-        raise RuntimeError(
-            f"prometheus_client was imported before {METRICS_DIR_ENV} was set: "
-            "its metrics would count in this process only"
-        )
+from .metrics import require_multiprocess
 
 
 class InstanceMetrics:

@@ -1,27 +1,37 @@
-"""Every piece of state shared between handlers, as typed application keys."""
+"""Every piece of state shared between handlers, as typed application keys.
+
+A leaf: the types are named for the type checker only, so that any module
+may import this one without importing the rest of the server.
+"""
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
-from .broker import Broker
-from .config import Config
-from .connections import Connections
-from .heartbeat import Heartbeat
-from .hub import Hub
-from .metrics import Metrics
-from .middlewares import ThrottledErrorLog
-from .ratelimit import Budgets, RateLimiter
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
-CONFIG = web.AppKey("config", Config)
-REDIS = web.AppKey("redis", aioredis.Redis)
-BROKER = web.AppKey("broker", Broker)
-HUB = web.AppKey("hub", Hub)
-CONNECTIONS = web.AppKey("connections", Connections)
-HEARTBEAT = web.AppKey("heartbeat", Heartbeat)
-RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
-BUDGETS = web.AppKey("budgets", Budgets)
-WORKER_INDEX = web.AppKey("worker_index", int)
-METRICS = web.AppKey("metrics", Metrics)
-REDIS_ERRORS = web.AppKey("redis_errors", ThrottledErrorLog)
+    from .broker import Broker
+    from .config import Config
+    from .connection_registry import ConnectionRegistry
+    from .heartbeat import Heartbeat
+    from .hub import Hub
+    from .metrics import Metrics
+    from .middlewares import ThrottledErrorLog
+    from .presence import Announcer
+    from .ratelimit import Budgets, RateLimiter
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis")
+BROKER: web.AppKey[Broker] = web.AppKey("broker")
+HUB: web.AppKey[Hub] = web.AppKey("hub")
+CONNECTIONS: web.AppKey[ConnectionRegistry] = web.AppKey("connections")
+ANNOUNCER: web.AppKey[Announcer] = web.AppKey("announcer")
+HEARTBEAT: web.AppKey[Heartbeat] = web.AppKey("heartbeat")
+RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
+BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
+WORKER_INDEX: web.AppKey[int] = web.AppKey("worker_index")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+REDIS_ERRORS: web.AppKey[ThrottledErrorLog] = web.AppKey("redis_errors")

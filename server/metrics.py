@@ -21,6 +21,7 @@ own registry and renders them alone.
 from __future__ import annotations
 
 import collections
+import os
 import time
 from collections.abc import Sequence
 
@@ -30,12 +31,27 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .instance_metrics import require_multiprocess
-
+# prometheus_client's switch to its multiprocess mode: the main process sets
+# it to the instance's directory before anything imports prometheus_client.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TRANSPORTS = ("sse", "ws")
+
+
+def require_multiprocess(directory: str) -> None:
+    """Fail unless new metrics will be written to files in ``directory``."""
+    if os.environ.get(MULTIPROC_DIR_ENV) != directory:
+        raise RuntimeError(f"{MULTIPROC_DIR_ENV} must be {directory!r} before metrics are made")
+    if values.ValueClass is values.MutexValue:
+        raise RuntimeError(
+            f"prometheus_client was imported before {MULTIPROC_DIR_ENV} was set: "
+            "its metrics would count in this process only"
+        )
+
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 REPLAY_BUCKETS = (0, 1, 10, 50, 100, 500, 1000, 5000, 10000)
 

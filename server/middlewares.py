@@ -22,7 +22,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import keys
 from .addresses import Proxies, from_client
 from .config import Config
-from .errors import ChatError, Unavailable, error_response, is_out_of_memory, storage_full
+from .errors import ChatError, Unavailable, error_response, storage_full
+from .redisurl import is_out_of_memory
 
 log = logging.getLogger(__name__)
 

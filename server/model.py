@@ -1,67 +1,17 @@
-"""Chat messages and stream ids, with each wire encoding computed once."""
+"""Chat messages and the other events sent to subscribers, each encoded once per worker."""
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from functools import cached_property
 from typing import Any
 
+from .ids import FIRST_ID, MessageId, parse_id
+from .wire import sse_chunk, to_json, ws_text
+
 ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-# ASCII digits only: \d would take other scripts' digits, which Redis refuses.
-_ID_RE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
-LAST_KEY = (2**64 - 1, 2**64 - 1)  # no id can follow it
-_U64_MAX = 2**64 - 1
 
-StreamKey = tuple[int, int]
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_json(text: str) -> Any:
-    """Strict JSON: NaN and Infinity (which Python accepts) are refused too.
-
-    Raises ValueError, or RecursionError for absurdly deep nesting.
-    """
-    return json.loads(text, parse_constant=_no_constants)
-
-
-def parse_id(value: str) -> StreamKey | None:
-    """Parse a Redis stream id (``ms-seq`` or ``ms``); None if malformed."""
-    match = _ID_RE.fullmatch(value)
-    if match is None:
-        return None
-    key = int(match.group(1)), int(match.group(2) or 0)
-    # Redis ids are two unsigned 64-bit numbers; anything larger is refused by Redis.
-    return key if max(key) <= _U64_MAX else None
-
-
-def format_id(key: StreamKey) -> str:
-    return f"{key[0]}-{key[1]}"
-
-
-def sse_chunk(frame: bytes) -> bytes:
-    """An SSE frame as one chunk of a chunked HTTP response, ready for ``transport.write``."""
-    return b"%x\r\n%b\r\n" % (len(frame), frame)
-
-
-def ws_text(payload: bytes) -> bytes:
-    """A whole WebSocket text frame as a server sends it.
-
-    Server frames are not masked (RFC 6455, 5.1), so the same bytes can be
-    written to every connection that did not negotiate compression.
-    """
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x81, size)
-    elif size < 65536:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
+Online = list[dict[str, str]]  # a room's online users: {"user_id": ..., "name": ...}
 
 
 class Event:
@@ -83,18 +33,14 @@ class Event:
         return ws_text(self.ws_frame)
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 class Presence(Event):
     """A room's presence snapshot: its online users (small rooms only) and their count."""
 
-    def __init__(self, online: list[dict[str, str]] | None, count: int) -> None:
+    def __init__(self, online: Online | None, count: int) -> None:
         self.online = online
         self.count = count
         body = {"online": online, "count": count} if online is not None else {"count": count}
-        data = _json(body)
+        data = to_json(body)
         self.sse_frame = f"event: presence\ndata: {data}\n\n".encode()
         self.ws_frame = ('{"type":"presence",' + data[1:]).encode()
 
@@ -102,10 +48,8 @@ class Presence(Event):
 class PresenceDiff(Event):
     """What changed in a room's presence since the last snapshot or diff."""
 
-    def __init__(
-        self, joined: list[dict[str, str]], left: list[dict[str, str]], count: int
-    ) -> None:
-        data = _json({"joined": joined, "left": left, "count": count})
+    def __init__(self, joined: Online, left: Online, count: int) -> None:
+        data = to_json({"joined": joined, "left": left, "count": count})
         self.sse_frame = f"event: presence_diff\ndata: {data}\n\n".encode()
         self.ws_frame = ('{"type":"presence_diff",' + data[1:]).encode()
 
@@ -121,7 +65,7 @@ class Gap(Event):
 
     def __init__(self, first_id: str) -> None:
         self.first_id = first_id
-        data = _json({"first_id": first_id})
+        data = to_json({"first_id": first_id})
         # No "id:" line: the client has not seen first_id yet, and its
         # Last-Event-ID must stay the last message it got.
         self.sse_frame = f"event: gap\ndata: {data}\n\n".encode()
@@ -162,10 +106,10 @@ class Message(Event):
         name: str,
         text: str,
         ts: float,
-        prev: StreamKey | None = None,
+        prev: MessageId | None = None,
     ) -> None:
         self.id = id
-        self.key: StreamKey = parse_id(id) or (0, 0)
+        self.key: MessageId = parse_id(id) or FIRST_ID
         self.prev = prev
         self.room = room
         self.user_id = user_id
@@ -204,7 +148,7 @@ class Message(Event):
 
     @cached_property
     def json(self) -> str:
-        return _json(self.to_dict())
+        return to_json(self.to_dict())
 
     @cached_property
     def sse_frame(self) -> bytes:  # type: ignore[override]

@@ -12,8 +12,9 @@ from aiohttp import web
 from . import keys, redisurl
 from .broker import NewRoom
 from .errors import BadRequest, NotFound, RateLimited, TooLarge
-from .model import ROOM_RE, Message, parse_json
+from .model import ROOM_RE, Message
 from .sessions import User
+from .wire import parse_json
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,22 @@
 """What crosses from the main process into a worker process.
 
-This module is imported by the main process, so it imports none of the
-app: the worker entry point imports :mod:`server.worker` (and through it
-the whole app) only once it runs in the forked child. A reload therefore
+A leaf, imported by the main process and by workers alike: it imports
+none of the app. The worker entry point
+(:func:`server.workers.worker_context`) imports :mod:`server.worker` (and
+through it the whole app) only once it runs in the forked child. A reload therefore
 runs freshly imported code in every new worker, while the main process and
 its listening socket stay as they are.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import dataclasses
 import os
 import signal
 import socket
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import setproctitle
@@ -95,11 +95,3 @@ def report(shared: Shared, state: str, index: int) -> None:
     line = f"{state} {index} {os.getpid()} {shared.generation}\n"
     with contextlib.suppress(OSError):
         os.write(shared.report_fd, line.encode())
-
-
-def worker(loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]) -> Any:
-    """aiotools' worker context, :func:`server.worker.worker`, imported only
-    here, in the worker process (fresh code in every generation)."""
-    from . import worker as implementation  # noqa: PLC0415
-
-    return implementation.worker(loop, pidx, args)

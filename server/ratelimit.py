@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from . import scripts
 from .config import Config
 from .metrics import Metrics
+from .redis_keys import budget_key
 from .scripts import Call
 
 # GCRA: the key holds the theoretical arrival time (ms) of the next use.
@@ -66,10 +67,6 @@ class Budget:
         return 1000.0 / self.per_s
 
 
-def _key(budget: Budget, owner: str) -> str:
-    return f"chat:rate:{budget.kind}:{{{owner}}}"
-
-
 @dataclasses.dataclass(frozen=True)
 class Budgets:
     messages: Budget  # per user
@@ -115,7 +112,7 @@ class RateLimiter:
         """The scripts that take the charges, for a caller that sends them
         with its own commands in one round trip (then see :meth:`verdict`)."""
         return [
-            (self._script, [_key(budget, owner)], [budget.interval_ms, budget.burst])
+            (self._script, [budget_key(budget.kind, owner)], [budget.interval_ms, budget.burst])
             for budget, owner in charges
         ]
 
@@ -131,6 +128,7 @@ class RateLimiter:
     async def refund(self, *charges: tuple[Budget, str]) -> None:
         """Give back what :meth:`take` just took from each budget."""
         calls = [
-            (self._refund, [_key(budget, owner)], [budget.interval_ms]) for budget, owner in charges
+            (self._refund, [budget_key(budget.kind, owner)], [budget.interval_ms])
+            for budget, owner in charges
         ]
         await scripts.run(self.redis, *calls)

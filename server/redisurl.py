@@ -15,7 +15,7 @@ One setting, ``redis_url``, names all three:
 
 This module parses them and opens a client of either kind, blocking (for
 the main process) or asyncio; the workers' long-lived clients are made in
-:mod:`server.resources`.
+:mod:`server.redis_clients`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import OutOfMemoryError, RedisClusterException, RedisError, ResponseError
 
 Kind = Literal["single", "cluster", "sentinel"]
 
@@ -36,6 +36,19 @@ Kind = Literal["single", "cluster", "sentinel"]
 # the socket's, and those of its cluster client that are not RedisErrors
 # (no primary serves a slot, during a failover).
 FAILURES = (RedisError, RedisClusterException, OSError)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a write because it reached ``maxmemory``.
+
+    Redis 7 keeps the ``OOM`` code of an error raised inside a script
+    (redis-py makes it an OutOfMemoryError); Redis 6.2 reports it as a script
+    error that quotes it.
+    """
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "-OOM command not allowed" in str(exc)
+    )
+
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}

@@ -1,27 +1,20 @@
 """The main process while workers run: generations, signals, dead workers.
 
 The supervisor owns what outlives a generation of workers: the listening
-socket, the pipe workers report on, the generation count and one backoff.
-Each generation is one ``aiotools.start_server`` call, with
-:meth:`Supervisor.main_context` as its main context (on the main process'
-event loop):
+socket, the pipe workers report on ("started", "ready", with their pid),
+the generation count and one backoff. Each generation is one
+``aiotools.start_server`` call with :meth:`Supervisor.main_context`:
 
 - SIGINT/SIGTERM: stop every worker (each tells its clients to reconnect).
-- SIGHUP: read the settings again; if they are valid, stop this generation
-  with SIGHUP and start the next on the same listening socket (connections
-  wait in its backlog meanwhile: none is refused). If they are not, log one
-  line and keep the current workers.
-- A worker that dies is replaced with the same index; the others keep
-  serving. Its death is an event (a pidfd per worker, readable when it
-  exits), not something polled for.
-- If every process aiotools started is gone, a new generation starts.
+- SIGHUP: read the settings again; if valid, stop this generation with
+  SIGHUP and start the next on the same socket (connections wait in its
+  backlog: none is refused); if not, log one line and keep the workers.
+- A worker that dies is replaced with the same index (:mod:`server.workers`,
+  from a pidfd event); if every process aiotools started is gone, a new
+  generation starts. Either waits longer each time it keeps failing (one
+  :class:`~server.workers.Backoff`).
 
-Something that keeps failing (a worker index that dies again and again, a
-generation whose workers never serve) waits longer each time: one
-:class:`~server.workers.Backoff`. Workers report "started" and "ready" with their pid through
-the pipe, so the supervisor knows every worker process, its own
-replacements included. What aiotools needs worked around is in
-:mod:`server.workarounds`.
+What aiotools needs worked around is in :mod:`server.workarounds`.
 """
 
 from __future__ import annotations
@@ -40,9 +33,9 @@ import aiotools
 
 from . import logs
 from .config import Config, ConfigError, keep_bound_settings
-from .process import STOP_SIGNALS, Runner, Shared, bind, worker
+from .process import STOP_SIGNALS, Runner, Shared, bind
 from .workarounds import QuietAllChildrenGone, forget_reaped_children, keeper
-from .workers import Backoff, WorkerProcesses
+from .workers import Backoff, WorkerProcesses, worker_context
 
 if TYPE_CHECKING:  # imported by the main process once the metrics directory is set
     from .instance_metrics import InstanceMetrics
@@ -121,7 +114,7 @@ class Supervisor:
         try:
             while True:
                 aiotools.start_server(
-                    worker,
+                    worker_context,
                     main_ctxmgr=aiotools.main_context(self.main_context),
                     num_workers=self.config.workers,
                     extra_procs=(keeper,),

@@ -17,8 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import keys, posting, sessions
 from .addresses import budget_key
 from .errors import BadRequest, Unavailable, UnsupportedMediaType, error_response
+from .ids import parse_id
 from .metrics import render as render_metrics
-from .model import parse_id
+from .names import clean_name
 
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 HISTORY_LIMIT_MAX = 200
@@ -42,7 +43,7 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def put_session(request: web.Request) -> web.Response:
     body = await json_body(request)
-    name = sessions.clean_name(body.get("name"))
+    name = clean_name(body.get("name"))
     user = await sessions.rename(request, name)
     ttl_s = sessions.NEW_SESSION_TTL_S if user.is_new else None
     await request.app[keys.CONNECTIONS].set_name(user.user_id, name, ttl_s=ttl_s)
@@ -53,10 +54,10 @@ async def get_messages(request: web.Request) -> web.Response:
     room = posting.room_name(request.match_info["room"])
     limit = int_param(request, "limit", 50, HISTORY_LIMIT_MAX)
     before = request.query.get("before")
-    before_key = None if before is None else parse_id(before)
-    if before is not None and before_key is None:
+    before_id = None if before is None else parse_id(before)
+    if before is not None and before_id is None:
         raise BadRequest("'before' must be a message id like 1700000000000-0")
-    messages = await request.app[keys.BROKER].history(room, limit, before_key)
+    messages = await request.app[keys.BROKER].history(room, limit, before_id)
     body = '{"messages":[' + ",".join(m.json for m in messages) + "]}"
     return web.Response(text=body, content_type="application/json")
 
@@ -71,7 +72,7 @@ async def get_online(request: web.Request) -> web.Response:
     after = request.query.get("after") or None
     if after is not None and not sessions.USER_ID_RE.fullmatch(after):
         raise BadRequest("'after' must be a user id")
-    online, count = await request.app[keys.CONNECTIONS].online_page(room, limit, after)
+    online, count = await request.app[keys.CONNECTIONS].presence.online_page(room, limit, after)
     return web.json_response({"online": online, "count": count})
 
 

@@ -26,12 +26,12 @@ import logging
 import multiprocessing.process
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiotools
 
-from .process import STOP_SIGNALS, Runner, Shared, die_with_parent, report, title, worker
+from .process import STOP_SIGNALS, Runner, Shared, die_with_parent, report, title
 
 AIOTOOLS_VERSION = "2.2.4"  # the release these were written against
 
@@ -58,11 +58,13 @@ def keeper(stop_event: Any, index: int, args: Sequence[Any]) -> None:
             signal.pause()
 
 
-def run_replacement(index: int, shared: Shared, runner: Runner) -> None:
+def run_replacement(
+    context_of: Callable[..., Any], index: int, shared: Shared, runner: Runner
+) -> None:
     """Body of a worker that the main process starts to replace one that died.
 
     aiotools starts the first workers of a generation but never replaces
-    one; this runs the same worker context the way aiotools does: stop
+    one; this runs the same worker context (``context_of``) the way aiotools does: stop
     signals handled on the loop, the signal that came given back at the
     context's ``yield``.
     """
@@ -78,7 +80,7 @@ def run_replacement(index: int, shared: Shared, runner: Runner) -> None:
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        context = worker(loop, index, (shared,))
+        context = context_of(loop, index, (shared,))
         async with context:
             context.yield_return = await stopped
 

@@ -24,12 +24,12 @@ from redis.asyncio import Redis
 
 from . import keys
 from .app import create_app
+from .close_reason import RELOAD, SHUTDOWN
 from .edge import Edge
-from .hub import RELOAD, SHUTDOWN
 from .middlewares import MalformedRequests
 from .process import Shared, die_with_parent, report, title
-from .resources import redis_client, session_store
-from .sessions import SignedRedisStorage
+from .redis_clients import redis_client, session_store
+from .session_store import SignedRedisStorage
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ async def worker(
             if isinstance(result, BaseException):
                 raise RuntimeError(f"worker {pidx} could not open Redis: {result}") from result
         assert isinstance(storage, SignedRedisStorage)
-        redis = cast(Redis, redis)  # or a RedisCluster: see server.resources
+        redis = cast(Redis, redis)  # or a RedisCluster: see server.redis_clients
         app = create_app(
             config,
             redis=redis,

@@ -19,8 +19,8 @@ import multiprocessing.process
 import os
 import signal
 import time
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .process import STOP_SIGNALS, Runner, Shared
 from .workarounds import run_replacement
@@ -29,6 +29,15 @@ if TYPE_CHECKING:  # imported by the main process once the metrics directory is 
     from .instance_metrics import InstanceMetrics
 
 log = logging.getLogger("chat-server")
+
+
+def worker_context(loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]) -> Any:
+    """aiotools' worker context, :func:`server.worker.worker`, imported only
+    here, in the worker process: every generation runs freshly imported code,
+    while the main process never loads the app."""
+    from . import worker  # noqa: PLC0415
+
+    return worker.worker(loop, pidx, args)
 
 
 class Backoff:
@@ -174,7 +183,7 @@ class WorkerProcesses:
     def _start_replacement(self, index: int) -> multiprocessing.process.BaseProcess:
         process = multiprocessing.get_context("fork").Process(
             target=run_replacement,
-            args=(index, self.shared, self.runner),
+            args=(worker_context, index, self.shared, self.runner),
             name=f"chat-worker-{index}",
         )
         # The child starts with the stop signals blocked, and unblocks them

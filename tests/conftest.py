@@ -16,7 +16,7 @@ from playwright.sync_api import sync_playwright
 
 from server.app import create_app
 from server.config import Config
-from server.resources import redis_client, session_store
+from server.redis_clients import redis_client, session_store
 
 from .support import (
     CHROMIUM_ARGS,

@@ -12,7 +12,7 @@ import redis
 from redis.cluster import key_slot
 
 from server import redisurl
-from server.broker import stream_key
+from server.redis_keys import stream_key
 
 from .support import (
     ClusterProcesses,

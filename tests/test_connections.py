@@ -7,7 +7,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from server.connections import USER_SLICES, Connections, Holder, streams_key, users_key
+from server.connection_registry import USER_SLICES, ConnectionRegistry
+from server.presence_store import Holder
+from server.redis_keys import user_connections_key, users_key
 
 
 def worker(
@@ -17,8 +19,8 @@ def worker(
     ttl_s: float = 0.3,
     limit: int = 10,
     per_address: int = 10_000,
-) -> Connections:
-    return Connections(
+) -> ConnectionRegistry:
+    return ConnectionRegistry(
         redis,
         token,
         ttl_s=ttl_s,
@@ -53,7 +55,9 @@ async def test_a_dead_workers_connections_are_swept_and_free_their_slots(redis: 
             await asyncio.sleep(0.05)
     # Bob's slot in the lobby is free again; his stream in "other" (which
     # nobody renews or sweeps) still counts until its own entry expires.
-    assert [str(m) for m in await redis.zrange(streams_key("u-b"), 0, -1)] == ["dead:2|other"]
+    assert [str(m) for m in await redis.zrange(user_connections_key("u-b"), 0, -1)] == [
+        "dead:2|other"
+    ]
     fresh = worker(redis, "fresh", limit=2)
     assert (await fresh.open("lobby", "u-b", "Bob", 9, "10.0.0.1")).full is None
     assert await online(redis, "lobby") == ["u-a", "u-b"]
@@ -103,7 +107,7 @@ async def test_two_connections_of_one_user_leave_presence_with_the_last(redis: A
     assert await online(redis, "lobby") == ["u-1"]
     await b.close("lobby", Holder("u-1", "10.0.0.1"), 1)
     assert await online(redis, "lobby") == []
-    assert await redis.zcard(streams_key("u-1")) == 0
+    assert await redis.zcard(user_connections_key("u-1")) == 0
 
 
 async def test_scripts_lost_by_redis_are_loaded_again(redis: Any) -> None:
@@ -124,7 +128,7 @@ async def test_a_refused_stream_leaves_no_trace_in_the_room(redis: Any) -> None:
     assert (await w.open("other", "u-1", "One", 2, "10.0.0.1")).full == "session"
     assert await online(redis, "other") == []
     assert await redis.exists("chat:{other}:held:w") == 0
-    assert [str(m) for m in await redis.zrange(streams_key("u-1"), 0, -1)] == ["w:1|lobby"]
+    assert [str(m) for m in await redis.zrange(user_connections_key("u-1"), 0, -1)] == ["w:1|lobby"]
 
 
 async def test_a_client_address_has_a_stream_limit_of_its_own(redis: Any) -> None:

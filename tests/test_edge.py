@@ -25,9 +25,9 @@ import pytest
 from aiohttp import web
 
 from server import middlewares
+from server.close_reason import IDLE, OVERFLOW
 from server.config import Config
 from server.edge import HEAD_MAX_BYTES, SEND_BUFFER_BYTES, Edge, EdgeHandler
-from server.hub import IDLE, OVERFLOW
 
 from .support import RedisProcess, ServerProcess, running_server
 from .test_hub import MemoryBackend, live, make_hub, message

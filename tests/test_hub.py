@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 
-from server.hub import OVERFLOW, REPLAY_PAGE, Closing, Hub, Subscription
+from server.close_reason import OVERFLOW
+from server.hub import Closing, Hub
+from server.ids import MessageId
 from server.metrics import Metrics
-from server.model import Event, Gap, Message, Ping, Presence, PresenceDiff, StreamKey
+from server.model import Event, Gap, Message, Ping, Presence, PresenceDiff
+from server.subscription import REPLAY_PAGE, Subscription
 
 
 def message(n: int, room: str = "r") -> Message:
@@ -25,7 +28,7 @@ def message(n: int, room: str = "r") -> Message:
     return stored_after((n - 1, 0) if n > 1 else (0, 0), n, room)
 
 
-def stored_after(prev: StreamKey | None, n: int, room: str = "r") -> Message:
+def stored_after(prev: MessageId | None, n: int, room: str = "r") -> Message:
     """Message ``n-0`` stored right after ``prev`` (None: not known)."""
     return Message(f"{n}-0", room, "u-1", "n", f"t{n}", 0.0, prev)
 
@@ -37,7 +40,7 @@ class MemoryBackend:
         self.release = asyncio.Event()
         self.release.set()
         self.history: dict[str, list[Message]] = {}
-        self.watched: dict[str, StreamKey] = {}
+        self.watched: dict[str, MessageId] = {}
         self.reads = 0
         self.before_read: Callable[[], None] | None = None
 
@@ -45,18 +48,18 @@ class MemoryBackend:
         """Drop all but the newest ``keep`` messages, as the capped stream does."""
         self.history[room] = self.history[room][-keep:]
 
-    async def last_id(self, room: str) -> StreamKey:
+    async def last_id(self, room: str) -> MessageId:
         await self.release.wait()
         messages = self.history.get(room, [])
         return messages[-1].key if messages else (0, 0)
 
-    async def read_after(self, room: str, after: StreamKey, count: int) -> list[Message]:
+    async def read_after(self, room: str, after: MessageId, count: int) -> list[Message]:
         self.reads += 1
         if self.before_read is not None:
             self.before_read()
         return [m for m in self.history.get(room, []) if m.key > after][:count]
 
-    def watch(self, room: str, after: StreamKey) -> None:
+    def watch(self, room: str, after: MessageId) -> None:
         self.watched[room] = after
 
     def unwatch(self, room: str) -> None:
@@ -270,7 +273,7 @@ async def test_a_ping_waits_behind_queued_messages() -> None:
     assert [type(e).__name__ for e in sink.events] == ["Message", "Ping"]
 
 
-async def resumed(hub: Hub, since: StreamKey, user_id: str = "u-1") -> MemorySink:
+async def resumed(hub: Hub, since: MessageId, user_id: str = "u-1") -> MemorySink:
     """A connection to room ``r`` resuming from ``since``, once its replay is written."""
     sink = MemorySink()
     sub = await hub.subscribe("r", user_id, user_id, since)

@@ -11,8 +11,10 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
-from server.broker import Broker, Relay, channel, stream_key
+from server.broker import Broker
 from server.model import Message
+from server.redis_keys import channel, stream_key
+from server.relay import Relay
 
 from .support import assert_in_order_once, id_key, sse_collector
 
@@ -197,7 +199,7 @@ async def test_redis_commands_per_message_do_not_grow_with_rooms_or_subscribers(
     assert warm_up.status == 201
     from server import keys
 
-    heartbeat = client.server.app[keys.HEARTBEAT]
+    announcer = client.server.app[keys.ANNOUNCER]
 
     async def calls_per_message(rooms: list[str], subscribers_per_room: int) -> dict[str, float]:
         async with contextlib.AsyncExitStack() as stack:
@@ -219,7 +221,7 @@ async def test_redis_commands_per_message_do_not_grow_with_rooms_or_subscribers(
                 resp = await client.post(f"/api/rooms/{room}/messages", json={"text": "first"})
                 assert resp.status == 201
             async with asyncio.timeout(5):
-                while heartbeat._pending:
+                while announcer._pending:
                     await asyncio.sleep(0.01)
             before = await command_calls(redis)
             posted = 30

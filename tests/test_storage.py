@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from server import config
-from server.broker import stream_key
+from server.redis_keys import stream_key
 
 from .support import ServerProcess, sse_collector
 

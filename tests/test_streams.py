@@ -171,7 +171,7 @@ async def test_history_stored_without_predecessors_is_judged_as_exactly_as_redis
 ) -> None:
     """Entries written before each kept its predecessor: Redis 7 still knows the
     newest id trimmed away; older Redis cannot tell, and the client is told."""
-    from server.broker import stream_key
+    from server.redis_keys import stream_key
 
     key = stream_key("general")
     ids = [

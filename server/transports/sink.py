@@ -32,7 +32,7 @@ HIGH_WATER = 256 * 1024
 
 
 class DirectSink:
-    """The parts of :class:`~server.hub.Sink` that SSE and WebSocket share.
+    """The parts of :class:`~server.subscription.Sink` that SSE and WebSocket share.
 
     ``wire`` picks an event's bytes for this connection (an attribute of the
     event, already encoded once per worker).

@@ -12,15 +12,17 @@ import asyncio
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from .. import hub, keys, posting, sessions, streams
-from ..model import sse_chunk
+from .. import keys, posting, sessions
+from ..close_reason import CloseReason
+from ..wire import sse_chunk
+from . import connection
 from .sink import DirectSink
 
 RETRY_MS = 1000
 REDIS_RETRY_MS = 2000
 
 
-def _reconnect(reason: str, retry_ms: int) -> bytes:
+def _reconnect(reason: CloseReason, retry_ms: int) -> bytes:
     """The last event of a stream the server ends: why, and when to come back."""
     return f"event: reconnect\ndata: {reason}\nretry: {retry_ms}\n\n".encode()
 
@@ -52,15 +54,15 @@ class SseSink(DirectSink):
         self._chunked = response.chunked
         super().__init__(request, "sse_chunk" if self._chunked else "sse_frame")
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: CloseReason) -> None:
         if self._transport.is_closing():
             return
         if self.behind():
             # Not reading: the reconnect hint would never arrive (see WsSink.close).
             self.abort()
             return
-        if reason in (hub.SHUTDOWN, hub.RELOAD, hub.UNAVAILABLE):
-            retry = REDIS_RETRY_MS if reason == hub.UNAVAILABLE else RETRY_MS
+        if reason in (CloseReason.SHUTDOWN, CloseReason.RELOAD, CloseReason.UNAVAILABLE):
+            retry = REDIS_RETRY_MS if reason == CloseReason.UNAVAILABLE else RETRY_MS
             frame = _reconnect(reason, retry)
             self._transport.write(sse_chunk(frame) if self._chunked else frame)
 
@@ -68,13 +70,13 @@ class SseSink(DirectSink):
 async def events(request: web.Request) -> web.StreamResponse:
     room = posting.room_name(request.match_info["room"])
     header = request.headers.get("Last-Event-ID")
-    since = streams.resume_id(
+    since = connection.resume_id(
         header if header is not None else request.query.get("last_event_id"), "Last-Event-ID"
     )
     user = await sessions.current_user(request, charge=False)
     config = request.app[keys.CONFIG]
     response = EventStream(send_timeout=config.idle_timeout_s)
-    async with streams.subscription(request, response, room, user, since, "sse") as sub:
+    async with connection.opened(request, response, room, user, since, "sse") as sub:
         await response.prepare(request)
         async with response:
             try:

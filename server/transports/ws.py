@@ -24,18 +24,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import hub, keys, posting, sessions, streams
+from .. import keys, posting, sessions
 from ..addresses import budget_key
+from ..close_reason import CloseReason
 from ..errors import (
     BadRequest,
     ChatError,
     Unavailable,
     error_payload,
-    is_out_of_memory,
     storage_full,
 )
-from ..hub import Subscription
+from ..redisurl import is_out_of_memory
 from ..sessions import User
+from ..subscription import Subscription
+from ..wire import to_json
+from . import connection
 from .sink import DirectSink
 
 log = logging.getLogger(__name__)
@@ -43,10 +46,10 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 2.0  # how long a close waits for the client's answer
 
 CLOSE_CODES = {
-    hub.SHUTDOWN: WSCloseCode.GOING_AWAY,
-    hub.IDLE: WSCloseCode.GOING_AWAY,
-    hub.RELOAD: WSCloseCode.SERVICE_RESTART,
-    hub.UNAVAILABLE: WSCloseCode.TRY_AGAIN_LATER,
+    CloseReason.SHUTDOWN: WSCloseCode.GOING_AWAY,
+    CloseReason.IDLE: WSCloseCode.GOING_AWAY,
+    CloseReason.RELOAD: WSCloseCode.SERVICE_RESTART,
+    CloseReason.UNAVAILABLE: WSCloseCode.TRY_AGAIN_LATER,
 }
 
 
@@ -58,7 +61,7 @@ class WsSink(DirectSink):
         self._ws = ws
         self._closing: asyncio.Task[bool] | None = None
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: CloseReason) -> None:
         """Start the closing handshake; the handler's receive loop ends with it.
 
         A client that is not reading gets a reset instead: it would not see
@@ -70,7 +73,9 @@ class WsSink(DirectSink):
                 self.abort()
                 return
             code = CLOSE_CODES.get(reason, WSCloseCode.GOING_AWAY)
-            message = b"Redis is unavailable" if reason == hub.UNAVAILABLE else reason.encode()
+            message = (
+                b"Redis is unavailable" if reason == CloseReason.UNAVAILABLE else reason.encode()
+            )
             self._closing = asyncio.get_running_loop().create_task(
                 self._ws.close(code=code, message=message)
             )
@@ -83,7 +88,7 @@ class WsSink(DirectSink):
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     room = posting.room_name(request.match_info["room"])
-    since = streams.resume_id(request.query.get("since"), "since")
+    since = connection.resume_id(request.query.get("since"), "since")
     config = request.app[keys.CONFIG]
     ws = web.WebSocketResponse(
         autoping=False,  # pongs are read here: they prove the client is alive
@@ -100,7 +105,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not upgrade:
         raise BadRequest("expected a WebSocket upgrade request")
     user = await sessions.current_user(request, charge=False)
-    async with streams.subscription(request, ws, room, user, since, "ws") as sub:
+    async with connection.opened(request, ws, room, user, since, "ws") as sub:
         await ws.prepare(request)
         sink = WsSink(request, ws)
         sub.last_seen = time.monotonic()
@@ -144,9 +149,7 @@ async def _receive(
 
 
 def _frame(kind: str, ref: Any, **fields: Any) -> str:
-    return json.dumps(
-        {"type": kind, "ref": ref, **fields}, ensure_ascii=False, separators=(",", ":")
-    )
+    return to_json({"type": kind, "ref": ref, **fields})
 
 
 async def _handle_text(
@@ -170,7 +173,7 @@ async def _handle_text(
         if data.get("type") != "message":
             raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
         key = posting.idempotency_key(data.get("key"), "'key'")
-        name = await app[keys.CONNECTIONS].name(user.user_id) or user.name
+        name = await app[keys.CONNECTIONS].presence.name(user.user_id) or user.name
         message, _ = await posting.post(
             app,
             room,

@@ -1,4 +1,4 @@
-"""The worker's long-lived Redis resources, one async context manager each.
+"""The worker's Redis clients, one async context manager each.
 
 They are independent of each other (each opens its own pool), so the worker
 can enter them concurrently with ``aiotools.actxgroup``.
@@ -21,7 +21,7 @@ from redis.exceptions import DataError
 
 from . import redisurl
 from .config import Config
-from .sessions import SignedRedisStorage, make_storage
+from .session_store import SignedRedisStorage, make_storage
 
 CLIENT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 2,

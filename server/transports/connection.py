@@ -1,4 +1,4 @@
-"""What SSE and WebSocket streams share: resume ids, registration, and teardown."""
+"""What SSE and WebSocket connections share: resume ids, registration, and teardown."""
 
 from __future__ import annotations
 
@@ -10,38 +10,40 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from . import keys, redisurl, sessions
-from .addresses import budget_key
-from .connections import Holder
-from .errors import BadRequest, TooManyStreams, Unavailable, is_out_of_memory
-from .hub import Closing, Subscription
-from .model import StreamKey, parse_id
-from .sessions import NEW_SESSION_TTL_S, User
+from .. import keys, redisurl, sessions
+from ..addresses import budget_key
+from ..errors import BadRequest, TooManyStreams, Unavailable
+from ..hub import Closing
+from ..ids import MessageId, parse_id
+from ..presence_store import Holder
+from ..redisurl import is_out_of_memory
+from ..sessions import NEW_SESSION_TTL_S, User
+from ..subscription import Subscription
 
 log = logging.getLogger(__name__)
 
 
-def resume_id(value: str | None, name: str) -> StreamKey | None:
+def resume_id(value: str | None, name: str) -> MessageId | None:
     if value is None or value == "":
         return None
-    key = parse_id(value.strip())
-    if key is None:
+    message_id = parse_id(value.strip())
+    if message_id is None:
         raise BadRequest(f"{name} must be a message id like 1700000000000-0")
-    return key
+    return message_id
 
 
 @contextlib.asynccontextmanager
-async def subscription(
+async def opened(
     request: web.Request,
     response: web.StreamResponse,
     room: str,
     user: User,
-    since: StreamKey | None,
+    since: MessageId | None,
     transport: str,
 ) -> AsyncIterator[Subscription]:
-    """Subscribe to a room and register the stream for presence and the stream limits.
+    """Subscribe to a room and register the connection for presence and the connection limits.
 
-    One round trip to Redis registers the stream, saves a changed session
+    One round trip to Redis registers the connection, saves a changed session
     (its cookie goes on ``response``, not yet prepared) and charges a new
     session to its address (``user`` comes from ``current_user(charge=False)``).
     """
@@ -60,8 +62,8 @@ async def subscription(
             # (A session Redis cannot store would be a new identity on every request.)
             hub.unsubscribe(sub)
             raise
-        # Redis is full and refuses to record the stream (presence, the
-        # per-session count). The stream itself only reads: serve it
+        # Redis is full and refuses to record the connection (presence, the
+        # per-session count). The connection itself only reads: serve it
         # unrecorded rather than turn readers away while Redis is full.
         log.debug("Redis is full: a %s stream in %s is not in presence", transport, room)
     except BaseException:
@@ -74,13 +76,13 @@ async def subscription(
             # The first connection to the room on this worker: nobody here
             # knows its presence yet. (A user coming online in a room is
             # announced to every worker through the room's channel.)
-            app[keys.HEARTBEAT].announce_soon(room)
+            app[keys.ANNOUNCER].announce_soon(room)
         yield sub
     finally:
         metrics.connection_closed(transport)
         hub.unsubscribe(sub)
         # Runs even when the handler was cancelled by a disconnect; bounded so
-        # that a Redis outage cannot hold a closing stream open.
+        # that a Redis outage cannot hold a closing connection open.
         try:
             async with asyncio.timeout(2):
                 await connections.close(room, Holder(user.user_id, address), sub.id)
@@ -95,8 +97,8 @@ async def _register(
     user: User,
     address: str,
 ) -> None:
-    """The one round trip of :func:`subscription` (what it builds is not kept
-    for the life of the stream)."""
+    """The one round trip of :func:`opened` (what it builds is not kept
+    for the life of the connection)."""
     app = request.app
     connections = app[keys.CONNECTIONS]
     limiter = app[keys.RATE_LIMITER]
@@ -116,7 +118,7 @@ async def _register(
     )
     wait = limiter.verdict(charges, replies)
     if wait:
-        # Refused after all: the new session and the stream are undone.
+        # Refused after all: the new session and the connection are undone.
         if full is None:
             await connections.close(room, Holder(user.user_id, address), sub.id)
         if session_key is not None:

@@ -1,0 +1,22 @@
+"""Why the server ends a connection, as told to clients."""
+
+from __future__ import annotations
+
+import enum
+
+
+class CloseReason(enum.StrEnum):
+    SHUTDOWN = "shutdown"  # the worker stops
+    RELOAD = "reload"  # a new generation of workers replaces this one
+    IDLE = "idle"  # the client was silent too long
+    UNAVAILABLE = "unavailable"  # Redis could not be read
+    OVERFLOW = "overflow"  # a slow consumer, cut off
+    GONE = "gone"  # the client left
+
+
+# The members as module constants too, as the signal module has its signals.
+SHUTDOWN = CloseReason.SHUTDOWN
+RELOAD = CloseReason.RELOAD
+IDLE = CloseReason.IDLE
+UNAVAILABLE = CloseReason.UNAVAILABLE
+OVERFLOW = CloseReason.OVERFLOW

@@ -1,0 +1,247 @@
+"""Open connections as Redis sees them: in their room's presence, and under their owners' limits.
+
+A connection is registered in one round trip: it joins its room's presence
+(:mod:`server.presence_store`) and takes a slot from its user's and its
+client address's limits on open connections. Each limit is a sorted set of
+its owner's connections (members ``worker:id|room``), scored by expiry. An
+entry is renewed every ``USER_SLICES`` heartbeats (a slice of the
+connections each heartbeat), and lasts twice that; a sweep of a dead
+worker's connections frees their slots at once, so the long expiry only
+matters when nobody sweeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from . import redisurl, scripts
+from .presence_store import Holder, PresenceStore
+from .redis_keys import address_connections_key, channel, name_key, user_connections_key
+from .scripts import Call
+
+log = logging.getLogger(__name__)
+
+# KEYS[1]: the open connections of one owner (a user, a client address),
+# a sorted set scored by expiry. Drop expired entries, refuse (0) when the
+# owner is at the limit, else register the connection (1). ARGV: now,
+# expiry, limit, the entry, the key's lifetime (ms). For a user, KEYS[2] and
+# ARGV[6] also keep their display name for presence, as long as the set
+# (both keys carry the user's tag: one slot).
+_LIMIT_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[5])
+end
+return 1
+"""
+
+REFRESH_BATCH = 250  # rooms renewed, or user entries refreshed, per pipeline
+USER_SLICES = 20  # a user entry is renewed every this many heartbeats
+
+
+class Opened(NamedTuple):
+    """How a connection's registration went."""
+
+    full: str | None  # what is at its limit ("session", "address"), None when registered
+    first: list[Any]  # the replies of the scripts that went first
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ConnectionRegistry:
+    """The connections this worker holds, registered in Redis."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        worker_token: str,
+        *,
+        ttl_s: float,
+        per_session_limit: int,
+        per_address_limit: int,
+        name_ttl_s: int,
+    ) -> None:
+        self.redis = redis
+        self.worker_token = worker_token
+        self.presence = PresenceStore(redis, worker_token, int(ttl_s * 1000))
+        # A user entry is renewed every USER_SLICES heartbeats (ttl_s is two).
+        self.user_ttl_ms = int(ttl_s * 1000) * USER_SLICES
+        self.per_session_limit = per_session_limit
+        self.per_address_limit = per_address_limit
+        self.name_ttl_s = name_ttl_s
+        self._limit = redis.register_script(_LIMIT_SCRIPT)
+        # What this worker holds: room -> {connection id: (user id, address key)}.
+        self._held: dict[str, dict[int, Holder]] = {}
+        self._ticks = 0
+        self._undoing: set[asyncio.Future[None]] = set()
+
+    def user_member(self, room: str, connection_id: int, worker: str | None = None) -> str:
+        """A connection in its owners' sets: where it is comes last (see :meth:`set_name`)."""
+        return f"{worker or self.worker_token}:{connection_id}|{room}"
+
+    async def open(
+        self,
+        room: str,
+        user_id: str,
+        name: str,
+        connection_id: int,
+        address: str,
+        *,
+        ttl_s: int | None = None,
+        pipe: Pipeline | None = None,
+        first: Sequence[Call] = (),
+    ) -> Opened:
+        """Register a connection of a user from a client address (its budget key).
+
+        The user's keys live as long as their session (``ttl_s`` when it is
+        new). What ``pipe`` holds and the ``first`` scripts go in the same
+        round trip, before the registration.
+        """
+        now = _now_ms()
+        holder = Holder(user_id, address)
+        self._held.setdefault(room, {})[connection_id] = holder
+        expiry = now + self.user_ttl_ms
+        entry = self.user_member(room, connection_id)
+        lifetime_ms = (ttl_s or self.name_ttl_s) * 1000
+        try:
+            # One round trip: the join goes with the limit checks, and is
+            # undone in the rare case that a check refuses.
+            *firsts, for_session, for_address, (fresh, swept) = await scripts.run(
+                self.redis,
+                *first,
+                (
+                    self._limit,
+                    [user_connections_key(user_id), name_key(user_id)],
+                    [now, expiry, self.per_session_limit, entry, lifetime_ms, name],
+                ),
+                (
+                    self._limit,
+                    [address_connections_key(address)],
+                    [now, expiry, self.per_address_limit, entry, self.user_ttl_ms],
+                ),
+                self.presence.join(room, [(holder, connection_id)]),
+                pipe=pipe,
+            )
+        except BaseException:
+            # The join may have been applied: undo it, whatever happens to us.
+            undo = asyncio.ensure_future(self._undo(room, holder, connection_id))
+            self._undoing.add(undo)
+            undo.add_done_callback(self._undoing.discard)
+            raise
+        if not int(for_session) or not int(for_address):
+            await self.close(room, holder, connection_id)
+            return Opened("session" if not int(for_session) else "address", firsts)
+        await self._free(room, swept)
+        if int(fresh):
+            await self._rejoin(room, but=connection_id)
+        return Opened(None, firsts)
+
+    async def _undo(self, room: str, holder: Holder, connection_id: int) -> None:
+        try:
+            await self.close(room, holder, connection_id)
+        except redisurl.FAILURES as exc:
+            log.debug("could not undo the join of stream %s: %s", connection_id, exc)
+
+    def _forget(self, room: str, connection_id: int) -> None:
+        held = self._held.get(room, {})
+        held.pop(connection_id, None)
+        if not held:
+            self._held.pop(room, None)
+
+    async def close(self, room: str, holder: Holder, connection_id: int) -> None:
+        self._forget(room, connection_id)
+        entry = self.user_member(room, connection_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(user_connections_key(holder.user_id), entry)
+        pipe.zrem(address_connections_key(holder.address), entry)
+        leave = self.presence.leave(room, holder, connection_id)
+        (swept,) = await scripts.run(self.redis, leave, pipe=pipe)
+        await self._free(room, swept)
+
+    async def refresh(self, parts: int = 1) -> None:
+        """Renew this worker's lease on its rooms, and its connections'
+        entries in their owners' sets, one share of them a call.
+
+        ``parts`` calls renew every room once, and ``parts * USER_SLICES``
+        every user entry. Renewing sweeps each room of the connections of
+        workers that died, which publishes a presence notice when someone
+        went offline.
+        """
+        tick = self._ticks
+        self._ticks += 1
+        rooms = [room for room in self._held if hash(room) % parts == tick % parts]
+        # In batches: packing one pipeline of thousands of commands would
+        # hold the event loop for tens of milliseconds.
+        for start in range(0, len(rooms), REFRESH_BATCH):
+            batch = rooms[start : start + REFRESH_BATCH]
+            replies = await scripts.run(self.redis, *map(self.presence.renew, batch))
+            for room, (fresh, swept) in zip(batch, replies, strict=True):
+                await self._free(room, swept)
+                if int(fresh):
+                    await self._rejoin(room)
+        slices = parts * USER_SLICES
+        due = [
+            (room, holder, connection_id)
+            for room, held in list(self._held.items())
+            for connection_id, holder in list(held.items())
+            if connection_id % slices == tick % slices
+        ]
+        expiry = _now_ms() + self.user_ttl_ms
+        for start in range(0, len(due), REFRESH_BATCH):
+            pipe = self.redis.pipeline(transaction=False)
+            for room, holder, connection_id in due[start : start + REFRESH_BATCH]:
+                entry = {self.user_member(room, connection_id): expiry}
+                pipe.zadd(user_connections_key(holder.user_id), entry, xx=True)
+                pipe.zadd(address_connections_key(holder.address), entry, xx=True)
+            await pipe.execute()
+
+    async def _rejoin(self, room: str, but: int | None = None) -> None:
+        """Join again the connections a sweep dropped while this worker stalled."""
+        held = [
+            (holder, connection_id)
+            for connection_id, holder in list(self._held.get(room, {}).items())
+            if connection_id != but
+        ]
+        if held:
+            ((_, swept),) = await scripts.run(self.redis, self.presence.join(room, held))
+            await self._free(room, swept)
+
+    async def _free(self, room: str, swept: list[str]) -> None:
+        """Free the slots of the dead workers' connections a sweep dropped."""
+        if not swept:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for worker, member in zip(swept[::2], swept[1::2], strict=True):
+            user_id, connection_id, address = str(member).split("|", 2)
+            entry = self.user_member(room, int(connection_id), str(worker))
+            pipe.zrem(user_connections_key(user_id), entry)
+            pipe.zrem(address_connections_key(address), entry)
+        await pipe.execute()
+
+    async def set_name(self, user_id: str, name: str, *, ttl_s: int | None = None) -> None:
+        """Keep the new name (as long as the session, ``ttl_s`` when it is new),
+        and tell every room the user is online in to re-read presence."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(name_key(user_id), name, ex=ttl_s or self.name_ttl_s)
+        pipe.zrangebyscore(user_connections_key(user_id), _now_ms(), "+inf")
+        _, members = await pipe.execute()
+        rooms = {str(m).rsplit("|", 1)[1] for m in members if "|" in str(m)}
+        if rooms:
+            pipe = self.redis.pipeline(transaction=False)
+            for room in sorted(rooms):
+                pipe.execute_command(scripts.publish_command(self.redis), channel(room), "p")
+            await pipe.execute()

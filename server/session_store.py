@@ -1,0 +1,89 @@
+"""Where sessions are kept: aiohttp-session's Redis store, with signed cookies.
+
+The cookie holds only an opaque key, signed with the session secret so that
+a forged or guessed cookie is rejected before Redis is asked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+import aiohttp_session
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp_session.redis_storage import RedisStorage
+from redis.asyncio.client import Pipeline
+
+COOKIE_NAME = "chat_session"
+
+
+class SignedRedisStorage(RedisStorage):
+    """aiohttp-session's Redis store, with the cookie key signed by the session secret."""
+
+    def __init__(self, redis: aioredis.Redis, secret: str, **kwargs: Any) -> None:
+        # aiohttp-session (2.12) accepts only a redis.asyncio.Redis; a Redis
+        # Cluster client has the same GET and SET, so it is put in place
+        # after the check, which is handed an unconnected stand-in.
+        super().__init__(redis if isinstance(redis, aioredis.Redis) else aioredis.Redis(), **kwargs)
+        self._redis = redis
+        self._secret = secret.encode()
+
+    def _sign(self, key: str) -> str:
+        mac = hmac.new(self._secret, key.encode(), hashlib.sha256).digest()[:16]
+        return key + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    def load_cookie(self, request: web.Request) -> str | None:
+        cookie = super().load_cookie(request)
+        # Any cookie at all (garbage, planted, not ASCII) just means "no
+        # session": a fresh one is made.
+        if not cookie or not cookie.isascii() or "." not in cookie:
+            return None
+        key = cookie.rsplit(".", 1)[0]
+        return key if hmac.compare_digest(self._sign(key), cookie) else None
+
+    def save_cookie(
+        self, response: web.StreamResponse, cookie_data: str, *, max_age: int | None = None
+    ) -> None:
+        super().save_cookie(
+            response, self._sign(cookie_data) if cookie_data else "", max_age=max_age
+        )
+
+    def queue_save(
+        self, pipe: Pipeline, response: web.StreamResponse, session: aiohttp_session.Session
+    ) -> str:
+        """Put the session's cookie on ``response`` and its write on ``pipe``,
+        so that saving it costs no round trip of its own; its Redis key."""
+        key = session.identity
+        if key is None:
+            key = self._key_factory()
+            self.save_cookie(response, key, max_age=session.max_age)
+        else:
+            key = str(key)
+            self.save_cookie(response, "" if session.empty else key, max_age=session.max_age)
+        redis_key = self.cookie_name + "_" + key
+        pipe.set(redis_key, self._encoder(self._get_session_data(session)), ex=session.max_age)
+        return redis_key
+
+    async def save_session(
+        self, request: web.Request, response: web.StreamResponse, session: aiohttp_session.Session
+    ) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        self.queue_save(pipe, response, session)
+        await pipe.execute()
+
+
+def make_storage(
+    redis: aioredis.Redis, *, secret: str, max_age: int, secure: bool
+) -> SignedRedisStorage:
+    return SignedRedisStorage(
+        redis,
+        secret,
+        cookie_name=COOKIE_NAME,
+        max_age=max_age,
+        httponly=True,
+        samesite="Lax",
+        secure=secure or None,
+    )

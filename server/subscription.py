@@ -1,0 +1,298 @@
+"""One connection's membership of a room, and how it is written.
+
+Fan-out writes the bytes each message was encoded to once straight to every
+connection of the room (:meth:`Sink.send`), with no task woken per
+connection. Only a connection that cannot take a write right now (its
+client reads slowly, or it is still replaying history) gets a queue, and a
+pump task that drains it as the connection drains; when the queue is empty
+the connection goes back to direct writes. A queue that outgrows
+``buffer_limit`` events, or a connection that does not drain within
+``idle_timeout_s``, is cut off: the client resumes by id.
+
+Honest resume: every message carries ``prev``, the id stored just before it.
+A message whose ``prev`` is newer than what a connection last got follows
+messages that connection will never get (trimmed from the capped history,
+or never read by this worker before they were): the connection is sent a
+:class:`~server.model.Gap` naming that message first. A replay is stricter,
+since the server knows nothing of what the client saw before its resume id:
+a message that began the room's history again (its ``prev`` is ``(0, 0)``:
+the room expired, or Redis lost it) or whose predecessor is unknown is
+announced as a gap too. Resuming from ``(0, 0)`` asks for the whole history
+and never starts with one; neither does an id at or past the room's newest
+message, even in a room that holds nothing any more: nothing it holds is
+missing, and what follows arrives live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from .close_reason import CloseReason
+from .ids import FIRST_ID, MessageId
+from .model import Event, Message
+
+if TYPE_CHECKING:
+    from .hub import Room
+
+log = logging.getLogger(__name__)
+
+# Messages read per replay page. A connection replays one page at a time and
+# waits for its socket to drain between writes, so a client that stops
+# reading pins at most one page plus the transport's write buffer.
+REPLAY_PAGE = 100
+# How many connections are visited (pinged, told) before the loop may run.
+VISIT_BATCH = 500
+
+
+class Sink(Protocol):
+    """One SSE or WebSocket connection, as the hub writes to it."""
+
+    def send(self, event: Event) -> bool:
+        """Write the event now; False, writing nothing, when the client is not reading.
+
+        A connection that is already closing swallows the write and answers True.
+        """
+
+    async def drain(self) -> None:
+        """Return once the connection takes writes again."""
+
+    def close(self, reason: CloseReason) -> None:
+        """End the connection telling the client why (and, for some reasons, to reconnect)."""
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding whatever is still queued for it."""
+
+
+class Subscription:
+    """One connection's membership of a room."""
+
+    _ids = itertools.count(1)
+
+    __slots__ = (
+        "_blocked",
+        "_pump",
+        "close_reason",
+        "closed",
+        "done",
+        "has_presence",
+        "id",
+        "last_key",
+        "last_seen",
+        "name",
+        "queue",
+        "room",
+        "since",
+        "sink",
+        "user_id",
+    )
+
+    def __init__(self, room: Room, user_id: str, name: str, since: MessageId | None) -> None:
+        self.id = next(self._ids)
+        self.room = room
+        self.user_id = user_id
+        self.name = name
+        self.since = since
+        self.last_key: MessageId = since or room.cursor
+        # None: writes go straight to the sink. A deque: events wait for the
+        # pump (until the sink is attached, during the replay, or while the
+        # client reads slowly).
+        self.queue: collections.deque[Event] | None = collections.deque()
+        self.sink: Sink | None = None
+        self.has_presence = False
+        self.closed = False
+        self.close_reason: CloseReason | None = None
+        # When the client last sent anything (WebSocket only; None for SSE).
+        self.last_seen: float | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pump: asyncio.Task[None] | None = None
+        # The pump waits for the client to take what was written.
+        self._blocked = False
+
+    # ----------------------------------------------------------------- writing
+
+    def deliver(self, event: Event) -> None:
+        """Write an event now if the connection takes it, else queue it for the pump."""
+        if self.closed:
+            return
+        queue = self.queue
+        if isinstance(event, Message):
+            if event.key <= self.last_key:
+                return
+            if queue is None and _missed(event, self.last_key):
+                # The pump writes the gap notice first.
+                self.queue = queue = collections.deque()
+        if queue is None:
+            assert self.sink is not None
+            if self.sink.send(event):
+                self._written(event)
+                return
+            self.queue = queue = collections.deque()
+        queue.append(event)
+        if len(queue) > self.room.hub.buffer_limit:
+            log.info(
+                "cutting off a subscriber of %s that fell %d events behind",
+                self.room.name,
+                len(queue),
+            )
+            self.abort()
+        elif self._pump is None and self.sink is not None:
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    def attach(self, sink: Sink) -> None:
+        """Start writing to the connection: the replay, then whatever was queued meanwhile."""
+        self.sink = sink
+        if self.closed:
+            return
+        queue = self.queue
+        if self.since is None and queue is not None:
+            # Nothing to replay: write what waited (a presence snapshot, say)
+            # now, and only fall back to the pump if the socket is full.
+            while queue and not self._gap_due(queue[0]) and sink.send(queue[0]):
+                self._written(queue.popleft())
+            if not queue:
+                self.queue = None
+                return
+        self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    def _gap_due(self, event: Event) -> bool:
+        return isinstance(event, Message) and _missed(event, self.last_key)
+
+    def _written(self, event: Event) -> None:
+        if isinstance(event, Message):
+            self.last_key = event.key
+            self.room.metrics.delivered()
+
+    async def _run_pump(self) -> None:
+        try:
+            if self.since is not None:
+                await self._replay()
+                self.since = None
+            queue = self.queue
+            while queue and not self.closed:
+                event = queue.popleft()
+                if isinstance(event, Message):
+                    if event.key <= self.last_key:
+                        continue
+                    if _missed(event, self.last_key):
+                        await self._write(event.gap)
+                await self._write(event)
+            if not self.closed:
+                # No await since the queue was seen empty: nothing slipped in.
+                self.queue = None
+        except TimeoutError:  # before OSError, its base class
+            log.info("cutting off a subscriber of %s that stopped reading", self.room.name)
+            self.abort()
+        except self.room.hub.backend.failures as exc:
+            if not self.closed:  # (else it was cut off while the pump waited for it)
+                log.info("replay of %s failed: %s", self.room.name, exc)
+                self.close(CloseReason.UNAVAILABLE)
+        finally:
+            self._pump = None
+
+    async def _replay(self) -> None:
+        hub = self.room.hub
+        after = self.since
+        assert after is not None
+        sent = 0
+        try:
+            while not self.closed:
+                page = await hub.backend.read_after(self.room.name, after, REPLAY_PAGE)
+                for message in page:
+                    if message.key > self.last_key:
+                        if _missed_on_resume(message, self.last_key):
+                            await self._write(message.gap)
+                        await self._write(message)
+                        sent += 1
+                if len(page) < REPLAY_PAGE:
+                    return
+                after = page[-1].key
+        finally:
+            self.room.metrics.replayed(sent)
+
+    async def _write(self, event: Event) -> None:
+        """Write one event, waiting (within ``idle_timeout_s``) for the socket to drain."""
+        sink = self.sink
+        assert sink is not None
+        while not sink.send(event):
+            if self.closed:
+                return
+            # Raises TimeoutError for a client that stopped reading.
+            self._blocked = True
+            try:
+                async with asyncio.timeout(self.room.hub.idle_timeout_s):
+                    await sink.drain()
+            finally:
+                self._blocked = False
+        self._written(event)
+
+    def writable(self) -> bool:
+        """True when writes go straight to the connection (nothing queued)."""
+        return self.queue is None
+
+    # ----------------------------------------------------------------- ending
+
+    def close(self, reason: CloseReason) -> None:
+        """End the connection gracefully, telling the client why.
+
+        Unless the client is not taking what was already written: the goodbye
+        would wait behind it (and the socket with it) for as long as the
+        client likes. Such a connection is cut off.
+        """
+        if self.closed:
+            return
+        if self._blocked:
+            self.abort()
+            return
+        self._end(reason)
+        if self.sink is not None:
+            self.sink.close(reason)
+
+    def abort(self) -> None:
+        """Cut the connection off at once (a slow consumer, a dead peer), with a reset."""
+        if self.closed:
+            return
+        self.room.metrics.slow_consumer_dropped()
+        self._end(CloseReason.OVERFLOW)
+        if self.sink is not None:
+            self.sink.abort()
+
+    def _end(self, reason: CloseReason) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self.queue = collections.deque()  # never None again: no more direct writes
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def stop(self) -> None:
+        """Stop the pump, if one runs; called by the transport when the connection ends."""
+        if not self.closed:
+            self._end(CloseReason.GONE)
+        pump = self._pump
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+
+def _missed(message: Message, last_key: MessageId) -> bool:
+    """Whether messages between ``last_key`` and this live message are gone."""
+    prev = message.prev
+    return prev is not None and prev > last_key
+
+
+def _missed_on_resume(message: Message, last_key: MessageId) -> bool:
+    """Whether a client that resumed from ``last_key`` may have missed messages before this one.
+
+    ``(0, 0)`` asks for the whole history. A ``prev`` of ``(0, 0)`` after a
+    real id means the room's history began again after that id: what the
+    client missed of the old one cannot be known, so it is told.
+    """
+    if last_key == FIRST_ID:
+        return False
+    prev = message.prev
+    return prev is None or prev == FIRST_ID or prev > last_key
