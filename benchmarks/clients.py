@@ -34,6 +34,8 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 
+from server.model import parse_id
+
 TEXT_PREFIX = "bench "
 TEXT_RE = re.compile(rb'"text": ?"bench (\d+) (\d+)"')
 ID_RE = re.compile(rb'"id": ?"([^"]*)"')
@@ -111,14 +113,6 @@ class Placement:
         for (_, process), n in self.placed.items():
             totals[process] += n
         return dict(sorted(totals.items()))
-
-
-def parse_id(value: bytes) -> tuple[int, int]:
-    ms, _, seq = value.partition(b"-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (0, 0)
 
 
 def source_addresses(n_streams: int, per_address: int = 10_000) -> list[str | None]:
@@ -278,7 +272,7 @@ class Subscriber:
         if self.ordered:
             found = ID_RE.search(data)
             if found:
-                key = parse_id(found.group(1))
+                key = parse_id(found.group(1).decode()) or (0, 0)
                 if key <= self.last_key:
                     self.out_of_order += 1
                     recorder.out_of_order += 1

@@ -13,11 +13,13 @@ from typing import Any
 
 import aiohttp
 
+from harness.redis_servers import RedisProcess
+
 from .clients import Placement, Recorder, Subscriber, open_all, source_addresses, stop_all
 from .procfs import cpu_seconds, own_cpu_seconds, rss_bytes
 from .progress import LoopLag, Progress, showing
 from .publisher import Publisher, Window
-from .targets import BenchError, RedisServer, Target
+from .targets import BenchError, Target
 
 MIB = 2**20
 
@@ -25,7 +27,7 @@ MIB = 2**20
 @dataclasses.dataclass
 class Context:
     opts: argparse.Namespace
-    redis: RedisServer
+    redis: RedisProcess
     progress: Progress
 
 

@@ -228,3 +228,43 @@ def test_a_directory_needs_prometheus_client_in_multiprocess_mode(tmp_path: Any)
     # its values are plain, and a directory would silently hold nothing.
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
         Metrics(directory=str(tmp_path))
+
+
+def test_render_counts_closes_refusals_and_redis_trouble_and_keeps_the_longest() -> None:
+    metrics = Metrics(worker=1)
+    for transport in ("sse", "sse", "ws"):
+        metrics.connection_opened(transport)
+    metrics.connection_closed("sse")
+    metrics.slow_consumer_dropped()
+    metrics.redis_error()
+    metrics.redis_error()
+    metrics.redis_reconnected()
+    metrics.delivered(5)
+    metrics.heartbeat_took(0.3, slow=True)
+    metrics.heartbeat_took(0.1, slow=False)  # shorter: the longest stays
+    metrics.gc_paused(0.05)
+    metrics.gc_paused(0.02)
+    metrics.loop_late(0.01, stalled=False)
+    found = samples(render(metrics).decode())
+    assert_counts(
+        found,
+        {
+            'chat_connections{transport="sse"}': 1,
+            'chat_connections{transport="ws"}': 1,
+            'chat_connections_opened_total{transport="sse"}': 2,
+            'chat_connections_opened_total{transport="ws"}': 1,
+            "chat_slow_consumers_dropped_total": 1,
+            "chat_redis_errors_total": 2,
+            "chat_redis_reconnects_total": 1,
+            "chat_deliveries_total": 5,
+            'chat_heartbeat_slow_total{worker="1"}': 1,
+            'chat_heartbeat_max_seconds{worker="1"}': 0.3,
+            'chat_gc_pause_max_seconds{worker="1"}': 0.05,
+            'chat_loop_stalls_total{worker="1"}': 0,
+            'chat_loop_stall_max_seconds{worker="1"}': 0.01,
+        },
+    )
+    # What the worker reads back matches what it renders.
+    assert dict(metrics.connections) == {"sse": 1, "ws": 1}
+    assert metrics.value("chat_redis_errors_total") == 2
+    assert metrics.heartbeat_max.seconds == 0.3
