@@ -189,6 +189,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
     opts = parser.parse_args(argv)
+    complete(parser, opts)
+    return opts
+
+
+def complete(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
+    """Fill in the scenario's defaults and check the options together (exits on an error)."""
     scenario = SCENARIOS[opts.scenario]
     for key, value in (FALLBACKS | scenario.DEFAULTS).items():
         if getattr(opts, key) is None:
@@ -204,7 +210,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--workers, --subscribers, --senders and --rooms must be at least 1")
     if opts.rate <= 0 or opts.duration <= 0 or opts.step_factor <= 1:
         parser.error("--rate and --duration must be positive, --step-factor above 1")
-    return opts
 
 
 async def measure_target(

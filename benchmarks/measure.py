@@ -19,7 +19,7 @@ from .clients import Placement, Recorder, Subscriber, open_all, source_addresses
 from .procfs import cpu_seconds, own_cpu_seconds, rss_bytes
 from .progress import LoopLag, Progress, showing
 from .publisher import Publisher, Window
-from .targets import BenchError, Target
+from .targets import BenchError, Target, stream_kinds
 
 MIB = 2**20
 
@@ -74,6 +74,15 @@ def make_subscribers(
         )
         for i, (kind, room) in enumerate(kinds_rooms)
     ]
+
+
+async def warmed_up(target: Target, ctx: Context, case: dict[str, Any], room: str) -> list[str]:
+    """The kinds of the case's streams, once the target is warmed up in ``room``
+    (see :func:`warm_up`)."""
+    kinds = stream_kinds(target, case["transport"], ctx.opts.subscribers)
+    assert kinds is not None
+    await warm_up(target, ctx, room, kinds)
+    return kinds
 
 
 async def warm_up(target: Target, ctx: Context, room: str, kinds: Sequence[str]) -> None:

@@ -124,6 +124,15 @@ def post_message(server: ServerProcess, text: str) -> dict[str, Any]:
     return message
 
 
+def stored_messages(server: ServerProcess) -> list[dict[str, Any]]:
+    """The room's history as the server has it (its last 200 messages)."""
+    with urllib.request.urlopen(
+        f"{server.url}/api/rooms/general/messages?limit=200", timeout=5
+    ) as resp:
+        messages: list[dict[str, Any]] = json.loads(resp.read())["messages"]
+    return messages
+
+
 def open_tab(
     name: str, browser: Any, url: str, all_problems: list[str], transport: str = "sse"
 ) -> Tab:

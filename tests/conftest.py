@@ -20,6 +20,7 @@ from server.app import create_app
 from server.config import Config
 from server.resources import redis_client, session_store
 
+from .browser import Tab
 from .support import CHROMIUM_ARGS, ServerProcess, chromium_path, cluster_processes, running_server
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -164,6 +165,16 @@ def start_server(redis_url: str) -> Iterator[Callable[..., ServerProcess]]:
             return stack.enter_context(running_server(**kwargs))
 
         yield start
+
+
+@pytest.fixture
+def tabs() -> Iterator[list[Tab]]:
+    """The pages a browser test opened (it appends each): closed at its end,
+    before the browser and the server."""
+    opened: list[Tab] = []
+    yield opened
+    for tab in opened:
+        tab.context.close()
 
 
 @pytest.fixture

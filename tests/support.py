@@ -500,10 +500,8 @@ def drain(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
     try:
         while chunk := sock.recv(1 << 16):
             data += chunk
-    except ConnectionResetError:
-        return data, True
-    except TimeoutError:
-        return data, False
+    except (ConnectionResetError, TimeoutError) as exc:
+        return data, not isinstance(exc, TimeoutError)
     return data, True
 
 

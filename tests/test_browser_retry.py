@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from .browser import (
     message_texts,
     open_tab,
     send,
+    stored_messages,
     wait_for_message,
 )
 from .support import ServerProcess
@@ -34,10 +34,7 @@ MESSAGES_URL = re.compile(r"/api/rooms/general/messages$")
 
 
 def stored_texts(server: ServerProcess) -> list[str]:
-    with urllib.request.urlopen(
-        f"{server.url}/api/rooms/general/messages?limit=200", timeout=5
-    ) as resp:
-        return [m["text"] for m in json.loads(resp.read())["messages"]]
+    return [m["text"] for m in stored_messages(server)]
 
 
 def send_again_after_an_error(tab: Any, text: str) -> None:

@@ -60,6 +60,20 @@ async def subscribers(base: str, per_kind: int = 2) -> AsyncIterator[list[Resili
                 await sub.stop()
 
 
+@contextlib.asynccontextmanager
+async def under_traffic(
+    base: str, per_second: float, per_kind: int = 2
+) -> AsyncIterator[tuple[list[ResilientSubscriber], Sender]]:
+    """:func:`subscribers`, and a :class:`Sender` posting to their room meanwhile."""
+    async with subscribers(base, per_kind) as subs:
+        sender = Sender(base, ROOM, per_second=per_second)
+        sender.start()
+        try:
+            yield subs, sender
+        finally:
+            await sender.stop()
+
+
 async def start_on_worker(sub: ResilientSubscriber, worker: str) -> None:
     """Start ``sub`` again and again until its connection lands on ``worker``."""
     async with asyncio.timeout(20):
@@ -84,9 +98,7 @@ async def test_three_sighups_under_traffic_lose_nothing_and_refuse_nobody(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    async with subscribers(server.url) as subs:
-        sender = Sender(server.url, ROOM, per_second=20)
-        sender.start()
+    async with under_traffic(server.url, 20) as (subs, sender):
         reloads = []
         for _ in range(3):
             await asyncio.sleep(1)
@@ -116,9 +128,7 @@ async def test_a_burst_of_sighups_is_safe(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    async with subscribers(server.url, per_kind=1) as subs:
-        sender = Sender(server.url, ROOM, per_second=20)
-        sender.start()
+    async with under_traffic(server.url, 20, per_kind=1) as (subs, sender):
         await asyncio.sleep(0.5)
         for _ in range(5):
             server.signal(signal.SIGHUP)
@@ -183,9 +193,7 @@ async def test_killed_worker_is_replaced_within_2s_and_nothing_is_lost(
 ) -> None:
     server = start_server(workers=2)
     pids = await worker_pids(server.url)
-    async with subscribers(server.url) as subs:
-        sender = Sender(server.url, ROOM, per_second=20)
-        sender.start()
+    async with under_traffic(server.url, 20) as (subs, sender):
         await asyncio.sleep(0.5)
         os.kill(pids[0], signal.SIGKILL)
         killed_at = time.monotonic()
@@ -210,9 +218,7 @@ async def test_redis_outage_answers_503_then_recovers_with_nothing_lost(
 ) -> None:
     redis = persistent_redis
     server = start_server(redis_url=redis.url, workers=2)
-    async with subscribers(server.url, per_kind=1) as subs:
-        sender = Sender(server.url, ROOM, per_second=20)
-        sender.start()
+    async with under_traffic(server.url, 20, per_kind=1) as (subs, sender):
         await asyncio.sleep(1)
         redis.stop()
         outage_started = len(sender.statuses)
@@ -339,9 +345,7 @@ async def test_sigterm_under_traffic_exits_0_and_tells_streams_to_reconnect(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    async with subscribers(server.url, per_kind=1) as subs:
-        sender = Sender(server.url, ROOM, per_second=30)
-        sender.start()
+    async with under_traffic(server.url, 30, per_kind=1) as (subs, sender):
         await asyncio.sleep(1)
         started = time.monotonic()
         server.signal(signal.SIGTERM)
