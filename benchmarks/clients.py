@@ -34,6 +34,8 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 
+from server.ids import parse_id
+
 TEXT_PREFIX = "bench "
 TEXT_RE = re.compile(rb'"text": ?"bench (\d+) (\d+)"')
 ID_RE = re.compile(rb'"id": ?"([^"]*)"')
@@ -111,14 +113,6 @@ class Placement:
         for (_, process), n in self.placed.items():
             totals[process] += n
         return dict(sorted(totals.items()))
-
-
-def parse_id(value: bytes) -> tuple[int, int]:
-    ms, _, seq = value.partition(b"-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (0, 0)
 
 
 def source_addresses(n_streams: int, per_address: int = 10_000) -> list[str | None]:
@@ -278,7 +272,7 @@ class Subscriber:
         if self.ordered:
             found = ID_RE.search(data)
             if found:
-                key = parse_id(found.group(1))
+                key = parse_id(found.group(1).decode()) or (0, 0)
                 if key <= self.last_key:
                     self.out_of_order += 1
                     recorder.out_of_order += 1
@@ -469,16 +463,7 @@ class Stream(asyncio.Protocol):
             pos = stop
             opcode = b0 & 0x0F
             if opcode in (0, 1, 2):
-                if opcode:
-                    self._compressed = bool(b0 & 0x40)
-                if not b0 & 0x80 or self._fragments:  # fragmented
-                    self._fragments.append(payload)
-                    if not b0 & 0x80:
-                        continue
-                    payload, self._fragments = b"".join(self._fragments), []
-                if self._compressed and self._inflate is not None:
-                    payload = self._inflate.decompress(payload + b"\x00\x00\xff\xff")
-                self._on_text(payload, now)
+                self._ws_data(b0, opcode, payload, now)
             elif opcode == 9:
                 self._send_ws(0xA, payload)  # pong
             elif opcode == 8:
@@ -488,6 +473,19 @@ class Stream(asyncio.Protocol):
                 self._close(f"WebSocket close {code}")
                 return
         self._raw = buf[pos:]
+
+    def _ws_data(self, b0: int, opcode: int, payload: bytes, now: int) -> None:
+        """A data frame: a whole message, or a fragment of one (kept until the last)."""
+        if opcode:
+            self._compressed = bool(b0 & 0x40)
+        if not b0 & 0x80 or self._fragments:  # fragmented
+            self._fragments.append(payload)
+            if not b0 & 0x80:
+                return
+            payload, self._fragments = b"".join(self._fragments), []
+        if self._compressed and self._inflate is not None:
+            payload = self._inflate.decompress(payload + b"\x00\x00\xff\xff")
+        self._on_text(payload, now)
 
     def _send_ws(self, opcode: int, payload: bytes) -> None:
         """A masked client frame (RFC 6455 5.3)."""

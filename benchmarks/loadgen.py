@@ -67,20 +67,15 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from harness.processes import ROOT, StartError
+from harness.redis_servers import RedisProcess
+
 from .measure import Context
 from .procfs import fd_limit, machine_info, raise_fd_limit
 from .progress import Progress
 from .scenarios import SCENARIOS
 from .tables import render
-from .targets import (
-    ROOT,
-    TARGETS,
-    BenchError,
-    RedisServer,
-    ServerOptions,
-    find_redis_server,
-    stream_kinds,
-)
+from .targets import TARGETS, BenchError, ServerOptions, stream_kinds
 
 FORMAT = 1
 # Used where a scenario sets no default of its own.
@@ -194,6 +189,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
     opts = parser.parse_args(argv)
+    complete(parser, opts)
+    return opts
+
+
+def complete(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
+    """Fill in the scenario's defaults and check the options together (exits on an error)."""
     scenario = SCENARIOS[opts.scenario]
     for key, value in (FALLBACKS | scenario.DEFAULTS).items():
         if getattr(opts, key) is None:
@@ -209,7 +210,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--workers, --subscribers, --senders and --rooms must be at least 1")
     if opts.rate <= 0 or opts.duration <= 0 or opts.step_factor <= 1:
         parser.error("--rate and --duration must be positive, --step-factor above 1")
-    return opts
 
 
 async def measure_target(
@@ -237,9 +237,10 @@ async def measure_target(
             figures = await SCENARIOS[opts.scenario].run(target, ctx, case)
         finally:
             target.stop()
-    except (BenchError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except (BenchError, StartError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         # A server that failed or died: recorded, and the run goes on with the others.
-        reason = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+        known = isinstance(exc, (BenchError, StartError))
+        reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
         ctx.progress.note(f"{name}: failed: {reason}")
         figures = {"error": reason}
     figures["description"] = target.description
@@ -255,7 +256,9 @@ async def run(opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     scenario = SCENARIOS[opts.scenario]
     workdir = tempfile.mkdtemp(prefix="chat-bench-")
-    redis = RedisServer(find_redis_server(opts.redis_server), workdir)
+    redis = RedisProcess(
+        binary=opts.redis_server, directory=os.path.join(workdir, "redis"), maxclients=10_000
+    )
     started = time.time()
     record: dict[str, Any] = {
         "format": FORMAT,
@@ -329,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             record = runner.run(run(opts, progress))
-    except BenchError as exc:
+    except (BenchError, StartError) as exc:
         progress.note(f"benchmark failed: {exc}")
         return 2
     except (KeyboardInterrupt, asyncio.CancelledError):

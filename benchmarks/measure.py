@@ -13,11 +13,13 @@ from typing import Any
 
 import aiohttp
 
+from harness.redis_servers import RedisProcess
+
 from .clients import Placement, Recorder, Subscriber, open_all, source_addresses, stop_all
 from .procfs import cpu_seconds, own_cpu_seconds, rss_bytes
 from .progress import LoopLag, Progress, showing
 from .publisher import Publisher, Window
-from .targets import BenchError, RedisServer, Target
+from .targets import BenchError, Target, stream_kinds
 
 MIB = 2**20
 
@@ -25,7 +27,7 @@ MIB = 2**20
 @dataclasses.dataclass
 class Context:
     opts: argparse.Namespace
-    redis: RedisServer
+    redis: RedisProcess
     progress: Progress
 
 
@@ -72,6 +74,15 @@ def make_subscribers(
         )
         for i, (kind, room) in enumerate(kinds_rooms)
     ]
+
+
+async def warmed_up(target: Target, ctx: Context, case: dict[str, Any], room: str) -> list[str]:
+    """The kinds of the case's streams, once the target is warmed up in ``room``
+    (see :func:`warm_up`)."""
+    kinds = stream_kinds(target, case["transport"], ctx.opts.subscribers)
+    assert kinds is not None
+    await warm_up(target, ctx, room, kinds)
+    return kinds
 
 
 async def warm_up(target: Target, ctx: Context, room: str, kinds: Sequence[str]) -> None:

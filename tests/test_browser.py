@@ -21,8 +21,7 @@ import re
 import signal
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,308 +29,107 @@ import pytest
 import redis
 from playwright.sync_api import expect
 
-from .support import ServerProcess, id_key, running_server
+from harness.chat import id_key
+
+from .browser import (
+    EVENTS_PATH,
+    PAGE_LOAD_MS,
+    WAIT_MS,
+    WS_PATH,
+    Tab,
+    expect_history_loaded,
+    open_tab,
+    post_message,
+    rendered_ids,
+    say,
+    send,
+    stored_messages,
+    wait_for_message,
+)
+from .support import ServerProcess, run_in_thread, worker_pids
 
 pytestmark = pytest.mark.browser
 
-WAIT_MS = 5_000  # any single wait in the page
-PAGE_LOAD_MS = 10_000
 DIFFERENT_WORKER_TRIES = 30
 DIFFERENT_WORKER_DEADLINE_S = 25.0
 HEARTBEAT_S = 0.5  # what tests.support gives the server
 PRESENCE_WAIT_MS = 10_000  # a page closing is noticed by its worker, then announced
-EVENTS_PATH = "/api/rooms/general/events"
-WS_PATH = "/api/rooms/general/ws"
 XSS = '<img src=x onerror="window.__xss=1">'
-
-
-# Runs before the page's own script: records every presence snapshot, presence
-# change and gap notice that the page's SSE stream or WebSocket receives, in
-# order, as [type, data]. Its listeners are added first, so by the time the page
-# shows a change, the event that caused it is recorded.
-RECORD_STREAM_EVENTS = """(() => {
-  const TYPES = ['presence', 'presence_diff', 'gap'];
-  const events = (window.__streamEvents = []);
-  const parse = (text) => { try { return JSON.parse(text); } catch { return null; } };
-  const NativeEventSource = window.EventSource;
-  window.EventSource = class extends NativeEventSource {
-    constructor(...args) {
-      super(...args);
-      for (const type of TYPES) {
-        this.addEventListener(type, (e) => events.push([type, parse(e.data)]));
-      }
-    }
-  };
-  const NativeWebSocket = window.WebSocket;
-  window.WebSocket = class extends NativeWebSocket {
-    constructor(...args) {
-      super(...args);
-      this.addEventListener('message', (e) => {
-        const frame = typeof e.data === 'string' ? parse(e.data) : null;
-        if (TYPES.includes(frame?.type)) events.push([frame.type, frame]);
-      });
-    }
-  };
-})();"""
-
-
-@dataclass
-class Traffic:
-    """What one page sent over the network: every HTTP request, every WebSocket
-    it opened and the text frames it sent and received on them."""
-
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, url)
-    sockets: list[Any] = field(default_factory=list)
-    frames_sent: list[str] = field(default_factory=list)
-    frames_received: list[str] = field(default_factory=list)
-
-    def posts_to_messages(self) -> list[str]:
-        return [url for method, url in self.requests if method == "POST" and "/messages" in url]
-
-    def events_requests(self) -> list[str]:
-        return [url for _, url in self.requests if "/events" in url]
-
-
-@dataclass
-class Tab:
-    """One page in its own browser context, with everything it logged."""
-
-    name: str
-    context: Any
-    page: Any
-    events_worker: str
-    problems: list[str] = field(default_factory=list)
-    streams: list[str] = field(default_factory=list)  # worker of every events stream opened
-    traffic: Traffic = field(default_factory=Traffic)
-
-    def user_id(self) -> str:
-        session = self.page.evaluate(
-            "fetch('/api/session', {credentials: 'same-origin'}).then((r) => r.json())"
-        )
-        assert isinstance(session.get("user_id"), str), session
-        return str(session["user_id"])
-
-    def stream_events(self) -> list[tuple[str, Any]]:
-        """Every presence snapshot, presence change and gap notice received, in order."""
-        events: list[list[Any]] = self.page.evaluate("window.__streamEvents")
-        return [(kind, data) for kind, data in events]
-
-    def online_ids(self) -> Any:
-        """The users listed online, as a locator."""
-        return self.page.locator("#online li[data-user-id]")
-
-    def expect_online(self, user_ids: list[str], count: int, timeout: int = WAIT_MS) -> None:
-        """The page lists exactly ``user_ids`` online and shows the count ``count``."""
-        for user_id in user_ids:
-            expect(
-                self.page.locator(f'#online li[data-user-id="{user_id}"]'),
-                f"page {self.name} should list {user_id} online, once",
-            ).to_have_count(1, timeout=timeout)
-        expect(self.online_ids(), f"page {self.name}: who is listed").to_have_count(
-            len(user_ids), timeout=timeout
-        )
-        expect(self.page.locator("#online-count"), f"page {self.name}: count").to_have_text(
-            str(count), timeout=timeout
-        )
-        expect(self.page.locator("#people")).to_have_attribute("data-mode", "list")
-        expect(self.page.locator("#online")).to_be_visible()
-
-
-def post_message(server: ServerProcess, text: str) -> dict[str, Any]:
-    """Post over plain HTTP, outside the browser (a separate, cookieless user)."""
-    request = urllib.request.Request(
-        f"{server.url}/api/rooms/general/messages",
-        data=json.dumps({"text": text}).encode(),
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as resp:
-        assert resp.status == 201
-        message: dict[str, Any] = json.loads(resp.read())["message"]
-    return message
-
-
-def open_tab(
-    name: str, browser: Any, url: str, all_problems: list[str], transport: str = "sse"
-) -> Tab:
-    """A new context and page on the chat page (``transport="ws"``: ``?transport=ws``),
-    recording its problems and traffic from before it loads; returns once its event
-    stream (SSE) or WebSocket answered."""
-    context = browser.new_context()
-    context.set_default_timeout(WAIT_MS)
-    context.add_init_script(RECORD_STREAM_EVENTS)
-    page = context.new_page()
-    problems: list[str] = []
-    streams: list[str] = []
-    traffic = Traffic()
-
-    def on_console(msg: Any) -> None:
-        if msg.type in ("error", "warning"):
-            line = f"page {name}: console {msg.type}: {msg.text} at {msg.location}"
-            problems.append(line)
-            all_problems.append(line)
-
-    def on_page_error(error: Any) -> None:
-        line = f"page {name}: page error: {error}"
-        problems.append(line)
-        all_problems.append(line)
-
-    def on_response(response: Any) -> None:
-        if EVENTS_PATH in response.url:
-            streams.append(response.header_value("x-chat-worker") or "?")
-
-    def on_websocket(ws: Any) -> None:
-        traffic.sockets.append(ws)
-        ws.on("framesent", lambda payload: traffic.frames_sent.append(str(payload)))
-        ws.on("framereceived", lambda payload: traffic.frames_received.append(str(payload)))
-
-    page.on("console", on_console)
-    page.on("pageerror", on_page_error)
-    page.on("response", on_response)
-    page.on("request", lambda request: traffic.requests.append((request.method, request.url)))
-    page.on("websocket", on_websocket)
-    try:
-        if transport == "ws":
-            with page.expect_websocket(lambda ws: WS_PATH in ws.url, timeout=PAGE_LOAD_MS):
-                page.goto(f"{url}/?transport=ws", timeout=PAGE_LOAD_MS)
-            worker = "?"  # Playwright does not expose a WebSocket's handshake headers
-        else:
-            with page.expect_response(
-                lambda r: EVENTS_PATH in r.url, timeout=PAGE_LOAD_MS
-            ) as events:
-                page.goto(url, timeout=PAGE_LOAD_MS)
-            response = events.value
-            assert response.status == 200, f"events stream answered {response.status}"
-            worker = response.header_value("x-chat-worker")
-            assert worker is not None, "the events stream carries no X-Chat-Worker header"
-    except BaseException:
-        context.close()
-        raise
-    return Tab(name, context, page, worker, problems, streams, traffic)
-
-
-def message_texts(tab: Tab, text: str) -> Any:
-    """The rendered message texts equal to ``text``, as a locator."""
-    exact = re.compile(f"^{re.escape(text)}$")
-    return tab.page.locator("#messages .message .text").filter(has_text=exact)
-
-
-def wait_for_message(tab: Tab, text: str) -> None:
-    expect(
-        message_texts(tab, text), f"page {tab.name} should show {text!r} once, as text"
-    ).to_have_count(1, timeout=WAIT_MS)
-    # The text shows exactly as typed (textContent, not markup).
-    assert message_texts(tab, text).first.text_content() == text
-
-
-def send(tab: Tab, text: str) -> None:
-    """Type into the input and press Enter, as a user does; wait until it is sent."""
-    box = tab.page.locator("#input")
-    box.fill(text)
-    box.press("Enter")
-    # The input is cleared only once the server stored the message.
-    expect(box).to_have_value("", timeout=WAIT_MS)
-    expect(tab.page.locator("#status")).to_have_text("", timeout=WAIT_MS)
-
-
-def say(sender: Tab, receiver: Tab, text: str) -> None:
-    """``sender`` types ``text``; it shows, once, on both pages."""
-    send(sender, text)
-    wait_for_message(receiver, text)
-    wait_for_message(sender, text)
-
-
-def expect_history_loaded(tab: Tab, message: dict[str, Any]) -> None:
-    """The page shows ``message`` from the history once, and its user's name."""
-    expect(tab.page.locator(f'#messages .message[data-id="{message["id"]}"]')).to_have_count(1)
-    wait_for_message(tab, message["text"])
-    expect(tab.page.locator("#me")).not_to_have_text(re.compile(r"^(…)?$"))
-
-
-def rendered_ids(tab: Tab) -> list[str]:
-    ids: list[str] = tab.page.eval_on_selector_all(
-        "#messages .message[data-id]", "(els) => els.map((el) => el.dataset.id)"
-    )
-    return ids
 
 
 @pytest.mark.timeout(90)
 def test_two_browser_pages_on_different_workers_chat(
-    chat_server: ServerProcess, browser: Any
+    start_server: Callable[..., ServerProcess], browser: Any, tabs: list[Tab]
 ) -> None:
+    chat_server = start_server(workers=2)
     problems: list[str] = []
-    tabs: list[Tab] = []
-    try:
-        # History that exists before either page opens.
-        earlier = post_message(chat_server, "posted before the pages opened")
+    # History that exists before either page opens.
+    earlier = post_message(chat_server, "posted before the pages opened")
 
-        a = open_tab("A", browser, chat_server.url, problems)
-        tabs.append(a)
+    a = open_tab("A", browser, chat_server.url, problems)
+    tabs.append(a)
 
-        # The kernel picks which worker accepts a connection; each context has
-        # its own connection pool, so open fresh contexts until B's event
-        # stream lands on another worker than A's.
-        deadline = time.monotonic() + DIFFERENT_WORKER_DEADLINE_S
-        seen: list[str] = []
-        b: Tab | None = None
-        for _ in range(DIFFERENT_WORKER_TRIES):
-            candidate = open_tab("B", browser, chat_server.url, problems)
-            seen.append(candidate.events_worker)
-            if candidate.events_worker != a.events_worker:
-                b = candidate
-                break
-            candidate.context.close()
-            if time.monotonic() > deadline:
-                break
-            # Which worker wins the accept is sticky when tries keep the same
-            # rhythm as the workers' heartbeats; a random pause breaks it.
-            time.sleep(random.uniform(0, HEARTBEAT_S))
-        if b is None:
-            pytest.fail(
-                f"page B's event stream never landed on a worker other than page A's "
-                f"(worker {a.events_worker}) in {len(seen)} tries: {seen}\n{chat_server.log()}"
-            )
-        tabs.append(b)
+    # The kernel picks which worker accepts a connection; each context has
+    # its own connection pool, so open fresh contexts until B's event
+    # stream lands on another worker than A's.
+    deadline = time.monotonic() + DIFFERENT_WORKER_DEADLINE_S
+    seen: list[str] = []
+    b: Tab | None = None
+    for _ in range(DIFFERENT_WORKER_TRIES):
+        candidate = open_tab("B", browser, chat_server.url, problems)
+        seen.append(candidate.events_worker)
+        if candidate.events_worker != a.events_worker:
+            b = candidate
+            break
+        candidate.context.close()
+        if time.monotonic() > deadline:
+            break
+        # Which worker wins the accept is sticky when tries keep the same
+        # rhythm as the workers' heartbeats; a random pause breaks it.
+        time.sleep(random.uniform(0, HEARTBEAT_S))
+    if b is None:
+        pytest.fail(
+            f"page B's event stream never landed on a worker other than page A's "
+            f"(worker {a.events_worker}) in {len(seen)} tries: {seen}\n{chat_server.log()}"
+        )
+    tabs.append(b)
 
-        for tab in (a, b):
-            expect(tab.page.locator("#conn-state")).to_have_attribute(
-                "data-state", "live", timeout=WAIT_MS
-            )
-            # History on load.
-            expect_history_loaded(tab, earlier)
+    for tab in (a, b):
+        expect(tab.page.locator("#conn-state")).to_have_attribute(
+            "data-state", "live", timeout=WAIT_MS
+        )
+        # History on load.
+        expect_history_loaded(tab, earlier)
 
-        a_id, b_id = a.user_id(), b.user_id()
-        assert a_id != b_id, "separate contexts must be separate users"
+    a_id, b_id = a.user_id(), b.user_id()
+    assert a_id != b_id, "separate contexts must be separate users"
 
-        # Live messages both ways, across workers.
-        say(a, b, "hello from A")
-        say(b, a, "hi A, B here")
+    # Live messages both ways, across workers.
+    say(a, b, "hello from A")
+    say(b, a, "hi A, B here")
 
-        # Each sees both online, and the count (presence is refreshed every heartbeat).
-        for tab in (a, b):
-            tab.expect_online([a_id, b_id], 2)
+    # Each sees both online, and the count (presence is refreshed every heartbeat).
+    for tab in (a, b):
+        tab.expect_online([a_id, b_id], 2)
 
-        # Markup is shown as typed, never run.
-        send(a, XSS)
-        for tab in (b, a):
-            wait_for_message(tab, XSS)
-            assert tab.page.locator("#messages img").count() == 0
-            assert tab.page.evaluate("typeof window.__xss") == "undefined"
+    # Markup is shown as typed, never run.
+    send(a, XSS)
+    for tab in (b, a):
+        wait_for_message(tab, XSS)
+        assert tab.page.locator("#messages img").count() == 0
+        assert tab.page.evaluate("typeof window.__xss") == "undefined"
 
-        # Both pages show the same messages, in the same order, each once.
-        ids_a, ids_b = rendered_ids(a), rendered_ids(b)
-        assert ids_a == ids_b
-        assert len(ids_a) == len(set(ids_a)) == 4
-        for tab in (a, b):
-            expect(tab.page.locator("#conn-state")).to_have_attribute("data-state", "live")
-        # Neither stream was dropped and reopened (perhaps on another worker) meanwhile.
-        assert a.streams == [a.events_worker]
-        assert b.streams == [b.events_worker]
+    # Both pages show the same messages, in the same order, each once.
+    ids_a, ids_b = rendered_ids(a), rendered_ids(b)
+    assert ids_a == ids_b
+    assert len(ids_a) == len(set(ids_a)) == 4
+    for tab in (a, b):
+        expect(tab.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    # Neither stream was dropped and reopened (perhaps on another worker) meanwhile.
+    assert a.streams == [a.events_worker]
+    assert b.streams == [b.events_worker]
 
-        assert problems == [], "\n".join(problems)
-    finally:
-        for tab in tabs:
-            tab.context.close()
+    assert problems == [], "\n".join(problems)
 
 
 # ---------------------------------------------------------------- a real deployment's events
@@ -419,14 +217,9 @@ def is_dropped_stream_noise(entry: dict[str, str]) -> bool:
 
 def healthz_pids(server: ServerProcess, workers: int = 2) -> dict[int, int]:
     """Worker index -> pid, asking on fresh connections until every index answered."""
-    seen: dict[int, int] = {}
-    deadline = time.monotonic() + 5
-    while len(seen) < workers:
-        assert time.monotonic() < deadline, f"/healthz reached only workers {seen}"
-        with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as resp:
-            body = json.loads(resp.read())
-        seen[int(body["worker"])] = int(body["pid"])
-    return seen
+    pids = run_in_thread(worker_pids(server.url, workers, timeout=5))
+    assert len(pids) == workers, f"/healthz reached only workers {pids}"
+    return pids
 
 
 def wait_for_workers(
@@ -467,107 +260,118 @@ class PostsInBackground:
         return self.ids
 
 
+def reload_under_posts(server: ServerProcess, watches: list[Watch]) -> dict[int, int]:
+    """SIGHUP replaces every worker; the server tells each stream to reconnect,
+    and each page comes back on a new worker by itself, resuming by id.
+    Messages posted meanwhile all show, once, in order. The new workers' pids."""
+    old_pids = set(healthz_pids(server).values())
+    server.signal(signal.SIGHUP)
+    reload_posts = PostsInBackground(server, "during the reload")
+    for w in watches:
+        w.wait_until(
+            lambda w=w: any(pid not in old_pids for pid in w.stream_pids),
+            "the stream never came back on a new worker",
+        )
+    reload_ids = reload_posts.join()
+    for w in watches:
+        w.expect_live()
+        states = w.conn_states()
+        assert "reconnecting" in states and states[-1] == "live", (w.tab.name, states)
+        w.expect_each_once_in_order(reload_ids)
+    return wait_for_workers(
+        server,
+        lambda pids: old_pids.isdisjoint(pids.values()),
+        "every worker replaced",
+        RELOAD_DEADLINE_S,
+    )
+
+
+def kill_under_posts(
+    server: ServerProcess, watches: list[Watch], a: Watch, pids: dict[int, int]
+) -> None:
+    """SIGKILL the worker that serves ``a``'s stream, so that at least one page
+    is cut off without warning; the main process replaces it. Messages posted
+    meanwhile all show, once, in order; a page on the other worker is undisturbed."""
+    for w in watches:
+        w.reset_conn_states()
+    victim = a.stream_pids[-1]
+    assert victim in pids.values(), (victim, pids)
+    victim_index = next(index for index, pid in pids.items() if pid == victim)
+    on_victim = [w for w in watches if w.stream_pids[-1] == victim]
+    os.kill(victim, signal.SIGKILL)
+    kill_posts = PostsInBackground(server, "after the kill")
+    replaced = wait_for_workers(
+        server,
+        lambda now: now[victim_index] != victim,
+        "the killed worker replaced",
+        REPLACEMENT_DEADLINE_S,
+    )
+    assert replaced[1 - victim_index] == pids[1 - victim_index], "the other kept serving"
+    kill_ids = kill_posts.join()
+    for w in watches:
+        if w in on_victim:
+            w.wait_until(
+                lambda w=w: w.stream_pids[-1] != victim,
+                "the stream never reconnected after its worker was killed",
+            )
+        w.expect_live()
+        w.expect_each_once_in_order(kill_ids)
+        states = w.conn_states()
+        if w in on_victim:
+            assert "reconnecting" in states and states[-1] == "live", (w.tab.name, states)
+        else:  # on the surviving worker: undisturbed
+            assert states == [], (w.tab.name, states)
+
+
+def assert_no_page_problems(watches: list[Watch], problems: list[str]) -> None:
+    """No uncaught exception, no console error or warning but a cut stream's."""
+    for w in watches:
+        assert w.page_errors == [], (w.tab.name, w.page_errors)
+        unexpected = [e for e in w.console if not is_dropped_stream_noise(e)]
+        assert unexpected == [], (w.tab.name, unexpected)
+    # open_tab's own listeners saw nothing that the watches missed.
+    logged = sum(len(w.console) + len(w.page_errors) for w in watches)
+    assert len(problems) == logged, "\n".join(problems)
+
+
 @pytest.mark.timeout(90)
 def test_two_pages_chat_on_through_a_reload_and_a_killed_worker(
-    chat_server: ServerProcess, browser: Any
+    start_server: Callable[..., ServerProcess], browser: Any, tabs: list[Tab]
 ) -> None:
+    chat_server = start_server(workers=2)
     problems: list[str] = []
-    tabs: list[Tab] = []
-    try:
-        # 1. Two pages in separate contexts (separate users), both live.
-        for name in ("A", "B"):
-            tabs.append(open_tab(name, browser, chat_server.url, problems))
-        a, b = watches = [Watch(tab) for tab in tabs]
-        for w in watches:
-            w.expect_live()
-        assert problems == [], "\n".join(problems)  # the pages loaded cleanly
+    # 1. Two pages in separate contexts (separate users), both live.
+    for name in ("A", "B"):
+        tabs.append(open_tab(name, browser, chat_server.url, problems))
+    a, b = watches = [Watch(tab) for tab in tabs]
+    for w in watches:
+        w.expect_live()
+    assert problems == [], "\n".join(problems)  # the pages loaded cleanly
 
-        # 2. A types, B sees it.
-        send(a.tab, "before the reload")
-        wait_for_message(b.tab, "before the reload")
+    # 2. A types, B sees it.
+    send(a.tab, "before the reload")
+    wait_for_message(b.tab, "before the reload")
 
-        # 3. SIGHUP replaces every worker; the server tells each stream to
-        # reconnect, and each page comes back on a new worker by itself,
-        # resuming by id. Messages posted meanwhile all show, once, in order.
-        old_pids = set(healthz_pids(chat_server).values())
-        chat_server.signal(signal.SIGHUP)
-        reload_posts = PostsInBackground(chat_server, "during the reload")
-        for w in watches:
-            w.wait_until(
-                lambda w=w: any(pid not in old_pids for pid in w.stream_pids),
-                "the stream never came back on a new worker",
-            )
-        reload_ids = reload_posts.join()
-        for w in watches:
-            w.expect_live()
-            states = w.conn_states()
-            assert "reconnecting" in states and states[-1] == "live", (w.tab.name, states)
-            w.expect_each_once_in_order(reload_ids)
-        new_pids = wait_for_workers(
-            chat_server,
-            lambda pids: old_pids.isdisjoint(pids.values()),
-            "every worker replaced",
-            RELOAD_DEADLINE_S,
-        )
+    # 3. SIGHUP replaces every worker; see reload_under_posts.
+    new_pids = reload_under_posts(chat_server, watches)
 
-        # 4. SIGKILL the worker that serves A's stream, so that at least one
-        # page is cut off without warning; the main process replaces it.
-        for w in watches:
-            w.reset_conn_states()
-        victim = a.stream_pids[-1]
-        assert victim in new_pids.values(), (victim, new_pids)
-        victim_index = next(index for index, pid in new_pids.items() if pid == victim)
-        on_victim = [w for w in watches if w.stream_pids[-1] == victim]
-        os.kill(victim, signal.SIGKILL)
-        kill_posts = PostsInBackground(chat_server, "after the kill")
-        replaced = wait_for_workers(
-            chat_server,
-            lambda pids: pids[victim_index] != victim,
-            "the killed worker replaced",
-            REPLACEMENT_DEADLINE_S,
-        )
-        assert replaced[1 - victim_index] == new_pids[1 - victim_index], "the other kept serving"
-        kill_ids = kill_posts.join()
-        for w in watches:
-            if w in on_victim:
-                w.wait_until(
-                    lambda w=w: w.stream_pids[-1] != victim,
-                    "the stream never reconnected after its worker was killed",
-                )
-            w.expect_live()
-            w.expect_each_once_in_order(kill_ids)
-            states = w.conn_states()
-            if w in on_victim:
-                assert "reconnecting" in states and states[-1] == "live", (w.tab.name, states)
-            else:  # on the surviving worker: undisturbed
-                assert states == [], (w.tab.name, states)
+    # 4. SIGKILL the worker that serves A's stream; see kill_under_posts.
+    kill_under_posts(chat_server, watches, a, new_pids)
 
-        # 5. B types, A sees it.
-        send(b.tab, "after the kill, from B")
-        wait_for_message(a.tab, "after the kill, from B")
-        wait_for_message(b.tab, "after the kill, from B")
+    # 5. B types, A sees it.
+    send(b.tab, "after the kill, from B")
+    wait_for_message(a.tab, "after the kill, from B")
+    wait_for_message(b.tab, "after the kill, from B")
 
-        # Both pages show exactly what the server stored: nothing lost, nothing twice.
-        with urllib.request.urlopen(
-            f"{chat_server.url}/api/rooms/general/messages?limit=200", timeout=5
-        ) as resp:
-            stored = [m["id"] for m in json.loads(resp.read())["messages"]]
-        assert len(stored) == 1 + 5 + 5 + 1, stored
-        for w in watches:
-            assert rendered_ids(w.tab) == stored, f"page {w.tab.name}"
+    # Both pages show exactly what the server stored: nothing lost, nothing twice.
+    stored = [m["id"] for m in stored_messages(chat_server)]
+    assert len(stored) == 1 + 5 + 5 + 1, stored
+    for w in watches:
+        assert rendered_ids(w.tab) == stored, f"page {w.tab.name}"
 
-        # 6. No uncaught exception at all; no console error or warning other
-        # than the network error of a stream that a reload or the kill cut.
-        for w in watches:
-            assert w.page_errors == [], (w.tab.name, w.page_errors)
-            unexpected = [e for e in w.console if not is_dropped_stream_noise(e)]
-            assert unexpected == [], (w.tab.name, unexpected)
-        # open_tab's own listeners saw nothing that the watches missed.
-        logged = sum(len(w.console) + len(w.page_errors) for w in watches)
-        assert len(problems) == logged, "\n".join(problems)
-    finally:
-        for tab in tabs:
-            tab.context.close()
+    # 6. No uncaught exception at all; no console error or warning other
+    # than the network error of a stream that a reload or the kill cut.
+    assert_no_page_problems(watches, problems)
 
 
 # ---------------------------------------------------------------- SSE and WebSocket pages together
@@ -590,100 +394,99 @@ def parse_json_object(payload: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def say_over_websocket(sender: Tab, receiver: Tab, socket: Any, text: str) -> None:
+    """The WebSocket page ``sender`` types ``text``: it goes as one frame on
+    ``socket``, is acknowledged with its ref, and shows on both pages; no POST."""
+    traffic = sender.traffic
+    with socket.expect_event(
+        "framesent", lambda payload: sent_message_frame(str(payload), text), timeout=WAIT_MS
+    ):
+        send(sender, text)
+    wait_for_message(receiver, text)
+    wait_for_message(sender, text)
+    sent = [f for f in traffic.frames_sent if sent_message_frame(f, text)]
+    assert len(sent) == 1, traffic.frames_sent
+    ref = parse_json_object(sent[0])["ref"]
+    acks = [
+        frame
+        for raw in traffic.frames_received
+        if (frame := parse_json_object(raw)).get("type") == "ack"
+    ]
+    assert [ack["ref"] for ack in acks] == [ref], traffic.frames_received
+    assert acks[0]["message"]["text"] == text
+    assert traffic.posts_to_messages() == [], traffic.posts_to_messages()
+
+
 @pytest.mark.timeout(90)
 def test_sse_page_and_websocket_page_chat_together(
-    chat_server: ServerProcess, browser: Any
+    start_server: Callable[..., ServerProcess], browser: Any, tabs: list[Tab]
 ) -> None:
+    chat_server = start_server(workers=2)
     problems: list[str] = []
-    tabs: list[Tab] = []
-    try:
-        # History that exists before either page opens.
-        earlier = post_message(chat_server, "posted before the pages opened")
+    # History that exists before either page opens.
+    earlier = post_message(chat_server, "posted before the pages opened")
 
-        # A: the page as it loads by default (SSE + POST); B: ?transport=ws.
-        a = open_tab("A", browser, chat_server.url, problems, transport="sse")
-        a_traffic = a.traffic
-        tabs.append(a)
-        b = open_tab("B", browser, chat_server.url, problems, transport="ws")
-        b_traffic = b.traffic
-        tabs.append(b)
-        assert a.page.evaluate("window.chat.transport") == "sse"
-        assert b.page.evaluate("window.chat.transport") == "ws"
+    # A: the page as it loads by default (SSE + POST); B: ?transport=ws.
+    a = open_tab("A", browser, chat_server.url, problems, transport="sse")
+    a_traffic = a.traffic
+    tabs.append(a)
+    b = open_tab("B", browser, chat_server.url, problems, transport="ws")
+    b_traffic = b.traffic
+    tabs.append(b)
+    assert a.page.evaluate("window.chat.transport") == "sse"
+    assert b.page.evaluate("window.chat.transport") == "ws"
 
-        # 1. Both live. B's live stream is one WebSocket, opened after the
-        # history and resuming from its last id; B never opened an events stream.
-        for tab in (a, b):
-            expect(tab.page.locator("#conn-state")).to_have_attribute(
-                "data-state", "live", timeout=WAIT_MS
-            )
-        assert len(b_traffic.sockets) == 1, [ws.url for ws in b_traffic.sockets]
-        socket = b_traffic.sockets[0]
-        assert WS_PATH in socket.url, socket.url
-        assert socket.url.startswith("ws://"), socket.url
-        assert socket.url.endswith(f"?since={earlier['id']}"), socket.url
-        assert b_traffic.events_requests() == [], b_traffic.events_requests()
-        assert a_traffic.sockets == [], [ws.url for ws in a_traffic.sockets]
-        assert len(a_traffic.events_requests()) == 1, a_traffic.events_requests()
+    # 1. Both live. B's live stream is one WebSocket, opened after the
+    # history and resuming from its last id; B never opened an events stream.
+    for tab in (a, b):
+        expect(tab.page.locator("#conn-state")).to_have_attribute(
+            "data-state", "live", timeout=WAIT_MS
+        )
+    assert len(b_traffic.sockets) == 1, [ws.url for ws in b_traffic.sockets]
+    socket = b_traffic.sockets[0]
+    assert WS_PATH in socket.url, socket.url
+    assert socket.url.startswith("ws://"), socket.url
+    assert socket.url.endswith(f"?since={earlier['id']}"), socket.url
+    assert b_traffic.events_requests() == [], b_traffic.events_requests()
+    assert a_traffic.sockets == [], [ws.url for ws in a_traffic.sockets]
+    assert len(a_traffic.events_requests()) == 1, a_traffic.events_requests()
 
-        # 2. History on load, on both.
-        for tab in (a, b):
-            expect_history_loaded(tab, earlier)
+    # 2. History on load, on both.
+    for tab in (a, b):
+        expect_history_loaded(tab, earlier)
 
-        a_id, b_id = a.user_id(), b.user_id()
-        assert a_id != b_id, "separate contexts must be separate users"
+    a_id, b_id = a.user_id(), b.user_id()
+    assert a_id != b_id, "separate contexts must be separate users"
 
-        # 3. A (SSE page, sends by POST) -> B (WebSocket page).
-        say(a, b, "hello from the SSE page")
-        assert len(a_traffic.posts_to_messages()) == 1, a_traffic.posts_to_messages()
+    # 3. A (SSE page, sends by POST) -> B (WebSocket page).
+    say(a, b, "hello from the SSE page")
+    assert len(a_traffic.posts_to_messages()) == 1, a_traffic.posts_to_messages()
 
-        # B (sends over its WebSocket, waits for the ack) -> A.
-        b_text = "hi from the WebSocket page"
-        with socket.expect_event(
-            "framesent", lambda payload: sent_message_frame(str(payload), b_text), timeout=WAIT_MS
-        ):
-            send(b, b_text)
-        wait_for_message(a, b_text)
-        wait_for_message(b, b_text)
-        sent = [f for f in b_traffic.frames_sent if sent_message_frame(f, b_text)]
-        assert len(sent) == 1, b_traffic.frames_sent
-        ref = parse_json_object(sent[0])["ref"]
-        acks = [
-            frame
-            for raw in b_traffic.frames_received
-            if (frame := parse_json_object(raw)).get("type") == "ack"
-        ]
-        assert [ack["ref"] for ack in acks] == [ref], b_traffic.frames_received
-        assert acks[0]["message"]["text"] == b_text
-        assert b_traffic.posts_to_messages() == [], b_traffic.posts_to_messages()
+    # B (sends over its WebSocket, waits for the ack) -> A.
+    say_over_websocket(b, a, socket, "hi from the WebSocket page")
 
-        # 4. Presence: each page lists both users, and only them (the HTTP
-        # poster of the history holds no stream, so it is not online).
-        for tab in (a, b):
-            tab.expect_online([a_id, b_id], 2)
+    # 4. Presence: each page lists both users, and only them (the HTTP
+    # poster of the history holds no stream, so it is not online).
+    for tab in (a, b):
+        tab.expect_online([a_id, b_id], 2)
 
-        # 5. Both pages show what the server stored: the same ids, in order, once.
-        with urllib.request.urlopen(
-            f"{chat_server.url}/api/rooms/general/messages?limit=200", timeout=5
-        ) as resp:
-            stored = [m["id"] for m in json.loads(resp.read())["messages"]]
-        assert len(stored) == 3, stored
-        ids_a, ids_b = rendered_ids(a), rendered_ids(b)
-        assert ids_a == ids_b == stored, (ids_a, ids_b, stored)
-        assert len(set(ids_a)) == len(ids_a)
-        assert ids_a == sorted(ids_a, key=id_key)
+    # 5. Both pages show what the server stored: the same ids, in order, once.
+    stored = [m["id"] for m in stored_messages(chat_server)]
+    assert len(stored) == 3, stored
+    ids_a, ids_b = rendered_ids(a), rendered_ids(b)
+    assert ids_a == ids_b == stored, (ids_a, ids_b, stored)
+    assert len(set(ids_a)) == len(ids_a)
+    assert ids_a == sorted(ids_a, key=id_key)
 
-        # Still live, on the same streams: nothing dropped and reopened meanwhile.
-        for tab in (a, b):
-            expect(tab.page.locator("#conn-state")).to_have_attribute("data-state", "live")
-        assert len(b_traffic.sockets) == 1 and not socket.is_closed()
-        assert len(a_traffic.events_requests()) == 1, a_traffic.events_requests()
-        assert b_traffic.events_requests() == []
+    # Still live, on the same streams: nothing dropped and reopened meanwhile.
+    for tab in (a, b):
+        expect(tab.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    assert len(b_traffic.sockets) == 1 and not socket.is_closed()
+    assert len(a_traffic.events_requests()) == 1, a_traffic.events_requests()
+    assert b_traffic.events_requests() == []
 
-        # No console error or warning, no page error, on either page.
-        assert problems == [], "\n".join(problems)
-    finally:
-        for tab in tabs:
-            tab.context.close()
+    # No console error or warning, no page error, on either page.
+    assert problems == [], "\n".join(problems)
 
 
 # ---------------------------------------------------------------- presence as changes
@@ -713,71 +516,65 @@ def rename(tab: Tab, name: str) -> None:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 def test_joins_renames_and_leaves_reach_another_page_as_presence_changes(
-    chat_server: ServerProcess, browser: Any, transport: str
+    start_server: Callable[..., ServerProcess], browser: Any, transport: str, tabs: list[Tab]
 ) -> None:
+    chat_server = start_server(workers=2)
     problems: list[str] = []
-    tabs: list[Tab] = []
-    try:
-        # 1. A alone: it lists itself, once, marked as itself, with the count 1.
-        a = open_tab("A", browser, chat_server.url, problems, transport=transport)
-        tabs.append(a)
-        a_id = a.user_id()
-        a.expect_online([a_id], 1)
-        expect(a.online_ids()).to_have_class("self")
-        assert presence_kinds(a)[0] == "presence", a.stream_events()
+    # 1. A alone: it lists itself, once, marked as itself, with the count 1.
+    a = open_tab("A", browser, chat_server.url, problems, transport=transport)
+    tabs.append(a)
+    a_id = a.user_id()
+    a.expect_online([a_id], 1)
+    expect(a.online_ids()).to_have_class("self")
+    assert presence_kinds(a)[0] == "presence", a.stream_events()
 
-        # 2. B opens: A sees B appear by a change on the stream it already has.
-        b = open_tab("B", browser, chat_server.url, problems)
-        tabs.append(b)
-        b_id = b.user_id()
-        for tab in (a, b):
-            tab.expect_online([a_id, b_id], 2)
-        kinds = presence_kinds(a)
-        assert kinds[0] == "presence" and set(kinds[1:]) == {"presence_diff"}, kinds
-        joins = [data for kind, data in a.stream_events() if kind == "presence_diff"]
-        assert any(b_id in user_ids(d["joined"]) and d["count"] == 2 for d in joins), joins
+    # 2. B opens: A sees B appear by a change on the stream it already has.
+    b = open_tab("B", browser, chat_server.url, problems)
+    tabs.append(b)
+    b_id = b.user_id()
+    for tab in (a, b):
+        tab.expect_online([a_id, b_id], 2)
+    kinds = presence_kinds(a)
+    assert kinds[0] == "presence" and set(kinds[1:]) == {"presence_diff"}, kinds
+    joins = [data for kind, data in a.stream_events() if kind == "presence_diff"]
+    assert any(b_id in user_ids(d["joined"]) and d["count"] == 2 for d in joins), joins
 
-        # 3. Renames are changes too (B is already listed: its name is replaced), and
-        # the list is in name order ignoring case: "aaron" before "Zed".
-        rename(a, "Zed")
-        rename(b, "aaron")
-        a_tag, b_tag = tag_of(a_id), tag_of(b_id)
-        expect(a.online_ids()).to_have_text(
-            [f"aaron {b_tag}", f"Zed {a_tag} (you)"], timeout=PRESENCE_WAIT_MS
-        )
-        expect(b.online_ids()).to_have_text(
-            [f"aaron {b_tag} (you)", f"Zed {a_tag}"], timeout=PRESENCE_WAIT_MS
-        )
-        a.expect_online([a_id, b_id], 2)
+    # 3. Renames are changes too (B is already listed: its name is replaced), and
+    # the list is in name order ignoring case: "aaron" before "Zed".
+    rename(a, "Zed")
+    rename(b, "aaron")
+    a_tag, b_tag = tag_of(a_id), tag_of(b_id)
+    expect(a.online_ids()).to_have_text(
+        [f"aaron {b_tag}", f"Zed {a_tag} (you)"], timeout=PRESENCE_WAIT_MS
+    )
+    expect(b.online_ids()).to_have_text(
+        [f"aaron {b_tag} (you)", f"Zed {a_tag}"], timeout=PRESENCE_WAIT_MS
+    )
+    a.expect_online([a_id, b_id], 2)
 
-        # 4. B's page closes: A sees B leave, by a change, and the count go back to 1.
-        tabs.remove(b)
-        b.context.close()
-        a.expect_online([a_id], 1, timeout=PRESENCE_WAIT_MS)
-        # One snapshot when the stream opened, and changes ever since.
-        kinds = presence_kinds(a)
-        assert kinds[0] == "presence" and set(kinds[1:]) == {"presence_diff"}, kinds
-        leaves = [data for kind, data in a.stream_events() if kind == "presence_diff"]
-        assert any(b_id in user_ids(d["left"]) and d["count"] == 1 for d in leaves), leaves
+    # 4. B's page closes: A sees B leave, by a change, and the count go back to 1.
+    tabs.remove(b)
+    b.context.close()
+    a.expect_online([a_id], 1, timeout=PRESENCE_WAIT_MS)
+    # One snapshot when the stream opened, and changes ever since.
+    kinds = presence_kinds(a)
+    assert kinds[0] == "presence" and set(kinds[1:]) == {"presence_diff"}, kinds
+    leaves = [data for kind, data in a.stream_events() if kind == "presence_diff"]
+    assert any(b_id in user_ids(d["left"]) and d["count"] == 1 for d in leaves), leaves
 
-        # All of it on A's first stream: nothing was dropped and reopened.
-        expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
-        if transport == "ws":
-            assert len(a.traffic.sockets) == 1 and not a.traffic.sockets[0].is_closed()
-        else:
-            assert len(a.traffic.events_requests()) == 1, a.traffic.events_requests()
-        assert problems == [], "\n".join(problems)
-    finally:
-        for tab in tabs:
-            tab.context.close()
+    # All of it on A's first stream: nothing was dropped and reopened.
+    expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    if transport == "ws":
+        assert len(a.traffic.sockets) == 1 and not a.traffic.sockets[0].is_closed()
+    else:
+        assert len(a.traffic.events_requests()) == 1, a.traffic.events_requests()
+    assert problems == [], "\n".join(problems)
 
 
 @pytest.fixture
-def small_list_server(redis_url: str) -> Iterator[ServerProcess]:
+def small_list_server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
     """Rooms of more than one user carry presence counts only."""
-    env = {"CHAT_PRESENCE_LIST_MAX": "1"}
-    with running_server(redis_url=redis_url, workers=2, env=env) as server:
-        yield server
+    return start_server(workers=2, env={"CHAT_PRESENCE_LIST_MAX": "1"})
 
 
 def expect_count_only(tab: Tab, count: int) -> None:
@@ -791,50 +588,45 @@ def expect_count_only(tab: Tab, count: int) -> None:
 
 @pytest.mark.timeout(90)
 def test_rooms_over_the_list_limit_show_the_count_and_no_list(
-    small_list_server: ServerProcess, browser: Any
+    small_list_server: ServerProcess, browser: Any, tabs: list[Tab]
 ) -> None:
     problems: list[str] = []
-    tabs: list[Tab] = []
-    try:
-        # 1. One user is within presence_list_max = 1: listed.
-        a = open_tab("A", browser, small_list_server.url, problems, transport="sse")
-        tabs.append(a)
-        a_id = a.user_id()
-        a.expect_online([a_id], 1)
+    # 1. One user is within presence_list_max = 1: listed.
+    a = open_tab("A", browser, small_list_server.url, problems, transport="sse")
+    tabs.append(a)
+    a_id = a.user_id()
+    a.expect_online([a_id], 1)
 
-        # 2. A second user (on a WebSocket) takes the room over the limit: every
-        # page gets a new snapshot with the count and no list, and shows just that.
-        b = open_tab("B", browser, small_list_server.url, problems, transport="ws")
-        tabs.append(b)
-        b_id = b.user_id()
-        for tab in (a, b):
-            expect_count_only(tab, 2)
-            snapshots = [data for kind, data in tab.stream_events() if kind == "presence"]
-            assert "online" not in snapshots[-1] and snapshots[-1]["count"] == 2, snapshots
+    # 2. A second user (on a WebSocket) takes the room over the limit: every
+    # page gets a new snapshot with the count and no list, and shows just that.
+    b = open_tab("B", browser, small_list_server.url, problems, transport="ws")
+    tabs.append(b)
+    b_id = b.user_id()
+    for tab in (a, b):
+        expect_count_only(tab, 2)
+        snapshots = [data for kind, data in tab.stream_events() if kind == "presence"]
+        assert "online" not in snapshots[-1] and snapshots[-1]["count"] == 2, snapshots
 
-        # 3. On request, A looks at who is online (GET .../online): both, once each.
-        a.page.locator("#online-more").click()
-        expect(a.page.locator("#online")).to_be_visible()
-        expect(a.online_ids()).to_have_count(2)
-        for user_id in (a_id, b_id):
-            expect(a.page.locator(f'#online li[data-user-id="{user_id}"]')).to_have_count(1)
-        expect(a.page.locator(f'#online li[data-user-id="{a_id}"]')).to_have_class("self")
-        expect(a.page.locator("#online-note-text")).to_contain_text("Showing 2 of 2 online")
-        expect(a.page.locator("#online-more")).to_be_hidden()  # that was all of them
-        expect(a.page.locator("#online-count")).to_have_text("2")
+    # 3. On request, A looks at who is online (GET .../online): both, once each.
+    a.page.locator("#online-more").click()
+    expect(a.page.locator("#online")).to_be_visible()
+    expect(a.online_ids()).to_have_count(2)
+    for user_id in (a_id, b_id):
+        expect(a.page.locator(f'#online li[data-user-id="{user_id}"]')).to_have_count(1)
+    expect(a.page.locator(f'#online li[data-user-id="{a_id}"]')).to_have_class("self")
+    expect(a.page.locator("#online-note-text")).to_contain_text("Showing 2 of 2 online")
+    expect(a.page.locator("#online-more")).to_be_hidden()  # that was all of them
+    expect(a.page.locator("#online-count")).to_have_text("2")
 
-        # 4. B leaves: the room is within the limit again, and A's list is back.
-        tabs.remove(b)
-        b.context.close()
-        a.expect_online([a_id], 1, timeout=PRESENCE_WAIT_MS)
-        expect(a.page.locator("#online-note")).to_be_hidden()
+    # 4. B leaves: the room is within the limit again, and A's list is back.
+    tabs.remove(b)
+    b.context.close()
+    a.expect_online([a_id], 1, timeout=PRESENCE_WAIT_MS)
+    expect(a.page.locator("#online-note")).to_be_hidden()
 
-        expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
-        assert len(a.traffic.events_requests()) == 1, a.traffic.events_requests()
-        assert problems == [], "\n".join(problems)
-    finally:
-        for tab in tabs:
-            tab.context.close()
+    expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    assert len(a.traffic.events_requests()) == 1, a.traffic.events_requests()
+    assert problems == [], "\n".join(problems)
 
 
 # ---------------------------------------------------------------- names people can trust
@@ -842,49 +634,44 @@ def test_rooms_over_the_list_limit_show_the_count_and_no_list(
 
 @pytest.mark.timeout(90)
 def test_namesakes_show_different_tags_in_messages_and_the_online_list(
-    chat_server: ServerProcess, browser: Any
+    start_server: Callable[..., ServerProcess], browser: Any, tabs: list[Tab]
 ) -> None:
+    chat_server = start_server(workers=2)
     problems: list[str] = []
-    tabs: list[Tab] = []
-    try:
-        a = open_tab("A", browser, chat_server.url, problems)
-        tabs.append(a)
-        b = open_tab("B", browser, chat_server.url, problems, transport="ws")
-        tabs.append(b)
-        a_id, b_id = a.user_id(), b.user_id()
-        tags = {a_id: tag_of(a_id), b_id: tag_of(b_id)}
-        # 24 random bits each: equal by chance once in 16.7 million runs.
-        assert tags[a_id] != tags[b_id], tags
+    a = open_tab("A", browser, chat_server.url, problems)
+    tabs.append(a)
+    b = open_tab("B", browser, chat_server.url, problems, transport="ws")
+    tabs.append(b)
+    a_id, b_id = a.user_id(), b.user_id()
+    tags = {a_id: tag_of(a_id), b_id: tag_of(b_id)}
+    # 24 random bits each: equal by chance once in 16.7 million runs.
+    assert tags[a_id] != tags[b_id], tags
 
-        rename(a, "Sam")
-        rename(b, "Sam")
-        say(a, b, "from the first Sam")
-        say(b, a, "from the second Sam")
+    rename(a, "Sam")
+    rename(b, "Sam")
+    say(a, b, "from the first Sam")
+    say(b, a, "from the second Sam")
 
-        for tab, own_id in ((a, a_id), (b, b_id)):
-            expect(tab.page.locator("#my-tag")).to_have_text(tags[own_id])
-            tab.expect_online([a_id, b_id], 2)
-            for user_id, tag in tags.items():
-                line = tab.page.locator(f'#messages .message[data-user-id="{user_id}"]')
-                expect(line, f"page {tab.name}: one message by {user_id}").to_have_count(1)
-                expect(line.locator(".name")).to_have_text("Sam")
-                expect(line.locator(".tag")).to_have_text(tag)
-                person = tab.page.locator(f'#online li[data-user-id="{user_id}"]')
-                expect(person.locator(".name")).to_have_text("Sam", timeout=PRESENCE_WAIT_MS)
-                expect(person.locator(".tag")).to_have_text(tag)
-            # What a reader sees of the two differs, in both places.
-            authors = tab.page.locator("#messages .message .author").all_inner_texts()
-            assert sorted(authors) == sorted(f"Sam {tag}" for tag in tags.values()), authors
-            people = tab.page.locator("#online li").all_inner_texts()
-            assert len(set(people)) == 2, people
-            assert sorted(people) == sorted(
-                f"Sam {tag}" + (" (you)" if user_id == own_id else "")
-                for user_id, tag in tags.items()
-            ), people
-        assert problems == [], "\n".join(problems)
-    finally:
-        for tab in tabs:
-            tab.context.close()
+    for tab, own_id in ((a, a_id), (b, b_id)):
+        expect(tab.page.locator("#my-tag")).to_have_text(tags[own_id])
+        tab.expect_online([a_id, b_id], 2)
+        for user_id, tag in tags.items():
+            line = tab.page.locator(f'#messages .message[data-user-id="{user_id}"]')
+            expect(line, f"page {tab.name}: one message by {user_id}").to_have_count(1)
+            expect(line.locator(".name")).to_have_text("Sam")
+            expect(line.locator(".tag")).to_have_text(tag)
+            person = tab.page.locator(f'#online li[data-user-id="{user_id}"]')
+            expect(person.locator(".name")).to_have_text("Sam", timeout=PRESENCE_WAIT_MS)
+            expect(person.locator(".tag")).to_have_text(tag)
+        # What a reader sees of the two differs, in both places.
+        authors = tab.page.locator("#messages .message .author").all_inner_texts()
+        assert sorted(authors) == sorted(f"Sam {tag}" for tag in tags.values()), authors
+        people = tab.page.locator("#online li").all_inner_texts()
+        assert len(set(people)) == 2, people
+        assert sorted(people) == sorted(
+            f"Sam {tag}" + (" (you)" if user_id == own_id else "") for user_id, tag in tags.items()
+        ), people
+    assert problems == [], "\n".join(problems)
 
 
 # Stored before names were checked: the server refuses it now, but sessions and
@@ -952,53 +739,47 @@ def expect_isolated(layout: dict[str, Any], tag: str) -> None:
 
 @pytest.mark.timeout(90)
 def test_an_old_name_with_a_bidi_override_cannot_reorder_what_follows_it(
-    chat_server: ServerProcess, browser: Any, redis_url: str
+    start_server: Callable[..., ServerProcess], browser: Any, redis_url: str, tabs: list[Tab]
 ) -> None:
+    chat_server = start_server(workers=2)
     problems: list[str] = []
-    tabs: list[Tab] = []
-    try:
-        a = open_tab("A", browser, chat_server.url, problems)
-        tabs.append(a)
-        a_id = a.user_id()
-        a_tag = tag_of(a_id)
-        store_old_name(redis_url, a, OLD_NAME)
-        with a.page.expect_response(lambda r: EVENTS_PATH in r.url, timeout=PAGE_LOAD_MS):
-            a.page.reload(timeout=PAGE_LOAD_MS)
-        expect(a.page.locator("#me")).to_have_text(OLD_NAME)
-        expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    a = open_tab("A", browser, chat_server.url, problems)
+    tabs.append(a)
+    a_id = a.user_id()
+    a_tag = tag_of(a_id)
+    store_old_name(redis_url, a, OLD_NAME)
+    with a.page.expect_response(lambda r: EVENTS_PATH in r.url, timeout=PAGE_LOAD_MS):
+        a.page.reload(timeout=PAGE_LOAD_MS)
+    expect(a.page.locator("#me")).to_have_text(OLD_NAME)
+    expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
 
-        b = open_tab("B", browser, chat_server.url, problems)
-        tabs.append(b)
-        say(a, b, "said under an old name")
+    b = open_tab("B", browser, chat_server.url, problems)
+    tabs.append(b)
+    say(a, b, "said under an old name")
 
-        for tab in (a, b):
-            line = tab.page.locator(f'#messages .message[data-user-id="{a_id}"]')
-            expect(line).to_have_count(1)
-            expect(line.locator(".tag")).to_have_text(a_tag)
-            expect_isolated(line.locator(".author").evaluate(NAME_LAYOUT), a_tag)
-            person = tab.page.locator(f'#online li[data-user-id="{a_id}"]')
-            expect(person.locator(".name")).to_have_text(OLD_NAME, timeout=PRESENCE_WAIT_MS)
-            layout = person.evaluate(NAME_LAYOUT)
-            expect_isolated(layout, a_tag)
-            assert (layout["youLefts"] is not None) == (tab is a), layout
-        # The header's own name is isolated too.
-        me = a.page.locator("#me")
-        assert me.evaluate("(el) => [el.tagName, getComputedStyle(el).unicodeBidi]") == [
-            "BDI",
-            "isolate",
-        ]
-        assert problems == [], "\n".join(problems)
-    finally:
-        for tab in tabs:
-            tab.context.close()
+    for tab in (a, b):
+        line = tab.page.locator(f'#messages .message[data-user-id="{a_id}"]')
+        expect(line).to_have_count(1)
+        expect(line.locator(".tag")).to_have_text(a_tag)
+        expect_isolated(line.locator(".author").evaluate(NAME_LAYOUT), a_tag)
+        person = tab.page.locator(f'#online li[data-user-id="{a_id}"]')
+        expect(person.locator(".name")).to_have_text(OLD_NAME, timeout=PRESENCE_WAIT_MS)
+        layout = person.evaluate(NAME_LAYOUT)
+        expect_isolated(layout, a_tag)
+        assert (layout["youLefts"] is not None) == (tab is a), layout
+    # The header's own name is isolated too.
+    me = a.page.locator("#me")
+    assert me.evaluate("(el) => [el.tagName, getComputedStyle(el).unicodeBidi]") == [
+        "BDI",
+        "isolate",
+    ]
+    assert problems == [], "\n".join(problems)
 
 
 @pytest.fixture
-def short_history_server(redis_url: str) -> Iterator[ServerProcess]:
+def short_history_server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
     """Rooms keep about ten messages: a page that is away for long misses some for good."""
-    env = {"CHAT_HISTORY_LEN": "10"}
-    with running_server(redis_url=redis_url, workers=1, env=env) as server:
-        yield server
+    return start_server(workers=1, env={"CHAT_HISTORY_LEN": "10"})
 
 
 def list_entries(tab: Tab) -> list[str]:
@@ -1011,39 +792,31 @@ def list_entries(tab: Tab) -> list[str]:
 
 @pytest.mark.timeout(90)
 def test_a_page_that_resumes_past_the_trimmed_history_says_what_is_missing(
-    short_history_server: ServerProcess, browser: Any
+    short_history_server: ServerProcess, browser: Any, tabs: list[Tab]
 ) -> None:
     problems: list[str] = []
-    tabs: list[Tab] = []
-    try:
-        for transport in ("sse", "ws"):
-            tabs.append(open_tab(transport, browser, short_history_server.url, problems, transport))
-        seen = post_message(short_history_server, "seen by both pages")
-        for tab in tabs:
-            wait_for_message(tab, seen["text"])
-            # Away, as in the back/forward cache: the page closes its stream.
-            tab.page.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide'))")
-        for i in range(150):
-            post_message(short_history_server, f"posted while away {i}")
-        with urllib.request.urlopen(
-            f"{short_history_server.url}/api/rooms/general/messages?limit=200", timeout=5
-        ) as resp:
-            retained = [m["id"] for m in json.loads(resp.read())["messages"]]
-        assert len(retained) < 150, "the history was never trimmed"
-        for tab in tabs:
-            tab.page.evaluate(
-                "window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))"
-            )
-        for tab in tabs:
-            expect(tab.page.locator(f'#messages [data-id="{retained[-1]}"]')).to_have_count(1)
-            notice = tab.page.locator("#messages .notice")
-            expect(notice).to_have_count(1)
-            expect(notice).to_have_text("Some earlier messages are no longer available.")
-            # Where the missing messages were: after what the page saw, before what came back.
-            assert list_entries(tab) == [seen["id"], "notice", *retained], tab.name
-            gaps = [data["first_id"] for kind, data in tab.stream_events() if kind == "gap"]
-            assert gaps == [retained[0]], tab.name
-        assert problems == [], "\n".join(problems)
-    finally:
-        for tab in tabs:
-            tab.context.close()
+    for transport in ("sse", "ws"):
+        tabs.append(open_tab(transport, browser, short_history_server.url, problems, transport))
+    seen = post_message(short_history_server, "seen by both pages")
+    for tab in tabs:
+        wait_for_message(tab, seen["text"])
+        # Away, as in the back/forward cache: the page closes its stream.
+        tab.page.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide'))")
+    for i in range(150):
+        post_message(short_history_server, f"posted while away {i}")
+    retained = [m["id"] for m in stored_messages(short_history_server)]
+    assert len(retained) < 150, "the history was never trimmed"
+    for tab in tabs:
+        tab.page.evaluate(
+            "window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))"
+        )
+    for tab in tabs:
+        expect(tab.page.locator(f'#messages [data-id="{retained[-1]}"]')).to_have_count(1)
+        notice = tab.page.locator("#messages .notice")
+        expect(notice).to_have_count(1)
+        expect(notice).to_have_text("Some earlier messages are no longer available.")
+        # Where the missing messages were: after what the page saw, before what came back.
+        assert list_entries(tab) == [seen["id"], "notice", *retained], tab.name
+        gaps = [data["first_id"] for kind, data in tab.stream_events() if kind == "gap"]
+        assert gaps == [retained[0]], tab.name
+    assert problems == [], "\n".join(problems)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from .support import ServerProcess
-from .test_browser import (
+from .browser import (
     PAGE_LOAD_MS,
     WAIT_MS,
     WS_PATH,
@@ -24,8 +23,10 @@ from .test_browser import (
     message_texts,
     open_tab,
     send,
+    stored_messages,
     wait_for_message,
 )
+from .support import ServerProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -33,10 +34,7 @@ MESSAGES_URL = re.compile(r"/api/rooms/general/messages$")
 
 
 def stored_texts(server: ServerProcess) -> list[str]:
-    with urllib.request.urlopen(
-        f"{server.url}/api/rooms/general/messages?limit=200", timeout=5
-    ) as resp:
-        return [m["text"] for m in json.loads(resp.read())["messages"]]
+    return [m["text"] for m in stored_messages(server)]
 
 
 def send_again_after_an_error(tab: Any, text: str) -> None:
@@ -50,8 +48,9 @@ def send_again_after_an_error(tab: Any, text: str) -> None:
 
 
 def test_a_post_whose_answer_was_lost_is_stored_once_when_sent_again(
-    chat_server: ServerProcess, browser: Any
+    start_server: Callable[..., ServerProcess], browser: Any
 ) -> None:
+    chat_server = start_server(workers=2)
     problems: list[str] = []
     tab = open_tab("A", browser, chat_server.url, problems)
     try:
@@ -91,8 +90,9 @@ def test_a_post_whose_answer_was_lost_is_stored_once_when_sent_again(
 
 
 def test_a_websocket_message_whose_ack_was_lost_is_stored_once_when_sent_again(
-    chat_server: ServerProcess, browser: Any
+    start_server: Callable[..., ServerProcess], browser: Any
 ) -> None:
+    chat_server = start_server(workers=2)
     keys: list[str | None] = []  # of every try, over the WebSocket or by POST
     lost = False
 

@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from harness.redis_servers import RedisProcess
 from server.cli import SECRET_KEY
 
-from .support import RedisProcess, ServerProcess
+from .support import ServerProcess
 
 pytestmark = pytest.mark.timeout(90)
 

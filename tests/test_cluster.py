@@ -11,15 +11,16 @@ import pytest
 import redis
 from redis.cluster import key_slot
 
+from harness.redis_servers import ClusterProcesses
 from server import redisurl
 from server.redis_keys import stream_key
 
 from .support import (
-    ClusterProcesses,
     ResilientSubscriber,
     Sender,
     ServerProcess,
     assert_in_order_once,
+    cluster_processes,
     running_server,
     sse_collector,
     ws_collector,
@@ -131,7 +132,7 @@ async def test_budgets_and_idempotency_keys_hold_across_instances(
 
 
 async def test_a_primary_failing_over_under_traffic_loses_no_answered_message() -> None:
-    cluster = ClusterProcesses()  # its own: this test breaks one of its primaries
+    cluster = cluster_processes()  # its own: this test breaks one of its primaries
     try:
         cluster.start()
         rooms = rooms_on_every_primary(cluster)

@@ -24,14 +24,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from harness.redis_servers import RedisProcess
 from server import middlewares
 from server.close_reason import IDLE, OVERFLOW
 from server.config import Config
 from server.edge import HEAD_MAX_BYTES, SEND_BUFFER_BYTES, Edge, EdgeHandler
 
-from .support import RedisProcess, ServerProcess, running_server
-from .test_hub import MemoryBackend, live, make_hub, message
-from .test_lifecycle import drain, stalled_client, worker_rss_kb
+from .fakes import MemoryBackend, live, make_hub, message
+from .support import ServerProcess, drain, running_server, stalled_client, worker_rss_kb
 
 REQUEST_TIMEOUT_S = 2.0
 KEEPALIVE_TIMEOUT_S = 4.0

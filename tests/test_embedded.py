@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -47,18 +48,15 @@ def test_embedded_redis_has_a_memory_limit_and_never_evicts(tmp_path: Any) -> No
 
 
 @pytest.mark.processes
-def test_the_server_starts_its_embedded_redis_with_redis_maxmemory(tmp_path: Any) -> None:
-    server = ServerProcess(
-        redis_url=None, workers=1, env={"CHAT_REDIS_MAXMEMORY": "48mb"}, cwd=str(tmp_path)
-    )
+def test_the_server_starts_its_embedded_redis_with_redis_maxmemory(
+    tmp_path: Any,
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    start_server(redis_url=None, workers=1, env={"CHAT_REDIS_MAXMEMORY": "48mb"}, cwd=str(tmp_path))
+    socket_path = str(tmp_path / "chat-data" / "redis" / "redis.sock")
+    client = redis.Redis(unix_socket_path=socket_path, decode_responses=True)
     try:
-        server.start()
-        socket_path = str(tmp_path / "chat-data" / "redis" / "redis.sock")
-        client = redis.Redis(unix_socket_path=socket_path, decode_responses=True)
-        try:
-            assert client.config_get("maxmemory")["maxmemory"] == str(48 * 1024 * 1024)
-            assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
-        finally:
-            client.close()
+        assert client.config_get("maxmemory")["maxmemory"] == str(48 * 1024 * 1024)
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
     finally:
-        server.kill()
+        client.close()

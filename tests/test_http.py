@@ -6,17 +6,11 @@ from typing import Any
 
 import pytest
 
+from server.broker import stream_key
+
+from .support import error_of
+
 ROOM = "/api/rooms/general/messages"
-
-
-async def error_of(resp: Any, status: int) -> dict[str, str]:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    body = await resp.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
-    assert "Traceback" not in body["error"]["message"]
-    return body["error"]
 
 
 async def test_session_gives_a_random_user_id_in_an_opaque_signed_cookie(client: Any) -> None:
@@ -101,13 +95,18 @@ async def test_html_is_stored_as_typed(client: Any) -> None:
     assert history[-1]["text"] == text
 
 
-async def test_history_is_capped(make_app: Any, aiohttp_client: Any) -> None:
+async def test_history_is_capped(make_app: Any, aiohttp_client: Any, redis: Any) -> None:
     client = await aiohttp_client(await make_app(history_len=10, rate_limit_burst=1000))
     for i in range(300):
         assert (await client.post(ROOM, json={"text": str(i)})).status == 201
+    # XADD MAXLEN ~ trims whole stream nodes only: the stream keeps the cap and
+    # less than one node more (300 untrimmed messages would be well over that).
+    node = int((await redis.config_get("stream-node-max-entries"))["stream-node-max-entries"])
+    assert 10 + node < 300
+    length = await redis.xlen(stream_key("general"))
+    assert 10 <= length < 10 + node
     history = (await (await client.get(ROOM + "?limit=200")).json())["messages"]
-    # XADD MAXLEN ~ trims whole nodes: the bound is approximate but holds.
-    assert 10 <= len(history) <= 200
+    assert len(history) == length
     assert history[-1]["text"] == "299"
 
 

@@ -17,16 +17,11 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from harness.redis_servers import RedisProcess
 from server.cli import SECRET_KEY
 from server.redisurl import shown as shown_url
 
-from .support import (
-    RedisProcess,
-    ServerProcess,
-    assert_in_order_once,
-    sse_collector,
-    worker_pids,
-)
+from .support import ServerProcess, assert_in_order_once, sse_collector, worker_pids
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(60)]
 
@@ -99,37 +94,32 @@ async def test_a_configured_secret_wins_and_a_kept_one_is_offered_first(
 
 
 async def test_json_logs_have_one_line_per_lifecycle_event_and_no_secret(
-    tmp_path: Path,
+    start_server: Callable[..., ServerProcess],
+    persistent_redis: RedisProcess,
 ) -> None:
-    redis = RedisProcess(persistent=True)
+    redis = persistent_redis
+    server = start_server(redis_url=redis.url, workers=2, args=["--log-format", "json"])
+    first = await worker_pids(server.url)
+    assert server.proc is not None
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await user_of(http, server.url)
+        cookie = next(iter(http.cookie_jar)).value
+    # A reload, a killed worker, and Redis going away and coming back.
+    os.kill(server.proc.pid, signal.SIGHUP)
+    second = await changed_pids(server.url, first, {0, 1})
+    os.kill(second[1], signal.SIGKILL)
+    third = await changed_pids(server.url, second, {1})
+    redis.stop()
+    await until_logged(server, lambda lines: count(lines, "lost Redis") >= 2)
+    # An outage of several heartbeats (0.5 s each here): each worker
+    # says once that Redis is gone, whatever else notices it.
+    await asyncio.sleep(1.5)
     redis.start()
-    server = ServerProcess(redis_url=redis.url, workers=2, args=["--log-format", "json"])
-    try:
-        server.start()
-        first = await worker_pids(server.url)
-        assert server.proc is not None
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-            await user_of(http, server.url)
-            cookie = next(iter(http.cookie_jar)).value
-        # A reload, a killed worker, and Redis going away and coming back.
-        os.kill(server.proc.pid, signal.SIGHUP)
-        second = await changed_pids(server.url, first, {0, 1})
-        os.kill(second[1], signal.SIGKILL)
-        third = await changed_pids(server.url, second, {1})
-        redis.stop()
-        await until_logged(server, lambda lines: count(lines, "lost Redis") >= 2)
-        # An outage of several heartbeats (0.5 s each here): each worker
-        # says once that Redis is gone, whatever else notices it.
-        await asyncio.sleep(1.5)
-        redis.start()
-        await until_logged(server, lambda lines: count(lines, "reconnected") >= 2)
-        client = aioredis.Redis.from_url(redis.url, decode_responses=True)
-        secret = await client.get(SECRET_KEY)
-        await client.aclose()
-        text = server.log()
-    finally:
-        server.kill()
-        redis.cleanup()
+    await until_logged(server, lambda lines: count(lines, "reconnected") >= 2)
+    client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+    secret = await client.get(SECRET_KEY)
+    await client.aclose()
+    text = server.log()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert all(set(line) >= {"time", "level", "pid", "role", "logger", "message"} for line in lines)
     said = [(line["role"], line["message"]) for line in lines]

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,15 +15,23 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from harness.chat import id_key
+from harness.processes import ROOT
+from harness.redis_servers import RedisProcess
+
 from .support import (
-    RedisProcess,
     ResilientSubscriber,
     Sender,
     ServerProcess,
     assert_in_order_once,
-    id_key,
+    drain,
     sse_events,
+    stalled_client,
+    subscribe_on_worker,
+    user,
+    wait_healthy,
     worker_pids,
+    worker_rss_kb,
 )
 
 pytestmark = pytest.mark.processes
@@ -53,6 +60,20 @@ async def subscribers(base: str, per_kind: int = 2) -> AsyncIterator[list[Resili
                 await sub.stop()
 
 
+@contextlib.asynccontextmanager
+async def under_traffic(
+    base: str, per_second: float, per_kind: int = 2
+) -> AsyncIterator[tuple[list[ResilientSubscriber], Sender]]:
+    """:func:`subscribers`, and a :class:`Sender` posting to their room meanwhile."""
+    async with subscribers(base, per_kind) as subs:
+        sender = Sender(base, ROOM, per_second=per_second)
+        sender.start()
+        try:
+            yield subs, sender
+        finally:
+            await sender.stop()
+
+
 async def start_on_worker(sub: ResilientSubscriber, worker: str) -> None:
     """Start ``sub`` again and again until its connection lands on ``worker``."""
     async with asyncio.timeout(20):
@@ -77,9 +98,7 @@ async def test_three_sighups_under_traffic_lose_nothing_and_refuse_nobody(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    async with subscribers(server.url) as subs:
-        sender = Sender(server.url, ROOM, per_second=20)
-        sender.start()
+    async with under_traffic(server.url, 20) as (subs, sender):
         reloads = []
         for _ in range(3):
             await asyncio.sleep(1)
@@ -109,9 +128,7 @@ async def test_a_burst_of_sighups_is_safe(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    async with subscribers(server.url, per_kind=1) as subs:
-        sender = Sender(server.url, ROOM, per_second=20)
-        sender.start()
+    async with under_traffic(server.url, 20, per_kind=1) as (subs, sender):
         await asyncio.sleep(0.5)
         for _ in range(5):
             server.signal(signal.SIGHUP)
@@ -176,9 +193,7 @@ async def test_killed_worker_is_replaced_within_2s_and_nothing_is_lost(
 ) -> None:
     server = start_server(workers=2)
     pids = await worker_pids(server.url)
-    async with subscribers(server.url) as subs:
-        sender = Sender(server.url, ROOM, per_second=20)
-        sender.start()
+    async with under_traffic(server.url, 20) as (subs, sender):
         await asyncio.sleep(0.5)
         os.kill(pids[0], signal.SIGKILL)
         killed_at = time.monotonic()
@@ -198,87 +213,36 @@ async def test_killed_worker_is_replaced_within_2s_and_nothing_is_lost(
 
 
 async def test_redis_outage_answers_503_then_recovers_with_nothing_lost(
-    tmp_path: Any,
+    start_server: Callable[..., ServerProcess],
+    persistent_redis: RedisProcess,
 ) -> None:
-    redis = RedisProcess(persistent=True)
-    redis.start()
-    server = ServerProcess(redis_url=redis.url, workers=2)
-    try:
-        server.start()
-        async with subscribers(server.url, per_kind=1) as subs:
-            sender = Sender(server.url, ROOM, per_second=20)
-            sender.start()
-            await asyncio.sleep(1)
-            redis.stop()
-            outage_started = len(sender.statuses)
-            await asyncio.sleep(5)
-            during = sender.statuses[outage_started:]
-            redis.start()
-            recovered_at = time.monotonic()
-            async with asyncio.timeout(10):
-                while sender.statuses[-1:] != [201]:
-                    await asyncio.sleep(0.05)
-            assert time.monotonic() - recovered_at < 5
-            await asyncio.sleep(1)
-            await sender.stop()
-            assert during and 201 not in during[1:], during
-            assert 503 in during
-            assert set(sender.statuses) <= {201, 503}
-            for body in sender.bodies:
-                assert body["error"]["code"] == "unavailable"
-            assert sender.errors == []
-            await expect_everything(subs, sender.accepted)
-        assert "Traceback" not in server.log()
-        # The operator sees the outage, not one line per refused request.
-        refused = [line for line in server.log().splitlines() if "answered 503" in line]
-        assert 1 <= len(refused) <= 4, refused
-    finally:
-        server.kill()
-        redis.cleanup()
-
-
-def worker_rss_kb(server: ServerProcess) -> int:
-    """Resident memory of the server's processes (main and workers), in KiB."""
-    assert server.proc is not None
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) != server.proc.pid:  # process group
-                continue
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
-def stalled_client(port: int, request: bytes) -> socket.socket:
-    """A client that sends its request and then never reads a byte."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(request)
-    return sock
-
-
-def drain(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
-    """Read what the server sent; True if it then closed the connection."""
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while chunk := sock.recv(1 << 16):
-            data += chunk
-    except ConnectionResetError:
-        return data, True
-    except TimeoutError:
-        return data, False
-    return data, True
+    redis = persistent_redis
+    server = start_server(redis_url=redis.url, workers=2)
+    async with under_traffic(server.url, 20, per_kind=1) as (subs, sender):
+        await asyncio.sleep(1)
+        redis.stop()
+        outage_started = len(sender.statuses)
+        await asyncio.sleep(5)
+        during = sender.statuses[outage_started:]
+        redis.start()
+        recovered_at = time.monotonic()
+        async with asyncio.timeout(10):
+            while sender.statuses[-1:] != [201]:
+                await asyncio.sleep(0.05)
+        assert time.monotonic() - recovered_at < 5
+        await asyncio.sleep(1)
+        await sender.stop()
+        assert during and 201 not in during[1:], during
+        assert 503 in during
+        assert set(sender.statuses) <= {201, 503}
+        for body in sender.bodies:
+            assert body["error"]["code"] == "unavailable"
+        assert sender.errors == []
+        await expect_everything(subs, sender.accepted)
+    assert "Traceback" not in server.log()
+    # The operator sees the outage, not one line per refused request.
+    refused = [line for line in server.log().splitlines() if "answered 503" in line]
+    assert 1 <= len(refused) <= 4, refused
 
 
 async def publish_burst(base: str, room: str, count: int, text: str) -> dict[str, float]:
@@ -381,9 +345,7 @@ async def test_sigterm_under_traffic_exits_0_and_tells_streams_to_reconnect(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    async with subscribers(server.url, per_kind=1) as subs:
-        sender = Sender(server.url, ROOM, per_second=30)
-        sender.start()
+    async with under_traffic(server.url, 30, per_kind=1) as (subs, sender):
         await asyncio.sleep(1)
         started = time.monotonic()
         server.signal(signal.SIGTERM)
@@ -403,8 +365,6 @@ async def test_sigterm_under_traffic_exits_0_and_tells_streams_to_reconnect(
 async def test_users_of_a_killed_worker_leave_presence_within_two_heartbeats(
     start_server: Callable[..., ServerProcess],
 ) -> None:
-    from .test_processes import subscribe_on_worker, user
-
     server = start_server(workers=2)  # heartbeat 0.5 s
     pids = await worker_pids(server.url)
     async with (
@@ -429,18 +389,6 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def wait_healthy(base: str, timeout: float) -> None:
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(base, connector=connector) as session:
-        async with asyncio.timeout(timeout):
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get("/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(0.1)
-
-
 async def test_reloads_and_replacements_leak_no_file_descriptors(
     start_server: Callable[..., ServerProcess],
 ) -> None:
@@ -463,27 +411,22 @@ async def test_reloads_and_replacements_leak_no_file_descriptors(
 
 
 async def test_workers_that_cannot_start_are_retried_until_redis_is_back(
-    tmp_path: Any,
+    start_server: Callable[..., ServerProcess],
+    persistent_redis: RedisProcess,
 ) -> None:
     """A reload while Redis is down: the new workers fail to start. The server
     must keep trying (not stop, as aiotools would) and serve again once Redis is back."""
-    redis = RedisProcess(persistent=True)
+    redis = persistent_redis
+    server = start_server(redis_url=redis.url, workers=2)
+    redis.stop()
+    server.signal(signal.SIGHUP)
+    await asyncio.sleep(3)
+    assert server.proc is not None and server.proc.poll() is None, server.log()
     redis.start()
-    server = ServerProcess(redis_url=redis.url, workers=2)
-    try:
-        server.start()
-        redis.stop()
-        server.signal(signal.SIGHUP)
-        await asyncio.sleep(3)
-        assert server.proc is not None and server.proc.poll() is None, server.log()
-        redis.start()
-        await wait_healthy(server.url, 15)
-        async with aiohttp.ClientSession(server.url) as session:
-            async with session.post(f"{ROOM}/messages", json={"text": "back"}) as resp:
-                assert resp.status == 201
-    finally:
-        server.kill()
-        redis.cleanup()
+    await wait_healthy(server.url, 15)
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.post(f"{ROOM}/messages", json={"text": "back"}) as resp:
+            assert resp.status == 201
 
 
 async def test_a_stuck_worker_cannot_hang_a_stop(
@@ -517,33 +460,30 @@ async def test_workers_do_not_outlive_a_killed_main_process(
     assert not server.group_alive(), "workers kept running without their main process"
 
 
-async def test_sighup_runs_freshly_imported_code(tmp_path: Any, redis_url: str) -> None:
+async def test_sighup_runs_freshly_imported_code(
+    tmp_path: Any,
+    start_server: Callable[..., ServerProcess],
+) -> None:
     """Workers of a new generation import the app again: a reload deploys new code."""
     import shutil
 
-    from .support import ROOT
-
     copy = tmp_path / "app"
     shutil.copytree(os.path.join(ROOT, "server"), copy / "server")
-    server = ServerProcess(redis_url=redis_url, workers=2, env={"PYTHONPATH": str(copy)})
-    try:
-        server.start()
-        async with aiohttp.ClientSession(server.url) as session:
-            async with session.get("/healthz") as resp:
-                assert (await resp.json())["status"] == "ok"
-            views = copy / "server" / "views.py"
-            views.write_text(views.read_text().replace('"status": "ok"', '"status": "new code"'))
-            server.signal(signal.SIGHUP)
-            async with asyncio.timeout(10):
-                statuses: set[str] = set()
-                while statuses != {"new code"}:
-                    statuses = set()
-                    for _ in range(6):
-                        async with session.get("/healthz", headers={"Connection": "close"}) as resp:
-                            statuses.add((await resp.json())["status"])
-                    await asyncio.sleep(0.1)
-    finally:
-        server.kill()
+    server = start_server(workers=2, env={"PYTHONPATH": str(copy)})
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.get("/healthz") as resp:
+            assert (await resp.json())["status"] == "ok"
+        views = copy / "server" / "views.py"
+        views.write_text(views.read_text().replace('"status": "ok"', '"status": "new code"'))
+        server.signal(signal.SIGHUP)
+        async with asyncio.timeout(10):
+            statuses: set[str] = set()
+            while statuses != {"new code"}:
+                statuses = set()
+                for _ in range(6):
+                    async with session.get("/healthz", headers={"Connection": "close"}) as resp:
+                        statuses.add((await resp.json())["status"])
+                await asyncio.sleep(0.1)
 
 
 async def test_replacing_every_original_worker_keeps_the_replacements_serving(

@@ -199,28 +199,51 @@ def test_render_without_a_directory_is_this_process_alone() -> None:
     metrics = Metrics(worker=3)
     metrics.published(0.002)
     metrics.dispatched(4, [0])  # stored at the epoch: a very late delivery
-    metrics.connection_opened("ws")
+    metrics.delivered(5)
+    for transport in ("ws", "sse", "sse"):
+        metrics.connection_opened(transport)
+    metrics.connection_closed("sse")
     metrics.rate_limited("messages")
+    metrics.slow_consumer_dropped()
+    for _ in range(2):
+        metrics.redis_error()
+    metrics.redis_reconnected()
     metrics.replayed(12)
-    metrics.loop_late(0.2, stalled=True)
+    # The longest durations so far: a shorter one later changes nothing.
+    for late_s, took_s, paused_s in ((0.2, 0.3, 0.05), (0.01, 0.1, 0.02)):
+        metrics.loop_late(late_s, stalled=late_s > 0.1)
+        metrics.heartbeat_took(took_s, slow=took_s > 0.1)
+        metrics.gc_paused(paused_s)
     found = samples(render(metrics).decode())
     assert_counts(
         found,
         {
             "chat_messages_published_total": 1,
-            "chat_deliveries_total": 4,
+            "chat_deliveries_total": 4 + 5,
             'chat_publish_latency_seconds_bucket{le="0.0025"}': 1,
             'chat_delivery_latency_seconds_bucket{le="10.0"}': 0,
             'chat_delivery_latency_seconds_bucket{le="+Inf"}': 1,
             'chat_connections{transport="ws"}': 1,
+            'chat_connections{transport="sse"}': 1,
             'chat_connections_opened_total{transport="ws"}': 1,
+            'chat_connections_opened_total{transport="sse"}': 2,
             'chat_rate_limited_total{kind="messages"}': 1,
+            "chat_slow_consumers_dropped_total": 1,
+            "chat_redis_errors_total": 2,
+            "chat_redis_reconnects_total": 1,
             "chat_replay_messages_sum": 12,
             'chat_loop_stalls_total{worker="3"}': 1,
             'chat_loop_stall_max_seconds{worker="3"}': 0.2,
+            'chat_heartbeat_slow_total{worker="3"}': 1,
+            'chat_heartbeat_max_seconds{worker="3"}': 0.3,
+            'chat_gc_pause_max_seconds{worker="3"}': 0.05,
             'chat_worker_up{worker="3"}': 1,
         },
     )
+    # What the worker reads back agrees with what it renders.
+    assert dict(metrics.connections) == {"ws": 1, "sse": 1}
+    assert metrics.value("chat_redis_errors_total") == 2
+    assert metrics.loop_stall_max.seconds == 0.2
 
 
 def test_a_directory_needs_prometheus_client_in_multiprocess_mode(tmp_path: Any) -> None:

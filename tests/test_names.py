@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from .test_http import ROOM, error_of
+from .support import error_of
+
+ROOM = "/api/rooms/general/messages"
 
 BEFORE = "Before"
 

@@ -18,13 +18,9 @@ import aiohttp
 import pytest
 from playwright.sync_api import expect
 
-from .support import (
-    ROOT,
-    ServerProcess,
-    debian_program,
-    free_port,
-    stop_process,
-)
+from harness.processes import ROOT, free_port, stop_process
+
+from .support import ServerProcess, debian_program
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
 

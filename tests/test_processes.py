@@ -11,20 +11,25 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 import redis as sync_redis
 
+from harness.chat import id_key
+from harness.processes import clean_env, free_port
+
 from .support import (
-    ROOT,
+    ROOM,
     ServerProcess,
     assert_in_order_once,
-    free_port,
+    post,
+    running_server,
     sse_collector,
     subscribe_on_worker,
+    user,
     wait_closed,
     worker_health,
     worker_pids,
@@ -32,27 +37,6 @@ from .support import (
 )
 
 pytestmark = pytest.mark.processes
-
-ROOM = "/api/rooms/general"
-
-
-@contextlib.asynccontextmanager
-async def user(base: str) -> AsyncIterator[aiohttp.ClientSession]:
-    """A browser-like client with its own session cookie."""
-    # unsafe=True: aiohttp keeps no cookies from IP-address hosts otherwise.
-    async with aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-        async with session.get("/api/session") as resp:
-            assert resp.status == 200
-        yield session
-
-
-async def post(session: aiohttp.ClientSession, text: str) -> tuple[dict[str, Any], str]:
-    """POST on a fresh connection; returns the message and the worker that stored it."""
-    async with session.post(
-        f"{ROOM}/messages", json={"text": text}, headers={"Connection": "close"}
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-        return (await resp.json())["message"], resp.headers["X-Chat-Worker"]
 
 
 async def test_two_workers_each_on_uvloop_answer_healthz_with_their_own_pid(
@@ -198,9 +182,7 @@ async def test_200_messages_from_several_senders_reach_every_subscriber_complete
             return [(await post(session, f"s{n}-{i}"))[0]["id"] for i in range(50)]
 
         sent = await asyncio.gather(*(send(s, n) for n, s in enumerate(senders)))
-        all_ids = sorted(
-            (i for ids in sent for i in ids), key=lambda i: tuple(map(int, i.split("-")))
-        )
+        all_ids = sorted((i for ids in sent for i in ids), key=id_key)
         assert len(all_ids) == 200
         for collector in collectors:
             await collector.wait_for(lambda c: len(c.messages) >= 200, timeout=20)
@@ -359,54 +341,41 @@ async def test_loop_asyncio_flag_runs_workers_on_asyncio_and_still_fans_out(
 def run_cli(
     *args: str, env: dict[str, str] | None = None, cwd: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-    full_env.update({"PYTHONPATH": ROOT, **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", "server", *args],
         capture_output=True,
         text=True,
         timeout=30,
-        env=full_env,
+        env=clean_env(**(env or {})),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
     )
 
 
 @pytest.mark.parametrize(
-    ("args", "env", "config", "needle"),
+    ("args", "config", "needle"),
     [
-        (["--workers", "0"], {}, None, "workers"),
-        (["--workers", "many"], {}, None, "--workers"),
-        (["--port", "70000"], {}, None, "port"),
-        (["--loop", "trio"], {}, None, "--loop"),
-        (["--bogus"], {}, None, "--bogus"),
-        ([], {"CHAT_PORT": "eighty"}, None, "port"),
-        ([], {"CHAT_HEARTBEAT_S": "0"}, None, "heartbeat_s"),
-        ([], {"CHAT_REDIS_URL": "http://x"}, None, "redis_url"),
-        ([], {}, "colour = 'blue'\n", "colour"),
-        ([], {}, "message_max_chars = 'long'\n", "message_max_chars"),
-        ([], {}, "rate_limit_burst = -1\n", "rate_limit_burst"),
-        ([], {}, "allowed_origins = 'x'\n", "allowed_origins"),
-        ([], {}, "this is not toml\n", "invalid TOML"),
+        (["--bogus"], None, "--bogus"),
+        ([], "rate_limit_burst = -1\n", "rate_limit_burst"),
     ],
 )
-def test_bad_flags_env_or_config_exit_2_with_one_line(
-    tmp_path: Any, args: list[str], env: dict[str, str], config: str | None, needle: str
+def test_bad_flags_or_config_exit_2_with_one_line(
+    tmp_path: Any, args: list[str], config: str | None, needle: str
 ) -> None:
+    """The command line's side of refusing settings (each refusal: tests/test_config.py)."""
     if config is not None:
         path = tmp_path / "chat.toml"
         path.write_text(config)
         args = [*args, "--config", str(path)]
-    result = run_cli(*args, env=env, cwd=str(tmp_path))
+    result = run_cli(*args, cwd=str(tmp_path))
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("chat-server: error: "), result.stderr
+    assert needle in lines[0], result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_unreachable_redis_is_a_clear_error(tmp_path: Any) -> None:
-    from .support import free_port
-
     started = time.monotonic()
     result = run_cli(
         "--redis-url", f"redis://127.0.0.1:{free_port()}/0", "--port", "0",
@@ -434,9 +403,9 @@ async def test_without_redis_url_an_embedded_redis_keeps_history_across_restarts
     workdir = str(tmp_path / "work")
     os.makedirs(workdir)
     with contextlib.ExitStack() as stack:
-        server = ServerProcess(redis_url=None, workers=2, env=env, cwd=workdir)
-        stack.callback(server.kill)
-        server.start()
+        server = stack.enter_context(
+            running_server(redis_url=None, workers=2, env=env, cwd=workdir)
+        )
         async with user(server.url) as alice:
             # Live delivery works over the embedded Redis' unix socket too,
             # on whichever worker each stream lands.
@@ -452,9 +421,9 @@ async def test_without_redis_url_an_embedded_redis_keeps_history_across_restarts
         assert await asyncio.to_thread(server.wait, 10) == 0
     assert os.path.exists(os.path.join(workdir, "chat-data", "redis", "redis.log"))
     with contextlib.ExitStack() as stack:
-        server = ServerProcess(redis_url=None, workers=1, env=env, cwd=workdir)
-        stack.callback(server.kill)
-        server.start()
+        server = stack.enter_context(
+            running_server(redis_url=None, workers=1, env=env, cwd=workdir)
+        )
         async with aiohttp.ClientSession(server.url) as session:
             async with session.get(f"{ROOM}/messages") as resp:
                 assert [m["id"] for m in (await resp.json())["messages"]] == [message["id"]]

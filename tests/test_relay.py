@@ -11,12 +11,13 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from harness.chat import id_key
 from server.broker import Broker
 from server.model import Message
 from server.redis_keys import channel, stream_key
 from server.relay import Relay
 
-from .support import assert_in_order_once, id_key, sse_collector
+from .support import assert_in_order_once, sse_collector
 
 ROOM = "relay"
 

@@ -11,16 +11,16 @@ import pytest
 from .support import (
     ResilientSubscriber,
     Sender,
-    SentinelProcesses,
     assert_in_order_once,
     running_server,
+    sentinel_processes,
 )
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
 
 
 async def test_the_chat_follows_the_primary_sentinel_names_and_loses_no_answered_message() -> None:
-    redis = SentinelProcesses()
+    redis = sentinel_processes()
     try:
         redis.start()
         with running_server(redis_url=redis.url, workers=2) as server:

@@ -136,6 +136,33 @@ async def test_a_room_without_new_messages_expires_with_every_key_and_can_begin_
 # ------------------------------------------------------------------ a full Redis
 
 
+async def post_until_full(http: aiohttp.ClientSession, room: str, text: str) -> list[str]:
+    """Post until Redis is full (a 503 storage_full); the ids accepted before."""
+    accepted: list[str] = []
+    # Bounded: 2000 messages of 2 KB are far more than the 512 KB left.
+    for n in range(2000):
+        status, body = await post(http, room, f"{n} {text}")
+        if status != 201:
+            break
+        accepted.append(body["message"]["id"])
+    else:
+        pytest.fail("Redis never filled up")
+    assert status == 503, body
+    assert body["error"]["code"] == "storage_full", body
+    assert accepted, "Redis was full before the first message"
+    return accepted
+
+
+async def expect_websocket_post_refused_as_full(http: aiohttp.ClientSession, room: str) -> None:
+    async with http.ws_connect(f"/api/rooms/{room}/ws") as ws:
+        await ws.send_str(json.dumps({"type": "message", "text": "ws", "ref": 1}))
+        async with asyncio.timeout(10):
+            while (frame := json.loads(await ws.receive_str()))["type"] != "error":
+                assert frame["type"] != "ack", frame
+        assert frame["ref"] == 1
+        assert frame["error"]["code"] == "storage_full"
+
+
 @pytest.mark.processes
 async def test_a_full_redis_answers_503_keeps_serving_reads_and_streams_and_loses_nothing(
     start_server: Callable[..., ServerProcess], redis: aioredis.Redis
@@ -143,7 +170,6 @@ async def test_a_full_redis_answers_503_keeps_serving_reads_and_streams_and_lose
     server = start_server(workers=2)
     room = "crowded"
     text = "x" * 1900
-    accepted: list[str] = []
     jar = aiohttp.CookieJar(unsafe=True)  # keeps the session cookie of 127.0.0.1
     async with aiohttp.ClientSession(server.url, cookie_jar=jar) as http:
         async with http.get("/api/session") as resp:  # an existing session from here on
@@ -154,17 +180,7 @@ async def test_a_full_redis_answers_503_keeps_serving_reads_and_streams_and_lose
             used = int((await redis.info("memory"))["used_memory"])
             await redis.config_set("maxmemory", used + 512 * 1024)
             try:
-                # Bounded: 2000 messages of 2 KB are far more than 512 KB.
-                for n in range(2000):
-                    status, body = await post(http, room, f"{n} {text}")
-                    if status != 201:
-                        break
-                    accepted.append(body["message"]["id"])
-                else:
-                    pytest.fail("Redis never filled up")
-                assert status == 503, body
-                assert body["error"]["code"] == "storage_full", body
-                assert accepted, "Redis was full before the first message"
+                accepted = await post_until_full(http, room, text)
                 # Full for good while this checks the rest: Redis frees memory
                 # as it goes (expiring keys), and a small write could fit again.
                 await redis.config_set("maxmemory", 1)
@@ -181,13 +197,7 @@ async def test_a_full_redis_answers_503_keeps_serving_reads_and_streams_and_lose
                 await before.wait_for(lambda c: len(c.ids) == len(accepted))
                 assert before.ids == accepted
                 # A WebSocket opens, and a message sent on it gets the same error.
-                async with http.ws_connect(f"/api/rooms/{room}/ws") as ws:
-                    await ws.send_str(json.dumps({"type": "message", "text": "ws", "ref": 1}))
-                    async with asyncio.timeout(10):
-                        while (frame := json.loads(await ws.receive_str()))["type"] != "error":
-                            assert frame["type"] != "ack", frame
-                    assert frame["ref"] == 1
-                    assert frame["error"]["code"] == "storage_full"
+                await expect_websocket_post_refused_as_full(http, room)
                 status, body = await post(http, room, "still full")
                 assert (status, body["error"]["code"]) == (503, "storage_full")
                 # A newcomer's session cannot be stored: a JSON error, not a 500.

@@ -10,14 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .support import (
-    assert_in_order_once,
-    id_key,
-    metric,
-    sse_collector,
-    wait_closed,
-    ws_collector,
-)
+from harness.chat import id_key
+
+from .support import assert_in_order_once, metric, sse_collector, wait_closed, ws_collector
 
 ROOM = "/api/rooms/general"
 

@@ -21,9 +21,9 @@ import asyncio
 from typing import Any
 
 from ..clients import stop_all
-from ..measure import Context, Metric, connect, publish_and_drain, warm_up
+from ..measure import Context, Metric, connect, publish_and_drain, warmed_up
 from ..publisher import Publisher
-from ..targets import Target, stream_kinds
+from ..targets import Target
 
 DESCRIPTION = "raise the publish rate step by step until messages are lost or p99 >= limit"
 DEFAULTS: dict[str, Any] = {"subscribers": 1000, "transport": "ws"}
@@ -85,10 +85,8 @@ def verdict(step: dict[str, Any], p99_limit_ms: float) -> str:
 
 async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, Any]:
     opts = ctx.opts
-    kinds = stream_kinds(target, case["transport"], opts.subscribers)
-    assert kinds is not None
     room = opts.room
-    await warm_up(target, ctx, room, kinds)
+    kinds = await warmed_up(target, ctx, case, room)
     crowd = await connect(target, ctx, [(kind, room) for kind in kinds])
     publisher = Publisher(target.base_url, opts.senders)
     steps: list[dict[str, Any]] = []

@@ -17,10 +17,10 @@ from ..measure import (
     lost_or_duplicated,
     memory,
     publish_and_drain,
-    warm_up,
+    warmed_up,
 )
 from ..publisher import Publisher
-from ..targets import Target, stream_kinds
+from ..targets import Target
 
 DESCRIPTION = "S streams in one room, messages published at a set rate"
 DEFAULTS: dict[str, Any] = {"subscribers": 1000, "transport": "ws", "rate": 10.0, "duration": 20.0}
@@ -65,10 +65,8 @@ def cases(opts: Any) -> list[dict[str, Any]]:
 
 async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, Any]:
     opts = ctx.opts
-    kinds = stream_kinds(target, case["transport"], opts.subscribers)
-    assert kinds is not None
     room = opts.room
-    await warm_up(target, ctx, room, kinds)
+    kinds = await warmed_up(target, ctx, case, room)
     await asyncio.sleep(opts.settle)
     rss_before = memory(target)
     crowd = await connect(target, ctx, [(kind, room) for kind in kinds])

@@ -24,10 +24,10 @@ from ..measure import (
     lost_or_duplicated,
     memory,
     publish_and_drain,
-    warm_up,
+    warmed_up,
 )
 from ..publisher import Publisher
-from ..targets import Target, stream_kinds
+from ..targets import Target
 
 DESCRIPTION = "S streams over K rooms, messages to random rooms: cost per message"
 DEFAULTS: dict[str, Any] = {
@@ -70,10 +70,8 @@ def cases(opts: Any) -> list[dict[str, Any]]:
 
 async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, Any]:
     opts = ctx.opts
-    kinds = stream_kinds(target, case["transport"], opts.subscribers)
-    assert kinds is not None
     names = [f"r{i}" for i in range(case["rooms"])]
-    await warm_up(target, ctx, names[0], kinds)
+    kinds = await warmed_up(target, ctx, case, names[0])
     crowd = await connect(
         target, ctx, [(kind, names[i % len(names)]) for i, kind in enumerate(kinds)]
     )

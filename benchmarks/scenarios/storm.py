@@ -19,10 +19,10 @@ from collections import Counter
 from typing import Any
 
 from ..clients import Recorder, open_all, stop_all
-from ..measure import Context, Metric, make_subscribers, percentile, warm_up
+from ..measure import Context, Metric, make_subscribers, percentile, warmed_up
 from ..procfs import cpu_seconds
 from ..progress import showing
-from ..targets import Target, stream_kinds
+from ..targets import Target
 
 DESCRIPTION = "N clients connecting at once"
 DEFAULTS: dict[str, Any] = {"subscribers": 2000, "transport": "mixed"}
@@ -54,9 +54,7 @@ def cases(opts: Any) -> list[dict[str, Any]]:
 
 async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, Any]:
     opts = ctx.opts
-    kinds = stream_kinds(target, case["transport"], opts.subscribers)
-    assert kinds is not None
-    await warm_up(target, ctx, opts.room, kinds)
+    kinds = await warmed_up(target, ctx, case, opts.room)
     await asyncio.sleep(opts.settle)
     subs = make_subscribers(target, opts, [(k, opts.room) for k in kinds], Recorder(), None)
     pids = target.pids()
