@@ -37,7 +37,7 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclasses.dataclass(frozen=True)
-class Shared:
+class WorkerSetup:
     """What the main process prepares once for every worker."""
 
     config: Config
@@ -90,8 +90,8 @@ def title(role: str) -> None:
     logs.set_role(role)
 
 
-def report(shared: Shared, state: str, index: int) -> None:
+def report(setup: WorkerSetup, state: str, index: int) -> None:
     # OSError: the main process is gone or stopped listening; nobody to tell.
-    line = f"{state} {index} {os.getpid()} {shared.generation}\n"
+    line = f"{state} {index} {os.getpid()} {setup.generation}\n"
     with contextlib.suppress(OSError):
-        os.write(shared.report_fd, line.encode())
+        os.write(setup.report_fd, line.encode())

@@ -33,7 +33,7 @@ import aiotools
 
 from . import logs
 from .config import Config, ConfigError, keep_bound_settings
-from .process import STOP_SIGNALS, Runner, Shared, bind
+from .process import STOP_SIGNALS, Runner, WorkerSetup, bind
 from .workarounds import QuietAllChildrenGone, forget_reaped_children, keeper
 from .workers import Backoff, WorkerProcesses, worker_context
 
@@ -45,12 +45,12 @@ log = logging.getLogger("chat-server")
 GENERATION = "generation"  # the backoff's key for starting a whole generation
 
 
-class Action(enum.Enum):
+class Ending(enum.Enum):
     """Why a generation ended."""
 
     STOP = "stop"  # SIGINT or SIGTERM
     RELOAD = "reload"  # SIGHUP with valid settings
-    RESTART = "restart"  # every process aiotools started has died, keeper included
+    ALL_GONE = "all gone"  # every process aiotools started has died, keeper included
 
 
 class Supervisor:
@@ -81,7 +81,7 @@ class Supervisor:
 
     def _begin(self) -> None:
         """What one generation knows of its processes, fresh."""
-        self.shared = Shared(
+        self.setup = WorkerSetup(
             self.config,
             self.redis_url,
             self.session_secret,
@@ -92,9 +92,9 @@ class Supervisor:
             metrics_dir=self.metrics.directory,
         )
         self.runner = self.runner_for(self.config)
-        self.workers = WorkerProcesses(self.shared, self.runner, self.backoff, self.metrics)
+        self.workers = WorkerProcesses(self.setup, self.runner, self.backoff, self.metrics)
         self.workers.on_death = self._not_ready
-        self.action: Action | None = None
+        self.ending: Ending | None = None
         self.stop_signal = signal.SIGTERM
         self.next_config: Config | None = None
         self.keeper_pid: int | None = None
@@ -118,7 +118,7 @@ class Supervisor:
                     main_ctxmgr=aiotools.main_context(self.main_context),
                     num_workers=self.config.workers,
                     extra_procs=(keeper,),
-                    args=(self.shared,),
+                    args=(self.setup,),
                     stop_signals=STOP_SIGNALS,
                     runner=self.runner,
                     # A worker that fails to start or stop is replaced here;
@@ -128,7 +128,7 @@ class Supervisor:
                 )
                 signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
                 forget_reaped_children()
-                if self.action is Action.STOP:
+                if self.ending is Ending.STOP:
                     return
                 self._next_generation()
         finally:
@@ -141,7 +141,7 @@ class Supervisor:
         os.close(self.write_fd)
 
     def _next_generation(self) -> None:
-        if self.action is Action.RESTART:
+        if self.ending is Ending.ALL_GONE:
             if self.ever_ready:
                 self.backoff.succeeded(GENERATION)
             delay = self.backoff.failed(GENERATION, time.monotonic())
@@ -185,10 +185,10 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.read_fd)
-            if self.action is None:
+            if self.ending is None:
                 # aiotools saw all of its processes exit, the keeper too
                 # (killed from outside?): start over with a fresh generation.
-                self.action = Action.RESTART
+                self.ending = Ending.ALL_GONE
                 self.stop_signal = signal.SIGHUP
                 self._signal_all(signal.SIGHUP)
             self.workers.close(timeout=self.config.shutdown_timeout_s * 2 + 2)
@@ -197,31 +197,31 @@ class Supervisor:
     # -- signals ---------------------------------------------------------
 
     def _on_stop(self, signum: signal.Signals) -> None:
-        if self.action is Action.STOP:
+        if self.ending is Ending.STOP:
             log.warning("received %s again: killing the workers now", signum.name)
             self._signal_all(signal.SIGKILL)
             return
         log.info("received %s: stopping", signum.name)
-        self.action = Action.STOP
+        self.ending = Ending.STOP
         self.stop_signal = signum
         self._signal_all(signum)
         self._kill_stragglers_later()
 
     def _on_reload(self) -> None:
-        if self.action is Action.STOP:
+        if self.ending is Ending.STOP:
             return
         try:
             config = self.reload_config()
         except ConfigError as exc:
             log.error("reload refused, still running the old settings: %s", exc)
             return
-        if self.action is not None:
+        if self.ending is not None:
             # A reload is under way: the next generation takes the newest settings.
             self.next_config = config
             return
         log.info("received SIGHUP: replacing %d workers", self.config.workers)
         self.metrics.reloaded()
-        self.action = Action.RELOAD
+        self.ending = Ending.RELOAD
         self.next_config = config
         self.stop_signal = signal.SIGHUP
         self._signal_all(signal.SIGHUP)
@@ -260,12 +260,12 @@ class Supervisor:
     def _reported(self, state: str, index: int, pid: int) -> None:
         if state == "keeper":
             self.keeper_pid = pid
-            if self.action is not None:
+            if self.ending is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, self.stop_signal)
         elif state == "started":
             self.workers.started(index, pid)
-            if self.action is not None:
+            if self.ending is not None:
                 # Forked before the signal reached its siblings.
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, self.stop_signal)
@@ -294,4 +294,4 @@ def _wait_blocked(delay: float) -> bool:
     return received is not None
 
 
-__all__ = ["STOP_SIGNALS", "Action", "Supervisor"]
+__all__ = ["STOP_SIGNALS", "Ending", "Supervisor"]

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiotools
 
-from .process import STOP_SIGNALS, Runner, Shared, die_with_parent, report, title
+from .process import STOP_SIGNALS, Runner, WorkerSetup, die_with_parent, report, title
 
 AIOTOOLS_VERSION = "2.2.4"  # the release these were written against
 
@@ -44,14 +44,14 @@ def keeper(stop_event: Any, index: int, args: Sequence[Any]) -> None:
     died and was replaced, aiotools would stop a healthy server. The keeper
     outlives the workers until the supervisor stops it with them.
     """
-    shared: Shared = args[0]
+    setup: WorkerSetup = args[0]
     # Forked from the main process' event loop, this process still holds its
     # signal wakeup descriptor: a signal here would also wake the main loop,
     # which would take it for a second signal of its own.
     signal.set_wakeup_fd(-1)
     title("keeper")
-    die_with_parent(parent=shared.main_pid)
-    report(shared, "keeper", index)
+    die_with_parent(parent=setup.main_pid)
+    report(setup, "keeper", index)
     # aiotools' handlers raise on the stop signals; that is the way out.
     with contextlib.suppress(SystemExit, KeyboardInterrupt, aiotools.InterruptedBySignal):
         while True:
@@ -59,7 +59,7 @@ def keeper(stop_event: Any, index: int, args: Sequence[Any]) -> None:
 
 
 def run_replacement(
-    context_of: Callable[..., Any], index: int, shared: Shared, runner: Runner
+    context_of: Callable[..., Any], index: int, setup: WorkerSetup, runner: Runner
 ) -> None:
     """Body of a worker that the main process starts to replace one that died.
 
@@ -80,7 +80,7 @@ def run_replacement(
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        context = context_of(loop, index, (shared,))
+        context = context_of(loop, index, (setup,))
         async with context:
             context.yield_return = await stopped
 

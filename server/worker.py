@@ -27,7 +27,7 @@ from .app import create_app
 from .close_reason import RELOAD, SHUTDOWN
 from .edge import Edge
 from .middlewares import MalformedRequests
-from .process import Shared, die_with_parent, report, title
+from .process import WorkerSetup, die_with_parent, report, title
 from .redis_clients import redis_client, session_store
 from .session_store import SignedRedisStorage
 
@@ -46,16 +46,16 @@ async def worker(
     on the shared socket, the heartbeat timer; then report "ready". Tear
     down, once a stop signal arrives, in the reverse order.
     """
-    shared: Shared = args[0]
+    setup: WorkerSetup = args[0]
     title(f"worker {pidx}")
-    die_with_parent(parent=shared.main_pid)
-    report(shared, "started", pidx)
-    config = shared.config
+    die_with_parent(parent=setup.main_pid)
+    report(setup, "started", pidx)
+    config = setup.config
     logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     group = aiotools.actxgroup(
         [
-            redis_client(shared.redis_url),
-            session_store(shared.redis_url, config, shared.session_secret),
+            redis_client(setup.redis_url),
+            session_store(setup.redis_url, config, setup.session_secret),
         ]
     )
     async with group as (redis, storage):
@@ -69,9 +69,9 @@ async def worker(
             config,
             redis=redis,
             session_storage=storage,
-            redis_url=shared.redis_url,
+            redis_url=setup.redis_url,
             worker_index=pidx,
-            metrics_dir=shared.metrics_dir or None,
+            metrics_dir=setup.metrics_dir or None,
         )
         runner = web.AppRunner(
             app,
@@ -82,7 +82,7 @@ async def worker(
         await runner.setup()
         edge = Edge(
             runner,
-            shared.sock,
+            setup.sock,
             config,
             access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
         )
@@ -93,7 +93,7 @@ async def worker(
                 console.enter_context(live_console(config.monitor_port, pidx, app))
             beat = app[keys.HEARTBEAT]
             heartbeat = aiotools.create_timer(beat.tick, beat.interval)
-            report(shared, "ready", pidx)
+            report(setup, "ready", pidx)
             try:
                 sig = yield
             finally:

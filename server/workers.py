@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .process import STOP_SIGNALS, Runner, Shared
+from .process import STOP_SIGNALS, Runner, WorkerSetup
 from .workarounds import run_replacement
 
 if TYPE_CHECKING:  # imported by the main process once the metrics directory is set
@@ -67,9 +67,9 @@ class WorkerProcesses:
     """One generation's worker processes, by index."""
 
     def __init__(
-        self, shared: Shared, runner: Runner, backoff: Backoff, metrics: InstanceMetrics
+        self, setup: WorkerSetup, runner: Runner, backoff: Backoff, metrics: InstanceMetrics
     ) -> None:
-        self.shared = shared
+        self.setup = setup
         self.runner = runner
         self.backoff = backoff
         self.metrics = metrics
@@ -183,7 +183,7 @@ class WorkerProcesses:
     def _start_replacement(self, index: int) -> multiprocessing.process.BaseProcess:
         process = multiprocessing.get_context("fork").Process(
             target=run_replacement,
-            args=(worker_context, index, self.shared, self.runner),
+            args=(worker_context, index, self.setup, self.runner),
             name=f"chat-worker-{index}",
         )
         # The child starts with the stop signals blocked, and unblocks them

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from server.config import Config, ConfigError, load
-from server.supervisor import Action, Supervisor
+from server.supervisor import Ending, Supervisor
 from server.workers import Backoff, WorkerProcesses
 
 
@@ -151,14 +151,14 @@ async def test_a_reload_with_broken_settings_keeps_the_workers_and_says_so(
         supervisor.workers.started(0, pid)
         with caplog.at_level(logging.ERROR, logger="chat-server"):
             supervisor._on_reload()
-        assert supervisor.action is None and counts.reloads == 0
+        assert supervisor.ending is None and counts.reloads == 0
         assert "reload refused, still running the old settings" in caplog.text
         assert sleepers[0].poll() is None  # not signalled
         # With good settings, the workers are told to go (SIGHUP) and the
         # reload is counted.
         supervisor.reload_config = lambda: config
         supervisor._on_reload()
-        assert supervisor.action is Action.RELOAD and counts.reloads == 1
+        assert supervisor.ending is Ending.RELOAD and counts.reloads == 1
         assert sleepers[0].wait(5) == -signal.SIGHUP
         supervisor.workers.close(timeout=1)
     finally:
