@@ -220,6 +220,9 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+METRICS_DIR_PREFIX = "chat-metrics-"
+
+
 @contextlib.contextmanager
 def metrics_directory() -> Iterator[str]:
     """A fresh directory of this instance's own, where all its processes write
@@ -228,10 +231,38 @@ def metrics_directory() -> Iterator[str]:
     Named in ``PROMETHEUS_MULTIPROC_DIR`` before anything imports
     prometheus_client, and before any worker is forked (they inherit it).
     Private, so that another instance on this machine never adds to ours.
+    Its name carries the main process' pid: what an instance that was
+    killed outright left behind is removed when the next one starts.
     """
-    path = tempfile.mkdtemp(prefix="chat-metrics-")
+    _remove_abandoned_metrics()
+    path = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     os.environ[METRICS_DIR_ENV] = path
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_abandoned_metrics() -> None:
+    """Remove this user's metrics directories whose instance is gone."""
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            pid_text = entry.name.removeprefix(METRICS_DIR_PREFIX).split("-", 1)[0]
+            if not (entry.name.startswith(METRICS_DIR_PREFIX) and pid_text.isdigit()):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
+                if not _alive(int(pid_text)):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
 import signal
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -251,3 +253,24 @@ def test_a_directory_needs_prometheus_client_in_multiprocess_mode(tmp_path: Any)
     # its values are plain, and a directory would silently hold nothing.
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
         Metrics(directory=str(tmp_path))
+
+
+def test_what_an_instance_killed_outright_leaves_is_removed_by_the_next(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    def directories(pid: int) -> list[str]:
+        return glob.glob(os.path.join(tempfile.gettempdir(), f"chat-metrics-{pid}-*"))
+
+    first = start_server(workers=1)
+    assert first.proc is not None
+    left = directories(first.proc.pid)
+    assert len(left) == 1
+    first.kill()  # SIGKILL to the whole group: nothing is cleaned up
+    assert os.path.isdir(left[0])
+    second = start_server(workers=1)
+    assert second.proc is not None
+    assert not os.path.exists(left[0])
+    (own,) = directories(second.proc.pid)
+    second.signal(signal.SIGTERM)
+    assert second.wait(20) == 0
+    assert not os.path.exists(own)  # a clean stop removes its own
