@@ -31,9 +31,7 @@ log = logging.getLogger(__name__)
 # KEYS[1]: the open connections of one owner (a user, a client address),
 # a sorted set scored by expiry. Drop expired entries, refuse (0) when the
 # owner is at the limit, else register the connection (1). ARGV: now,
-# expiry, limit, the entry, the key's lifetime (ms). For a user, KEYS[2] and
-# ARGV[6] also keep their display name for presence, as long as the set
-# (both keys carry the user's tag: one slot).
+# expiry, limit, the entry, the key's lifetime (ms).
 _LIMIT_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
@@ -41,9 +39,6 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if KEYS[2] then
-  redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[5])
-end
 return 1
 """
 
@@ -97,7 +92,6 @@ class ConnectionRegistry:
         self,
         room: str,
         user_id: str,
-        name: str,
         connection_id: int,
         address: str,
         *,
@@ -125,8 +119,8 @@ class ConnectionRegistry:
                 *first,
                 (
                     self._limit,
-                    [user_connections_key(user_id), name_key(user_id)],
-                    [now, expiry, self.per_session_limit, entry, lifetime_ms, name],
+                    [user_connections_key(user_id)],
+                    [now, expiry, self.per_session_limit, entry, lifetime_ms],
                 ),
                 (
                     self._limit,

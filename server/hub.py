@@ -84,7 +84,7 @@ class Hub:
         return room
 
     async def subscribe(
-        self, room_name: str, user_id: str, name: str, since: MessageId | None
+        self, room_name: str, user_id: str, since: MessageId | None
     ) -> Subscription:
         """Join a room; events queue until :meth:`Subscription.attach` gives them a sink."""
         if self.closing:
@@ -101,7 +101,7 @@ class Hub:
             room = await self._room(room_name)
         if self.closing:
             raise Closing
-        subscription = Subscription(room, user_id, name, since)
+        subscription = Subscription(room, user_id, since)
         room.subscriptions[subscription.id] = subscription
         if room.presence is not None:
             subscription.has_presence = True

@@ -9,11 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
-from . import keys, redisurl
+from . import keys, redisurl, scripts
 from .broker import NewRoom
 from .errors import BadRequest, NotFound, RateLimited, TooLarge
 from .model import ROOM_RE, Message
-from .sessions import User
+from .redis_keys import name_key
+from .sessions import User, keep_name
 from .wire import parse_json
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,13 @@ async def post(
     limiter = app[keys.RATE_LIMITER]
     budgets = app[keys.BUDGETS]
     charges = ((budgets.messages, user.user_id), (budgets.address_messages, address))
-    retry_after = await limiter.take(*charges)
+    # The name goes with the budgets: no round trip of its own.
+    redis = app[keys.REDIS]
+    pipe = redis.pipeline(transaction=False)
+    if user.name is None:
+        pipe.get(name_key(user.user_id))
+    read, replies = await scripts.run_after(redis, pipe, *limiter.calls(*charges))
+    retry_after = limiter.verdict(charges, replies)
     if retry_after:
         if idempotency_key is not None:
             # One more read, only for a keyed message that is refused anyway.
@@ -107,9 +114,12 @@ async def post(
             if first is not None:
                 return first, True
         raise RateLimited("too many messages; slow down", retry_after=retry_after)
+    name = user.name
+    if name is None:  # (a key Redis lost: the session outlived it)
+        name = str(read[0]) if read[0] is not None else await keep_name(redis, user.user_id, None)
     try:
         message, stored = await broker.publish_once(
-            room, user.user_id, user.name, text, idempotency_key, may_create=False
+            room, user.user_id, name, text, idempotency_key, may_create=False
         )
     except NewRoom:
         # A room with no history is a new room: its address has a budget of those.
@@ -118,9 +128,7 @@ async def post(
             raise RateLimited(
                 "too many new rooms from this address; slow down", retry_after=retry_after
             ) from None
-        message, stored = await broker.publish_once(
-            room, user.user_id, user.name, text, idempotency_key
-        )
+        message, stored = await broker.publish_once(room, user.user_id, name, text, idempotency_key)
     if stored:
         app[keys.METRICS].published(time.monotonic() - arrived)
         return message, False

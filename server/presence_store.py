@@ -222,10 +222,6 @@ class PresenceStore:
         values = await pipe.execute()
         return {u: str(v) for u, v in zip(ordered, values, strict=True) if v is not None}
 
-    async def name(self, user_id: str) -> str | None:
-        value = await self.redis.get(name_key(user_id))
-        return None if value is None else str(value)
-
 
 def _by_name(user_ids: list[str], names: dict[str, str]) -> Online:
     online = [{"user_id": u, "name": names.get(u) or u} for u in user_ids]

@@ -37,14 +37,21 @@ async def run(redis: aioredis.Redis, *calls: Call, pipe: Pipeline | None = None)
     By sha: redis-py's own pipeline would ask Redis whether they exist on
     every call. A script Redis lost (a restart) is loaded and run again.
     """
-    pipe = pipe or redis.pipeline(transaction=False)
+    return (await run_after(redis, pipe or redis.pipeline(transaction=False), *calls))[1]
+
+
+async def run_after(
+    redis: aioredis.Redis, pipe: Pipeline, *calls: Call
+) -> tuple[list[Any], list[Any]]:
+    """:func:`run`, also answering what ``pipe`` held before: (its replies, the scripts')."""
     skip = len(pipe)
     for script, keys, args in calls:
         # As a plain command: redis-py refuses pipe.evalsha on a Redis Cluster,
         # though its pipelines route EVALSHA by its keys like any other command.
         pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     replies = await pipe.execute(raise_on_error=False)
-    for reply in replies[:skip]:
+    before = replies[:skip]
+    for reply in before:
         if isinstance(reply, Exception):
             raise reply
     replies = replies[skip:]
@@ -54,4 +61,4 @@ async def run(redis: aioredis.Redis, *calls: Call, pipe: Pipeline | None = None)
             replies[n] = await script(keys=keys, args=args)
         elif isinstance(reply, Exception):
             raise reply
-    return replies
+    return before, replies

@@ -2,6 +2,11 @@
 
 The cookie holds only an opaque key, signed with the session secret so that
 a forged or guessed cookie is rejected before Redis is asked.
+
+A session holds the user id. The user's display name has one home, a Redis
+key of the user's own (:func:`server.redis_keys.name_key`), where presence
+finds it too: it is written with the session when the session is new, and
+lives as long as the session (its expiry follows each save).
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ from aiohttp import web
 from aiohttp_session.redis_storage import RedisStorage
 from redis.asyncio.client import Pipeline
 
+from .redis_keys import name_key
+
 COOKIE_NAME = "chat_session"
+# The display name of a session made by this request, written when it is saved.
+NEW_NAME = web.RequestKey("new_name", str)
 
 
 class SignedRedisStorage(RedisStorage):
@@ -52,10 +61,17 @@ class SignedRedisStorage(RedisStorage):
         )
 
     def queue_save(
-        self, pipe: Pipeline, response: web.StreamResponse, session: aiohttp_session.Session
+        self,
+        pipe: Pipeline,
+        response: web.StreamResponse,
+        session: aiohttp_session.Session,
+        new_name: str | None = None,
     ) -> str:
         """Put the session's cookie on ``response`` and its write on ``pipe``,
-        so that saving it costs no round trip of its own; its Redis key."""
+        so that saving it costs no round trip of its own; its Redis key.
+
+        The user's name goes with it: ``new_name`` for a new session, else
+        its expiry moves with the session's."""
         key = session.identity
         if key is None:
             key = self._key_factory()
@@ -65,13 +81,19 @@ class SignedRedisStorage(RedisStorage):
             self.save_cookie(response, "" if session.empty else key, max_age=session.max_age)
         redis_key = self.cookie_name + "_" + key
         pipe.set(redis_key, self._encoder(self._get_session_data(session)), ex=session.max_age)
+        user_id = session.get("user_id")
+        if isinstance(user_id, str) and not session.empty and session.max_age is not None:
+            if new_name is not None:
+                pipe.set(name_key(user_id), new_name, ex=session.max_age)
+            else:
+                pipe.expire(name_key(user_id), session.max_age)
         return redis_key
 
     async def save_session(
         self, request: web.Request, response: web.StreamResponse, session: aiohttp_session.Session
     ) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        self.queue_save(pipe, response, session)
+        self.queue_save(pipe, response, session, request.get(NEW_NAME))
         await pipe.execute()
 
 

@@ -1,7 +1,9 @@
-"""Browser identity: a server-side session holding a random user id and a name.
+"""Browser identity: a server-side session holding a random user id.
 
 The user id is made here and never taken from the client; the session is
-kept in Redis (:mod:`server.session_store`).
+kept in Redis (:mod:`server.session_store`). The user's display name lives
+in a Redis key of its own, read where it is needed (:func:`display_name`;
+a post reads it in the round trip that charges its budgets).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import secrets
 
 import aiohttp_session
+import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.client import Pipeline
 
@@ -19,7 +22,8 @@ from .addresses import budget_key
 from .errors import RateLimited
 from .names import friendly_name
 from .ratelimit import Budget
-from .session_store import SignedRedisStorage
+from .redis_keys import name_key
+from .session_store import NEW_NAME, SignedRedisStorage
 
 USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
 
@@ -31,7 +35,7 @@ def new_user_id() -> str:
 @dataclasses.dataclass(frozen=True)
 class User:
     user_id: str
-    name: str
+    name: str | None  # known without asking Redis only for a new session
     is_new: bool  # the session was just created: the client has no cookie yet
     unsaved: bool = False  # the session changed (new, or used for the first time)
 
@@ -65,20 +69,49 @@ async def current_user(request: web.Request, *, charge: bool = True) -> User:
     """
     session = await aiohttp_session.get_session(request)
     user_id = session.get("user_id")
-    name = session.get("name")
-    if isinstance(user_id, str) and isinstance(name, str):
+    if isinstance(user_id, str):
         if session.get(USED):
-            return User(user_id, name, is_new=False)
-        session[USED] = True  # saved with its full age
-        return User(user_id, name, is_new=False, unsaved=True)
+            return User(user_id, None, is_new=False)
+        session[USED] = True  # saved with its full age (and so is the name)
+        return User(user_id, None, is_new=False, unsaved=True)
     if charge:
         wait = await request.app[keys.RATE_LIMITER].take(new_session_charge(request))
         if wait:
             raise too_many_sessions(wait)
     session["user_id"] = user_id = new_user_id()
-    session["name"] = name = friendly_name()
+    request[NEW_NAME] = name = friendly_name()
     session.max_age = NEW_SESSION_TTL_S
     return User(user_id, name, is_new=True, unsaved=True)
+
+
+async def display_name(request: web.Request, user: User) -> str:
+    """The user's display name, from its Redis key (or the new session's).
+
+    A name that is not there (a session from before names had one home, or
+    one whose key Redis lost) is taken from the old session field or made
+    afresh, and kept again.
+    """
+    if user.name is not None:
+        return user.name
+    redis = request.app[keys.REDIS]
+    name = await redis.get(name_key(user.user_id))
+    if name is not None:
+        return str(name)
+    session = await aiohttp_session.get_session(request)
+    kept = session.get("name")
+    return await keep_name(redis, user.user_id, kept if isinstance(kept, str) else None)
+
+
+async def keep_name(
+    redis: aioredis.Redis, user_id: str, name: str | None, ttl_s: int | None = None
+) -> str:
+    """Keep ``name`` (or a fresh one) as the user's, unless one was kept
+    meanwhile; the user's name."""
+    name = name or friendly_name()
+    key = name_key(user_id)
+    if await redis.set(key, name, ex=ttl_s or NEW_SESSION_TTL_S, nx=True):
+        return name
+    return str(await redis.get(key) or name)
 
 
 async def queue_save(request: web.Request, response: web.StreamResponse, pipe: Pipeline) -> str:
@@ -91,11 +124,14 @@ async def queue_save(request: web.Request, response: web.StreamResponse, pipe: P
     """
     session = await aiohttp_session.get_session(request)
     storage: SignedRedisStorage = request[aiohttp_session.STORAGE_KEY]
-    return storage.queue_save(pipe, response, session)
+    return storage.queue_save(pipe, response, session, request.get(NEW_NAME))
 
 
 async def rename(request: web.Request, name: str) -> User:
-    session = await aiohttp_session.get_session(request)
+    """The caller, renamed (the caller keeps the name in its Redis key)."""
     user = await current_user(request)
-    session["name"] = name
+    if user.is_new:
+        request[NEW_NAME] = name  # what the new session's save writes
+    session = await aiohttp_session.get_session(request)
+    session.pop("name", None)  # a session from before names had one home
     return dataclasses.replace(user, name=name)

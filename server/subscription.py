@@ -83,7 +83,6 @@ class Subscription:
         "id",
         "last_key",
         "last_seen",
-        "name",
         "queue",
         "room",
         "since",
@@ -91,11 +90,10 @@ class Subscription:
         "user_id",
     )
 
-    def __init__(self, room: Room, user_id: str, name: str, since: MessageId | None) -> None:
+    def __init__(self, room: Room, user_id: str, since: MessageId | None) -> None:
         self.id = next(self._ids)
         self.room = room
         self.user_id = user_id
-        self.name = name
         self.since = since
         self.last_key: MessageId = since or room.cursor
         # None: writes go straight to the sink. A deque: events wait for the

@@ -38,7 +38,8 @@ async def favicon(request: web.Request) -> web.StreamResponse:
 
 async def get_session(request: web.Request) -> web.Response:
     user = await sessions.current_user(request)
-    return web.json_response({"user_id": user.user_id, "name": user.name})
+    name = await sessions.display_name(request, user)
+    return web.json_response({"user_id": user.user_id, "name": name})
 
 
 async def put_session(request: web.Request) -> web.Response:

@@ -121,7 +121,7 @@ async def settled(sub: Subscription) -> None:
 async def live(hub: Hub, user_id: str = "u-1") -> tuple[Subscription, MemorySink]:
     """A subscription of ``user_id`` to room ``r`` writing straight to a fresh sink."""
     sink = MemorySink()
-    sub = await hub.subscribe("r", user_id, user_id, None)
+    sub = await hub.subscribe("r", user_id, None)
     sub.attach(sink)
     await settled(sub)
     return sub, sink

@@ -30,6 +30,7 @@ import redis
 from playwright.sync_api import expect
 
 from harness.chat import id_key
+from server.redis_keys import name_key
 
 from .browser import (
     EVENTS_PATH,
@@ -708,14 +709,10 @@ NAME_LAYOUT = """(el) => {
 
 
 def store_old_name(redis_url: str, tab: Tab, name: str) -> None:
-    """Put ``name`` into the tab's session in Redis, past the server's checks."""
-    cookie = next(c for c in tab.context.cookies() if c["name"] == "chat_session")
-    key = "chat_session_" + cookie["value"].rsplit(".", 1)[0]  # the cookie is "key.signature"
+    """Make ``name`` the tab's user's name in Redis, past the server's checks."""
     client = redis.Redis.from_url(redis_url)
     try:
-        data = json.loads(client.get(key))
-        data["session"]["name"] = name
-        assert client.set(key, json.dumps(data), keepttl=True)
+        assert client.set(name_key(tab.user_id()), name, keepttl=True, xx=True)
     finally:
         client.close()
 

@@ -28,8 +28,8 @@ async def test_a_joiner_hanging_up_does_not_cancel_the_others() -> None:
     backend = MemoryBackend()
     backend.release.clear()
     hub = make_hub(backend)
-    first = asyncio.create_task(hub.subscribe("r", "u-1", "A", None))
-    second = asyncio.create_task(hub.subscribe("r", "u-2", "B", None))
+    first = asyncio.create_task(hub.subscribe("r", "u-1", None))
+    second = asyncio.create_task(hub.subscribe("r", "u-2", None))
     await asyncio.sleep(0.01)
     first.cancel()
     backend.release.set()
@@ -43,8 +43,8 @@ async def test_the_backend_watches_a_room_from_its_newest_id_while_it_has_subscr
     backend = MemoryBackend()
     backend.history["r"] = [message(1), message(2)]
     hub = make_hub(backend)
-    a = await hub.subscribe("r", "u-1", "A", None)
-    b = await hub.subscribe("r", "u-2", "B", None)
+    a = await hub.subscribe("r", "u-1", None)
+    b = await hub.subscribe("r", "u-2", None)
     assert backend.watched == {"r": (2, 0)}
     hub.unsubscribe(a)
     assert "r" in backend.watched
@@ -77,7 +77,7 @@ async def test_replay_and_live_overlap_is_sent_once_in_order() -> None:
     backend = MemoryBackend()
     backend.history["r"] = [message(n) for n in range(1, 6)]
     hub = make_hub(backend)
-    sub = await hub.subscribe("r", "u-1", "A", (2, 0))
+    sub = await hub.subscribe("r", "u-1", (2, 0))
     # Live delivery, before the replay ran, of messages the replay also returns.
     hub.rooms["r"].cursor = (3, 0)
     backend.history["r"].append(message(6))
@@ -125,7 +125,7 @@ async def test_a_connection_that_stops_reading_during_a_replay_holds_one_page_an
     hub = make_hub(backend, idle=0.2)
     sink = MemorySink()
     sink.pause_after = 10
-    sub = await hub.subscribe("r", "u-1", "A", (0, 0))
+    sub = await hub.subscribe("r", "u-1", (0, 0))
     sub.attach(sink)
     async with asyncio.timeout(2):
         await sub.done
@@ -138,14 +138,14 @@ async def test_a_connection_that_stops_reading_during_a_replay_holds_one_page_an
 async def test_no_subscriptions_once_closing() -> None:
     backend = MemoryBackend()
     hub = make_hub(backend)
-    existing = await hub.subscribe("r", "u-1", "A", None)
+    existing = await hub.subscribe("r", "u-1", None)
     sink = MemorySink()
     existing.attach(sink)
     hub.close_all("shutdown")
     assert existing.closed and existing.close_reason == "shutdown"
     assert sink.closed_with == "shutdown" and existing.done.done()
     with pytest.raises(Closing):
-        await hub.subscribe("r", "u-2", "B", None)
+        await hub.subscribe("r", "u-2", None)
 
 
 async def test_a_ping_waits_behind_queued_messages() -> None:
@@ -163,7 +163,7 @@ async def test_a_ping_waits_behind_queued_messages() -> None:
 async def resumed(hub: Hub, since: MessageId, user_id: str = "u-1") -> MemorySink:
     """A connection to room ``r`` resuming from ``since``, once its replay is written."""
     sink = MemorySink()
-    sub = await hub.subscribe("r", user_id, user_id, since)
+    sub = await hub.subscribe("r", user_id, since)
     sub.attach(sink)
     await settled(sub)
     return sink
@@ -230,7 +230,7 @@ async def test_a_history_that_began_again_is_a_gap_on_resume_but_an_empty_one_is
     # comes next is live, as for every other connection.
     backend.history["e"] = []
     sink = MemorySink()
-    sub = await hub.subscribe("e", "u-1", "A", (5, 0))
+    sub = await hub.subscribe("e", "u-1", (5, 0))
     sub.attach(sink)
     await settled(sub)
     hub.dispatch("e", [stored_after((0, 0), 30, "e")])
@@ -279,11 +279,11 @@ async def test_presence_is_a_snapshot_then_only_what_changed() -> None:
     backend = MemoryBackend()
     hub = make_hub(backend)
     first = MemorySink()
-    sub = await hub.subscribe("r", "u-a", "a", None)
+    sub = await hub.subscribe("r", "u-a", None)
     sub.attach(first)
     await hub.set_presence("r", users("a"), 1)
     late = MemorySink()
-    late_sub = await hub.subscribe("r", "u-b", "b", None)
+    late_sub = await hub.subscribe("r", "u-b", None)
     late_sub.attach(late)
     await hub.set_presence("r", users("a", "b"), 2)
     await hub.set_presence("r", users("a", "b"), 2)  # nothing changed: nothing sent
@@ -307,7 +307,7 @@ async def test_big_rooms_carry_counts_only_and_crossing_the_limit_sends_a_snapsh
     backend = MemoryBackend()
     hub = make_hub(backend)
     sink = MemorySink()
-    sub = await hub.subscribe("r", "u-a", "a", None)
+    sub = await hub.subscribe("r", "u-a", None)
     sub.attach(sink)
     await hub.set_presence("r", users("a", "b"), 2)
     await hub.set_presence("r", None, 300)

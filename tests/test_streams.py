@@ -44,6 +44,35 @@ async def test_ws_delivers_messages_and_acks_its_own(client: Any) -> None:
         assert live["message"] == ack["message"]
 
 
+async def test_the_name_has_one_home_and_a_rename_reaches_an_open_websocket(
+    client: Any, redis: Any
+) -> None:
+    me = await (await client.get("/api/session")).json()
+
+    async def acked(ws: Any, ref: int) -> dict[str, Any]:
+        await ws.send_json({"type": "message", "text": f"m{ref}", "ref": ref})
+        async with asyncio.timeout(5):
+            while (frame := await ws.receive_json())["type"] != "ack" or frame["ref"] != ref:
+                pass
+        return dict(frame["message"])
+
+    async with client.ws_connect(f"{ROOM}/ws") as ws:
+        assert (await acked(ws, 1))["name"] == me["name"]
+        # Renamed on another request: the open connection's next message has it.
+        assert (await client.put("/api/session", json={"name": "Renamed"})).status == 200
+        assert (await acked(ws, 2))["name"] == "Renamed"
+    # The session holds the user id only; the name is in the user's key.
+    (session_key,) = [key async for key in redis.scan_iter("chat_session_*")]
+    session = json.loads(await redis.get(session_key))["session"]
+    assert session["user_id"] == me["user_id"] and "name" not in session
+    assert await redis.get(f"chat:user:{{{me['user_id']}}}:name") == "Renamed"
+    # And it lives as long as the session.
+    assert (
+        abs(await redis.ttl(f"chat:user:{{{me['user_id']}}}:name") - await redis.ttl(session_key))
+        <= 2
+    )
+
+
 @pytest.mark.parametrize("how", ["header", "query"])
 async def test_sse_resume_replays_exactly_what_was_missed(client: Any, how: str) -> None:
     first = [await post(client, f"before{i}") for i in range(5)]
@@ -418,7 +447,7 @@ async def test_slow_consumer_is_cut_off_and_others_get_everything(
 
     hub = app[keys.HUB]
     # A consumer whose subscription we never read: its buffer overflows.
-    subscription = await hub.subscribe("general", "u-slow", "Slow", None)
+    subscription = await hub.subscribe("general", "u-slow", None)
     async with sse_collector(client.session, client.make_url(f"{ROOM}/events")) as fast:
         sent = [await post(client, f"x{i}") for i in range(120)]
         await fast.wait_for(lambda c: len(c.messages) >= 120)

@@ -51,7 +51,7 @@ async def opened(
     hub = app[keys.HUB]
     connections = app[keys.CONNECTIONS]
     try:
-        sub = await hub.subscribe(room, user.user_id, user.name, since)
+        sub = await hub.subscribe(room, user.user_id, since)
     except Closing:
         raise Unavailable("this worker is stopping; reconnect") from None
     address = budget_key(request.remote)
@@ -109,7 +109,6 @@ async def _register(
     full, replies = await connections.open(
         room,
         user.user_id,
-        user.name,
         sub.id,
         address,
         ttl_s=NEW_SESSION_TTL_S if user.is_new else None,

@@ -173,11 +173,12 @@ async def _handle_text(
         if data.get("type") != "message":
             raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
         key = posting.idempotency_key(data.get("key"), "'key'")
-        name = await app[keys.CONNECTIONS].presence.name(user.user_id) or user.name
+        # The name is read with the budgets, so that a rename made elsewhere
+        # applies from the next message.
         message, _ = await posting.post(
             app,
             room,
-            sessions.User(user.user_id, name, is_new=False),
+            sessions.User(user.user_id, None, is_new=False),
             data.get("text"),
             address=address,
             idempotency_key=key,
