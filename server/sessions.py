@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
+import time
 
 import aiohttp_session
 import redis.asyncio as aioredis
@@ -41,9 +42,12 @@ class User:
 
 
 # A session nobody uses again is gone within the hour; one that comes back
-# lives session_max_age_s from then on.
+# lives session_max_age_s from then on, counted again from its first use
+# each day (aiohttp-session saves a session only when it changes: without
+# this, an active user would become someone new at session_max_age_s).
 NEW_SESSION_TTL_S = 3600
-USED = "used"
+USED = "used"  # when the session was last saved for being used (Unix time)
+RESAVE_AFTER_S = 86400
 
 
 def new_session_charge(request: web.Request) -> tuple[Budget, str]:
@@ -70,9 +74,12 @@ async def current_user(request: web.Request, *, charge: bool = True) -> User:
     session = await aiohttp_session.get_session(request)
     user_id = session.get("user_id")
     if isinstance(user_id, str):
-        if session.get(USED):
+        used = session.get(USED)
+        now = int(time.time())
+        # (True: a session saved before the time was kept.)
+        if isinstance(used, int) and not isinstance(used, bool) and now - used < RESAVE_AFTER_S:
             return User(user_id, None, is_new=False)
-        session[USED] = True  # saved with its full age (and so is the name)
+        session[USED] = now  # saved with its full age (and so is the name)
         return User(user_id, None, is_new=False, unsaved=True)
     if charge:
         wait = await request.app[keys.RATE_LIMITER].take(new_session_charge(request))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from server.broker import stream_key
+from server.redis_keys import name_key
+from server.sessions import RESAVE_AFTER_S, USED
 
 from .support import error_of
 
@@ -49,6 +52,26 @@ async def test_forged_session_cookie_gets_a_new_identity(client: Any) -> None:
     forged = key.rsplit(".", 1)[0] + ".AAAAAAAAAAAAAAAAAAAAAA"
     resp = await client.get("/api/session", cookies={"chat_session": forged})
     assert (await resp.json())["user_id"] != me["user_id"]
+
+
+async def test_a_session_in_use_lives_on_a_day_at_a_time(client: Any, redis: Any) -> None:
+    me = await (await client.get("/api/session")).json()
+    await client.get("/api/session")  # used: saved with its full age
+    (key,) = [key async for key in redis.scan_iter("chat_session_*")]
+    name = name_key(me["user_id"])
+    full = await redis.ttl(key)
+    assert full > 3600 and abs(await redis.ttl(name) - full) <= 2
+    # Used again the same day: nothing is written.
+    before = json.loads(await redis.get(key))
+    await client.get("/api/session")
+    assert json.loads(await redis.get(key)) == before
+    # A day after it was last saved (and with little time left), using it
+    # gives the session and its name their full age again.
+    before["session"][USED] -= RESAVE_AFTER_S + 1
+    await redis.set(key, json.dumps(before), ex=100)
+    await redis.expire(name, 100)
+    assert (await (await client.get("/api/session")).json()) == me
+    assert await redis.ttl(key) > full - 5 and await redis.ttl(name) > full - 5
 
 
 async def test_rename_is_kept_and_used_for_new_messages(client: Any) -> None:
