@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import random
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -71,13 +72,16 @@ class ClusterNodes:
         self.ready = False
 
     async def start(self) -> None:
+        failures = 0
         while True:
             try:
                 await self._client.initialize()
                 break
             except redisurl.FAILURES as exc:
-                log.warning("cannot read the cluster's slots (%s); retrying", exc)
-                await asyncio.sleep(1)
+                failures += 1
+                if failures == 1:
+                    log.warning("cannot read the cluster's slots (%s); retrying", exc)
+                await asyncio.sleep(retry_after(failures))
         self.ready = True
 
     def node_of(self, channel_name: str) -> str:
@@ -106,10 +110,9 @@ def nodes_for(redis_url: str) -> OneNode | ClusterNodes:
         "socket_connect_timeout": 2,
         "socket_timeout": 5,
     }
-    kind = redisurl.kind_of(redis_url)
-    if kind == "cluster":
+    if redisurl.kind_of(redis_url) == "cluster":
         return ClusterNodes(redisurl.async_client(redis_url, **options))
-    if kind != "single" or redis_url.startswith(("redis://", "rediss://")):
+    if not redis_url.startswith("unix:"):
         options["socket_keepalive"] = True  # a unix socket refuses the option
     return OneNode(redisurl.async_client(redis_url, **options))
 
@@ -235,14 +238,16 @@ class Link:
             self._outbox.clear()
             rooms = list(self.rooms)
             self.relay.resubscribing(rooms)
-            if self.relay.nodes.sharded:
-                # A shard channel per command: one command may only name one slot.
-                for room in rooms:
-                    await conn.send_command(self._subscribe, channel(room))
-            else:
-                for start in range(0, len(rooms), SUBSCRIBE_BATCH):
-                    batch = rooms[start : start + SUBSCRIBE_BATCH]
-                    await conn.send_command(self._subscribe, *[channel(r) for r in batch])
+            # A shard channel per command (one command may only name one
+            # slot), else batches of channels; all in one write.
+            per_command = 1 if self.relay.nodes.sharded else SUBSCRIBE_BATCH
+            await _send(
+                conn,
+                [
+                    (self._subscribe, *[channel(r) for r in rooms[start : start + per_command]])
+                    for start in range(0, len(rooms), per_command)
+                ],
+            )
             self._conn = conn
 
     async def _send_queued(self) -> None:
@@ -255,10 +260,16 @@ class Link:
                     continue  # the next connection subscribes to every room anyway
                 commands, self._outbox = self._outbox, []
                 try:
-                    for command, channel_name in commands:
-                        await conn.send_command(command, channel_name)
+                    await _send(conn, commands)
                 except Exception as exc:  # noqa: BLE001  this loop must not die
                     # The connection broke (redis-py may raise AttributeError
                     # on one closed under it): the reader reconnects and
                     # subscribes to every room again.
                     log.debug("pub/sub command not sent: %r", exc)
+
+
+async def _send(conn: AbstractConnection, commands: Sequence[tuple[str, ...]]) -> None:
+    """Send pub/sub commands (no replies are awaited: they arrive as pushes) in one write."""
+    if commands:
+        packed = [chunk for command in commands for chunk in conn.pack_command(*command)]
+        await conn.send_packed_command(packed)

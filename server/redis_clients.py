@@ -144,11 +144,12 @@ def _client(url: str, *, decode_responses: bool) -> aioredis.Redis:
     (pipelines split by node), so the rest of the server is written against
     one type, :class:`redis.asyncio.Redis`.
     """
-    if redisurl.kind_of(url) == "single":
+    kind = redisurl.kind_of(url)
+    if kind == "single":
         pool = WaitingPool.from_url(url, decode_responses=decode_responses, **CLIENT_OPTIONS)
         return aioredis.Redis.from_pool(pool)
     options = {name: value for name, value in CLIENT_OPTIONS.items() if name != "wait_s"}
-    if redisurl.kind_of(url) == "cluster":
+    if kind == "cluster":
         options["max_connections"] = CLUSTER_MAX_CONNECTIONS
     client = redisurl.async_client(url, decode_responses=decode_responses, **options)
     return cast(aioredis.Redis, client)

@@ -138,9 +138,29 @@ def sentinels(url: str) -> Sentinels:
     )
 
 
-def sentinel_for(found: Sentinels, client_class: type[Any], **options: Any) -> Any:
-    """A Sentinel set of ``client_class`` (blocking or asyncio) for ``found``."""
-    return client_class(
+@dataclasses.dataclass(frozen=True)
+class _Classes:
+    """redis-py's client classes, blocking or asyncio."""
+
+    single: Any
+    cluster: Any
+    sentinel: Any
+
+
+_BLOCKING = _Classes(redis.Redis, redis.RedisCluster, redis.sentinel.Sentinel)
+_ASYNCIO = _Classes(
+    redis.asyncio.Redis, redis.asyncio.RedisCluster, redis.asyncio.sentinel.Sentinel
+)
+
+
+def _client(url: str, classes: _Classes, options: dict[str, Any]) -> Any:
+    kind = kind_of(url)
+    if kind == "cluster":
+        return classes.cluster.from_url(node_url(url), **options)
+    if kind == "single":
+        return classes.single.from_url(url, **options)
+    found = sentinels(url)
+    sentinel = classes.sentinel(
         found.addresses,
         sentinel_kwargs={
             "password": found.sentinel_password,
@@ -149,34 +169,19 @@ def sentinel_for(found: Sentinels, client_class: type[Any], **options: Any) -> A
         },
         **options,
     )
+    return sentinel.master_for(
+        found.service, db=found.db, username=found.username, password=found.password
+    )
 
 
 def blocking_client(url: str, **options: Any) -> Any:
     """A blocking client of whatever ``url`` names, for the main process."""
-    kind = kind_of(url)
-    if kind == "cluster":
-        return redis.RedisCluster.from_url(node_url(url), **options)
-    if kind == "sentinel":
-        found = sentinels(url)
-        sentinel = sentinel_for(found, redis.sentinel.Sentinel, **options)
-        return sentinel.master_for(
-            found.service, db=found.db, username=found.username, password=found.password
-        )
-    return redis.Redis.from_url(url, **options)
+    return _client(url, _BLOCKING, options)
 
 
 def async_client(url: str, **options: Any) -> Any:
     """An asyncio client of whatever ``url`` names."""
-    kind = kind_of(url)
-    if kind == "cluster":
-        return redis.asyncio.RedisCluster.from_url(node_url(url), **options)
-    if kind == "sentinel":
-        found = sentinels(url)
-        sentinel = sentinel_for(found, redis.asyncio.sentinel.Sentinel, **options)
-        return sentinel.master_for(
-            found.service, db=found.db, username=found.username, password=found.password
-        )
-    return redis.asyncio.Redis.from_url(url, **options)
+    return _client(url, _ASYNCIO, options)
 
 
 def is_cluster_node(client: redis.Redis) -> bool:

@@ -163,9 +163,7 @@ class Relay:
             for room, link in list(self._room_links.items()):
                 if self.nodes.node_of(channel(room)) != link.node:
                     link.remove(room, unsubscribe=False)
-                    feed = self._feeds.get(room)
-                    if feed is not None and feed.pending is None:
-                        feed.pending = []  # until the new subscription catches up
+                    self.resubscribing([room])  # until the new subscription catches up
                     self._place(room)
             for node, link in list(self._links.items()):
                 if not link.rooms:
@@ -203,7 +201,7 @@ class Relay:
             self.on_presence(room)
         elif kind == "sunsubscribe" and room in link.rooms:
             # Not asked for: Redis Cluster moved the room's slot elsewhere.
-            feed.pending = feed.pending or []
+            self.resubscribing([room])
             self.link_failed()
 
     def _arrived(self, room: str, feed: _Feed, prev: MessageId, message: Message) -> None:

@@ -103,8 +103,10 @@ class WorkerProcesses:
 
     def later(self, delay: float, callback: Callable[[], None]) -> None:
         """Call ``callback`` in ``delay`` seconds, unless the generation ends first."""
-        self._timers = [t for t in self._timers if not t.cancelled()]
-        self._timers.append(asyncio.get_running_loop().call_later(delay, callback))
+        loop = asyncio.get_running_loop()
+        now = loop.time()  # (timers that fired already need no cancelling)
+        self._timers = [t for t in self._timers if t.when() > now and not t.cancelled()]
+        self._timers.append(loop.call_later(delay, callback))
 
     def kill_stragglers(self) -> None:
         for index, pid in list(self.pids.items()):

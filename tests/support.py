@@ -463,6 +463,54 @@ class Sender:
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
 
+async def fault_under_traffic(
+    base: str, rooms: list[str], fault: Callable[[], None], *, min_accepted: int = 0
+) -> None:
+    """A resilient SSE and WebSocket subscriber and a sender (15 msg/s) in each
+    room; after a second of traffic, ``fault`` (blocking: it returns once the
+    fault is over, a failover done, say), then two more seconds of traffic.
+
+    Every room must be written again after the fault (and have at least
+    ``min_accepted`` messages answered 201), and every message answered 201
+    must reach every subscriber of its room once, in order.
+    """
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(base, cookie_jar=jar) as http:
+        subscribers = {
+            room: [ResilientSubscriber(http, f"/api/rooms/{room}", k) for k in ("sse", "ws")]
+            for room in rooms
+        }
+        everyone = [s for mine in subscribers.values() for s in mine]
+        for subscriber in everyone:
+            subscriber.start()
+        senders = {room: Sender(base, f"/api/rooms/{room}", per_second=15) for room in rooms}
+        try:
+            for subscriber in everyone:
+                await subscriber.wait_for(lambda s: s.connections)
+            for sender in senders.values():
+                sender.start()
+            await asyncio.sleep(1.0)
+            fault()
+            before = {room: len(sender.accepted) for room, sender in senders.items()}
+            await asyncio.sleep(2.0)
+        finally:
+            for sender in senders.values():
+                await sender.stop()
+        try:
+            for room, sender in senders.items():
+                assert len(sender.accepted) > before[room], (room, sender.statuses, sender.errors)
+                assert len(sender.accepted) >= min_accepted, (room, sender.statuses)
+                last = sender.accepted[-1]
+                for subscriber in subscribers[room]:
+                    await subscriber.wait_for(lambda s, last=last: last in s.ids, timeout=20)
+                    assert_in_order_once(subscriber.ids)
+                    missing = set(sender.accepted) - set(subscriber.ids)
+                    assert not missing, (room, subscriber.kind, sorted(missing))
+        finally:
+            for subscriber in everyone:
+                await subscriber.stop()
+
+
 def worker_rss_kb(server: ServerProcess) -> int:
     """Resident memory of the server's processes (main and workers), in KiB."""
     assert server.proc is not None

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import aiohttp
@@ -16,11 +15,9 @@ from server import redisurl
 from server.redis_keys import stream_key
 
 from .support import (
-    ResilientSubscriber,
-    Sender,
     ServerProcess,
-    assert_in_order_once,
     cluster_processes,
+    fault_under_traffic,
     running_server,
     sse_collector,
     ws_collector,
@@ -137,52 +134,16 @@ async def test_a_primary_failing_over_under_traffic_loses_no_answered_message() 
         cluster.start()
         rooms = rooms_on_every_primary(cluster)
         victim = next(iter(rooms))
-        with running_server(redis_url=cluster.url, workers=2) as server:
-            await _fail_over_under_traffic(cluster, server, victim, list(rooms.values()))
-    finally:
-        cluster.cleanup()
 
-
-async def _fail_over_under_traffic(
-    cluster: ClusterProcesses, server: ServerProcess, victim: int, rooms: list[str]
-) -> None:
-    async with aiohttp.ClientSession(server.url, cookie_jar=jar()) as http:
-        subscribers = [
-            ResilientSubscriber(http, f"/api/rooms/{room}", kind)
-            for room in rooms
-            for kind in ("sse", "ws")
-        ]
-        for subscriber in subscribers:
-            subscriber.start()
-        senders = [Sender(server.url, f"/api/rooms/{room}", per_second=15) for room in rooms]
-        try:
-            for subscriber in subscribers:
-                await subscriber.wait_for(lambda s: s.connections)
-            for sender in senders:
-                sender.start()
-            await asyncio.sleep(1.0)
+        def fail_over() -> None:
             cluster.kill(victim)
             cluster.wait_failover(victim)  # a replica takes over its slots
-            before = [len(sender.accepted) for sender in senders]
-            await asyncio.sleep(2.0)  # traffic on the new primary
+
+        with running_server(redis_url=cluster.url, workers=2) as server:
             # Every room, the failed-over one too, is written again.
-            assert all(len(s.accepted) > n for s, n in zip(senders, before, strict=True))
-        finally:
-            for sender in senders:
-                await sender.stop()
-        try:
-            for sender, room in zip(senders, rooms, strict=True):
-                assert len(sender.accepted) >= 20, (room, sender.statuses, sender.errors)
-                mine = [s for s in subscribers if s.room_path.endswith(f"/{room}")]
-                for subscriber in mine:
-                    last = sender.accepted[-1]
-                    await subscriber.wait_for(lambda s, last=last: last in s.ids, timeout=20)
-                    assert_in_order_once(subscriber.ids)
-                    missing = set(sender.accepted) - set(subscriber.ids)
-                    assert not missing, (room, subscriber.kind, sorted(missing))
-        finally:
-            for subscriber in subscribers:
-                await subscriber.stop()
+            await fault_under_traffic(server.url, list(rooms.values()), fail_over, min_accepted=20)
+    finally:
+        cluster.cleanup()
 
 
 def test_cluster_and_sentinel_urls_are_read_and_checked() -> None:
