@@ -128,12 +128,18 @@ def create_app(
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(tag_worker)
 
-    # Every route answers Expect itself (see middlewares.expect_continue).
-    expect = middlewares.expect_continue
-    routes = [
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    """The page, the API and the operators' endpoints; anything else is a JSON 404."""
+    page = [
         (web.get, "/", views.page),
         (web.get, "/rooms/{room}", views.page),
         (web.get, "/favicon.ico", views.favicon),
+    ]
+    api = [
         (web.get, "/api/session", views.get_session),
         (web.put, "/api/session", views.put_session),
         (web.get, "/api/rooms/{room}/messages", views.get_messages),
@@ -141,10 +147,11 @@ def create_app(
         (web.get, "/api/rooms/{room}/online", views.get_online),
         (web.get, "/api/rooms/{room}/events", sse.events),
         (web.get, "/api/rooms/{room}/ws", ws.websocket),
-        (web.get, "/healthz", views.healthz),
-        (web.get, "/metrics", views.metrics),
     ]
+    operations = [(web.get, "/healthz", views.healthz), (web.get, "/metrics", views.metrics)]
+    # Every route answers Expect itself (see middlewares.expect_continue).
+    expect = middlewares.expect_continue
+    routes = [*page, *api, *operations]
     app.add_routes([route(path, handler, expect_handler=expect) for route, path, handler in routes])
     app.router.add_static("/static", views.STATIC_DIR, expect_handler=expect)
     app.router.add_route("*", "/{path:.*}", middlewares.unrouted, expect_handler=expect)
-    return app

@@ -186,7 +186,7 @@ class Broker:
             # entries are consecutive (the stream only loses its oldest), so
             # only the first of the page needs asking.
             if index:
-                message.prev = messages[index - 1].key
+                message.prev = messages[index - 1].parsed_id
             else:
                 found = await self._predecessor(keys=[key], args=[message.id])
                 message.prev = parse_id(str(found)) if found else None

@@ -36,45 +36,57 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    # Where it listens, how many workers, what they run on.
     host: str = "127.0.0.1"
     port: int = 8080
+    backlog: int = 1024
     workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
-    redis_url: str = ""
-    log_level: str = "info"
-    log_format: str = "text"
     loop: str = "uvloop"
     debug: bool = False
     data_dir: str = "./chat-data"
+    # Redis: where (empty: an embedded one in data_dir), its memory, how long to wait at start.
+    redis_url: str = ""
+    redis_maxmemory: str = "256mb"
+    redis_wait_s: float = 15.0
+    # Logs and the operators' ports.
+    log_level: str = "info"
+    log_format: str = "text"
+    metrics_token: str = ""
+    monitor_port: int = 0
+
+    # Sessions, cookies and the origins and proxies trusted.
     session_secret: str = ""
     session_max_age_s: int = 2592000
     cookie_secure: bool = False
     allowed_origins: tuple[str, ...] = ()
     public_origin: str = ""
-    metrics_token: str = ""
-    monitor_port: int = 0
     trusted_proxies: tuple[str, ...] = ()
+
+    # What one user may do.
+    rate_limit_per_s: float = 5.0
+    rate_limit_burst: int = 20
+    streams_per_session: int = 10
+    # What one client address may do, however many users it makes.
     address_sessions_per_min: int = 30
     address_rate_limit_per_s: float = 20.0
     address_rate_limit_burst: int = 60
     address_streams: int = 100
     address_rooms_per_min: int = 10
+
+    # Messages and rooms.
     message_max_chars: int = 2000
     body_max_bytes: int = 65536
-    rate_limit_per_s: float = 5.0
-    rate_limit_burst: int = 20
-    streams_per_session: int = 10
     history_len: int = 10000
     room_ttl_s: int = 2592000
-    redis_maxmemory: str = "256mb"
+    presence_list_max: int = 200
+    # Connections: pings, timeouts, buffers.
     heartbeat_s: float = 15.0
     idle_timeout_s: float = 60.0
     send_buffer_messages: int = 1000
-    presence_list_max: int = 200
-    backlog: int = 1024
     request_timeout_s: float = 10.0
     keepalive_timeout_s: float = 75.0
     shutdown_timeout_s: float = 5.0
-    redis_wait_s: float = 15.0
+
     # Where the settings came from: reloads read the same file again.
     config_file: str = ""
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 
 class ChatError(Exception):
-    """An error a client caused or can act on; carries its HTTP status and code."""
+    """An error a client caused or can act on; carries its HTTP status and code.
+
+    Each kind names its own: ``class NotFound(ChatError, status=404, code="not_found")``.
+    """
 
     status = 400
     code = "bad_request"
+
+    def __init_subclass__(cls, *, status: int, code: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status, cls.code = status, code
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -17,46 +26,44 @@ class ChatError(Exception):
         self.retry_after = retry_after
 
 
-class BadRequest(ChatError):
-    status, code = 400, "bad_request"
+class BadRequest(ChatError, status=400, code="bad_request"):
+    """A body, frame, header or parameter the server cannot take as it is."""
 
 
-class NotFound(ChatError):
-    status, code = 404, "not_found"
+class NotFound(ChatError, status=404, code="not_found"):
+    """No such room name (or page)."""
 
 
-class RequestTimeout(ChatError, TimeoutError):
+class RequestTimeout(ChatError, TimeoutError, status=408, code="request_timeout"):
     """A request body that did not arrive in time (see :mod:`server.edge`).
 
     Also a ``TimeoutError``: when no handler reads the body, aiohttp's read of
     what is left after the response swallows it and closes the connection.
     """
 
-    status, code = 408, "request_timeout"
+
+class TooLarge(ChatError, status=413, code="too_large"):
+    """A message text or a body over its limit."""
 
 
-class TooLarge(ChatError):
-    status, code = 413, "too_large"
+class UnsupportedMediaType(ChatError, status=415, code="unsupported_media_type"):
+    """A body that is neither JSON nor a form."""
 
 
-class UnsupportedMediaType(ChatError):
-    status, code = 415, "unsupported_media_type"
+class RateLimited(ChatError, status=429, code="rate_limited"):
+    """A budget of the user's or of the client address's is spent (see ``retry_after``)."""
 
 
-class RateLimited(ChatError):
-    status, code = 429, "rate_limited"
+class TooManyStreams(ChatError, status=429, code="too_many_streams"):
+    """The session or the client address holds as many streams as it may."""
 
 
-class TooManyStreams(ChatError):
-    status, code = 429, "too_many_streams"
+class Unavailable(ChatError, status=503, code="unavailable"):
+    """Redis cannot be reached or refused, or the worker is stopping: retry."""
 
 
-class Unavailable(ChatError):
-    status, code = 503, "unavailable"
-
-
-class StorageFull(ChatError):
-    status, code = 503, "storage_full"
+class StorageFull(ChatError, status=503, code="storage_full"):
+    """Redis is at its memory limit: nothing new can be stored."""
 
 
 def storage_full() -> StorageFull:

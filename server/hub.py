@@ -130,13 +130,13 @@ class Hub:
         direct = 0
         stored_ms: list[int] = []
         for message in messages:
-            key = message.key
-            if key <= room.cursor:
+            message_id = message.parsed_id
+            if message_id <= room.cursor:
                 continue
             prev = message.prev
             hole = prev is not None and prev > room.cursor
-            room.cursor = key
-            stored_ms.append(key[0])
+            room.cursor = message_id
+            stored_ms.append(message_id[0])
             if hole:
                 # What came between was trimmed before this worker read it:
                 # each subscriber is told first (see Subscription.deliver).
@@ -144,8 +144,8 @@ class Hub:
                     sub.deliver(message)
                 continue
             for sub in subscriptions:
-                if sub.queue is None and sub.last_key < key and sub.sink.send(message):  # type: ignore[union-attr]
-                    sub.last_key = key
+                if sub.queue is None and sub.last_id < message_id and sub.sink.send(message):  # type: ignore[union-attr]
+                    sub.last_id = message_id
                     direct += 1
                 else:
                     sub.deliver(message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from functools import cached_property
 from typing import Any
@@ -86,6 +87,7 @@ class Ping(Event):
 PING = Ping()
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class Message(Event):
     """One chat message; immutable once built.
 
@@ -98,24 +100,18 @@ class Message(Event):
     messages in between are gone. It is not part of the message's JSON.
     """
 
-    def __init__(
-        self,
-        id: str,
-        room: str,
-        user_id: str,
-        name: str,
-        text: str,
-        ts: float,
-        prev: MessageId | None = None,
-    ) -> None:
-        self.id = id
-        self.key: MessageId = parse_id(id) or FIRST_ID
-        self.prev = prev
-        self.room = room
-        self.user_id = user_id
-        self.name = name
-        self.text = text
-        self.ts = ts
+    id: str
+    room: str
+    user_id: str
+    name: str
+    text: str
+    ts: float
+    prev: MessageId | None = None
+    # The id parsed, for comparing: where the message stands in its room's stream.
+    parsed_id: MessageId = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.parsed_id = parse_id(self.id) or FIRST_ID
 
     @classmethod
     def from_fields(cls, room: str, id: Any, fields: Any) -> Message:

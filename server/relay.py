@@ -211,9 +211,9 @@ class Relay:
                 feed.pending.clear()
             feed.pending.append((prev, message))
         elif prev == feed.cursor:
-            feed.cursor = message.key
+            feed.cursor = message.parsed_id
             self.on_messages(room, [message])
-        elif message.key > feed.cursor:
+        elif message.parsed_id > feed.cursor:
             # Something between the cursor and this message went missing.
             feed.pending = [(prev, message)]
             self._schedule_fill(room, feed)
@@ -260,20 +260,20 @@ class Relay:
             page = await self.broker.read_after(room, feed.cursor, FILL_PAGE)
             if self._feeds.get(room) is not feed:
                 return  # unwatched meanwhile
-            fresh = [m for m in page if m.key > feed.cursor]
+            fresh = [m for m in page if m.parsed_id > feed.cursor]
             if fresh:
-                feed.cursor = fresh[-1].key
+                feed.cursor = fresh[-1].parsed_id
                 self.on_messages(room, fresh)
             if len(page) < FILL_PAGE:
                 break
         held, feed.pending = feed.pending or [], None
         for index, (prev, message) in enumerate(held):
-            if message.key <= feed.cursor:
+            if message.parsed_id <= feed.cursor:
                 continue
             if prev != feed.cursor:
                 # Published after our read but not next to it: read again.
                 feed.pending = held[index:]
                 self._schedule_fill(room, feed)
                 return
-            feed.cursor = message.key
+            feed.cursor = message.parsed_id
             self.on_messages(room, [message])

@@ -81,7 +81,7 @@ class Subscription:
         "done",
         "has_presence",
         "id",
-        "last_key",
+        "last_id",
         "last_seen",
         "queue",
         "room",
@@ -95,7 +95,7 @@ class Subscription:
         self.room = room
         self.user_id = user_id
         self.since = since
-        self.last_key: MessageId = since or room.cursor
+        self.last_id: MessageId = since or room.cursor
         # None: writes go straight to the sink. A deque: events wait for the
         # pump (until the sink is attached, during the replay, or while the
         # client reads slowly).
@@ -119,9 +119,9 @@ class Subscription:
             return
         queue = self.queue
         if isinstance(event, Message):
-            if event.key <= self.last_key:
+            if event.parsed_id <= self.last_id:
                 return
-            if queue is None and _missed(event, self.last_key):
+            if queue is None and _missed(event, self.last_id):
                 # The pump writes the gap notice first.
                 self.queue = queue = collections.deque()
         if queue is None:
@@ -158,11 +158,11 @@ class Subscription:
         self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
     def _gap_due(self, event: Event) -> bool:
-        return isinstance(event, Message) and _missed(event, self.last_key)
+        return isinstance(event, Message) and _missed(event, self.last_id)
 
     def _written(self, event: Event) -> None:
         if isinstance(event, Message):
-            self.last_key = event.key
+            self.last_id = event.parsed_id
             self.room.metrics.delivered()
 
     async def _run_pump(self) -> None:
@@ -174,9 +174,9 @@ class Subscription:
             while queue and not self.closed:
                 event = queue.popleft()
                 if isinstance(event, Message):
-                    if event.key <= self.last_key:
+                    if event.parsed_id <= self.last_id:
                         continue
-                    if _missed(event, self.last_key):
+                    if _missed(event, self.last_id):
                         await self._write(event.gap)
                 await self._write(event)
             if not self.closed:
@@ -201,14 +201,14 @@ class Subscription:
             while not self.closed:
                 page = await hub.backend.read_after(self.room.name, after, REPLAY_PAGE)
                 for message in page:
-                    if message.key > self.last_key:
-                        if _missed_on_resume(message, self.last_key):
+                    if message.parsed_id > self.last_id:
+                        if _missed_on_resume(message, self.last_id):
                             await self._write(message.gap)
                         await self._write(message)
                         sent += 1
                 if len(page) < REPLAY_PAGE:
                     return
-                after = page[-1].key
+                after = page[-1].parsed_id
         finally:
             self.room.metrics.replayed(sent)
 
@@ -277,20 +277,20 @@ class Subscription:
                 await pump
 
 
-def _missed(message: Message, last_key: MessageId) -> bool:
-    """Whether messages between ``last_key`` and this live message are gone."""
+def _missed(message: Message, last_id: MessageId) -> bool:
+    """Whether messages between ``last_id`` and this live message are gone."""
     prev = message.prev
-    return prev is not None and prev > last_key
+    return prev is not None and prev > last_id
 
 
-def _missed_on_resume(message: Message, last_key: MessageId) -> bool:
-    """Whether a client that resumed from ``last_key`` may have missed messages before this one.
+def _missed_on_resume(message: Message, last_id: MessageId) -> bool:
+    """Whether a client that resumed from ``last_id`` may have missed messages before this one.
 
     ``(0, 0)`` asks for the whole history. A ``prev`` of ``(0, 0)`` after a
     real id means the room's history began again after that id: what the
     client missed of the old one cannot be known, so it is told.
     """
-    if last_key == FIRST_ID:
+    if last_id == FIRST_ID:
         return False
     prev = message.prev
-    return prev is None or prev == FIRST_ID or prev > last_key
+    return prev is None or prev == FIRST_ID or prev > last_id

@@ -41,13 +41,13 @@ class MemoryBackend:
     async def last_id(self, room: str) -> MessageId:
         await self.release.wait()
         messages = self.history.get(room, [])
-        return messages[-1].key if messages else (0, 0)
+        return messages[-1].parsed_id if messages else (0, 0)
 
     async def read_after(self, room: str, after: MessageId, count: int) -> list[Message]:
         self.reads += 1
         if self.before_read is not None:
             self.before_read()
-        return [m for m in self.history.get(room, []) if m.key > after][:count]
+        return [m for m in self.history.get(room, []) if m.parsed_id > after][:count]
 
     def watch(self, room: str, after: MessageId) -> None:
         self.watched[room] = after

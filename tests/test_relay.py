@@ -91,7 +91,7 @@ async def test_watching_from_an_older_id_catches_up_from_the_stream(
     broker = Broker(redis, history_len=10_000)
     before = [await broker.publish(ROOM, "u-1", "A", f"old {i}") for i in range(5)]
     async with relay_on(redis_url, redis) as (relay, received):
-        relay.watch(ROOM, before[1].key)
+        relay.watch(ROOM, before[1].parsed_id)
         await received.wait_for(lambda: len(received.messages) >= 3)
         live = await broker.publish(ROOM, "u-1", "A", "live")
         await received.wait_for(lambda: len(received.messages) >= 4)
@@ -123,11 +123,11 @@ async def test_a_relay_behind_the_trimmed_history_hands_on_the_rest_with_its_pre
     first = [m.id for m in sent].index(retained[0])
     assert first > 1, "the history was never trimmed"
     async with relay_on(redis_url, redis) as (relay, received):
-        relay.watch(ROOM, sent[0].key)
+        relay.watch(ROOM, sent[0].parsed_id)
         await received.wait_for(lambda: len(received.messages) >= len(retained))
     assert received.ids == retained
     # The first says what it followed: the hub tells its subscribers of the hole.
-    assert [m.prev for m in received.messages] == [m.key for m in sent[first - 1 : -1]]
+    assert [m.prev for m in received.messages] == [m.parsed_id for m in sent[first - 1 : -1]]
 
 
 async def test_unwatched_rooms_are_unsubscribed(redis_url: str, redis: Any) -> None:
