@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import hiredis
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.connection import AbstractConnection
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -102,14 +104,7 @@ class WaitingPool(aioredis.ConnectionPool):
         self._free = asyncio.Semaphore(self.max_connections)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        if self._free.locked():
-            try:
-                async with asyncio.timeout(self._wait_s):
-                    await self._free.acquire()
-            except TimeoutError:
-                raise RedisConnectionError("No connection available.") from None
-        else:
-            await self._free.acquire()  # free: returns at once
+        await _take(self._free, self._wait_s)
         try:
             connection = (
                 self._available_connections.pop()
@@ -134,7 +129,67 @@ class WaitingPool(aioredis.ConnectionPool):
         self._free.release()
 
 
-CLUSTER_MAX_CONNECTIONS = 256  # per node; redis-py's cluster client refuses more at once
+async def _take(free: asyncio.Semaphore, wait_s: float) -> None:
+    """Take one of ``free``, waiting up to ``wait_s`` when none is: then a
+    ConnectionError, which the server answers as Redis being unavailable."""
+    if not free.locked():
+        await free.acquire()  # free: returns at once
+        return
+    try:
+        async with asyncio.timeout(wait_s):
+            await free.acquire()
+    except TimeoutError:
+        raise RedisConnectionError("No connection available.") from None
+
+
+CLUSTER_MAX_CONNECTIONS = 256  # per node
+
+# Set while a task runs a command or pipeline of a WaitingCluster.
+_IN_TURN: contextvars.ContextVar[bool] = contextvars.ContextVar("in_turn", default=False)
+
+
+class WaitingCluster(aioredis.RedisCluster):
+    """redis-py's cluster client, where a burst waits for a connection
+    (up to ``wait_s``) instead of failing, as with :class:`WaitingPool`.
+
+    Its nodes' pools raise MaxConnectionsError the moment all their
+    connections are busy. Here every command and pipeline first takes one
+    of ``max_connections // 2`` turns: it holds at most one connection per
+    node at a time, two while a pipeline sends a redirected command again on
+    its own (which runs in the pipeline's turn), so no node runs out.
+    """
+
+    def __init__(self, *, wait_s: float, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(max_connections=max_connections, **kwargs)
+        self._wait_s = wait_s
+        self._turns = asyncio.Semaphore(max(1, max_connections // 2))
+
+    async def in_turn(self, command: Callable[[], Awaitable[Any]]) -> Any:
+        if _IN_TURN.get():
+            return await command()
+        await _take(self._turns, self._wait_s)
+        token = _IN_TURN.set(True)
+        try:
+            return await command()
+        finally:
+            _IN_TURN.reset(token)
+            self._turns.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        run = super().execute_command
+        return await self.in_turn(lambda: run(*args, **kwargs))
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        super().pipeline(transaction, shard_hint)  # (what it refuses)
+        return _WaitingPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _WaitingPipeline(ClusterPipeline):
+    cluster_client: WaitingCluster
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        run = super().execute
+        return await self.cluster_client.in_turn(lambda: run(raise_on_error, allow_redirections))
 
 
 def _client(url: str, *, decode_responses: bool) -> aioredis.Redis:
@@ -148,9 +203,15 @@ def _client(url: str, *, decode_responses: bool) -> aioredis.Redis:
     if kind == "single":
         pool = WaitingPool.from_url(url, decode_responses=decode_responses, **CLIENT_OPTIONS)
         return aioredis.Redis.from_pool(pool)
-    options = {name: value for name, value in CLIENT_OPTIONS.items() if name != "wait_s"}
     if kind == "cluster":
-        options["max_connections"] = CLUSTER_MAX_CONNECTIONS
+        options = {**CLIENT_OPTIONS, "max_connections": CLUSTER_MAX_CONNECTIONS}
+        return cast(
+            aioredis.Redis,
+            WaitingCluster.from_url(
+                redisurl.node_url(url), decode_responses=decode_responses, **options
+            ),
+        )
+    options = {name: value for name, value in CLIENT_OPTIONS.items() if name != "wait_s"}
     client = redisurl.async_client(url, decode_responses=decode_responses, **options)
     return cast(aioredis.Redis, client)
 

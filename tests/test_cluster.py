@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import aiohttp
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.cluster import key_slot
+from redis.exceptions import MaxConnectionsError
 
 from harness.redis_servers import ClusterProcesses
-from server import redisurl
+from server import redis_clients, redisurl
 from server.redis_keys import stream_key
 
 from .support import (
@@ -144,6 +147,38 @@ async def test_a_primary_failing_over_under_traffic_loses_no_answered_message() 
             await fault_under_traffic(server.url, list(rooms.values()), fail_over, min_accepted=20)
     finally:
         cluster.cleanup()
+
+
+async def test_a_burst_beyond_a_nodes_connections_waits_for_one(
+    cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py's cluster client refuses a command the moment all of a node's
+    # connections are busy: a storm of requests would get 503s.
+    plain = aioredis.RedisCluster.from_url(cluster_url, max_connections=4)
+    try:
+        done = await asyncio.gather(
+            *(plain.incr("burst:plain") for _ in range(100)), return_exceptions=True
+        )
+        assert any(isinstance(result, MaxConnectionsError) for result in done)
+    finally:
+        await plain.aclose()
+    # The server's waits for one, for commands and pipelines alike (a
+    # pipeline here spans every primary).
+    monkeypatch.setattr(redis_clients, "CLUSTER_MAX_CONNECTIONS", 4)
+    async with redis_clients.redis_client(redisurl.cluster_url(cluster_url)) as client:
+
+        async def one(i: int) -> None:
+            if i % 2:
+                await client.incr("burst")
+                return
+            pipe = client.pipeline(transaction=False)
+            for n in range(6):
+                pipe.incr(f"burst:{n}")
+            await pipe.execute()
+
+        await asyncio.gather(*(one(i) for i in range(200)))
+        assert int(await client.get("burst")) == 100
+        assert [int(await client.get(f"burst:{n}")) for n in range(6)] == [100] * 6
 
 
 def test_cluster_and_sentinel_urls_are_read_and_checked() -> None:
