@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -76,6 +77,11 @@ def make_subscribers(
     ]
 
 
+def one_case(opts: argparse.Namespace, label: str) -> list[dict[str, Any]]:
+    """The cases of a scenario that measures one configuration (``--transport``'s)."""
+    return [{"label": label, "transport": opts.transport}]
+
+
 async def warmed_up(target: Target, ctx: Context, case: dict[str, Any], room: str) -> list[str]:
     """The kinds of the case's streams, once the target is warmed up in ``room``
     (see :func:`warm_up`)."""
@@ -138,15 +144,16 @@ class Crowd:
         }
 
 
-async def connect(
+@contextlib.asynccontextmanager
+async def connected(
     target: Target,
     ctx: Context,
     kinds_rooms: Sequence[tuple[str, str]],
     *,
     balance: bool = True,
-) -> Crowd:
-    """Open the streams (at most ``--connect-concurrency`` at a time); fails when more
-    than a tenth of them could not connect."""
+) -> AsyncIterator[Crowd]:
+    """Open the streams (at most ``--connect-concurrency`` at a time) and keep them open
+    until the block ends; fails when more than a tenth of them could not connect."""
     opts = ctx.opts
     recorder = Recorder()
     placement = Placement(opts.workers, [k for k, _ in kinds_rooms], balance and opts.balance)
@@ -179,7 +186,51 @@ async def connect(
             f"{target.name}: only {len(live)} of {len(subs)} streams connected in "
             f"{crowd.connect_s:.0f} s: {errors}"
         )
-    return crowd
+    try:
+        yield crowd
+    finally:
+        await stop_all(subs)
+
+
+@contextlib.asynccontextmanager
+async def publishing(
+    target: Target, ctx: Context, room: str, wait: float = 0.5
+) -> AsyncIterator[Publisher]:
+    """A publisher with ``--senders`` senders, open until the block ends; each sender
+    posts a warm-up message to ``room``, and the block starts ``wait`` s later."""
+    publisher = Publisher(target.base_url, ctx.opts.senders)
+    try:
+        await publisher.open(room)
+        await asyncio.sleep(wait)  # the warm-up messages are delivered and ignored
+        yield publisher
+    finally:
+        await publisher.close()
+
+
+async def publish_at_rate(
+    target: Target,
+    ctx: Context,
+    crowd: Crowd,
+    first_room: str,
+    room_of: Callable[[int], str],
+    *,
+    label: str,
+) -> dict[str, Any]:
+    """:func:`publish_and_drain` at ``--rate`` for ``--duration`` s, from senders
+    warmed up in ``first_room``."""
+    opts = ctx.opts
+    async with publishing(target, ctx, first_room) as publisher:
+        return await publish_and_drain(
+            target,
+            ctx,
+            crowd,
+            publisher,
+            opts.rate,
+            opts.duration,
+            room_of,
+            label=label,
+            drain_timeout=opts.drain_timeout,
+        )
 
 
 async def publish_and_drain(

@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import select
 import signal
 import socket
@@ -49,8 +48,8 @@ import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 
-ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-MESSAGE_MAX_CHARS = 2000
+from .peer_api import ROOM_RE, message_text
+
 MAX_UNSENT = 4 * 2**20  # bytes waiting in a connection's transport before it is cut off
 PID_HEADER = "X-Bare-Pid"
 
@@ -150,10 +149,6 @@ def send(transports: set[asyncio.Transport], data: bytes) -> None:
 HUB = web.AppKey("hub", Hub)
 
 
-def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"code": str(status), "message": message}}, status=status)
-
-
 def room_name(request: web.Request) -> str:
     name = request.match_info["room"]
     if not ROOM_RE.fullmatch(name):
@@ -163,15 +158,9 @@ def room_name(request: web.Request) -> str:
 
 async def post_message(request: web.Request) -> web.Response:
     name = room_name(request)
-    try:
-        body = json.loads(await request.read())
-    except ValueError:
-        return error(400, "body is not valid JSON")
-    text = body.get("text") if isinstance(body, dict) else None
-    if not isinstance(text, str) or not text.strip():
-        return error(400, "'text' must be a non-empty string")
-    if len(text) > MESSAGE_MAX_CHARS:
-        return error(413, f"'text' is longer than {MESSAGE_MAX_CHARS} characters")
+    text = message_text(await request.read())
+    if isinstance(text, web.Response):
+        return text
     fields = {"room": name, "user_id": "u-bare", "name": "Bare", "text": text, "ts": time.time()}
     rest = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))[1:]
     hub = request.app[HUB]

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
-import re
 import signal
 import sys
 import time
@@ -42,15 +40,11 @@ import socketio  # type: ignore[import-untyped]
 import uvloop
 from aiohttp import web
 
-ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-MESSAGE_MAX_CHARS = 2000
+from .peer_api import ROOM_RE, error, message_text
+
 DEFAULT_ROOM = "general"
 
 SIO_KEY = web.AppKey("sio", socketio.AsyncServer)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"code": str(status), "message": message}}, status=status)
 
 
 def create_app(redis_url: str, *, channel: str = "socketio") -> web.Application:
@@ -88,16 +82,10 @@ def create_app(redis_url: str, *, channel: str = "socketio") -> web.Application:
     async def post_message(request: web.Request) -> web.Response:
         room = request.match_info["room"]
         if not ROOM_RE.fullmatch(room):
-            return _error(404, f"no room {room!r}")
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return _error(400, "body is not valid JSON")
-        text = body.get("text") if isinstance(body, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            return _error(400, "'text' must be a non-empty string")
-        if len(text) > MESSAGE_MAX_CHARS:
-            return _error(413, f"'text' is longer than {MESSAGE_MAX_CHARS} characters")
+            return error(404, f"no room {room!r}")
+        text = message_text(await request.read())
+        if isinstance(text, web.Response):
+            return text
         message = {
             "id": f"{instance}-{next(counter)}",
             "room": room,

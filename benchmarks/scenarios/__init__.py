@@ -6,6 +6,8 @@
 - ``cases(opts)``: the configurations one run measures (most have one; ``rooms``
   has one per ``--rooms`` value), each a dict with a ``label``;
 - ``async run(target, ctx, case)``: measure one started target, return its figures.
+
+The rows that several tables have alike are in :mod:`.rows`.
 """
 
 from __future__ import annotations

@@ -20,16 +20,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..clients import stop_all
-from ..measure import Context, Metric, connect, publish_and_drain, warmed_up
-from ..publisher import Publisher
+from ..measure import (
+    Context,
+    Metric,
+    connected,
+    one_case,
+    publish_and_drain,
+    publishing,
+    warmed_up,
+)
 from ..targets import Target
+from . import rows
 
 DESCRIPTION = "raise the publish rate step by step until messages are lost or p99 >= limit"
 DEFAULTS: dict[str, Any] = {"subscribers": 1000, "transport": "ws"}
 
 METRICS = [
-    Metric("streams connected", "streams", ratio=False),
+    rows.STREAMS,
     Metric("capacity: deliveries per second", "capacity_deliveries_per_s"),
     Metric("capacity: messages per second", "capacity_messages_per_s", "{:.1f}"),
     Metric("latency p50 at capacity (ms)", "capacity_latency_p50_ms", "{:.1f}"),
@@ -58,14 +65,12 @@ STEP_KEYS = (
 
 
 def cases(opts: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "label": f"{opts.subscribers} {opts.transport} streams, one room, from "
-            f"{opts.start_rate:g} msg/s x{opts.step_factor:g} every {opts.step_duration:g} s, "
-            f"pass: 0 lost and p99 < {opts.p99_limit_ms:g} ms",
-            "transport": opts.transport,
-        }
-    ]
+    return one_case(
+        opts,
+        f"{opts.subscribers} {opts.transport} streams, one room, from "
+        f"{opts.start_rate:g} msg/s x{opts.step_factor:g} every {opts.step_duration:g} s, "
+        f"pass: 0 lost and p99 < {opts.p99_limit_ms:g} ms",
+    )
 
 
 def verdict(step: dict[str, Any], p99_limit_ms: float) -> str:
@@ -87,14 +92,13 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
     opts = ctx.opts
     room = opts.room
     kinds = await warmed_up(target, ctx, case, room)
-    crowd = await connect(target, ctx, [(kind, room) for kind in kinds])
-    publisher = Publisher(target.base_url, opts.senders)
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     failed: dict[str, Any] | None = None
-    try:
-        await publisher.open(room)
-        await asyncio.sleep(max(0.5, opts.settle))
+    async with (
+        connected(target, ctx, [(kind, room) for kind in kinds]) as crowd,
+        publishing(target, ctx, room, max(0.5, opts.settle)) as publisher,
+    ):
         rate = opts.start_rate
         for _ in range(opts.max_steps):
             figures = await publish_and_drain(
@@ -123,9 +127,6 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
             best = step
             rate *= opts.step_factor
             await asyncio.sleep(1.0)
-    finally:
-        await publisher.close()
-        await stop_all(crowd.subs)
     result: dict[str, Any] = {
         "streams": len(crowd.live),
         "steps_passed": len(steps) - (1 if failed else 0),

@@ -25,10 +25,11 @@ from typing import Any
 
 import aiohttp
 
-from ..measure import MIB, Context, Metric, memory, sources, warm_up
+from ..measure import MIB, Context, Metric, memory, one_case, sources, warm_up
 from ..procfs import cpu_seconds, fd_limit, rss_bytes
 from ..progress import showing
 from ..targets import ROOT, BenchError, Target, stream_kinds
+from . import rows
 
 DESCRIPTION = "N idle streams: server memory per connection"
 DEFAULTS: dict[str, Any] = {"subscribers": 2000, "transport": "ws"}
@@ -36,7 +37,7 @@ DEFAULTS: dict[str, Any] = {"subscribers": 2000, "transport": "ws"}
 METRICS = [
     Metric("streams open", "streams", ratio=False),
     Metric("streams that failed", "failed"),
-    Metric("memory per connection (KiB)", "memory_per_connection_kib", "{:.1f}"),
+    rows.MEMORY_PER_CONNECTION,
     Metric("server RSS before (MiB)", "rss_before_mib", "{:.1f}"),
     Metric("server RSS, all open (MiB)", "rss_open_mib", "{:.1f}"),
     Metric("time to open all (s)", "connect_s", "{:.1f}"),
@@ -79,12 +80,7 @@ async def worker_figures(base_url: str) -> dict[str, float]:
 
 def cases(opts: Any) -> list[dict[str, Any]]:
     deflate = ", WebSocket offering permessage-deflate" if opts.deflate else ""
-    return [
-        {
-            "label": f"{opts.subscribers} idle {opts.transport} streams, one room{deflate}",
-            "transport": opts.transport,
-        }
-    ]
+    return one_case(opts, f"{opts.subscribers} idle {opts.transport} streams, one room{deflate}")
 
 
 class Swarm:

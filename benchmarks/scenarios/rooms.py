@@ -15,19 +15,18 @@ import asyncio
 import random
 from typing import Any
 
-from ..clients import stop_all
 from ..measure import (
     MIB,
     Context,
     Metric,
-    connect,
+    connected,
     lost_or_duplicated,
     memory,
-    publish_and_drain,
+    publish_at_rate,
     warmed_up,
 )
-from ..publisher import Publisher
 from ..targets import Target
+from . import rows
 
 DESCRIPTION = "S streams over K rooms, messages to random rooms: cost per message"
 DEFAULTS: dict[str, Any] = {
@@ -38,21 +37,21 @@ DEFAULTS: dict[str, Any] = {
 }
 
 METRICS = [
-    Metric("streams connected", "streams", ratio=False),
+    rows.STREAMS,
     Metric("rooms", "rooms", ratio=False),
-    Metric("messages published (201)", "published", ratio=False),
-    Metric("publish failures", "publish_failures"),
+    rows.PUBLISHED,
+    rows.PUBLISH_FAILURES,
     Metric("deliveries", "deliveries", ratio=False),
-    Metric("lost deliveries", "lost"),
-    Metric("duplicate deliveries", "duplicates"),
+    rows.LOST,
+    rows.DUPLICATES,
     Metric("server CPU per message (ms)", "server_cpu_ms_per_message", "{:.3f}"),
     Metric("Redis CPU per message (ms)", "redis_cpu_ms_per_message", "{:.3f}"),
     Metric("server CPU (% of a core)", "server_cpu_percent"),
-    Metric("latency p50 (ms)", "latency_p50_ms", "{:.1f}"),
-    Metric("latency p99 (ms)", "latency_p99_ms", "{:.1f}"),
-    Metric("server RSS, subscribed (MiB)", "rss_subscribed_mib", "{:.1f}"),
-    Metric("time to connect all (s)", "connect_s", "{:.1f}"),
-    Metric("load generator CPU (% of a core)", "loadgen_cpu_percent", ratio=False),
+    rows.LATENCY_P50,
+    rows.LATENCY_P99,
+    rows.RSS_SUBSCRIBED,
+    rows.CONNECT_TIME,
+    rows.LOADGEN_CPU,
 ]
 
 
@@ -72,30 +71,19 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
     opts = ctx.opts
     names = [f"r{i}" for i in range(case["rooms"])]
     kinds = await warmed_up(target, ctx, case, names[0])
-    crowd = await connect(
-        target, ctx, [(kind, names[i % len(names)]) for i, kind in enumerate(kinds)]
-    )
-    rng = random.Random(opts.seed)
-    try:
+    streams = [(kind, names[i % len(names)]) for i, kind in enumerate(kinds)]
+    async with connected(target, ctx, streams) as crowd:
+        rng = random.Random(opts.seed)
         await asyncio.sleep(opts.settle)
         rss_subscribed = memory(target)
-        publisher = Publisher(target.base_url, opts.senders)
-        try:
-            await publisher.open(names[0])
-            await asyncio.sleep(0.5)
-            figures = await publish_and_drain(
-                target,
-                ctx,
-                crowd,
-                publisher,
-                opts.rate,
-                opts.duration,
-                lambda seq: names[rng.randrange(len(names))],
-                label=f"{target.name} K={len(names)}",
-                drain_timeout=opts.drain_timeout,
-            )
-        finally:
-            await publisher.close()
+        figures = await publish_at_rate(
+            target,
+            ctx,
+            crowd,
+            names[0],
+            lambda seq: names[rng.randrange(len(names))],
+            label=f"{target.name} K={len(names)}",
+        )
         figures.update(
             rooms=len(names),
             rss_subscribed_mib=rss_subscribed / MIB,
@@ -103,8 +91,6 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
             details=crowd.details(),
         )
         return figures
-    finally:
-        await stop_all(crowd.subs)
 
 
 problems = lost_or_duplicated

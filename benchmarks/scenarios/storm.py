@@ -19,10 +19,11 @@ from collections import Counter
 from typing import Any
 
 from ..clients import Recorder, open_all, stop_all
-from ..measure import Context, Metric, make_subscribers, percentile, warmed_up
+from ..measure import Context, Metric, make_subscribers, one_case, percentile, warmed_up
 from ..procfs import cpu_seconds
 from ..progress import showing
 from ..targets import Target
+from . import rows
 
 DESCRIPTION = "N clients connecting at once"
 DEFAULTS: dict[str, Any] = {"subscribers": 2000, "transport": "mixed"}
@@ -36,20 +37,18 @@ METRICS = [
     Metric("time until the last opened (s)", "last_opened_s", "{:.2f}"),
     Metric("connect time p50 (ms)", "connect_p50_ms", "{:.0f}"),
     Metric("connect time p99 (ms)", "connect_p99_ms", "{:.0f}"),
-    Metric("server CPU (s)", "server_cpu_s", "{:.2f}"),
+    rows.SERVER_CPU,
     Metric("server CPU per opened stream (ms)", "server_cpu_ms_per_connect", "{:.2f}"),
 ]
 
 
 def cases(opts: Any) -> list[dict[str, Any]]:
     at_once = opts.storm_concurrency or opts.subscribers
-    return [
-        {
-            "label": f"{opts.subscribers} {opts.transport} clients, {at_once} at once, one try "
-            f"each, {opts.storm_timeout:g} s to open",
-            "transport": opts.transport,
-        }
-    ]
+    return one_case(
+        opts,
+        f"{opts.subscribers} {opts.transport} clients, {at_once} at once, one try "
+        f"each, {opts.storm_timeout:g} s to open",
+    )
 
 
 async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, Any]:

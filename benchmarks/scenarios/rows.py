@@ -1,0 +1,18 @@
+"""The rows that several scenarios' tables have alike (:class:`benchmarks.measure.Metric`)."""
+
+from __future__ import annotations
+
+from ..measure import Metric
+
+STREAMS = Metric("streams connected", "streams", ratio=False)
+PUBLISHED = Metric("messages published (201)", "published", ratio=False)
+PUBLISH_FAILURES = Metric("publish failures", "publish_failures")
+LATENCY_P50 = Metric("latency p50 (ms)", "latency_p50_ms", "{:.1f}")
+LATENCY_P99 = Metric("latency p99 (ms)", "latency_p99_ms", "{:.1f}")
+LOST = Metric("lost deliveries", "lost")
+DUPLICATES = Metric("duplicate deliveries", "duplicates")
+CONNECT_TIME = Metric("time to connect all (s)", "connect_s", "{:.1f}")
+MEMORY_PER_CONNECTION = Metric("memory per connection (KiB)", "memory_per_connection_kib", "{:.1f}")
+RSS_SUBSCRIBED = Metric("server RSS, subscribed (MiB)", "rss_subscribed_mib", "{:.1f}")
+SERVER_CPU = Metric("server CPU (s)", "server_cpu_s", "{:.2f}")
+LOADGEN_CPU = Metric("load generator CPU (% of a core)", "loadgen_cpu_percent", ratio=False)
