@@ -84,6 +84,12 @@ class Tab:
         assert isinstance(session.get("user_id"), str), session
         return str(session["user_id"])
 
+    def expect_live(self) -> None:
+        """The page says its live stream is open."""
+        expect(self.page.locator("#conn-state")).to_have_attribute(
+            "data-state", "live", timeout=WAIT_MS
+        )
+
     def stream_events(self) -> list[tuple[str, Any]]:
         """Every presence snapshot, presence change and gap notice received, in order."""
         events: list[list[Any]] = self.page.evaluate("window.__streamEvents")

@@ -188,15 +188,10 @@ async def sse_collector(
             collector.closed.set()
             collector._changed.set()
 
-    task = asyncio.create_task(run())
-    try:
+    async with in_background(run()):
         async with asyncio.timeout(10):
             await ready.wait()
         yield collector
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @contextlib.asynccontextmanager
@@ -223,13 +218,8 @@ async def ws_collector(
                 collector.closed.set()
                 collector._changed.set()
 
-        task = asyncio.create_task(run())
-        try:
+        async with in_background(run()):
             yield collector
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def subscribe_on_worker(
@@ -295,6 +285,19 @@ async def wait_healthy(base: str, timeout: float) -> None:
     await worker_health(base, 1, timeout=timeout, retry_errors=True)
 
 
+@contextlib.asynccontextmanager
+async def in_background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``coro`` as a task for the length of the block; cancelled (and awaited,
+    so that an error it raised is raised here) at the block's end."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion on a loop of its own in another thread:
     for synchronous tests (the browser's) to use the async helpers."""
@@ -310,6 +313,16 @@ async def user(base: str) -> AsyncIterator[aiohttp.ClientSession]:
         async with session.get("/api/session") as resp:
             assert resp.status == 200
         yield session
+
+
+@contextlib.asynccontextmanager
+async def two_users(
+    base: str,
+) -> AsyncIterator[tuple[aiohttp.ClientSession, aiohttp.ClientSession, contextlib.AsyncExitStack]]:
+    """Two clients with a session each (see :func:`user`), and a stack for the
+    streams they open (:func:`subscribe_on_worker`), closed before the clients."""
+    async with user(base) as alice, user(base) as bob, contextlib.AsyncExitStack() as stack:
+        yield alice, bob, stack
 
 
 async def post(session: aiohttp.ClientSession, text: str) -> tuple[dict[str, Any], str]:
@@ -551,6 +564,15 @@ def drain(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
     except (ConnectionResetError, TimeoutError) as exc:
         return data, not isinstance(exc, TimeoutError)
     return data, True
+
+
+async def assert_group_exits(server: ServerProcess, timeout: float = 2) -> None:
+    """Every process of the server's group (its main process and workers) is gone
+    within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while server.group_alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not server.group_alive(), "a worker outlived the main process"
 
 
 async def wait_closed(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5) -> int | None:

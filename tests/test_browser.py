@@ -96,9 +96,7 @@ def test_two_browser_pages_on_different_workers_chat(
     tabs.append(b)
 
     for tab in (a, b):
-        expect(tab.page.locator("#conn-state")).to_have_attribute(
-            "data-state", "live", timeout=WAIT_MS
-        )
+        tab.expect_live()
         # History on load.
         expect_history_loaded(tab, earlier)
 
@@ -125,7 +123,7 @@ def test_two_browser_pages_on_different_workers_chat(
     assert ids_a == ids_b
     assert len(ids_a) == len(set(ids_a)) == 4
     for tab in (a, b):
-        expect(tab.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+        tab.expect_live()
     # Neither stream was dropped and reopened (perhaps on another worker) meanwhile.
     assert a.streams == [a.events_worker]
     assert b.streams == [b.events_worker]
@@ -189,11 +187,6 @@ class Watch:
             if time.monotonic() > deadline:
                 pytest.fail(f"page {self.tab.name}: {what} within {timeout_s} s")
             self.tab.page.wait_for_timeout(50)
-
-    def expect_live(self) -> None:
-        expect(self.tab.page.locator("#conn-state")).to_have_attribute(
-            "data-state", "live", timeout=WAIT_MS
-        )
 
     def expect_each_once_in_order(self, ids: list[str]) -> None:
         for message_id in ids:
@@ -275,7 +268,7 @@ def reload_under_posts(server: ServerProcess, watches: list[Watch]) -> dict[int,
         )
     reload_ids = reload_posts.join()
     for w in watches:
-        w.expect_live()
+        w.tab.expect_live()
         states = w.conn_states()
         assert "reconnecting" in states and states[-1] == "live", (w.tab.name, states)
         w.expect_each_once_in_order(reload_ids)
@@ -315,7 +308,7 @@ def kill_under_posts(
                 lambda w=w: w.stream_pids[-1] != victim,
                 "the stream never reconnected after its worker was killed",
             )
-        w.expect_live()
+        w.tab.expect_live()
         w.expect_each_once_in_order(kill_ids)
         states = w.conn_states()
         if w in on_victim:
@@ -346,7 +339,7 @@ def test_two_pages_chat_on_through_a_reload_and_a_killed_worker(
         tabs.append(open_tab(name, browser, chat_server.url, problems))
     a, b = watches = [Watch(tab) for tab in tabs]
     for w in watches:
-        w.expect_live()
+        w.tab.expect_live()
     assert problems == [], "\n".join(problems)  # the pages loaded cleanly
 
     # 2. A types, B sees it.
@@ -440,9 +433,7 @@ def test_sse_page_and_websocket_page_chat_together(
     # 1. Both live. B's live stream is one WebSocket, opened after the
     # history and resuming from its last id; B never opened an events stream.
     for tab in (a, b):
-        expect(tab.page.locator("#conn-state")).to_have_attribute(
-            "data-state", "live", timeout=WAIT_MS
-        )
+        tab.expect_live()
     assert len(b_traffic.sockets) == 1, [ws.url for ws in b_traffic.sockets]
     socket = b_traffic.sockets[0]
     assert WS_PATH in socket.url, socket.url
@@ -481,7 +472,7 @@ def test_sse_page_and_websocket_page_chat_together(
 
     # Still live, on the same streams: nothing dropped and reopened meanwhile.
     for tab in (a, b):
-        expect(tab.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+        tab.expect_live()
     assert len(b_traffic.sockets) == 1 and not socket.is_closed()
     assert len(a_traffic.events_requests()) == 1, a_traffic.events_requests()
     assert b_traffic.events_requests() == []
@@ -564,7 +555,7 @@ def test_joins_renames_and_leaves_reach_another_page_as_presence_changes(
     assert any(b_id in user_ids(d["left"]) and d["count"] == 1 for d in leaves), leaves
 
     # All of it on A's first stream: nothing was dropped and reopened.
-    expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    a.expect_live()
     if transport == "ws":
         assert len(a.traffic.sockets) == 1 and not a.traffic.sockets[0].is_closed()
     else:
@@ -625,7 +616,7 @@ def test_rooms_over_the_list_limit_show_the_count_and_no_list(
     a.expect_online([a_id], 1, timeout=PRESENCE_WAIT_MS)
     expect(a.page.locator("#online-note")).to_be_hidden()
 
-    expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    a.expect_live()
     assert len(a.traffic.events_requests()) == 1, a.traffic.events_requests()
     assert problems == [], "\n".join(problems)
 
@@ -748,7 +739,7 @@ def test_an_old_name_with_a_bidi_override_cannot_reorder_what_follows_it(
     with a.page.expect_response(lambda r: EVENTS_PATH in r.url, timeout=PAGE_LOAD_MS):
         a.page.reload(timeout=PAGE_LOAD_MS)
     expect(a.page.locator("#me")).to_have_text(OLD_NAME)
-    expect(a.page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    a.expect_live()
 
     b = open_tab("B", browser, chat_server.url, problems)
     tabs.append(b)

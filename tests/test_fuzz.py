@@ -262,6 +262,17 @@ ws_frames = st.tuples(
 )
 
 
+def fixed_cases(count: int) -> settings:
+    """Hypothesis settings for ``count`` examples, the same ones on every run."""
+    return settings(
+        max_examples=count,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
 def worker_pids(port: int, workers: int = 2) -> set[str]:
     """The pids of the workers serving, asking until each has answered."""
     pids: set[str] = set()
@@ -285,13 +296,7 @@ def test_nothing_a_client_sends_gets_a_5xx_or_crashes_a_worker(
     before = worker_pids(port)
     statuses: dict[int | None, int] = {}
 
-    @settings(
-        max_examples=HTTP_CASES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fixed_cases(HTTP_CASES)
     @given(request=http_requests())
     def http_case(request: bytes) -> None:
         status = status_of(exchange(port, request))
@@ -302,13 +307,7 @@ def test_nothing_a_client_sends_gets_a_5xx_or_crashes_a_worker(
     ws = WsClient(port)
     closes: dict[int, int] = {}
 
-    @settings(
-        max_examples=WS_CASES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fixed_cases(WS_CASES)
     @given(frame=ws_frames)
     def ws_case(frame: tuple[int, bytes, bool, bool]) -> None:
         opcode, payload, fin, masked = frame

@@ -278,13 +278,9 @@ def body(event: Event) -> dict[str, Any]:
 async def test_presence_is_a_snapshot_then_only_what_changed() -> None:
     backend = MemoryBackend()
     hub = make_hub(backend)
-    first = MemorySink()
-    sub = await hub.subscribe("r", "u-a", None)
-    sub.attach(first)
+    sub, first = await live(hub, "u-a")
     await hub.set_presence("r", users("a"), 1)
-    late = MemorySink()
-    late_sub = await hub.subscribe("r", "u-b", None)
-    late_sub.attach(late)
+    late_sub, late = await live(hub, "u-b")
     await hub.set_presence("r", users("a", "b"), 2)
     await hub.set_presence("r", users("a", "b"), 2)  # nothing changed: nothing sent
     await hub.set_presence("r", users("b"), 1)
@@ -306,9 +302,7 @@ async def test_presence_is_a_snapshot_then_only_what_changed() -> None:
 async def test_big_rooms_carry_counts_only_and_crossing_the_limit_sends_a_snapshot() -> None:
     backend = MemoryBackend()
     hub = make_hub(backend)
-    sink = MemorySink()
-    sub = await hub.subscribe("r", "u-a", None)
-    sub.attach(sink)
+    sub, sink = await live(hub, "u-a")
     await hub.set_presence("r", users("a", "b"), 2)
     await hub.set_presence("r", None, 300)
     await hub.set_presence("r", None, 301)

@@ -21,7 +21,7 @@ from yarl import URL
 
 from server.redis_keys import idempotency_key, stream_key
 
-from .support import ServerProcess
+from .support import ServerProcess, in_background, user
 
 ROOM = "/api/rooms/general"
 
@@ -201,13 +201,8 @@ async def frames(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[asyncio.Q
                 if frame["type"] in ("ack", "error"):
                     queue.put_nowait(frame)
 
-    task = asyncio.create_task(read())
-    try:
+    async with in_background(read()):
         yield queue
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def raw_post(url: str, cookies: str, text: str, key: str) -> bytes:
@@ -226,12 +221,9 @@ async def test_a_post_whose_answer_was_lost_to_a_redis_pause_is_stored_once_on_r
     start_server: Callable[..., ServerProcess], redis: aioredis.Redis
 ) -> None:
     server = start_server(workers=2)
-    jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(server.url, cookie_jar=jar) as http:
-        async with http.get("/api/session") as resp:
-            assert resp.status == 200
+    async with user(server.url) as http:
         cookies = "; ".join(
-            f"{k}={v.value}" for k, v in jar.filter_cookies(URL(server.url)).items()
+            f"{k}={v.value}" for k, v in http.cookie_jar.filter_cookies(URL(server.url)).items()
         )
         parts = urlsplit(server.url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
@@ -269,11 +261,8 @@ async def test_a_websocket_message_whose_ack_was_lost_to_a_redis_pause_is_stored
     start_server: Callable[..., ServerProcess], redis: aioredis.Redis
 ) -> None:
     server = start_server(workers=2)
-    jar = aiohttp.CookieJar(unsafe=True)
     frame = {"type": "message", "text": "lost ack", "key": "lost-ws"}
-    async with aiohttp.ClientSession(server.url, cookie_jar=jar) as http:
-        async with http.get("/api/session") as resp:
-            assert resp.status == 200
+    async with user(server.url) as http:
         async with (
             http.ws_connect(f"{ROOM}/ws") as slow,
             frames(slow) as slow_answers,

@@ -23,12 +23,13 @@ from .support import (
     ResilientSubscriber,
     Sender,
     ServerProcess,
+    assert_group_exits,
     assert_in_order_once,
     drain,
     sse_events,
     stalled_client,
     subscribe_on_worker,
-    user,
+    two_users,
     wait_healthy,
     worker_pids,
     worker_rss_kb,
@@ -355,10 +356,7 @@ async def test_sigterm_under_traffic_exits_0_and_tells_streams_to_reconnect(
     assert code == 0 and elapsed < 5, server.log()
     assert any("shutdown" in r for r in subs[0].reconnect_reasons), subs[0].reconnect_reasons
     assert any("1001" in r for r in subs[1].reconnect_reasons), subs[1].reconnect_reasons
-    deadline = time.monotonic() + 2
-    while server.group_alive() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not server.group_alive()
+    await assert_group_exits(server)
     assert "Traceback" not in server.log()
 
 
@@ -367,11 +365,7 @@ async def test_users_of_a_killed_worker_leave_presence_within_two_heartbeats(
 ) -> None:
     server = start_server(workers=2)  # heartbeat 0.5 s
     pids = await worker_pids(server.url)
-    async with (
-        user(server.url) as alice,
-        user(server.url) as bob,
-        contextlib.AsyncExitStack() as stack,
-    ):
+    async with two_users(server.url) as (alice, bob, stack):
         watcher = await subscribe_on_worker(stack, alice, "sse", "0")
         await subscribe_on_worker(stack, bob, "ws", "1")
         async with bob.get("/api/session") as resp:
@@ -439,10 +433,7 @@ async def test_a_stuck_worker_cannot_hang_a_stop(
     server.signal(signal.SIGTERM)
     assert await asyncio.to_thread(server.wait, 10) == 0
     assert time.monotonic() - started < 1 * 2 + 2 + 2
-    deadline = time.monotonic() + 2
-    while server.group_alive() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not server.group_alive()
+    await assert_group_exits(server)
     assert "did not stop in time; killing it" in server.log()
 
 
@@ -454,10 +445,7 @@ async def test_workers_do_not_outlive_a_killed_main_process(
     assert server.proc is not None
     server.proc.kill()
     server.proc.wait(5)
-    deadline = time.monotonic() + 5
-    while server.group_alive() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not server.group_alive(), "workers kept running without their main process"
+    await assert_group_exits(server, timeout=5)
 
 
 async def test_sighup_runs_freshly_imported_code(

@@ -23,12 +23,15 @@ from harness.processes import clean_env, free_port
 
 from .support import (
     ROOM,
+    Collector,
     ServerProcess,
+    assert_group_exits,
     assert_in_order_once,
     post,
     running_server,
     sse_collector,
     subscribe_on_worker,
+    two_users,
     user,
     wait_closed,
     worker_health,
@@ -144,15 +147,22 @@ async def test_workers_listen_with_the_configured_backlog(
         server.kill()
 
 
+async def on_both_workers(
+    stack: contextlib.AsyncExitStack, session: aiohttp.ClientSession
+) -> list[Collector]:
+    """An SSE and a WebSocket stream of ``session`` on each of the two workers."""
+    return [
+        await subscribe_on_worker(stack, session, kind, worker)
+        for kind in ("sse", "ws")
+        for worker in ("0", "1")
+    ]
+
+
 async def test_message_posted_on_one_worker_reaches_sse_and_ws_clients_on_the_other(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
-    async with (
-        user(server.url) as alice,
-        user(server.url) as bob,
-        contextlib.AsyncExitStack() as stack,
-    ):
+    async with two_users(server.url) as (alice, bob, stack):
         sse = await subscribe_on_worker(stack, bob, "sse", "1")
         ws = await subscribe_on_worker(stack, bob, "ws", "1")
         posted = []
@@ -171,11 +181,7 @@ async def test_200_messages_from_several_senders_reach_every_subscriber_complete
     server = start_server(workers=2)
     async with contextlib.AsyncExitStack() as stack:
         listener = await stack.enter_async_context(user(server.url))
-        collectors = [
-            await subscribe_on_worker(stack, listener, kind, worker)
-            for kind in ("sse", "ws")
-            for worker in ("0", "1")
-        ]
+        collectors = await on_both_workers(stack, listener)
         senders = [await stack.enter_async_context(user(server.url)) for _ in range(4)]
 
         async def send(session: aiohttp.ClientSession, n: int) -> list[str]:
@@ -257,11 +263,7 @@ async def test_users_on_different_workers_see_each_other_in_presence_within_a_he
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)  # heartbeat 0.5 s (see support.ServerProcess)
-    async with (
-        user(server.url) as alice,
-        user(server.url) as bob,
-        contextlib.AsyncExitStack() as stack,
-    ):
+    async with two_users(server.url) as (alice, bob, stack):
         a = await subscribe_on_worker(stack, alice, "sse", "0")
         b = await subscribe_on_worker(stack, bob, "ws", "1")
         ids = set()
@@ -282,11 +284,7 @@ async def test_sigterm_exits_0_within_5s_telling_streams_to_reconnect(
 ) -> None:
     server = start_server(workers=2)
     async with user(server.url) as alice, contextlib.AsyncExitStack() as stack:
-        streams = [
-            await subscribe_on_worker(stack, alice, kind, worker)
-            for kind in ("sse", "ws")
-            for worker in ("0", "1")
-        ]
+        streams = await on_both_workers(stack, alice)
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         code = await asyncio.to_thread(server.wait, 5)
@@ -294,10 +292,7 @@ async def test_sigterm_exits_0_within_5s_telling_streams_to_reconnect(
         assert time.monotonic() - started < 5
         for collector in streams:
             await asyncio.wait_for(collector.closed.wait(), 5)
-        deadline = time.monotonic() + 2
-        while server.group_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert not server.group_alive(), "a worker outlived the main process"
+        await assert_group_exits(server)
         assert "Traceback" not in server.log()
 
 

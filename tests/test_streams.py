@@ -140,8 +140,17 @@ def resume(client: Any, transport: str, since: str) -> Any:
     return ws_collector(client.session, client.make_url(f"{ROOM}/ws").with_query(since=since))
 
 
-async def trimmed_history(client: Any) -> tuple[list[str], list[str]]:
-    """Post until the capped history has dropped its oldest: (ids posted, ids retained)."""
+# A client, the ids it posted, and the ids the capped history still holds.
+Trimmed = tuple[Any, list[str], list[str]]
+
+
+@pytest.fixture
+async def trimmed(make_app: Any, aiohttp_client: Any) -> Trimmed:
+    """A client of an app whose rooms keep about ten messages, which posted until the
+    capped history dropped its oldest: (the client, ids posted, ids retained)."""
+    client = await aiohttp_client(
+        await make_app(history_len=10), server_kwargs={"handler_cancellation": True}
+    )
     posted: list[str] = []
     for _ in range(20):
         posted += [(await post(client, f"m{len(posted)}"))["id"] for _ in range(50)]
@@ -149,18 +158,15 @@ async def trimmed_history(client: Any) -> tuple[list[str], list[str]]:
         retained = [m["id"] for m in page["messages"]]
         if retained[0] != posted[0]:
             assert posted[-len(retained) :] == retained
-            return posted, retained
+            return client, posted, retained
     raise AssertionError("the history was never trimmed")
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 async def test_a_resume_from_trimmed_history_is_told_of_the_gap_then_gets_all_retained_once(
-    make_app: Any, aiohttp_client: Any, transport: str
+    trimmed: Trimmed, transport: str
 ) -> None:
-    client = await aiohttp_client(
-        await make_app(history_len=10), server_kwargs={"handler_cancellation": True}
-    )
-    posted, retained = await trimmed_history(client)
+    client, posted, retained = trimmed
     # Messages after the client's id were trimmed away: it must be told.
     async with resume(client, transport, posted[0]) as stream:
         later = await post(client, "live")
@@ -171,12 +177,9 @@ async def test_a_resume_from_trimmed_history_is_told_of_the_gap_then_gets_all_re
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 async def test_a_resume_whose_successors_are_all_retained_gets_no_gap(
-    make_app: Any, aiohttp_client: Any, transport: str
+    trimmed: Trimmed, transport: str
 ) -> None:
-    client = await aiohttp_client(
-        await make_app(history_len=10), server_kwargs={"handler_cancellation": True}
-    )
-    posted, retained = await trimmed_history(client)
+    client, posted, retained = trimmed
     last_trimmed = posted[posted.index(retained[0]) - 1]
     # The last id trimmed away (nothing after it is missing), one still
     # retained, the whole history (0-0) and the newest.
