@@ -244,9 +244,45 @@ def run_text(run: dict[str, Any]) -> str:
         for name, figures in case["results"].items():
             parts += details(name, figures)
         parts.append("")
+    parts += many_against_few(run)
     if run.get("problems"):
         parts += [f"The run failed its check: {literal('; '.join(run['problems']))}.", ""]
     return "\n".join(parts)
+
+
+# The rooms scenario's question: does a message cost more when there are more rooms?
+PER_MESSAGE = (
+    ("server CPU per message", "server_cpu_ms_per_message"),
+    ("Redis CPU per message", "redis_cpu_ms_per_message"),
+)
+
+
+def many_against_few(run: dict[str, Any]) -> list[str]:
+    """For a rooms run: each target's cost per message with the most rooms
+    divided by its cost with the fewest (the cases' order)."""
+    if run["scenario"] != "rooms" or len(run["cases"]) < 2:
+        return []
+    few, many = run["cases"][0]["results"], run["cases"][-1]["results"]
+    quotients: dict[str, dict[str, Any]] = {}
+    for name in few:
+        figures: dict[str, Any] = {}
+        for _, key in PER_MESSAGE:
+            a, b = many.get(name, {}).get(key), few[name].get(key)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+                figures[key] = a / b
+        quotients[name] = figures if figures else {"na": "not measured"}
+    rooms = [run["cases"][i]["results"].get("chat", {}).get("rooms") for i in (-1, 0)]
+    metrics = [
+        (f"{label}, K={rooms[0]} / K={rooms[1]}", key, "{:.2f}", False)
+        for label, key in PER_MESSAGE
+    ]
+    return [
+        "**Many rooms against few**: each target's cost per message at the most rooms"
+        " divided by its cost at the fewest.",
+        "",
+        render(metrics, quotients),
+        "",
+    ]
 
 
 def report(runs: list[dict[str, Any]]) -> str:
