@@ -21,9 +21,11 @@ own registry and renders them alone.
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -50,6 +52,22 @@ def require_multiprocess(directory: str) -> None:
             f"prometheus_client was imported before {MULTIPROC_DIR_ENV} was set: "
             "its metrics would count in this process only"
         )
+
+
+# Between a scrape, which reads every file of the directory (shared), and
+# the main process folding a dead worker's files into the others (exclusive):
+# a scrape never counts a value twice, nor misses one.
+_LOCK_FILE = "scrape.lock"
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str, *, exclusive: bool) -> Iterator[None]:
+    fd = os.open(os.path.join(directory, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # (and the lock with it)
 
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -217,8 +235,9 @@ class _Longest:
 def render(metrics: Metrics) -> bytes:
     """The Prometheus text of the instance: every process' files summed, or,
     without a directory, this process' own values."""
-    registry = metrics.registry
-    if metrics.directory is not None:
-        registry = CollectorRegistry(auto_describe=True)
-        MultiProcessCollector(registry, path=metrics.directory)  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
+    if metrics.directory is None:
+        return generate_latest(metrics.registry)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics.directory)  # type: ignore[no-untyped-call]
+    with directory_lock(metrics.directory, exclusive=False):
+        return generate_latest(registry)

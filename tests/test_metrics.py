@@ -14,7 +14,7 @@ import glob
 import os
 import signal
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -137,15 +137,37 @@ async def test_counts_survive_a_killed_worker_and_its_connections_leave_the_gaug
         await assert_every_scrape(server.url, wanted)
 
 
-async def test_counts_survive_a_reload_and_the_reload_is_counted(
+def metrics_directories(pid: int) -> list[str]:
+    """The metrics directories of the instance whose main process is ``pid``."""
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"chat-metrics-{pid}-*"))
+
+
+async def files_only_of(directory: str, pids: Iterable[int]) -> None:
+    """Wait until the directory holds files of ``pids`` and archives only."""
+    owners = {str(pid) for pid in pids} | {"archive"}
+    async with asyncio.timeout(5):
+        while True:
+            files = [n for n in os.listdir(directory) if n.endswith(".db")]
+            if {n.removesuffix(".db").rsplit("_", 1)[1] for n in files} <= owners:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_counts_survive_reloads_and_dead_workers_leave_no_files(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2)
+    assert server.proc is not None
+    (directory,) = metrics_directories(server.proc.pid)
     async with workload(server.url):
-        pids = await worker_pids(server.url)
-        server.signal(signal.SIGHUP)
-        await wait_replaced(server.url, pids, [0, 1])
-    wanted = expected(chat_reloads_total=1, chat_worker_restarts_total=0, **open_streams(0, 0))
+        for _ in range(2):
+            pids = await worker_pids(server.url)
+            server.signal(signal.SIGHUP)
+            await wait_replaced(server.url, pids, [0, 1])
+    # The old workers' counts went to the archives; their files are gone.
+    pids = await worker_pids(server.url)
+    await files_only_of(directory, [server.proc.pid, *pids.values()])
+    wanted = expected(chat_reloads_total=2, chat_worker_restarts_total=0, **open_streams(0, 0))
     await assert_every_scrape(server.url, wanted)
 
 
@@ -258,19 +280,16 @@ def test_a_directory_needs_prometheus_client_in_multiprocess_mode(tmp_path: Any)
 def test_what_an_instance_killed_outright_leaves_is_removed_by_the_next(
     start_server: Callable[..., ServerProcess],
 ) -> None:
-    def directories(pid: int) -> list[str]:
-        return glob.glob(os.path.join(tempfile.gettempdir(), f"chat-metrics-{pid}-*"))
-
     first = start_server(workers=1)
     assert first.proc is not None
-    left = directories(first.proc.pid)
+    left = metrics_directories(first.proc.pid)
     assert len(left) == 1
     first.kill()  # SIGKILL to the whole group: nothing is cleaned up
     assert os.path.isdir(left[0])
     second = start_server(workers=1)
     assert second.proc is not None
     assert not os.path.exists(left[0])
-    (own,) = directories(second.proc.pid)
+    (own,) = metrics_directories(second.proc.pid)
     second.signal(signal.SIGTERM)
     assert second.wait(20) == 0
     assert not os.path.exists(own)  # a clean stop removes its own
