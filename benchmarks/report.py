@@ -259,23 +259,22 @@ PER_MESSAGE = (
 
 def many_against_few(run: dict[str, Any]) -> list[str]:
     """For a rooms run: each target's cost per message with the most rooms
-    divided by its cost with the fewest (the cases' order)."""
+    divided by its cost with the fewest."""
     if run["scenario"] != "rooms" or len(run["cases"]) < 2:
         return []
-    few, many = run["cases"][0]["results"], run["cases"][-1]["results"]
+    cases = sorted(run["cases"], key=lambda case: case["params"]["rooms"])
+    few, many = cases[0], cases[-1]
     quotients: dict[str, dict[str, Any]] = {}
-    for name in few:
-        figures: dict[str, Any] = {}
-        for _, key in PER_MESSAGE:
-            a, b = many.get(name, {}).get(key), few[name].get(key)
-            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
-                figures[key] = a / b
-        quotients[name] = figures if figures else {"na": "not measured"}
-    rooms = [run["cases"][i]["results"].get("chat", {}).get("rooms") for i in (-1, 0)]
-    metrics = [
-        (f"{label}, K={rooms[0]} / K={rooms[1]}", key, "{:.2f}", False)
-        for label, key in PER_MESSAGE
-    ]
+    for name, figures in few["results"].items():
+        other = many["results"].get(name, {"na": "not run"})
+        if "na" in figures or "na" in other or "error" in figures or "error" in other:
+            quotients[name] = {"error": True} if "na" not in figures else {"na": True}
+            continue
+        quotients[name] = {
+            key: other[key] / figures[key] for _, key in PER_MESSAGE if figures.get(key)
+        }
+    label = f"K={many['params']['rooms']} / K={few['params']['rooms']}"
+    metrics = [(f"{text}, {label}", key, "{:.2f}", False) for text, key in PER_MESSAGE]
     return [
         "**Many rooms against few**: each target's cost per message at the most rooms"
         " divided by its cost at the fewest.",

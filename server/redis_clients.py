@@ -19,7 +19,7 @@ from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.connection import AbstractConnection
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.exceptions import DataError, RedisClusterException
 
 from . import redisurl
 from .config import Config
@@ -142,27 +142,31 @@ async def _take(free: asyncio.Semaphore, wait_s: float) -> None:
         raise RedisConnectionError("No connection available.") from None
 
 
-CLUSTER_MAX_CONNECTIONS = 256  # per node
+CLUSTER_COMMANDS = 256  # in flight per cluster client; more wait for a turn
 
 # Set while a task runs a command or pipeline of a WaitingCluster.
 _IN_TURN: contextvars.ContextVar[bool] = contextvars.ContextVar("in_turn", default=False)
 
 
 class WaitingCluster(aioredis.RedisCluster):
-    """redis-py's cluster client, where a burst waits for a connection
-    (up to ``wait_s``) instead of failing, as with :class:`WaitingPool`.
+    """redis-py's cluster client, where a burst waits (up to ``wait_s``)
+    instead of failing, as with :class:`WaitingPool`.
 
     Its nodes' pools raise MaxConnectionsError the moment all their
     connections are busy. Here every command and pipeline first takes one
-    of ``max_connections // 2`` turns: it holds at most one connection per
-    node at a time, two while a pipeline sends a redirected command again on
-    its own (which runs in the pipeline's turn), so no node runs out.
+    of ``commands`` turns; a redirected command that a pipeline sends again
+    on its own runs in the pipeline's turn. A turn uses at most one
+    connection per node, except for a moment after an error, when redis-py
+    gives up on a command while its part on another node still runs: the
+    nodes' pools allow twice the turns, so that never makes one refuse.
+    (Transactions and the client's own pub/sub, which take connections
+    without a turn, are not used: pub/sub has clients of its own.)
     """
 
-    def __init__(self, *, wait_s: float, max_connections: int, **kwargs: Any) -> None:
-        super().__init__(max_connections=max_connections, **kwargs)
+    def __init__(self, *, wait_s: float, commands: int, **kwargs: Any) -> None:
+        super().__init__(max_connections=2 * commands, **kwargs)
         self._wait_s = wait_s
-        self._turns = asyncio.Semaphore(max(1, max_connections // 2))
+        self._turns = asyncio.Semaphore(commands)
 
     async def in_turn(self, command: Callable[[], Awaitable[Any]]) -> Any:
         if _IN_TURN.get():
@@ -180,7 +184,8 @@ class WaitingCluster(aioredis.RedisCluster):
         return await self.in_turn(lambda: run(*args, **kwargs))
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
-        super().pipeline(transaction, shard_hint)  # (what it refuses)
+        if shard_hint:  # (as redis-py's own refuses)
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
         return _WaitingPipeline(self, transaction)  # type: ignore[abstract]
 
 
@@ -204,7 +209,10 @@ def _client(url: str, *, decode_responses: bool) -> aioredis.Redis:
         pool = WaitingPool.from_url(url, decode_responses=decode_responses, **CLIENT_OPTIONS)
         return aioredis.Redis.from_pool(pool)
     if kind == "cluster":
-        options = {**CLIENT_OPTIONS, "max_connections": CLUSTER_MAX_CONNECTIONS}
+        options = {
+            name: value for name, value in CLIENT_OPTIONS.items() if name != "max_connections"
+        }
+        options["commands"] = CLUSTER_COMMANDS
         return cast(
             aioredis.Redis,
             WaitingCluster.from_url(

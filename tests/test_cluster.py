@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -164,7 +166,7 @@ async def test_a_burst_beyond_a_nodes_connections_waits_for_one(
         await plain.aclose()
     # The server's waits for one, for commands and pipelines alike (a
     # pipeline here spans every primary).
-    monkeypatch.setattr(redis_clients, "CLUSTER_MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(redis_clients, "CLUSTER_COMMANDS", 4)
     async with redis_clients.redis_client(redisurl.cluster_url(cluster_url)) as client:
 
         async def one(i: int) -> None:
@@ -179,6 +181,26 @@ async def test_a_burst_beyond_a_nodes_connections_waits_for_one(
         await asyncio.gather(*(one(i) for i in range(200)))
         assert int(await client.get("burst")) == 100
         assert [int(await client.get(f"burst:{n}")) for n in range(6)] == [100] * 6
+
+
+async def test_a_cluster_command_waits_for_a_turn_only_so_long(cluster_url: str) -> None:
+    url = redisurl.node_url(redisurl.cluster_url(cluster_url))
+    client = redis_clients.WaitingCluster.from_url(url, wait_s=0.2, commands=1)
+    try:
+        # The one turn is taken by a command that blocks for 3 s...
+        held = asyncio.create_task(client.blpop(["turns:nothing"], timeout=3))
+        await asyncio.sleep(0)  # (it takes the turn before its first await)
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError):  # ... which the server answers with 503
+            await client.get("turns:x")
+        assert time.monotonic() - started < 1
+        # A cancelled command gives its turn back.
+        held.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+        assert await client.set("turns:x", "1")
+    finally:
+        await client.aclose()
 
 
 def test_cluster_and_sentinel_urls_are_read_and_checked() -> None:
