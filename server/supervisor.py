@@ -34,7 +34,7 @@ import aiotools
 from . import logs
 from .config import Config, ConfigError, keep_bound_settings
 from .process import STOP_SIGNALS, Runner, WorkerSetup, bind
-from .workarounds import QuietAllChildrenGone, forget_reaped_children, keeper
+from .workarounds import QuietEchoes, forget_reaped_children, keeper
 from .workers import Backoff, WorkerProcesses, worker_context
 
 if TYPE_CHECKING:  # imported by the main process once the metrics directory is set
@@ -169,8 +169,9 @@ class Supervisor:
     def main_context(self) -> Generator[None, signal.Signals, None]:
         """To be wrapped with ``aiotools.main_context`` and given to ``start_server``."""
         loop = asyncio.get_running_loop()
-        quiet = QuietAllChildrenGone()
-        logging.getLogger("aiotools.server").addFilter(quiet)
+        quiet = QuietEchoes(self.workers.reported)
+        for name in QuietEchoes.LOGGERS:
+            logging.getLogger(name).addFilter(quiet)
         # These replace aiotools' own handlers: stopping goes through
         # _signal_all, which also reaches replacement workers.
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -192,7 +193,8 @@ class Supervisor:
                 self.stop_signal = signal.SIGHUP
                 self._signal_all(signal.SIGHUP)
             self.workers.close(timeout=self.config.shutdown_timeout_s * 2 + 2)
-            logging.getLogger("aiotools.server").removeFilter(quiet)
+            for name in QuietEchoes.LOGGERS:
+                logging.getLogger(name).removeFilter(quiet)
 
     # -- signals ---------------------------------------------------------
 

@@ -11,7 +11,7 @@ still needed.
   its reset of the inherited signal wakeup descriptor:
   ``test_sigterm_under_traffic_exits_0_and_tells_streams_to_reconnect``
 - :func:`run_replacement`: ``test_killed_worker_is_replaced_within_2s_and_nothing_is_lost``
-- :class:`QuietAllChildrenGone`: ``test_json_logs_have_one_line_per_lifecycle_event_and_no_secret``
+- :class:`QuietEchoes`: ``test_json_logs_have_one_line_per_lifecycle_event_and_no_secret``
 - :func:`forget_reaped_children`: ``test_reloads_and_replacements_leak_no_file_descriptors``
 - the supervisor's own stop handlers and straggler timer (aiotools' are
   replaced, and with them its ``wait_timeout``):
@@ -26,7 +26,7 @@ import logging
 import multiprocessing.process
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import aiotools
@@ -87,12 +87,26 @@ def run_replacement(
     runner(main())
 
 
-class QuietAllChildrenGone(logging.Filter):
-    """aiotools warns when all its workers have exited; here that is how every
-    stop and reload ends, so the warning would only be noise. (It matches
-    aiotools' message text.)"""
+# aiotools' words for a worker that has ended (loggers aiotools.server, aiotools.fork).
+_A_CHILD_ENDED = ("A child process [%d]", "child process %d exit status already read")
+
+
+class QuietEchoes(logging.Filter):
+    """What aiotools logs that is no news here (it matches aiotools' message
+    text): that all its workers have exited, which is how every stop and
+    reload ends; and how a worker ended that the supervisor reported (and
+    replaced) when it died, which aiotools tells again when it notices, or
+    when the generation ends: ``reported`` holds those pids."""
+
+    LOGGERS = ("aiotools.server", "aiotools.fork")
+
+    def __init__(self, reported: Container[int]) -> None:
+        super().__init__()
+        self.reported = reported
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(_A_CHILD_ENDED):
+            return not (record.args and record.args[0] in self.reported)  # type: ignore[index]
         return "All child processes have terminated" not in record.getMessage()
 
 

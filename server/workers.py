@@ -78,6 +78,7 @@ class WorkerProcesses:
         self.replacements: dict[int, multiprocessing.process.BaseProcess] = {}
         self.on_death: Callable[[int], None] = lambda index: None
         self._pidfds: dict[int, int] = {}  # pid -> its pidfd, watched on the loop
+        self.reported: set[int] = set()  # pids whose death was logged (and replaced)
         self._timers: list[asyncio.TimerHandle] = []
 
     def started(self, index: int, pid: int) -> None:
@@ -157,6 +158,7 @@ class WorkerProcesses:
             return
         delay = self.backoff.failed(index, time.monotonic())
         log.warning("worker %d (pid %d) died; starting a replacement", index, pid)
+        self.reported.add(pid)
         if delay:
             self.later(delay, lambda: self._replace(index, pid))
         else:
