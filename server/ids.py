@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 # ASCII digits only: \d would take other scripts' digits, which Redis refuses.
-_ID_RE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+_ID_RE = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _U64_MAX = 2**64 - 1
 
 MessageId = tuple[int, int]
@@ -21,11 +21,11 @@ LAST_ID: MessageId = (_U64_MAX, _U64_MAX)  # no id can follow it
 
 
 def parse_id(value: str) -> MessageId | None:
-    """Parse a message id (``ms-seq`` or ``ms``); None if malformed."""
+    """Parse a message id (``ms-seq``, both parts given); None if malformed."""
     match = _ID_RE.fullmatch(value)
     if match is None:
         return None
-    parsed = int(match.group(1)), int(match.group(2) or 0)
+    parsed = int(match.group(1)), int(match.group(2))
     # Redis ids are two unsigned 64-bit numbers; anything larger is refused by Redis.
     return parsed if max(parsed) <= _U64_MAX else None
 

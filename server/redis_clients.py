@@ -95,6 +95,11 @@ class WaitingPool(aioredis.ConnectionPool):
     provider or maintenance notifications are used, which is what the
     pool's release events serve. Its connections pack commands with
     hiredis (:class:`_PackedByHiredis`).
+
+    A connection that Redis closed while it was idle (Redis restarted, or
+    dropped idle clients) connects again before it is handed out, so that no
+    request fails on a connection from before: the event loop has already
+    read the end of its stream, which costs an attribute check to see.
     """
 
     def __init__(self, *args: Any, wait_s: float, **kwargs: Any) -> None:
@@ -116,6 +121,8 @@ class WaitingPool(aioredis.ConnectionPool):
             raise
         self._in_use_connections.add(connection)
         try:
+            if connection.is_connected and _closed_by_redis(connection):
+                await connection.disconnect(nowait=True)
             if not connection.is_connected:
                 await connection.connect()
         except BaseException:
@@ -127,6 +134,13 @@ class WaitingPool(aioredis.ConnectionPool):
         self._in_use_connections.discard(connection)
         self._available_connections.append(connection)
         self._free.release()
+
+
+def _closed_by_redis(connection: AbstractConnection) -> bool:
+    """Whether the loop has seen Redis end the connection's stream (its
+    asyncio StreamReader, redis-py's ``_reader``)."""
+    reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
+    return reader is not None and (reader.at_eof() or reader.exception() is not None)
 
 
 async def _take(free: asyncio.Semaphore, wait_s: float) -> None:

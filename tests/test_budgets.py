@@ -152,6 +152,7 @@ async def test_open_streams_per_address_are_limited(
             assert statuses.count(200) == 5, statuses
             refused = next(r for r in responses if r.status == 429)
             assert (await refused.json())["error"]["code"] == "too_many_streams"
+            assert int(refused.headers["Retry-After"]) >= 1
         finally:
             for r in responses:
                 r.close()

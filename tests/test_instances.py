@@ -145,6 +145,35 @@ async def test_json_logs_have_one_line_per_lifecycle_event_and_no_secret(
     assert cookie.rsplit(".", 1)[0] not in text  # nor the session's key
 
 
+async def test_no_request_fails_on_a_connection_from_before_redis_restarted(
+    start_server: Callable[..., ServerProcess],
+    persistent_redis: RedisProcess,
+) -> None:
+    redis = persistent_redis
+    server = start_server(redis_url=redis.url, workers=2, args=["--log-format", "json"])
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)  # both workers answer
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(server.url, connector=connector, cookie_jar=jar) as http:
+
+        async def burst(texts: range) -> list[int]:
+            async def post(text: str) -> int:
+                async with http.post("/api/rooms/restart/messages", json={"text": text}) as r:
+                    await r.read()
+                    return r.status
+
+            return await asyncio.gather(*(post(str(n)) for n in texts))
+
+        await user_of(http, server.url)
+        # Requests at once: each worker's pools hold several connections...
+        assert set(await burst(range(40))) == {201}
+        redis.stop()  # ... which Redis closes as it goes.
+        await until_logged(server, lambda lines: count(lines, "lost Redis") >= 2)
+        redis.start()
+        await until_logged(server, lambda lines: count(lines, "reconnected") >= 2)
+        statuses = await burst(range(40, 80))
+    assert statuses == [201] * 40, statuses
+
+
 async def changed_pids(base: str, before: dict[int, int], which: set[int]) -> dict[int, int]:
     """The workers' pids once those in ``which`` are new ones, serving."""
     async with asyncio.timeout(20):

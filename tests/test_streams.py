@@ -349,7 +349,7 @@ async def test_sse_without_session_gets_one_and_keeps_it(client: Any) -> None:
         assert [u["user_id"] for u in sse.presence[-1]] == [me["user_id"]]
 
 
-@pytest.mark.parametrize("value", ["abc", "1-2-3", "-1", "9" * 30, "18446744073709551616-1"])
+@pytest.mark.parametrize("value", ["abc", "1-2-3", "-1", "123", "9" * 30, "18446744073709551616-1"])
 async def test_bad_resume_ids_get_400(client: Any, value: str) -> None:
     resp = await client.get(f"{ROOM}/events", headers={"Last-Event-ID": value})
     assert resp.status == 400
@@ -429,6 +429,7 @@ async def test_stream_limit_per_session(make_app: Any, aiohttp_client: Any) -> N
         resp = await client.get(f"{ROOM}/events")
         assert resp.status == 429
         assert (await resp.json())["error"]["code"] == "too_many_streams"
+        assert int(resp.headers["Retry-After"]) >= 1
     # Closed streams free their slots.
     async with asyncio.timeout(5):
         while True:

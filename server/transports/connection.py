@@ -22,6 +22,10 @@ from ..subscription import Subscription
 
 log = logging.getLogger(__name__)
 
+# A client over its number of open streams may try again once one of its
+# streams has closed: there is no telling when, so a few seconds.
+STREAM_RETRY_AFTER_S = 5
+
 
 def resume_id(value: str | None, name: str) -> MessageId | None:
     if value is None or value == "":
@@ -129,5 +133,6 @@ async def _register(
         raise TooManyStreams(
             f"at most {config.streams_per_session} open streams per session"
             if full == "session"
-            else f"at most {config.address_streams} open streams per client address"
+            else f"at most {config.address_streams} open streams per client address",
+            retry_after=STREAM_RETRY_AFTER_S,
         )
