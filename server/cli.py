@@ -195,10 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             metrics = InstanceMetrics(directory)
             redis_url = config.redis_url
+            companions = []
             if not redis_url:
-                redis_url = stack.enter_context(
+                embedded = stack.enter_context(
                     embedded_redis(config.data_dir, maxmemory=config.redis_maxmemory)
                 )
+                redis_url = embedded.url
+                companions.append(embedded)
             redis_url = reach_redis(redis_url, config.redis_wait_s)
             Supervisor(
                 config,
@@ -207,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reload_config=lambda: load(flags),
                 runner_for=loop_runner,
                 metrics=metrics,
+                companions=companions,
             ).run()
     except (EmbeddedRedisError, RuntimeError, OSError) as exc:
         print(f"chat-server: error: {exc}", file=sys.stderr)

@@ -3,7 +3,8 @@
 Used when no Redis URL is configured, so that ``chat-server`` works on a
 machine with nothing but the Python package installed. It listens only on a
 unix socket inside the data directory (no TCP port), keeps an append-only
-file there so history survives restarts, and is stopped when the server exits.
+file there so history survives restarts, is started again by the supervisor
+if it dies, and is stopped when the server exits.
 It runs with a memory limit and the ``noeviction`` policy: when it is full,
 Redis refuses new writes (the server answers 503 storage_full) rather than evicting
 messages, sessions or presence it has already accepted.
@@ -51,12 +52,86 @@ def _ping(path: str) -> bool:
     return False
 
 
+class EmbeddedRedis:
+    """The ``redis-server`` process, started again by the supervisor if it dies
+    (its data comes back from the append-only file)."""
+
+    name = "embedded Redis"
+
+    def __init__(self, binary: str, redis_dir: str, sock_path: str, maxmemory: str) -> None:
+        self.redis_dir = redis_dir
+        self.sock_path = sock_path
+        self.url = "unix://" + sock_path
+        self.args = [
+            binary,
+            "--port", "0",
+            "--unixsocket", sock_path,
+            "--unixsocketperm", "700",
+            "--dir", redis_dir,
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--maxmemory", maxmemory,
+            "--maxmemory-policy", "noeviction",
+            "--daemonize", "no",
+            "--logfile", os.path.join(redis_dir, "redis.log"),
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start it and wait until it answers; EmbeddedRedisError if it does not."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.sock_path)
+        # Its own session: a Ctrl-C in the terminal reaches the server, which
+        # then stops Redis last, after the workers have finished with it. A
+        # main process killed with SIGKILL takes it along (die_with_parent).
+        self.proc = proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509  (no threads run in the main process)
+        )
+        deadline = time.monotonic() + timeout
+        while not _ping(self.sock_path):
+            if proc.poll() is not None:
+                raise EmbeddedRedisError(
+                    f"embedded Redis exited with code {proc.returncode}; "
+                    f"see {os.path.join(self.redis_dir, 'redis.log')}"
+                )
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise EmbeddedRedisError(f"embedded Redis did not start within {timeout} s")
+            time.sleep(0.02)
+
+    def restart(self) -> None:
+        """Start it again, once it has exited."""
+        if self.proc is not None:
+            self.proc.wait()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @contextlib.contextmanager
 def embedded_redis(
     data_dir: str, *, maxmemory: str = "256mb", start_timeout: float = 10.0
-) -> Iterator[str]:
+) -> Iterator[EmbeddedRedis]:
     """Start a private Redis with its files in ``data_dir/redis``, using at most
-    ``maxmemory`` (a Redis size such as ``"256mb"``); yield its URL."""
+    ``maxmemory`` (a Redis size such as ``"256mb"``); stop it at the end."""
     binary = find_binary()
     if binary is None:
         raise EmbeddedRedisError(
@@ -70,50 +145,11 @@ def embedded_redis(
     if len(os.path.join(redis_dir, "redis.sock")) > _SOCKET_PATH_MAX:
         tmp_dir = tempfile.mkdtemp(prefix="chat-redis-")
         sock_dir = tmp_dir
-    sock_path = os.path.join(sock_dir, "redis.sock")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(sock_path)
-    args = [
-        binary,
-        "--port", "0",
-        "--unixsocket", sock_path,
-        "--unixsocketperm", "700",
-        "--dir", redis_dir,
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--maxmemory", maxmemory,
-        "--maxmemory-policy", "noeviction",
-        "--daemonize", "no",
-        "--logfile", os.path.join(redis_dir, "redis.log"),
-    ]  # fmt: skip
-    # Its own session: a Ctrl-C in the terminal reaches the server, which then
-    # stops Redis last, after the workers have finished with it. A main
-    # process killed with SIGKILL takes it along (die_with_parent).
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=die_with_parent,  # noqa: PLW1509  (no threads run in the main process)
-    )
+    redis = EmbeddedRedis(binary, redis_dir, os.path.join(sock_dir, "redis.sock"), maxmemory)
     try:
-        deadline = time.monotonic() + start_timeout
-        while not _ping(sock_path):
-            if proc.poll() is not None:
-                raise EmbeddedRedisError(
-                    f"embedded Redis exited with code {proc.returncode}; "
-                    f"see {os.path.join(redis_dir, 'redis.log')}"
-                )
-            if time.monotonic() > deadline:
-                raise EmbeddedRedisError(f"embedded Redis did not start within {start_timeout} s")
-            time.sleep(0.02)
-        yield "unix://" + sock_path
+        redis.start(start_timeout)
+        yield redis
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        redis.stop()
         if tmp_dir:
             shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -26,12 +26,13 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING
 
 import aiotools
 
 from . import logs
+from .companions import Companion, Companions
 from .config import Config, ConfigError, keep_bound_settings
 from .process import STOP_SIGNALS, Runner, WorkerSetup, bind
 from .workarounds import QuietEchoes, forget_reaped_children, keeper
@@ -63,6 +64,7 @@ class Supervisor:
         reload_config: Callable[[], Config],
         runner_for: Callable[[Config], Runner],
         metrics: InstanceMetrics,
+        companions: Sequence[Companion] = (),
     ) -> None:
         self.config = config
         self.redis_url = redis_url
@@ -71,6 +73,7 @@ class Supervisor:
         self.runner_for = runner_for
         self.metrics = metrics
         self.backoff = Backoff()
+        self.companions = Companions(companions, self.backoff)
         self.generation = 0
         self.sock = bind(config.host, config.port, config.backlog)
         host, port = self.sock.getsockname()[:2]
@@ -107,9 +110,8 @@ class Supervisor:
 
     def run(self) -> None:
         """Run generations of workers until a stop signal."""
-        # Signals are handled by the main context while a generation runs;
-        # between two generations they wait, blocked, instead of killing the
-        # process.
+        # Between two generations signals wait, blocked, instead of killing
+        # the process (the main context handles them while one runs).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             while True:
@@ -121,9 +123,8 @@ class Supervisor:
                     args=(self.setup,),
                     stop_signals=STOP_SIGNALS,
                     runner=self.runner,
-                    # A worker that fails to start or stop is replaced here;
-                    # aiotools would instead SIGINT the whole process group,
-                    # and so stop the server (and whatever shares its group).
+                    # A worker that fails to start or stop is replaced here; aiotools
+                    # would SIGINT the process group (the server and its group-mates).
                     ignore_child_interrupts=True,
                 )
                 signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -169,18 +170,18 @@ class Supervisor:
     def main_context(self) -> Generator[None, signal.Signals, None]:
         """To be wrapped with ``aiotools.main_context`` and given to ``start_server``."""
         loop = asyncio.get_running_loop()
-        quiet = QuietEchoes(self.workers.reported)
-        for name in QuietEchoes.LOGGERS:
-            logging.getLogger(name).addFilter(quiet)
+        quiet = QuietEchoes(self.workers.reported).install()
         # These replace aiotools' own handlers: stopping goes through
         # _signal_all, which also reaches replacement workers.
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         loop.add_reader(self.read_fd, self._on_report)
+        self.companions.watch(self.workers.later)
         try:
             yield
         finally:
+            self.companions.unwatch()
             # Until the next generation's handlers are in place, signals wait
             # (blocked) rather than killing the process or being lost.
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -193,8 +194,7 @@ class Supervisor:
                 self.stop_signal = signal.SIGHUP
                 self._signal_all(signal.SIGHUP)
             self.workers.close(timeout=self.config.shutdown_timeout_s * 2 + 2)
-            for name in QuietEchoes.LOGGERS:
-                logging.getLogger(name).removeFilter(quiet)
+            quiet.remove()
 
     # -- signals ---------------------------------------------------------
 

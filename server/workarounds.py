@@ -104,6 +104,15 @@ class QuietEchoes(logging.Filter):
         super().__init__()
         self.reported = reported
 
+    def install(self) -> QuietEchoes:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def remove(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and record.msg.startswith(_A_CHILD_ENDED):
             return not (record.args and record.args[0] in self.reported)  # type: ignore[index]
