@@ -61,11 +61,17 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
         "--redis-url", help="redis://host:port/db; without it an embedded Redis is started"
     )
     parser.add_argument("--config", help="TOML config file")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, help="[info]")
+    # Any case, as in the environment and the config file.
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="[info]")
     parser.add_argument(
-        "--log-format", choices=LOG_FORMATS, help="text, or one JSON object a line [text]"
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        help="text, or one JSON object a line [text]",
     )
-    parser.add_argument("--loop", choices=LOOPS, help="event loop of the workers [uvloop]")
+    parser.add_argument(
+        "--loop", type=str.lower, choices=LOOPS, help="event loop of the workers [uvloop]"
+    )
     parser.add_argument("--debug", action="store_true", default=None, help="asyncio debug mode")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return vars(parser.parse_args(argv))

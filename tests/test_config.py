@@ -54,3 +54,7 @@ def test_good_flags_env_and_config_are_taken_flags_first(tmp_path: Any) -> None:
         environ={"CHAT_HEARTBEAT_S": "1.5", "CHAT_WORKERS": "4"},
     )
     assert (config.port, config.workers, config.heartbeat_s) == (8000, 4, 1.5)
+    # Names of levels, formats and loops in any case, as in the environment.
+    flags = parse_args(["--log-level", "INFO", "--log-format", "Json", "--loop", "UVLOOP"])
+    config = load(flags, environ={})
+    assert (config.log_level, config.log_format, config.loop) == ("info", "json", "uvloop")
