@@ -10,10 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from . import keys, redisurl, scripts
-from .broker import NewRoom
+from .broker import IDEMPOTENCY_TTL_S, NewRoom
 from .errors import BadRequest, NotFound, RateLimited, TooLarge
 from .model import ROOM_RE, Message
-from .redis_keys import name_key
+from .ratelimit import Budget, RateLimiter
+from .redis_keys import key_used_in, name_key
 from .sessions import User, keep_name
 from .wire import parse_json
 
@@ -84,8 +85,8 @@ async def post(
     it has one address (``address`` is its budget key).
 
     Returns the message, and True when it is not new: ``idempotency_key``
-    named a message the user already posted in the room (within ten
-    minutes), which is returned instead of storing another. Such a retry
+    named a message the user already posted (within ten minutes, in this
+    room or another), which is returned instead of storing another. Such a retry
     costs nothing from the budgets: it is answered even when they are
     spent, and what it took from them is given back.
 
@@ -100,19 +101,28 @@ async def post(
     limiter = app[keys.RATE_LIMITER]
     budgets = app[keys.BUDGETS]
     charges = ((budgets.messages, user.user_id), (budgets.address_messages, address))
-    # The name goes with the budgets: no round trip of its own.
+    # The name, and the room a key was first used in, go with the budgets:
+    # no round trip of their own.
     redis = app[keys.REDIS]
     pipe = redis.pipeline(transaction=False)
     if user.name is None:
         pipe.get(name_key(user.user_id))
+    if idempotency_key is not None:
+        used = key_used_in(user.user_id, idempotency_key)
+        pipe.set(used, room, nx=True, ex=IDEMPOTENCY_TTL_S)
+        pipe.get(used)
     read, replies = await scripts.run_after(redis, pipe, *limiter.calls(*charges))
     retry_after = limiter.verdict(charges, replies)
-    if retry_after:
-        if idempotency_key is not None:
-            # One more read, only for a keyed message that is refused anyway.
-            first = await broker.published_with(room, user.user_id, idempotency_key)
+    if idempotency_key is not None:
+        first_room = str(read[-1] or room)
+        if retry_after or first_room != room:
+            # One more read, only for a retry, or a message refused anyway.
+            first = await broker.published_with(first_room, user.user_id, idempotency_key)
             if first is not None:
+                if not retry_after:
+                    await _refund(limiter, charges)
                 return first, True
+    if retry_after:
         raise RateLimited("too many messages; slow down", retry_after=retry_after)
     name = user.name
     if name is None:  # (a key Redis lost: the session outlived it)
@@ -132,10 +142,14 @@ async def post(
     if stored:
         app[keys.METRICS].published(time.monotonic() - arrived)
         return message, False
-    # A retry: the message was stored before, and answered now, so what it
-    # just took from the budgets goes back (one more round trip, retries only).
+    await _refund(limiter, charges)
+    return message, True
+
+
+async def _refund(limiter: RateLimiter, charges: tuple[tuple[Budget, str], ...]) -> None:
+    """A retry: the message was stored before, and answered now, so what it
+    just took from the budgets goes back (one more round trip, retries only)."""
     try:
         await limiter.refund(*charges)
     except redisurl.FAILURES as exc:
         log.debug("budgets not refunded for a retry: %s", exc)
-    return message, True

@@ -44,6 +44,12 @@ def users_key(room: str) -> str:
     return f"chat:{{{room}}}:users"
 
 
+def key_used_in(user_id: str, key: str) -> str:
+    """Where a user's idempotency key names the room it was first used in
+    (the user's slot: read with the budgets)."""
+    return f"chat:user:{{{user_id}}}:idem:{key}"
+
+
 def name_key(user_id: str) -> str:
     return f"chat:user:{{{user_id}}}:name"
 

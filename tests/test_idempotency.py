@@ -76,6 +76,28 @@ async def test_a_post_repeated_with_one_idempotency_key_is_stored_once(
     assert len(await history(client)) == 3
 
 
+async def test_a_key_used_again_in_another_room_gets_the_first_message(client: Any) -> None:
+    await user_id(client)
+    status, first, _ = await post(client, "once", "k-1")
+    assert status == 201
+    headers = {"Idempotency-Key": "k-1"}
+    resp = await client.post("/api/rooms/other/messages", json={"text": "once"}, headers=headers)
+    assert resp.status == 201 and resp.headers["Idempotent-Replayed"] == "true"
+    assert await resp.json() == first  # (the message of the room it went to first)
+    resp = await client.get("/api/rooms/other/messages")
+    assert (await resp.json())["messages"] == []
+    # Another key in the other room is another message, and a key first used
+    # there is answered there.
+    resp = await client.post(
+        "/api/rooms/other/messages", json={"text": "two"}, headers={"Idempotency-Key": "k-2"}
+    )
+    assert resp.status == 201 and "Idempotent-Replayed" not in resp.headers
+    status, again, headers = await post(client, "two", "k-2")
+    assert status == 201 and headers["Idempotent-Replayed"] == "true"
+    assert again == await resp.json()
+    assert [m["text"] for m in await history(client)] == ["once"]
+
+
 async def test_a_websocket_message_repeated_with_one_key_is_stored_once(client: Any) -> None:
     await user_id(client)
     async with client.ws_connect(f"{ROOM}/ws") as ws:
