@@ -29,20 +29,25 @@ class Companion(Protocol):
     @property
     def pid(self) -> int: ...
 
+    def running(self) -> bool: ...
+
     def restart(self) -> None: ...
 
 
 class Companions:
+    """The companions of one instance; watched while a generation runs."""
+
     def __init__(self, companions: Sequence[Companion], backoff: Backoff) -> None:
         self.companions = companions
         self.backoff = backoff
         self._pidfds: dict[int, int] = {}  # index in companions -> pidfd
-        self._later: Later | None = None
+        self._later: Later = lambda delay, start: None
+        self._stopping: Callable[[], bool] = lambda: False
 
-    def watch(self, later: Later) -> None:
-        """Watch every companion on the running loop; ``later`` schedules a
-        retry within the generation."""
-        self._later = later
+    def watch(self, later: Later, stopping: Callable[[], bool]) -> None:
+        """Watch every companion on the running loop: ``later`` schedules a
+        start within the generation; none is started while ``stopping()``."""
+        self._later, self._stopping = later, stopping
         for index in range(len(self.companions)):
             self._watch(index)
 
@@ -52,11 +57,12 @@ class Companions:
 
     def _watch(self, index: int) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            pidfd = os.pidfd_open(self.companions[index].pid)
-        except ProcessLookupError:  # (reaped: gone already)
+        companion = self.companions[index]
+        if not companion.running():  # (died between generations, or failed to start)
             loop.call_soon(self._exited, index)
             return
+        # Not reaped while it runs: its pid is its own.
+        pidfd = os.pidfd_open(companion.pid)
         self._pidfds[index] = pidfd
         loop.add_reader(pidfd, self._exited, index)
 
@@ -67,17 +73,32 @@ class Companions:
             os.close(pidfd)
 
     def _exited(self, index: int) -> None:
+        """Start it again: at once, then after longer waits while it keeps dying."""
         self._unwatch(index)
+        if self._stopping():
+            return
         companion = self.companions[index]
-        log.warning("%s (pid %d) exited; starting it again", companion.name, companion.pid)
+        delay = self.backoff.failed(companion.name, time.monotonic())
+        log.warning(
+            "%s (pid %d) exited; starting it again%s",
+            companion.name,
+            companion.pid,
+            f" in {delay:.1f} s" if delay else "",
+        )
+        if delay:
+            self._later(delay, lambda: self._start(index))
+        else:
+            self._start(index)
+
+    def _start(self, index: int) -> None:
+        companion = self.companions[index]
+        if self._stopping():
+            return
         try:
             companion.restart()
         except (RuntimeError, OSError) as exc:
-            delay = self.backoff.failed(companion.name, time.monotonic())
-            log.error("%s did not start: %s; trying again in %.0f s", companion.name, exc, delay)
-            if self._later is not None:
-                self._later(delay, lambda: self._exited(index))
+            log.error("%s did not start: %s", companion.name, exc)
+            self._exited(index)
             return
-        self.backoff.succeeded(companion.name)
         log.info("%s is serving again (pid %d)", companion.name, companion.pid)
         self._watch(index)

@@ -30,6 +30,9 @@ _MEMORY_UNITS = {"": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 MEMORY_MIN = 1024**2  # Redis itself warns about less than this
 
 
+_CHOICES = {"log_level": LOG_LEVELS, "loop": LOOPS, "log_format": LOG_FORMATS}
+
+
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range."""
 
@@ -199,14 +202,10 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:  # noqa: PLR0911  (
     assert key in _STRINGS, key
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if key == "log_level":
+    if key in _CHOICES:  # (in any case)
         value = value.lower()
-        if value not in LOG_LEVELS:
-            raise ConfigError(f"{key}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    if key == "loop" and value not in LOOPS:
-        raise ConfigError(f"{key}: expected one of {', '.join(LOOPS)}, got {value!r}")
-    if key == "log_format" and value not in LOG_FORMATS:
-        raise ConfigError(f"{key}: expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
+        if value not in _CHOICES[key]:
+            raise ConfigError(f"{key}: expected one of {', '.join(_CHOICES[key])}, got {value!r}")
     if key == "public_origin" and value and not _ORIGIN_RE.match(value):
         raise ConfigError(f"{key}: {value!r} is not an origin like https://chat.example.com")
     if key == "host" and not value:

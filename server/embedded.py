@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -43,13 +44,23 @@ def find_binary() -> str | None:
     return path if path and os.access(path, os.X_OK) else None
 
 
-def _ping(path: str) -> bool:
+def _ping(path: str) -> bytes:
+    """Redis' answer to PING (``+PONG``, or ``-LOADING`` while it reads its
+    append-only file); empty when it does not answer."""
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         s.connect(path)
         s.sendall(b"PING\r\n")
-        return s.recv(64).startswith(b"+PONG")
-    return False
+        return s.recv(64)
+    return b""
+
+
+def _child() -> None:
+    """In the forked child: no signal blocked (the main process blocks its
+    stop signals at times, and a child inherits the mask), and die with the
+    main process."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    die_with_parent()
 
 
 class EmbeddedRedis:
@@ -83,8 +94,13 @@ class EmbeddedRedis:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start it and wait until it answers; EmbeddedRedisError if it does not."""
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 10.0, *, loaded: bool = True) -> None:
+        """Start it and wait until it answers (with ``loaded``, until it has
+        read its append-only file: as long as it takes while it does);
+        EmbeddedRedisError if it does not."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.sock_path)
         # Its own session: a Ctrl-C in the terminal reaches the server, which
@@ -94,10 +110,14 @@ class EmbeddedRedis:
             self.args,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509  (no threads run in the main process)
+            preexec_fn=_child,  # noqa: PLW1509  (no threads run in the main process)
         )
         deadline = time.monotonic() + timeout
-        while not _ping(self.sock_path):
+        while not (answer := _ping(self.sock_path)).startswith(b"+PONG"):
+            if answer.startswith(b"-LOADING"):
+                if not loaded:
+                    return  # (the workers wait for it as for any Redis that is loading)
+                deadline = time.monotonic() + timeout
             if proc.poll() is not None:
                 raise EmbeddedRedisError(
                     f"embedded Redis exited with code {proc.returncode}; "
@@ -110,10 +130,10 @@ class EmbeddedRedis:
             time.sleep(0.02)
 
     def restart(self) -> None:
-        """Start it again, once it has exited."""
+        """Start it again, once it has exited: as soon as it answers, loaded or not."""
         if self.proc is not None:
             self.proc.wait()
-        self.start()
+        self.start(loaded=False)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -115,13 +115,11 @@ async def post(
     retry_after = limiter.verdict(charges, replies)
     if idempotency_key is not None:
         first_room = str(read[-1] or room)
-        if retry_after or first_room != room:
-            # One more read, only for a retry, or a message refused anyway.
-            first = await broker.published_with(first_room, user.user_id, idempotency_key)
-            if first is not None:
-                if not retry_after:
-                    await _refund(limiter, charges)
-                return first, True
+        first = await _first_sent_with(
+            app, idempotency_key, user.user_id, room, first_room, bool(retry_after), charges
+        )
+        if first is not None:
+            return first, True
     if retry_after:
         raise RateLimited("too many messages; slow down", retry_after=retry_after)
     name = user.name
@@ -144,6 +142,31 @@ async def post(
         return message, False
     await _refund(limiter, charges)
     return message, True
+
+
+async def _first_sent_with(
+    app: web.Application,
+    key: str,
+    user_id: str,
+    room: str,
+    first_room: str,
+    refused: bool,
+    charges: tuple[tuple[Budget, str], ...],
+) -> Message | None:
+    """The message first sent with ``key``, when this is a retry of it sent
+    to another room than ``first_room``, or one refused by the budgets (a
+    retry to the same room is found by the publish script). One more read,
+    for those only."""
+    if first_room == room and not refused:
+        return None
+    first = await app[keys.BROKER].published_with(first_room, user_id, key)
+    if first is not None:
+        if not refused:
+            await _refund(app[keys.RATE_LIMITER], charges)
+        return first
+    if not refused:  # (refused where it went first: the key is this room's now)
+        await app[keys.REDIS].set(key_used_in(user_id, key), room, ex=IDEMPOTENCY_TTL_S)
+    return None
 
 
 async def _refund(limiter: RateLimiter, charges: tuple[tuple[Budget, str], ...]) -> None:

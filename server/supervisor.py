@@ -177,7 +177,7 @@ class Supervisor:
             loop.add_signal_handler(signum, self._on_stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         loop.add_reader(self.read_fd, self._on_report)
-        self.companions.watch(self.workers.later)
+        self.companions.watch(self.workers.later, lambda: self.ending is Ending.STOP)
         try:
             yield
         finally:

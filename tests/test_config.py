@@ -58,3 +58,6 @@ def test_good_flags_env_and_config_are_taken_flags_first(tmp_path: Any) -> None:
     flags = parse_args(["--log-level", "INFO", "--log-format", "Json", "--loop", "UVLOOP"])
     config = load(flags, environ={})
     assert (config.log_level, config.log_format, config.loop) == ("info", "json", "uvloop")
+    environ = {"CHAT_LOG_LEVEL": "Debug", "CHAT_LOG_FORMAT": "JSON", "CHAT_LOOP": "AsyncIO"}
+    config = load(parse_args([]), environ=environ)
+    assert (config.log_level, config.log_format, config.loop) == ("debug", "json", "asyncio")

@@ -43,6 +43,19 @@ def test_without_any_redis_binary_the_error_says_what_to_do(
     assert "\n" not in message and "--redis-url" in message and "install" in message
 
 
+def test_embedded_redis_blocks_no_signal_whatever_its_parent_blocks(tmp_path: Any) -> None:
+    # The main process blocks its stop signals at times (between generations,
+    # and while aiotools forks); a Redis started then must still stop on SIGTERM.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        with embedded.embedded_redis(str(tmp_path / "data")) as server:
+            with open(f"/proc/{server.pid}/status") as status:
+                mask = next(line for line in status if line.startswith("SigBlk:"))
+            assert int(mask.split()[1], 16) == 0, mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def test_embedded_redis_has_a_memory_limit_and_never_evicts(tmp_path: Any) -> None:
     with embedded.embedded_redis(str(tmp_path / "data"), maxmemory="64MB") as server:
         client = redis.Redis.from_url(server.url, decode_responses=True)

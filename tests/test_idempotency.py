@@ -98,6 +98,24 @@ async def test_a_key_used_again_in_another_room_gets_the_first_message(client: A
     assert [m["text"] for m in await history(client)] == ["once"]
 
 
+async def test_a_key_refused_in_one_room_belongs_to_the_room_it_is_stored_in(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    client = await aiohttp_client(await make_app(address_rooms_per_min=1))
+    await user_id(client)
+    assert (await post(client, "makes general", None))[0] == 201  # (the one new room)
+    headers = {"Idempotency-Key": "k-1"}
+    fresh = "/api/rooms/fresh/messages"
+    resp = await client.post(fresh, json={"text": "x"}, headers=headers)
+    assert resp.status == 429  # a new room too many: nothing stored
+    status, stored, replayed = await post(client, "x", "k-1")
+    assert status == 201 and "Idempotent-Replayed" not in replayed
+    # Sent again where it was refused, it is answered with what was stored.
+    resp = await client.post(fresh, json={"text": "x"}, headers=headers)
+    assert resp.status == 201 and resp.headers["Idempotent-Replayed"] == "true"
+    assert await resp.json() == stored
+
+
 async def test_a_websocket_message_repeated_with_one_key_is_stored_once(client: Any) -> None:
     await user_id(client)
     async with client.ws_connect(f"{ROOM}/ws") as ws:
