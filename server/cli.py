@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp  # noqa: F401  (preloaded, so that forked workers need not import it)
 import aiohttp_session  # noqa: F401
@@ -34,9 +34,6 @@ from .config import LOG_FORMATS, LOG_LEVELS, LOOPS, Config, ConfigError, load
 from .embedded import EmbeddedRedisError, embedded_redis
 from .process import METRICS_DIR_ENV, Runner, title
 from .supervisor import Supervisor
-
-if TYPE_CHECKING:  # imported at run time once its directory is set (see main)
-    pass
 
 log = logging.getLogger("chat-server")
 

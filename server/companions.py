@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .workers import Backoff
+from .workers import Backoff, Exits
 
 log = logging.getLogger("chat-server")
 
@@ -40,7 +39,7 @@ class Companions:
     def __init__(self, companions: Sequence[Companion], backoff: Backoff) -> None:
         self.companions = companions
         self.backoff = backoff
-        self._pidfds: dict[int, int] = {}  # index in companions -> pidfd
+        self.exits = Exits()
         self._later: Later = lambda delay, start: None
         self._stopping: Callable[[], bool] = lambda: False
 
@@ -52,29 +51,17 @@ class Companions:
             self._watch(index)
 
     def unwatch(self) -> None:
-        for index in list(self._pidfds):
-            self._unwatch(index)
+        self.exits.unwatch_all()
 
     def _watch(self, index: int) -> None:
-        loop = asyncio.get_running_loop()
         companion = self.companions[index]
-        if not companion.running():  # (died between generations, or failed to start)
-            loop.call_soon(self._exited, index)
-            return
-        # Not reaped while it runs: its pid is its own.
-        pidfd = os.pidfd_open(companion.pid)
-        self._pidfds[index] = pidfd
-        loop.add_reader(pidfd, self._exited, index)
-
-    def _unwatch(self, index: int) -> None:
-        pidfd = self._pidfds.pop(index, None)
-        if pidfd is not None:
-            asyncio.get_running_loop().remove_reader(pidfd)
-            os.close(pidfd)
+        # Not reaped while it runs: its pid is its own. (Not running: it died
+        # between generations, or failed to start.)
+        if not (companion.running() and self.exits.watch(companion.pid, self._exited, index)):
+            asyncio.get_running_loop().call_soon(self._exited, index)
 
     def _exited(self, index: int) -> None:
         """Start it again: at once, then after longer waits while it keeps dying."""
-        self._unwatch(index)
         if self._stopping():
             return
         companion = self.companions[index]

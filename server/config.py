@@ -93,6 +93,11 @@ class Config:
     # Where the settings came from: reloads read the same file again.
     config_file: str = ""
 
+    @property
+    def stop_deadline_s(self) -> float:
+        """How long a worker may take to stop before it is killed."""
+        return self.shutdown_timeout_s * 2 + 2
+
 
 # key -> (type, minimum, maximum); None bounds are open.
 _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {

@@ -193,7 +193,7 @@ class Supervisor:
                 self.ending = Ending.ALL_GONE
                 self.stop_signal = signal.SIGHUP
                 self._signal_all(signal.SIGHUP)
-            self.workers.close(timeout=self.config.shutdown_timeout_s * 2 + 2)
+            self.workers.close(timeout=self.config.stop_deadline_s)
             quiet.remove()
 
     # -- signals ---------------------------------------------------------
@@ -231,7 +231,7 @@ class Supervisor:
 
     def _kill_stragglers_later(self) -> None:
         """Workers that have not stopped after the graceful timeout are killed."""
-        delay = self.config.shutdown_timeout_s * 2 + 2
+        delay = self.config.stop_deadline_s
         self.workers.later(delay, self.workers.kill_stragglers)
 
     def _signal_all(self, signum: signal.Signals) -> None:

@@ -63,6 +63,44 @@ class Backoff:
         self._failures.pop(what, None)
 
 
+class Exits:
+    """Processes watched for their exit through a pidfd on the running loop
+    (readable once the process has exited): an event, not a poll."""
+
+    def __init__(self) -> None:
+        self._pidfds: dict[int, int] = {}  # pid -> its pidfd
+
+    def watch(self, pid: int, on_exit: Callable[..., None], *args: Any) -> bool:
+        """Call ``on_exit(*args)`` once ``pid`` has exited (the watch ends
+        then); False, and no watch, when it is gone already."""
+        if pid in self._pidfds:
+            return True
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        self._pidfds[pid] = pidfd
+        asyncio.get_running_loop().add_reader(pidfd, self._exited, pid, on_exit, args)
+        return True
+
+    def watching(self, pid: int) -> bool:
+        return pid in self._pidfds
+
+    def unwatch(self, pid: int) -> None:
+        pidfd = self._pidfds.pop(pid, None)
+        if pidfd is not None:
+            asyncio.get_running_loop().remove_reader(pidfd)
+            os.close(pidfd)
+
+    def unwatch_all(self) -> None:
+        for pid in list(self._pidfds):
+            self.unwatch(pid)
+
+    def _exited(self, pid: int, on_exit: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.unwatch(pid)
+        on_exit(*args)
+
+
 class WorkerProcesses:
     """One generation's worker processes, by index."""
 
@@ -77,25 +115,18 @@ class WorkerProcesses:
         self.replacing = True  # False once the generation is stopping
         self.replacements: dict[int, multiprocessing.process.BaseProcess] = {}
         self.on_death: Callable[[int], None] = lambda index: None
-        self._pidfds: dict[int, int] = {}  # pid -> its pidfd, watched on the loop
+        self.exits = Exits()
         self.reported: set[int] = set()  # pids whose death was logged (and replaced)
         self._timers: list[asyncio.TimerHandle] = []
 
     def started(self, index: int, pid: int) -> None:
         """``pid`` serves ``index`` now: learn of its exit from its pidfd."""
         self.pids[index] = pid
-        if pid in self._pidfds:
-            return
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        if not self.exits.watch(pid, self._died, index, pid):
             self._died(index, pid)  # gone already
-            return
-        self._pidfds[pid] = pidfd
-        asyncio.get_running_loop().add_reader(pidfd, self._exited, index, pid)
 
     def alive(self, pid: int) -> bool:
-        return pid in self._pidfds
+        return self.exits.watching(pid)
 
     def signal_all(self, signum: signal.Signals) -> None:
         for pid in self.pids.values():
@@ -121,8 +152,7 @@ class WorkerProcesses:
         (aiotools waits for its own workers), killing those that hang."""
         for timer in self._timers:
             timer.cancel()
-        for pid in list(self._pidfds):
-            self._unwatch(pid)
+        self.exits.unwatch_all()
         deadline = time.monotonic() + timeout
         for process in self.replacements.values():
             process.join(max(0.0, deadline - time.monotonic()))
@@ -136,16 +166,6 @@ class WorkerProcesses:
         self.metrics.workers_stopped(self.pids.values())
 
     # -- deaths ------------------------------------------------------------
-
-    def _unwatch(self, pid: int) -> None:
-        pidfd = self._pidfds.pop(pid, None)
-        if pidfd is not None:
-            asyncio.get_running_loop().remove_reader(pidfd)
-            os.close(pidfd)
-
-    def _exited(self, index: int, pid: int) -> None:
-        self._unwatch(pid)
-        self._died(index, pid)
 
     def _died(self, index: int, pid: int) -> None:
         if self.pids.get(index) != pid:
