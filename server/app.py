@@ -6,10 +6,12 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import keys, middlewares, redisurl, views
 from .broker import Broker
@@ -132,6 +134,12 @@ def create_app(
     return app
 
 
+def _stream(path: str, handler: Handler, **kwargs: Any) -> web.RouteDef:
+    """A stream's route: GET only. (aiohttp would let HEAD run the handler,
+    which registers the stream before aiohttp-sse refuses the method.)"""
+    return web.get(path, handler, allow_head=False, **kwargs)
+
+
 def add_routes(app: web.Application) -> None:
     """The page, the API and the operators' endpoints; anything else is a JSON 404."""
     page = [
@@ -145,8 +153,8 @@ def add_routes(app: web.Application) -> None:
         (web.get, "/api/rooms/{room}/messages", views.get_messages),
         (web.post, "/api/rooms/{room}/messages", views.post_message),
         (web.get, "/api/rooms/{room}/online", views.get_online),
-        (web.get, "/api/rooms/{room}/events", sse.events),
-        (web.get, "/api/rooms/{room}/ws", ws.websocket),
+        (_stream, "/api/rooms/{room}/events", sse.events),
+        (_stream, "/api/rooms/{room}/ws", ws.websocket),
     ]
     operations = [(web.get, "/healthz", views.healthz), (web.get, "/metrics", views.metrics)]
     # Every route answers Expect itself (see middlewares.expect_continue).

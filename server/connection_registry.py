@@ -1,8 +1,12 @@
 """Open connections as Redis sees them: in their room's presence, and under their owners' limits.
 
-A connection is registered in one round trip: it joins its room's presence
-(:mod:`server.presence_store`) and takes a slot from its user's and its
-client address's limits on open connections. Each limit is a sorted set of
+A connection is registered in two round trips: first it takes a slot from
+its user's and its client address's limits on open connections (with the
+budgets its request is charged, in the same round trip), and only once
+every one allows it does it join its room's presence
+(:mod:`server.presence_store`), with its session saved in the same round
+trip: a refused connection writes nothing but counts, and nobody sees it
+come and go. Each limit is a sorted set of
 its owner's connections (members ``worker:id|room``), scored by expiry. An
 entry is renewed every ``USER_SLICES`` heartbeats (a slice of the
 connections each heartbeat), and lasts twice that; a sweep of a dead
@@ -99,36 +103,72 @@ class ConnectionRegistry:
         pipe: Pipeline | None = None,
         first: Sequence[Call] = (),
     ) -> Opened:
-        """Register a connection of a user from a client address (its budget key).
+        """Register a connection: :meth:`reserve` its slots, then :meth:`join`
+        its room (with what ``pipe`` holds) if they were free."""
+        opened = await self.reserve(room, user_id, connection_id, address, ttl_s=ttl_s, first=first)
+        if opened.full is None:
+            await self.join(room, Holder(user_id, address), connection_id, pipe=pipe)
+        return opened
 
-        The user's keys live as long as their session (``ttl_s`` when it is
-        new). What ``pipe`` holds and the ``first`` scripts go in the same
-        round trip, before the registration.
+    async def reserve(
+        self,
+        room: str,
+        user_id: str,
+        connection_id: int,
+        address: str,
+        *,
+        ttl_s: int | None = None,
+        first: Sequence[Call] = (),
+    ) -> Opened:
+        """Take a slot from the user's and the client address's limits on
+        open connections, in one round trip after the ``first`` scripts
+        (budgets, say). Nothing but those counts is written: a connection
+        that is refused (here, or by the caller for what ``first`` said)
+        joins nothing. When a limit is full, the slot taken from the other
+        is given back; otherwise the caller then calls :meth:`join` or :meth:`release`.
+
+        The user's entry lives as long as the session (``ttl_s`` when it is new).
         """
         now = _now_ms()
-        holder = Holder(user_id, address)
-        self._held.setdefault(room, {})[connection_id] = holder
         expiry = now + self.user_ttl_ms
         entry = self.user_member(room, connection_id)
         lifetime_ms = (ttl_s or self.name_ttl_s) * 1000
+        *firsts, for_session, for_address = await scripts.run(
+            self.redis,
+            *first,
+            (
+                self._limit,
+                [user_connections_key(user_id)],
+                [now, expiry, self.per_session_limit, entry, lifetime_ms],
+            ),
+            (
+                self._limit,
+                [address_connections_key(address)],
+                [now, expiry, self.per_address_limit, entry, self.user_ttl_ms],
+            ),
+        )
+        if int(for_session) and int(for_address):
+            return Opened(None, firsts)
+        await self.release(room, Holder(user_id, address), connection_id)
+        return Opened("session" if not int(for_session) else "address", firsts)
+
+    async def release(self, room: str, holder: Holder, connection_id: int) -> None:
+        """Give back the slots :meth:`reserve` took for a connection that is not joining."""
+        entry = self.user_member(room, connection_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(user_connections_key(holder.user_id), entry)
+        pipe.zrem(address_connections_key(holder.address), entry)
+        await pipe.execute()
+
+    async def join(
+        self, room: str, holder: Holder, connection_id: int, *, pipe: Pipeline | None = None
+    ) -> None:
+        """Put a connection whose slots are reserved in its room's presence,
+        after what ``pipe`` holds (a session to save), in one round trip."""
+        self._held.setdefault(room, {})[connection_id] = holder
         try:
-            # One round trip: the join goes with the limit checks, and is
-            # undone in the rare case that a check refuses.
-            *firsts, for_session, for_address, (fresh, swept) = await scripts.run(
-                self.redis,
-                *first,
-                (
-                    self._limit,
-                    [user_connections_key(user_id)],
-                    [now, expiry, self.per_session_limit, entry, lifetime_ms],
-                ),
-                (
-                    self._limit,
-                    [address_connections_key(address)],
-                    [now, expiry, self.per_address_limit, entry, self.user_ttl_ms],
-                ),
-                self.presence.join(room, [(holder, connection_id)]),
-                pipe=pipe,
+            ((fresh, swept),) = await scripts.run(
+                self.redis, self.presence.join(room, [(holder, connection_id)]), pipe=pipe
             )
         except BaseException:
             # The join may have been applied: undo it, whatever happens to us.
@@ -136,13 +176,9 @@ class ConnectionRegistry:
             self._undoing.add(undo)
             undo.add_done_callback(self._undoing.discard)
             raise
-        if not int(for_session) or not int(for_address):
-            await self.close(room, holder, connection_id)
-            return Opened("session" if not int(for_session) else "address", firsts)
         await self._free(room, swept)
         if int(fresh):
             await self._rejoin(room, but=connection_id)
-        return Opened(None, firsts)
 
     async def _undo(self, room: str, holder: Holder, connection_id: int) -> None:
         try:

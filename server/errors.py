@@ -50,6 +50,11 @@ class UnsupportedMediaType(ChatError, status=415, code="unsupported_media_type")
     """A body that is neither JSON nor a form."""
 
 
+class IdempotencyConflict(ChatError, status=409, code="idempotency_conflict"):
+    """An idempotency key whose first use, in another room, is still being
+    stored (or failed without a word): retry shortly."""
+
+
 class RateLimited(ChatError, status=429, code="rate_limited"):
     """A budget of the user's or of the client address's is spent (see ``retry_after``)."""
 

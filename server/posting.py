@@ -11,7 +11,7 @@ from aiohttp import web
 
 from . import keys, redisurl, scripts
 from .broker import IDEMPOTENCY_TTL_S, NewRoom
-from .errors import BadRequest, NotFound, RateLimited, TooLarge
+from .errors import BadRequest, IdempotencyConflict, NotFound, RateLimited, TooLarge
 from .model import ROOM_RE, Message
 from .ratelimit import Budget, RateLimiter
 from .redis_keys import key_used_in, name_key
@@ -82,7 +82,8 @@ async def post(
 
     A message comes out of its user's budget and its client address's (one
     round trip for both): a client can make as many users as it likes, but
-    it has one address (``address`` is its budget key).
+    it has one address (``address`` is its budget key). Checks come first:
+    a message they refuse writes nothing but the budgets' counts.
 
     Returns the message, and True when it is not new: ``idempotency_key``
     named a message the user already posted (within ten minutes, in this
@@ -97,46 +98,42 @@ async def post(
         arrived = time.monotonic()
     config = app[keys.CONFIG]
     text = message_text(text, config.message_max_chars)
-    broker = app[keys.BROKER]
     limiter = app[keys.RATE_LIMITER]
     budgets = app[keys.BUDGETS]
     charges = ((budgets.messages, user.user_id), (budgets.address_messages, address))
-    # The name, and the room a key was first used in, go with the budgets:
-    # no round trip of their own.
+    # The name, and the room a key was first used in, are read with the
+    # budgets: no round trip of their own.
     redis = app[keys.REDIS]
     pipe = redis.pipeline(transaction=False)
     if user.name is None:
         pipe.get(name_key(user.user_id))
     if idempotency_key is not None:
-        used = key_used_in(user.user_id, idempotency_key)
-        pipe.set(used, room, nx=True, ex=IDEMPOTENCY_TTL_S)
-        pipe.get(used)
+        pipe.get(key_used_in(user.user_id, idempotency_key))
     read, replies = await scripts.run_after(redis, pipe, *limiter.calls(*charges))
     retry_after = limiter.verdict(charges, replies)
+    claim = Claim(app, user.user_id, idempotency_key, room, charges)
     if idempotency_key is not None:
-        first_room = str(read[-1] or room)
-        first = await _first_sent_with(
-            app, idempotency_key, user.user_id, room, first_room, bool(retry_after), charges
-        )
+        first = await claim.first_sent(read[-1], refused=bool(retry_after))
         if first is not None:
             return first, True
     if retry_after:
         raise RateLimited("too many messages; slow down", retry_after=retry_after)
-    name = user.name
-    if name is None:  # (a key Redis lost: the session outlived it)
-        name = str(read[0]) if read[0] is not None else await keep_name(redis, user.user_id, None)
+    if idempotency_key is not None and read[-1] is None:
+        first = await claim.take()
+        if first is not None:
+            return first, True
     try:
-        message, stored = await broker.publish_once(
-            room, user.user_id, name, text, idempotency_key, may_create=False
+        name = user.name
+        if name is None:  # (a key Redis lost: the session outlived it)
+            name = (
+                str(read[0]) if read[0] is not None else await keep_name(redis, user.user_id, None)
+            )
+        message, stored = await _publish(
+            app, room, user.user_id, name, text, idempotency_key, address
         )
-    except NewRoom:
-        # A room with no history is a new room: its address has a budget of those.
-        retry_after = await limiter.take((budgets.address_rooms, address))
-        if retry_after:
-            raise RateLimited(
-                "too many new rooms from this address; slow down", retry_after=retry_after
-            ) from None
-        message, stored = await broker.publish_once(room, user.user_id, name, text, idempotency_key)
+    except BaseException:
+        await claim.give_up()
+        raise
     if stored:
         app[keys.METRICS].published(time.monotonic() - arrived)
         return message, False
@@ -144,29 +141,97 @@ async def post(
     return message, True
 
 
-async def _first_sent_with(
+async def _publish(
     app: web.Application,
-    key: str,
-    user_id: str,
     room: str,
-    first_room: str,
-    refused: bool,
-    charges: tuple[tuple[Budget, str], ...],
-) -> Message | None:
-    """The message first sent with ``key``, when this is a retry of it sent
-    to another room than ``first_room``, or one refused by the budgets (a
-    retry to the same room is found by the publish script). One more read,
-    for those only."""
-    if first_room == room and not refused:
-        return None
-    first = await app[keys.BROKER].published_with(first_room, user_id, key)
-    if first is not None:
-        if not refused:
-            await _refund(app[keys.RATE_LIMITER], charges)
+    user_id: str,
+    name: str,
+    text: str,
+    key: str | None,
+    address: str,
+) -> tuple[Message, bool]:
+    """Store the message; a room with no history is a new room, charged to the address."""
+    broker = app[keys.BROKER]
+    try:
+        return await broker.publish_once(room, user_id, name, text, key, may_create=False)
+    except NewRoom:
+        budgets = app[keys.BUDGETS]
+        retry_after = await app[keys.RATE_LIMITER].take((budgets.address_rooms, address))
+        if retry_after:
+            raise RateLimited(
+                "too many new rooms from this address; slow down", retry_after=retry_after
+            ) from None
+        return await broker.publish_once(room, user_id, name, text, key)
+
+
+class Claim:
+    """A user's claim on an idempotency key for the room it is first used in.
+
+    The claim (the user's ``key_used_in`` record, as long as the room's
+    record of the message) is what makes a key hold across rooms: a retry
+    sent to another room finds the first message through it. It is taken
+    only once the budgets allowed the message, and given up when the
+    message then fails to be stored; of two first tries sent at the same
+    instant to two rooms, one takes it and the other gets the first
+    message, or, while that is still being stored, 409 (retry shortly).
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        user_id: str,
+        key: str | None,
+        room: str,
+        charges: tuple[tuple[Budget, str], ...],
+    ) -> None:
+        self.app = app
+        self.user_id = user_id
+        self.key = key
+        self.room = room
+        self.charges = charges
+        self.taken = False
+
+    async def first_sent(self, claimed: Any, *, refused: bool) -> Message | None:
+        """The message first sent with the key, when the claim names another
+        room than this one, or when the budgets refused this try (a retry to
+        the claimed room is found by the publish script). Raises
+        :class:`IdempotencyConflict` when that room does not have it (yet)."""
+        if claimed is None or (str(claimed) == self.room and not refused):
+            return None
+        assert self.key is not None
+        first = await self.app[keys.BROKER].published_with(str(claimed), self.user_id, self.key)
+        if refused:
+            return first
+        await _refund(self.app[keys.RATE_LIMITER], self.charges)
+        if first is None:
+            raise IdempotencyConflict(
+                "this Idempotency-Key is being used for a message to another room; retry shortly",
+                retry_after=1,
+            )
         return first
-    if not refused:  # (refused where it went first: the key is this room's now)
-        await app[keys.REDIS].set(key_used_in(user_id, key), room, ex=IDEMPOTENCY_TTL_S)
-    return None
+
+    async def take(self) -> Message | None:
+        """Claim the key for this room (one round trip); the first message
+        when another try claimed it for another room meanwhile."""
+        assert self.key is not None
+        redis = self.app[keys.REDIS]
+        used = key_used_in(self.user_id, self.key)
+        pipe = redis.pipeline(transaction=False)
+        pipe.set(used, self.room, nx=True, ex=IDEMPOTENCY_TTL_S)
+        pipe.get(used)
+        self.taken, claimed = await pipe.execute()
+        return None if self.taken else await self.first_sent(claimed, refused=False)
+
+    async def give_up(self) -> None:
+        """Release the claim this try took, its message not stored."""
+        if not self.taken:
+            return
+        assert self.key is not None
+        try:
+            # Only this try's SET NX made it, and only this try removes it.
+            await self.app[keys.REDIS].delete(key_used_in(self.user_id, self.key))
+        except redisurl.FAILURES as exc:
+            log.debug("idempotency claim not released: %s", exc)
 
 
 async def _refund(limiter: RateLimiter, charges: tuple[tuple[Budget, str], ...]) -> None:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.client import Pipeline
 
-from . import keys
+from . import keys, scripts
 from .addresses import budget_key
 from .errors import RateLimited
 from .names import friendly_name
@@ -135,8 +135,28 @@ async def queue_save(request: web.Request, response: web.StreamResponse, pipe: P
 
 
 async def rename(request: web.Request, name: str) -> User:
-    """The caller, renamed (the caller keeps the name in its Redis key)."""
-    user = await current_user(request)
+    """The caller, renamed (the caller keeps the name in its Redis key).
+
+    A rename is announced to every room the user is in, so it costs what a
+    message costs, from the user's budget and the client address's (and a
+    new session's from the address's budget of those); refused, it changes
+    nothing and writes nothing.
+    """
+    user = await current_user(request, charge=False)
+    budgets = request.app[keys.BUDGETS]
+    charges = [
+        (budgets.messages, user.user_id),
+        (budgets.address_messages, budget_key(request.remote)),
+    ]
+    if user.is_new:
+        charges.append(new_session_charge(request))
+    limiter = request.app[keys.RATE_LIMITER]
+    replies = await scripts.run(request.app[keys.REDIS], *limiter.calls(*charges))
+    wait = limiter.verdict(charges, replies)
+    if wait:
+        if user.is_new and replies[-1]:
+            raise too_many_sessions(wait)
+        raise RateLimited("too many renames and messages; slow down", retry_after=wait)
     if user.is_new:
         request[NEW_NAME] = name  # what the new session's save writes
     session = await aiohttp_session.get_session(request)

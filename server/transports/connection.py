@@ -47,9 +47,10 @@ async def opened(
 ) -> AsyncIterator[Subscription]:
     """Subscribe to a room and register the connection for presence and the connection limits.
 
-    One round trip to Redis registers the connection, saves a changed session
-    (its cookie goes on ``response``, not yet prepared) and charges a new
-    session to its address (``user`` comes from ``current_user(charge=False)``).
+    Registering it charges a new session to its address (``user`` comes
+    from ``current_user(charge=False)``), checks the limits on open streams,
+    and only then saves a changed session (its cookie goes on ``response``,
+    not yet prepared) and joins the room's presence (see :func:`_register`).
     """
     app = request.app
     hub = app[keys.HUB]
@@ -101,31 +102,30 @@ async def _register(
     user: User,
     address: str,
 ) -> None:
-    """The one round trip of :func:`opened` (what it builds is not kept
-    for the life of the connection)."""
+    """Check, then write: the round trips of :func:`opened`.
+
+    The first charges a new session to its address and takes the stream's
+    slots from its owners' limits; only when every one allows it does the
+    second save the session (and the new user's name) and join the room's
+    presence. A refused stream writes nothing but those counts.
+    """
     app = request.app
     connections = app[keys.CONNECTIONS]
     limiter = app[keys.RATE_LIMITER]
     room = sub.room.name
     charges = (sessions.new_session_charge(request),) if user.is_new else ()
-    pipe = app[keys.REDIS].pipeline(transaction=False)
-    session_key = await sessions.queue_save(request, response, pipe) if user.unsaved else None
-    full, replies = await connections.open(
+    full, replies = await connections.reserve(
         room,
         user.user_id,
         sub.id,
         address,
         ttl_s=NEW_SESSION_TTL_S if user.is_new else None,
-        pipe=pipe,
         first=limiter.calls(*charges),
     )
     wait = limiter.verdict(charges, replies)
     if wait:
-        # Refused after all: the new session and the connection are undone.
         if full is None:
-            await connections.close(room, Holder(user.user_id, address), sub.id)
-        if session_key is not None:
-            await app[keys.REDIS].delete(session_key)
+            await connections.release(room, Holder(user.user_id, address), sub.id)
         raise sessions.too_many_sessions(wait)
     if full is not None:
         config = app[keys.CONFIG]
@@ -136,3 +136,7 @@ async def _register(
             else f"at most {config.address_streams} open streams per client address",
             retry_after=STREAM_RETRY_AFTER_S,
         )
+    pipe = app[keys.REDIS].pipeline(transaction=False)
+    if user.unsaved:
+        await sessions.queue_save(request, response, pipe)
+    await connections.join(room, Holder(user.user_id, address), sub.id, pipe=pipe)
