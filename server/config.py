@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import redisurl
+from .hosts import is_web_origin
 
 log = logging.getLogger("chat-server")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOOPS = ("uvloop", "asyncio")
 LOG_FORMATS = ("text", "json")
-_ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
 _MEMORY_RE = re.compile(r"([0-9]{1,19})(kb|mb|gb)?", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 MEMORY_MIN = 1024**2  # Redis itself warns about less than this
@@ -142,10 +142,6 @@ _BOOLS = ("debug", "cookie_secure")
 KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}
 
 
-def _is_origin(item: str) -> bool:
-    return bool(_ORIGIN_RE.match(item))
-
-
 def _is_network(item: str) -> bool:
     try:
         ipaddress.ip_network(item, strict=False)
@@ -156,7 +152,7 @@ def _is_network(item: str) -> bool:
 
 # key -> (what each item is, a check of one item)
 _LISTS = {
-    "allowed_origins": ("an origin like https://chat.example.com", _is_origin),
+    "allowed_origins": ("an origin like https://chat.example.com", is_web_origin),
     "trusted_proxies": ("an address or network like 10.0.0.0/8", _is_network),
 }
 
@@ -211,7 +207,7 @@ def _coerce(key: str, value: Any, *, from_env: bool) -> Any:  # noqa: PLR0911  (
         value = value.lower()
         if value not in _CHOICES[key]:
             raise ConfigError(f"{key}: expected one of {', '.join(_CHOICES[key])}, got {value!r}")
-    if key == "public_origin" and value and not _ORIGIN_RE.match(value):
+    if key == "public_origin" and value and not is_web_origin(value):
         raise ConfigError(f"{key}: {value!r} is not an origin like https://chat.example.com")
     if key == "host" and not value:
         raise ConfigError(f"{key}: must not be empty")

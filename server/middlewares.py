@@ -9,7 +9,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -23,6 +22,7 @@ from . import keys
 from .addresses import Proxies, from_client
 from .config import Config
 from .errors import ChatError, Unavailable, error_response, storage_full
+from .hosts import Authority, parse_host, parse_origin
 from .redisurl import is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -152,17 +152,17 @@ class KnownHosts:
     """
 
     def __init__(self, config: Config) -> None:
-        origins = (config.public_origin, *config.allowed_origins)
+        origins = [parse_origin(o) for o in (config.public_origin, *config.allowed_origins)]
         names = {"localhost", config.host, socket.gethostname()}
-        names |= {urlsplit(origin).hostname or "" for origin in origins}
+        names |= {origin.authority.host for origin in origins if origin is not None}
         self.names = frozenset(name.lower() for name in names if name)
 
     def __contains__(self, host: str) -> bool:
-        name = host.lower()
-        if name in self.names or name.endswith(".localhost"):
+        """Whether ``host`` (lower case, as :func:`~server.hosts.parse_host` gives it) is known."""
+        if host in self.names or host.endswith(".localhost"):
             return True
         try:
-            ipaddress.ip_address(name.strip("[]"))
+            ipaddress.ip_address(host)
         except ValueError:
             return False
         return True
@@ -174,16 +174,21 @@ _ANY_HOST_PATHS = frozenset({"/healthz", "/metrics"})
 
 
 def unknown_host(request: web.Request, known: KnownHosts) -> web.Response | None:
-    """A 400 for a ``Host`` that names a site this server does not know."""
+    """A 400 for a ``Host`` that is malformed (on any path), or that names a
+    site this server does not know."""
     host = request.headers.get(hdrs.HOST)
-    if host is not None and request.path not in _ANY_HOST_PATHS:
-        name = urlsplit("//" + host).hostname if host.isascii() else None
-        if name is None or name not in known:
-            return error_response(
-                400,
-                f"unknown host {host!r}: set public_origin to the address browsers use",
-                code="unknown_host",
-            )
+    if host is None:
+        return None
+    # Empty is allowed (a request target without authority): it names no site.
+    authority = parse_host(host) if host else Authority("", None)
+    if authority is None:
+        return error_response(400, f"malformed Host header {host!r}", code="bad_host")
+    if request.path not in _ANY_HOST_PATHS and authority.host not in known:
+        return error_response(
+            400,
+            f"unknown host {host!r}: set public_origin to the address browsers use",
+            code="unknown_host",
+        )
     return None
 
 
@@ -242,6 +247,11 @@ def _allowed(request: web.Request, config: Config, origin: str) -> bool:
         return True
     if config.public_origin:
         return origin.lower() == config.public_origin.lower()
-    parts = urlsplit(origin)
-    # Scheme is not compared: behind a TLS-terminating proxy the server sees http.
-    return parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower()
+    # Malformed or opaque ("null"): not this server's. The scheme is not
+    # compared: behind a TLS-terminating proxy the server sees http.
+    parsed = parse_origin(origin)
+    return (
+        parsed is not None
+        and parsed.scheme in ("http", "https")
+        and parsed.authority == parse_host(request.host)
+    )

@@ -83,9 +83,42 @@ _REFUSED_CATEGORIES = {
     "Zl": "a line separator",
     "Zp": "a paragraph separator",
 }
-# Letters by category, invisible by design (Unicode's Default_Ignorable_Code_Point):
-# the Hangul fillers make a name that shows as nothing.
-_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def _code_points(*ranges: tuple[int, int]) -> frozenset[str]:
+    return frozenset(chr(code) for first, last in ranges for code in range(first, last + 1))
+
+
+# Variation selectors (Mn by category) choose how the character before them
+# is drawn, emoji or text presentation among them ("\u2764\ufe0f"): appended
+# to a name, they make one that looks exactly like it.
+_VARIATION_SELECTORS = _code_points((0x180B, 0x180D), (0x180F, 0x180F), (0xFE00, 0xFE0F))
+_VARIATION_SELECTORS |= _code_points((0xE0100, 0xE01EF))
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): shown
+# as nothing whatever their category. Most are Cf or Cn and refused as such;
+# this catches the marks (the combining grapheme joiner, Khmer's inherent
+# vowels) and letters (the Hangul fillers) among them. Then characters that
+# fonts draw blank: the braille blank, the musical null notehead, the Khitan
+# filler.
+_INVISIBLE = _code_points(
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+) | frozenset("\u2800\U0001d159\U00016fe4")
 # Combining marks allowed on one base character, counted as if decomposed
 # (NFD), so that "\u1ec7" (e with two marks) counts the same as e + two marks.
 # Room for real orthographies (Vietnamese stacks two; a Devanagari letter can
@@ -105,8 +138,10 @@ def clean_name(value: Any) -> str:
     name = unicodedata.normalize("NFC", value)
     for char in name:
         what = _REFUSED_CATEGORIES.get(unicodedata.category(char))
-        if what is None and char in _INVISIBLE_LETTERS:
-            what = "an invisible filler character"
+        if what is None and char in _VARIATION_SELECTORS:
+            what = "a variation selector (emoji presentation included)"
+        elif what is None and char in _INVISIBLE:
+            what = "an invisible or blank character"
         if what is not None:
             raise BadRequest(f"name must not contain {what} (U+{ord(char):04X})")
     name = " ".join(name.split())  # only space separators (Zs) are left to split on

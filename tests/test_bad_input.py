@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import pytest
@@ -204,3 +205,79 @@ async def test_with_a_public_origin_only_it_may_write(
         status, _, _ = await raw(server, head + b"Content-Length: %d\n" % len(body), body)
         assert status == expected, origin
     assert "Traceback" not in server.log()
+
+
+MALFORMED_HOSTS = [b"[::1", b"[evil]", b"a:99999", b"[::1]:x", b"]", b"[::1]]", b"\xc3\xbc"]
+MALFORMED_ORIGINS = [b"http://[", b"http://[::1", b"http://a:99999", b"http://[::1]:x"]
+
+
+async def test_a_malformed_host_or_origin_is_refused_without_a_log_line(
+    server: ServerProcess,
+) -> None:
+    logged = len(server.log().splitlines())
+    body = b'{"text": "x"}'
+    for host in MALFORMED_HOSTS:
+        for path in (b"/", b"/api/session", b"/api/rooms/lobby/messages", b"/healthz"):
+            for method in (b"GET", b"POST"):
+                head = method + b" " + path + b" HTTP/1.1\nHost: " + host + b"\n"
+                head += b"Content-Type: application/json\nContent-Length: %d\n" % len(body)
+                status, _, answer = await raw(server, head, body)
+                assert status == 400, (method, path, host)
+                assert json_of(answer)["error"]["code"] == "bad_host"
+    # A write's Origin is compared with the server's own: a malformed one is
+    # not it (a read does not look at it).
+    for origin in MALFORMED_ORIGINS:
+        head = b"POST /api/rooms/lobby/messages HTTP/1.1\nHost: 127.0.0.1\nOrigin: " + origin
+        head += b"\nContent-Type: application/json\nContent-Length: %d\n" % len(body)
+        status, _, answer = await raw(server, head, body)
+        assert status == 403, origin
+        assert json_of(answer)["error"]["code"] == "forbidden"
+        status, _, _ = await raw(
+            server, b"GET /api/session HTTP/1.1\nHost: 127.0.0.1\nOrigin: " + origin + b"\n"
+        )
+        assert status == 200, origin
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.get("/api/rooms/lobby/messages") as resp:
+            assert (await resp.json())["messages"] == []  # nothing was stored
+    # (The fixture checks for tracebacks.) Refusals are not logged at info level.
+    new = server.log().splitlines()[logged:]
+    assert not [line for line in new if " ERROR " in line or " WARNING " in line], new
+
+
+FORGED = "2026-01-01 00:00:00,000 ERROR 1 worker 0 server.middlewares: forged"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_what_a_client_sends_cannot_forge_a_log_line(
+    start_server: Callable[..., ServerProcess], log_format: str
+) -> None:
+    # At debug level every request is in the access log, with its User-Agent.
+    env = {"CHAT_LOG_LEVEL": "debug", "CHAT_LOG_FORMAT": log_format}
+    server = start_server(workers=1, env=env)
+    path = b"/x%0a" + quote(FORGED).encode()
+    # A newline in the path of requests refused for their Host or Origin.
+    status, _, _ = await raw(server, b"GET " + path + b" HTTP/1.1\nHost: [::1\n")
+    assert status == 400
+    head = b"POST " + path + b" HTTP/1.1\nHost: 127.0.0.1\nOrigin: http://[\nContent-Length: 0\n"
+    status, _, _ = await raw(server, head)
+    assert status == 403
+    # Line breaks that reach a header value (next line, line and paragraph separators).
+    for brk in ("\x85", "\u2028", "\u2029"):
+        head = b"GET /healthz HTTP/1.1\nHost: 127.0.0.1\nUser-Agent: x" + (brk + FORGED).encode()
+        status, _, _ = await raw(server, head + b"\n")
+        assert status == 200
+    # One worker logs them in order: once this one is in, all are.
+    await raw(server, b"GET /healthz?last HTTP/1.1\nHost: 127.0.0.1\n")
+    deadline = time.monotonic() + 10
+    while "/healthz?last" not in server.log():
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        await asyncio.sleep(0.05)
+    log = server.log()
+    lines = log.splitlines()  # which breaks lines at each of those too
+    assert not [line for line in lines if line.startswith(FORGED)], log[-3000:]
+    if log_format == "json":
+        for line in lines:
+            json.loads(line)
+    # Each is logged, escaped (the same escape in both formats).
+    assert "x\\u2028" + FORGED in log and "x\\u2029" + FORGED in log
+    assert "Traceback" not in log

@@ -29,6 +29,11 @@ from server.config import ConfigError, load
         ([], {}, "message_max_chars = 'long'\n", "message_max_chars"),
         ([], {}, "rate_limit_burst = -1\n", "rate_limit_burst"),
         ([], {}, "allowed_origins = 'x'\n", "allowed_origins"),
+        # Origins that the workers could not parse.
+        ([], {"CHAT_PUBLIC_ORIGIN": "http://["}, None, "public_origin"),
+        ([], {"CHAT_PUBLIC_ORIGIN": "https://chat.example.com:99999"}, None, "public_origin"),
+        ([], {}, "allowed_origins = ['https://[::1']\n", "allowed_origins"),
+        ([], {}, "allowed_origins = ['https://a:x']\n", "allowed_origins"),
         ([], {}, "this is not toml\n", "invalid TOML"),
     ],
 )

@@ -356,3 +356,74 @@ def test_nothing_a_client_sends_gets_a_5xx_or_crashes_a_worker(
     log = server.log()
     at = log.find("Traceback")
     assert at < 0, log[max(0, at - 300) : at + 3000]
+
+
+HOST_CASES = 1500
+
+# Pieces of authorities, put together in any order: brackets that do not
+# close, ports out of range or not numbers, IPv6 that is not, userinfo, paths.
+HOST_PIECES = ["[", "]", ":", "::1", "127.0.0.1", "localhost", "evil.example", "99999", "65535"]
+HOST_PIECES += ["x", "%25", "@", "/", "..", "\u00fc", " ", "[::1]", "v1.x", "\t", "\u2028", "0"]
+host_values = st.one_of(
+    st.lists(st.sampled_from(HOST_PIECES), max_size=5).map("".join),
+    st.text(alphabet="[]:.@%/#?0123456789abcdefx-_~", max_size=24),
+    st.text(max_size=12),
+).map(lambda t: t.encode("utf-8", "surrogatepass").replace(b"\r", b"").replace(b"\n", b""))
+origin_values = st.one_of(
+    st.tuples(
+        st.sampled_from([b"http://", b"https://", b"", b"HTTP://", b"ws://"]), host_values
+    ).map(b"".join),
+    st.sampled_from([b"null", b"http://[", b"http://[::1", b"http://a:99999"]),
+)
+
+# Each is malformed, not merely unknown: 400 bad_host on any path.
+MALFORMED_HOSTS = [b"[::1", b"[evil]", b"a:99999", b"[::1]:x", b"]", b"[::1]]", b"\xc3\xbc", b"a b"]
+KNOWN_HOSTS = [b"127.0.0.1", b"localhost:8080", b"[::1]:443", b"127.0.0.1:65535"]
+
+
+@st.composite
+def host_requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE"]))
+    path = draw(st.sampled_from(PATHS))
+    # A known host half the time, so that the Origin is looked at too.
+    host = draw(st.one_of(st.sampled_from(KNOWN_HOSTS), host_values))
+    head = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + host]
+    if draw(st.booleans()):
+        head.append(b"Origin: " + draw(st.one_of(origin_values, st.just(b"http://" + host))))
+    if draw(st.booleans()):
+        head.append(b"X-Forwarded-For: " + draw(host_values))
+    body = b'{"text": "fuzz"}' if method in ("POST", "PUT") else b""
+    head += [b"Content-Type: application/json", b"Content-Length: %d" % len(body)]
+    head.append(b"Connection: close")
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def test_any_host_or_origin_gets_an_answer_below_500_and_no_traceback(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2, env={"CHAT_TRUSTED_PROXIES": "127.0.0.1"})
+    port = urlsplit(server.url).port
+    assert port is not None
+    before = worker_pids(port)
+    for host in MALFORMED_HOSTS:
+        for path in ("/", "/api/session", "/api/rooms/fuzz/messages", "/healthz", "/metrics"):
+            request = f"GET {path} HTTP/1.1\r\nHost: ".encode() + host + b"\r\n"
+            answer = exchange(port, request + b"Connection: close\r\n\r\n", whole=True)
+            assert status_of(answer) == 400, (host, path, answer[:300])
+            assert b'"code": "bad_host"' in answer, answer[:300]
+    statuses: dict[int | None, int] = {}
+
+    @fixed_cases(HOST_CASES)
+    @given(request=host_requests())
+    def case(request: bytes) -> None:
+        status = status_of(exchange(port, request))
+        statuses[status] = statuses.get(status, 0) + 1
+        assert status is None or status < 500, request
+
+    case()
+    assert sum(n for status, n in statuses.items() if status is not None) >= HOST_CASES * 0.8
+    assert worker_pids(port) == before
+    log = server.log()
+    at = log.find("Traceback")
+    assert at < 0, log[max(0, at - 300) : at + 3000]
+    assert " ERROR " not in log, log[-3000:]

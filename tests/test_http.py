@@ -229,7 +229,21 @@ async def test_rate_limit_answers_429_with_retry_after(make_app: Any, aiohttp_cl
 
 
 @pytest.mark.parametrize(
-    "origin", ["https://evil.example", "null", "http://127.0.0.1.evil.example"]
+    "origin",
+    [
+        "https://evil.example",
+        "null",
+        "http://127.0.0.1.evil.example",
+        # Malformed: refused as any origin that is not the server's.
+        "http://[",
+        "http://[::1",
+        "http://[evil]",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:x",
+        "http://[::1]:x",
+        "http://\u00fc",
+        "http://127.0.0.1/path",
+    ],
 )
 async def test_cross_site_writes_get_403(client: Any, origin: str) -> None:
     headers = {"Origin": origin}
@@ -242,6 +256,48 @@ async def test_cross_site_writes_get_403(client: Any, origin: str) -> None:
     )  # fmt: skip
     await error_of(resp, 403)
     assert (await (await client.get(ROOM)).json())["messages"] == []
+
+
+MALFORMED_HOSTS = [
+    "[::1",
+    "[evil]",
+    "]",
+    "[::1]]",
+    "[[::1]",
+    "a:99999",
+    "a:",
+    "[::1]:x",
+    "127.0.0.1:8080:80",
+    "a b",
+    "user@127.0.0.1",
+    "127.0.0.1/x",
+    "\u00fcber.example",
+]
+
+
+@pytest.mark.parametrize("host", MALFORMED_HOSTS)
+async def test_a_malformed_host_is_a_400_on_every_path(client: Any, host: str) -> None:
+    headers = {"Host": host}
+    for method, path in (
+        ("GET", "/"),
+        ("GET", "/api/session"),
+        ("PUT", "/api/session"),
+        ("GET", ROOM),
+        ("POST", ROOM),
+        ("GET", "/api/rooms/general/events"),
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/nowhere"),
+    ):
+        resp = await client.request(method, path, json={"text": "x"}, headers=headers)
+        assert (await error_of(resp, 400))["code"] == "bad_host", (method, path)
+    assert (await (await client.get(ROOM)).json())["messages"] == []
+
+
+async def test_an_empty_host_names_no_site(client: Any) -> None:
+    headers = {"Host": ""}
+    assert (await error_of(await client.get("/", headers=headers), 400))["code"] == "unknown_host"
+    assert (await client.get("/healthz", headers=headers)).status == 200
 
 
 async def test_same_origin_and_allowed_origins_may_post(make_app: Any, aiohttp_client: Any) -> None:

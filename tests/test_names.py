@@ -65,6 +65,11 @@ REFUSED = {  # case: (name sent, part of the error message)
     # Invisible letters that make a blank name.
     "hangul filler": ("\u3164", "invisible"),
     "halfwidth hangul filler": ("Ada\uffa0", "invisible"),
+    "braille blank": ("\u2800", "blank"),
+    # Variation selectors: the emoji one too, even on an emoji.
+    "emoji presentation selector": ("Ada \u2764\ufe0f", "variation selector (emoji"),
+    "text presentation selector": ("Ada\ufe0e", "variation selector"),
+    "keycap sequence": ("Ada 1\ufe0f\u20e3", "variation selector"),
     # Combining marks with nothing to sit on, or piled up.
     "leading combining mark": ("\u0301Ada", "no base character"),
     "combining mark after trimming": ("  \u0301Ada", "no base character"),
@@ -92,6 +97,64 @@ async def test_refused_name_gets_400_and_leaves_the_name_unchanged(
     error = await error_of(await client.put("/api/session", json={"name": name}), 400)
     assert error["code"] == "bad_request"
     assert reason in error["message"]
+    await expect_name_unchanged(client, session)
+
+
+# Unicode's Default_Ignorable_Code_Point, each range by its ends, the variation
+# selectors, and characters drawn blank.
+INVISIBLE = [
+    0x00AD,
+    0x034F,
+    0x061C,
+    0x115F,
+    0x1160,
+    0x17B4,
+    0x17B5,
+    0x180B,
+    0x180C,
+    0x180D,
+    0x180E,
+    0x180F,
+    0x200B,
+    0x200F,
+    0x202A,
+    0x202E,
+    0x2060,
+    0x2065,
+    0x206F,
+    0x3164,
+    0xFE00,
+    0xFE0E,
+    0xFE0F,
+    0xFEFF,
+    0xFFA0,
+    0xFFF0,
+    0xFFF8,
+    0x1BCA0,
+    0x1BCA3,
+    0x1D173,
+    0x1D17A,
+    0xE0000,
+    0xE0001,
+    0xE007F,
+    0xE0100,
+    0xE01EF,
+    0xE01F0,
+    0xE0FFF,
+    0x2800,
+    0x1D159,
+    0x16FE4,
+]
+
+
+@pytest.mark.parametrize("code", INVISIBLE, ids=[f"U+{code:04X}" for code in INVISIBLE])
+async def test_an_invisible_character_alone_or_appended_gets_400_naming_it(
+    client: Any, code: int
+) -> None:
+    session = await named(client)
+    for name in (chr(code), BEFORE + chr(code), "Ada" + chr(code) + " Lovelace"):
+        error = await error_of(await client.put("/api/session", json={"name": name}), 400)
+        assert f"(U+{code:04X})" in error["message"], name
     await expect_name_unchanged(client, session)
 
 
@@ -150,6 +213,23 @@ async def test_length_counts_characters_after_nfc(client: Any) -> None:
         ("\u0645\u062d\u0645\u062f", "\u0645\u062d\u0645\u062f"),  # Arabic, right to left
         ("\u674e\u5c0f\u9f99", "\u674e\u5c0f\u9f99"),
         ("\U0001f44d\U0001f3fd Ada", "\U0001f44d\U0001f3fd Ada"),  # emoji with a skin tone
+        ("Ada \u2764 \U0001f600", "Ada \u2764 \U0001f600"),  # emoji without a selector
+        ("\uae40\ubbfc\uc900", "\uae40\ubbfc\uc900"),  # Hangul syllables
+        ("\u1112\u1161\u11ab", "\ud55c"),  # Hangul jamo, composed by NFC
+        ("\u179f\u17bb\u1781\u17b6", "\u179f\u17bb\u1781\u17b6"),  # Khmer
+        ("\u182e\u1823\u1829\u182d\u1823\u182f", "\u182e\u1823\u1829\u182d\u1823\u182f"),
+        ("\u0e2a\u0e21\u0e0a\u0e32\u0e22", "\u0e2a\u0e21\u0e0a\u0e32\u0e22"),  # Thai
+        ("\u0ba4\u0bae\u0bbf\u0bb4\u0bcd", "\u0ba4\u0bae\u0bbf\u0bb4\u0bcd"),  # Tamil
+        ("\u12a0\u1260\u1260", "\u12a0\u1260\u1260"),  # Ethiopic
+        ("\u10dc\u10d8\u10dc\u10dd", "\u10dc\u10d8\u10dc\u10dd"),  # Georgian
+        (
+            "\u0414\u043c\u0438\u0442\u0440\u0438\u0439",
+            "\u0414\u043c\u0438\u0442\u0440\u0438\u0439",
+        ),
+        ("\u0395\u03bb\u03ad\u03bd\u03b7", "\u0395\u03bb\u03ad\u03bd\u03b7"),  # Greek
+        ("\u3055\u304f\u3089", "\u3055\u304f\u3089"),  # Hiragana
+        ("\u13e3\u13b3\u13a9", "\u13e3\u13b3\u13a9"),  # Cherokee
+        ("\u2801\u2803 braille", "\u2801\u2803 braille"),  # braille that is not blank
         ("\u00a0Ada\u3000\u3000Lovelace ", "Ada Lovelace"),  # any space separator is a space
         ("Zed (you)", "Zed (you)"),  # the page's own marker stands after the tag
     ],
