@@ -2,10 +2,11 @@
 
     python -m benchmarks.report benchmarks/results > BENCHMARKS.rst
 
-(a directory stands for the ``*.json`` files in it). Every figure in the
-output comes from those files (the machine, the command of each run, the
-tables); the prose around them is fixed text that describes the method, not
-the results.
+(a directory stands for the ``*.json`` files in it). It opens with one
+summary table, the latest run of each scenario (``benchmarks/summary.py``),
+then the method and every run. Every figure in the output comes from those
+files (the machine, the command of each run, the tables); the prose around
+them is fixed text that describes the method, not the results.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .summary import PER_MESSAGE, quotients, summary
 from .tables import render
 
 SCENARIO_ORDER = ("fanout", "capacity", "rooms", "idle", "storm")
@@ -29,14 +31,16 @@ TITLES = {
     "storm": "storm: everyone connects at once",
 }
 
-INTRO = """\
+HEAD = """\
 ==========
 Benchmarks
 ==========
 
 .. This file is generated: python -m benchmarks.report benchmarks/results
    Do not edit it by hand; change benchmarks/report.py or rerun the benchmark.
+"""
 
+INTRO = """\
 One harness, ``python -m benchmarks.loadgen``, drives three servers under the
 same load, side by side in one run, each with the same number of processes
 (2 unless stated) on one private ``redis-server`` that the harness starts
@@ -132,15 +136,29 @@ def json_files(paths: Sequence[str]) -> list[str]:
 
 
 def load(paths: Sequence[str]) -> list[dict[str, Any]]:
-    runs = []
+    runs: list[dict[str, Any]] = []
     for path in json_files(paths):
         with open(path) as f:
             run = json.load(f)
         run["_path"] = path
+        run["_name"] = unique_name(path, {r["_name"] for r in runs})
         runs.append(run)
     order = {name: i for i, name in enumerate(SCENARIO_ORDER)}
     runs.sort(key=lambda r: (order.get(r["scenario"], len(order)), r["_path"]))
     return runs
+
+
+def unique_name(path: str, taken: set[str]) -> str:
+    """The run's name in the report and its link target: its file's name,
+    made unique (reStructuredText matches link names in any case)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    base = "-".join("".join(c if c.isalnum() else " " for c in stem).split()) or "run"
+    taken = {name.lower() for name in taken}
+    name, n = base, 1
+    while name.lower() in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def heading(text: str, char: str) -> str:
@@ -250,42 +268,27 @@ def run_text(run: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-# The rooms scenario's question: does a message cost more when there are more rooms?
-PER_MESSAGE = (
-    ("server CPU per message", "server_cpu_ms_per_message"),
-    ("Redis CPU per message", "redis_cpu_ms_per_message"),
-)
-
-
 def many_against_few(run: dict[str, Any]) -> list[str]:
     """For a rooms run: each target's cost per message with the most rooms
     divided by its cost with the fewest."""
     if run["scenario"] != "rooms" or len(run["cases"]) < 2:
         return []
-    cases = sorted(run["cases"], key=lambda case: case["params"]["rooms"])
-    few, many = cases[0], cases[-1]
-    quotients: dict[str, dict[str, Any]] = {}
-    for name, figures in few["results"].items():
-        other = many["results"].get(name, {"na": "not run"})
-        if "na" in figures or "na" in other or "error" in figures or "error" in other:
-            quotients[name] = {"error": True} if "na" not in figures else {"na": True}
-            continue
-        quotients[name] = {
-            key: other[key] / figures[key] for _, key in PER_MESSAGE if figures.get(key)
-        }
-    label = f"K={many['params']['rooms']} / K={few['params']['rooms']}"
+    label, figures = quotients(run)
     metrics = [(f"{text}, {label}", key, "{:.2f}", False) for text, key in PER_MESSAGE]
     return [
         "**Many rooms against few**: each target's cost per message at the most rooms"
         " divided by its cost at the fewest.",
         "",
-        render(metrics, quotients),
+        render(metrics, figures),
         "",
     ]
 
 
 def report(runs: list[dict[str, Any]]) -> str:
-    out = [INTRO]
+    out = [HEAD]
+    if runs:
+        out.append(summary(runs))
+    out.append(INTRO)
     out.append(heading("Reproduce", "="))
     out.append(
         "From a checkout, on Linux (the harness reads ``/proc``), with the\n"
@@ -314,6 +317,7 @@ def report(runs: list[dict[str, Any]]) -> str:
             out.append(machine_text(full) + "\n")
         out.append(heading("Results", "="))
     for run in runs:
+        out.append(f".. _{run['_name']}:\n")
         out.append(heading(TITLES.get(run["scenario"], run["scenario"]), "-"))
         out.append(run_text(run))
     out.append(LIMITS)

@@ -1,0 +1,183 @@
+"""The table that opens ``BENCHMARKS.rst``: the latest run of each scenario.
+
+One row per scenario (a scenario run with another transport or number of
+streams is a row of its own), from the run that started last: its headline
+figures for each target, the ratios of the chat server to the others, and a
+link to the run's full section. Labels, formats and figures all come from the
+run's JSON; this module only chooses which rows of it are the headline.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from .tables import OTHERS, OURS, cell, ratio
+
+# The headline of each scenario: keys of the run's own metrics, in order.
+# ``rooms`` has its own: each target's cost per message, many rooms over few.
+HEADLINES = {
+    "fanout": ("fan-out", ("server_cpu_ms_per_1k_deliveries", "latency_p99_ms", "lost")),
+    "capacity": ("capacity", ("capacity_deliveries_per_s",)),
+    "rooms": ("rooms", ()),
+    "idle": ("idle", ("memory_per_connection_kib",)),
+    "storm": ("storm", ("server_cpu_ms_per_connect", "opened")),
+}
+TRANSPORTS = ("ws", "sse", "mixed")
+TARGETS = (OURS, *OTHERS)
+
+NOTES = """\
+Each row is the latest run of a scenario (the one that started last); its
+name links to its full section under Results, where the earlier runs follow.
+Ratios are chat/bare and chat/socketio: for deliveries per second and
+streams opened higher is better, for everything else lower. "not run": that
+run left the target out (``--targets``); "n/a": the target cannot take part
+(python-socketio has no SSE). rooms: each target's server CPU per message
+with the most rooms divided by the same with the fewest; the chat server's
+quotient should be at most 1.5 times the bare broadcaster's.
+"""
+
+# The rooms scenario's question: does a message cost more when there are more rooms?
+PER_MESSAGE = (
+    ("server CPU per message", "server_cpu_ms_per_message"),
+    ("Redis CPU per message", "redis_cpu_ms_per_message"),
+)
+
+
+def started(run: dict[str, Any]) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(run["started_at"]).astimezone(datetime.UTC)
+
+
+def variant(run: dict[str, Any]) -> tuple[str, str, int]:
+    """What makes two runs the same scenario: its name, transport and size."""
+    options = run.get("options", {})
+    return run["scenario"], options.get("transport", ""), options.get("subscribers", 0)
+
+
+def latest(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run that started last of each variant, in the report's order."""
+    newest: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for run in runs:
+        key = variant(run)
+        if key not in newest or started(run) > started(newest[key]):
+            newest[key] = run
+    order = {name: i for i, name in enumerate(HEADLINES)}
+
+    def place(key: tuple[str, str, int]) -> tuple[int, str, int, str, int]:
+        scenario, transport, size = key
+        known = TRANSPORTS.index(transport) if transport in TRANSPORTS else len(TRANSPORTS)
+        return order.get(scenario, len(order)), scenario, known, transport, size
+
+    return [newest[key] for key in sorted(newest, key=place)]
+
+
+def quotients(run: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """For a rooms run: each target's cost per message with the most rooms
+    divided by its cost with the fewest, and the label of that quotient."""
+    cases = sorted(run["cases"], key=lambda case: case["params"]["rooms"])
+    few, many = cases[0], cases[-1]
+    result: dict[str, dict[str, Any]] = {}
+    for name, figures in few["results"].items():
+        other = many["results"].get(name, {"na": "not run"})
+        if "na" in figures or "na" in other or "error" in figures or "error" in other:
+            result[name] = {"error": True} if "na" not in figures else {"na": True}
+            continue
+        result[name] = {
+            key: other[key] / figures[key] for _, key in PER_MESSAGE if figures.get(key)
+        }
+    return f"K={many['params']['rooms']} / K={few['params']['rooms']}", result
+
+
+def headline(run: dict[str, Any]) -> tuple[list[Sequence[Any]], dict[str, dict[str, Any]]]:
+    """The run's headline metrics, as (label, key, fmt, ratio), and the figures."""
+    scenario = run["scenario"]
+    if scenario == "rooms" and len(run["cases"]) > 1:
+        label, figures = quotients(run)
+        text, key = PER_MESSAGE[0]
+        return [(f"{text}, {label}", key, "{:.2f}", True)], figures
+    metrics = {metric[1]: metric for metric in run["metrics"]}
+    keys = HEADLINES.get(scenario, ("", ()))[1]
+    chosen = [metrics[key] for key in keys if key in metrics]
+    if not chosen:  # a scenario this module does not know: its first compared rows
+        chosen = [metric for metric in run["metrics"] if metric[3]][:2]
+    return chosen, run["cases"][0]["results"] if run["cases"] else {}
+
+
+def rows(run: dict[str, Any]) -> list[list[str]]:
+    """One row per headline figure: label, a cell per target, the two ratios."""
+    metrics, figures = headline(run)
+    out = []
+    for label, key, fmt, with_ratio in metrics:
+        row = [label]
+        row += [cell(figures[n], key, fmt) if n in figures else "not run" for n in TARGETS]
+        for other in OTHERS:
+            wanted = with_ratio and OURS in figures
+            row.append(ratio(figures[OURS], figures.get(other), key) if wanted else "")
+        out.append(row)
+    return out
+
+
+def group(run: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
+    scenario, transport, size = variant(run)
+    name = HEADLINES.get(scenario, (scenario, ()))[0]
+    when = started(run)
+    links = [f"`{run['_name']}`_,", when.strftime("%Y-%m-%d"), when.strftime("%H:%M UTC")]
+    if run.get("problems"):
+        links.append("failed its check")
+    return [f"{name}:", f"{size} {transport}"], rows(run), links
+
+
+def summary(runs: Sequence[dict[str, Any]]) -> str:
+    """The summary table and its notes; "" when there is no run."""
+    if not runs:
+        return ""
+    newest = latest(runs)
+    groups = []
+    for scenario, (name, _) in HEADLINES.items():
+        mine = [group(run) for run in newest if run["scenario"] == scenario]
+        groups += mine or [([f"{name}:"], [["not run yet"]], [])]
+    groups += [group(run) for run in newest if run["scenario"] not in HEADLINES]
+    headers = ["scenario", "figure", *TARGETS, *(f"{OURS}/{o}" for o in OTHERS), "latest run"]
+    return grid(headers, groups) + "\n\n" + NOTES
+
+
+def grid(headers: list[str], groups: list[tuple[list[str], list[list[str]], list[str]]]) -> str:
+    """A reStructuredText grid table whose first and last cells span each
+    group's rows: (first cell's lines, the rows between, last cell's lines)."""
+    inner = len(headers) - 2
+    bodies = [[row + [""] * (inner - len(row)) for row in rows] for _, rows, _ in groups]
+    widths = [max([len(headers[0])] + [len(t) for first, _, _ in groups for t in first])]
+    widths += [
+        max([len(headers[i + 1])] + [len(row[i]) for body in bodies for row in body])
+        for i in range(inner)
+    ]
+    widths.append(max([len(headers[-1])] + [len(t) for _, _, last in groups for t in last]))
+
+    def rule(char: str) -> str:
+        return "+" + "+".join(char * (w + 2) for w in widths) + "+"
+
+    def line(cells: Sequence[str]) -> str:
+        texts = [cells[0].ljust(widths[0])]
+        texts.append(cells[1].ljust(widths[1]))
+        texts += [c.rjust(w) for c, w in zip(cells[2:-1], widths[2:-1], strict=True)]
+        texts.append(cells[-1].ljust(widths[-1]))
+        return "| " + " | ".join(texts) + " |"
+
+    out = [rule("-"), line(headers), rule("=")]
+    for (first, _, last), body in zip(groups, bodies, strict=True):
+        height = max(len(first), len(last), 2 * len(body) - 1)
+        slots: list[list[str] | None] = []  # a row's cells, or None: a rule between rows
+        for i, row in enumerate(body):
+            slots += [None, row] if i else [row]
+        slots += [[""] * inner] * (height - len(slots))
+        for n, cells in enumerate(slots):
+            left = first[n] if n < len(first) else ""
+            right = last[n] if n < len(last) else ""
+            if cells is None:
+                middle = "+".join("-" * (w + 2) for w in widths[1:-1])
+                out.append(f"| {left.ljust(widths[0])} +{middle}+ {right.ljust(widths[-1])} |")
+            else:
+                out.append(line([left, *cells, right]))
+        out.append(rule("-"))
+    return "\n".join(out)
