@@ -19,16 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from . import redisurl, scripts
+from .batch import Batch
+from .batch import run as run_scripts
 from .presence_store import Holder, PresenceStore
 from .redis_keys import address_connections_key, channel, name_key, user_connections_key
-from .scripts import Call
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +49,9 @@ REFRESH_BATCH = 250  # rooms renewed, or user entries refreshed, per pipeline
 USER_SLICES = 20  # a user entry is renewed every this many heartbeats
 
 
-class Opened(NamedTuple):
-    """How a connection's registration went."""
-
-    full: str | None  # what is at its limit ("session", "address"), None when registered
-    first: list[Any]  # the replies of the scripts that went first
+def _only(replies: list[Any]) -> Any:
+    (reply,) = replies
+    return reply
 
 
 def _now_ms() -> int:
@@ -100,15 +97,13 @@ class ConnectionRegistry:
         address: str,
         *,
         ttl_s: int | None = None,
-        pipe: Pipeline | None = None,
-        first: Sequence[Call] = (),
-    ) -> Opened:
+    ) -> str | None:
         """Register a connection: :meth:`reserve` its slots, then :meth:`join`
-        its room (with what ``pipe`` holds) if they were free."""
-        opened = await self.reserve(room, user_id, connection_id, address, ttl_s=ttl_s, first=first)
-        if opened.full is None:
-            await self.join(room, Holder(user_id, address), connection_id, pipe=pipe)
-        return opened
+        its room if they were free; what was full, as :meth:`reserve` says."""
+        full = await self.reserve(room, user_id, connection_id, address, ttl_s=ttl_s)
+        if full is None:
+            await self.join(room, Holder(user_id, address), connection_id)
+        return full
 
     async def reserve(
         self,
@@ -118,39 +113,46 @@ class ConnectionRegistry:
         address: str,
         *,
         ttl_s: int | None = None,
-        first: Sequence[Call] = (),
-    ) -> Opened:
+        batch: Batch | None = None,
+    ) -> str | None:
         """Take a slot from the user's and the client address's limits on
-        open connections, in one round trip after the ``first`` scripts
-        (budgets, say). Nothing but those counts is written: a connection
-        that is refused (here, or by the caller for what ``first`` said)
-        joins nothing. When a limit is full, the slot taken from the other
-        is given back; otherwise the caller then calls :meth:`join` or :meth:`release`.
+        open connections, with the commands of ``batch`` (the request's
+        budgets, say) in one round trip; what is full (``"session"``,
+        ``"address"``), or None.
 
-        The user's entry lives as long as the session (``ttl_s`` when it is new).
+        Nothing but those counts is written: a connection that is refused
+        (here, or by the caller for what the rest of the batch said) joins
+        nothing. When a limit is full, the slot taken from the other is
+        given back; otherwise the caller then calls :meth:`join` or
+        :meth:`release`. The user's entry lives as long as the session
+        (``ttl_s`` when it is new).
         """
         now = _now_ms()
         expiry = now + self.user_ttl_ms
         entry = self.user_member(room, connection_id)
         lifetime_ms = (ttl_s or self.name_ttl_s) * 1000
-        *firsts, for_session, for_address = await scripts.run(
-            self.redis,
-            *first,
-            (
-                self._limit,
-                [user_connections_key(user_id)],
-                [now, expiry, self.per_session_limit, entry, lifetime_ms],
-            ),
-            (
-                self._limit,
-                [address_connections_key(address)],
-                [now, expiry, self.per_address_limit, entry, self.user_ttl_ms],
-            ),
+        batch = Batch(self.redis) if batch is None else batch
+        slots = batch.scripts(
+            [
+                (
+                    self._limit,
+                    [user_connections_key(user_id)],
+                    [now, expiry, self.per_session_limit, entry, lifetime_ms],
+                ),
+                (
+                    self._limit,
+                    [address_connections_key(address)],
+                    [now, expiry, self.per_address_limit, entry, self.user_ttl_ms],
+                ),
+            ],
+            lambda replies: [bool(int(reply)) for reply in replies],
         )
-        if int(for_session) and int(for_address):
-            return Opened(None, firsts)
+        await batch.run()
+        for_session, for_address = slots.value
+        if for_session and for_address:
+            return None
         await self.release(room, Holder(user_id, address), connection_id)
-        return Opened("session" if not int(for_session) else "address", firsts)
+        return "session" if not for_session else "address"
 
     async def release(self, room: str, holder: Holder, connection_id: int) -> None:
         """Give back the slots :meth:`reserve` took for a connection that is not joining."""
@@ -161,21 +163,22 @@ class ConnectionRegistry:
         await pipe.execute()
 
     async def join(
-        self, room: str, holder: Holder, connection_id: int, *, pipe: Pipeline | None = None
+        self, room: str, holder: Holder, connection_id: int, *, batch: Batch | None = None
     ) -> None:
         """Put a connection whose slots are reserved in its room's presence,
-        after what ``pipe`` holds (a session to save), in one round trip."""
+        with the commands of ``batch`` (a session to save) in one round trip."""
         self._held.setdefault(room, {})[connection_id] = holder
+        batch = Batch(self.redis) if batch is None else batch
+        joined = batch.scripts([self.presence.join(room, [(holder, connection_id)])], _only)
         try:
-            ((fresh, swept),) = await scripts.run(
-                self.redis, self.presence.join(room, [(holder, connection_id)]), pipe=pipe
-            )
+            await batch.run()
         except BaseException:
             # The join may have been applied: undo it, whatever happens to us.
             undo = asyncio.ensure_future(self._undo(room, holder, connection_id))
             self._undoing.add(undo)
             undo.add_done_callback(self._undoing.discard)
             raise
+        fresh, swept = joined.value
         await self._free(room, swept)
         if int(fresh):
             await self._rejoin(room, but=connection_id)
@@ -195,12 +198,17 @@ class ConnectionRegistry:
     async def close(self, room: str, holder: Holder, connection_id: int) -> None:
         self._forget(room, connection_id)
         entry = self.user_member(room, connection_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrem(user_connections_key(holder.user_id), entry)
-        pipe.zrem(address_connections_key(holder.address), entry)
-        leave = self.presence.leave(room, holder, connection_id)
-        (swept,) = await scripts.run(self.redis, leave, pipe=pipe)
-        await self._free(room, swept)
+        batch = Batch(self.redis)
+        batch.commands(
+            lambda pipe: (
+                pipe.zrem(user_connections_key(holder.user_id), entry),
+                pipe.zrem(address_connections_key(holder.address), entry),
+            ),
+            list,
+        )
+        left = batch.scripts([self.presence.leave(room, holder, connection_id)], _only)
+        await batch.run()
+        await self._free(room, left.value)
 
     async def refresh(self, parts: int = 1) -> None:
         """Renew this worker's lease on its rooms, and its connections'
@@ -218,7 +226,7 @@ class ConnectionRegistry:
         # hold the event loop for tens of milliseconds.
         for start in range(0, len(rooms), REFRESH_BATCH):
             batch = rooms[start : start + REFRESH_BATCH]
-            replies = await scripts.run(self.redis, *map(self.presence.renew, batch))
+            replies = await run_scripts(self.redis, *map(self.presence.renew, batch))
             for room, (fresh, swept) in zip(batch, replies, strict=True):
                 await self._free(room, swept)
                 if int(fresh):
@@ -247,7 +255,7 @@ class ConnectionRegistry:
             if connection_id != but
         ]
         if held:
-            ((_, swept),) = await scripts.run(self.redis, self.presence.join(room, held))
+            ((_, swept),) = await run_scripts(self.redis, self.presence.join(room, held))
             await self._free(room, swept)
 
     async def _free(self, room: str, swept: list[str]) -> None:

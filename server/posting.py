@@ -9,7 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from . import keys, redisurl, scripts
+from . import keys, redisurl
+from .batch import Batch
 from .broker import IDEMPOTENCY_TTL_S, NewRoom
 from .errors import BadRequest, IdempotencyConflict, NotFound, RateLimited, TooLarge
 from .model import ROOM_RE, Message
@@ -104,30 +105,27 @@ async def post(
     # The name, and the room a key was first used in, are read with the
     # budgets: no round trip of their own.
     redis = app[keys.REDIS]
-    pipe = redis.pipeline(transaction=False)
-    if user.name is None:
-        pipe.get(name_key(user.user_id))
-    if idempotency_key is not None:
-        pipe.get(key_used_in(user.user_id, idempotency_key))
-    read, replies = await scripts.run_after(redis, pipe, *limiter.calls(*charges))
-    retry_after = limiter.verdict(charges, replies)
+    batch = Batch(redis)
+    kept_name = batch.get(name_key(user.user_id)) if user.name is None else None
+    claimed = batch.get(key_used_in(user.user_id, idempotency_key)) if idempotency_key else None
+    verdict = limiter.charge(batch, *charges)
+    await batch.run()
+    retry_after = verdict.value.wait
     claim = Claim(app, user.user_id, idempotency_key, room, charges)
-    if idempotency_key is not None:
-        first = await claim.first_sent(read[-1], refused=bool(retry_after))
+    if claimed is not None:
+        first = await claim.first_sent(claimed.value, refused=bool(retry_after))
         if first is not None:
             return first, True
     if retry_after:
         raise RateLimited("too many messages; slow down", retry_after=retry_after)
-    if idempotency_key is not None and read[-1] is None:
+    if claimed is not None and claimed.value is None:
         first = await claim.take()
         if first is not None:
             return first, True
     try:
-        name = user.name
+        name = user.name or (kept_name.value if kept_name else None)
         if name is None:  # (a key Redis lost: the session outlived it)
-            name = (
-                str(read[0]) if read[0] is not None else await keep_name(redis, user.user_id, None)
-            )
+            name = await keep_name(redis, user.user_id, None)
         message, stored = await _publish(
             app, room, user.user_id, name, text, idempotency_key, address
         )
@@ -156,10 +154,10 @@ async def _publish(
         return await broker.publish_once(room, user_id, name, text, key, may_create=False)
     except NewRoom:
         budgets = app[keys.BUDGETS]
-        retry_after = await app[keys.RATE_LIMITER].take((budgets.address_rooms, address))
-        if retry_after:
+        verdict = await app[keys.RATE_LIMITER].take((budgets.address_rooms, address))
+        if verdict.wait:
             raise RateLimited(
-                "too many new rooms from this address; slow down", retry_after=retry_after
+                "too many new rooms from this address; slow down", retry_after=verdict.wait
             ) from None
         return await broker.publish_once(room, user_id, name, text, key)
 
@@ -191,15 +189,15 @@ class Claim:
         self.charges = charges
         self.taken = False
 
-    async def first_sent(self, claimed: Any, *, refused: bool) -> Message | None:
+    async def first_sent(self, claimed: str | None, *, refused: bool) -> Message | None:
         """The message first sent with the key, when the claim names another
         room than this one, or when the budgets refused this try (a retry to
         the claimed room is found by the publish script). Raises
         :class:`IdempotencyConflict` when that room does not have it (yet)."""
-        if claimed is None or (str(claimed) == self.room and not refused):
+        if claimed is None or (claimed == self.room and not refused):
             return None
         assert self.key is not None
-        first = await self.app[keys.BROKER].published_with(str(claimed), self.user_id, self.key)
+        first = await self.app[keys.BROKER].published_with(claimed, self.user_id, self.key)
         if refused:
             return first
         await _refund(self.app[keys.RATE_LIMITER], self.charges)
@@ -214,13 +212,16 @@ class Claim:
         """Claim the key for this room (one round trip); the first message
         when another try claimed it for another room meanwhile."""
         assert self.key is not None
-        redis = self.app[keys.REDIS]
         used = key_used_in(self.user_id, self.key)
-        pipe = redis.pipeline(transaction=False)
-        pipe.set(used, self.room, nx=True, ex=IDEMPOTENCY_TTL_S)
-        pipe.get(used)
-        self.taken, claimed = await pipe.execute()
-        return None if self.taken else await self.first_sent(claimed, refused=False)
+        batch = Batch(self.app[keys.REDIS])
+        taken = batch.commands(
+            lambda pipe: pipe.set(used, self.room, nx=True, ex=IDEMPOTENCY_TTL_S),
+            lambda replies: bool(replies[0]),
+        )
+        claimed = batch.get(used)
+        await batch.run()
+        self.taken = taken.value
+        return None if self.taken else await self.first_sent(claimed.value, refused=False)
 
     async def give_up(self) -> None:
         """Release the claim this try took, its message not stored."""

@@ -32,9 +32,9 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from . import scripts
+from .batch import Call
 from .model import Online
 from .redis_keys import channel, held_prefix, name_key, room_keys, users_key
-from .scripts import Call
 
 # Shared by the room scripts. KEYS: counts, users, leases, this worker's held
 # set. ARGV[1]: lease (ms), ARGV[2]: this worker, ARGV[3]: the channel,

@@ -15,11 +15,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from . import scripts
+from .batch import Batch, Call, Reply
 from .config import Config
 from .metrics import Metrics
 from .redis_keys import budget_key
-from .scripts import Call
 
 # GCRA: the key holds the theoretical arrival time (ms) of the next use.
 # Redis' own clock is used so that every machine agrees. Returns 0 when the
@@ -92,6 +91,14 @@ class Budgets:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What the budgets said of a charge."""
+
+    wait: float  # 0 when every budget allowed it, else the seconds to wait (the longest)
+    refused: tuple[str, ...] = ()  # the kinds of the budgets that refused it
+
+
 class RateLimiter:
     def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
         self.redis = redis
@@ -99,31 +106,34 @@ class RateLimiter:
         self._script = redis.register_script(_SCRIPT)
         self._refund = redis.register_script(_REFUND_SCRIPT)
 
-    async def take(self, *charges: tuple[Budget, str]) -> float:
+    async def take(self, *charges: tuple[Budget, str]) -> Verdict:
         """Take one from each budget, for its owner (a user id, an address key).
 
-        0 when every budget allows it, else the seconds to wait (the
-        longest). A refused request still uses up what the other budgets
-        allowed: a client over one limit is not owed the others.
+        A refused request still uses up what the other budgets allowed: a
+        client over one limit is not owed the others.
         """
-        return self.verdict(charges, await scripts.run(self.redis, *self.calls(*charges)))
+        batch = Batch(self.redis)
+        verdict = self.charge(batch, *charges)
+        await batch.run()
+        return verdict.value
 
-    def calls(self, *charges: tuple[Budget, str]) -> list[Call]:
-        """The scripts that take the charges, for a caller that sends them
-        with its own commands in one round trip (then see :meth:`verdict`)."""
-        return [
+    def charge(self, batch: Batch, *charges: tuple[Budget, str]) -> Reply[Verdict]:
+        """:meth:`take`, in a batch of the caller's; refusals are counted when it runs."""
+        calls: list[Call] = [
             (self._script, [budget_key(budget.kind, owner)], [budget.interval_ms, budget.burst])
             for budget, owner in charges
         ]
+        return batch.scripts(calls, lambda replies: self._verdict(charges, replies))
 
-    def verdict(self, charges: Sequence[tuple[Budget, str]], replies: Sequence[Any]) -> float:
-        """What :meth:`take` answers, from the replies of :meth:`calls`; refusals are counted."""
+    def _verdict(self, charges: Sequence[tuple[Budget, str]], replies: Sequence[Any]) -> Verdict:
         longest = 0.0
+        refused = []
         for (budget, _), wait_ms in zip(charges, replies, strict=True):
             if wait_ms:
                 self.metrics.rate_limited(budget.kind)
+                refused.append(budget.kind)
                 longest = max(longest, math.ceil(int(wait_ms) / 1000))
-        return longest
+        return Verdict(longest, tuple(refused))
 
     async def refund(self, *charges: tuple[Budget, str]) -> None:
         """Give back what :meth:`take` just took from each budget."""
@@ -131,4 +141,6 @@ class RateLimiter:
             (self._refund, [budget_key(budget.kind, owner)], [budget.interval_ms])
             for budget, owner in charges
         ]
-        await scripts.run(self.redis, *calls)
+        batch = Batch(self.redis)
+        batch.scripts(calls, list)
+        await batch.run()

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp_session.redis_storage import RedisStorage
 from redis.asyncio.client import Pipeline
 
+from .batch import Batch
 from .redis_keys import name_key
 
 COOKIE_NAME = "chat_session"
@@ -62,13 +63,13 @@ class SignedRedisStorage(RedisStorage):
 
     def queue_save(
         self,
-        pipe: Pipeline,
+        batch: Batch,
         response: web.StreamResponse,
         session: aiohttp_session.Session,
         new_name: str | None = None,
-    ) -> str:
-        """Put the session's cookie on ``response`` and its write on ``pipe``,
-        so that saving it costs no round trip of its own; its Redis key.
+    ) -> None:
+        """Put the session's cookie on ``response`` and its write in ``batch``,
+        so that saving it costs no round trip of its own.
 
         The user's name goes with it: ``new_name`` for a new session, else
         its expiry moves with the session's."""
@@ -79,22 +80,26 @@ class SignedRedisStorage(RedisStorage):
         else:
             key = str(key)
             self.save_cookie(response, "" if session.empty else key, max_age=session.max_age)
-        redis_key = self.cookie_name + "_" + key
-        pipe.set(redis_key, self._encoder(self._get_session_data(session)), ex=session.max_age)
+        data = self._encoder(self._get_session_data(session))
         user_id = session.get("user_id")
-        if isinstance(user_id, str) and not session.empty and session.max_age is not None:
-            if new_name is not None:
-                pipe.set(name_key(user_id), new_name, ex=session.max_age)
-            else:
-                pipe.expire(name_key(user_id), session.max_age)
-        return redis_key
+        named = isinstance(user_id, str) and not session.empty and session.max_age is not None
+        name = name_key(str(user_id))
+
+        def add(pipe: Pipeline) -> None:
+            pipe.set(self.cookie_name + "_" + key, data, ex=session.max_age)
+            if named and new_name is not None:
+                pipe.set(name, new_name, ex=session.max_age)
+            elif named:
+                pipe.expire(name, session.max_age)  # type: ignore[arg-type]
+
+        batch.commands(add, list)
 
     async def save_session(
         self, request: web.Request, response: web.StreamResponse, session: aiohttp_session.Session
     ) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        self.queue_save(pipe, response, session, request.get(NEW_NAME))
-        await pipe.execute()
+        batch = Batch(self._redis)
+        self.queue_save(batch, response, session, request.get(NEW_NAME))
+        await batch.run()
 
 
 def make_storage(

@@ -16,10 +16,10 @@ import time
 import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
-from redis.asyncio.client import Pipeline
 
-from . import keys, scripts
+from . import keys
 from .addresses import budget_key
+from .batch import Batch
 from .errors import RateLimited
 from .names import friendly_name
 from .ratelimit import Budget
@@ -82,9 +82,9 @@ async def current_user(request: web.Request, *, charge: bool = True) -> User:
         session[USED] = now  # saved with its full age (and so is the name)
         return User(user_id, None, is_new=False, unsaved=True)
     if charge:
-        wait = await request.app[keys.RATE_LIMITER].take(new_session_charge(request))
-        if wait:
-            raise too_many_sessions(wait)
+        verdict = await request.app[keys.RATE_LIMITER].take(new_session_charge(request))
+        if verdict.wait:
+            raise too_many_sessions(verdict.wait)
     session["user_id"] = user_id = new_user_id()
     request[NEW_NAME] = name = friendly_name()
     session.max_age = NEW_SESSION_TTL_S
@@ -121,9 +121,9 @@ async def keep_name(
     return str(await redis.get(key) or name)
 
 
-async def queue_save(request: web.Request, response: web.StreamResponse, pipe: Pipeline) -> str:
+async def queue_save(request: web.Request, response: web.StreamResponse, batch: Batch) -> None:
     """Save a changed session on a streaming response before it is prepared,
-    with the commands on ``pipe``; the session's Redis key.
+    with the commands of ``batch``.
 
     aiohttp-session's middleware saves sessions only for plain responses, so
     a client whose first request is an SSE or WebSocket stream would
@@ -131,7 +131,7 @@ async def queue_save(request: web.Request, response: web.StreamResponse, pipe: P
     """
     session = await aiohttp_session.get_session(request)
     storage: SignedRedisStorage = request[aiohttp_session.STORAGE_KEY]
-    return storage.queue_save(pipe, response, session, request.get(NEW_NAME))
+    storage.queue_save(batch, response, session, request.get(NEW_NAME))
 
 
 async def rename(request: web.Request, name: str) -> User:
@@ -150,13 +150,11 @@ async def rename(request: web.Request, name: str) -> User:
     ]
     if user.is_new:
         charges.append(new_session_charge(request))
-    limiter = request.app[keys.RATE_LIMITER]
-    replies = await scripts.run(request.app[keys.REDIS], *limiter.calls(*charges))
-    wait = limiter.verdict(charges, replies)
-    if wait:
-        if user.is_new and replies[-1]:
-            raise too_many_sessions(wait)
-        raise RateLimited("too many renames and messages; slow down", retry_after=wait)
+    verdict = await request.app[keys.RATE_LIMITER].take(*charges)
+    if verdict.wait:
+        if "address_sessions" in verdict.refused:
+            raise too_many_sessions(verdict.wait)
+        raise RateLimited("too many renames and messages; slow down", retry_after=verdict.wait)
     if user.is_new:
         request[NEW_NAME] = name  # what the new session's save writes
     session = await aiohttp_session.get_session(request)

@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from .. import keys, redisurl, sessions
 from ..addresses import budget_key
+from ..batch import Batch
 from ..errors import BadRequest, TooManyStreams, Unavailable
 from ..hub import Closing
 from ..ids import MessageId, parse_id
@@ -114,19 +115,20 @@ async def _register(
     limiter = app[keys.RATE_LIMITER]
     room = sub.room.name
     charges = (sessions.new_session_charge(request),) if user.is_new else ()
-    full, replies = await connections.reserve(
+    checks = Batch(app[keys.REDIS])
+    verdict = limiter.charge(checks, *charges)
+    full = await connections.reserve(
         room,
         user.user_id,
         sub.id,
         address,
         ttl_s=NEW_SESSION_TTL_S if user.is_new else None,
-        first=limiter.calls(*charges),
+        batch=checks,
     )
-    wait = limiter.verdict(charges, replies)
-    if wait:
+    if verdict.value.wait:
         if full is None:
             await connections.release(room, Holder(user.user_id, address), sub.id)
-        raise sessions.too_many_sessions(wait)
+        raise sessions.too_many_sessions(verdict.value.wait)
     if full is not None:
         config = app[keys.CONFIG]
         app[keys.METRICS].rate_limited(f"{'' if full == 'session' else 'address_'}streams")
@@ -136,7 +138,7 @@ async def _register(
             else f"at most {config.address_streams} open streams per client address",
             retry_after=STREAM_RETRY_AFTER_S,
         )
-    pipe = app[keys.REDIS].pipeline(transaction=False)
+    writes = Batch(app[keys.REDIS])
     if user.unsaved:
-        await sessions.queue_save(request, response, pipe)
-    await connections.join(room, Holder(user.user_id, address), sub.id, pipe=pipe)
+        await sessions.queue_save(request, response, writes)
+    await connections.join(room, Holder(user.user_id, address), sub.id, batch=writes)
