@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .presence import Announcer
 from .ratelimit import Budgets, RateLimiter
 from .relay import Relay
+from .replay import replay_page
 from .session_store import SignedRedisStorage
 from .transports import sse, ws
 
@@ -69,6 +70,8 @@ def create_app(
         buffer_limit=config.send_buffer_messages,
         idle_timeout_s=config.idle_timeout_s,
         metrics=metrics,
+        replays=config.replays_per_worker,
+        replay_page=replay_page(config.message_max_chars),
     )
     connections = ConnectionRegistry(
         redis,

@@ -86,6 +86,7 @@ class Config:
     heartbeat_s: float = 15.0
     idle_timeout_s: float = 60.0
     send_buffer_messages: int = 1000
+    replays_per_worker: int = 16
     request_timeout_s: float = 10.0
     keepalive_timeout_s: float = 75.0
     shutdown_timeout_s: float = 5.0
@@ -114,6 +115,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "heartbeat_s": (float, 0.05, 3600),
     "idle_timeout_s": (float, 0.1, 86400),
     "send_buffer_messages": (int, 1, 1_000_000),
+    "replays_per_worker": (int, 1, 1024),
     "presence_list_max": (int, 0, 100_000),
     "address_sessions_per_min": (int, 1, None),
     "address_rate_limit_per_s": (float, 0.01, None),
@@ -128,15 +130,8 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "redis_wait_s": (float, 0, 3600),
 }
 _STRINGS = (
-    "host",
-    "redis_url",
-    "log_level",
-    "log_format",
-    "loop",
-    "data_dir",
-    "session_secret",
-    "public_origin",
-    "metrics_token",
+    *("host", "redis_url", "log_level", "log_format", "loop", "data_dir"),
+    *("session_secret", "public_origin", "metrics_token"),
 )
 _BOOLS = ("debug", "cookie_secure")
 KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}

@@ -22,6 +22,7 @@ from .close_reason import CloseReason
 from .ids import MessageId
 from .metrics import Metrics
 from .model import Message, Online, Presence
+from .replay import REPLAY_PAGE
 from .subscription import VISIT_BATCH, Subscription
 
 
@@ -52,11 +53,17 @@ class Hub:
         buffer_limit: int,
         idle_timeout_s: float,
         metrics: Metrics,
+        replays: int,
+        replay_page: int = REPLAY_PAGE,
     ) -> None:
         self.backend = backend
         self.metrics = metrics
         self.buffer_limit = buffer_limit
         self.idle_timeout_s = idle_timeout_s
+        # Replays reading or writing a page at once (see server.replay), and
+        # the messages in a page.
+        self.replays = asyncio.Semaphore(replays)
+        self.replay_page = replay_page
         self.rooms: dict[str, Room] = {}
         self._joining: dict[str, asyncio.Task[Room]] = {}
         self.closing = False

@@ -13,14 +13,9 @@ Honest resume: every message carries ``prev``, the id stored just before it.
 A message whose ``prev`` is newer than what a connection last got follows
 messages that connection will never get (trimmed from the capped history,
 or never read by this worker before they were): the connection is sent a
-:class:`~server.model.Gap` naming that message first. A replay is stricter,
-since the server knows nothing of what the client saw before its resume id:
-a message that began the room's history again (its ``prev`` is ``(0, 0)``:
-the room expired, or Redis lost it) or whose predecessor is unknown is
-announced as a gap too. Resuming from ``(0, 0)`` asks for the whole history
-and never starts with one; neither does an id at or past the room's newest
-message, even in a room that holds nothing any more: nothing it holds is
-missing, and what follows arrives live.
+:class:`~server.model.Gap` naming that message first. A resumed connection
+first gets what the history holds after its resume id (see
+:mod:`server.replay`).
 """
 
 from __future__ import annotations
@@ -33,18 +28,15 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from .close_reason import CloseReason
-from .ids import FIRST_ID, MessageId
+from .ids import MessageId
 from .model import Event, Message
+from .replay import replay
 
 if TYPE_CHECKING:
     from .hub import Room
 
 log = logging.getLogger(__name__)
 
-# Messages read per replay page. A connection replays one page at a time and
-# waits for its socket to drain between writes, so a client that stops
-# reading pins at most one page plus the transport's write buffer.
-REPLAY_PAGE = 100
 # How many connections are visited (pinged, told) before the loop may run.
 VISIT_BATCH = 500
 
@@ -127,7 +119,7 @@ class Subscription:
         if queue is None:
             assert self.sink is not None
             if self.sink.send(event):
-                self._written(event)
+                self.wrote(event)
                 return
             self.queue = queue = collections.deque()
         queue.append(event)
@@ -151,7 +143,7 @@ class Subscription:
             # Nothing to replay: write what waited (a presence snapshot, say)
             # now, and only fall back to the pump if the socket is full.
             while queue and not self._gap_due(queue[0]) and sink.send(queue[0]):
-                self._written(queue.popleft())
+                self.wrote(queue.popleft())
             if not queue:
                 self.queue = None
                 return
@@ -160,7 +152,8 @@ class Subscription:
     def _gap_due(self, event: Event) -> bool:
         return isinstance(event, Message) and _missed(event, self.last_id)
 
-    def _written(self, event: Event) -> None:
+    def wrote(self, event: Event) -> None:
+        """Note that ``event`` was written to the connection."""
         if isinstance(event, Message):
             self.last_id = event.parsed_id
             self.room.metrics.delivered()
@@ -168,7 +161,7 @@ class Subscription:
     async def _run_pump(self) -> None:
         try:
             if self.since is not None:
-                await self._replay()
+                await replay(self)
                 self.since = None
             queue = self.queue
             while queue and not self.closed:
@@ -192,26 +185,6 @@ class Subscription:
         finally:
             self._pump = None
 
-    async def _replay(self) -> None:
-        hub = self.room.hub
-        after = self.since
-        assert after is not None
-        sent = 0
-        try:
-            while not self.closed:
-                page = await hub.backend.read_after(self.room.name, after, REPLAY_PAGE)
-                for message in page:
-                    if message.parsed_id > self.last_id:
-                        if _missed_on_resume(message, self.last_id):
-                            await self._write(message.gap)
-                        await self._write(message)
-                        sent += 1
-                if len(page) < REPLAY_PAGE:
-                    return
-                after = page[-1].parsed_id
-        finally:
-            self.room.metrics.replayed(sent)
-
     async def _write(self, event: Event) -> None:
         """Write one event, waiting (within ``idle_timeout_s``) for the socket to drain."""
         sink = self.sink
@@ -219,14 +192,19 @@ class Subscription:
         while not sink.send(event):
             if self.closed:
                 return
-            # Raises TimeoutError for a client that stopped reading.
-            self._blocked = True
-            try:
-                async with asyncio.timeout(self.room.hub.idle_timeout_s):
-                    await sink.drain()
-            finally:
-                self._blocked = False
-        self._written(event)
+            await self.drained()
+        self.wrote(event)
+
+    async def drained(self) -> None:
+        """Return once the socket takes writes again; TimeoutError after ``idle_timeout_s``
+        (a client that stopped reading)."""
+        assert self.sink is not None
+        self._blocked = True
+        try:
+            async with asyncio.timeout(self.room.hub.idle_timeout_s):
+                await self.sink.drain()
+        finally:
+            self._blocked = False
 
     def writable(self) -> bool:
         """True when writes go straight to the connection (nothing queued)."""
@@ -281,16 +259,3 @@ def _missed(message: Message, last_id: MessageId) -> bool:
     """Whether messages between ``last_id`` and this live message are gone."""
     prev = message.prev
     return prev is not None and prev > last_id
-
-
-def _missed_on_resume(message: Message, last_id: MessageId) -> bool:
-    """Whether a client that resumed from ``last_id`` may have missed messages before this one.
-
-    ``(0, 0)`` asks for the whole history. A ``prev`` of ``(0, 0)`` after a
-    real id means the room's history began again after that id: what the
-    client missed of the old one cannot be known, so it is told.
-    """
-    if last_id == FIRST_ID:
-        return False
-    prev = message.prev
-    return prev is None or prev == FIRST_ID or prev > last_id

@@ -33,6 +33,10 @@ class MemoryBackend:
         self.watched: dict[str, MessageId] = {}
         self.reads = 0
         self.before_read: Callable[[], None] | None = None
+        # While set and cleared, reads wait for it: ``reading`` counts them.
+        self.read_gate: asyncio.Event | None = None
+        self.reading = 0
+        self.most_reading = 0
 
     def trim(self, room: str, keep: int) -> None:
         """Drop all but the newest ``keep`` messages, as the capped stream does."""
@@ -47,6 +51,13 @@ class MemoryBackend:
         self.reads += 1
         if self.before_read is not None:
             self.before_read()
+        if self.read_gate is not None:
+            self.reading += 1
+            self.most_reading = max(self.most_reading, self.reading)
+            try:
+                await self.read_gate.wait()
+            finally:
+                self.reading -= 1
         return [m for m in self.history.get(room, []) if m.parsed_id > after][:count]
 
     def watch(self, room: str, after: MessageId) -> None:
@@ -106,9 +117,11 @@ class MemorySink:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-def make_hub(backend: MemoryBackend, *, limit: int = 100, idle: float = 5.0) -> Hub:
+def make_hub(
+    backend: MemoryBackend, *, limit: int = 100, idle: float = 5.0, replays: int = 16
+) -> Hub:
     metrics = Metrics()
-    return Hub(backend, buffer_limit=limit, idle_timeout_s=idle, metrics=metrics)
+    return Hub(backend, buffer_limit=limit, idle_timeout_s=idle, metrics=metrics, replays=replays)
 
 
 async def settled(sub: Subscription) -> None:

@@ -19,7 +19,7 @@ from server.hub import Closing, Hub
 from server.ids import MessageId
 from server.metrics import Metrics
 from server.model import Event, Gap, Ping, Presence, PresenceDiff
-from server.subscription import REPLAY_PAGE
+from server.replay import REPLAY_PAGE
 
 from .fakes import MemoryBackend, MemorySink, live, make_hub, message, settled, stored_after
 
@@ -117,7 +117,7 @@ async def test_a_connection_that_falls_too_far_behind_is_cut_off() -> None:
     assert hub.metrics.value("chat_slow_consumers_dropped_total") == 1
 
 
-async def test_a_connection_that_stops_reading_during_a_replay_holds_one_page_and_is_cut_off() -> (
+async def test_a_connection_that_stops_reading_during_a_replay_is_cut_off_having_read_a_page() -> (
     None
 ):
     backend = MemoryBackend()
@@ -133,6 +133,71 @@ async def test_a_connection_that_stops_reading_during_a_replay_holds_one_page_an
     # One page at a time: the reader never ran ahead of the writes.
     assert backend.reads == 1
     assert len(sink.events) == 10
+
+
+async def test_replays_beyond_the_workers_slots_wait_their_turn_and_each_gets_everything() -> None:
+    backend = MemoryBackend()
+    stored = 3 * REPLAY_PAGE
+    backend.history["r"] = [message(n) for n in range(1, stored + 1)]
+    backend.read_gate = asyncio.Event()
+    hub = make_hub(backend, replays=2)
+    subs = []
+    for n in range(5):
+        sink = MemorySink()
+        sub = await hub.subscribe("r", f"u-{n}", (0, 0))
+        sub.attach(sink)
+        subs.append((sub, sink))
+    async with asyncio.timeout(2):
+        while backend.reading < 2:
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)
+    # Two replays read at once; the three others wait for a slot.
+    assert backend.reading == 2
+    # A message stored meanwhile reaches every one of them once, after its replay.
+    backend.history["r"].append(message(stored + 1))
+    hub.dispatch("r", [message(stored + 1)])
+    backend.read_gate.set()
+    for sub, sink in subs:
+        await settled(sub)
+        assert sink.story == [f"{n}-0" for n in range(1, stored + 2)]
+    assert backend.most_reading == 2
+
+
+async def test_a_replay_whose_client_stops_reading_gives_its_slot_back_and_goes_on_later() -> None:
+    backend = MemoryBackend()
+    backend.history["r"] = [message(n) for n in range(1, 3 * REPLAY_PAGE + 1)]
+    backend.trim("r", 2 * REPLAY_PAGE)
+    first = REPLAY_PAGE + 1
+    everything = [f"gap {first}-0"] + [f"{n}-0" for n in range(first, 3 * REPLAY_PAGE + 1)]
+    hub = make_hub(backend, replays=1)
+    stalled = MemorySink()
+    stalled.pause_after = 1  # takes the gap notice, not the message after it
+    sub = await hub.subscribe("r", "u-1", (0, 0))
+    sub.attach(stalled)
+    # It stops reading twice: after the gap notice, then in the middle of a page.
+    for pause_after in (REPLAY_PAGE // 2, None):
+        async with asyncio.timeout(2):
+            while not stalled.paused:
+                await asyncio.sleep(0.001)
+        # Its slot is free: another replay, the worker's only one, goes ahead.
+        assert (await resumed(hub, (0, 0), "u-2")).story == everything
+        stalled.pause_after = pause_after
+        stalled.resume()
+    await settled(sub)
+    # It read on from the last message it took: the gap told once, each message once.
+    assert stalled.story == everything
+    assert not stalled.aborted
+
+
+async def test_a_resume_from_the_newest_id_reads_nothing_and_takes_no_slot() -> None:
+    backend = MemoryBackend()
+    backend.history["r"] = [message(n) for n in range(1, 6)]
+    backend.read_gate = asyncio.Event()  # a read would wait for ever
+    hub = make_hub(backend, replays=1)
+    sink = await resumed(hub, (5, 0))
+    hub.dispatch("r", [message(6)])
+    assert sink.story == ["6-0"]
+    assert backend.reads == 0
 
 
 async def test_no_subscriptions_once_closing() -> None:
@@ -179,8 +244,9 @@ async def test_a_resume_from_before_the_retained_history_is_told_of_the_gap_firs
     # The last id trimmed away: nothing after it is missing.
     assert (await resumed(hub, (5, 0))).story == retained
     assert (await resumed(hub, (7, 0))).story == retained[2:]
-    # The whole history, and an id past the newest: no gap either.
-    assert (await resumed(hub, (0, 0))).story == retained
+    # A client that saw nothing (0-0) is told that the history starts later.
+    assert (await resumed(hub, (0, 0))).story == ["gap 6-0", *retained]
+    # An id past the newest: nothing is missing.
     assert (await resumed(hub, (12, 0))).story == []
     # The wire forms the page reads.
     gap = Gap("6-0")
@@ -242,7 +308,7 @@ async def test_a_message_whose_predecessor_is_unknown_is_a_gap_on_resume() -> No
     backend.history["r"] = [stored_after(None, 8), message(9)]
     hub = make_hub(backend)
     assert (await resumed(hub, (7, 0))).story == ["gap 8-0", "8-0", "9-0"]
-    assert (await resumed(hub, (0, 0))).story == ["8-0", "9-0"]
+    assert (await resumed(hub, (0, 0))).story == ["gap 8-0", "8-0", "9-0"]
 
 
 async def test_live_messages_after_a_hole_come_after_one_gap_notice_for_each_connection() -> None:
