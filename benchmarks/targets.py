@@ -118,12 +118,11 @@ class Target:
 
 def chat_limits_env() -> dict[str, str]:
     """``CHAT_*`` variables for the limits in ``CHAT_LIMITS`` that the server has."""
-    ranges = getattr(chat_config, "_NUMBERS", {})
     env = {}
     for key, wanted in CHAT_LIMITS.items():
         if key not in chat_config.KEYS:
             continue
-        kind, _, high = ranges.get(key, (float, None, None))
+        kind, _, high = chat_config.number_range(key)
         value = wanted if high is None else min(wanted, high)
         env["CHAT_" + key.upper()] = str(int(value) if kind is int else value)
     return env

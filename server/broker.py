@@ -93,7 +93,11 @@ class Broker:
     """Stores and reads messages."""
 
     def __init__(
-        self, redis: aioredis.Redis, *, history_len: int, room_ttl_s: int = Config.room_ttl_s
+        self,
+        redis: aioredis.Redis,
+        *,
+        history_len: int,
+        room_ttl_s: int = Config.model_fields["room_ttl_s"].default,
     ) -> None:
         self.redis = redis
         self.history_len = history_len

@@ -1,245 +1,182 @@
-"""Settings: one frozen dataclass, read from a TOML file, the environment and flags.
+"""Settings: every key declared once, with its type, default, bounds and meaning.
 
 Precedence is flags > environment (``CHAT_<KEY>``) > config file > defaults.
 Every value is validated here, so a bad setting fails at start with a
-one-line message naming the key, never later inside a worker.
+one-line message naming the key, never later inside a worker. A new key is
+one declaration in :class:`Config` (and its row in the README's table of
+config file keys).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextvars
 import importlib.util
-import ipaddress
 import logging
 import os
-import re
-import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from . import redisurl
-from .hosts import is_web_origin
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .settings_sources import ConfigError, ConfigFile, Environment, bounds, describe
+from .settings_types import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    LOOPS,
+    LogFormat,
+    LogLevel,
+    Loop,
+    MemorySize,
+    Networks,
+    OptionalOrigin,
+    OptionalRedisURL,
+    Origins,
+)
+
+__all__ = [
+    "KEYS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "LOOPS",
+    "Config",
+    "ConfigError",
+    "keep_bound_settings",
+    "load",
+    "number_range",
+]
 
 log = logging.getLogger("chat-server")
 
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LOOPS = ("uvloop", "asyncio")
-LOG_FORMATS = ("text", "json")
-_MEMORY_RE = re.compile(r"([0-9]{1,19})(kb|mb|gb)?", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
-MEMORY_MIN = 1024**2  # Redis itself warns about less than this
+# What load() reads besides the flags, highest first: the environment, the config file.
+_READING: contextvars.ContextVar[tuple[PydanticBaseSettingsSource, ...]] = contextvars.ContextVar(
+    "reading", default=()
+)
 
 
-_CHOICES = {"log_level": LOG_LEVELS, "loop": LOOPS, "log_format": LOG_FORMATS}
+class Config(BaseSettings):
+    """The settings of one server; built by :func:`load`, or directly from values in tests."""
 
+    # Frozen: hashable, and safe to hand to every worker (pickled or forked).
+    # Strict: the config file's values are taken only as their own type
+    # (``port = "80"`` is refused); the environment's text is read as the
+    # key's type first (server.settings_sources.Environment).
+    model_config = SettingsConfigDict(
+        env_prefix="CHAT_", extra="forbid", frozen=True, strict=True, case_sensitive=True
+    )
 
-class ConfigError(ValueError):
-    """A setting is unknown, of the wrong type or out of range."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
     # Where it listens, how many workers, what they run on.
-    host: str = "127.0.0.1"
-    port: int = 8080
-    backlog: int = 1024
-    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
-    loop: str = "uvloop"
-    debug: bool = False
-    data_dir: str = "./chat-data"
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port; 0 picks a free one")
+    backlog: int = Field(1024, ge=1, le=65535, description="listen backlog")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="worker processes"
+    )
+    loop: Loop = Field("uvloop", description="event loop of the workers")
+    debug: bool = Field(False, description="asyncio debug mode in every worker")
+    data_dir: str = Field("./chat-data", description="embedded Redis data, and its session secret")
     # Redis: where (empty: an embedded one in data_dir), its memory, how long to wait at start.
-    redis_url: str = ""
-    redis_maxmemory: str = "256mb"
-    redis_wait_s: float = 15.0
+    redis_url: OptionalRedisURL = Field("", description="Redis to use; empty: an embedded one")
+    redis_maxmemory: MemorySize = Field("256mb", description="memory limit of the embedded Redis")
+    redis_wait_s: float = Field(15.0, ge=0, le=3600, description="how long to wait for Redis")
     # Logs and the operators' ports.
-    log_level: str = "info"
-    log_format: str = "text"
-    metrics_token: str = ""
-    monitor_port: int = 0
+    log_level: LogLevel = Field("info", description="least level logged")
+    log_format: LogFormat = Field("text", description="text, or one JSON object a line")
+    metrics_token: str = Field("", description="bearer token /metrics needs; empty: none")
+    monitor_port: int = Field(
+        0, ge=0, le=65535, description="first port of the live console; 0: off"
+    )
 
     # Sessions, cookies and the origins and proxies trusted.
-    session_secret: str = ""
-    session_max_age_s: int = 2592000
-    cookie_secure: bool = False
-    allowed_origins: tuple[str, ...] = ()
-    public_origin: str = ""
-    trusted_proxies: tuple[str, ...] = ()
+    session_secret: str = Field("", description="signs session cookies; empty: generated once")
+    session_max_age_s: int = Field(2592000, ge=60, description="session lifetime")
+    cookie_secure: bool = Field(False, description="mark the session cookie Secure")
+    allowed_origins: Origins = Field((), description="extra origins allowed to write")
+    public_origin: OptionalOrigin = Field("", description="the origin browsers use")
+    trusted_proxies: Networks = Field((), description="proxies whose X-Forwarded-* is believed")
 
     # What one user may do.
-    rate_limit_per_s: float = 5.0
-    rate_limit_burst: int = 20
-    streams_per_session: int = 10
+    rate_limit_per_s: float = Field(5.0, ge=0.01, description="messages per user per second")
+    rate_limit_burst: int = Field(20, ge=1, description="burst above that rate")
+    streams_per_session: int = Field(10, ge=1, le=10_000, description="open streams per session")
     # What one client address may do, however many users it makes.
-    address_sessions_per_min: int = 30
-    address_rate_limit_per_s: float = 20.0
-    address_rate_limit_burst: int = 60
-    address_streams: int = 100
-    address_rooms_per_min: int = 10
+    address_sessions_per_min: int = Field(
+        30, ge=1, description="new sessions per client address per minute"
+    )
+    address_rate_limit_per_s: float = Field(
+        20.0, ge=0.01, description="messages per client address per second"
+    )
+    address_rate_limit_burst: int = Field(60, ge=1, description="burst above that rate")
+    address_streams: int = Field(100, ge=1, description="open streams per client address")
+    address_rooms_per_min: int = Field(
+        10, ge=1, description="new rooms per client address per minute"
+    )
 
     # Messages and rooms.
-    message_max_chars: int = 2000
-    body_max_bytes: int = 65536
-    history_len: int = 10000
-    room_ttl_s: int = 2592000
-    presence_list_max: int = 200
+    message_max_chars: int = Field(2000, ge=1, le=1_000_000, description="longest message")
+    body_max_bytes: int = Field(
+        65536, ge=256, le=64 * 1024 * 1024, description="largest request body and frame"
+    )
+    history_len: int = Field(10000, ge=1, le=10_000_000, description="messages kept per room")
+    room_ttl_s: int = Field(2592000, ge=1, description="a room silent this long is deleted")
+    presence_list_max: int = Field(
+        200, ge=0, le=100_000, description="rooms with more users send counts only"
+    )
     # Connections: pings, timeouts, buffers.
-    heartbeat_s: float = 15.0
-    idle_timeout_s: float = 60.0
-    send_buffer_messages: int = 1000
-    replays_per_worker: int = 16
-    request_timeout_s: float = 10.0
-    keepalive_timeout_s: float = 75.0
-    shutdown_timeout_s: float = 5.0
+    heartbeat_s: float = Field(15.0, ge=0.05, le=3600, description="heartbeat interval")
+    idle_timeout_s: float = Field(
+        60.0, ge=0.1, le=86400, description="a stream without progress this long is closed"
+    )
+    send_buffer_messages: int = Field(
+        1000, ge=1, le=1_000_000, description="per-connection buffer before a slow client is cut"
+    )
+    replays_per_worker: int = Field(
+        16, ge=1, le=1024, description="resumes reading and writing a page of history at once"
+    )
+    request_timeout_s: float = Field(
+        10.0, ge=0.1, le=3600, description="a request's headers, then body, arrive within this"
+    )
+    keepalive_timeout_s: float = Field(
+        75.0, ge=0.1, le=86400, description="an idle keep-alive connection is closed after this"
+    )
+    shutdown_timeout_s: float = Field(
+        5.0, ge=0.1, le=600, description="how long a graceful stop may take"
+    )
 
-    # Where the settings came from: reloads read the same file again.
-    config_file: str = ""
+    # Not a key: where the settings came from, so that reloads read the same file again.
+    config_file: str = Field("", description="the config file read, if any")
 
     @property
     def stop_deadline_s(self) -> float:
         """How long a worker may take to stop before it is killed."""
         return self.shutdown_timeout_s * 2 + 2
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest first: the values given (the flags), then what :func:`load` reads.
 
-# key -> (type, minimum, maximum); None bounds are open.
-_NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
-    "port": (int, 0, 65535),
-    "workers": (int, 1, 256),
-    "session_max_age_s": (int, 60, None),
-    "message_max_chars": (int, 1, 1_000_000),
-    "body_max_bytes": (int, 256, 64 * 1024 * 1024),
-    "rate_limit_per_s": (float, 0.01, None),
-    "rate_limit_burst": (int, 1, None),
-    "streams_per_session": (int, 1, 10_000),
-    "history_len": (int, 1, 10_000_000),
-    "room_ttl_s": (int, 1, None),
-    "heartbeat_s": (float, 0.05, 3600),
-    "idle_timeout_s": (float, 0.1, 86400),
-    "send_buffer_messages": (int, 1, 1_000_000),
-    "replays_per_worker": (int, 1, 1024),
-    "presence_list_max": (int, 0, 100_000),
-    "address_sessions_per_min": (int, 1, None),
-    "address_rate_limit_per_s": (float, 0.01, None),
-    "address_rate_limit_burst": (int, 1, None),
-    "address_streams": (int, 1, None),
-    "address_rooms_per_min": (int, 1, None),
-    "backlog": (int, 1, 65535),
-    "monitor_port": (int, 0, 65535),
-    "request_timeout_s": (float, 0.1, 3600),
-    "keepalive_timeout_s": (float, 0.1, 86400),
-    "shutdown_timeout_s": (float, 0.1, 600),
-    "redis_wait_s": (float, 0, 3600),
-}
-_STRINGS = (
-    *("host", "redis_url", "log_level", "log_format", "loop", "data_dir"),
-    *("session_secret", "public_origin", "metrics_token"),
-)
-_BOOLS = ("debug", "cookie_secure")
-KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}
+        ``Config(...)`` outside :func:`load` takes its values and the defaults only.
+        """
+        return (init_settings, *_READING.get())
 
 
-def _is_network(item: str) -> bool:
-    try:
-        ipaddress.ip_network(item, strict=False)
-    except ValueError:
-        return False
-    return True
+KEYS = frozenset(Config.model_fields) - {"config_file"}
 
 
-# key -> (what each item is, a check of one item)
-_LISTS = {
-    "allowed_origins": ("an origin like https://chat.example.com", is_web_origin),
-    "trusted_proxies": ("an address or network like 10.0.0.0/8", _is_network),
-}
-
-
-def _coerce_list(key: str, value: Any, *, from_env: bool) -> tuple[str, ...]:
-    """A list of strings (comma-separated in the environment), each checked."""
-    what, check = _LISTS[key]
-    if from_env:
-        value = [item.strip() for item in str(value).split(",") if item.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{key}: expected a list, got {value!r}")
-    for item in value:
-        if not check(item):
-            raise ConfigError(f"{key}: {item!r} is not {what}")
-    return tuple(value)
-
-
-def _coerce(key: str, value: Any, *, from_env: bool) -> Any:  # noqa: PLR0911  (a branch per kind)
-    """Turn one raw value (TOML-typed, or a string from the environment) into its type."""
-    if key in _NUMBERS:
-        kind, low, high = _NUMBERS[key]
-        if from_env:
-            try:
-                value = kind(value)
-            except ValueError:
-                raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
-        if kind is int and not isinstance(value, int):
-            raise ConfigError(f"{key}: expected int, got {value!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"{key}: {value!r} is out of range [{low}, {high or 'inf'}]")
-        return kind(value)
-    if key in _BOOLS:
-        if from_env:
-            lowered = str(value).strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off", ""):
-                return False
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if key in _LISTS:
-        return _coerce_list(key, value, from_env=from_env)
-    if key == "redis_maxmemory":
-        return _memory(key, value)
-    assert key in _STRINGS, key
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if key in _CHOICES:  # (in any case)
-        value = value.lower()
-        if value not in _CHOICES[key]:
-            raise ConfigError(f"{key}: expected one of {', '.join(_CHOICES[key])}, got {value!r}")
-    if key == "public_origin" and value and not is_web_origin(value):
-        raise ConfigError(f"{key}: {value!r} is not an origin like https://chat.example.com")
-    if key == "host" and not value:
-        raise ConfigError(f"{key}: must not be empty")
-    if key == "redis_url" and value:
-        try:
-            redisurl.validate(value)
-        except redisurl.BadRedisURL as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    return value
-
-
-def _memory(key: str, value: Any) -> str:
-    """A Redis memory size as Redis reads it: bytes, or a number with kb, mb or gb."""
-    match = _MEMORY_RE.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise ConfigError(f'{key}: expected a size like "256mb" (kb, mb or gb), got {value!r}')
-    size = int(match.group(1)) * _MEMORY_UNITS[(match.group(2) or "").lower()]
-    if not MEMORY_MIN <= size < 2**63:
-        raise ConfigError(f"{key}: {value!r} is out of range [1mb, 2**63 bytes)")
-    return match.group(0).lower()
-
-
-def read_file(path: str) -> dict[str, Any]:
-    """Read the TOML config file; unknown keys are an error."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
-    for key, value in raw.items():
-        if key not in KEYS:
-            raise ConfigError(f"{key}: unknown key in {path}")
-        if isinstance(value, dict):
-            raise ConfigError(f"{key}: tables are not allowed; the config file is flat")
-    return raw
+def number_range(key: str) -> tuple[type, float | None, float | None]:
+    """The type, least and greatest value of a numeric key (``None``: open)."""
+    field = Config.model_fields[key]
+    assert field.annotation in (int, float), key
+    kind: type = int if field.annotation is int else float
+    low, high = bounds(field)
+    return kind, low, high
 
 
 def load(
@@ -250,19 +187,24 @@ def load(
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     environ = os.environ if environ is None else environ
     config_file = flags.pop("config", None) or environ.get("CHAT_CONFIG", "")
-    values: dict[str, Any] = {}
-    if config_file:
-        for key, value in read_file(config_file).items():
-            values[key] = _coerce(key, value, from_env=False)
-    for key in sorted(KEYS):
-        env_value = environ.get("CHAT_" + key.upper())
-        if env_value is not None:
-            values[key] = _coerce(key, env_value, from_env=True)
-    for key, value in flags.items():
+    for key in flags:
         if key not in KEYS:
             raise ConfigError(f"{key}: unknown setting")
-        values[key] = _coerce(key, value, from_env=False)
-    config = Config(config_file=config_file, **values)
+    reading: list[PydanticBaseSettingsSource] = [Environment(Config, environ, KEYS)]
+    if config_file:
+        reading.append(ConfigFile(Config, config_file, KEYS))
+    try:
+        # Each source alone first, the file first: a bad value is refused
+        # even where a higher source overrides it.
+        for source in reversed(reading):
+            Config(**source())
+        token = _READING.set(tuple(reading))
+        try:
+            config = Config(config_file=config_file, **flags)
+        finally:
+            _READING.reset(token)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, Config.model_fields)) from None
     if config.idle_timeout_s <= config.heartbeat_s:
         raise ConfigError(
             f"idle_timeout_s: {config.idle_timeout_s:g} must be longer than "
@@ -288,4 +230,4 @@ def keep_bound_settings(old: Config, new: Config) -> Config:
         if getattr(new, key) != getattr(old, key):
             log.warning("reload: %s changed; it takes effect only after a restart", key)
             kept[key] = getattr(old, key)
-    return dataclasses.replace(new, **kept)
+    return new.model_copy(update=kept)
