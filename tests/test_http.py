@@ -104,6 +104,40 @@ async def test_post_then_history_oldest_first_with_limit_and_before(client: Any)
     assert [m["id"] for m in older] == ids[1:3]
 
 
+async def test_history_over_several_pages_is_the_same_json_written_in_pieces(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    """At 40,000 characters a message, a page read from Redis holds 2 messages:
+    longer histories are written a page at a time, chunked, the JSON unchanged."""
+    paged = await aiohttp_client(await make_app(message_max_chars=40_000))
+    whole = await aiohttp_client(await make_app())  # 50 a page: one piece
+    texts = [f'{n} é \u2028 "quoted"' + "z" * (n * 997) for n in range(7)]
+    ids = []
+    for text in texts:
+        resp = await paged.post(ROOM, json={"text": text})
+        assert resp.status == 201
+        ids.append((await resp.json())["message"]["id"])
+    queries = ["", "?limit=5", "?limit=4", "?limit=2", "?limit=1", f"?limit=3&before={ids[5]}"]
+    for query in queries:
+        resp = await paged.get(ROOM + query)
+        expected = await whole.get(ROOM + query)
+        assert resp.status == expected.status == 200
+        assert resp.headers["Content-Type"] == expected.headers["Content-Type"]
+        assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+        body = await resp.read()
+        assert body == await expected.read(), query
+        # Written in pieces only when the answer takes more than a page.
+        pages = len(json.loads(body)["messages"])
+        assert (resp.headers.get("Transfer-Encoding") == "chunked") == (pages > 2), query
+    history = (await (await paged.get(ROOM + "?limit=5")).json())["messages"]
+    assert [m["id"] for m in history] == ids[2:]
+    assert [m["text"] for m in history] == texts[2:]
+    older = (await (await paged.get(f"{ROOM}?limit=3&before={ids[5]}")).json())["messages"]
+    assert [m["id"] for m in older] == ids[2:5]
+    resp = await paged.head(ROOM)
+    assert resp.status == 200 and await resp.read() == b""
+
+
 async def test_form_posts_are_accepted(client: Any) -> None:
     resp = await client.post(ROOM, data={"text": "from a form"})
     assert resp.status == 201
