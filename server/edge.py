@@ -16,16 +16,26 @@ for as long as it likes. Here:
   with the JSON error), and the connection is closed after the answer.
 - the headers of one request take at most :data:`HEAD_MAX_BYTES` in all.
 - every accepted socket has a fixed kernel send buffer
-  (:data:`SEND_BUFFER_BYTES`) instead of one the kernel grows to megabytes.
+  (:data:`~server.sockets.SEND_BUFFER_BYTES`) instead of one the kernel
+  grows to megabytes.
+- what the kernel does not take of a response waits in the transport, and
+  the handler that wrote it waits for it to go (aiohttp's writers wait
+  while the transport has paused writing; its high-water mark is 0 here,
+  so it pauses as soon as anything waits): a response that has something
+  waiting and makes no progress for ``idle_timeout_s`` (nothing more of it
+  taken by the client) is reset, which frees what it held, in the
+  process and in the kernel.
 
 Streams are not timed: once an SSE or WebSocket request is in, its
-connection is the stream's (the heartbeat and ``idle_timeout_s`` watch it).
+connection is the stream's (the heartbeat and ``idle_timeout_s`` watch it,
+and the hub what it sends: see :meth:`EdgeHandler.streaming`).
 
 The cost is nothing per request when a request's headers arrive in one read
-(the common case) and its body with them or soon after: a connection is
-timed only from a read that leaves headers unfinished (or from its start) or
-a body incomplete, and one sweep per worker (:class:`Deadlines`) looks at
-those connections only.
+(the common case), its body with them or soon after, and the client takes
+its answer: a connection is timed only from a read that leaves headers
+unfinished (or from its start), a body incomplete, or a write the kernel
+could not take whole, and one sweep per worker
+(:class:`~server.deadlines.Deadlines`) looks at those connections only.
 
 aiohttp lets no handler class be given to its ``web.Server``; :class:`Edge`
 serves the runner's server with a protocol factory of its own, making
@@ -44,12 +54,14 @@ import asyncio
 import functools
 import logging
 import socket
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import StreamReader, web
 
 from .config import Config
+from .deadlines import Deadlines
 from .errors import RequestTimeout
+from .sockets import SEND_BUFFER_BYTES, reset
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +71,6 @@ log = logging.getLogger(__name__)
 # limits (8190 bytes a line, 128 headers) still let one connection pin a
 # megabyte, more than twice that once parsed.
 HEAD_MAX_BYTES = 64 * 1024
-
-# The kernel send buffer of every accepted socket (Linux doubles it, for its
-# bookkeeping: 128 KiB). Left alone, the kernel grows a connection's buffer
-# to tcp_wmem's maximum (4 MiB) when it sends fast, as fan-out and replays
-# do, and a client that then stops reading pins all of it until it is cut
-# off. 64 KiB keeps a connection busy at 1 MB/s over 60 ms of round trip, far
-# above what a chat stream needs (a replay page is 100 messages), and beyond
-# it the transport's own buffer (256 KiB, see server.transports.sink) waits
-# in the process, where the hub sees it and cuts slow consumers off.
-SEND_BUFFER_BYTES = 64 * 1024
 
 _HEAD_TOO_LARGE_BODY = (
     b'{"error":{"code":"headers_too_large","message":"request headers over '
@@ -86,7 +88,17 @@ HEAD_TOO_LARGE = (
 class EdgeHandler(web.RequestHandler):
     """aiohttp's request handler, with deadlines for headers and bodies and a bound on headers."""
 
-    __slots__ = ("_body", "_body_since", "_deadlines", "_head_bytes", "_head_since")
+    __slots__ = (
+        "_body",
+        "_body_since",
+        "_deadlines",
+        "_head_bytes",
+        "_head_since",
+        "_sending",
+        "_stalled_since",
+        "_stream",
+        "_unsent",
+    )
 
     def __init__(self, manager: web.Server, deadlines: Deadlines, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -97,9 +109,21 @@ class EdgeHandler(web.RequestHandler):
         # The payload of the newest request while its body is incomplete.
         self._body: StreamReader | None = None
         self._body_since = 0.0
+        # The transport until the connection is lost (aiohttp lets go of it
+        # when it closes it, with what it holds perhaps still unsent).
+        self._sending: asyncio.Transport | None = None
+        # Since when what waits in the transport has not shrunk, and how much
+        # it was; 0.0 while nothing waits (or the connection is a stream's).
+        self._stalled_since = 0.0
+        self._unsent = 0
+        self._stream = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._sending = sending = cast(asyncio.Transport, transport)
+        # Writers wait (pause_writing) as soon as the kernel does not take
+        # everything, rather than leave up to 64 KiB more waiting here.
+        sending.set_write_buffer_limits(high=0)
         # A new connection owes its first request's headers from now, sent or not.
         self._head_since = self._loop.time()
         self._deadlines.watch(self)
@@ -107,7 +131,26 @@ class EdgeHandler(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._deadlines.forget(self)
         self._body = None
+        self._sending = None
+        self._stalled_since = 0.0
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if not self._stream and self._sending is not None:
+            self._stalled_since = self._loop.time()
+            self._unsent = self._sending.get_write_buffer_size()
+            self._deadlines.watch(self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stalled_since = 0.0  # everything waiting went
+
+    def streaming(self) -> None:
+        """The connection carries an SSE or WebSocket stream from now on: what
+        it sends is the hub's to time (it cuts off slow consumers), not the edge's."""
+        self._stream = True
+        self._stalled_since = 0.0
 
     def data_received(self, data: bytes) -> None:
         if self._upgraded or not data:
@@ -148,10 +191,14 @@ class EdgeHandler(web.RequestHandler):
             transport.write(HEAD_TOO_LARGE)
         self.force_close()
 
-    def overdue(self, late: float) -> bool:
-        """Act on a deadline that passed before ``late``; False once nothing is due."""
+    def overdue(self, now: float) -> bool:
+        """Act on the deadlines that passed by ``now``; False once nothing is due."""
+        sending = self._stalled_since > 0.0 and self._send_overdue(now)
         if self.transport is None:
-            return False
+            return sending  # closed by aiohttp: only what it still sends is timed
+        return self._read_overdue(now - self._deadlines.timeout_s) or sending
+
+    def _read_overdue(self, late: float) -> bool:
         if self._head_since:
             if self._head_since > late:
                 return True
@@ -169,40 +216,25 @@ class EdgeHandler(web.RequestHandler):
             self._body = body = None
         return body is not None
 
-
-class Deadlines:
-    """One timer per worker that acts on the connections whose request is late."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        # A deadline is acted on at most this late.
-        self.interval_s = min(1.0, timeout_s / 4)
-        self._due: set[EdgeHandler] = set()
-        self._handle: asyncio.TimerHandle | None = None
-
-    def watch(self, handler: EdgeHandler) -> None:
-        self._due.add(handler)
-
-    def forget(self, handler: EdgeHandler) -> None:
-        self._due.discard(handler)
-
-    def start(self) -> None:
-        self._handle = asyncio.get_running_loop().call_later(self.interval_s, self._sweep)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            late = loop.time() - self.timeout_s
-            for handler in list(self._due):
-                if not handler.overdue(late):
-                    self._due.discard(handler)
-        finally:
-            self._handle = loop.call_later(self.interval_s, self._sweep)
+    def _send_overdue(self, now: float) -> bool:
+        transport = self._sending
+        if transport is None:
+            return False
+        unsent = transport.get_write_buffer_size()
+        if unsent < self._unsent:
+            self._stalled_since = now  # the client took some: progress
+        self._unsent = unsent
+        timeout_s = self._deadlines.send_timeout_s
+        if self._stalled_since > now - timeout_s:
+            return True
+        log.debug(
+            "resetting a connection from %s: its answer made no progress in %g s",
+            transport.get_extra_info("peername"),
+            timeout_s,
+        )
+        self._stalled_since = 0.0
+        reset(transport)
+        return False
 
 
 class Edge:
@@ -226,7 +258,7 @@ class Edge:
         self.backlog = config.backlog
         self.keepalive_timeout_s = config.keepalive_timeout_s
         self.access_log = access_log
-        self.deadlines = Deadlines(config.request_timeout_s)
+        self.deadlines = Deadlines(config.request_timeout_s, config.idle_timeout_s)
         self._listener: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
