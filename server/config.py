@@ -74,6 +74,7 @@ class Config:
     address_rate_limit_per_s: float = 20.0
     address_rate_limit_burst: int = 60
     address_streams: int = 100
+    address_connections: int = 200  # in each worker; trusted proxies are not counted
     address_rooms_per_min: int = 10
 
     # Messages and rooms.
@@ -119,6 +120,7 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "address_rate_limit_per_s": (float, 0.01, None),
     "address_rate_limit_burst": (int, 1, None),
     "address_streams": (int, 1, None),
+    "address_connections": (int, 1, None),
     "address_rooms_per_min": (int, 1, None),
     "backlog": (int, 1, 65535),
     "monitor_port": (int, 0, 65535),
@@ -127,16 +129,9 @@ _NUMBERS: dict[str, tuple[type, float | None, float | None]] = {
     "shutdown_timeout_s": (float, 0.1, 600),
     "redis_wait_s": (float, 0, 3600),
 }
-_STRINGS = (
-    "host",
-    "redis_url",
-    "log_level",
-    "log_format",
-    "loop",
-    "data_dir",
-    "session_secret",
-    "public_origin",
-    "metrics_token",
+# (And log_level, log_format and loop: one of their choices.)
+_STRINGS = frozenset(
+    (*_CHOICES, "host", "redis_url", "data_dir", "session_secret", "public_origin", "metrics_token")
 )
 _BOOLS = ("debug", "cookie_secure")
 KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {"config_file"}
@@ -276,6 +271,11 @@ def load(
         raise ConfigError(
             f"idle_timeout_s: {config.idle_timeout_s:g} must be longer than "
             f"heartbeat_s ({config.heartbeat_s:g})"
+        )
+    if config.address_connections < config.address_streams:
+        raise ConfigError(
+            f"address_connections: {config.address_connections} is below address_streams "
+            f"({config.address_streams}): a stream is a connection, and one worker may hold all"
         )
     if config.monitor_port:
         if config.monitor_port + 3 * config.workers > 65536:

@@ -18,13 +18,13 @@ for as long as it likes. Here:
 - every accepted socket has a fixed kernel send buffer
   (:data:`~server.sockets.SEND_BUFFER_BYTES`) instead of one the kernel
   grows to megabytes.
-- what the kernel does not take of a response waits in the transport, and
-  the handler that wrote it waits for it to go (aiohttp's writers wait
-  while the transport has paused writing; its high-water mark is 0 here,
-  so it pauses as soon as anything waits): a response that has something
-  waiting and makes no progress for ``idle_timeout_s`` (nothing more of it
-  taken by the client) is reset, which frees what it held, in the
-  process and in the kernel.
+- what the kernel does not take of an answer waits in the transport, and
+  its handler waits for it to go (aiohttp's writers wait while the
+  transport has paused writing, here as soon as anything waits): an answer
+  that makes no progress for ``idle_timeout_s`` (nothing more of it taken
+  by the client) is reset, freeing what it held, here and in the kernel.
+- an address (a peer that is not a trusted proxy) has at most
+  ``address_connections`` open in a worker; one more is answered 429.
 
 Streams are not timed: once an SSE or WebSocket request is in, its
 connection is the stream's (the heartbeat and ``idle_timeout_s`` watch it,
@@ -54,14 +54,16 @@ import asyncio
 import functools
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import StreamReader, web
 
+from .addresses import OpenConnections, Proxies
 from .config import Config
 from .deadlines import Deadlines
-from .errors import RequestTimeout
-from .sockets import SEND_BUFFER_BYTES, reset
+from .errors import RequestTimeout, raw_error
+from .sockets import SEND_BUFFER_BYTES, Stall
 
 log = logging.getLogger(__name__)
 
@@ -72,55 +74,55 @@ log = logging.getLogger(__name__)
 # megabyte, more than twice that once parsed.
 HEAD_MAX_BYTES = 64 * 1024
 
-_HEAD_TOO_LARGE_BODY = (
-    b'{"error":{"code":"headers_too_large","message":"request headers over '
-    + str(HEAD_MAX_BYTES).encode()
-    + b' bytes"}}'
-)
-HEAD_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"Content-Type: application/json; charset=utf-8\r\n"
-    b"Content-Length: " + str(len(_HEAD_TOO_LARGE_BODY)).encode() + b"\r\n"
-    b"Connection: close\r\n\r\n" + _HEAD_TOO_LARGE_BODY
-)
+HEAD_TOO_LARGE = raw_error(431, f"request headers over {HEAD_MAX_BYTES} bytes", "headers_too_large")
+# When a client refused for its number of connections may try again: once
+# one of them has closed, there is no telling when; so a few seconds.
+CONNECTIONS_RETRY_AFTER_S = 5
 
 
 class EdgeHandler(web.RequestHandler):
-    """aiohttp's request handler, with deadlines for headers and bodies and a bound on headers."""
+    """aiohttp's request handler, with the deadlines, bounds and counts above."""
 
     __slots__ = (
+        "_address",
         "_body",
         "_body_since",
         "_deadlines",
+        "_edge",
         "_head_bytes",
         "_head_since",
-        "_sending",
-        "_stalled_since",
+        "_stall",
         "_stream",
-        "_unsent",
     )
 
-    def __init__(self, manager: web.Server, deadlines: Deadlines, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, edge: Edge, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._deadlines = deadlines
+        self._edge = edge
+        self._deadlines = edge.deadlines
+        # What the connection counts under in edge.connections (None: not counted).
+        self._address: str | None = None
         # When the headers now due began (loop time); 0.0 when none are due.
         self._head_since = 0.0
         self._head_bytes = 0
         # The payload of the newest request while its body is incomplete.
         self._body: StreamReader | None = None
         self._body_since = 0.0
-        # The transport until the connection is lost (aiohttp lets go of it
-        # when it closes it, with what it holds perhaps still unsent).
-        self._sending: asyncio.Transport | None = None
-        # Since when what waits in the transport has not shrunk, and how much
-        # it was; 0.0 while nothing waits (or the connection is a stream's).
-        self._stalled_since = 0.0
-        self._unsent = 0
+        # What waits unsent, timed until the connection is lost (aiohttp
+        # lets go of its transport when it closes it, perhaps before that).
+        # None until the connection is accepted, and when it is refused.
+        self._stall: Stall | None = None
         self._stream = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sending = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        address = self._edge.connections.key(peer[0] if isinstance(peer, tuple) else None)
+        if address is not None and not self._edge.connections.add(address):
+            self._edge.refuse(sending, address)  # (no request of it is ever handled)
+            return
+        self._address = address
         super().connection_made(transport)
-        self._sending = sending = cast(asyncio.Transport, transport)
+        self._stall = Stall(sending)
         # Writers wait (pause_writing) as soon as the kernel does not take
         # everything, rather than leave up to 64 KiB more waiting here.
         sending.set_write_buffer_limits(high=0)
@@ -129,28 +131,33 @@ class EdgeHandler(web.RequestHandler):
         self._deadlines.watch(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._stall is None:
+            return  # refused: aiohttp never had it
+        if self._address is not None:
+            self._edge.connections.remove(self._address)
+            self._address = None
         self._deadlines.forget(self)
         self._body = None
-        self._sending = None
-        self._stalled_since = 0.0
+        self._stall = None
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        if not self._stream and self._sending is not None:
-            self._stalled_since = self._loop.time()
-            self._unsent = self._sending.get_write_buffer_size()
+        if not self._stream and self._stall is not None:
+            self._stall.began(self._loop.time())
             self._deadlines.watch(self)
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._stalled_since = 0.0  # everything waiting went
+        if self._stall is not None:
+            self._stall.ended()  # everything waiting went
 
     def streaming(self) -> None:
         """The connection carries an SSE or WebSocket stream from now on: what
         it sends is the hub's to time (it cuts off slow consumers), not the edge's."""
         self._stream = True
-        self._stalled_since = 0.0
+        if self._stall is not None:
+            self._stall.ended()
 
     def data_received(self, data: bytes) -> None:
         if self._upgraded or not data:
@@ -193,7 +200,8 @@ class EdgeHandler(web.RequestHandler):
 
     def overdue(self, now: float) -> bool:
         """Act on the deadlines that passed by ``now``; False once nothing is due."""
-        sending = self._stalled_since > 0.0 and self._send_overdue(now)
+        stall = self._stall
+        sending = stall is not None and stall.overdue(now, self._deadlines.send_timeout_s)
         if self.transport is None:
             return sending  # closed by aiohttp: only what it still sends is timed
         return self._read_overdue(now - self._deadlines.timeout_s) or sending
@@ -216,26 +224,6 @@ class EdgeHandler(web.RequestHandler):
             self._body = body = None
         return body is not None
 
-    def _send_overdue(self, now: float) -> bool:
-        transport = self._sending
-        if transport is None:
-            return False
-        unsent = transport.get_write_buffer_size()
-        if unsent < self._unsent:
-            self._stalled_since = now  # the client took some: progress
-        self._unsent = unsent
-        timeout_s = self._deadlines.send_timeout_s
-        if self._stalled_since > now - timeout_s:
-            return True
-        log.debug(
-            "resetting a connection from %s: its answer made no progress in %g s",
-            transport.get_extra_info("peername"),
-            timeout_s,
-        )
-        self._stalled_since = 0.0
-        reset(transport)
-        return False
-
 
 class Edge:
     """Serves a runner's app on a listening socket with :class:`EdgeHandler` connections.
@@ -252,6 +240,7 @@ class Edge:
         config: Config,
         *,
         access_log: logging.Logger | None = None,
+        refused: Callable[[], None] = lambda: None,
     ) -> None:
         self.runner = runner
         self.sock = sock
@@ -259,7 +248,24 @@ class Edge:
         self.keepalive_timeout_s = config.keepalive_timeout_s
         self.access_log = access_log
         self.deadlines = Deadlines(config.request_timeout_s, config.idle_timeout_s)
+        self.connections = OpenConnections(
+            config.address_connections, Proxies(config.trusted_proxies)
+        )
+        self._refused = refused
+        self._too_many = raw_error(
+            429,
+            f"at most {config.address_connections} open connections per client address",
+            "too_many_connections",
+            retry_after_s=CONNECTIONS_RETRY_AFTER_S,
+        )
         self._listener: asyncio.AbstractServer | None = None
+
+    def refuse(self, transport: asyncio.Transport, address: str) -> None:
+        """Answer a connection over its address's count 429, and close it."""
+        log.debug("refusing a connection from %s: %d open already", address, self.connections.limit)
+        transport.write(self._too_many)
+        transport.close()
+        self._refused()
 
     async def start(self) -> None:
         server = self.runner.server
@@ -271,7 +277,7 @@ class Edge:
         factory = functools.partial(
             EdgeHandler,
             server,
-            self.deadlines,
+            self,
             loop=loop,
             keepalive_timeout=self.keepalive_timeout_s,
             access_log=self.access_log,

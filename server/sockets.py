@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import socket
 import struct
+
+log = logging.getLogger(__name__)
 
 # The kernel send buffer of every accepted socket (Linux doubles it, for its
 # bookkeeping: 128 KiB). Left alone, the kernel grows a connection's buffer
@@ -48,3 +51,42 @@ def reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
     transport.abort()
+
+
+class Stall:
+    """Times what waits unsent in a transport (what the kernel did not take):
+    a client that takes none of it for a while has its connection reset."""
+
+    __slots__ = ("_since", "_transport", "_unsent")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        # Since when what waits has not shrunk (loop time); 0.0: nothing waits.
+        self._since = 0.0
+        self._unsent = 0
+
+    def began(self, now: float) -> None:
+        """Something waits (the transport paused its writers)."""
+        self._since = now
+        self._unsent = self._transport.get_write_buffer_size()
+
+    def ended(self) -> None:
+        """Nothing waits any more (the writers resumed), or it is not for this to time."""
+        self._since = 0.0
+
+    def overdue(self, now: float, timeout_s: float) -> bool:
+        """Reset the connection if none of what waits went in the ``timeout_s``
+        before ``now``; True while something waits and may yet be due."""
+        if not self._since:
+            return False
+        unsent = self._transport.get_write_buffer_size()
+        if unsent < self._unsent:
+            self._since = now  # the client took some: progress
+        self._unsent = unsent
+        if self._since > now - timeout_s:
+            return True
+        peer = self._transport.get_extra_info("peername")
+        log.debug("resetting a connection from %s: no progress in %g s", peer, timeout_s)
+        self._since = 0.0
+        reset(self._transport)
+        return False

@@ -30,6 +30,9 @@ from server.config import ConfigError, load
         ([], {}, "rate_limit_burst = -1\n", "rate_limit_burst"),
         ([], {}, "allowed_origins = 'x'\n", "allowed_origins"),
         ([], {}, "this is not toml\n", "invalid TOML"),
+        # Every stream is a connection, and one worker may hold all of an address's.
+        ([], {"CHAT_ADDRESS_STREAMS": "300"}, None, "address_connections"),
+        ([], {"CHAT_ADDRESS_CONNECTIONS": "0"}, None, "address_connections"),
     ],
 )
 def test_bad_flags_env_or_config_are_refused_in_one_line(
@@ -61,3 +64,10 @@ def test_good_flags_env_and_config_are_taken_flags_first(tmp_path: Any) -> None:
     environ = {"CHAT_LOG_LEVEL": "Debug", "CHAT_LOG_FORMAT": "JSON", "CHAT_LOOP": "AsyncIO"}
     config = load(parse_args([]), environ=environ)
     assert (config.log_level, config.log_format, config.loop) == ("debug", "json", "asyncio")
+
+
+def test_address_connections_may_be_as_many_as_address_streams() -> None:
+    config = load(parse_args([]), environ={})
+    assert (config.address_connections, config.address_streams) == (200, 100)
+    environ = {"CHAT_ADDRESS_STREAMS": "300", "CHAT_ADDRESS_CONNECTIONS": "300"}
+    assert load(parse_args([]), environ=environ).address_connections == 300

@@ -409,6 +409,55 @@ async def test_an_answer_its_client_takes_slowly_is_not_cut_off(
             writer.close()
 
 
+async def test_an_address_has_at_most_address_connections_open_in_a_worker(
+    make_config: Callable[..., Config], clients: Clients
+) -> None:
+    config = make_config(address_connections=3, address_streams=3)
+    async with edge_app(config) as (edge, port):
+        served = []
+        for _ in range(3):
+            reader, writer = await clients.open(port)
+            writer.write(request("/"))
+            assert (await read_response(reader))[0] == 200
+            served.append(writer)
+        # The fourth is answered at once, whether it sent its request or not.
+        for send in (False, True):
+            reader, writer = await clients.open(port)
+            if send:
+                writer.write(request("/"))
+            status, headers, body = await read_response(reader)
+            assert (status, headers["retry-after"], headers["connection"]) == (429, "5", "close")
+            assert headers["content-type"] == "application/json; charset=utf-8"
+            assert json.loads(body) == {
+                "error": {
+                    "code": "too_many_connections",
+                    "message": "at most 3 open connections per client address",
+                }
+            }
+            assert (await read_until_closed(reader, 2)) == (b"", True)
+        assert len(handlers(edge)) == 3
+        # One leaves: another may come.
+        served[0].close()
+        async with asyncio.timeout(2):
+            while len(handlers(edge)) == 3:
+                await asyncio.sleep(0.01)
+        reader, writer = await clients.open(port)
+        writer.write(request("/"))
+        assert (await read_response(reader))[0] == 200
+
+
+async def test_connections_from_a_trusted_proxy_are_not_counted(
+    make_config: Callable[..., Config], clients: Clients
+) -> None:
+    """Whose they are is only known from their headers: the proxy caps them."""
+    config = make_config(address_connections=1, address_streams=1, trusted_proxies=("127.0.0.1",))
+    async with edge_app(config) as (_, port):
+        for _ in range(3):
+            reader, writer = await clients.open(port)
+            writer.write(request("/"))
+            assert (await read_response(reader))[0] == 200
+
+
 async def test_closing_a_subscriber_that_does_not_read_cuts_it_off() -> None:
     """A goodbye would wait behind what the client is not reading: reset it instead."""
     hub = make_hub(MemoryBackend())

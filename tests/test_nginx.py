@@ -197,3 +197,28 @@ def dechunk(body: bytes) -> bytes:
             return payload
         payload += rest[:length]
         body = rest[length + 2 :]
+
+
+async def test_nginx_caps_the_requests_in_progress_of_a_client_address(
+    deployment: tuple[Nginx, list[ServerProcess]],
+) -> None:
+    """The instances trust nginx and so count none of its connections: nginx
+    caps each client address at 200 requests in progress (streams included)."""
+    nginx, _ = deployment
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=0)
+    async with aiohttp.ClientSession(nginx.url, connector=connector) as http:
+        streams = []
+        try:
+            for _ in range(200):
+                streams.append(await http.get("/api/rooms/capped/events"))
+                assert streams[-1].status == 200
+            async with http.get("/api/rooms/capped/messages") as resp:
+                assert resp.status == 429
+        finally:
+            for stream in streams:
+                stream.close()
+    # Another address is not affected.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    async with aiohttp.ClientSession(nginx.url, connector=connector) as http:
+        async with http.get("/api/rooms/capped/messages") as resp:
+            assert resp.status == 200
