@@ -99,7 +99,7 @@ async def _history_in_pages(
         pass  # the client left, or was cut off (see server.edge): the handler ends
     except redisurl.FAILURES as exc:
         # Too late for an error answer: the client sees the body end unfinished.
-        request.app[keys.REDIS_ERRORS].record(exc)
+        request.app[keys.REDIS_ERRORS].record(exc, status=0)
         request.protocol.force_close()
     return response
 

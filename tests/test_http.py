@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from server.broker import stream_key
+from server import keys
+from server.broker import Broker, stream_key
+from server.edge import Edge
 from server.redis_keys import name_key
 from server.sessions import RESAVE_AFTER_S, USED
 
@@ -136,6 +141,53 @@ async def test_history_over_several_pages_is_the_same_json_written_in_pieces(
     assert [m["id"] for m in older] == ids[2:5]
     resp = await paged.head(ROOM)
     assert resp.status == 200 and await resp.read() == b""
+
+
+async def test_history_that_fails_between_pieces_ends_unfinished(
+    make_app: Any, redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Too late for an error answer: the body ends without its last chunk, so
+    no client takes the first piece for the whole page. (Served through the
+    edge, whose fixed socket buffer makes the handler wait for the client.)"""
+    app = await make_app(message_max_chars=300_000)  # 1 message a piece
+    broker = Broker(redis, history_len=100)
+    for n in range(3):
+        await broker.publish("general", "u-1", "Ann", f"{n}" * 300_000)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    edge = Edge(runner, listener, app[keys.CONFIG])
+    await edge.start()
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, listener.getsockname())
+        request = f"GET {ROOM}?limit=3 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        assert await loop.sock_recv(sock, 1) == b"H"
+        # The handler waits for the client to take the first piece: the
+        # room's stream is not one any more when it reads the next.
+        await redis.delete(stream_key("general"))
+        await redis.set(stream_key("general"), "not a stream")
+        data = b"H"
+        async with asyncio.timeout(10):
+            while chunk := await loop.sock_recv(sock, 1 << 16):
+                data += chunk
+    finally:
+        sock.close()
+        await edge.stop()
+        await runner.cleanup()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in head
+    assert b'{"messages":[{' in body and b"0" * 300_000 in body
+    assert b"1" * 1000 not in body and not body.endswith(b"0\r\n\r\n")
+    assert "Traceback" not in caplog.text
+    assert "cut an answer short: Redis failed: WRONGTYPE" in caplog.text
 
 
 async def test_form_posts_are_accepted(client: Any) -> None:
