@@ -40,6 +40,7 @@ CHAT_LIMITS: dict[str, float] = {
     "address_rate_limit_per_s": 1e9,
     "address_rate_limit_burst": 1e9,
     "address_streams": 1e9,
+    "address_connections": 1e9,
     "address_rooms_per_min": 1e9,
 }
 

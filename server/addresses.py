@@ -1,4 +1,5 @@
-"""Where a request comes from: the peer, or the client a trusted proxy forwarded for.
+"""Where a request comes from (the peer, or the client a trusted proxy forwarded
+for), and how many connections each address holds.
 
 Budgets per client address (new sessions, messages, streams) need the real
 client. Behind a reverse proxy every peer is the proxy, so ``X-Forwarded-For``
@@ -58,9 +59,47 @@ def budget_key(address: str | None) -> str:
     parsed = parse_address(address) if address else None
     if parsed is None:
         return address or "unknown"
-    if isinstance(parsed, ipaddress.IPv6Address):
-        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
-    return str(parsed)
+    return _key(parsed)
+
+
+def _key(address: IPAddress) -> str:
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class OpenConnections:
+    """How many connections each client address has open in this worker, up to ``limit``.
+
+    Counted as a connection is accepted, by its peer's address (an IPv6
+    client's /64, as its budgets): a trusted proxy's connections are not
+    counted, since whose they are is only known from their headers.
+    """
+
+    def __init__(self, limit: int, proxies: Proxies) -> None:
+        self.limit = limit
+        self._proxies = proxies
+        self._open: dict[str, int] = {}
+
+    def key(self, peer: str | None) -> str | None:
+        """What a connection from ``peer`` counts under; None: it is not counted."""
+        address = parse_address(peer) if peer else None
+        if address is None or self._proxies.trusts(address):
+            return None
+        return _key(address)
+
+    def add(self, key: str) -> bool:
+        """Count one more connection of ``key``; False (not counted) when it has ``limit``."""
+        count = self._open.get(key, 0)
+        if count >= self.limit:
+            return False
+        self._open[key] = count + 1
+        return True
+
+    def remove(self, key: str) -> None:
+        count = self._open.pop(key, 0) - 1
+        if count > 0:
+            self._open[key] = count
 
 
 def from_client(request: web.Request, proxies: Proxies) -> web.Request:

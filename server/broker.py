@@ -81,6 +81,17 @@ end
 return false
 """
 
+# A history page: of the newest ARGV[2] entries up to ARGV[1] (an XREVRANGE
+# bound), the oldest ARGV[3], oldest first; and, when that leaves some of
+# them out, the newest one's id, where the rest (read with XRANGE) ends.
+_HISTORY_SCRIPT = """
+local entries = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', ARGV[2])
+local last = math.max(1, #entries - tonumber(ARGV[3]) + 1)
+local page = {}
+for i = #entries, last, -1 do page[#page + 1] = entries[i] end
+if last > 1 then return {page, entries[1][1]} end
+return {page}
+"""
 
 IDEMPOTENCY_TTL_S = 600  # how long a retry with the same key gets the first message
 
@@ -104,6 +115,7 @@ class Broker:
         self.room_ttl_s = room_ttl_s
         self._publish = scripts.register(redis, _PUBLISH_SCRIPT)
         self._predecessor = redis.register_script(_PREDECESSOR_SCRIPT)
+        self._history = redis.register_script(_HISTORY_SCRIPT)
 
     async def publish(self, room: str, user_id: str, name: str, text: str) -> Message:
         message, _ = await self.publish_once(room, user_id, name, text, None)
@@ -168,13 +180,29 @@ class Broker:
             raise ValueError(f"malformed idempotency record in {room}")
         return parsed[1]
 
-    async def history(self, room: str, limit: int, before: MessageId | None) -> list[Message]:
-        """The newest ``limit`` messages older than ``before``, oldest first."""
+    async def history(
+        self, room: str, limit: int, before: MessageId | None, page: int
+    ) -> tuple[list[Message], str | None]:
+        """The newest ``limit`` messages older than ``before``, oldest first, at
+        most ``page`` of them: with the id of the newest when some are left,
+        read by :meth:`history_after`, else None.
+
+        A page at a time, so that a reader holds one page, not the whole history.
+        """
         if before == FIRST_ID:
-            return []  # nothing is older (and Redis refuses the range)
+            return [], None  # nothing is older (and Redis refuses the range)
         newest = "(" + format_id(before) if before else "+"
-        entries = await self.redis.xrevrange(stream_key(room), max=newest, min="-", count=limit)
-        return [Message.from_fields(room, id, fields) for id, fields in reversed(entries or [])]
+        reply = await self._history(keys=[stream_key(room)], args=[newest, limit, page])
+        messages = [
+            Message.from_fields(room, str(id), dict(zip(fields[::2], fields[1::2], strict=True)))
+            for id, fields in reply[0]
+        ]
+        return messages, str(reply[1]) if len(reply) > 1 else None
+
+    async def history_after(self, room: str, after: str, until: str, page: int) -> list[Message]:
+        """At most ``page`` messages after ``after`` up to ``until`` (both ids), oldest first."""
+        entries = await self.redis.xrange(stream_key(room), min="(" + after, max=until, count=page)
+        return [Message.from_fields(room, id, fields) for id, fields in entries or []]
 
     async def read_after(self, room: str, after: MessageId, count: int) -> list[Message]:
         """Up to ``count`` messages after ``after``, oldest first, each with its ``prev``."""

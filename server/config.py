@@ -108,6 +108,9 @@ class Config(BaseSettings):
     )
     address_rate_limit_burst: int = Field(60, ge=1, description="burst above that rate")
     address_streams: int = Field(100, ge=1, description="open streams per client address")
+    address_connections: int = Field(
+        200, ge=1, description="open connections per client address, in each worker"
+    )
     address_rooms_per_min: int = Field(
         10, ge=1, description="new rooms per client address per minute"
     )
@@ -209,6 +212,11 @@ def load(
         raise ConfigError(
             f"idle_timeout_s: {config.idle_timeout_s:g} must be longer than "
             f"heartbeat_s ({config.heartbeat_s:g})"
+        )
+    if config.address_connections < config.address_streams:
+        raise ConfigError(
+            f"address_connections: {config.address_connections} is below address_streams "
+            f"({config.address_streams}): a stream is a connection, and one worker may hold all"
         )
     if config.monitor_port:
         if config.monitor_port + 3 * config.workers > 65536:

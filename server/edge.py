@@ -16,16 +16,26 @@ for as long as it likes. Here:
   with the JSON error), and the connection is closed after the answer.
 - the headers of one request take at most :data:`HEAD_MAX_BYTES` in all.
 - every accepted socket has a fixed kernel send buffer
-  (:data:`SEND_BUFFER_BYTES`) instead of one the kernel grows to megabytes.
+  (:data:`~server.sockets.SEND_BUFFER_BYTES`) instead of one the kernel
+  grows to megabytes.
+- what the kernel does not take of an answer waits in the transport, and
+  its handler waits for it to go (aiohttp's writers wait while the
+  transport has paused writing, here as soon as anything waits): an answer
+  that makes no progress for ``idle_timeout_s`` (nothing more of it taken
+  by the client) is reset, freeing what it held, here and in the kernel.
+- an address (a peer that is not a trusted proxy) has at most
+  ``address_connections`` open in a worker; one more is answered 429.
 
 Streams are not timed: once an SSE or WebSocket request is in, its
-connection is the stream's (the heartbeat and ``idle_timeout_s`` watch it).
+connection is the stream's (the heartbeat and ``idle_timeout_s`` watch it,
+and the hub what it sends: see :meth:`EdgeHandler.streaming`).
 
 The cost is nothing per request when a request's headers arrive in one read
-(the common case) and its body with them or soon after: a connection is
-timed only from a read that leaves headers unfinished (or from its start) or
-a body incomplete, and one sweep per worker (:class:`Deadlines`) looks at
-those connections only.
+(the common case), its body with them or soon after, and the client takes
+its answer: a connection is timed only from a read that leaves headers
+unfinished (or from its start), a body incomplete, or a write the kernel
+could not take whole, and one sweep per worker
+(:class:`~server.deadlines.Deadlines`) looks at those connections only.
 
 aiohttp lets no handler class be given to its ``web.Server``; :class:`Edge`
 serves the runner's server with a protocol factory of its own, making
@@ -44,12 +54,16 @@ import asyncio
 import functools
 import logging
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from aiohttp import StreamReader, web
 
+from .addresses import OpenConnections, Proxies
 from .config import Config
-from .errors import RequestTimeout
+from .deadlines import Deadlines
+from .errors import RequestTimeout, raw_error
+from .sockets import SEND_BUFFER_BYTES, Stall
 
 log = logging.getLogger(__name__)
 
@@ -60,54 +74,90 @@ log = logging.getLogger(__name__)
 # megabyte, more than twice that once parsed.
 HEAD_MAX_BYTES = 64 * 1024
 
-# The kernel send buffer of every accepted socket (Linux doubles it, for its
-# bookkeeping: 128 KiB). Left alone, the kernel grows a connection's buffer
-# to tcp_wmem's maximum (4 MiB) when it sends fast, as fan-out and replays
-# do, and a client that then stops reading pins all of it until it is cut
-# off. 64 KiB keeps a connection busy at 1 MB/s over 60 ms of round trip, far
-# above what a chat stream needs (a replay page is 100 messages), and beyond
-# it the transport's own buffer (256 KiB, see server.transports.sink) waits
-# in the process, where the hub sees it and cuts slow consumers off.
-SEND_BUFFER_BYTES = 64 * 1024
-
-_HEAD_TOO_LARGE_BODY = (
-    b'{"error":{"code":"headers_too_large","message":"request headers over '
-    + str(HEAD_MAX_BYTES).encode()
-    + b' bytes"}}'
-)
-HEAD_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"Content-Type: application/json; charset=utf-8\r\n"
-    b"Content-Length: " + str(len(_HEAD_TOO_LARGE_BODY)).encode() + b"\r\n"
-    b"Connection: close\r\n\r\n" + _HEAD_TOO_LARGE_BODY
-)
+HEAD_TOO_LARGE = raw_error(431, f"request headers over {HEAD_MAX_BYTES} bytes", "headers_too_large")
+# When a client refused for its number of connections may try again: once
+# one of them has closed, there is no telling when; so a few seconds.
+CONNECTIONS_RETRY_AFTER_S = 5
 
 
 class EdgeHandler(web.RequestHandler):
-    """aiohttp's request handler, with deadlines for headers and bodies and a bound on headers."""
+    """aiohttp's request handler, with the deadlines, bounds and counts above."""
 
-    __slots__ = ("_body", "_body_since", "_deadlines", "_head_bytes", "_head_since")
+    __slots__ = (
+        "_address",
+        "_body",
+        "_body_since",
+        "_deadlines",
+        "_edge",
+        "_head_bytes",
+        "_head_since",
+        "_stall",
+        "_stream",
+    )
 
-    def __init__(self, manager: web.Server, deadlines: Deadlines, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, edge: Edge, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._deadlines = deadlines
+        self._edge = edge
+        self._deadlines = edge.deadlines
+        # What the connection counts under in edge.connections (None: not counted).
+        self._address: str | None = None
         # When the headers now due began (loop time); 0.0 when none are due.
         self._head_since = 0.0
         self._head_bytes = 0
         # The payload of the newest request while its body is incomplete.
         self._body: StreamReader | None = None
         self._body_since = 0.0
+        # What waits unsent, timed until the connection is lost (aiohttp
+        # lets go of its transport when it closes it, perhaps before that).
+        # None until the connection is accepted, and when it is refused.
+        self._stall: Stall | None = None
+        self._stream = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sending = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        address = self._edge.connections.key(peer[0] if isinstance(peer, tuple) else None)
+        if address is not None and not self._edge.connections.add(address):
+            self._edge.refuse(sending, address)  # (no request of it is ever handled)
+            return
+        self._address = address
         super().connection_made(transport)
+        self._stall = Stall(sending)
+        # Writers wait (pause_writing) as soon as the kernel does not take
+        # everything, rather than leave up to 64 KiB more waiting here.
+        sending.set_write_buffer_limits(high=0)
         # A new connection owes its first request's headers from now, sent or not.
         self._head_since = self._loop.time()
         self._deadlines.watch(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._stall is None:
+            return  # refused: aiohttp never had it
+        if self._address is not None:
+            self._edge.connections.remove(self._address)
+            self._address = None
         self._deadlines.forget(self)
         self._body = None
+        self._stall = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if not self._stream and self._stall is not None:
+            self._stall.began(self._loop.time())
+            self._deadlines.watch(self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.ended()  # everything waiting went
+
+    def streaming(self) -> None:
+        """The connection carries an SSE or WebSocket stream from now on: what
+        it sends is the hub's to time (it cuts off slow consumers), not the edge's."""
+        self._stream = True
+        if self._stall is not None:
+            self._stall.ended()
 
     def data_received(self, data: bytes) -> None:
         if self._upgraded or not data:
@@ -148,10 +198,15 @@ class EdgeHandler(web.RequestHandler):
             transport.write(HEAD_TOO_LARGE)
         self.force_close()
 
-    def overdue(self, late: float) -> bool:
-        """Act on a deadline that passed before ``late``; False once nothing is due."""
+    def overdue(self, now: float) -> bool:
+        """Act on the deadlines that passed by ``now``; False once nothing is due."""
+        stall = self._stall
+        sending = stall is not None and stall.overdue(now, self._deadlines.send_timeout_s)
         if self.transport is None:
-            return False
+            return sending  # closed by aiohttp: only what it still sends is timed
+        return self._read_overdue(now - self._deadlines.timeout_s) or sending
+
+    def _read_overdue(self, late: float) -> bool:
         if self._head_since:
             if self._head_since > late:
                 return True
@@ -170,41 +225,6 @@ class EdgeHandler(web.RequestHandler):
         return body is not None
 
 
-class Deadlines:
-    """One timer per worker that acts on the connections whose request is late."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        # A deadline is acted on at most this late.
-        self.interval_s = min(1.0, timeout_s / 4)
-        self._due: set[EdgeHandler] = set()
-        self._handle: asyncio.TimerHandle | None = None
-
-    def watch(self, handler: EdgeHandler) -> None:
-        self._due.add(handler)
-
-    def forget(self, handler: EdgeHandler) -> None:
-        self._due.discard(handler)
-
-    def start(self) -> None:
-        self._handle = asyncio.get_running_loop().call_later(self.interval_s, self._sweep)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            late = loop.time() - self.timeout_s
-            for handler in list(self._due):
-                if not handler.overdue(late):
-                    self._due.discard(handler)
-        finally:
-            self._handle = loop.call_later(self.interval_s, self._sweep)
-
-
 class Edge:
     """Serves a runner's app on a listening socket with :class:`EdgeHandler` connections.
 
@@ -220,14 +240,32 @@ class Edge:
         config: Config,
         *,
         access_log: logging.Logger | None = None,
+        refused: Callable[[], None] = lambda: None,
     ) -> None:
         self.runner = runner
         self.sock = sock
         self.backlog = config.backlog
         self.keepalive_timeout_s = config.keepalive_timeout_s
         self.access_log = access_log
-        self.deadlines = Deadlines(config.request_timeout_s)
+        self.deadlines = Deadlines(config.request_timeout_s, config.idle_timeout_s)
+        self.connections = OpenConnections(
+            config.address_connections, Proxies(config.trusted_proxies)
+        )
+        self._refused = refused
+        self._too_many = raw_error(
+            429,
+            f"at most {config.address_connections} open connections per client address",
+            "too_many_connections",
+            retry_after_s=CONNECTIONS_RETRY_AFTER_S,
+        )
         self._listener: asyncio.AbstractServer | None = None
+
+    def refuse(self, transport: asyncio.Transport, address: str) -> None:
+        """Answer a connection over its address's count 429, and close it."""
+        log.debug("refusing a connection from %s: %d open already", address, self.connections.limit)
+        transport.write(self._too_many)
+        transport.close()
+        self._refused()
 
     async def start(self) -> None:
         server = self.runner.server
@@ -239,7 +277,7 @@ class Edge:
         factory = functools.partial(
             EdgeHandler,
             server,
-            self.deadlines,
+            self,
             loop=loop,
             keepalive_timeout=self.keepalive_timeout_s,
             access_log=self.access_log,

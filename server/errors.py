@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http
+import json
 from typing import Any
 
 from aiohttp import web
@@ -106,6 +108,18 @@ def error_response(
         # What is left of the request is not coming: the connection cannot carry another.
         response.force_close()
     return response
+
+
+def raw_error(status: int, message: str, code: str, *, retry_after_s: int = 0) -> bytes:
+    """A whole HTTP/1.1 error answer, the same JSON body, that ends its
+    connection: for connections that never reach a handler (see :mod:`server.edge`)."""
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
+    retry = f"Retry-After: {retry_after_s}\r\n" if retry_after_s else ""
+    return (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: application/json; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        f"{retry}Connection: close\r\n\r\n{body}"
+    ).encode()
 
 
 def error_payload(error: ChatError) -> dict[str, str]:

@@ -130,13 +130,15 @@ class ThrottledErrorLog:
         self._suppressed = 0
 
     def record(self, exc: Exception, status: int = 503) -> None:
+        """A request failed on Redis: answered ``status`` (0: its answer was cut short)."""
         self.count()
         now = time.monotonic()
         if now - self._last < self.interval:
             self._suppressed += 1
             return
         more = f" (and {self._suppressed} more since the last report)" if self._suppressed else ""
-        log.warning("answered %d: Redis failed: %s%s", status, exc, more)
+        outcome = f"answered {status}" if status else "cut an answer short"
+        log.warning("%s: Redis failed: %s%s", outcome, exc, more)
         self._last, self._suppressed = now, 0
 
 

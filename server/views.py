@@ -14,15 +14,20 @@ from aiohttp import hdrs, web
 from multidict import MultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import keys, posting, sessions
+from . import keys, posting, redisurl, sessions
 from .addresses import budget_key
 from .errors import BadRequest, Unavailable, UnsupportedMediaType, error_response
 from .ids import parse_id
 from .metrics import render as render_metrics
+from .model import Message
 from .names import clean_name
 
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 HISTORY_LIMIT_MAX = 200
+# What a page of history may take (in characters of text, message_max_chars
+# each at most), read from Redis and written at once: at the default 2000,
+# 50 messages (the page's own request: one round trip), at 8000, 12.
+HISTORY_PAGE_CHARS = 100_000
 
 
 async def page(request: web.Request) -> web.StreamResponse:
@@ -51,16 +56,52 @@ async def put_session(request: web.Request) -> web.Response:
     return web.json_response({"user_id": user.user_id, "name": user.name})
 
 
-async def get_messages(request: web.Request) -> web.Response:
+async def get_messages(request: web.Request) -> web.StreamResponse:
     room = posting.room_name(request.match_info["room"])
     limit = int_param(request, "limit", 50, HISTORY_LIMIT_MAX)
     before = request.query.get("before")
     before_id = None if before is None else parse_id(before)
     if before is not None and before_id is None:
         raise BadRequest("'before' must be a message id like 1700000000000-0")
-    messages = await request.app[keys.BROKER].history(room, limit, before_id)
-    body = '{"messages":[' + ",".join(m.json for m in messages) + "]}"
-    return web.Response(text=body, content_type="application/json")
+    page = max(1, HISTORY_PAGE_CHARS // request.app[keys.CONFIG].message_max_chars)
+    messages, until = await request.app[keys.BROKER].history(room, limit, before_id, page)
+    if until is None:
+        body = '{"messages":[' + ",".join(m.json for m in messages) + "]}"
+        return web.Response(text=body, content_type="application/json")
+    return await _history_in_pages(request, room, messages, until, page)
+
+
+async def _history_in_pages(
+    request: web.Request, room: str, messages: list[Message], until: str, page: int
+) -> web.StreamResponse:
+    """The same JSON as one page, written (chunked) a page at a time, each
+    read only once the connection has taken the last: a client that reads
+    slowly, or not at all, holds one page's bytes here, not a whole history."""
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    response.charset = "utf-8"
+    await response.prepare(request)
+    if request.method == hdrs.METH_HEAD:
+        return response  # (aiohttp would write what follows)
+    broker = request.app[keys.BROKER]
+    opening = '{"messages":['
+    try:
+        while messages:
+            last = messages[-1].id
+            chunk = (opening + ",".join(m.json for m in messages)).encode()
+            opening, messages = ",", []  # (nothing but the bytes is kept meanwhile)
+            await response.write(chunk)
+            del chunk
+            if last != until:
+                messages = await broker.history_after(room, last, until, page)
+        await response.write(b"]}")
+    except ConnectionError:
+        pass  # the client left, or was cut off (see server.edge): the handler ends
+    except redisurl.FAILURES as exc:
+        # Too late for an error answer: the client sees the body end unfinished.
+        request.app[keys.REDIS_ERRORS].record(exc, status=0)
+        request.protocol.force_close()
+    return response
 
 
 ONLINE_LIMIT_MAX = 1000

@@ -80,11 +80,13 @@ async def worker(
             shutdown_timeout=config.shutdown_timeout_s,
         )
         await runner.setup()
+        metrics = app[keys.METRICS]
         edge = Edge(
             runner,
             setup.sock,
             config,
             access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
+            refused=lambda: metrics.rate_limited("address_connections"),
         )
         console = contextlib.ExitStack()
         try:

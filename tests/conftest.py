@@ -111,6 +111,7 @@ def make_config(tmp_path: Any) -> Callable[..., Config]:
             "address_rate_limit_per_s": 1_000_000.0,
             "address_rate_limit_burst": 1_000_000,
             "address_streams": 1_000_000,
+            "address_connections": 1_000_000,
             "address_rooms_per_min": 1_000_000,
         }
         values.update(overrides)

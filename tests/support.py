@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ TEST_ENV = {
     "CHAT_ADDRESS_RATE_LIMIT_PER_S": "1000000",
     "CHAT_ADDRESS_RATE_LIMIT_BURST": "1000000",
     "CHAT_ADDRESS_STREAMS": "1000000",
+    "CHAT_ADDRESS_CONNECTIONS": "1000000",
     "CHAT_ADDRESS_ROOMS_PER_MIN": "1000000",
 }
 
@@ -564,6 +566,25 @@ def drain(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
     except (ConnectionResetError, TimeoutError) as exc:
         return data, not isinstance(exc, TimeoutError)
     return data, True
+
+
+def server_sockets(port: int) -> dict[int, int]:
+    """The server's sockets on ``port`` (ss): the client port of each, and the
+    bytes the kernel has queued for it (Send-Q). The listening socket is not one."""
+    ss = shutil.which("ss")
+    assert ss is not None, "ss (iproute2) is needed to read a socket's send queue"
+    out = subprocess.run(
+        [ss, "-tnH", "state", "connected", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        # State, Recv-Q, Send-Q, local address, peer address.
+        fields = line.split()
+        found[int(fields[4].rsplit(":", 1)[1])] = int(fields[2])
+    return found
 
 
 async def assert_group_exits(server: ServerProcess, timeout: float = 2) -> None:

@@ -8,6 +8,9 @@ open streams. Behind a trusted proxy the address is the forwarded one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +36,7 @@ def budgets(**low: str) -> dict[str, str]:
         "CHAT_ADDRESS_RATE_LIMIT_PER_S": UNLIMITED,
         "CHAT_ADDRESS_RATE_LIMIT_BURST": UNLIMITED,
         "CHAT_ADDRESS_STREAMS": UNLIMITED,
+        "CHAT_ADDRESS_CONNECTIONS": UNLIMITED,
         "CHAT_ADDRESS_ROOMS_PER_MIN": UNLIMITED,
     }
     env.update({f"CHAT_{key.upper()}": value for key, value in low.items()})
@@ -163,6 +167,50 @@ async def test_open_streams_per_address_are_limited(
                     if resp.status == 200:
                         break
                 await asyncio.sleep(0.1)
+
+
+async def test_open_connections_per_address_are_limited_in_each_worker(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """Any connection, not only streams: the sixth of an address is answered 429
+    as it is accepted, and another address is not affected."""
+    server = start_server(workers=1, env=budgets(address_connections="5", address_streams="5"))
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+
+    async def answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: (\d+)", head)
+        assert length is not None, head
+        return head, await reader.readexactly(int(length[1]))
+
+    writers = []
+    try:
+        for _ in range(5):
+            reader, writer = await connect("127.0.0.1")
+            writers.append(writer)
+            writer.write(request)
+            assert (await answer(reader))[0].startswith(b"HTTP/1.1 200 ")
+        reader, writer = await connect("127.0.0.1")
+        writers.append(writer)
+        writer.write(request)
+        head, body = await answer(reader)
+        assert head.startswith(b"HTTP/1.1 429 ") and b"Retry-After: 5\r\n" in head, head
+        assert json.loads(body)["error"]["code"] == "too_many_connections"
+        # And closed (reset, if the request came after the close).
+        with contextlib.suppress(ConnectionResetError):
+            assert await reader.read() == b""
+        reader, writer = await connect("127.0.0.2")
+        writers.append(writer)
+        writer.write(request)
+        assert (await answer(reader))[0].startswith(b"HTTP/1.1 200 ")
+    finally:
+        for writer in writers:
+            writer.close()
+    await metrics_show(server.url, 'chat_rate_limited_total{kind="address_connections"}')
 
 
 async def test_new_rooms_per_address_are_limited(

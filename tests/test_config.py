@@ -37,6 +37,9 @@ from server.config import Config, ConfigError, load
         ([], {}, "allowed_origins = ['https://[::1']\n", "allowed_origins"),
         ([], {}, "allowed_origins = ['https://a:x']\n", "allowed_origins"),
         ([], {}, "this is not toml\n", "invalid TOML"),
+        # Every stream is a connection, and one worker may hold all of an address's.
+        ([], {"CHAT_ADDRESS_STREAMS": "300"}, None, "address_connections"),
+        ([], {"CHAT_ADDRESS_CONNECTIONS": "0"}, None, "address_connections"),
     ],
 )
 def test_bad_flags_env_or_config_are_refused_in_one_line(
@@ -170,3 +173,10 @@ def test_settings_are_frozen_picklable_hashable_and_built_directly_without_the_e
     assert copy == config and hash(copy) == hash(config)
     with pytest.raises((AttributeError, TypeError, ValueError)):
         config.port = 1  # type: ignore[misc]
+
+
+def test_address_connections_may_be_as_many_as_address_streams() -> None:
+    config = load(parse_args([]), environ={})
+    assert (config.address_connections, config.address_streams) == (200, 100)
+    environ = {"CHAT_ADDRESS_STREAMS": "300", "CHAT_ADDRESS_CONNECTIONS": "300"}
+    assert load(parse_args([]), environ=environ).address_connections == 300

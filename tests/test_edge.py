@@ -28,7 +28,8 @@ from harness.redis_servers import RedisProcess
 from server import middlewares
 from server.close_reason import IDLE, OVERFLOW
 from server.config import Config
-from server.edge import HEAD_MAX_BYTES, SEND_BUFFER_BYTES, Edge, EdgeHandler
+from server.edge import HEAD_MAX_BYTES, Edge, EdgeHandler
+from server.sockets import SEND_BUFFER_BYTES
 
 from .fakes import MemoryBackend, live, make_hub, message
 from .support import ServerProcess, drain, running_server, stalled_client, worker_rss_kb
@@ -129,6 +130,13 @@ async def ignore_body(request: web.Request) -> web.Response:
     return web.Response(text="not read")
 
 
+BIG_BYTES = 512 * 1024  # far more than the kernel takes (128 KiB a socket)
+
+
+async def big(request: web.Request) -> web.Response:
+    return web.Response(body=b"x" * BIG_BYTES)
+
+
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse()
     await ws.prepare(request)
@@ -145,6 +153,7 @@ async def edge_app(config: Config) -> AsyncIterator[tuple[Edge, int]]:
     app.router.add_post("/echo", echo)
     app.router.add_post("/ignore", ignore_body)
     app.router.add_get("/ws", websocket)
+    app.router.add_get("/big", big)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
     await runner.setup()
     sock = socket.socket()
@@ -346,6 +355,107 @@ async def test_accepted_sockets_have_a_fixed_send_buffer(quick: Config, clients:
         sock = transport.get_extra_info("socket")
         # Linux reports twice what was asked (its bookkeeping).
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * SEND_BUFFER_BYTES
+
+
+async def test_an_answer_its_client_does_not_take_is_reset_after_idle_timeout(
+    make_config: Callable[..., Config],
+) -> None:
+    """What the kernel did not take waits in the process: idle_timeout_s (0.6 s)
+    without progress, and the connection is reset, which frees it all."""
+    config = make_config(request_timeout_s=5.0, keepalive_timeout_s=30.0, idle_timeout_s=0.6)
+    async with edge_app(config) as (edge, port):
+        started = time.monotonic()
+        sock = stalled_client(port, request("/big"))
+        try:
+            async with asyncio.timeout(2):
+                while not handlers(edge) or not handlers(edge)[0].writing_paused:
+                    await asyncio.sleep(0.01)
+            async with asyncio.timeout(0.6 + SLACK_S):
+                while handlers(edge):
+                    await asyncio.sleep(0.01)
+            assert time.monotonic() - started >= 0.55
+            data, closed = await asyncio.to_thread(drain, sock, 3)
+        finally:
+            sock.close()
+        assert closed and data.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert len(data) < BIG_BYTES
+        assert not edge.deadlines._due
+
+
+async def test_an_answer_its_client_takes_slowly_is_not_cut_off(
+    make_config: Callable[..., Config],
+) -> None:
+    """Progress, not the time the whole answer takes: 512 KiB read at 160 KiB/s
+    (3 s) with idle_timeout_s at 1 s."""
+    config = make_config(request_timeout_s=5.0, keepalive_timeout_s=30.0, idle_timeout_s=1.0)
+    async with edge_app(config) as (_, port):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=16 * 1024)
+        try:
+            writer.write(request("/big"))
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            received = 0
+            async with asyncio.timeout(20):
+                while received < BIG_BYTES:
+                    chunk = await reader.read(16 * 1024)
+                    assert chunk, f"cut off after {received} bytes"
+                    received += len(chunk)
+                    await asyncio.sleep(0.1)
+        finally:
+            writer.close()
+
+
+async def test_an_address_has_at_most_address_connections_open_in_a_worker(
+    make_config: Callable[..., Config], clients: Clients
+) -> None:
+    config = make_config(address_connections=3, address_streams=3)
+    async with edge_app(config) as (edge, port):
+        served = []
+        for _ in range(3):
+            reader, writer = await clients.open(port)
+            writer.write(request("/"))
+            assert (await read_response(reader))[0] == 200
+            served.append(writer)
+        # The fourth is answered at once, whether it sent its request or not.
+        for send in (False, True):
+            reader, writer = await clients.open(port)
+            if send:
+                writer.write(request("/"))
+            status, headers, body = await read_response(reader)
+            assert (status, headers["retry-after"], headers["connection"]) == (429, "5", "close")
+            assert headers["content-type"] == "application/json; charset=utf-8"
+            assert json.loads(body) == {
+                "error": {
+                    "code": "too_many_connections",
+                    "message": "at most 3 open connections per client address",
+                }
+            }
+            assert (await read_until_closed(reader, 2)) == (b"", True)
+        assert len(handlers(edge)) == 3
+        # One leaves: another may come.
+        served[0].close()
+        async with asyncio.timeout(2):
+            while len(handlers(edge)) == 3:
+                await asyncio.sleep(0.01)
+        reader, writer = await clients.open(port)
+        writer.write(request("/"))
+        assert (await read_response(reader))[0] == 200
+
+
+async def test_connections_from_a_trusted_proxy_are_not_counted(
+    make_config: Callable[..., Config], clients: Clients
+) -> None:
+    """Whose they are is only known from their headers: the proxy caps them."""
+    config = make_config(address_connections=1, address_streams=1, trusted_proxies=("127.0.0.1",))
+    async with edge_app(config) as (_, port):
+        for _ in range(3):
+            reader, writer = await clients.open(port)
+            writer.write(request("/"))
+            assert (await read_response(reader))[0] == 200
 
 
 async def test_closing_a_subscriber_that_does_not_read_cuts_it_off() -> None:

@@ -6,6 +6,8 @@ address nginx forwards, and cannot choose it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
 import subprocess
@@ -16,11 +18,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from playwright.sync_api import expect
 
 from harness.processes import ROOT, free_port, stop_process
+from server.broker import Broker
 
-from .support import ServerProcess, debian_program
+from .support import ServerProcess, debian_program, drain, stalled_client
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
 
@@ -56,7 +60,8 @@ class Nginx:
         )
         (prefix / "nginx.conf").write_text(
             f"daemon off;\nmaster_process off;\npid {prefix}/nginx.pid;\n"
-            f"error_log {prefix}/error.log;\n"
+            # (warn: nginx says when it buffers a response to a temporary file.)
+            f"error_log {prefix}/error.log warn;\n"
             "events { worker_connections 1024; }\n"
             f"http {{\n    access_log {prefix}/access.log;\n{temp}"
             f"    include {prefix}/chat.conf;\n}}\n"
@@ -142,3 +147,78 @@ async def test_clients_behind_nginx_have_budgets_by_their_own_address(
     assert await new_session("127.0.0.2", forwarded="203.0.113.7") == 429
     # Another address has its own budget.
     assert [await new_session("127.0.0.3") for _ in range(2)] == [200, 200]
+
+
+async def test_a_page_the_client_does_not_read_is_taken_off_the_instance_by_nginx(
+    deployment: tuple[Nginx, list[ServerProcess]], redis_url: str
+) -> None:
+    """Plain responses are buffered: nginx reads an 8 MB history page from the
+    instance at once, into a temporary file, though its client reads nothing
+    (the kernel would take 4 MB of it: nginx's socket buffer)."""
+    nginx, _ = deployment
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        broker = Broker(redis, history_len=1000)
+        for n in range(200):
+            await broker.publish("big", "u-1", "Ann", f"{n:05d}" + "z" * 39995)
+    finally:
+        await redis.aclose()
+    port = int(nginx.url.rsplit(":", 1)[1])
+    request = (
+        b"GET /api/rooms/big/messages?limit=200 HTTP/1.1\r\n"
+        b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    sock = stalled_client(port, request)
+    try:
+        log = nginx.prefix / "error.log"
+        async with asyncio.timeout(10):
+            while "buffered to a temporary file" not in log.read_text():
+                await asyncio.sleep(0.05)
+        # The client, reading at last, gets all of it.
+        data, closed = await asyncio.to_thread(drain, sock, 5)
+        assert closed, "nginx did not end the answer"
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    if b"chunked" in head.lower():
+        body = dechunk(body)
+    messages = json.loads(body)["messages"]
+    assert [m["text"][:5] for m in messages] == [f"{n:05d}" for n in range(200)]
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of a chunked body."""
+    payload = b""
+    while True:
+        size, _, rest = body.partition(b"\r\n")
+        length = int(size, 16)
+        if not length:
+            return payload
+        payload += rest[:length]
+        body = rest[length + 2 :]
+
+
+async def test_nginx_caps_the_requests_in_progress_of_a_client_address(
+    deployment: tuple[Nginx, list[ServerProcess]],
+) -> None:
+    """The instances trust nginx and so count none of its connections: nginx
+    caps each client address at 200 requests in progress (streams included)."""
+    nginx, _ = deployment
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=0)
+    async with aiohttp.ClientSession(nginx.url, connector=connector) as http:
+        streams = []
+        try:
+            for _ in range(200):
+                streams.append(await http.get("/api/rooms/capped/events"))
+                assert streams[-1].status == 200
+            async with http.get("/api/rooms/capped/messages") as resp:
+                assert resp.status == 429
+        finally:
+            for stream in streams:
+                stream.close()
+    # Another address is not affected.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    async with aiohttp.ClientSession(nginx.url, connector=connector) as http:
+        async with http.get("/api/rooms/capped/messages") as resp:
+            assert resp.status == 200

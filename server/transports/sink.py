@@ -10,20 +10,15 @@ waits for :meth:`drain`. aiohttp 3.14's protocol keeps that state in
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import operator
-import socket
-import struct
 from collections.abc import Callable
 
 from aiohttp import web
 
+from ..edge import EdgeHandler
 from ..model import Event
+from ..sockets import reset, unsent_in_kernel
 
-_LINGER_ABORT = struct.pack("ii", 1, 0)
-# Linux's ioctl for the bytes a socket has not sent yet (sockios.h).
-_SIOCOUTQNSD = 0x894B
 # A transport pauses writing above this many unsent bytes; then the hub
 # queues events for the connection instead of writing them. The default
 # (64 KiB) sends a client that merely lags for a moment down the slower
@@ -45,6 +40,8 @@ class DirectSink:
         self._transport = request.transport
         self._protocol = request.protocol
         self._transport.set_write_buffer_limits(high=HIGH_WATER)
+        if isinstance(self._protocol, EdgeHandler):
+            self._protocol.streaming()  # the hub times what it sends from now on
         self._wire: Callable[[Event], bytes] = operator.attrgetter(wire)
 
     def send(self, event: Event) -> bool:
@@ -67,25 +64,9 @@ class DirectSink:
         holding it, for as long as the client likes.
         """
         transport = self._transport
-        if transport.get_write_buffer_size():
-            return True
-        sock = transport.get_extra_info("socket")
-        try:
-            unsent = fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0")
-        except (OSError, AttributeError, ValueError):
-            return False  # not Linux, or not a socket of its own any more
-        return int(struct.unpack("i", unsent)[0]) > 0
+        return bool(transport.get_write_buffer_size() or unsent_in_kernel(transport))
 
     def abort(self) -> None:
-        """Reset the connection, freeing what the kernel still holds for it.
-
-        A plain close keeps unsent data queued (FIN-WAIT-1) for minutes, and
-        a client that resumes reading later would get all of it.
-        """
-        transport = self._transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # uvloop's stand-in socket may refuse it: then a plain abort.
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-        transport.abort()
+        """Reset the connection, freeing what the kernel still holds for it
+        (see :func:`server.sockets.reset`)."""
+        reset(self._transport)
