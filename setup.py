@@ -15,7 +15,16 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["server", "server.*"]),
-    package_data={"server": ["static/*.html", "static/*.js", "static/*.css", "static/*.ico", "static/*.svg", "py.typed"]},
+    package_data={
+        "server": ["py.typed"],
+        "server.web": [
+            "static/*.html",
+            "static/*.js",
+            "static/*.css",
+            "static/*.ico",
+            "static/*.svg",
+        ],
+    },
     install_requires=[
         "aiohttp>=3.14,<4",
         "aiotools>=2.2.4,<3",
@@ -55,7 +64,7 @@ setup(
         # The opt-in live console of each worker (monitor_port).
         "monitor": ["aiomonitor>=0.7"],
     },
-    entry_points={"console_scripts": ["chat-server=server.cli:main"]},
+    entry_points={"console_scripts": ["chat-server=server.process.cli:main"]},
     classifiers=[
         "Framework :: AsyncIO",
         "Framework :: aiohttp",

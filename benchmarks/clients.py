@@ -34,7 +34,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 
-from server.ids import parse_id
+from server.core.ids import parse_id
 
 TEXT_PREFIX = "bench "
 TEXT_RE = re.compile(rb'"text": ?"bench (\d+) (\d+)"')

@@ -21,7 +21,7 @@ from typing import ClassVar
 from harness.chat import ChatServer
 from harness.processes import ROOT, StartError, clean_env, free_port, start_ready, stop_process
 from harness.redis_servers import RedisProcess
-from server import config as chat_config
+from server.common import config as chat_config
 
 from .clients import Endpoint
 from .procfs import process_tree

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from server.ids import parse_id
+from server.core.ids import parse_id
 
 from .processes import clean_env, group_alive, kill_group, start_ready
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import redis
 
-from server.embedded import find_binary
-from server.process import die_with_parent
+from server.process.embedded import find_binary
+from server.process.handoff import die_with_parent
 
 from .processes import StartError, free_port, stop_process
 

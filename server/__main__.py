@@ -1,3 +1,3 @@
-from server.cli import main
+from server.process.cli import main
 
 raise SystemExit(main())

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient
 from playwright.sync_api import sync_playwright
 
 from harness.redis_servers import ClusterProcesses, RedisProcess
-from server.app import create_app
-from server.config import Config
-from server.redis_clients import redis_client, session_store
+from server.common.config import Config
+from server.store.clients import redis_client, session_store
+from server.web.app import create_app
 
 from .browser import Tab
 from .support import CHROMIUM_ARGS, ServerProcess, chromium_path, cluster_processes, running_server

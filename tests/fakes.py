@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from server.hub import Hub
-from server.ids import MessageId
-from server.metrics import Metrics
-from server.model import Event, Gap, Message
-from server.subscription import Subscription
+from server.common.metrics import Metrics
+from server.core.hub import Hub
+from server.core.ids import MessageId
+from server.core.model import Event, Gap, Message
+from server.core.subscription import Subscription
 
 
 def message(n: int, room: str = "r") -> Message:

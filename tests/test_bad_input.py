@@ -244,7 +244,7 @@ async def test_a_malformed_host_or_origin_is_refused_without_a_log_line(
     assert not [line for line in new if " ERROR " in line or " WARNING " in line], new
 
 
-FORGED = "2026-01-01 00:00:00,000 ERROR 1 worker 0 server.middlewares: forged"
+FORGED = "2026-01-01 00:00:00,000 ERROR 1 worker 0 server.web.middlewares: forged"
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])

@@ -30,7 +30,7 @@ import redis
 from playwright.sync_api import expect
 
 from harness.chat import id_key
-from server.redis_keys import name_key
+from server.store.keys import name_key
 
 from .browser import (
     EVENTS_PATH,

@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from harness.redis_servers import RedisProcess
-from server.cli import SECRET_KEY
+from server.process.cli import SECRET_KEY
 
 from .support import ServerProcess
 

@@ -16,8 +16,9 @@ from redis.cluster import key_slot
 from redis.exceptions import MaxConnectionsError
 
 from harness.redis_servers import ClusterProcesses
-from server import redis_clients, redisurl
-from server.redis_keys import stream_key
+from server.common import redisurl
+from server.store import clients as redis_clients
+from server.store.keys import stream_key
 
 from .support import (
     ServerProcess,

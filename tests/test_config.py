@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from server.cli import UsageError, parse_args
-from server.config import Config, ConfigError, load
+from server.common.config import Config, ConfigError, load
+from server.process.cli import UsageError, parse_args
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The README's table of config file keys and the declared settings agree.
 
-Every key declared in :class:`server.config.Config` has one row in the
+Every key declared in :class:`server.common.config.Config` has one row in the
 table "Config file keys" (README.rst, section "Command line"), with the
 declared default; a default the README gives in words is named below.
 """
@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from server.config import KEYS, Config
+from server.common.config import KEYS, Config
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.rst"
 

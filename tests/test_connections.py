@@ -7,9 +7,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from server.connection_registry import USER_SLICES, ConnectionRegistry
-from server.presence_store import Holder
-from server.redis_keys import user_connections_key, users_key
+from server.store.connection_registry import USER_SLICES, ConnectionRegistry
+from server.store.keys import user_connections_key, users_key
+from server.store.presence_store import Holder
 
 
 def worker(

@@ -1,7 +1,7 @@
 """The edge: deadlines for headers, bodies and idle connections, bounded headers, and
 cut-offs that leave nothing in the kernel.
 
-In-process tests serve a small app through :class:`server.edge.Edge` on a
+In-process tests serve a small app through :class:`server.web.edge.Edge` on a
 real socket (on both event loops) and check the aiohttp internals the edge
 relies on; the others run the real server, with several workers.
 """
@@ -25,11 +25,11 @@ import pytest
 from aiohttp import web
 
 from harness.redis_servers import RedisProcess
-from server import middlewares
-from server.close_reason import IDLE, OVERFLOW
-from server.config import Config
-from server.edge import HEAD_MAX_BYTES, Edge, EdgeHandler
-from server.sockets import SEND_BUFFER_BYTES
+from server.common.config import Config
+from server.core.close_reason import IDLE, OVERFLOW
+from server.web import middlewares
+from server.web.edge import HEAD_MAX_BYTES, Edge, EdgeHandler
+from server.web.sockets import SEND_BUFFER_BYTES
 
 from .fakes import MemoryBackend, live, make_hub, message
 from .support import ServerProcess, drain, running_server, stalled_client, worker_rss_kb

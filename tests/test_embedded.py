@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from server import embedded
+from server.process import embedded
 
 from .support import ROOM, ServerProcess, post, user
 

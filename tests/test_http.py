@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from server import keys
-from server.broker import Broker, stream_key
-from server.edge import Edge
-from server.redis_keys import name_key
-from server.sessions import RESAVE_AFTER_S, USED
+from server.store.broker import Broker, stream_key
+from server.store.keys import name_key
+from server.web import state as keys
+from server.web.edge import Edge
+from server.web.sessions import RESAVE_AFTER_S, USED
 
 from .support import error_of
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from server.close_reason import OVERFLOW
-from server.hub import Closing, Hub
-from server.ids import MessageId
-from server.metrics import Metrics
-from server.model import Event, Gap, Ping, Presence, PresenceDiff
-from server.replay import REPLAY_PAGE
+from server.common.metrics import Metrics
+from server.core.close_reason import OVERFLOW
+from server.core.hub import Closing, Hub
+from server.core.ids import MessageId
+from server.core.model import Event, Gap, Ping, Presence, PresenceDiff
+from server.core.replay import REPLAY_PAGE
 
 from .fakes import MemoryBackend, MemorySink, live, make_hub, message, settled, stored_after
 
@@ -387,7 +387,7 @@ async def test_the_loop_watch_sees_and_logs_a_stalled_loop(caplog: Any) -> None:
     import logging
     import time
 
-    from server.heartbeat import LoopWatch
+    from server.web.heartbeat import LoopWatch
 
     metrics = Metrics()
     watch = LoopWatch(metrics, every_s=0.01, warn_s=0.1)
@@ -395,7 +395,7 @@ async def test_the_loop_watch_sees_and_logs_a_stalled_loop(caplog: Any) -> None:
     try:
         await asyncio.sleep(0.05)
         assert metrics.loop_stall_max.seconds < 0.1
-        with caplog.at_level(logging.WARNING, logger="server.heartbeat"):
+        with caplog.at_level(logging.WARNING, logger="server.web.heartbeat"):
             time.sleep(0.2)  # a callback that holds the loop
             await asyncio.sleep(0.05)
     finally:
@@ -407,7 +407,7 @@ async def test_the_loop_watch_sees_and_logs_a_stalled_loop(caplog: Any) -> None:
 async def test_the_loop_watch_times_full_garbage_collections() -> None:
     import gc
 
-    from server.heartbeat import LoopWatch
+    from server.web.heartbeat import LoopWatch
 
     metrics = Metrics()
     watch = LoopWatch(metrics)
@@ -423,7 +423,7 @@ async def test_the_loop_watch_times_full_garbage_collections() -> None:
 async def test_survivors_of_a_full_collection_are_frozen_until_enough_connections_close() -> None:
     import gc
 
-    from server.heartbeat import FrozenSurvivors
+    from server.web.heartbeat import FrozenSurvivors
 
     metrics = Metrics()
     metrics.connections["ws"] = 100

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from yarl import URL
 
-from server.redis_keys import idempotency_key, stream_key
+from server.store.keys import idempotency_key, stream_key
 
 from .support import ServerProcess, in_background, user
 

@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from harness.redis_servers import RedisProcess
-from server.cli import SECRET_KEY
-from server.redisurl import shown as shown_url
+from server.common.redisurl import shown as shown_url
+from server.process.cli import SECRET_KEY
 
 from .support import ServerProcess, assert_in_order_once, sse_collector, worker_pids
 

@@ -27,7 +27,12 @@ MODULES = _modules()
 
 
 def test_the_modules_are_found() -> None:
-    assert {"server.app", "server.cli", "server.keys", "server.transports.ws"} <= set(MODULES)
+    assert {
+        "server.web.app",
+        "server.process.cli",
+        "server.web.state",
+        "server.web.transports.ws",
+    } <= set(MODULES)
 
 
 def _import_alone(module: str) -> str:
@@ -53,15 +58,16 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
     assert not failures, "\n\n".join(failures)
 
 
-def test_keys_imports_nothing_of_the_server_at_run_time() -> None:
+def test_the_app_state_keys_import_nothing_of_the_server_at_run_time() -> None:
     code = (
-        "import sys, server.keys; print(sorted(m for m in sys.modules if m.startswith('server.')))"
+        "import sys, server.web.state; "
+        "print(sorted(m for m in sys.modules if m.startswith('server.')))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=SERVER.parent, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['server.keys']"
+    assert done.stdout.strip() == "['server.web', 'server.web.state']"
 
 
 @pytest.mark.parametrize("module", MODULES)

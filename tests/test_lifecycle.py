@@ -461,7 +461,7 @@ async def test_sighup_runs_freshly_imported_code(
     async with aiohttp.ClientSession(server.url) as session:
         async with session.get("/healthz") as resp:
             assert (await resp.json())["status"] == "ok"
-        views = copy / "server" / "views.py"
+        views = copy / "server" / "web" / "views.py"
         views.write_text(views.read_text().replace('"status": "ok"', '"status": "new code"'))
         server.signal(signal.SIGHUP)
         async with asyncio.timeout(10):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from server.logs import JsonFormatter, TextFormatter
+from server.process.logs import JsonFormatter, TextFormatter
 
 # What a client can put in a path (decoded), a header or a name.
 FORGED = "2026-01-01 00:00:00,000 ERROR 1 main chat-server: forged"

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.metrics import Metrics, render
+from server.common.metrics import Metrics, render
 
 from .support import Collector, ServerProcess, subscribe_on_worker, worker_pids
 

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from playwright.sync_api import expect
 
 from harness.processes import ROOT, free_port, stop_process
-from server.broker import Broker
+from server.store.broker import Broker
 
 from .support import ServerProcess, debian_program, drain, stalled_client
 

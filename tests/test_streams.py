@@ -203,7 +203,7 @@ async def test_history_stored_without_predecessors_is_judged_as_exactly_as_redis
     """Entries written before each kept its predecessor: a Redis that still
     knows the newest id trimmed away tells; one that cannot tell (6.2, or
     7.0 after trimming) has the client told of a gap."""
-    from server.redis_keys import stream_key
+    from server.store.keys import stream_key
 
     key = stream_key("general")
     ids = [
@@ -454,8 +454,8 @@ async def test_slow_consumer_is_cut_off_and_others_get_everything(
         await make_app(send_buffer_messages=50, rate_limit_burst=10_000, rate_limit_per_s=10_000),
         server_kwargs={"handler_cancellation": True},
     )
-    app = client.server.app
-    from server import keys
+    app = client.server.web.app
+    from server.web import state as keys
 
     hub = app[keys.HUB]
     # A consumer whose subscription we never read: its buffer overflows.
@@ -474,7 +474,7 @@ async def test_heartbeat_closes_a_websocket_whose_client_stopped_answering(
 ) -> None:
     import aiotools
 
-    from server import keys
+    from server.web import state as keys
 
     app = await make_app(heartbeat_s=0.1, idle_timeout_s=0.5)
     client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})

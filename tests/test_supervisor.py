@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from server.config import Config, ConfigError, load
-from server.supervisor import Ending, Supervisor
-from server.workers import Backoff, WorkerProcesses
+from server.common.config import Config, ConfigError, load
+from server.process.supervisor import Ending, Supervisor
+from server.process.watch import Backoff, WorkerProcesses
 
 
 class Counts:

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from server.broker import Broker
+from server.store.broker import Broker
 
 from .support import ServerProcess, drain, server_sockets, stalled_client, worker_rss_kb
 

@@ -1,0 +1,299 @@
+"""The main process while workers run: generations, signals, dead workers.
+
+The supervisor owns what outlives a generation of workers: the listening
+socket, the pipe workers report on ("started", "ready", with their pid),
+the generation count and one backoff. Each generation is one
+``aiotools.start_server`` call with :meth:`Supervisor.main_context`:
+
+- SIGINT/SIGTERM: stop every worker (each tells its clients to reconnect).
+- SIGHUP: read the settings again; if valid, stop this generation with
+  SIGHUP and start the next on the same socket (connections wait in its
+  backlog: none is refused); if not, log one line and keep the workers.
+- A worker that dies is replaced with the same index (:mod:`server.process.watch`,
+  from a pidfd event); if every process aiotools started is gone, a new
+  generation starts. Either waits longer each time it keeps failing (one
+  :class:`~server.process.watch.Backoff`).
+
+What aiotools needs worked around is in :mod:`server.process.workarounds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING
+
+import aiotools
+
+from ..common.config import Config, ConfigError, keep_bound_settings
+from . import logs
+from .companions import Companion, Companions
+from .handoff import STOP_SIGNALS, Runner, WorkerSetup, bind
+from .watch import Backoff, WorkerProcesses, worker_context
+from .workarounds import QuietEchoes, forget_reaped_children, keeper
+
+if TYPE_CHECKING:  # imported by the main process once the metrics directory is set
+    from .instance_metrics import InstanceMetrics
+
+log = logging.getLogger("chat-server")
+
+GENERATION = "generation"  # the backoff's key for starting a whole generation
+
+
+class Ending(enum.Enum):
+    """Why a generation ended."""
+
+    STOP = "stop"  # SIGINT or SIGTERM
+    RELOAD = "reload"  # SIGHUP with valid settings
+    ALL_GONE = "all gone"  # every process aiotools started has died, keeper included
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        redis_url: str,
+        session_secret: str,
+        reload_config: Callable[[], Config],
+        runner_for: Callable[[Config], Runner],
+        metrics: InstanceMetrics,
+        companions: Sequence[Companion] = (),
+    ) -> None:
+        self.config = config
+        self.redis_url = redis_url
+        self.session_secret = session_secret
+        self.reload_config = reload_config
+        self.runner_for = runner_for
+        self.metrics = metrics
+        self.backoff = Backoff()
+        self.companions = Companions(companions, self.backoff)
+        self.generation = 0
+        self.sock = bind(config.host, config.port, config.backlog)
+        host, port = self.sock.getsockname()[:2]
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self._begin()
+
+    def _begin(self) -> None:
+        """What one generation knows of its processes, fresh."""
+        self.setup = WorkerSetup(
+            self.config,
+            self.redis_url,
+            self.session_secret,
+            self.sock,
+            os.getpid(),
+            self.write_fd,
+            self.generation,
+            metrics_dir=self.metrics.directory,
+        )
+        self.runner = self.runner_for(self.config)
+        self.workers = WorkerProcesses(self.setup, self.runner, self.backoff, self.metrics)
+        self.workers.on_death = self._not_ready
+        self.ending: Ending | None = None
+        self.stop_signal = signal.SIGTERM
+        self.next_config: Config | None = None
+        self.keeper_pid: int | None = None
+        self.ready: set[int] = set()
+        self.ever_ready = False  # some worker of this generation served
+        self._buffer = b""
+        self._announced = False
+
+    # -- generations -----------------------------------------------------
+
+    def run(self) -> None:
+        """Run generations of workers until a stop signal."""
+        # Between two generations signals wait, blocked, instead of killing
+        # the process (the main context handles them while one runs).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            while True:
+                aiotools.start_server(
+                    worker_context,
+                    main_ctxmgr=aiotools.main_context(self.main_context),
+                    num_workers=self.config.workers,
+                    extra_procs=(keeper,),
+                    args=(self.setup,),
+                    stop_signals=STOP_SIGNALS,
+                    runner=self.runner,
+                    # A worker that fails to start or stop is replaced here; aiotools
+                    # would SIGINT the process group (the server and its group-mates).
+                    ignore_child_interrupts=True,
+                )
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                forget_reaped_children()
+                if self.ending is Ending.STOP:
+                    return
+                self._next_generation()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close what outlives the generations: the socket and the report pipe."""
+        self.sock.close()
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+    def _next_generation(self) -> None:
+        if self.ending is Ending.ALL_GONE:
+            if self.ever_ready:
+                self.backoff.succeeded(GENERATION)
+            delay = self.backoff.failed(GENERATION, time.monotonic())
+            log.error("all workers are gone; starting new ones in %.1f s", delay)
+            if _wait_blocked(delay):
+                with contextlib.suppress(ConfigError):
+                    self.next_config = self.reload_config()
+        if self.next_config is not None:
+            self.config = keep_bound_settings(self.config, self.next_config)
+            logs.configure(self.config.log_level, self.config.log_format)
+        self.generation += 1
+        self._begin()
+
+    def _on_ready(self) -> None:
+        if self.generation == 0:
+            workers = self.config.workers
+            print(
+                f"chat-server: serving {self.url} with {workers} "
+                f"worker{'s' if workers != 1 else ''} (pid {os.getpid()})",
+                flush=True,
+            )
+        else:
+            log.info("reloaded: %d workers ready", self.config.workers)
+
+    def main_context(self) -> Generator[None, signal.Signals, None]:
+        """To be wrapped with ``aiotools.main_context`` and given to ``start_server``."""
+        loop = asyncio.get_running_loop()
+        quiet = QuietEchoes(self.workers.reported).install()
+        # These replace aiotools' own handlers: stopping goes through
+        # _signal_all, which also reaches replacement workers.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
+        loop.add_reader(self.read_fd, self._on_report)
+        self.companions.watch(self.workers.later, lambda: self.ending is Ending.STOP)
+        try:
+            yield
+        finally:
+            self.companions.unwatch()
+            # Until the next generation's handlers are in place, signals wait
+            # (blocked) rather than killing the process or being lost.
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self.read_fd)
+            if self.ending is None:
+                # aiotools saw all of its processes exit, the keeper too
+                # (killed from outside?): start over with a fresh generation.
+                self.ending = Ending.ALL_GONE
+                self.stop_signal = signal.SIGHUP
+                self._signal_all(signal.SIGHUP)
+            self.workers.close(timeout=self.config.stop_deadline_s)
+            quiet.remove()
+
+    # -- signals ---------------------------------------------------------
+
+    def _on_stop(self, signum: signal.Signals) -> None:
+        if self.ending is Ending.STOP:
+            log.warning("received %s again: killing the workers now", signum.name)
+            self._signal_all(signal.SIGKILL)
+            return
+        log.info("received %s: stopping", signum.name)
+        self.ending = Ending.STOP
+        self.stop_signal = signum
+        self._signal_all(signum)
+        self._kill_stragglers_later()
+
+    def _on_reload(self) -> None:
+        if self.ending is Ending.STOP:
+            return
+        try:
+            config = self.reload_config()
+        except ConfigError as exc:
+            log.error("reload refused, still running the old settings: %s", exc)
+            return
+        if self.ending is not None:
+            # A reload is under way: the next generation takes the newest settings.
+            self.next_config = config
+            return
+        log.info("received SIGHUP: replacing %d workers", self.config.workers)
+        self.metrics.reloaded()
+        self.ending = Ending.RELOAD
+        self.next_config = config
+        self.stop_signal = signal.SIGHUP
+        self._signal_all(signal.SIGHUP)
+        self._kill_stragglers_later()
+
+    def _kill_stragglers_later(self) -> None:
+        """Workers that have not stopped after the graceful timeout are killed."""
+        delay = self.config.stop_deadline_s
+        self.workers.later(delay, self.workers.kill_stragglers)
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        self.workers.replacing = False
+        self.workers.signal_all(signum)
+        if self.keeper_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.keeper_pid, signum)
+
+    # -- reports from workers --------------------------------------------
+
+    def _not_ready(self, index: int) -> None:
+        self.ready.discard(index)
+
+    def _on_report(self) -> None:
+        try:
+            data = os.read(self.read_fd, 4096)
+        except BlockingIOError:
+            return
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            state, index_text, pid_text, generation = line.decode().split()
+            if int(generation) != self.generation:
+                continue  # a late word from a worker of an earlier generation
+            self._reported(state, int(index_text), int(pid_text))
+
+    def _reported(self, state: str, index: int, pid: int) -> None:
+        if state == "keeper":
+            self.keeper_pid = pid
+            if self.ending is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, self.stop_signal)
+        elif state == "started":
+            self.workers.started(index, pid)
+            if self.ending is not None:
+                # Forked before the signal reached its siblings.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, self.stop_signal)
+        elif state == "ready" and index not in self.ready:
+            self.ready.add(index)
+            self.ever_ready = True
+            if self._announced:
+                log.info("worker %d is serving again (pid %d)", index, pid)
+                return
+            log.info("worker %d is serving (pid %d)", index, pid)
+            if len(self.ready) == self.config.workers:
+                self._announced = True
+                self._on_ready()
+
+
+def _wait_blocked(delay: float) -> bool:
+    """Sleep with the stop signals blocked; stop at once if one arrives.
+
+    True if a SIGHUP came meanwhile: the settings are to be read again.
+    """
+    if delay <= 0:
+        return False
+    received = signal.sigtimedwait(STOP_SIGNALS, delay)
+    if received is not None and received.si_signo != signal.SIGHUP:
+        raise SystemExit(0)
+    return received is not None
+
+
+__all__ = ["STOP_SIGNALS", "Ending", "Supervisor"]

@@ -1,0 +1,73 @@
+"""Every Redis key and channel name the server uses, in one place.
+
+Names are part of the data: changing one orphans what is stored under the
+old name. A room's keys and channel carry the room as a Redis Cluster hash
+tag (``{room}``), so that they share a slot and one script may touch them
+all; a user's keys carry the user id, an address's the address.
+"""
+
+from __future__ import annotations
+
+
+def stream_key(room: str) -> str:
+    # The braces are a Redis Cluster hash tag: all of a room's keys share a slot.
+    return f"chat:{{{room}}}:messages"
+
+
+def idempotency_key(room: str, user_id: str, key: str) -> str:
+    # In the room's slot, so that the publish script may touch it.
+    return f"chat:{{{room}}}:idem:{user_id}:{key}"
+
+
+def channel(room: str) -> str:
+    return f"chat:{{{room}}}:live"
+
+
+def room_of(channel_name: str) -> str | None:
+    start, end = channel_name.find("{"), channel_name.rfind("}")
+    return channel_name[start + 1 : end] if 0 <= start < end else None
+
+
+# Presence (see server.store.presence_store).
+
+
+def room_keys(room: str, worker: str) -> list[str]:
+    tag = f"chat:{{{room}}}"
+    return [f"{tag}:counts", f"{tag}:users", f"{tag}:leases", f"{tag}:held:{worker}"]
+
+
+def held_prefix(room: str) -> str:
+    return f"chat:{{{room}}}:held:"
+
+
+def users_key(room: str) -> str:
+    return f"chat:{{{room}}}:users"
+
+
+def key_used_in(user_id: str, key: str) -> str:
+    """Where a user's idempotency key names the room it was first used in
+    (the user's slot: read with the budgets)."""
+    return f"chat:user:{{{user_id}}}:idem:{key}"
+
+
+def name_key(user_id: str) -> str:
+    return f"chat:user:{{{user_id}}}:name"
+
+
+# The limits on open connections (see server.store.connection_registry). The names
+# say "streams", from before an SSE or WebSocket link was called a connection.
+
+
+def user_connections_key(user_id: str) -> str:
+    return f"chat:user:{{{user_id}}}:streams"
+
+
+def address_connections_key(address: str) -> str:
+    return f"chat:address:{{{address}}}:streams"
+
+
+# Budgets (see server.store.ratelimit).
+
+
+def budget_key(kind: str, owner: str) -> str:
+    return f"chat:rate:{kind}:{{{owner}}}"

@@ -1,0 +1,93 @@
+"""``GET /api/rooms/{room}/events``: Server-Sent Events with aiohttp-sse.
+
+Once the response is prepared, the hub writes every event straight to the
+connection (see :mod:`server.web.transports.sink`); the handler only waits for
+the subscription to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from ...core.close_reason import CloseReason
+from ...core.wire import sse_chunk
+from .. import posting, sessions
+from .. import state as keys
+from . import connection
+from .sink import DirectSink
+
+RETRY_MS = 1000
+REDIS_RETRY_MS = 2000
+
+
+def _reconnect(reason: CloseReason, retry_ms: int) -> bytes:
+    """The last event of a stream the server ends: why, and when to come back."""
+    return f"event: reconnect\ndata: {reason}\nretry: {retry_ms}\n\n".encode()
+
+
+class EventStream(EventSourceResponse):
+    """aiohttp-sse's response without its ping task.
+
+    The worker heartbeat pings every connection, and a task per connection
+    that sleeps between pings would cost memory for nothing. (aiohttp-sse 3.0
+    starts ``_ping`` in ``prepare``; this one returns at once.)
+    """
+
+    async def _ping(self) -> None:
+        return
+
+    def end_with(self, done: asyncio.Future[None]) -> None:
+        """Let aiohttp-sse's ``wait``/``stop_streaming`` follow ``done`` instead of its task.
+
+        The finished ping task is then not kept for the whole life of the stream.
+        """
+        self._ping_task = done  # type: ignore[assignment]
+
+
+class SseSink(DirectSink):
+    __slots__ = ("_chunked",)
+
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        # An HTTP/1.0 client gets no chunked encoding: then the frames go as they are.
+        self._chunked = response.chunked
+        super().__init__(request, "sse_chunk" if self._chunked else "sse_frame")
+
+    def close(self, reason: CloseReason) -> None:
+        if self._transport.is_closing():
+            return
+        if self.behind():
+            # Not reading: the reconnect hint would never arrive (see WsSink.close).
+            self.abort()
+            return
+        if reason in (CloseReason.SHUTDOWN, CloseReason.RELOAD, CloseReason.UNAVAILABLE):
+            retry = REDIS_RETRY_MS if reason == CloseReason.UNAVAILABLE else RETRY_MS
+            frame = _reconnect(reason, retry)
+            self._transport.write(sse_chunk(frame) if self._chunked else frame)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    room = posting.room_name(request.match_info["room"])
+    header = request.headers.get("Last-Event-ID")
+    since = connection.resume_id(
+        header if header is not None else request.query.get("last_event_id"), "Last-Event-ID"
+    )
+    user = await sessions.current_user(request, charge=False)
+    config = request.app[keys.CONFIG]
+    response = EventStream(send_timeout=config.idle_timeout_s)
+    async with connection.opened(request, response, room, user, since, "sse") as sub:
+        await response.prepare(request)
+        async with response:
+            try:
+                await response.write(f"retry: {RETRY_MS}\n\n".encode())
+            except (ConnectionResetError, RuntimeError):
+                return response  # the client went away
+            response.end_with(sub.done)
+            sub.attach(SseSink(request, response))
+            try:
+                await sub.done
+            finally:
+                await sub.stop()
+        return response
