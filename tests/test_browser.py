@@ -794,6 +794,8 @@ def test_a_page_that_resumes_past_the_trimmed_history_says_what_is_missing(
             wait_for_message(tab, seen["text"])
     # (A page that found its room empty resumes from 0-0: it has seen nothing.)
     for tab in tabs:
+        # Live first: a stream closed while it connects is a console warning.
+        tab.expect_live()
         # Away, as in the back/forward cache: the page closes its stream.
         tab.page.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide'))")
     for i in range(150):
