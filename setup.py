@@ -30,7 +30,7 @@ setup(
         "aiotools>=2.2.4,<3",
         "uvloop>=0.21",
         "redis[hiredis]>=5.2",
-        # Parses replies (through redis-py) and packs commands (server/resources.py).
+        # Parses replies (through redis-py) and packs commands (server/store/clients.py).
         "hiredis>=3.0",
         "aiohttp-sse>=3.0,<4",
         "aiohttp-session>=2.12,<3",

@@ -89,7 +89,9 @@ PING = Ping()
 
 @dataclasses.dataclass(eq=False, repr=False)
 class Message(Event):
-    """One chat message; immutable once built.
+    """One chat message; its fields do not change once it is handed on (the
+    one exception: a history read fills in ``prev`` of a message stored
+    before messages kept it, before anyone else sees the message).
 
     Every subscriber of a worker is written the very same ``sse_frame`` or
     ``ws_frame`` bytes: a message is encoded once, however many read it.
