@@ -148,7 +148,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 @contextlib.asynccontextmanager
 async def edge_app(config: Config) -> AsyncIterator[tuple[Edge, int]]:
     """A small app served through the edge, as a worker serves the chat; its port."""
-    app = web.Application(middlewares=[middlewares.guard(config)])
+    app = web.Application(middlewares=[middlewares.guard(config, middlewares.ThrottledErrorLog())])
     app.router.add_get("/", hello)
     app.router.add_post("/echo", echo)
     app.router.add_post("/ignore", ignore_body)

@@ -27,7 +27,10 @@ from ..store.session_store import SignedRedisStorage
 from . import middlewares, views
 from . import state as keys
 from .heartbeat import Heartbeat, LoopWatch
+from .posting import Posting
+from .sessions import Sessions
 from .transports import sse, ws
+from .transports.connection import Connections
 
 WORKER_HEADER = "X-Chat-Worker"  # index of the worker that served the request
 PID_HEADER = "X-Chat-Pid"  # and its process id, which changes when it is replaced
@@ -57,14 +60,15 @@ def create_app(
     ``metrics_dir``: the instance's metrics directory, shared by its
     processes (see :mod:`server.common.metrics`); without it, the app counts alone.
     """
+    metrics = Metrics(worker_index, metrics_dir)
+    redis_errors = middlewares.ThrottledErrorLog(count=metrics.redis_error)
     app = web.Application(
         client_max_size=config.body_max_bytes,
         middlewares=[
-            middlewares.guard(config),
+            middlewares.guard(config, redis_errors),
             aiohttp_session.session_middleware(session_storage),
         ],
     )
-    metrics = Metrics(worker_index, metrics_dir)
     broker = Broker(redis, history_len=config.history_len, room_ttl_s=config.room_ttl_s)
     relay = Relay(redis_url, broker, metrics)
     hub = Hub(
@@ -75,7 +79,7 @@ def create_app(
         replays=config.replays_per_worker,
         replay_page=replay_page(config.message_max_chars),
     )
-    connections = ConnectionRegistry(
+    registry = ConnectionRegistry(
         redis,
         uuid.uuid4().hex[:12],
         ttl_s=2 * config.heartbeat_s,
@@ -83,21 +87,47 @@ def create_app(
         per_address_limit=config.address_streams,
         name_ttl_s=config.session_max_age_s,
     )
-    app[keys.CONFIG] = config
-    app[keys.REDIS] = redis
-    app[keys.BROKER] = broker
-    app[keys.HUB] = hub
-    app[keys.CONNECTIONS] = connections
-    app[keys.METRICS] = metrics
-    app[keys.HEARTBEAT] = heartbeat = Heartbeat(hub, connections, config)
-    app[keys.ANNOUNCER] = announcer = Announcer(
-        hub, connections.presence.read, config.presence_list_max, failures.FAILURES
-    )
+    heartbeat = Heartbeat(hub, registry, config)
+    announcer = Announcer(hub, registry.presence.read, config.presence_list_max, failures.FAILURES)
     relay.deliver_to(hub.dispatch, announcer.announce_soon)
-    app[keys.RATE_LIMITER] = RateLimiter(redis, metrics)
-    app[keys.BUDGETS] = Budgets.from_config(config)
-    app[keys.WORKER_INDEX] = worker_index
-    app[keys.REDIS_ERRORS] = middlewares.ThrottledErrorLog(count=metrics.redis_error)
+    # What aiohttp's lifecycle, the worker and the tests reach for.
+    app[keys.CONFIG] = config
+    app[keys.HUB] = hub
+    app[keys.METRICS] = metrics
+    app[keys.HEARTBEAT] = heartbeat
+    app[keys.ANNOUNCER] = announcer
+    # The services the handlers are built with.
+    limiter = RateLimiter(redis, metrics)
+    budgets = Budgets.from_config(config)
+    sessions = Sessions(redis, limiter, budgets)
+    posting = Posting(redis, broker, limiter, budgets, metrics, max_chars=config.message_max_chars)
+    connections = Connections(
+        hub,
+        registry,
+        sessions,
+        announcer,
+        limiter,
+        redis,
+        metrics,
+        streams_per_session=config.streams_per_session,
+        address_streams=config.address_streams,
+    )
+    add_routes(
+        app,
+        api=views.Api(sessions, posting, broker, registry, redis_errors),
+        operations=views.Operations(
+            redis, metrics, worker_index=worker_index, metrics_token=config.metrics_token
+        ),
+        events=sse.SseHandler(sessions, connections, send_timeout_s=config.idle_timeout_s),
+        websockets=ws.WsHandler(
+            sessions,
+            connections,
+            posting,
+            redis_errors,
+            metrics,
+            max_msg_size=config.body_max_bytes,
+        ),
+    )
 
     async def live_delivery(app: web.Application) -> AsyncIterator[None]:
         relaying = asyncio.create_task(relay.run(), name="relay")
@@ -134,8 +164,6 @@ def create_app(
     app.on_cleanup.append(stop_announcing)
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(tag_worker)
-
-    add_routes(app)
     return app
 
 
@@ -145,26 +173,37 @@ def _stream(path: str, handler: Handler, **kwargs: Any) -> web.RouteDef:
     return web.get(path, handler, allow_head=False, **kwargs)
 
 
-def add_routes(app: web.Application) -> None:
-    """The page, the API and the operators' endpoints; anything else is a JSON 404."""
+def add_routes(
+    app: web.Application,
+    *,
+    api: views.Api,
+    operations: views.Operations,
+    events: sse.SseHandler,
+    websockets: ws.WsHandler,
+) -> None:
+    """The page, the API and the operators' endpoints, each handler a method
+    of the object that holds what it needs; anything else is a JSON 404."""
     page = [
         (web.get, "/", views.page),
         (web.get, "/rooms/{room}", views.page),
         (web.get, "/favicon.ico", views.favicon),
     ]
-    api = [
-        (web.get, "/api/session", views.get_session),
-        (web.put, "/api/session", views.put_session),
-        (web.get, "/api/rooms/{room}/messages", views.get_messages),
-        (web.post, "/api/rooms/{room}/messages", views.post_message),
-        (web.get, "/api/rooms/{room}/online", views.get_online),
-        (_stream, "/api/rooms/{room}/events", sse.events),
-        (_stream, "/api/rooms/{room}/ws", ws.websocket),
+    chat = [
+        (web.get, "/api/session", api.get_session),
+        (web.put, "/api/session", api.put_session),
+        (web.get, "/api/rooms/{room}/messages", api.get_messages),
+        (web.post, "/api/rooms/{room}/messages", api.post_message),
+        (web.get, "/api/rooms/{room}/online", api.get_online),
+        (_stream, "/api/rooms/{room}/events", events.events),
+        (_stream, "/api/rooms/{room}/ws", websockets.websocket),
     ]
-    operations = [(web.get, "/healthz", views.healthz), (web.get, "/metrics", views.metrics)]
+    operators = [
+        (web.get, "/healthz", operations.healthz),
+        (web.get, "/metrics", operations.get_metrics),
+    ]
     # Every route answers Expect itself (see middlewares.expect_continue).
     expect = middlewares.expect_continue
-    routes = [*page, *api, *operations]
+    routes = [*page, *chat, *operators]
     app.add_routes([route(path, handler, expect_handler=expect) for route, path, handler in routes])
     app.router.add_static("/static", views.STATIC_DIR, expect_handler=expect)
     app.router.add_route("*", "/{path:.*}", middlewares.unrouted, expect_handler=expect)

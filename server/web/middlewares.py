@@ -22,7 +22,6 @@ from ..common.config import Config
 from ..common.hosts import Authority, parse_host, parse_origin
 from ..core.errors import ChatError, Unavailable, storage_full
 from ..store.failures import is_out_of_memory
-from . import state as keys
 from .addresses import Proxies, from_client
 from .responses import error_response
 
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def guard(config: Config) -> Middleware:
+def guard(config: Config, redis_errors: ThrottledErrorLog) -> Middleware:
     """The middleware every request passes first, in one coroutine frame (a
     frame per middleware would be held by every open stream).
 
@@ -39,7 +38,8 @@ def guard(config: Config) -> Middleware:
     (:func:`~server.web.addresses.from_client`), a ``Host`` this server knows
     (:class:`KnownHosts`), no cross-site write (:func:`cross_site`); then
     every failure of the handler becomes ``{"error": {...}}`` with its
-    status, and no traceback leaks.
+    status, and no traceback leaks (a failure of Redis is counted and
+    logged by ``redis_errors``).
     """
     proxies = Proxies(config.trusted_proxies)
     known_hosts = KnownHosts(config)
@@ -53,12 +53,14 @@ def guard(config: Config) -> Middleware:
                 return refused
             return await handler(request)
         except Exception as exc:  # noqa: BLE001 (each kind is answered in _answer)
-            return _answer(request, exc)
+            return _answer(request, exc, redis_errors)
 
     return middleware
 
 
-def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+def _answer(
+    request: web.Request, exc: Exception, redis_errors: ThrottledErrorLog
+) -> web.StreamResponse:
     """The JSON error response for what a handler raised (a redirect is raised again)."""
     if isinstance(exc, ChatError):
         headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
@@ -74,7 +76,7 @@ def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
     if isinstance(
         exc, (RedisConnectionError, RedisTimeoutError, BusyLoadingError, RedisClusterException)
     ):
-        request.app[keys.REDIS_ERRORS].record(exc)
+        redis_errors.record(exc)
         return error_response(503, "Redis is unavailable; retry shortly", code="unavailable")
     if isinstance(exc, ResponseError):
         # Input is validated before it reaches Redis, so this is Redis
@@ -85,7 +87,7 @@ def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
             if is_out_of_memory(exc)
             else Unavailable("Redis refused the request; retry shortly")
         )
-        request.app[keys.REDIS_ERRORS].record(exc, error.status)
+        redis_errors.record(exc, error.status)
         return error_response(error.status, error.message, code=error.code)
     log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
     return error_response(500, "internal error", code="internal")

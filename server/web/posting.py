@@ -7,17 +7,17 @@ import re
 import time
 from typing import Any
 
-from aiohttp import web
+import redis.asyncio as aioredis
 
+from ..common.metrics import Metrics
 from ..core.errors import BadRequest, IdempotencyConflict, NotFound, RateLimited, TooLarge
 from ..core.model import ROOM_RE, Message
 from ..core.wire import parse_json
 from ..store import failures
 from ..store.batch import Batch
-from ..store.broker import IDEMPOTENCY_TTL_S, NewRoom
+from ..store.broker import IDEMPOTENCY_TTL_S, Broker, NewRoom
 from ..store.keys import key_used_in, name_key
-from ..store.ratelimit import Budget, RateLimiter
-from . import state as keys
+from ..store.ratelimit import Budget, Budgets, RateLimiter
 from .sessions import User, keep_name
 
 log = logging.getLogger(__name__)
@@ -70,97 +70,112 @@ def idempotency_key(value: Any, what: str) -> str | None:
     return value
 
 
-async def post(
-    app: web.Application,
-    room: str,
-    user: User,
-    text: Any,
-    *,
-    address: str,
-    idempotency_key: str | None = None,
-    arrived: float | None = None,
-) -> tuple[Message, bool]:
-    """Store a message in the room once it passes every check; raises a ChatError otherwise.
+class Posting:
+    """Posting a message, with what it takes: the checks, the budgets, the
+    idempotency claim and the store. One per app, shared by the POST
+    handler and every WebSocket."""
 
-    A message comes out of its user's budget and its client address's (one
-    round trip for both): a client can make as many users as it likes, but
-    it has one address (``address`` is its budget key). Checks come first:
-    a message they refuse writes nothing but the budgets' counts.
+    __slots__ = ("broker", "budgets", "limiter", "max_chars", "metrics", "redis")
 
-    Returns the message, and True when it is not new: ``idempotency_key``
-    named a message the user already posted (within ten minutes, in this
-    room or another), which is returned instead of storing another. Such a retry
-    costs nothing from the budgets: it is answered even when they are
-    spent, and what it took from them is given back.
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        broker: Broker,
+        limiter: RateLimiter,
+        budgets: Budgets,
+        metrics: Metrics,
+        *,
+        max_chars: int,
+    ) -> None:
+        self.redis = redis
+        self.broker = broker
+        self.limiter = limiter
+        self.budgets = budgets
+        self.metrics = metrics
+        self.max_chars = max_chars  # of a message's text
 
-    ``arrived`` (``time.monotonic()``) is when the request or frame came
-    in: a stored message's publish latency is counted from it.
-    """
-    if arrived is None:
-        arrived = time.monotonic()
-    config = app[keys.CONFIG]
-    text = message_text(text, config.message_max_chars)
-    limiter = app[keys.RATE_LIMITER]
-    budgets = app[keys.BUDGETS]
-    charges = ((budgets.messages, user.user_id), (budgets.address_messages, address))
-    # The name, and the room a key was first used in, are read with the
-    # budgets: no round trip of their own.
-    redis = app[keys.REDIS]
-    batch = Batch(redis)
-    kept_name = batch.get(name_key(user.user_id)) if user.name is None else None
-    claimed = batch.get(key_used_in(user.user_id, idempotency_key)) if idempotency_key else None
-    verdict = limiter.charge(batch, *charges)
-    await batch.run()
-    retry_after = verdict.value.wait
-    claim = Claim(app, user.user_id, idempotency_key, room, charges)
-    if claimed is not None:
-        first = await claim.first_sent(claimed.value, refused=bool(retry_after))
-        if first is not None:
-            return first, True
-    if retry_after:
-        raise RateLimited("too many messages; slow down", retry_after=retry_after)
-    if claimed is not None and claimed.value is None:
-        first = await claim.take()
-        if first is not None:
-            return first, True
-    try:
-        name = user.name or (kept_name.value if kept_name else None)
-        if name is None:  # (a key Redis lost: the session outlived it)
-            name = await keep_name(redis, user.user_id, None)
-        message, stored = await _publish(
-            app, room, user.user_id, name, text, idempotency_key, address
-        )
-    except BaseException:
-        await claim.give_up()
-        raise
-    if stored:
-        app[keys.METRICS].published(time.monotonic() - arrived)
-        return message, False
-    await _refund(limiter, charges)
-    return message, True
+    async def post(
+        self,
+        room: str,
+        user: User,
+        text: Any,
+        *,
+        address: str,
+        idempotency_key: str | None = None,
+        arrived: float | None = None,
+    ) -> tuple[Message, bool]:
+        """Store a message in the room once it passes every check; raises a ChatError otherwise.
 
+        A message comes out of its user's budget and its client address's (one
+        round trip for both): a client can make as many users as it likes, but
+        it has one address (``address`` is its budget key). Checks come first:
+        a message they refuse writes nothing but the budgets' counts.
 
-async def _publish(
-    app: web.Application,
-    room: str,
-    user_id: str,
-    name: str,
-    text: str,
-    key: str | None,
-    address: str,
-) -> tuple[Message, bool]:
-    """Store the message; a room with no history is a new room, charged to the address."""
-    broker = app[keys.BROKER]
-    try:
-        return await broker.publish_once(room, user_id, name, text, key, may_create=False)
-    except NewRoom:
-        budgets = app[keys.BUDGETS]
-        verdict = await app[keys.RATE_LIMITER].take((budgets.address_rooms, address))
-        if verdict.wait:
-            raise RateLimited(
-                "too many new rooms from this address; slow down", retry_after=verdict.wait
-            ) from None
-        return await broker.publish_once(room, user_id, name, text, key)
+        Returns the message, and True when it is not new: ``idempotency_key``
+        named a message the user already posted (within ten minutes, in this
+        room or another), which is returned instead of storing another. Such a
+        retry costs nothing from the budgets: it is answered even when they are
+        spent, and what it took from them is given back.
+
+        ``arrived`` (``time.monotonic()``) is when the request or frame came
+        in: a stored message's publish latency is counted from it.
+        """
+        if arrived is None:
+            arrived = time.monotonic()
+        text = message_text(text, self.max_chars)
+        limiter = self.limiter
+        budgets = self.budgets
+        charges = ((budgets.messages, user.user_id), (budgets.address_messages, address))
+        # The name, and the room a key was first used in, are read with the
+        # budgets: no round trip of their own.
+        redis = self.redis
+        batch = Batch(redis)
+        kept_name = batch.get(name_key(user.user_id)) if user.name is None else None
+        claimed = batch.get(key_used_in(user.user_id, idempotency_key)) if idempotency_key else None
+        verdict = limiter.charge(batch, *charges)
+        await batch.run()
+        retry_after = verdict.value.wait
+        claim = Claim(self, user.user_id, idempotency_key, room, charges)
+        if claimed is not None:
+            first = await claim.first_sent(claimed.value, refused=bool(retry_after))
+            if first is not None:
+                return first, True
+        if retry_after:
+            raise RateLimited("too many messages; slow down", retry_after=retry_after)
+        if claimed is not None and claimed.value is None:
+            first = await claim.take()
+            if first is not None:
+                return first, True
+        try:
+            name = user.name or (kept_name.value if kept_name else None)
+            if name is None:  # (a key Redis lost: the session outlived it)
+                name = await keep_name(redis, user.user_id, None)
+            message, stored = await self._publish(
+                room, user.user_id, name, text, idempotency_key, address
+            )
+        except BaseException:
+            await claim.give_up()
+            raise
+        if stored:
+            self.metrics.published(time.monotonic() - arrived)
+            return message, False
+        await _refund(limiter, charges)
+        return message, True
+
+    async def _publish(
+        self, room: str, user_id: str, name: str, text: str, key: str | None, address: str
+    ) -> tuple[Message, bool]:
+        """Store the message; a room with no history is a new room, charged to the address."""
+        broker = self.broker
+        try:
+            return await broker.publish_once(room, user_id, name, text, key, may_create=False)
+        except NewRoom:
+            verdict = await self.limiter.take((self.budgets.address_rooms, address))
+            if verdict.wait:
+                raise RateLimited(
+                    "too many new rooms from this address; slow down", retry_after=verdict.wait
+                ) from None
+            return await broker.publish_once(room, user_id, name, text, key)
 
 
 class Claim:
@@ -177,13 +192,13 @@ class Claim:
 
     def __init__(
         self,
-        app: web.Application,
+        posting: Posting,
         user_id: str,
         key: str | None,
         room: str,
         charges: tuple[tuple[Budget, str], ...],
     ) -> None:
-        self.app = app
+        self.posting = posting
         self.user_id = user_id
         self.key = key
         self.room = room
@@ -198,10 +213,10 @@ class Claim:
         if claimed is None or (claimed == self.room and not refused):
             return None
         assert self.key is not None
-        first = await self.app[keys.BROKER].published_with(claimed, self.user_id, self.key)
+        first = await self.posting.broker.published_with(claimed, self.user_id, self.key)
         if refused:
             return first
-        await _refund(self.app[keys.RATE_LIMITER], self.charges)
+        await _refund(self.posting.limiter, self.charges)
         if first is None:
             raise IdempotencyConflict(
                 "this Idempotency-Key is being used for a message to another room; retry shortly",
@@ -214,7 +229,7 @@ class Claim:
         when another try claimed it for another room meanwhile."""
         assert self.key is not None
         used = key_used_in(self.user_id, self.key)
-        batch = Batch(self.app[keys.REDIS])
+        batch = Batch(self.posting.redis)
         taken = batch.commands(
             lambda pipe: pipe.set(used, self.room, nx=True, ex=IDEMPOTENCY_TTL_S),
             lambda replies: bool(replies[0]),
@@ -231,7 +246,7 @@ class Claim:
         assert self.key is not None
         try:
             # Only this try's SET NX made it, and only this try removes it.
-            await self.app[keys.REDIS].delete(key_used_in(self.user_id, self.key))
+            await self.posting.redis.delete(key_used_in(self.user_id, self.key))
         except failures.FAILURES as exc:
             log.debug("idempotency claim not released: %s", exc)
 

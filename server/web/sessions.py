@@ -2,7 +2,7 @@
 
 The user id is made here and never taken from the client; the session is
 kept in Redis (:mod:`server.store.session_store`). The user's display name lives
-in a Redis key of its own, read where it is needed (:func:`display_name`;
+in a Redis key of its own, read where it is needed (:meth:`Sessions.display_name`;
 a post reads it in the round trip that charges its budgets).
 """
 
@@ -21,9 +21,8 @@ from ..core.errors import RateLimited
 from ..core.names import friendly_name
 from ..store.batch import Batch
 from ..store.keys import name_key
-from ..store.ratelimit import Budget
+from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.session_store import NEW_NAME, SignedRedisStorage
-from . import state as keys
 from .addresses import budget_key
 
 USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
@@ -50,63 +49,11 @@ USED = "used"  # when the session was last saved for being used (Unix time)
 RESAVE_AFTER_S = 86400
 
 
-def new_session_charge(request: web.Request) -> tuple[Budget, str]:
-    """What a new session costs: one from its client address's budget of new sessions."""
-    return request.app[keys.BUDGETS].address_sessions, budget_key(request.remote)
-
-
 def too_many_sessions(retry_after: float) -> RateLimited:
     return RateLimited(
         "too many new sessions from this address; keep the session cookie",
         retry_after=retry_after,
     )
-
-
-async def current_user(request: web.Request, *, charge: bool = True) -> User:
-    """The caller's identity, creating the session on first contact.
-
-    A new session costs its client's address one from its budget of new
-    sessions (:func:`new_session_charge`): identity is free to make, and
-    every per-user limit would otherwise be one cookie-less request away.
-    With ``charge=False`` the caller charges it, in its own round trip to
-    Redis, and refuses the request if the budget does.
-    """
-    session = await aiohttp_session.get_session(request)
-    user_id = session.get("user_id")
-    if isinstance(user_id, str):
-        used = session.get(USED)
-        now = int(time.time())
-        # (True: a session saved before the time was kept.)
-        if isinstance(used, int) and not isinstance(used, bool) and now - used < RESAVE_AFTER_S:
-            return User(user_id, None, is_new=False)
-        session[USED] = now  # saved with its full age (and so is the name)
-        return User(user_id, None, is_new=False, unsaved=True)
-    if charge:
-        verdict = await request.app[keys.RATE_LIMITER].take(new_session_charge(request))
-        if verdict.wait:
-            raise too_many_sessions(verdict.wait)
-    session["user_id"] = user_id = new_user_id()
-    request[NEW_NAME] = name = friendly_name()
-    session.max_age = NEW_SESSION_TTL_S
-    return User(user_id, name, is_new=True, unsaved=True)
-
-
-async def display_name(request: web.Request, user: User) -> str:
-    """The user's display name, from its Redis key (or the new session's).
-
-    A name that is not there (a session from before names had one home, or
-    one whose key Redis lost) is taken from the old session field or made
-    afresh, and kept again.
-    """
-    if user.name is not None:
-        return user.name
-    redis = request.app[keys.REDIS]
-    name = await redis.get(name_key(user.user_id))
-    if name is not None:
-        return str(name)
-    session = await aiohttp_session.get_session(request)
-    kept = session.get("name")
-    return await keep_name(redis, user.user_id, kept if isinstance(kept, str) else None)
 
 
 async def keep_name(
@@ -134,29 +81,89 @@ async def queue_save(request: web.Request, response: web.StreamResponse, batch: 
     storage.queue_save(batch, response, session, request.get(NEW_NAME))
 
 
-async def rename(request: web.Request, name: str) -> User:
-    """The caller, renamed (the caller keeps the name in its Redis key).
+class Sessions:
+    """The caller's identity, with what it takes: Redis (the display name)
+    and the budgets a new session and a rename are charged to."""
 
-    A rename is announced to every room the user is in, so it costs what a
-    message costs, from the user's budget and the client address's (and a
-    new session's from the address's budget of those); refused, it changes
-    nothing and writes nothing.
-    """
-    user = await current_user(request, charge=False)
-    budgets = request.app[keys.BUDGETS]
-    charges = [
-        (budgets.messages, user.user_id),
-        (budgets.address_messages, budget_key(request.remote)),
-    ]
-    if user.is_new:
-        charges.append(new_session_charge(request))
-    verdict = await request.app[keys.RATE_LIMITER].take(*charges)
-    if verdict.wait:
-        if "address_sessions" in verdict.refused:
-            raise too_many_sessions(verdict.wait)
-        raise RateLimited("too many renames and messages; slow down", retry_after=verdict.wait)
-    if user.is_new:
-        request[NEW_NAME] = name  # what the new session's save writes
-    session = await aiohttp_session.get_session(request)
-    session.pop("name", None)  # a session from before names had one home
-    return dataclasses.replace(user, name=name)
+    __slots__ = ("budgets", "limiter", "redis")
+
+    def __init__(self, redis: aioredis.Redis, limiter: RateLimiter, budgets: Budgets) -> None:
+        self.redis = redis
+        self.limiter = limiter
+        self.budgets = budgets
+
+    def new_session_charge(self, request: web.Request) -> tuple[Budget, str]:
+        """What a new session costs: one from its client address's budget of new sessions."""
+        return self.budgets.address_sessions, budget_key(request.remote)
+
+    async def current_user(self, request: web.Request, *, charge: bool = True) -> User:
+        """The caller's identity, creating the session on first contact.
+
+        A new session costs its client's address one from its budget of new
+        sessions (:meth:`new_session_charge`): identity is free to make, and
+        every per-user limit would otherwise be one cookie-less request away.
+        With ``charge=False`` the caller charges it, in its own round trip to
+        Redis, and refuses the request if the budget does.
+        """
+        session = await aiohttp_session.get_session(request)
+        user_id = session.get("user_id")
+        if isinstance(user_id, str):
+            used = session.get(USED)
+            now = int(time.time())
+            # (True: a session saved before the time was kept.)
+            if isinstance(used, int) and not isinstance(used, bool) and now - used < RESAVE_AFTER_S:
+                return User(user_id, None, is_new=False)
+            session[USED] = now  # saved with its full age (and so is the name)
+            return User(user_id, None, is_new=False, unsaved=True)
+        if charge:
+            verdict = await self.limiter.take(self.new_session_charge(request))
+            if verdict.wait:
+                raise too_many_sessions(verdict.wait)
+        session["user_id"] = user_id = new_user_id()
+        request[NEW_NAME] = name = friendly_name()
+        session.max_age = NEW_SESSION_TTL_S
+        return User(user_id, name, is_new=True, unsaved=True)
+
+    async def display_name(self, request: web.Request, user: User) -> str:
+        """The user's display name, from its Redis key (or the new session's).
+
+        A name that is not there (a session from before names had one home, or
+        one whose key Redis lost) is taken from the old session field or made
+        afresh, and kept again.
+        """
+        if user.name is not None:
+            return user.name
+        redis = self.redis
+        name = await redis.get(name_key(user.user_id))
+        if name is not None:
+            return str(name)
+        session = await aiohttp_session.get_session(request)
+        kept = session.get("name")
+        return await keep_name(redis, user.user_id, kept if isinstance(kept, str) else None)
+
+    async def rename(self, request: web.Request, name: str) -> User:
+        """The caller, renamed (the caller keeps the name in its Redis key).
+
+        A rename is announced to every room the user is in, so it costs what a
+        message costs, from the user's budget and the client address's (and a
+        new session's from the address's budget of those); refused, it changes
+        nothing and writes nothing.
+        """
+        user = await self.current_user(request, charge=False)
+        budgets = self.budgets
+        charges = [
+            (budgets.messages, user.user_id),
+            (budgets.address_messages, budget_key(request.remote)),
+        ]
+        if user.is_new:
+            charges.append(self.new_session_charge(request))
+        verdict = await self.limiter.take(*charges)
+        if verdict.wait:
+            if "address_sessions" in verdict.refused:
+                raise too_many_sessions(verdict.wait)
+            raise RateLimited("too many renames and messages; slow down", retry_after=verdict.wait)
+        if user.is_new:
+            request[NEW_NAME] = name  # what the new session's save writes
+        session = await aiohttp_session.get_session(request)
+        session.pop("name", None)  # a session from before names had one home
+        return dataclasses.replace(user, name=name)

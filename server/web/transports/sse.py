@@ -14,9 +14,10 @@ from aiohttp_sse import EventSourceResponse
 
 from ...core.close_reason import CloseReason
 from ...core.wire import sse_chunk
-from .. import posting, sessions
-from .. import state as keys
+from .. import posting
+from ..sessions import Sessions
 from . import connection
+from .connection import Connections
 from .sink import DirectSink
 
 RETRY_MS = 1000
@@ -68,26 +69,37 @@ class SseSink(DirectSink):
             self._transport.write(sse_chunk(frame) if self._chunked else frame)
 
 
-async def events(request: web.Request) -> web.StreamResponse:
-    room = posting.room_name(request.match_info["room"])
-    header = request.headers.get("Last-Event-ID")
-    since = connection.resume_id(
-        header if header is not None else request.query.get("last_event_id"), "Last-Event-ID"
-    )
-    user = await sessions.current_user(request, charge=False)
-    config = request.app[keys.CONFIG]
-    response = EventStream(send_timeout=config.idle_timeout_s)
-    async with connection.opened(request, response, room, user, since, "sse") as sub:
-        await response.prepare(request)
-        async with response:
-            try:
-                await response.write(f"retry: {RETRY_MS}\n\n".encode())
-            except (ConnectionResetError, RuntimeError):
-                return response  # the client went away
-            response.end_with(sub.done)
-            sub.attach(SseSink(request, response))
-            try:
-                await sub.done
-            finally:
-                await sub.stop()
-        return response
+class SseHandler:
+    """``GET /api/rooms/{room}/events``, with what it takes."""
+
+    __slots__ = ("connections", "send_timeout_s", "sessions")
+
+    def __init__(
+        self, sessions: Sessions, connections: Connections, *, send_timeout_s: float
+    ) -> None:
+        self.sessions = sessions
+        self.connections = connections
+        self.send_timeout_s = send_timeout_s  # (what a write may wait for the client)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        room = posting.room_name(request.match_info["room"])
+        header = request.headers.get("Last-Event-ID")
+        since = connection.resume_id(
+            header if header is not None else request.query.get("last_event_id"), "Last-Event-ID"
+        )
+        user = await self.sessions.current_user(request, charge=False)
+        response = EventStream(send_timeout=self.send_timeout_s)
+        async with self.connections.opened(request, response, room, user, since, "sse") as sub:
+            await response.prepare(request)
+            async with response:
+                try:
+                    await response.write(f"retry: {RETRY_MS}\n\n".encode())
+                except (ConnectionResetError, RuntimeError):
+                    return response  # the client went away
+                response.end_with(sub.done)
+                sub.attach(SseSink(request, response))
+                try:
+                    await sub.done
+                finally:
+                    await sub.stop()
+            return response

@@ -24,16 +24,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ...common.metrics import Metrics
 from ...core.close_reason import CloseReason
 from ...core.errors import BadRequest, ChatError, Unavailable, error_payload, storage_full
 from ...core.subscription import Subscription
 from ...core.wire import to_json
 from ...store.failures import is_out_of_memory
-from .. import posting, sessions
-from .. import state as keys
+from .. import posting
 from ..addresses import budget_key
-from ..sessions import User
+from ..middlewares import ThrottledErrorLog
+from ..posting import Posting
+from ..sessions import Sessions, User
 from . import connection
+from .connection import Connections
 from .sink import DirectSink
 
 log = logging.getLogger(__name__)
@@ -81,121 +84,143 @@ class WsSink(DirectSink):
                 await self._closing
 
 
-async def websocket(request: web.Request) -> web.StreamResponse:
-    room = posting.room_name(request.match_info["room"])
-    since = connection.resume_id(request.query.get("since"), "since")
-    config = request.app[keys.CONFIG]
-    ws = web.WebSocketResponse(
-        autoping=False,  # pongs are read here: they prove the client is alive
-        compress=False,  # per-connection zlib state costs far more than it saves here
-        max_msg_size=config.body_max_bytes,
-        timeout=CLOSE_TIMEOUT_S,
-    )
-    try:
-        upgrade = ws.can_prepare(request).ok
-    except UnicodeEncodeError:
-        # aiohttp (3.14) words its 400 for a bad handshake header with the
-        # header's value, and fails to encode one that is not UTF-8.
-        upgrade = False
-    if not upgrade:
-        raise BadRequest("expected a WebSocket upgrade request")
-    user = await sessions.current_user(request, charge=False)
-    async with connection.opened(request, ws, room, user, since, "ws") as sub:
-        await ws.prepare(request)
-        sink = WsSink(request, ws)
-        sub.last_seen = time.monotonic()
-        sub.attach(sink)
-        address = budget_key(request.remote)
+class WsHandler:
+    """``GET /api/rooms/{room}/ws``, with what it takes."""
+
+    __slots__ = ("connections", "max_msg_size", "metrics", "posting", "redis_errors", "sessions")
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        connections: Connections,
+        posting: Posting,
+        redis_errors: ThrottledErrorLog,
+        metrics: Metrics,
+        *,
+        max_msg_size: int,
+    ) -> None:
+        self.sessions = sessions
+        self.connections = connections
+        self.posting = posting
+        self.redis_errors = redis_errors
+        self.metrics = metrics
+        self.max_msg_size = max_msg_size  # of a client's frame, in bytes
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        room = posting.room_name(request.match_info["room"])
+        since = connection.resume_id(request.query.get("since"), "since")
+        ws = web.WebSocketResponse(
+            autoping=False,  # pongs are read here: they prove the client is alive
+            compress=False,  # per-connection zlib state costs far more than it saves here
+            max_msg_size=self.max_msg_size,
+            timeout=CLOSE_TIMEOUT_S,
+        )
         try:
-            await _receive(ws, sub, request.app, room, user, address)
-        except (ConnectionResetError, RuntimeError):
-            pass  # the client went away
-        finally:
-            await sub.stop()
-            await sink.finish()
-    return ws
+            upgrade = ws.can_prepare(request).ok
+        except UnicodeEncodeError:
+            # aiohttp (3.14) words its 400 for a bad handshake header with the
+            # header's value, and fails to encode one that is not UTF-8.
+            upgrade = False
+        if not upgrade:
+            raise BadRequest("expected a WebSocket upgrade request")
+        user = await self.sessions.current_user(request, charge=False)
+        async with self.connections.opened(request, ws, room, user, since, "ws") as sub:
+            await ws.prepare(request)
+            sink = WsSink(request, ws)
+            sub.last_seen = time.monotonic()
+            sub.attach(sink)
+            address = budget_key(request.remote)
+            try:
+                await self._receive(ws, sub, room, user, address)
+            except (ConnectionResetError, RuntimeError):
+                pass  # the client went away
+            finally:
+                await sub.stop()
+                await sink.finish()
+        return ws
 
+    async def _receive(
+        self,
+        ws: web.WebSocketResponse,
+        sub: Subscription,
+        room: str,
+        user: User,
+        address: str,
+    ) -> None:
+        while True:
+            msg = await ws.receive()
+            sub.last_seen = received = time.monotonic()
+            if msg.type == WSMsgType.TEXT:
+                answer = await self._handle_text(msg.data, room, user, address, received)
+                await ws.send_str(answer)
+            elif msg.type == WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type == WSMsgType.PONG:
+                pass
+            elif msg.type == WSMsgType.BINARY:
+                await ws.close(
+                    code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not supported"
+                )
+                return
+            else:  # CLOSE, CLOSING, CLOSED, or ERROR (aiohttp has closed it, 1009 if oversize)
+                return
 
-async def _receive(
-    ws: web.WebSocketResponse,
-    sub: Subscription,
-    app: web.Application,
-    room: str,
-    user: User,
-    address: str,
-) -> None:
-    while True:
-        msg = await ws.receive()
-        sub.last_seen = received = time.monotonic()
-        if msg.type == WSMsgType.TEXT:
-            answer = await _handle_text(msg.data, app, room, user, address, received)
-            await ws.send_str(answer)
-        elif msg.type == WSMsgType.PING:
-            await ws.pong(msg.data)
-        elif msg.type == WSMsgType.PONG:
-            pass
-        elif msg.type == WSMsgType.BINARY:
-            await ws.close(
-                code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not supported"
+    async def _handle_text(
+        self, text: str, room: str, user: User, address: str, arrived: float
+    ) -> str:
+        """Answer one client frame (received at ``arrived``, monotonic) with an
+        ack or an error frame; never raises a ChatError."""
+        ref: Any = None
+        try:
+            data = posting.json_object(text, "frame")
+            ref = data.get("ref")
+            if not (
+                ref is None or (isinstance(ref, (str, int, float)) and not isinstance(ref, bool))
+            ):
+                ref = None
+                raise BadRequest("'ref' must be a string or a number")
+            if isinstance(ref, float) and not math.isfinite(ref):
+                ref = None
+                raise BadRequest("'ref' must be a finite number")
+            if isinstance(ref, str) and len(ref) > 128:
+                ref = None
+                raise BadRequest("'ref' is longer than 128 characters")
+            if data.get("type") != "message":
+                raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
+            key = posting.idempotency_key(data.get("key"), "'key'")
+            # The name is read with the budgets, so that a rename made elsewhere
+            # applies from the next message.
+            message, _ = await self.posting.post(
+                room,
+                User(user.user_id, None, is_new=False),
+                data.get("text"),
+                address=address,
+                idempotency_key=key,
+                arrived=arrived,
             )
-            return
-        else:  # CLOSE, CLOSING, CLOSED, or ERROR (aiohttp has already closed it, 1009 if oversize)
-            return
+        except ChatError as exc:
+            error = error_payload(exc)
+            if exc.retry_after:
+                error["retry_after"] = str(exc.retry_after)
+            return _frame("error", ref, error=error)
+        except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
+            self.redis_errors.record(exc)
+            return _frame(
+                "error", ref, error=error_payload(Unavailable("Redis is unavailable; retry"))
+            )
+        except RedisError as exc:
+            # Redis refused the write (out of memory, a read-only replica): the
+            # message was not stored; the connection itself is fine.
+            if is_out_of_memory(exc):
+                full = storage_full()
+                self.redis_errors.record(exc, full.status)
+                return _frame("error", ref, error=error_payload(full))
+            log.warning("Redis refused a message: %s", exc)
+            self.metrics.redis_error()
+            error = error_payload(Unavailable("Redis refused the message; retry shortly"))
+            return _frame("error", ref, error=error)
+        return f'{{"type":"ack","ref":{json.dumps(ref)},"message":{message.json}}}'
 
 
 def _frame(kind: str, ref: Any, **fields: Any) -> str:
     return to_json({"type": kind, "ref": ref, **fields})
-
-
-async def _handle_text(
-    text: str, app: web.Application, room: str, user: User, address: str, arrived: float
-) -> str:
-    """Answer one client frame (received at ``arrived``, monotonic) with an
-    ack or an error frame; never raises a ChatError."""
-    ref: Any = None
-    try:
-        data = posting.json_object(text, "frame")
-        ref = data.get("ref")
-        if not (ref is None or (isinstance(ref, (str, int, float)) and not isinstance(ref, bool))):
-            ref = None
-            raise BadRequest("'ref' must be a string or a number")
-        if isinstance(ref, float) and not math.isfinite(ref):
-            ref = None
-            raise BadRequest("'ref' must be a finite number")
-        if isinstance(ref, str) and len(ref) > 128:
-            ref = None
-            raise BadRequest("'ref' is longer than 128 characters")
-        if data.get("type") != "message":
-            raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
-        key = posting.idempotency_key(data.get("key"), "'key'")
-        # The name is read with the budgets, so that a rename made elsewhere
-        # applies from the next message.
-        message, _ = await posting.post(
-            app,
-            room,
-            sessions.User(user.user_id, None, is_new=False),
-            data.get("text"),
-            address=address,
-            idempotency_key=key,
-            arrived=arrived,
-        )
-    except ChatError as exc:
-        error = error_payload(exc)
-        if exc.retry_after:
-            error["retry_after"] = str(exc.retry_after)
-        return _frame("error", ref, error=error)
-    except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
-        app[keys.REDIS_ERRORS].record(exc)
-        return _frame("error", ref, error=error_payload(Unavailable("Redis is unavailable; retry")))
-    except RedisError as exc:
-        # Redis refused the write (out of memory, a read-only replica): the
-        # message was not stored; the connection itself is fine.
-        if is_out_of_memory(exc):
-            full = storage_full()
-            app[keys.REDIS_ERRORS].record(exc, full.status)
-            return _frame("error", ref, error=error_payload(full))
-        log.warning("Redis refused a message: %s", exc)
-        app[keys.METRICS].redis_error()
-        error = error_payload(Unavailable("Redis refused the message; retry shortly"))
-        return _frame("error", ref, error=error)
-    return f'{{"type":"ack","ref":{json.dumps(ref)},"message":{message.json}}}'
