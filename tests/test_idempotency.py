@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from yarl import URL
 
-from server.store.keys import idempotency_key, stream_key
+from server.store.keys import idempotency_record_key, stream_key
 
 from .support import ServerProcess, in_background, user
 
@@ -67,7 +67,7 @@ async def test_a_post_repeated_with_one_idempotency_key_is_stored_once(
     assert again == first
     assert [m["id"] for m in await history(client)] == [first["message"]["id"]]
     # Remembered for ten minutes, in the room's slot.
-    assert 590 < await redis.ttl(idempotency_key("general", user, "k-1")) <= 600
+    assert 590 < await redis.ttl(idempotency_record_key("general", user, "k-1")) <= 600
     # Another key, or none, is another message.
     status, other, _ = await post(client, "once", "k-2")
     assert status == 201 and other["message"]["id"] != first["message"]["id"]
@@ -185,7 +185,7 @@ async def test_the_record_lasts_no_longer_than_the_room(
     user = await user_id(client)
     status, _, _ = await post(client, "short-lived room", "s-1")
     assert status == 201
-    assert 0 < await redis.ttl(idempotency_key("general", user, "s-1")) <= 30
+    assert 0 < await redis.ttl(idempotency_record_key("general", user, "s-1")) <= 30
 
 
 @pytest.mark.parametrize("key", ["", "x" * 65, "two words", "tab\there"])

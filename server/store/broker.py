@@ -29,7 +29,7 @@ from ..core.ids import FIRST_ID, LAST_ID, MessageId, format_id, parse_id
 from ..core.model import Message
 from ..core.wire import parse_json, to_json
 from . import scripts
-from .keys import channel, idempotency_key, stream_key
+from .keys import channel, idempotency_record_key, stream_key
 
 # Append to the stream and publish "m", the previous id, the new id and the
 # message body, in one step: no other message of the room can come between.
@@ -145,7 +145,7 @@ class Broker:
         body = to_json([user_id, name, text, ts])
         keys = [stream_key(room)]
         if key is not None:
-            keys.append(idempotency_key(room, user_id, key))
+            keys.append(idempotency_record_key(room, user_id, key))
         reply = await self._publish(
             keys=keys,
             args=[
@@ -170,7 +170,7 @@ class Broker:
 
     async def published_with(self, room: str, user_id: str, key: str) -> Message | None:
         """The message ``user_id`` published with idempotency ``key``, if it is remembered."""
-        published = await self.redis.get(idempotency_key(room, user_id, key))
+        published = await self.redis.get(idempotency_record_key(room, user_id, key))
         return None if published is None else self._published(room, str(published))
 
     @staticmethod

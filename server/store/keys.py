@@ -14,7 +14,7 @@ def stream_key(room: str) -> str:
     return f"chat:{{{room}}}:messages"
 
 
-def idempotency_key(room: str, user_id: str, key: str) -> str:
+def idempotency_record_key(room: str, user_id: str, key: str) -> str:
     # In the room's slot, so that the publish script may touch it.
     return f"chat:{{{room}}}:idem:{user_id}:{key}"
 

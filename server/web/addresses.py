@@ -54,8 +54,9 @@ class Proxies:
         return str(address)
 
 
-def budget_key(address: str | None) -> str:
-    """What an address's budget is kept under: an IPv6 client has a whole /64."""
+def owner_of(address: str | None) -> str:
+    """The owner an address's budgets and limits are kept under (see
+    :mod:`server.store.ratelimit`): an IPv6 client has a whole /64."""
     parsed = parse_address(address) if address else None
     if parsed is None:
         return address or "unknown"

@@ -21,9 +21,6 @@ import gc
 import logging
 import time
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from ..common.config import Config
 from ..common.metrics import Metrics
 from ..core.close_reason import CloseReason
@@ -207,7 +204,7 @@ class Heartbeat:
                 # Losing Redis is logged once per worker, by its pub/sub
                 # relay; anything else (a full or read-only Redis) is the
                 # heartbeat's to tell.
-                lost = isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+                lost = isinstance(exc, failures.LOST)
                 self._failure_level = logging.DEBUG if lost else logging.WARNING
                 log.log(self._failure_level, "heartbeat cannot update Redis: %s", exc)
             self._failing = True

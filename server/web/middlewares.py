@@ -14,14 +14,12 @@ from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestPayloadError
-from redis.exceptions import BusyLoadingError, RedisClusterException, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from ..common.config import Config
 from ..common.hosts import Authority, parse_host, parse_origin
 from ..core.errors import ChatError, Unavailable, storage_full
-from ..store.failures import is_out_of_memory
+from ..store.failures import UNREACHABLE, is_out_of_memory
 from .addresses import Proxies, from_client
 from .responses import error_response
 
@@ -73,9 +71,7 @@ def _answer(
         return error_response(exc.status, message.removeprefix(f"{exc.status}: "), headers=headers)
     # (A cluster's RedisClusterException: no primary serves the key's slot
     # yet, during a failover.)
-    if isinstance(
-        exc, (RedisConnectionError, RedisTimeoutError, BusyLoadingError, RedisClusterException)
-    ):
+    if isinstance(exc, UNREACHABLE):
         redis_errors.record(exc)
         return error_response(503, "Redis is unavailable; retry shortly", code="unavailable")
     if isinstance(exc, ResponseError):

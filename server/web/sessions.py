@@ -23,7 +23,7 @@ from ..store.batch import Batch
 from ..store.keys import name_key
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.session_store import NEW_NAME, SignedRedisStorage
-from .addresses import budget_key
+from .addresses import owner_of
 
 USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
 
@@ -94,7 +94,7 @@ class Sessions:
 
     def new_session_charge(self, request: web.Request) -> tuple[Budget, str]:
         """What a new session costs: one from its client address's budget of new sessions."""
-        return self.budgets.address_sessions, budget_key(request.remote)
+        return self.budgets.address_sessions, owner_of(request.remote)
 
     async def current_user(self, request: web.Request, *, charge: bool = True) -> User:
         """The caller's identity, creating the session on first contact.
@@ -153,7 +153,7 @@ class Sessions:
         budgets = self.budgets
         charges = [
             (budgets.messages, user.user_id),
-            (budgets.address_messages, budget_key(request.remote)),
+            (budgets.address_messages, owner_of(request.remote)),
         ]
         if user.is_new:
             charges.append(self.new_session_charge(request))

@@ -25,7 +25,7 @@ from ..store import failures
 from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
 from . import posting, sessions
-from .addresses import budget_key
+from .addresses import owner_of
 from .middlewares import ThrottledErrorLog
 from .posting import Posting
 from .responses import error_response
@@ -169,7 +169,7 @@ class Api:
             room,
             user,
             body.get("text"),
-            address=budget_key(request.remote),
+            address=owner_of(request.remote),
             idempotency_key=key,
             arrived=arrived,
         )

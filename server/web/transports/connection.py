@@ -23,7 +23,7 @@ from ...store.connection_registry import ConnectionRegistry
 from ...store.failures import is_out_of_memory
 from ...store.presence_store import Holder
 from ...store.ratelimit import RateLimiter
-from ..addresses import budget_key
+from ..addresses import owner_of
 from ..sessions import NEW_SESSION_TTL_S, Sessions, User, queue_save, too_many_sessions
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Connections:
             sub = await hub.subscribe(room, user.user_id, since)
         except Closing:
             raise Unavailable("this worker is stopping; reconnect") from None
-        address = budget_key(request.remote)
+        address = owner_of(request.remote)
         try:
             await self._register(request, response, sub, user, address)
         except ResponseError as exc:

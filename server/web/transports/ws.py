@@ -20,18 +20,16 @@ import time
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from ...common.metrics import Metrics
 from ...core.close_reason import CloseReason
 from ...core.errors import BadRequest, ChatError, Unavailable, error_payload, storage_full
 from ...core.subscription import Subscription
 from ...core.wire import to_json
-from ...store.failures import is_out_of_memory
+from ...store.failures import UNREACHABLE, is_out_of_memory
 from .. import posting
-from ..addresses import budget_key
+from ..addresses import owner_of
 from ..middlewares import ThrottledErrorLog
 from ..posting import Posting
 from ..sessions import Sessions, User
@@ -129,7 +127,7 @@ class WsHandler:
             sink = WsSink(request, ws)
             sub.last_seen = time.monotonic()
             sub.attach(sink)
-            address = budget_key(request.remote)
+            address = owner_of(request.remote)
             try:
                 await self._receive(ws, sub, room, user, address)
             except (ConnectionResetError, RuntimeError):
@@ -203,7 +201,7 @@ class WsHandler:
             if exc.retry_after:
                 error["retry_after"] = str(exc.retry_after)
             return _frame("error", ref, error=error)
-        except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
+        except UNREACHABLE as exc:
             self.redis_errors.record(exc)
             return _frame(
                 "error", ref, error=error_payload(Unavailable("Redis is unavailable; retry"))
