@@ -89,22 +89,6 @@ class ConnectionRegistry:
         """A connection in its owners' sets: where it is comes last (see :meth:`set_name`)."""
         return f"{worker or self.worker_token}:{connection_id}|{room}"
 
-    async def open(
-        self,
-        room: str,
-        user_id: str,
-        connection_id: int,
-        address: str,
-        *,
-        ttl_s: int | None = None,
-    ) -> str | None:
-        """Register a connection: :meth:`reserve` its slots, then :meth:`join`
-        its room if they were free; what was full, as :meth:`reserve` says."""
-        full = await self.reserve(room, user_id, connection_id, address, ttl_s=ttl_s)
-        if full is None:
-            await self.join(room, Holder(user_id, address), connection_id)
-        return full
-
     async def reserve(
         self,
         room: str,
