@@ -43,6 +43,9 @@ setup(
         # The settings: declared once, read from flags, environment and a TOML file.
         "pydantic>=2.14",
         "pydantic-settings>=2.16",
+        # Sign-in tokens: JWTs verified with HMAC, RSA, EC or Ed25519 keys.
+        "PyJWT>=2.10",
+        "cryptography>=44",
     ],
     extras_require={
         "test": [

@@ -25,6 +25,12 @@ IN_WORDS = {
     "public_origin": "from ``Host``",  # empty: each request's own
     "metrics_token": "none",  # empty: /metrics is open
     "monitor_port": "0 (off)",
+    # Empty: no such key source, or nothing to check.
+    "auth_jwt_secret": "none",
+    "auth_jwt_public_key": "none",
+    "auth_jwks_url": "none",
+    "auth_jwt_audience": "none",
+    "auth_jwt_issuer": "none",
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .auth_keys import JWKSURL, Anonymous, PublicKeyFile, RoomPrefixes, Secret, check_key_sources
 from .settings_sources import ConfigError, ConfigFile, Environment, bounds, describe
 from .settings_types import (
     LOG_FORMATS,
@@ -94,6 +95,22 @@ class Config(BaseSettings):
     allowed_origins: Origins = Field((), description="extra origins allowed to write")
     public_origin: OptionalOrigin = Field("", description="the origin browsers use")
     trusted_proxies: Networks = Field((), description="proxies whose X-Forwarded-* is believed")
+
+    # Sign-in from the application: who may do what without a token, and what verifies one.
+    anonymous: Anonymous = Field("write", description="what a visitor without a token may do")
+    auth_jwt_secret: Secret = Field(
+        "", repr=False, description="HMAC secret of HS256 tokens; empty: none"
+    )
+    auth_jwt_public_key: PublicKeyFile = Field(
+        "", description="PEM public key file of RS256, ES256 or EdDSA tokens; empty: none"
+    )
+    auth_jwks_url: JWKSURL = Field("", description="JWKS URL of the tokens' keys; empty: none")
+    auth_jwt_audience: str = Field("", description="the aud tokens must have; empty: any")
+    auth_jwt_issuer: str = Field("", description="the iss tokens must have; empty: any")
+    auth_leeway_s: int = Field(30, ge=0, le=600, description="clock skew allowed on exp and nbf")
+    private_room_prefixes: RoomPrefixes = Field(
+        (), description="rooms starting so admit only users granted them"
+    )
 
     # What one user may do.
     rate_limit_per_s: float = Field(5.0, ge=0.01, description="messages per user per second")
@@ -218,6 +235,9 @@ def load(
             f"address_connections: {config.address_connections} is below address_streams "
             f"({config.address_streams}): a stream is a connection, and one worker may hold all"
         )
+    refusal = check_key_sources(config)
+    if refusal:
+        raise ConfigError(refusal)
     if config.monitor_port:
         if config.monitor_port + 3 * config.workers > 65536:
             raise ConfigError(

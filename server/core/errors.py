@@ -3,21 +3,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 
 class ChatError(Exception):
     """An error a client caused or can act on; carries its HTTP status and code.
 
-    Each kind names its own: ``class NotFound(ChatError, status=404, code="not_found")``.
+    Each kind names its own: ``class NotFound(ChatError, status=404, code="not_found")``,
+    and the headers its answers carry, if any (``headers={"WWW-Authenticate": ...}``).
     """
 
     status = 400
     code = "bad_request"
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
-    def __init_subclass__(cls, *, status: int, code: str, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls,
+        *,
+        status: int,
+        code: str,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init_subclass__(**kwargs)
         cls.status, cls.code = status, code
+        if headers is not None:
+            cls.headers = MappingProxyType(dict(headers))
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -27,6 +40,19 @@ class ChatError(Exception):
 
 class BadRequest(ChatError, status=400, code="bad_request"):
     """A body, frame, header or parameter the server cannot take as it is."""
+
+
+# RFC 6750: an expired token is an invalid one too, as far as the header goes.
+_BEARER = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+class InvalidToken(ChatError, status=401, code="invalid_token", headers=_BEARER):
+    """A sign-in token that is malformed, forged, not yet valid, for another
+    audience or issuer, or whose claims break the rules."""
+
+
+class TokenExpired(ChatError, status=401, code="token_expired", headers=_BEARER):
+    """A sign-in token past its ``exp`` (and the leeway allowed)."""
 
 
 class NotFound(ChatError, status=404, code="not_found"):

@@ -61,8 +61,10 @@ def _answer(
 ) -> web.StreamResponse:
     """The JSON error response for what a handler raised (a redirect is raised again)."""
     if isinstance(exc, ChatError):
-        headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
-        return error_response(exc.status, exc.message, code=exc.code, headers=headers)
+        extra = dict(exc.headers)  # WWW-Authenticate for a bad token
+        if exc.retry_after:
+            extra["Retry-After"] = str(int(exc.retry_after))
+        return error_response(exc.status, exc.message, code=exc.code, headers=extra or None)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
