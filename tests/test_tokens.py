@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from server.common.config import Config
 from server.core.errors import ChatError, InvalidToken, TokenExpired
 from server.core.identity import Identity, Role
-from server.web.middlewares import guard
+from server.web.middlewares import ThrottledErrorLog, guard
 from server.web.tokens import FixedKey, TokenVerifier, open_verifier
 
 from .signing import ALGORITHMS, SECRET, b64, by_hand, claims, key, public_pem, sign
@@ -264,7 +264,7 @@ async def test_a_refused_token_is_answered_401_with_www_authenticate(
         identity = await verifier.verify(request.headers.get("X-Token", ""))
         return web.json_response({"user_id": identity.user_id})
 
-    app = web.Application(middlewares=[guard(Config())])
+    app = web.Application(middlewares=[guard(Config(), ThrottledErrorLog())])
     app.router.add_get("/", handler)
     client: TestClient[Any, Any] = await aiohttp_client(app)
     expected = {"": "invalid_token", sign(claims(exp=int(time.time()) - 60)): "token_expired"}
