@@ -145,7 +145,7 @@ class Config(BaseSettings):
     # Connections: pings, timeouts, buffers.
     heartbeat_s: float = Field(15.0, ge=0.05, le=3600, description="heartbeat interval")
     idle_timeout_s: float = Field(
-        60.0, ge=0.1, le=86400, description="a stream without progress this long is closed"
+        60.0, ge=0.1, le=86400, description="a connection without progress this long is closed"
     )
     send_buffer_messages: int = Field(
         1000, ge=1, le=1_000_000, description="per-connection buffer before a slow client is cut"

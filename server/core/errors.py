@@ -85,7 +85,8 @@ class RateLimited(ChatError, status=429, code="rate_limited"):
 
 
 class TooManyStreams(ChatError, status=429, code="too_many_streams"):
-    """The session or the client address holds as many streams as it may."""
+    """The session or the client address holds as many connections (SSE or
+    WebSocket) as it may; the code says "streams", as the interface does."""
 
 
 class Unavailable(ChatError, status=503, code="unavailable"):

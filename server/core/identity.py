@@ -34,7 +34,7 @@ GRANTS_MAX = 100
 class Role(enum.IntEnum):
     """What a user may do in a room; a higher role may do all a lower one may."""
 
-    READER = 1  # history, the live stream, presence
+    READER = 1  # history, live messages, presence
     MEMBER = 2  # + post, edit and delete its own messages, typing
     MODERATOR = 3  # + delete any message
 

@@ -25,7 +25,7 @@ from ..common.config import Config
 from . import logs
 
 # Stop signals of the workers, as aiotools delivers them. SIGHUP means "a
-# new generation replaces you": streams are closed with a reconnect hint
+# new generation replaces you": SSE and WebSocket connections are closed with a reconnect hint
 # (WebSocket 1012) rather than "going away" (1001).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

@@ -5,7 +5,7 @@ that every generation of workers runs freshly imported code. Each
 worker enters its Redis client and session store concurrently
 (``aiotools.actxgroup``), serves the app on the listening socket the main
 process created, runs the heartbeat timer, and when stopped closes its
-streams (telling clients to reconnect) and finishes in-flight requests, in
+SSE and WebSocket connections (telling clients to reconnect) and finishes in-flight requests, in
 the reverse order of setup.
 """
 
@@ -100,7 +100,7 @@ async def worker(
                 sig = yield
             finally:
                 await aiotools.cancel_and_wait(heartbeat)
-            # Streams are closed (in on_shutdown, after the worker stops
+            # Connections are closed (in on_shutdown, after the worker stops
             # accepting) telling clients why: on a reload, to reconnect to
             # the next generation of workers.
             app[keys.HUB].stop_reason = RELOAD if sig == signal.SIGHUP else SHUTDOWN

@@ -171,7 +171,7 @@ class ConnectionRegistry:
         try:
             await self.close(room, holder, connection_id)
         except failures.FAILURES as exc:
-            log.debug("could not undo the join of stream %s: %s", connection_id, exc)
+            log.debug("could not undo the join of connection %s: %s", connection_id, exc)
 
     def _forget(self, room: str, connection_id: int) -> None:
         held = self._held.get(room, {})

@@ -40,7 +40,7 @@ from .keys import channel, held_prefix, name_key, room_keys, users_key
 # set. ARGV[1]: lease (ms), ARGV[2]: this worker, ARGV[3]: the channel,
 # ARGV[4]: the prefix of held sets. The sweep drops the connections of every
 # other worker whose lease ran out and returns them as {worker, 'user|id', ...}
-# so that the caller can free their users' stream slots. (Held sets are named
+# so that the caller can free their users' connection slots. (Held sets are named
 # from the room's tag: every key a script touches is in the room's slot.)
 _ROOM_PRELUDE = """
 local t = redis.call('TIME')
