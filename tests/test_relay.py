@@ -200,7 +200,7 @@ async def test_redis_commands_per_message_do_not_grow_with_rooms_or_subscribers(
     assert warm_up.status == 201
     from server.web import state as keys
 
-    announcer = client.server.web.app[keys.ANNOUNCER]
+    announcer = client.server.app[keys.ANNOUNCER]
 
     async def calls_per_message(rooms: list[str], subscribers_per_room: int) -> dict[str, float]:
         async with contextlib.AsyncExitStack() as stack:

@@ -454,7 +454,7 @@ async def test_slow_consumer_is_cut_off_and_others_get_everything(
         await make_app(send_buffer_messages=50, rate_limit_burst=10_000, rate_limit_per_s=10_000),
         server_kwargs={"handler_cancellation": True},
     )
-    app = client.server.web.app
+    app = client.server.app
     from server.web import state as keys
 
     hub = app[keys.HUB]

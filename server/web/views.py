@@ -23,6 +23,7 @@ from ..store import failures
 from . import posting, sessions
 from . import state as keys
 from .addresses import budget_key
+from .aiohttp_compat import protocol_of
 from .responses import error_response
 
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
@@ -103,7 +104,7 @@ async def _history_in_pages(
     except failures.FAILURES as exc:
         # Too late for an error answer: the client sees the body end unfinished.
         request.app[keys.REDIS_ERRORS].record(exc, status=0)
-        request.protocol.force_close()
+        protocol_of(request).force_close()
     return response
 
 

@@ -32,6 +32,7 @@ from ...store.failures import is_out_of_memory
 from .. import posting, sessions
 from .. import state as keys
 from ..addresses import budget_key
+from ..aiohttp_compat import can_upgrade
 from ..sessions import User
 from . import connection
 from .sink import DirectSink
@@ -91,13 +92,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=config.body_max_bytes,
         timeout=CLOSE_TIMEOUT_S,
     )
-    try:
-        upgrade = ws.can_prepare(request).ok
-    except UnicodeEncodeError:
-        # aiohttp (3.14) words its 400 for a bad handshake header with the
-        # header's value, and fails to encode one that is not UTF-8.
-        upgrade = False
-    if not upgrade:
+    if not can_upgrade(ws, request):
         raise BadRequest("expected a WebSocket upgrade request")
     user = await sessions.current_user(request, charge=False)
     async with connection.opened(request, ws, room, user, since, "ws") as sub:
