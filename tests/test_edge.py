@@ -2,8 +2,9 @@
 cut-offs that leave nothing in the kernel.
 
 In-process tests serve a small app through :class:`server.web.edge.Edge` on a
-real socket (on both event loops) and check the aiohttp internals the edge
-relies on; the others run the real server, with several workers.
+real socket (on both event loops); the others run the real server, with
+several workers. (What the edge reads of aiohttp's request handler has its
+canaries in ``tests/test_compat_aiohttp.py``.)
 """
 
 from __future__ import annotations
@@ -182,10 +183,9 @@ def quick(make_config: Callable[..., Config]) -> Config:
     return make_config(request_timeout_s=0.4, keepalive_timeout_s=30.0)
 
 
-async def test_edge_handlers_see_the_aiohttp_internals_they_rely_on(
+async def test_edge_handlers_time_a_connection_from_its_start_through_its_body(
     quick: Config, clients: Clients
 ) -> None:
-    """Fails first if aiohttp renames or repurposes what EdgeHandler reads."""
     async with edge_app(quick) as (edge, port):
         reader, writer = await clients.open(port)
         async with asyncio.timeout(2):
@@ -198,15 +198,12 @@ async def test_edge_handlers_see_the_aiohttp_internals_they_rely_on(
         async with asyncio.timeout(2):
             while handler._head_bytes == 0:
                 await asyncio.sleep(0.01)
-        # _waiter: set while aiohttp waits for the next request.
-        assert handler._waiter is not None and not handler._waiter.done()
-        assert handler._request_count == 0 and not handler._messages
+        assert handler.awaiting_request() and handler.requests_parsed == 0
         writer.write(b"\r\n12345")
         async with asyncio.timeout(2):
             while handler._head_since:
                 await asyncio.sleep(0.01)
-        # _request_count counted the request, _messages held its payload.
-        assert handler._request_count == 1 and handler._body is not None
+        assert handler.requests_parsed == 1 and handler._body is not None
         assert not handler._body.is_eof() and handler._head_bytes == 0
         writer.write(b"67890")
         status, _, body = await read_response(reader)
@@ -216,7 +213,7 @@ async def test_edge_handlers_see_the_aiohttp_internals_they_rely_on(
         async with asyncio.timeout(2):
             while handler in edge.deadlines._due:
                 await asyncio.sleep(0.01)
-        assert handler._upgraded is False
+        assert handler.upgraded is False
 
 
 async def test_headers_that_do_not_arrive_in_time_close_the_connection(
@@ -336,8 +333,8 @@ async def test_an_open_websocket_is_not_timed(quick: Config) -> None:
         async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
             await ws.send_str("one")
             assert await ws.receive_str() == "one"
-            # _upgraded: what comes now are frames, not the next request's headers.
-            assert [h._upgraded for h in handlers(edge)] == [True]
+            # What comes now are frames, not the next request's headers.
+            assert [h.upgraded for h in handlers(edge)] == [True]
             await asyncio.sleep(1.2)  # three times request_timeout_s
             await ws.send_str("two")
             assert await ws.receive_str() == "two"

@@ -33,9 +33,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from .prometheus_compat import values_in_files
 
 # prometheus_client's switch to its multiprocess mode: the main process sets
 # it to the instance's directory before anything imports prometheus_client.
@@ -47,7 +48,7 @@ def require_multiprocess(directory: str) -> None:
     """Fail unless new metrics will be written to files in ``directory``."""
     if os.environ.get(MULTIPROC_DIR_ENV) != directory:
         raise RuntimeError(f"{MULTIPROC_DIR_ENV} must be {directory!r} before metrics are made")
-    if values.ValueClass is values.MutexValue:
+    if not values_in_files():
         raise RuntimeError(
             f"prometheus_client was imported before {MULTIPROC_DIR_ENV} was set: "
             "its metrics would count in this process only"

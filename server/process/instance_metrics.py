@@ -21,32 +21,12 @@ live processes and a few archives however many workers came and went.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable
-from typing import Any
 
-from prometheus_client import Counter, mmap_dict, multiprocess
+from prometheus_client import Counter, multiprocess
 
 from ..common.metrics import directory_lock, require_multiprocess
-
-# What a dead process' files hold that must keep counting: sums of its own.
-# (Its live gauges are dropped, see mark_process_dead.)
-_FOLDED = ("counter", "histogram", "summary")
-_MmapedDict: Any = mmap_dict.MmapedDict  # (untyped)
-
-
-def fold(path: str) -> None:
-    """Add the values of a dead process' file to its kind's archive file, then remove it."""
-    if not os.path.exists(path):
-        return
-    kind = os.path.basename(path).split("_", 1)[0]
-    archive = _MmapedDict(os.path.join(os.path.dirname(path), f"{kind}_archive.db"))
-    try:
-        for key, value, timestamp, _ in _MmapedDict.read_all_values_from_file(path):
-            archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
-    finally:
-        archive.close()
-    os.remove(path)
+from ..common.prometheus_compat import fold_dead_process
 
 
 class InstanceMetrics:
@@ -72,8 +52,7 @@ class InstanceMetrics:
         # Bookkeeping that fails must not take the main process down with it.
         with contextlib.suppress(OSError), directory_lock(self.directory, exclusive=True):
             multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
-            for kind in _FOLDED:
-                fold(os.path.join(self.directory, f"{kind}_{pid}.db"))
+            fold_dead_process(self.directory, pid)
 
     def worker_replaced(self) -> None:
         self._restarts.inc()

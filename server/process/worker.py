@@ -26,9 +26,9 @@ from ..core.close_reason import RELOAD, SHUTDOWN
 from ..store.clients import redis_client, session_store
 from ..store.session_store import SignedRedisStorage
 from ..web import state as keys
+from ..web.aiohttp_compat import MalformedRequests
 from ..web.app import create_app
 from ..web.edge import Edge
-from ..web.middlewares import MalformedRequests
 from .handoff import WorkerSetup, die_with_parent, report, title
 
 log = logging.getLogger(__name__)

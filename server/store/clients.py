@@ -12,18 +12,18 @@ import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
-import hiredis
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.connection import AbstractConnection
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, RedisClusterException
+from redis.exceptions import RedisClusterException
 
 from ..common import redisurl
 from ..common.config import Config
 from . import connect
+from .redis_compat import closed_by_redis, give_back, packed_by_hiredis
 from .session_store import SignedRedisStorage, make_storage
 
 CLIENT_OPTIONS: dict[str, Any] = {
@@ -41,46 +41,6 @@ CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
-class _PackedByHiredis:
-    """Commands packed into RESP by hiredis, in C.
-
-    redis-py's blocking connections do this when hiredis is installed; its
-    asyncio ones pack every argument in Python, some 16 us for a script
-    call with a dozen arguments against 3 us here. The output is the same
-    bytes (a command name with a space in it, such as "CONFIG SET", is split
-    into words first, as redis-py does).
-    """
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str):
-            args = (*args[0].encode().split(), *args[1:])
-        elif b" " in args[0]:
-            args = (*args[0].split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as exc:
-            raise DataError(str(exc)) from exc
-
-
-class _Connection(_PackedByHiredis, aioredis.Connection):
-    pass
-
-
-class _UnixConnection(_PackedByHiredis, aioredis.UnixDomainSocketConnection):
-    pass
-
-
-class _SSLConnection(_PackedByHiredis, aioredis.SSLConnection):
-    pass
-
-
-_PACKED = {
-    aioredis.Connection: _Connection,
-    aioredis.UnixDomainSocketConnection: _UnixConnection,
-    aioredis.SSLConnection: _SSLConnection,
-}
-
-
 class WaitingPool(aioredis.ConnectionPool):
     """A pool where a burst waits (up to ``wait_s``) for a free connection
     instead of failing, and where taking and giving back a connection costs
@@ -95,7 +55,7 @@ class WaitingPool(aioredis.ConnectionPool):
     disconnected connection connects again when next taken. No credential
     provider or maintenance notifications are used, which is what the
     pool's release events serve. Its connections pack commands with
-    hiredis (:class:`_PackedByHiredis`).
+    hiredis (:func:`~server.store.redis_compat.packed_by_hiredis`).
 
     A connection that Redis closed while it was idle (Redis restarted, or
     dropped idle clients) connects again before it is handed out, so that no
@@ -105,43 +65,30 @@ class WaitingPool(aioredis.ConnectionPool):
 
     def __init__(self, *args: Any, wait_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.connection_class = _PACKED.get(self.connection_class, self.connection_class)
+        self.connection_class = packed_by_hiredis(self.connection_class)
         self._wait_s = wait_s
         self._free = asyncio.Semaphore(self.max_connections)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         await _take(self._free, self._wait_s)
         try:
-            connection = (
-                self._available_connections.pop()
-                if self._available_connections
-                else self.make_connection()  # type: ignore[no-untyped-call]
-            )
+            connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
         except BaseException:
             self._free.release()
             raise
-        self._in_use_connections.add(connection)
         try:
-            if connection.is_connected and _closed_by_redis(connection):
+            if connection.is_connected and closed_by_redis(connection):
                 await connection.disconnect(nowait=True)
             if not connection.is_connected:
-                await connection.connect()
+                await connection.connect()  # type: ignore[no-untyped-call]
         except BaseException:
             await self.release(connection)
             raise
         return connection
 
     async def release(self, connection: AbstractConnection) -> None:
-        self._in_use_connections.discard(connection)
-        self._available_connections.append(connection)
+        give_back(self, connection)
         self._free.release()
-
-
-def _closed_by_redis(connection: AbstractConnection) -> bool:
-    """Whether the loop has seen Redis end the connection's stream (its
-    asyncio StreamReader, redis-py's ``_reader``)."""
-    reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
-    return reader is not None and (reader.at_eof() or reader.exception() is not None)
 
 
 async def _take(free: asyncio.Semaphore, wait_s: float) -> None:

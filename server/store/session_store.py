@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp_session.redis_storage import RedisStorage
 from redis.asyncio.client import Pipeline
 
+from .aiohttp_session_compat import RedisStorageBase
 from .batch import Batch
 from .keys import name_key
 
@@ -30,15 +30,11 @@ COOKIE_NAME = "chat_session"
 NEW_NAME = web.RequestKey("new_name", str)
 
 
-class SignedRedisStorage(RedisStorage):
+class SignedRedisStorage(RedisStorageBase):
     """aiohttp-session's Redis store, with the cookie key signed by the session secret."""
 
     def __init__(self, redis: aioredis.Redis, secret: str, **kwargs: Any) -> None:
-        # aiohttp-session (2.12) accepts only a redis.asyncio.Redis; a Redis
-        # Cluster client has the same GET and SET, so it is put in place
-        # after the check, which is handed an unconnected stand-in.
-        super().__init__(redis if isinstance(redis, aioredis.Redis) else aioredis.Redis(), **kwargs)
-        self._redis = redis
+        super().__init__(redis, **kwargs)
         self._secret = secret.encode()
 
     def _sign(self, key: str) -> str:
@@ -75,18 +71,18 @@ class SignedRedisStorage(RedisStorage):
         its expiry moves with the session's."""
         key = session.identity
         if key is None:
-            key = self._key_factory()
+            key = self.new_key()
             self.save_cookie(response, key, max_age=session.max_age)
         else:
             key = str(key)
             self.save_cookie(response, "" if session.empty else key, max_age=session.max_age)
-        data = self._encoder(self._get_session_data(session))
+        data = self.encode(session)
         user_id = session.get("user_id")
         named = isinstance(user_id, str) and not session.empty and session.max_age is not None
         name = name_key(str(user_id))
 
         def add(pipe: Pipeline) -> None:
-            pipe.set(self.cookie_name + "_" + key, data, ex=session.max_age)
+            pipe.set(self.redis_key(key), data, ex=session.max_age)
             if named and new_name is not None:
                 pipe.set(name, new_name, ex=session.max_age)
             elif named:
@@ -97,7 +93,7 @@ class SignedRedisStorage(RedisStorage):
     async def save_session(
         self, request: web.Request, response: web.StreamResponse, session: aiohttp_session.Session
     ) -> None:
-        batch = Batch(self._redis)
+        batch = Batch(self.redis)
         self.queue_save(batch, response, session, request.get(NEW_NAME))
         await batch.run()
 

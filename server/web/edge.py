@@ -39,19 +39,15 @@ could not take whole, and one sweep per worker
 
 aiohttp lets no handler class be given to its ``web.Server``; :class:`Edge`
 serves the runner's server with a protocol factory of its own, making
-:class:`EdgeHandler`, a ``web.RequestHandler`` with the same arguments. It
-reads these aiohttp 3.14 internals of ``RequestHandler`` (``tests/
-test_edge.py`` fails if any of them changes): ``_request_count`` (grows by
-one per request whose headers were parsed), ``_messages`` (the parsed
-requests with their payloads, newest last), ``_upgraded`` (the connection
-was switched to another protocol, e.g. WebSocket), ``_waiter`` (set while
-the connection waits for its next request) and ``_loop``.
+:class:`EdgeHandler`, a ``web.RequestHandler`` with the same arguments. What
+it reads of aiohttp's handler beyond its documented API (the requests
+parsed, the newest payload, whether the connection was upgraded or waits
+for a request) goes through :mod:`server.web.aiohttp_compat`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -62,6 +58,7 @@ from aiohttp import StreamReader, web
 from ..common.config import Config
 from ..core.errors import RequestTimeout
 from .addresses import OpenConnections, Proxies
+from .aiohttp_compat import RequestHandlerBase, protocol_factory
 from .deadlines import Deadlines
 from .responses import raw_error
 from .sockets import SEND_BUFFER_BYTES, Stall
@@ -81,7 +78,7 @@ HEAD_TOO_LARGE = raw_error(431, f"request headers over {HEAD_MAX_BYTES} bytes", 
 CONNECTIONS_RETRY_AFTER_S = 5
 
 
-class EdgeHandler(web.RequestHandler):
+class EdgeHandler(RequestHandlerBase):
     """aiohttp's request handler, with the deadlines, bounds and counts above."""
 
     __slots__ = (
@@ -128,7 +125,7 @@ class EdgeHandler(web.RequestHandler):
         # everything, rather than leave up to 64 KiB more waiting here.
         sending.set_write_buffer_limits(high=0)
         # A new connection owes its first request's headers from now, sent or not.
-        self._head_since = self._loop.time()
+        self._head_since = self.event_loop.time()
         self._deadlines.watch(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -145,7 +142,7 @@ class EdgeHandler(web.RequestHandler):
     def pause_writing(self) -> None:
         super().pause_writing()
         if not self._stream and self._stall is not None:
-            self._stall.began(self._loop.time())
+            self._stall.began(self.event_loop.time())
             self._deadlines.watch(self)
 
     def resume_writing(self) -> None:
@@ -161,23 +158,23 @@ class EdgeHandler(web.RequestHandler):
             self._stall.ended()
 
     def data_received(self, data: bytes) -> None:
-        if self._upgraded or not data:
+        if self.upgraded or not data:
             # A WebSocket's frames (or aiohttp re-reading what it buffered).
             super().data_received(data)
             return
-        parsed = self._request_count
+        parsed = self.requests_parsed
         body = self._body
         heading = body is None or body.is_eof()  # else these bytes are the body's
         super().data_received(data)
-        if self._request_count != parsed:
+        if self.requests_parsed != parsed:
             # A request's headers are in. (Should this read also begin the
             # next one's, its next read starts their clock.)
             self._head_since = 0.0
             self._head_bytes = 0
-            payload = self._messages[-1][1] if self._messages else None
+            payload = self.newest_payload()
             if payload is not None and not payload.is_eof():
                 self._body = payload
-                self._body_since = self._loop.time()
+                self._body_since = self.event_loop.time()
                 self._deadlines.watch(self)
             else:
                 self._body = None
@@ -185,7 +182,7 @@ class EdgeHandler(web.RequestHandler):
             # Headers begun and not finished by this read.
             self._head_bytes += len(data)
             if not self._head_since:
-                self._head_since = self._loop.time()
+                self._head_since = self.event_loop.time()
                 self._deadlines.watch(self)
             if self._head_bytes > HEAD_MAX_BYTES:
                 self._refuse_head()
@@ -193,7 +190,7 @@ class EdgeHandler(web.RequestHandler):
     def _refuse_head(self) -> None:
         log.debug("closing a connection from %s: headers too large", self.peername)
         transport = self.transport
-        if transport is not None and self._waiter is not None and not self._waiter.done():
+        if transport is not None and self.awaiting_request():
             # Nothing else is being answered on this connection: say why. (A
             # client still sending may get a reset before it reads this.)
             transport.write(HEAD_TOO_LARGE)
@@ -275,7 +272,7 @@ class Edge:
         # Accepted sockets take the listening socket's buffer size, and with
         # it the kernel's promise not to grow it.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        factory = functools.partial(
+        factory = protocol_factory(
             EdgeHandler,
             server,
             self,

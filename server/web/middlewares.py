@@ -11,9 +11,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp import HttpVersion11, hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
-from aiohttp.web_protocol import RequestPayloadError
 from redis.exceptions import ResponseError
 
 from ..common.config import Config
@@ -21,6 +19,7 @@ from ..common.hosts import Authority, parse_host, parse_origin
 from ..core.errors import ChatError, Unavailable, storage_full
 from ..store.failures import UNREACHABLE, is_out_of_memory
 from .addresses import Proxies, from_client
+from .aiohttp_compat import send_continue
 from .responses import error_response
 
 log = logging.getLogger(__name__)
@@ -89,33 +88,6 @@ def _answer(
         return error_response(error.status, error.message, code=error.code)
     log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
     return error_response(500, "internal error", code="internal")
-
-
-class MalformedRequests(logging.Filter):
-    """Keeps requests that are not HTTP, or bodies that are not what they
-    say, out of the error log.
-
-    aiohttp answers them 400 itself, and logs each as an error with a
-    traceback ("Error handling request"): a client sending garbage would
-    fill the log. They are logged on one line at debug level, and dropped
-    otherwise. Install on the ``aiohttp.server`` logger.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        # A body that could not be read (a bad chunk, gzip that is not) after
-        # the answer went out, or a request that did not parse.
-        client_error = isinstance(exc, RequestPayloadError) or (
-            isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500
-        )
-        if not client_error:
-            return True
-        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
-            return False
-        record.msg, record.args = "malformed request: %s", (str(exc).splitlines()[0],)
-        record.exc_info, record.exc_text = None, None
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
 
 
 class ThrottledErrorLog:
@@ -206,8 +178,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     if request.version != HttpVersion11 or not expect:
         return None
     if expect.lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+        await send_continue(request)
         return None
     message = "the only Expect understood is 100-continue"
     return error_response(417, message, code="expectation_failed")

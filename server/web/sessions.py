@@ -12,6 +12,7 @@ import dataclasses
 import re
 import secrets
 import time
+from typing import cast
 
 import aiohttp_session
 import redis.asyncio as aioredis
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from ..core.errors import RateLimited
 from ..core.names import friendly_name
+from ..store.aiohttp_session_compat import storage_of
 from ..store.batch import Batch
 from ..store.keys import name_key
 from ..store.ratelimit import Budget, Budgets, RateLimiter
@@ -77,7 +79,7 @@ async def queue_save(request: web.Request, response: web.StreamResponse, batch: 
     otherwise get a different identity on every connection.
     """
     session = await aiohttp_session.get_session(request)
-    storage: SignedRedisStorage = request[aiohttp_session.STORAGE_KEY]
+    storage = cast(SignedRedisStorage, storage_of(request))
     storage.queue_save(batch, response, session, request.get(NEW_NAME))
 
 

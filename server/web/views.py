@@ -26,6 +26,7 @@ from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
 from . import posting, sessions
 from .addresses import owner_of
+from .aiohttp_compat import protocol_of
 from .middlewares import ThrottledErrorLog
 from .posting import Posting
 from .responses import error_response
@@ -129,7 +130,7 @@ class Api:
         except failures.FAILURES as exc:
             # Too late for an error answer: the client sees the body end unfinished.
             self.redis_errors.record(exc, status=0)
-            request.protocol.force_close()
+            protocol_of(request).force_close()
         return response
 
     async def get_online(self, request: web.Request) -> web.Response:

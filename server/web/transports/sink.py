@@ -4,8 +4,9 @@ Both transports are written the same way once their response is prepared:
 the bytes of an event, encoded once per worker, go to ``transport.write``
 unless the transport has paused writing (its buffer is over the high-water
 mark because the client reads slowly); then the hub queues the event and
-waits for :meth:`drain`. aiohttp 3.14's protocol keeps that state in
-``writing_paused`` and ``_drain_helper()`` (what its own writers await).
+waits for :meth:`drain`. aiohttp's handler of the connection keeps that
+state (``writing_paused``, and :data:`~server.web.aiohttp_compat.drained`,
+what its own writers await).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ...core.model import Event
+from ..aiohttp_compat import drained, protocol_of
 from ..edge import EdgeHandler
 from ..sockets import reset, unsent_in_kernel
 
@@ -38,7 +40,7 @@ class DirectSink:
     def __init__(self, request: web.Request, wire: str) -> None:
         assert request.transport is not None
         self._transport = request.transport
-        self._protocol = request.protocol
+        self._protocol = protocol_of(request)
         self._transport.set_write_buffer_limits(high=HIGH_WATER)
         if isinstance(self._protocol, EdgeHandler):
             self._protocol.streaming()  # the hub times what it sends from now on
@@ -54,7 +56,7 @@ class DirectSink:
         return True
 
     async def drain(self) -> None:
-        await self._protocol._drain_helper()
+        await drained(self._protocol)
 
     def behind(self) -> bool:
         """Whether some of what was written is not sent yet, in the process or the kernel.

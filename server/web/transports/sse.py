@@ -2,19 +2,18 @@
 
 Once the response is prepared, the hub writes every event straight to the
 connection (see :mod:`server.web.transports.sink`); the handler only waits for
-the subscription to end.
+the subscription to end. The response is aiohttp-sse's without its ping task
+(:class:`~server.web.aiohttp_sse_compat.EventStream`): the heartbeat pings.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
 
 from ...core.close_reason import CloseReason
 from ...core.wire import sse_chunk
 from .. import posting
+from ..aiohttp_sse_compat import EventStream
 from ..sessions import Sessions
 from . import connection
 from .connection import Connections
@@ -27,25 +26,6 @@ REDIS_RETRY_MS = 2000
 def _reconnect(reason: CloseReason, retry_ms: int) -> bytes:
     """The last event of a stream the server ends: why, and when to come back."""
     return f"event: reconnect\ndata: {reason}\nretry: {retry_ms}\n\n".encode()
-
-
-class EventStream(EventSourceResponse):
-    """aiohttp-sse's response without its ping task.
-
-    The worker heartbeat pings every connection, and a task per connection
-    that sleeps between pings would cost memory for nothing. (aiohttp-sse 3.0
-    starts ``_ping`` in ``prepare``; this one returns at once.)
-    """
-
-    async def _ping(self) -> None:
-        return
-
-    def end_with(self, done: asyncio.Future[None]) -> None:
-        """Let aiohttp-sse's ``wait``/``stop_streaming`` follow ``done`` instead of its task.
-
-        The finished ping task is then not kept for the whole life of the stream.
-        """
-        self._ping_task = done  # type: ignore[assignment]
 
 
 class SseSink(DirectSink):

@@ -30,6 +30,7 @@ from ...core.wire import to_json
 from ...store.failures import UNREACHABLE, is_out_of_memory
 from .. import posting
 from ..addresses import owner_of
+from ..aiohttp_compat import can_upgrade
 from ..middlewares import ThrottledErrorLog
 from ..posting import Posting
 from ..sessions import Sessions, User
@@ -113,13 +114,7 @@ class WsHandler:
             max_msg_size=self.max_msg_size,
             timeout=CLOSE_TIMEOUT_S,
         )
-        try:
-            upgrade = ws.can_prepare(request).ok
-        except UnicodeEncodeError:
-            # aiohttp (3.14) words its 400 for a bad handshake header with the
-            # header's value, and fails to encode one that is not UTF-8.
-            upgrade = False
-        if not upgrade:
+        if not can_upgrade(ws, request):
             raise BadRequest("expected a WebSocket upgrade request")
         user = await self.sessions.current_user(request, charge=False)
         async with self.connections.opened(request, ws, room, user, since, "ws") as sub:

@@ -1,0 +1,95 @@
+"""Canaries for :mod:`server.web.aiohttp_sse_compat`: aiohttp-sse's ping task,
+as :class:`~server.web.aiohttp_sse_compat.EventStream` expects it, checked on
+a real server (on both event loops). Each fails when aiohttp-sse changes
+under it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from server.web.aiohttp_sse_compat import CHECKED_ON, EventStream
+
+from .support import shadowed_names
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def test_aiohttp_sse_is_a_release_these_were_checked_on() -> None:
+    """A new aiohttp-sse: run these canaries, read the module's list again, then add it."""
+    assert version("aiohttp-sse") in CHECKED_ON
+
+
+def test_the_event_stream_replaces_only_the_ping() -> None:
+    assert not shadowed_names(EventStream, overrides={"_ping"})
+    assert "_ping" in vars(EventSourceResponse)
+
+
+async def fetch_with(handler: Handler) -> bytes:
+    """What a client reads of ``handler``'s answer."""
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+            async with asyncio.timeout(5), session.get(url) as answer:
+                return await answer.read()
+    finally:
+        await runner.cleanup()
+
+
+async def test_event_source_response_runs_its_ping_as_the_task_wait_and_stop_follow() -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = EventSourceResponse(ping_interval=30)
+        await response.prepare(request)
+        task = response._ping_task
+        seen["ping task"] = isinstance(task, asyncio.Task) and task.get_coro().__qualname__
+        seen["connected"] = response.is_connected()
+        response.stop_streaming()  # cancels it
+        async with asyncio.timeout(2):
+            await response.wait()
+        seen["cancelled"] = task is not None and task.cancelled()
+        seen["after"] = response.is_connected()
+        return response
+
+    await fetch_with(handler)
+    assert seen == {
+        "ping task": "EventSourceResponse._ping",
+        "connected": True,
+        "cancelled": True,
+        "after": False,
+    }
+
+
+async def test_an_event_stream_keeps_no_ping_task_and_follows_the_future_it_ends_with() -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = EventStream()
+        await response.prepare(request)
+        async with asyncio.timeout(2):
+            await response.wait()  # the ping task returned at once
+        seen["no ping"] = not response.is_connected()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        async with response:
+            response.end_with(done)
+            seen["follows"] = response.is_connected()
+            await response.write(b"data: one\n\n")
+        # Leaving ``async with`` stopped the stream: it cancelled ``done``.
+        seen["stopped"] = done.cancelled() and not response.is_connected()
+        return response
+
+    assert await fetch_with(handler) == b"data: one\n\n"
+    assert seen == {"no ping": True, "follows": True, "stopped": True}

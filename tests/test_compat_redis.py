@@ -1,0 +1,119 @@
+"""Canaries for :mod:`server.store.redis_compat`: what the worker's pool relies
+on of redis-py's pools and connections, checked against a real Redis (on
+both event loops). Each fails when redis-py changes under it."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import version
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+
+from server.store.clients import WaitingCluster, WaitingPool
+from server.store.redis_compat import (
+    CHECKED_ON,
+    closed_by_redis,
+    give_back,
+    packed_by_hiredis,
+)
+
+from .support import shadowed_names
+
+
+def test_redis_py_is_a_release_these_were_checked_on() -> None:
+    """A new redis-py: run these canaries, read the module's list again, then add it."""
+    assert version("redis") in CHECKED_ON
+
+
+async def test_the_worker_s_pool_and_cluster_client_shadow_no_name_of_redis_py() -> None:
+    """An attribute of ours named as one of redis-py's would silently take its place."""
+    pool = aioredis.ConnectionPool.from_url("redis://127.0.0.1:1")
+    cluster = aioredis.RedisCluster(host="127.0.0.1", port=1)  # (never connected)
+    try:
+        assert not shadowed_names(WaitingPool, pool)
+        assert not shadowed_names(WaitingCluster, cluster)
+    finally:
+        await pool.disconnect()
+        await cluster.aclose()
+
+
+async def test_a_connection_given_back_is_idle_again_for_redis_py_too(redis_url: str) -> None:
+    pool = aioredis.ConnectionPool.from_url(redis_url, max_connections=1)
+    try:
+        assert isinstance(pool._available_connections, list)
+        connection = await pool.get_connection()  # redis-py's own bookkeeping
+        assert connection in pool._in_use_connections
+        give_back(pool, connection)
+        assert not pool._in_use_connections and pool._available_connections == [connection]
+        # redis-py hands out what was given back, and takes it back its own way.
+        assert pool.can_get_connection()
+        again = await pool.get_connection()
+        assert again is connection
+        await pool.release(again)
+        assert pool._available_connections == [connection]
+    finally:
+        await pool.disconnect()
+
+
+async def test_closed_by_redis_sees_the_end_of_a_connection_redis_closed(redis_url: str) -> None:
+    pool = aioredis.ConnectionPool.from_url(redis_url)
+    admin = aioredis.Redis.from_url(redis_url)
+    connection = pool.make_connection()
+    try:
+        assert not closed_by_redis(connection)  # not connected: nothing seen
+        await connection.connect()
+        assert isinstance(connection._reader, asyncio.StreamReader)
+        await connection.send_command("CLIENT", "ID")
+        client_id = await connection.read_response()
+        assert not closed_by_redis(connection)
+        await admin.execute_command("CLIENT", "KILL", "ID", client_id)
+        async with asyncio.timeout(5):
+            while not closed_by_redis(connection):
+                await asyncio.sleep(0.01)
+        assert connection.is_connected  # redis-py itself has not noticed
+    finally:
+        await connection.disconnect()
+        await admin.aclose()
+        await pool.disconnect()
+
+
+async def test_every_command_and_pipeline_is_packed_by_the_connections_pack_command(
+    redis_url: str,
+) -> None:
+    packed: list[tuple[Any, ...]] = []
+
+    class Counted(packed_by_hiredis(aioredis.Connection)):  # type: ignore[misc]
+        def pack_command(self, *args: Any) -> list[bytes]:
+            packed.append(args)
+            result: list[bytes] = super().pack_command(*args)
+            return result
+
+    assert packed_by_hiredis(aioredis.Connection) is not aioredis.Connection
+    pool = aioredis.ConnectionPool.from_url(redis_url, connection_class=Counted)
+    client = aioredis.Redis.from_pool(pool)
+    try:
+        await client.set("a", "1")
+        pipe = client.pipeline(transaction=False)
+        pipe.incrby("a", 1).get("a")
+        assert await pipe.execute() == [2, b"2"]
+        script = client.register_script("return redis.call('GET', KEYS[1])")
+        assert await script(keys=["a"]) == b"2"
+        names = [str(args[0]).split()[0].upper() for args in packed]
+        assert {"SET", "INCRBY", "GET", "EVALSHA"} <= set(names)
+    finally:
+        await client.aclose()
+
+
+def test_packed_by_hiredis_leaves_other_connection_classes_alone() -> None:
+    class Own(AbstractConnection):
+        pass
+
+    assert packed_by_hiredis(Own) is Own
+    for redis_class in (
+        aioredis.Connection,
+        aioredis.UnixDomainSocketConnection,
+        aioredis.SSLConnection,
+    ):
+        assert issubclass(packed_by_hiredis(redis_class), redis_class)
