@@ -26,8 +26,9 @@ setup(
         ],
     },
     install_requires=[
-        # The next five: what server/*/…_compat.py were checked on (their canaries
-        # in tests/test_compat_*.py fail when the library changes under them).
+        # aiohttp, redis, aiohttp-sse, aiohttp-session and prometheus_client are
+        # pinned to the series server/*/*_compat.py were checked on (their
+        # canaries in tests/test_compat_*.py fail when a library changes).
         "aiohttp>=3.14,<3.15",
         "aiotools>=2.2.4,<3",
         "uvloop>=0.21",
