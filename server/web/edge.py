@@ -26,8 +26,8 @@ for as long as it likes. Here:
 - an address (a peer that is not a trusted proxy) has at most
   ``address_connections`` open in a worker; one more is answered 429.
 
-Streams are not timed: once an SSE or WebSocket request is in, its
-connection is the stream's (the heartbeat and ``idle_timeout_s`` watch it,
+SSE and WebSocket connections are not timed here: once such a request is
+in, the connection is the transport's (the heartbeat and ``idle_timeout_s`` watch it,
 and the hub what it sends: see :meth:`EdgeHandler.streaming`).
 
 The cost is nothing per request when a request's headers arrive in one read
@@ -90,7 +90,7 @@ class EdgeHandler(RequestHandlerBase):
         "_head_bytes",
         "_head_since",
         "_stall",
-        "_stream",
+        "_streaming",
     )
 
     def __init__(self, manager: web.Server, edge: Edge, **kwargs: Any) -> None:
@@ -109,7 +109,7 @@ class EdgeHandler(RequestHandlerBase):
         # lets go of its transport when it closes it, perhaps before that).
         # None until the connection is accepted, and when it is refused.
         self._stall: Stall | None = None
-        self._stream = False
+        self._streaming = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sending = cast(asyncio.Transport, transport)
@@ -141,7 +141,7 @@ class EdgeHandler(RequestHandlerBase):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        if not self._stream and self._stall is not None:
+        if not self._streaming and self._stall is not None:
             self._stall.began(self.event_loop.time())
             self._deadlines.watch(self)
 
@@ -151,9 +151,9 @@ class EdgeHandler(RequestHandlerBase):
             self._stall.ended()  # everything waiting went
 
     def streaming(self) -> None:
-        """The connection carries an SSE or WebSocket stream from now on: what
+        """The connection carries SSE or WebSocket from now on: what
         it sends is the hub's to time (it cuts off slow consumers), not the edge's."""
-        self._stream = True
+        self._streaming = True
         if self._stall is not None:
             self._stall.ended()
 

@@ -183,7 +183,7 @@ class Heartbeat:
 
         def visit(sub: Subscription) -> None:
             if sub.last_seen is not None and now - sub.last_seen > self.idle_timeout_s:
-                log.info("closing stream %s in %s: client silent", sub.id, sub.room.name)
+                log.info("closing connection %s in %s: client silent", sub.id, sub.room.name)
                 sub.close(CloseReason.IDLE)
                 return
             sub.deliver(PING)

@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 # to tcp_wmem's maximum (4 MiB) when it sends fast, as fan-out and replays
 # do, and a client that then stops reading pins all of it until it is cut
 # off. 64 KiB keeps a connection busy at 1 MB/s over 60 ms of round trip, far
-# above what a chat stream needs (a replay page is 100 messages), and beyond
+# above what a chat connection needs (a replay page is 100 messages), and beyond
 # it the transport's own buffer waits in the process, where the edge (plain
-# responses) or the hub (streams) sees a client that does not read.
+# responses) or the hub (SSE and WebSocket) sees a client that does not read.
 SEND_BUFFER_BYTES = 64 * 1024
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)

@@ -1,7 +1,7 @@
 """What is reached for in the application, as typed application keys.
 
 Only what outlives a request needs a key: the worker (the heartbeat, the
-hub it tells why streams close, the metrics), and the tests that look
+hub it tells why connections close, the metrics), and the tests that look
 inside a running app. Handlers are not given the app: they are methods of
 objects built with their services (see :func:`server.web.app.create_app`).
 
