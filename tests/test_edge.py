@@ -683,7 +683,7 @@ async def test_a_stalled_stream_is_reset_and_leaves_nothing_in_the_kernel(
         sock = stalled_client(port, request(f"/api/rooms/{room}/events"))
     client_port = sock.getsockname()[1]
     # The hub's line, or the heartbeat's for a silent WebSocket.
-    cut_off = re.compile(rf"(cutting off a subscriber of|closing stream \d+ in) {room}\b")
+    cut_off = re.compile(rf"(cutting off a subscriber of|closing connection \d+ in) {room}\b")
     try:
         async with aiohttp.ClientSession(server.url) as session:
             async with asyncio.timeout(5):
