@@ -29,6 +29,7 @@ from . import state as keys
 from .heartbeat import Heartbeat, LoopWatch
 from .posting import Posting
 from .sessions import Sessions
+from .signin import SignIn
 from .transports import sse, ws
 from .transports.connection import Connections
 
@@ -90,16 +91,18 @@ def create_app(
     heartbeat = Heartbeat(hub, registry, config)
     announcer = Announcer(hub, registry.presence.read, config.presence_list_max, failures.FAILURES)
     relay.deliver_to(hub.dispatch, announcer.announce_soon)
+    sign_in = SignIn(config)
     # What aiohttp's lifecycle, the worker and the tests reach for.
     app[keys.CONFIG] = config
     app[keys.HUB] = hub
     app[keys.METRICS] = metrics
     app[keys.HEARTBEAT] = heartbeat
     app[keys.ANNOUNCER] = announcer
+    app[keys.SIGN_IN] = sign_in
     # The services the handlers are built with.
     limiter = RateLimiter(redis, metrics)
     budgets = Budgets.from_config(config)
-    sessions = Sessions(redis, limiter, budgets)
+    sessions = Sessions(redis, limiter, budgets, sign_in)
     posting = Posting(redis, broker, limiter, budgets, metrics, max_chars=config.message_max_chars)
     connections = Connections(
         hub,
@@ -160,6 +163,7 @@ def create_app(
     async def stop_announcing(app: web.Application) -> None:
         await announcer.close()
 
+    app.cleanup_ctx.append(sign_in.lifetime())
     app.cleanup_ctx.append(live_delivery)
     app.on_cleanup.append(stop_announcing)
     app.on_shutdown.append(close_streams)

@@ -24,6 +24,7 @@ from ..store.keys import name_key
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.session_store import NEW_NAME, SignedRedisStorage
 from .addresses import owner_of
+from .signin import SignIn
 
 USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
 
@@ -85,12 +86,15 @@ class Sessions:
     """The caller's identity, with what it takes: Redis (the display name)
     and the budgets a new session and a rename are charged to."""
 
-    __slots__ = ("budgets", "limiter", "redis")
+    __slots__ = ("budgets", "limiter", "redis", "sign_in")
 
-    def __init__(self, redis: aioredis.Redis, limiter: RateLimiter, budgets: Budgets) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, limiter: RateLimiter, budgets: Budgets, sign_in: SignIn
+    ) -> None:
         self.redis = redis
         self.limiter = limiter
         self.budgets = budgets
+        self.sign_in = sign_in  # the application's tokens
 
     def new_session_charge(self, request: web.Request) -> tuple[Budget, str]:
         """What a new session costs: one from its client address's budget of new sessions."""
