@@ -63,10 +63,11 @@ def create_app(
     """
     metrics = Metrics(worker_index, metrics_dir)
     redis_errors = middlewares.ThrottledErrorLog(count=metrics.redis_error)
+    sign_in = SignIn(config)
     app = web.Application(
         client_max_size=config.body_max_bytes,
         middlewares=[
-            middlewares.guard(config, redis_errors),
+            middlewares.guard(config, redis_errors, sign_in),
             aiohttp_session.session_middleware(session_storage),
         ],
     )
@@ -91,7 +92,6 @@ def create_app(
     heartbeat = Heartbeat(hub, registry, config)
     announcer = Announcer(hub, registry.presence.read, config.presence_list_max, failures.FAILURES)
     relay.deliver_to(hub.dispatch, announcer.announce_soon)
-    sign_in = SignIn(config)
     # What aiohttp's lifecycle, the worker and the tests reach for.
     app[keys.CONFIG] = config
     app[keys.HUB] = hub

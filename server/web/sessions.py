@@ -17,14 +17,15 @@ import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ..core.errors import RateLimited
+from ..core.errors import Forbidden, RateLimited
+from ..core.identity import Identity
 from ..core.names import friendly_name
 from ..store.batch import Batch
 from ..store.keys import name_key
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.session_store import NEW_NAME, SignedRedisStorage
 from .addresses import owner_of
-from .signin import SignIn
+from .signin import SignIn, bearer
 
 USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
 
@@ -39,6 +40,14 @@ class User:
     name: str | None  # known without asking Redis only for a new session
     is_new: bool  # the session was just created: the client has no cookie yet
     unsaved: bool = False  # the session changed (new, or used for the first time)
+    # Signed in with a token (the name, when it has one, is the token's).
+    identity: Identity | None = None
+
+    @property
+    def token_name(self) -> str | None:
+        """The name to post with when it is not read from the user's name key:
+        the token's, which the user cannot change."""
+        return self.name if self.identity is not None else None
 
 
 # A session nobody uses again is gone within the hour; one that comes back
@@ -109,6 +118,9 @@ class Sessions:
         With ``charge=False`` the caller charges it, in its own round trip to
         Redis, and refuses the request if the budget does.
         """
+        identity = bearer(request)
+        if identity is not None:  # a program: no cookie, no session
+            return User(identity.user_id, identity.name, is_new=False, identity=identity)
         session = await aiohttp_session.get_session(request)
         user_id = session.get("user_id")
         if isinstance(user_id, str):
@@ -141,8 +153,10 @@ class Sessions:
         name = await redis.get(name_key(user.user_id))
         if name is not None:
             return str(name)
-        session = await aiohttp_session.get_session(request)
-        kept = session.get("name")
+        kept = None
+        if user.identity is None:
+            session = await aiohttp_session.get_session(request)
+            kept = session.get("name")
         return await keep_name(redis, user.user_id, kept if isinstance(kept, str) else None)
 
     async def rename(self, request: web.Request, name: str) -> User:
@@ -154,6 +168,8 @@ class Sessions:
         nothing and writes nothing.
         """
         user = await self.current_user(request, charge=False)
+        if user.token_name is not None:
+            raise Forbidden("the name comes from the sign-in token")
         budgets = self.budgets
         charges = [
             (budgets.messages, user.user_id),
@@ -168,6 +184,7 @@ class Sessions:
             raise RateLimited("too many renames and messages; slow down", retry_after=verdict.wait)
         if user.is_new:
             request[NEW_NAME] = name  # what the new session's save writes
-        session = await aiohttp_session.get_session(request)
-        session.pop("name", None)  # a session from before names had one home
+        if user.identity is None:
+            session = await aiohttp_session.get_session(request)
+            session.pop("name", None)  # a session from before names had one home
         return dataclasses.replace(user, name=name)

@@ -1,19 +1,30 @@
-"""Who signed in: the sign-in token verifier of the app, opened for its lifetime."""
+"""Who signed in: the sign-in token verifier of the app, opened for its
+lifetime, and the identity a request's ``Authorization: Bearer`` proves.
+
+A token is read from the ``Authorization`` header only (never from the query
+string, which ends up in logs and browser history), verified once per
+request (a stream's, once for its whole life), and never logged.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ..common.config import Config
+from ..core.identity import Identity
 from .tokens import TokenVerifier, open_verifier
+
+# The identity the request's Bearer token proved, or None: verified once.
+BEARER: web.RequestKey[Identity | None] = web.RequestKey("bearer")
+API_PREFIX = "/api/"
 
 
 class SignIn:
     """Sign-in with the application's tokens: the verifier of the configured
     key source while the app runs (:meth:`lifetime`), None without one (and
-    before the app starts): then no token is accepted and callers are
+    before the app starts): then no token is read and callers are
     anonymous, as the settings say."""
 
     __slots__ = ("config", "verifier")
@@ -35,3 +46,20 @@ class SignIn:
                     self.verifier = None
 
         return verifier_open
+
+    async def check_bearer(self, request: web.Request) -> None:
+        """Verify an ``/api/`` request's Bearer token before its handler runs
+        (InvalidToken or TokenExpired refuse it, before anything is written);
+        :func:`bearer` then gives its identity."""
+        identity = None
+        verifier = self.verifier
+        if verifier is not None and request.path.startswith(API_PREFIX):
+            scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+            if scheme.lower() == "bearer":
+                identity = await verifier.verify(token.strip())
+        request[BEARER] = identity
+
+
+def bearer(request: web.Request) -> Identity | None:
+    """The identity the request's Bearer token proved, None without one."""
+    return request.get(BEARER)

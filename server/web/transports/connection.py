@@ -21,6 +21,7 @@ from ...store import failures
 from ...store.batch import Batch
 from ...store.connection_registry import ConnectionRegistry
 from ...store.failures import is_out_of_memory
+from ...store.keys import name_key
 from ...store.presence_store import Holder
 from ...store.ratelimit import RateLimiter
 from ..addresses import owner_of
@@ -182,4 +183,8 @@ class Connections:
         writes = Batch(self.redis)
         if user.unsaved:
             await queue_save(request, response, writes)
+        name = user.token_name
+        if name is not None:  # (what presence shows: the token's name)
+            key, ttl_s = name_key(user.user_id), registry.name_ttl_s
+            writes.commands(lambda pipe: pipe.set(key, name, ex=ttl_s), lambda replies: None)
         await registry.join(room, Holder(user.user_id, address), sub.id, batch=writes)

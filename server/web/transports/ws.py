@@ -190,7 +190,7 @@ class WsHandler:
             # applies from the next message.
             message, _ = await self.posting.post(
                 room,
-                User(user.user_id, None, is_new=False),
+                User(user.user_id, user.token_name, is_new=False, identity=user.identity),
                 data.get("text"),
                 address=address,
                 idempotency_key=key,
