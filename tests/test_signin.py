@@ -152,3 +152,100 @@ def test_tokens_never_reach_the_log(start_server: Callable[..., ServerProcess]) 
     assert "/api/session" in log  # the access log is on
     signature = good.rsplit(".", 1)[1]
     assert signature not in log and expired.rsplit(".", 1)[1] not in log
+
+
+def session_key(client: Any) -> str | None:
+    cookie = client.session.cookie_jar.filter_cookies(client.make_url("/")).get("chat_session")
+    return None if cookie is None or not cookie.value else str(cookie.value.rsplit(".", 1)[0])
+
+
+async def test_a_browser_signs_in_with_a_token_and_its_session_keeps_no_token(
+    make_app: Any, aiohttp_client: Any, redis: aioredis.Redis
+) -> None:
+    client = await signed_in_client(make_app, aiohttp_client)
+    anonymous = await (await client.get("/api/session")).json()
+    before = session_key(client)
+    exp = int(time.time()) + 600
+    token = sign(claims(exp=exp, name="Alice Smith", rooms={"team-*": "member"}))
+    resp = await client.post("/api/auth", json={"token": token})
+    assert await resp.json() == {"user_id": "alice", "name": "Alice Smith", "expires_at": exp}
+    key = session_key(client)
+    assert key is not None and key != before  # a new session, not the anonymous one's key
+    assert "alice" not in resp.cookies["chat_session"].value
+    stored = str(await redis.get(f"chat_session_{key}"))
+    assert token not in stored and token.rsplit(".", 1)[1] not in stored
+    assert "team-*" in stored and str(exp) in stored
+    # The cookie alone is alice now, on every path.
+    assert await (await client.get("/api/session")).json() == {
+        "user_id": "alice",
+        "name": "Alice Smith",
+    }
+    resp = await client.post("/api/rooms/lobby/messages", json={"text": "hi"})
+    assert (await resp.json())["message"]["user_id"] == "alice"
+    assert anonymous["user_id"].startswith("u-")
+    # A newer token refreshes the same session.
+    later = exp + 600
+    resp = await client.post("/api/auth", json={"token": sign(claims(exp=later, name="Al"))})
+    assert await resp.json() == {"user_id": "alice", "name": "Al", "expires_at": later}
+    assert session_key(client) == key
+    assert (await (await client.get("/api/session")).json())["name"] == "Al"
+
+
+async def test_a_signed_in_session_ends_with_its_token(make_app: Any, aiohttp_client: Any) -> None:
+    client = await signed_in_client(make_app, aiohttp_client, auth_leeway_s=0)
+    exp = time.time() + 1
+    resp = await client.post("/api/auth", json={"token": sign(claims(exp=exp))})
+    assert resp.status == 200
+    assert (await (await client.get("/api/session")).json())["user_id"] == "alice"
+    await asyncio.sleep(max(0.0, exp - time.time()) + 0.1)  # (until the clock passes exp)
+    resp = await client.get("/api/session")
+    assert (await error_of(resp, 401))["code"] == "token_expired"
+    resp = await client.post("/api/auth", json={"token": sign(claims())})
+    assert resp.status == 200
+    assert (await (await client.get("/api/session")).json())["user_id"] == "alice"
+
+
+async def test_signing_out_deletes_the_session(
+    make_app: Any, aiohttp_client: Any, redis: aioredis.Redis
+) -> None:
+    client = await signed_in_client(make_app, aiohttp_client)
+    assert (await client.post("/api/auth", json={"token": sign(claims())})).status == 200
+    key = session_key(client)
+    assert await redis.exists(f"chat_session_{key}")
+    resp = await client.delete("/api/auth")
+    assert resp.status == 204
+    assert session_key(client) is None
+    assert not await redis.exists(f"chat_session_{key}")
+    me = await (await client.get("/api/session")).json()
+    assert me["user_id"].startswith("u-")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"token": "not-a-jwt"}, 401, "invalid_token"),
+        ({"token": sign(claims(exp=int(time.time()) - 3600))}, 401, "token_expired"),
+        ({"token": sign(claims(), "ES256")}, 401, "invalid_token"),
+        ({}, 400, "bad_request"),
+        ({"token": 42}, 400, "bad_request"),
+    ],
+)
+async def test_a_refused_sign_in_writes_nothing(
+    make_app: Any,
+    aiohttp_client: Any,
+    redis: aioredis.Redis,
+    body: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    client = await signed_in_client(make_app, aiohttp_client)
+    before = await Footprint.of(redis)
+    resp = await client.post("/api/auth", json=body)
+    assert (await error_of(resp, status))["code"] == code
+    assert "Set-Cookie" not in resp.headers
+    (await Footprint.of(redis)).assert_same_as(before)
+
+
+async def test_without_a_key_source_no_token_signs_in(client: Any) -> None:
+    resp = await client.post("/api/auth", json={"token": sign(claims())})
+    assert (await error_of(resp, 401))["code"] == "invalid_token"

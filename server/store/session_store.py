@@ -86,6 +86,9 @@ class SignedRedisStorage(RedisStorage):
         name = name_key(str(user_id))
 
         def add(pipe: Pipeline) -> None:
+            if session.empty:  # (invalidated: signed out)
+                pipe.delete(self.cookie_name + "_" + key)
+                return
             pipe.set(self.cookie_name + "_" + key, data, ex=session.max_age)
             if named and new_name is not None:
                 pipe.set(name, new_name, ex=session.max_age)

@@ -26,6 +26,7 @@ from ..store.relay import Relay
 from ..store.session_store import SignedRedisStorage
 from . import middlewares, views
 from . import state as keys
+from .auth import AuthApi
 from .heartbeat import Heartbeat, LoopWatch
 from .posting import Posting
 from .sessions import Sessions
@@ -118,6 +119,7 @@ def create_app(
     add_routes(
         app,
         api=views.Api(sessions, posting, broker, registry, redis_errors),
+        auth=AuthApi(sessions),
         operations=views.Operations(
             redis, metrics, worker_index=worker_index, metrics_token=config.metrics_token
         ),
@@ -181,6 +183,7 @@ def add_routes(
     app: web.Application,
     *,
     api: views.Api,
+    auth: AuthApi,
     operations: views.Operations,
     events: sse.SseHandler,
     websockets: ws.WsHandler,
@@ -198,6 +201,8 @@ def add_routes(
         (web.get, "/api/rooms/{room}/messages", api.get_messages),
         (web.post, "/api/rooms/{room}/messages", api.post_message),
         (web.get, "/api/rooms/{room}/online", api.get_online),
+        (web.post, "/api/auth", auth.sign_in),
+        (web.delete, "/api/auth", auth.sign_out),
         (_stream, "/api/rooms/{room}/events", events.events),
         (_stream, "/api/rooms/{room}/ws", websockets.websocket),
     ]

@@ -25,7 +25,7 @@ from ..store.keys import name_key
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.session_store import NEW_NAME, SignedRedisStorage
 from .addresses import owner_of
-from .signin import SignIn, bearer
+from .signin import AUTH, SignIn, bearer, session_identity, session_record
 
 USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
 
@@ -124,13 +124,16 @@ class Sessions:
         session = await aiohttp_session.get_session(request)
         user_id = session.get("user_id")
         if isinstance(user_id, str):
+            leeway_s = self.sign_in.config.auth_leeway_s
+            signed_in = session_identity(user_id, session.get(AUTH), leeway_s)
+            name = None if signed_in is None else signed_in.name
             used = session.get(USED)
             now = int(time.time())
             # (True: a session saved before the time was kept.)
             if isinstance(used, int) and not isinstance(used, bool) and now - used < RESAVE_AFTER_S:
-                return User(user_id, None, is_new=False)
+                return User(user_id, name, is_new=False, identity=signed_in)
             session[USED] = now  # saved with its full age (and so is the name)
-            return User(user_id, None, is_new=False, unsaved=True)
+            return User(user_id, name, is_new=False, unsaved=True, identity=signed_in)
         if charge:
             verdict = await self.limiter.take(self.new_session_charge(request))
             if verdict.wait:
@@ -188,3 +191,35 @@ class Sessions:
             session = await aiohttp_session.get_session(request)
             session.pop("name", None)  # a session from before names had one home
         return dataclasses.replace(user, name=name)
+
+    async def sign_in_session(self, request: web.Request, identity: Identity) -> str:
+        """Bind ``identity`` to the caller's session (a new one, when the
+        session was someone else's: a session key known before sign-in
+        does not become the user's); the user's name.
+
+        The session keeps the user id, the name, the expiry and the grants,
+        never the token; the cookie stays an opaque key. A newer token for
+        the same user refreshes the session in place.
+        """
+        session = await aiohttp_session.get_session(request)
+        if session.new:
+            verdict = await self.limiter.take(self.new_session_charge(request))
+            if verdict.wait:
+                raise too_many_sessions(verdict.wait)
+        elif session.get("user_id") != identity.user_id:
+            session = await aiohttp_session.new_session(request)
+        session["user_id"] = identity.user_id
+        session[AUTH] = session_record(identity)
+        session[USED] = int(time.time())
+        name = identity.name
+        if name is None:
+            user = User(identity.user_id, None, is_new=False, identity=identity)
+            name = await self.display_name(request, user)
+        request[NEW_NAME] = name  # (saved with the session, for its lifetime)
+        return name
+
+    async def sign_out(self, request: web.Request) -> None:
+        """End the caller's session, if it has one: it is deleted, its cookie cleared."""
+        session = await aiohttp_session.get_session(request)
+        if not session.new:
+            session.invalidate()

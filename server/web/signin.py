@@ -8,17 +8,23 @@ request (a stream's, once for its whole life), and never logged.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import hdrs, web
 
 from ..common.config import Config
-from ..core.identity import Identity
+from ..core.errors import TokenExpired
+from ..core.identity import Identity, parse_grants
 from .tokens import TokenVerifier, open_verifier
 
 # The identity the request's Bearer token proved, or None: verified once.
 BEARER: web.RequestKey[Identity | None] = web.RequestKey("bearer")
 API_PREFIX = "/api/"
+# A signed-in session's record of its token (never the token itself): the
+# name it gave, when it expires, its grants.
+AUTH = "auth"
 
 
 class SignIn:
@@ -63,3 +69,26 @@ class SignIn:
 def bearer(request: web.Request) -> Identity | None:
     """The identity the request's Bearer token proved, None without one."""
     return request.get(BEARER)
+
+
+def session_record(identity: Identity) -> dict[str, Any]:
+    """What a session keeps of a sign-in (its user id is the session's)."""
+    rooms = {grant.pattern: str(grant.role) for grant in identity.grants}
+    return {"name": identity.name, "exp": identity.expires_at, "rooms": rooms}
+
+
+def session_identity(user_id: str, record: Any, leeway_s: float) -> Identity | None:
+    """The identity a session's sign-in record gives; None when it holds
+    none; TokenExpired once its token's ``exp`` and the leeway have passed."""
+    if not isinstance(record, dict):
+        return None
+    expires_at = float(record["exp"])
+    if time.time() > expires_at + leeway_s:
+        raise TokenExpired("the sign-in has expired; sign in again with a newer token")
+    return Identity(user_id, record.get("name"), expires_at, parse_grants(record.get("rooms")))
+
+
+def expires_at(identity: Identity) -> int | float:
+    """``exp`` as the token gave it: a whole number, when it was one."""
+    value = identity.expires_at
+    return int(value) if value.is_integer() else value
