@@ -17,7 +17,7 @@ import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ..core.errors import Forbidden, RateLimited
+from ..core.errors import Forbidden, RateLimited, Unauthorized
 from ..core.identity import Identity
 from ..core.names import friendly_name
 from ..store.batch import Batch
@@ -105,6 +105,23 @@ class Sessions:
         self.budgets = budgets
         self.sign_in = sign_in  # the application's tokens
 
+    def check_anonymous(self) -> None:
+        """Refuse an anonymous caller where sign-in is needed (``anonymous = "none"``)."""
+        if self.sign_in.config.anonymous == "none":
+            raise Unauthorized("sign in: send Authorization: Bearer <token>, or POST /api/auth")
+
+    def check_may_write(self, user: User) -> None:
+        """Refuse a write (a message, a rename) by an anonymous caller where
+        anonymous callers only read (``anonymous = "read"``)."""
+        if user.identity is None and self.sign_in.config.anonymous != "write":
+            raise Forbidden("anonymous visitors may only read here: sign in to write")
+
+    async def check_reader(self, request: web.Request) -> None:
+        """Refuse a read by an anonymous caller where sign-in is needed,
+        with no session made for it."""
+        if self.sign_in.config.anonymous == "none":
+            await self.current_user(request, charge=False)
+
     def new_session_charge(self, request: web.Request) -> tuple[Budget, str]:
         """What a new session costs: one from its client address's budget of new sessions."""
         return self.budgets.address_sessions, owner_of(request.remote)
@@ -126,6 +143,8 @@ class Sessions:
         if isinstance(user_id, str):
             leeway_s = self.sign_in.config.auth_leeway_s
             signed_in = session_identity(user_id, session.get(AUTH), leeway_s)
+            if signed_in is None:
+                self.check_anonymous()
             name = None if signed_in is None else signed_in.name
             used = session.get(USED)
             now = int(time.time())
@@ -134,6 +153,7 @@ class Sessions:
                 return User(user_id, name, is_new=False, identity=signed_in)
             session[USED] = now  # saved with its full age (and so is the name)
             return User(user_id, name, is_new=False, unsaved=True, identity=signed_in)
+        self.check_anonymous()
         if charge:
             verdict = await self.limiter.take(self.new_session_charge(request))
             if verdict.wait:
@@ -171,6 +191,7 @@ class Sessions:
         nothing and writes nothing.
         """
         user = await self.current_user(request, charge=False)
+        self.check_may_write(user)
         if user.token_name is not None:
             raise Forbidden("the name comes from the sign-in token")
         budgets = self.budgets

@@ -185,6 +185,7 @@ class WsHandler:
                 raise BadRequest("'ref' is longer than 128 characters")
             if data.get("type") != "message":
                 raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
+            self.sessions.check_may_write(user)
             key = posting.idempotency_key(data.get("key"), "'key'")
             # The name is read with the budgets, so that a rename made elsewhere
             # applies from the next message.
