@@ -18,14 +18,23 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from ..core.errors import Forbidden, RateLimited, Unauthorized
-from ..core.identity import Identity
+from ..core.identity import Identity, Role
 from ..core.names import friendly_name
 from ..store.batch import Batch
 from ..store.keys import name_key
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.session_store import NEW_NAME, SignedRedisStorage
 from .addresses import owner_of
-from .signin import AUTH, SignIn, bearer, session_identity, session_record
+from .signin import (
+    AUTH,
+    SignIn,
+    bearer,
+    check_may_post,
+    is_private,
+    room_role,
+    session_identity,
+    session_record,
+)
 
 USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
 
@@ -116,11 +125,22 @@ class Sessions:
         if user.identity is None and self.sign_in.config.anonymous != "write":
             raise Forbidden("anonymous visitors may only read here: sign in to write")
 
-    async def check_reader(self, request: web.Request) -> None:
-        """Refuse a read by an anonymous caller where sign-in is needed,
-        with no session made for it."""
-        if self.sign_in.config.anonymous == "none":
-            await self.current_user(request, charge=False)
+    async def check_reader(self, request: web.Request, room: str) -> None:
+        """Refuse a read by a caller who may not read ``room`` (where sign-in
+        is needed, or a private room it has no grant for), with no session
+        made for it."""
+        config = self.sign_in.config
+        if config.anonymous == "none" or is_private(config, room):
+            user = await self.current_user(request, charge=False)
+            room_role(config, user.identity, room)
+
+    def role_in(self, user: User, room: str) -> Role:
+        """The user's role in ``room``; NotFound when the room is private to it."""
+        return room_role(self.sign_in.config, user.identity, room)
+
+    def check_may_post(self, user: User, room: str) -> None:
+        """Refuse a message the user may not post in ``room`` (NotFound, Forbidden)."""
+        check_may_post(self.role_in(user, room), user.identity)
 
     def new_session_charge(self, request: web.Request) -> tuple[Budget, str]:
         """What a new session costs: one from its client address's budget of new sessions."""

@@ -15,8 +15,8 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from ..common.config import Config
-from ..core.errors import TokenExpired
-from ..core.identity import Identity, parse_grants
+from ..core.errors import Forbidden, NotFound, TokenExpired
+from ..core.identity import Identity, Role, parse_grants
 from .tokens import TokenVerifier, open_verifier
 
 # The identity the request's Bearer token proved, or None: verified once.
@@ -92,3 +92,37 @@ def expires_at(identity: Identity) -> int | float:
     """``exp`` as the token gave it: a whole number, when it was one."""
     value = identity.expires_at
     return int(value) if value.is_integer() else value
+
+
+def is_private(config: Config, room: str) -> bool:
+    """Whether ``room`` starts with one of ``private_room_prefixes``."""
+    return room.startswith(tuple(config.private_room_prefixes))
+
+
+def room_role(config: Config, identity: Identity | None, room: str) -> Role:
+    """The caller's role in ``room`` (``identity`` None: not signed in).
+
+    A private room admits only a caller with a grant for it: to anyone else
+    it does not exist (NotFound, the same answer whether it was ever used or
+    not). In a public room a grant that matches decides; without one a
+    signed-in user is a member, and a caller who has not signed in a member
+    under ``anonymous = "write"``, a reader otherwise.
+    """
+    role = None if identity is None else identity.role_in(room)
+    if is_private(config, room):
+        if role is None:
+            raise NotFound(f"no room {room!r}")
+        return role
+    if role is not None:
+        return role
+    if identity is None and config.anonymous != "write":
+        return Role.READER
+    return Role.MEMBER
+
+
+def check_may_post(role: Role, identity: Identity | None) -> None:
+    """Refuse a message from a reader: Forbidden."""
+    if role < Role.MEMBER:
+        if identity is None:
+            raise Forbidden("anonymous visitors may only read here: sign in to post")
+        raise Forbidden("a reader in this room may not post")

@@ -88,6 +88,7 @@ class SseHandler:
             header if header is not None else request.query.get("last_event_id"), "Last-Event-ID"
         )
         user = await self.sessions.current_user(request, charge=False)
+        self.sessions.role_in(user, room)  # (a private room it has no grant for: 404)
         response = EventStream(send_timeout=self.send_timeout_s)
         async with self.connections.opened(request, response, room, user, since, "sse") as sub:
             await response.prepare(request)

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from ...common.metrics import Metrics
 from ...core.close_reason import CloseReason
 from ...core.errors import BadRequest, ChatError, Unavailable, error_payload, storage_full
+from ...core.identity import Role
 from ...core.subscription import Subscription
 from ...core.wire import to_json
 from ...store.failures import UNREACHABLE, is_out_of_memory
@@ -33,6 +34,7 @@ from ..addresses import owner_of
 from ..middlewares import ThrottledErrorLog
 from ..posting import Posting
 from ..sessions import Sessions, User
+from ..signin import check_may_post
 from . import connection
 from .connection import Connections
 from .sink import DirectSink
@@ -122,6 +124,7 @@ class WsHandler:
         if not upgrade:
             raise BadRequest("expected a WebSocket upgrade request")
         user = await self.sessions.current_user(request, charge=False)
+        role = self.sessions.role_in(user, room)  # (decided once, for the connection)
         async with self.connections.opened(request, ws, room, user, since, "ws") as sub:
             await ws.prepare(request)
             sink = WsSink(request, ws)
@@ -129,7 +132,7 @@ class WsHandler:
             sub.attach(sink)
             address = owner_of(request.remote)
             try:
-                await self._receive(ws, sub, room, user, address)
+                await self._receive(ws, sub, room, user, role, address)
             except (ConnectionResetError, RuntimeError):
                 pass  # the client went away
             finally:
@@ -143,13 +146,14 @@ class WsHandler:
         sub: Subscription,
         room: str,
         user: User,
+        role: Role,
         address: str,
     ) -> None:
         while True:
             msg = await ws.receive()
             sub.last_seen = received = time.monotonic()
             if msg.type == WSMsgType.TEXT:
-                answer = await self._handle_text(msg.data, room, user, address, received)
+                answer = await self._handle_text(msg.data, room, user, role, address, received)
                 await ws.send_str(answer)
             elif msg.type == WSMsgType.PING:
                 await ws.pong(msg.data)
@@ -164,7 +168,7 @@ class WsHandler:
                 return
 
     async def _handle_text(
-        self, text: str, room: str, user: User, address: str, arrived: float
+        self, text: str, room: str, user: User, role: Role, address: str, arrived: float
     ) -> str:
         """Answer one client frame (received at ``arrived``, monotonic) with an
         ack or an error frame; never raises a ChatError."""
@@ -185,7 +189,7 @@ class WsHandler:
                 raise BadRequest("'ref' is longer than 128 characters")
             if data.get("type") != "message":
                 raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
-            self.sessions.check_may_write(user)
+            check_may_post(role, user.identity)
             key = posting.idempotency_key(data.get("key"), "'key'")
             # The name is read with the budgets, so that a rename made elsewhere
             # applies from the next message.
