@@ -25,6 +25,7 @@ import collections
 import contextlib
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .close_reason import CloseReason
@@ -60,6 +61,27 @@ class Sink(Protocol):
         """Drop the connection at once, discarding whatever is still queued for it."""
 
 
+class Expiry:
+    """When a signed-in connection's sign-in ends (Unix time), whether its
+    client was told it soon would, and how to learn of a newer one kept
+    elsewhere (a session refreshed by another request), if there is a way."""
+
+    __slots__ = ("at", "renew", "renewing", "warned")
+
+    def __init__(
+        self, at: float, renew: Callable[[], Awaitable[float | None]] | None = None
+    ) -> None:
+        self.at = at
+        self.renew = renew
+        self.renewing = False
+        self.warned = False
+
+    def extend(self, at: float) -> None:
+        """A newer token came: the sign-in now ends at ``at``."""
+        if at > self.at:
+            self.at, self.warned = at, False
+
+
 class Subscription:
     """One connection's membership of a room."""
 
@@ -71,6 +93,7 @@ class Subscription:
         "close_reason",
         "closed",
         "done",
+        "expiry",
         "has_presence",
         "id",
         "last_id",
@@ -95,6 +118,7 @@ class Subscription:
         self.sink: Sink | None = None
         self.has_presence = False
         self.closed = False
+        self.expiry: Expiry | None = None  # signed in: when that ends
         self.close_reason: CloseReason | None = None
         # When the client last sent anything (WebSocket only; None for SSE).
         self.last_seen: float | None = None

@@ -97,6 +97,18 @@ class SignedRedisStorage(RedisStorage):
 
         batch.commands(add, list)
 
+    async def stored(self, key: str) -> dict[str, Any]:
+        """What the session of ``key`` holds in Redis now (empty when it is gone)."""
+        raw = await self._redis.get(self.cookie_name + "_" + key)
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        try:
+            data = self._decoder(raw) if raw is not None else None
+        except ValueError:
+            data = None
+        session = data.get("session") if isinstance(data, dict) else None
+        return session if isinstance(session, dict) else {}
+
     async def save_session(
         self, request: web.Request, response: web.StreamResponse, session: aiohttp_session.Session
     ) -> None:

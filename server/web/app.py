@@ -141,6 +141,7 @@ def create_app(
         heartbeat.frozen.start()
         yield
         heartbeat.frozen.stop()
+        await heartbeat.expiries.close()
         watch.stop()
         await relay.stop(relaying)
 

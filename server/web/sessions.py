@@ -12,6 +12,7 @@ import dataclasses
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp_session
 import redis.asyncio as aioredis
@@ -264,3 +265,26 @@ class Sessions:
         session = await aiohttp_session.get_session(request)
         if not session.new:
             session.invalidate()
+
+    async def renewal(
+        self, request: web.Request, identity: Identity
+    ) -> Callable[[], Awaitable[float | None]] | None:
+        """How a signed-in stream learns that its session was refreshed (by a
+        request this worker may not see): a read of the session's expiry
+        now. None for a Bearer token, which only the stream itself renews."""
+        if bearer(request) is not None:
+            return None
+        session = await aiohttp_session.get_session(request)
+        key = session.identity
+        if key is None:
+            return None
+        storage: SignedRedisStorage = request[aiohttp_session.STORAGE_KEY]
+
+        async def expires_at() -> float | None:
+            data = await storage.stored(str(key))
+            record = data.get(AUTH)
+            if data.get("user_id") != identity.user_id or not isinstance(record, dict):
+                return None
+            return float(record["exp"])
+
+        return expires_at

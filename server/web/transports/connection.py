@@ -16,7 +16,7 @@ from ...core.errors import BadRequest, TooManyStreams, Unavailable
 from ...core.hub import Closing, Hub
 from ...core.ids import MessageId, parse_id
 from ...core.presence import Announcer
-from ...core.subscription import Subscription
+from ...core.subscription import Expiry, Subscription
 from ...store import failures
 from ...store.batch import Batch
 from ...store.connection_registry import ConnectionRegistry
@@ -101,10 +101,14 @@ class Connections:
         not yet prepared) and joins the room's presence (see :meth:`_register`).
         """
         hub = self.hub
+        identity = user.identity
+        renew = None if identity is None else await self.sessions.renewal(request, identity)
         try:
             sub = await hub.subscribe(room, user.user_id, since)
         except Closing:
             raise Unavailable("this worker is stopping; reconnect") from None
+        if identity is not None:
+            sub.expiry = Expiry(identity.expires_at, renew)
         address = owner_of(request.remote)
         try:
             await self._register(request, response, sub, user, address)

@@ -63,7 +63,10 @@ class SseSink(DirectSink):
             # Not reading: the reconnect hint would never arrive (see WsSink.close).
             self.abort()
             return
-        if reason in (CloseReason.SHUTDOWN, CloseReason.RELOAD, CloseReason.UNAVAILABLE):
+        if reason == CloseReason.AUTH_EXPIRED:
+            frame = b"event: auth_expired\ndata: {}\n\n"
+            self._transport.write(sse_chunk(frame) if self._chunked else frame)
+        elif reason in (CloseReason.SHUTDOWN, CloseReason.RELOAD, CloseReason.UNAVAILABLE):
             retry = REDIS_RETRY_MS if reason == CloseReason.UNAVAILABLE else RETRY_MS
             frame = _reconnect(reason, retry)
             self._transport.write(sse_chunk(frame) if self._chunked else frame)

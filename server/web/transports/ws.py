@@ -24,7 +24,14 @@ from redis.exceptions import RedisError
 
 from ...common.metrics import Metrics
 from ...core.close_reason import CloseReason
-from ...core.errors import BadRequest, ChatError, Unavailable, error_payload, storage_full
+from ...core.errors import (
+    BadRequest,
+    ChatError,
+    InvalidToken,
+    Unavailable,
+    error_payload,
+    storage_full,
+)
 from ...core.identity import Role
 from ...core.subscription import Subscription
 from ...core.wire import to_json
@@ -34,7 +41,7 @@ from ..addresses import owner_of
 from ..middlewares import ThrottledErrorLog
 from ..posting import Posting
 from ..sessions import Sessions, User
-from ..signin import check_may_post
+from ..signin import check_may_post, expires_at
 from . import connection
 from .connection import Connections
 from .sink import DirectSink
@@ -48,6 +55,7 @@ CLOSE_CODES = {
     CloseReason.IDLE: WSCloseCode.GOING_AWAY,
     CloseReason.RELOAD: WSCloseCode.SERVICE_RESTART,
     CloseReason.UNAVAILABLE: WSCloseCode.TRY_AGAIN_LATER,
+    CloseReason.AUTH_EXPIRED: 4401,
 }
 
 
@@ -132,7 +140,7 @@ class WsHandler:
             sub.attach(sink)
             address = owner_of(request.remote)
             try:
-                await self._receive(ws, sub, room, user, role, address)
+                await self._receive(ws, sub, user, role, address)
             except (ConnectionResetError, RuntimeError):
                 pass  # the client went away
             finally:
@@ -144,7 +152,6 @@ class WsHandler:
         self,
         ws: web.WebSocketResponse,
         sub: Subscription,
-        room: str,
         user: User,
         role: Role,
         address: str,
@@ -153,7 +160,7 @@ class WsHandler:
             msg = await ws.receive()
             sub.last_seen = received = time.monotonic()
             if msg.type == WSMsgType.TEXT:
-                answer = await self._handle_text(msg.data, room, user, role, address, received)
+                answer = await self._handle_text(msg.data, sub, user, role, address, received)
                 await ws.send_str(answer)
             elif msg.type == WSMsgType.PING:
                 await ws.pong(msg.data)
@@ -168,7 +175,7 @@ class WsHandler:
                 return
 
     async def _handle_text(
-        self, text: str, room: str, user: User, role: Role, address: str, arrived: float
+        self, text: str, sub: Subscription, user: User, role: Role, address: str, arrived: float
     ) -> str:
         """Answer one client frame (received at ``arrived``, monotonic) with an
         ack or an error frame; never raises a ChatError."""
@@ -187,14 +194,18 @@ class WsHandler:
             if isinstance(ref, str) and len(ref) > 128:
                 ref = None
                 raise BadRequest("'ref' is longer than 128 characters")
+            if data.get("type") == "auth":
+                return await self._refresh(data.get("token"), ref, sub, user)
             if data.get("type") != "message":
-                raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
+                raise BadRequest(
+                    f"unknown frame type {data.get('type')!r}; expected 'message' or 'auth'"
+                )
             check_may_post(role, user.identity)
             key = posting.idempotency_key(data.get("key"), "'key'")
             # The name is read with the budgets, so that a rename made elsewhere
             # applies from the next message.
             message, _ = await self.posting.post(
-                room,
+                sub.room.name,
                 User(user.user_id, user.token_name, is_new=False, identity=user.identity),
                 data.get("text"),
                 address=address,
@@ -223,6 +234,18 @@ class WsHandler:
             error = error_payload(Unavailable("Redis refused the message; retry shortly"))
             return _frame("error", ref, error=error)
         return f'{{"type":"ack","ref":{json.dumps(ref)},"message":{message.json}}}'
+
+    async def _refresh(self, token: Any, ref: Any, sub: Subscription, user: User) -> str:
+        """``{"type": "auth", "token"}``: a newer token for the stream's user
+        moves the end of its sign-in; ``{"type": "auth", "expires_at"}``."""
+        verifier = self.sessions.sign_in.verifier
+        if verifier is None or sub.expiry is None:
+            raise BadRequest("this stream is not signed in: there is nothing to refresh")
+        identity = await verifier.verify(token)
+        if identity.user_id != user.user_id:
+            raise InvalidToken("the token is for another user than the stream's")
+        sub.expiry.extend(identity.expires_at)
+        return _frame("auth", ref, expires_at=expires_at(identity))
 
 
 def _frame(kind: str, ref: Any, **fields: Any) -> str:
