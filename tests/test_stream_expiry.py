@@ -94,7 +94,7 @@ async def test_a_websocket_refreshes_in_band_or_is_closed_4401(
         soon = bearer(sign(claims(exp=int(time.time()) + 2)))
         async with client.ws_connect(f"{ROOM}/ws", headers=soon) as ws:
             closed = await next_frame(ws)
-            assert closed.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4401
+            assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 4401)
 
 
 async def test_a_session_refreshed_elsewhere_keeps_its_streams(
@@ -126,3 +126,25 @@ async def test_a_session_refreshed_elsewhere_keeps_its_streams(
                 "auth_expiring",
                 "auth_expired",
             ]
+
+
+async def test_signing_out_ends_the_sessions_streams_only(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    async with beating(make_app, aiohttp_client) as client:
+        assert (await client.post("/api/auth", json={"token": sign(claims())})).ok
+        headers = bearer(sign(claims()))  # the same user, as a program
+        async with (
+            client.get(f"{ROOM}/events") as events,
+            client.ws_connect(f"{ROOM}/ws") as ws,
+            client.ws_connect(f"{ROOM}/ws", headers=headers) as program,
+        ):
+            assert events.status == 200
+            await next_frame(ws, "presence")
+            await next_frame(program, "presence")
+            assert (await client.delete("/api/auth")).status == 204
+            assert [kind for kind, _ in await sse_until_end(events)] == ["signed_out"]
+            closed = await next_frame(ws)
+            assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 4001)
+            await program.send_json({"type": "message", "text": "still here", "ref": 1})
+            assert (await next_frame(program, "ack"))["message"]["text"] == "still here"

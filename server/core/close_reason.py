@@ -13,6 +13,7 @@ class CloseReason(enum.StrEnum):
     OVERFLOW = "overflow"  # a slow consumer, cut off
     GONE = "gone"  # the client left
     AUTH_EXPIRED = "auth_expired"  # the sign-in's token expired, and no newer one came
+    SIGNED_OUT = "signed_out"  # the session signed out
 
 
 # The members as module constants too, as the signal module has its signals.
@@ -22,3 +23,4 @@ IDLE = CloseReason.IDLE
 UNAVAILABLE = CloseReason.UNAVAILABLE
 OVERFLOW = CloseReason.OVERFLOW
 AUTH_EXPIRED = CloseReason.AUTH_EXPIRED
+SIGNED_OUT = CloseReason.SIGNED_OUT

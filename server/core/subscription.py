@@ -25,10 +25,10 @@ import collections
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .close_reason import CloseReason
+from .identity import Expiry
 from .ids import MessageId
 from .model import Event, Message
 from .replay import replay
@@ -59,27 +59,6 @@ class Sink(Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once, discarding whatever is still queued for it."""
-
-
-class Expiry:
-    """When a signed-in connection's sign-in ends (Unix time), whether its
-    client was told it soon would, and how to learn of a newer one kept
-    elsewhere (a session refreshed by another request), if there is a way."""
-
-    __slots__ = ("at", "renew", "renewing", "warned")
-
-    def __init__(
-        self, at: float, renew: Callable[[], Awaitable[float | None]] | None = None
-    ) -> None:
-        self.at = at
-        self.renew = renew
-        self.renewing = False
-        self.warned = False
-
-    def extend(self, at: float) -> None:
-        """A newer token came: the sign-in now ends at ``at``."""
-        if at > self.at:
-            self.at, self.warned = at, False
 
 
 class Subscription:

@@ -92,7 +92,7 @@ def create_app(
     )
     heartbeat = Heartbeat(hub, registry, config)
     announcer = Announcer(hub, registry.presence.read, config.presence_list_max, failures.FAILURES)
-    relay.deliver_to(hub.dispatch, announcer.announce_soon)
+    relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out)
     # What aiohttp's lifecycle, the worker and the tests reach for.
     app[keys.CONFIG] = config
     app[keys.HUB] = hub
@@ -119,7 +119,7 @@ def create_app(
     add_routes(
         app,
         api=views.Api(sessions, posting, broker, registry, redis_errors),
-        auth=AuthApi(sessions),
+        auth=AuthApi(sessions, registry),
         operations=views.Operations(
             redis, metrics, worker_index=worker_index, metrics_token=config.metrics_token
         ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..core.errors import BadRequest, InvalidToken, UnsupportedMediaType
+from ..store.connection_registry import ConnectionRegistry
 from .posting import json_object
 from .sessions import Sessions
 from .signin import expires_at
@@ -14,10 +15,11 @@ from .signin import expires_at
 class AuthApi:
     """Signing a browser's session in and out, with what it takes."""
 
-    __slots__ = ("sessions",)
+    __slots__ = ("registry", "sessions")
 
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, registry: ConnectionRegistry) -> None:
         self.sessions = sessions
+        self.registry = registry  # (the rooms a signed-out session's streams are in)
 
     async def sign_in(self, request: web.Request) -> web.Response:
         """``{"token"}``: the session becomes the token's user (a newer token
@@ -40,6 +42,9 @@ class AuthApi:
         return web.json_response(body)
 
     async def sign_out(self, request: web.Request) -> web.Response:
-        """The session ends: deleted, its cookie cleared. 204 even without one."""
-        await self.sessions.sign_out(request)
+        """The session ends: deleted, its cookie cleared, its streams ended
+        (on every worker). 204 even without one."""
+        ended = await self.sessions.sign_out(request)
+        if ended is not None:
+            await self.registry.signed_out(*ended)
         return web.Response(status=204)

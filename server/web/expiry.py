@@ -9,8 +9,9 @@ import logging
 import time
 
 from ..core.close_reason import CloseReason
+from ..core.identity import Expiry
 from ..core.model import AuthExpiring
-from ..core.subscription import Expiry, Subscription
+from ..core.subscription import Subscription
 from ..store import failures
 
 log = logging.getLogger(__name__)

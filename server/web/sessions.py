@@ -12,7 +12,6 @@ import dataclasses
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp_session
 import redis.asyncio as aioredis
@@ -35,6 +34,7 @@ from .signin import (
     room_role,
     session_identity,
     session_record,
+    session_tag,
 )
 
 USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
@@ -260,31 +260,15 @@ class Sessions:
         request[NEW_NAME] = name  # (saved with the session, for its lifetime)
         return name
 
-    async def sign_out(self, request: web.Request) -> None:
-        """End the caller's session, if it has one: it is deleted, its cookie cleared."""
+    async def sign_out(self, request: web.Request) -> tuple[str, str] | None:
+        """End the caller's session, if it has one: it is deleted, its cookie
+        cleared. The user id and session tag whose streams end, when it was
+        signed in."""
         session = await aiohttp_session.get_session(request)
-        if not session.new:
-            session.invalidate()
-
-    async def renewal(
-        self, request: web.Request, identity: Identity
-    ) -> Callable[[], Awaitable[float | None]] | None:
-        """How a signed-in stream learns that its session was refreshed (by a
-        request this worker may not see): a read of the session's expiry
-        now. None for a Bearer token, which only the stream itself renews."""
-        if bearer(request) is not None:
+        if session.new:
             return None
-        session = await aiohttp_session.get_session(request)
-        key = session.identity
-        if key is None:
+        user_id, signed_in = session.get("user_id"), session.get(AUTH) is not None
+        session.invalidate()
+        if not signed_in or not isinstance(user_id, str) or session.identity is None:
             return None
-        storage: SignedRedisStorage = request[aiohttp_session.STORAGE_KEY]
-
-        async def expires_at() -> float | None:
-            data = await storage.stored(str(key))
-            record = data.get(AUTH)
-            if data.get("user_id") != identity.user_id or not isinstance(record, dict):
-                return None
-            return float(record["exp"])
-
-        return expires_at
+        return user_id, session_tag(str(session.identity))

@@ -8,15 +8,18 @@ request (a stream's, once for its whole life), and never logged.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp_session
 from aiohttp import hdrs, web
 
 from ..common.config import Config
 from ..core.errors import Forbidden, NotFound, TokenExpired
-from ..core.identity import Identity, Role, parse_grants
+from ..core.identity import Expiry, Identity, Role, parse_grants
+from ..store.session_store import SignedRedisStorage
 from .tokens import TokenVerifier, open_verifier
 
 # The identity the request's Bearer token proved, or None: verified once.
@@ -126,3 +129,33 @@ def check_may_post(role: Role, identity: Identity | None) -> None:
         if identity is None:
             raise Forbidden("anonymous visitors may only read here: sign in to post")
         raise Forbidden("a reader in this room may not post")
+
+
+def session_tag(key: str) -> str:
+    """What names a browser session where others may see it (a channel):
+    not its key, which is as good as its cookie."""
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+async def stream_expiry(request: web.Request, identity: Identity) -> Expiry:
+    """When a signed-in stream's sign-in ends, and for a browser session's
+    stream how to learn that the session was refreshed (by a request this
+    worker may not see: a read of its expiry now) and its tag (what its
+    sign-out is announced with). A Bearer token's stream renews only in
+    band."""
+    if bearer(request) is not None:
+        return Expiry(identity.expires_at)
+    session = await aiohttp_session.get_session(request)
+    key = session.identity
+    if key is None:
+        return Expiry(identity.expires_at)
+    storage: SignedRedisStorage = request[aiohttp_session.STORAGE_KEY]
+
+    async def expires_at() -> float | None:
+        data = await storage.stored(str(key))
+        record = data.get(AUTH)
+        if data.get("user_id") != identity.user_id or not isinstance(record, dict):
+            return None
+        return float(record["exp"])
+
+    return Expiry(identity.expires_at, expires_at, session_tag(str(key)))

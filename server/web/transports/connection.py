@@ -16,7 +16,7 @@ from ...core.errors import BadRequest, TooManyStreams, Unavailable
 from ...core.hub import Closing, Hub
 from ...core.ids import MessageId, parse_id
 from ...core.presence import Announcer
-from ...core.subscription import Expiry, Subscription
+from ...core.subscription import Subscription
 from ...store import failures
 from ...store.batch import Batch
 from ...store.connection_registry import ConnectionRegistry
@@ -26,6 +26,7 @@ from ...store.presence_store import Holder
 from ...store.ratelimit import RateLimiter
 from ..addresses import owner_of
 from ..sessions import NEW_SESSION_TTL_S, Sessions, User, queue_save, too_many_sessions
+from ..signin import stream_expiry
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,12 @@ class Connections:
         """
         hub = self.hub
         identity = user.identity
-        renew = None if identity is None else await self.sessions.renewal(request, identity)
+        expiry = None if identity is None else await stream_expiry(request, identity)
         try:
             sub = await hub.subscribe(room, user.user_id, since)
         except Closing:
             raise Unavailable("this worker is stopping; reconnect") from None
-        if identity is not None:
-            sub.expiry = Expiry(identity.expires_at, renew)
+        sub.expiry = expiry
         address = owner_of(request.remote)
         try:
             await self._register(request, response, sub, user, address)

@@ -63,8 +63,8 @@ class SseSink(DirectSink):
             # Not reading: the reconnect hint would never arrive (see WsSink.close).
             self.abort()
             return
-        if reason == CloseReason.AUTH_EXPIRED:
-            frame = b"event: auth_expired\ndata: {}\n\n"
+        if reason in (CloseReason.AUTH_EXPIRED, CloseReason.SIGNED_OUT):
+            frame = f"event: {reason}\ndata: {{}}\n\n".encode()
             self._transport.write(sse_chunk(frame) if self._chunked else frame)
         elif reason in (CloseReason.SHUTDOWN, CloseReason.RELOAD, CloseReason.UNAVAILABLE):
             retry = REDIS_RETRY_MS if reason == CloseReason.UNAVAILABLE else RETRY_MS

@@ -56,6 +56,7 @@ CLOSE_CODES = {
     CloseReason.RELOAD: WSCloseCode.SERVICE_RESTART,
     CloseReason.UNAVAILABLE: WSCloseCode.TRY_AGAIN_LATER,
     CloseReason.AUTH_EXPIRED: 4401,
+    CloseReason.SIGNED_OUT: 4001,
 }
 
 
