@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -18,7 +18,7 @@ import aiotools
 from server.web import state as keys
 
 from .signing import SECRET, claims, sign
-from .support import sse_events
+from .support import ServerProcess, sse_events, subscribe_on_worker, user
 from .test_signin import bearer
 
 ROOM = "/api/rooms/lobby"
@@ -148,3 +148,22 @@ async def test_signing_out_ends_the_sessions_streams_only(
             assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 4001)
             await program.send_json({"type": "message", "text": "still here", "ref": 1})
             assert (await next_frame(program, "ack"))["message"]["text"] == "still here"
+
+
+async def test_a_sign_out_ends_the_sessions_streams_on_every_worker(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2, env={"CHAT_AUTH_JWT_SECRET": SECRET})
+    async with user(server.url) as http, contextlib.AsyncExitStack() as stack:
+        async with http.post("/api/auth", json={"token": sign(claims())}) as resp:
+            assert resp.status == 200
+        streams = [
+            await subscribe_on_worker(stack, http, kind, worker)
+            for kind in ("sse", "ws")
+            for worker in ("0", "1")
+        ]
+        async with http.delete("/api/auth") as resp:
+            assert resp.status == 204
+        async with asyncio.timeout(5):
+            for stream in streams:
+                await stream.closed.wait()
