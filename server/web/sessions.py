@@ -121,8 +121,8 @@ class Sessions:
             raise Unauthorized("sign in: send Authorization: Bearer <token>, or POST /api/auth")
 
     def check_may_write(self, user: User) -> None:
-        """Refuse a write (a message, a rename) by an anonymous caller where
-        anonymous callers only read (``anonymous = "read"``)."""
+        """Refuse a rename by an anonymous caller where anonymous callers
+        only read (``anonymous = "read"``; a message: :meth:`check_may_post`)."""
         if user.identity is None and self.sign_in.config.anonymous != "write":
             raise Forbidden("anonymous visitors may only read here: sign in to write")
 
