@@ -71,6 +71,9 @@ async def test_a_session_written_through_the_base_is_the_one_aiohttp_session_rea
         assert await redis.exists(f"canary_{key}")  # <cookie_name>_<key>
         answer = await client.get("/read")
         assert await answer.json() == {"new": False, "user_id": "u-1"}
+        # What the store wrote reads back through the base as aiohttp-session reads it.
+        raw = await redis.get(storage.redis_key(key))
+        assert storage.decode(raw.decode())["session"] == {"user_id": "u-1"}
     finally:
         await redis.aclose()
 

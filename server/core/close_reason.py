@@ -12,6 +12,8 @@ class CloseReason(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # Redis could not be read
     OVERFLOW = "overflow"  # a slow consumer, cut off
     GONE = "gone"  # the client left
+    AUTH_EXPIRED = "auth_expired"  # the sign-in's token expired, and no newer one came
+    SIGNED_OUT = "signed_out"  # the session signed out
 
 
 # The members as module constants too, as the signal module has its signals.
@@ -20,3 +22,5 @@ RELOAD = CloseReason.RELOAD
 IDLE = CloseReason.IDLE
 UNAVAILABLE = CloseReason.UNAVAILABLE
 OVERFLOW = CloseReason.OVERFLOW
+AUTH_EXPIRED = CloseReason.AUTH_EXPIRED
+SIGNED_OUT = CloseReason.SIGNED_OUT

@@ -55,6 +55,16 @@ class TokenExpired(ChatError, status=401, code="token_expired", headers=_BEARER)
     """A sign-in token past its ``exp`` (and the leeway allowed)."""
 
 
+class Unauthorized(
+    ChatError, status=401, code="unauthorized", headers={"WWW-Authenticate": "Bearer"}
+):
+    """No sign-in where this server needs one (``anonymous = "none"``)."""
+
+
+class Forbidden(ChatError, status=403, code="forbidden"):
+    """Something the caller's role (or being anonymous) does not allow."""
+
+
 class NotFound(ChatError, status=404, code="not_found"):
     """No such room name (or page)."""
 

@@ -184,6 +184,15 @@ class Hub:
             if n % VISIT_BATCH == 0:
                 await asyncio.sleep(0)
 
+    def signed_out(self, room_name: str, session: str) -> None:
+        """End the streams of the browser session tagged ``session`` in a room."""
+        room = self.rooms.get(room_name)
+        if room is None:
+            return
+        for sub in list(room.subscriptions.values()):
+            if sub.expiry is not None and sub.expiry.session == session:
+                sub.close(CloseReason.SIGNED_OUT)
+
     def close_all(self, reason: CloseReason) -> None:
         self.closing = True
         for subscription in self.subscriptions():

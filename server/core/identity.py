@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .errors import BadRequest, InvalidToken
@@ -109,6 +109,31 @@ class Identity:
             if grant.matches(room):
                 return grant.role
         return None
+
+
+class Expiry:
+    """When a signed-in connection's sign-in ends (Unix time), whether its
+    client was told it soon would, and how to learn of a newer one kept
+    elsewhere (a session refreshed by another request), if there is a way."""
+
+    __slots__ = ("at", "renew", "renewing", "session", "warned")
+
+    def __init__(
+        self,
+        at: float,
+        renew: Callable[[], Awaitable[float | None]] | None = None,
+        session: str | None = None,
+    ) -> None:
+        self.at = at
+        self.renew = renew
+        self.session = session  # the tag of the browser session signed in, if any
+        self.renewing = False
+        self.warned = False
+
+    def extend(self, at: float) -> None:
+        """A newer token came: the sign-in now ends at ``at``."""
+        if at > self.at:
+            self.at, self.warned = at, False
 
 
 def identity_from_claims(claims: Mapping[str, Any]) -> Identity:

@@ -73,6 +73,15 @@ class Gap(Event):
         self.ws_frame = ('{"type":"gap",' + data[1:]).encode()
 
 
+class AuthExpiring(Event):
+    """The stream's sign-in expires at ``expires_at`` (Unix time): send a newer token."""
+
+    def __init__(self, expires_at: float) -> None:
+        data = to_json({"expires_at": int(expires_at) if expires_at.is_integer() else expires_at})
+        self.sse_frame = f"event: auth_expiring\ndata: {data}\n\n".encode()
+        self.ws_frame = ('{"type":"auth_expiring",' + data[1:]).encode()
+
+
 class Ping(Event):
     """Asks the client to prove it is alive: an SSE comment, a WebSocket ping frame."""
 

@@ -28,6 +28,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from .close_reason import CloseReason
+from .identity import Expiry
 from .ids import MessageId
 from .model import Event, Message
 from .replay import replay
@@ -71,6 +72,7 @@ class Subscription:
         "close_reason",
         "closed",
         "done",
+        "expiry",
         "has_presence",
         "id",
         "last_id",
@@ -95,6 +97,7 @@ class Subscription:
         self.sink: Sink | None = None
         self.has_presence = False
         self.closed = False
+        self.expiry: Expiry | None = None  # signed in: when that ends
         self.close_reason: CloseReason | None = None
         # When the client last sent anything (WebSocket only; None for SSE).
         self.last_seen: float | None = None

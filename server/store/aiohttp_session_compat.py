@@ -8,7 +8,8 @@ of aiohttp-session's. Check them against a new aiohttp-session release.
 - ``RedisStorage`` keeps a session under ``<cookie_name>_<key>`` (its
   ``load_session`` reads it there: :meth:`RedisStorageBase.redis_key`), with
   the key made by its ``_key_factory`` (:meth:`~RedisStorageBase.new_key`)
-  and the value by ``_encoder(_get_session_data(session))``
+  and the value by ``_encoder(_get_session_data(session))``, read back by
+  ``_decoder``
   (:meth:`~RedisStorageBase.encode`); it reads and writes through
   ``_redis``, which its constructor accepts only as a
   ``redis.asyncio.Redis`` (:class:`RedisStorageBase` puts a Cluster client
@@ -57,6 +58,10 @@ class RedisStorageBase(RedisStorage):
     def encode(self, session: aiohttp_session.Session) -> str:
         """The session as the store writes it to Redis."""
         return self._encoder(self._get_session_data(session))
+
+    def decode(self, raw: str) -> Any:
+        """What :meth:`encode` wrote, read back (``ValueError`` when it is not that)."""
+        return self._decoder(raw)
 
     def redis_key(self, key: str) -> str:
         """Where the store keeps the session of ``key`` in Redis."""

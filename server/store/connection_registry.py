@@ -26,7 +26,13 @@ import redis.asyncio as aioredis
 from . import failures, scripts
 from .batch import Batch
 from .batch import run as run_scripts
-from .keys import address_connections_key, channel, name_key, user_connections_key
+from .keys import (
+    SIGNED_OUT_PREFIX,
+    address_connections_key,
+    channel,
+    name_key,
+    user_connections_key,
+)
 from .presence_store import Holder, PresenceStore
 
 log = logging.getLogger(__name__)
@@ -261,9 +267,18 @@ class ConnectionRegistry:
         pipe.set(name_key(user_id), name, ex=ttl_s or self.name_ttl_s)
         pipe.zrangebyscore(user_connections_key(user_id), _now_ms(), "+inf")
         _, members = await pipe.execute()
+        await self._tell_rooms(members, "p")
+
+    async def signed_out(self, user_id: str, session: str) -> None:
+        """Tell every room the user is online in that the session tagged
+        ``session`` signed out: its streams there end, on every worker."""
+        members = await self.redis.zrangebyscore(user_connections_key(user_id), _now_ms(), "+inf")
+        await self._tell_rooms(members, SIGNED_OUT_PREFIX + session)
+
+    async def _tell_rooms(self, members: list[Any], data: str) -> None:
         rooms = {str(m).rsplit("|", 1)[1] for m in members if "|" in str(m)}
         if rooms:
             pipe = self.redis.pipeline(transaction=False)
             for room in sorted(rooms):
-                pipe.execute_command(scripts.publish_command(self.redis), channel(room), "p")
+                pipe.execute_command(scripts.publish_command(self.redis), channel(room), data)
             await pipe.execute()

@@ -71,3 +71,8 @@ def address_connections_key(address: str) -> str:
 
 def budget_key(kind: str, owner: str) -> str:
     return f"chat:rate:{kind}:{{{owner}}}"
+
+
+# What a sign-out publishes on a room's channel, before the session's tag
+# (presence notices are "p", messages "m\n...").
+SIGNED_OUT_PREFIX = "s\n"

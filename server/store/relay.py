@@ -26,7 +26,7 @@ from ..core.ids import MessageId
 from ..core.model import Message
 from .broker import Broker, parse_live
 from .failures import FAILURES
-from .keys import channel, room_of
+from .keys import SIGNED_OUT_PREFIX, channel, room_of
 from .pubsub import Link, nodes_for, retry_after
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class Relay:
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_messages: Callable[[str, list[Message]], None] = lambda room, messages: None
         self.on_presence: Callable[[str], None] = lambda room: None
+        self.on_signed_out: Callable[[str, str], None] = lambda room, session: None
         self.nodes = nodes_for(redis_url)
         self._feeds: dict[str, _Feed] = {}
         self._links: dict[str, Link] = {}  # by node
@@ -83,9 +84,14 @@ class Relay:
         self,
         on_messages: Callable[[str, list[Message]], None],
         on_presence: Callable[[str], None],
+        on_signed_out: Callable[[str, str], None] | None = None,
     ) -> None:
+        """Where messages, presence notices and sign-outs (a session's tag,
+        whose streams in the room end) go."""
         self.on_messages = on_messages
         self.on_presence = on_presence
+        if on_signed_out is not None:
+            self.on_signed_out = on_signed_out
 
     # ------------------------------------------------------------- the contract
 
@@ -187,6 +193,8 @@ class Relay:
         if kind in ("message", "smessage"):
             if data == "p":
                 self.on_presence(room)
+            elif data.startswith(SIGNED_OUT_PREFIX):
+                self.on_signed_out(room, data[len(SIGNED_OUT_PREFIX) :])
             elif data.startswith("m\n"):
                 parsed = parse_live(room, data)
                 if parsed is None:

@@ -82,6 +82,9 @@ class SignedRedisStorage(RedisStorageBase):
         name = name_key(str(user_id))
 
         def add(pipe: Pipeline) -> None:
+            if session.empty:  # (invalidated: signed out)
+                pipe.delete(self.redis_key(key))
+                return
             pipe.set(self.redis_key(key), data, ex=session.max_age)
             if named and new_name is not None:
                 pipe.set(name, new_name, ex=session.max_age)
@@ -89,6 +92,18 @@ class SignedRedisStorage(RedisStorageBase):
                 pipe.expire(name, session.max_age)  # type: ignore[arg-type]
 
         batch.commands(add, list)
+
+    async def stored(self, key: str) -> dict[str, Any]:
+        """What the session of ``key`` holds in Redis now (empty when it is gone)."""
+        raw = await self.redis.get(self.redis_key(key))
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        try:
+            data = self.decode(raw) if raw is not None else None
+        except ValueError:
+            data = None
+        session = data.get("session") if isinstance(data, dict) else None
+        return session if isinstance(session, dict) else {}
 
     async def save_session(
         self, request: web.Request, response: web.StreamResponse, session: aiohttp_session.Session

@@ -26,9 +26,11 @@ from ..store.relay import Relay
 from ..store.session_store import SignedRedisStorage
 from . import middlewares, views
 from . import state as keys
+from .auth import AuthApi
 from .heartbeat import Heartbeat, LoopWatch
 from .posting import Posting
 from .sessions import Sessions
+from .signin import SignIn
 from .transports import sse, ws
 from .transports.connection import Connections
 
@@ -62,10 +64,11 @@ def create_app(
     """
     metrics = Metrics(worker_index, metrics_dir)
     redis_errors = middlewares.ThrottledErrorLog(count=metrics.redis_error)
+    sign_in = SignIn(config)
     app = web.Application(
         client_max_size=config.body_max_bytes,
         middlewares=[
-            middlewares.guard(config, redis_errors),
+            middlewares.guard(config, redis_errors, sign_in),
             aiohttp_session.session_middleware(session_storage),
         ],
     )
@@ -89,17 +92,18 @@ def create_app(
     )
     heartbeat = Heartbeat(hub, registry, config)
     announcer = Announcer(hub, registry.presence.read, config.presence_list_max, failures.FAILURES)
-    relay.deliver_to(hub.dispatch, announcer.announce_soon)
+    relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out)
     # What aiohttp's lifecycle, the worker and the tests reach for.
     app[keys.CONFIG] = config
     app[keys.HUB] = hub
     app[keys.METRICS] = metrics
     app[keys.HEARTBEAT] = heartbeat
     app[keys.ANNOUNCER] = announcer
+    app[keys.SIGN_IN] = sign_in
     # The services the handlers are built with.
     limiter = RateLimiter(redis, metrics)
     budgets = Budgets.from_config(config)
-    sessions = Sessions(redis, limiter, budgets)
+    sessions = Sessions(redis, limiter, budgets, sign_in)
     posting = Posting(redis, broker, limiter, budgets, metrics, max_chars=config.message_max_chars)
     connections = Connections(
         hub,
@@ -115,6 +119,7 @@ def create_app(
     add_routes(
         app,
         api=views.Api(sessions, posting, broker, registry, redis_errors),
+        auth=AuthApi(sessions, registry),
         operations=views.Operations(
             redis, metrics, worker_index=worker_index, metrics_token=config.metrics_token
         ),
@@ -136,6 +141,7 @@ def create_app(
         heartbeat.frozen.start()
         yield
         heartbeat.frozen.stop()
+        await heartbeat.expiries.close()
         watch.stop()
         await relay.stop(relaying)
 
@@ -160,6 +166,7 @@ def create_app(
     async def stop_announcing(app: web.Application) -> None:
         await announcer.close()
 
+    app.cleanup_ctx.append(sign_in.lifetime())
     app.cleanup_ctx.append(live_delivery)
     app.on_cleanup.append(stop_announcing)
     app.on_shutdown.append(close_streams)
@@ -177,6 +184,7 @@ def add_routes(
     app: web.Application,
     *,
     api: views.Api,
+    auth: AuthApi,
     operations: views.Operations,
     events: sse.SseHandler,
     websockets: ws.WsHandler,
@@ -194,6 +202,8 @@ def add_routes(
         (web.get, "/api/rooms/{room}/messages", api.get_messages),
         (web.post, "/api/rooms/{room}/messages", api.post_message),
         (web.get, "/api/rooms/{room}/online", api.get_online),
+        (web.post, "/api/auth", auth.sign_in),
+        (web.delete, "/api/auth", auth.sign_out),
         (_stream, "/api/rooms/{room}/events", events.events),
         (_stream, "/api/rooms/{room}/ws", websockets.websocket),
     ]

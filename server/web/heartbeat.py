@@ -29,6 +29,7 @@ from ..core.model import PING
 from ..core.subscription import Subscription
 from ..store import failures
 from ..store.connection_registry import ConnectionRegistry
+from .expiry import Expiries
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class Heartbeat:
         self._failing = False
         self._failure_level = logging.WARNING
         self.frozen = FrozenSurvivors(hub.metrics)
+        self.expiries = Expiries(config.auth_leeway_s)
 
     async def tick(self, interval: float) -> None:
         started = time.perf_counter()
@@ -181,11 +183,19 @@ class Heartbeat:
         part = self._ticks % self.parts
         self._ticks += 1
 
+        wall = time.time()
+        expiries = self.expiries
+
         def visit(sub: Subscription) -> None:
             if sub.last_seen is not None and now - sub.last_seen > self.idle_timeout_s:
                 log.info("closing connection %s in %s: client silent", sub.id, sub.room.name)
                 sub.close(CloseReason.IDLE)
                 return
+            expiry = sub.expiry
+            if expiry is not None:
+                expiries.check(sub, expiry, wall)
+                if sub.closed:
+                    return
             sub.deliver(PING)
 
         started = time.perf_counter()

@@ -21,19 +21,23 @@ from ..store.failures import UNREACHABLE, is_out_of_memory
 from .addresses import Proxies, from_client
 from .aiohttp_compat import send_continue
 from .responses import error_response
+from .signin import SignIn
 
 log = logging.getLogger(__name__)
 
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def guard(config: Config, redis_errors: ThrottledErrorLog) -> Middleware:
+def guard(
+    config: Config, redis_errors: ThrottledErrorLog, sign_in: SignIn | None = None
+) -> Middleware:
     """The middleware every request passes first, in one coroutine frame (a
     frame per middleware would be held by every open stream).
 
     In order: the client's address from trusted proxies
     (:func:`~server.web.addresses.from_client`), a ``Host`` this server knows
-    (:class:`KnownHosts`), no cross-site write (:func:`cross_site`); then
+    (:class:`KnownHosts`), no cross-site write (:func:`cross_site`), a
+    good sign-in token when one is sent (:meth:`SignIn.check_bearer`); then
     every failure of the handler becomes ``{"error": {...}}`` with its
     status, and no traceback leaks (a failure of Redis is counted and
     logged by ``redis_errors``).
@@ -48,6 +52,8 @@ def guard(config: Config, redis_errors: ThrottledErrorLog) -> Middleware:
             refused = unknown_host(request, known_hosts) or cross_site(request, config)
             if refused is not None:
                 return refused
+            if sign_in is not None:
+                await sign_in.check_bearer(request)
             return await handler(request)
         except Exception as exc:  # noqa: BLE001 (each kind is answered in _answer)
             return _answer(request, exc, redis_errors)

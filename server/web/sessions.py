@@ -18,7 +18,8 @@ import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ..core.errors import RateLimited
+from ..core.errors import Forbidden, RateLimited, Unauthorized
+from ..core.identity import Identity, Role
 from ..core.names import friendly_name
 from ..store.aiohttp_session_compat import storage_of
 from ..store.batch import Batch
@@ -26,6 +27,17 @@ from ..store.keys import name_key
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.session_store import NEW_NAME, SignedRedisStorage
 from .addresses import owner_of
+from .signin import (
+    AUTH,
+    SignIn,
+    bearer,
+    check_may_post,
+    is_private,
+    room_role,
+    session_identity,
+    session_record,
+    session_tag,
+)
 
 USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
 
@@ -40,6 +52,14 @@ class User:
     name: str | None  # known without asking Redis only for a new session
     is_new: bool  # the session was just created: the client has no cookie yet
     unsaved: bool = False  # the session changed (new, or used for the first time)
+    # Signed in with a token (the name, when it has one, is the token's).
+    identity: Identity | None = None
+
+    @property
+    def token_name(self) -> str | None:
+        """The name to post with when it is not read from the user's name key:
+        the token's, which the user cannot change."""
+        return self.name if self.identity is not None else None
 
 
 # A session nobody uses again is gone within the hour; one that comes back
@@ -87,12 +107,43 @@ class Sessions:
     """The caller's identity, with what it takes: Redis (the display name)
     and the budgets a new session and a rename are charged to."""
 
-    __slots__ = ("budgets", "limiter", "redis")
+    __slots__ = ("budgets", "limiter", "redis", "sign_in")
 
-    def __init__(self, redis: aioredis.Redis, limiter: RateLimiter, budgets: Budgets) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, limiter: RateLimiter, budgets: Budgets, sign_in: SignIn
+    ) -> None:
         self.redis = redis
         self.limiter = limiter
         self.budgets = budgets
+        self.sign_in = sign_in  # the application's tokens
+
+    def check_anonymous(self) -> None:
+        """Refuse an anonymous caller where sign-in is needed (``anonymous = "none"``)."""
+        if self.sign_in.config.anonymous == "none":
+            raise Unauthorized("sign in: send Authorization: Bearer <token>, or POST /api/auth")
+
+    def check_may_write(self, user: User) -> None:
+        """Refuse a rename by an anonymous caller where anonymous callers
+        only read (``anonymous = "read"``; a message: :meth:`check_may_post`)."""
+        if user.identity is None and self.sign_in.config.anonymous != "write":
+            raise Forbidden("anonymous visitors may only read here: sign in to write")
+
+    async def check_reader(self, request: web.Request, room: str) -> None:
+        """Refuse a read by a caller who may not read ``room`` (where sign-in
+        is needed, or a private room it has no grant for), with no session
+        made for it."""
+        config = self.sign_in.config
+        if config.anonymous == "none" or is_private(config, room):
+            user = await self.current_user(request, charge=False)
+            room_role(config, user.identity, room)
+
+    def role_in(self, user: User, room: str) -> Role:
+        """The user's role in ``room``; NotFound when the room is private to it."""
+        return room_role(self.sign_in.config, user.identity, room)
+
+    def check_may_post(self, user: User, room: str) -> None:
+        """Refuse a message the user may not post in ``room`` (NotFound, Forbidden)."""
+        check_may_post(self.role_in(user, room), user.identity)
 
     def new_session_charge(self, request: web.Request) -> tuple[Budget, str]:
         """What a new session costs: one from its client address's budget of new sessions."""
@@ -107,16 +158,25 @@ class Sessions:
         With ``charge=False`` the caller charges it, in its own round trip to
         Redis, and refuses the request if the budget does.
         """
+        identity = bearer(request)
+        if identity is not None:  # a program: no cookie, no session
+            return User(identity.user_id, identity.name, is_new=False, identity=identity)
         session = await aiohttp_session.get_session(request)
         user_id = session.get("user_id")
         if isinstance(user_id, str):
+            leeway_s = self.sign_in.config.auth_leeway_s
+            signed_in = session_identity(user_id, session.get(AUTH), leeway_s)
+            if signed_in is None:
+                self.check_anonymous()
+            name = None if signed_in is None else signed_in.name
             used = session.get(USED)
             now = int(time.time())
             # (True: a session saved before the time was kept.)
             if isinstance(used, int) and not isinstance(used, bool) and now - used < RESAVE_AFTER_S:
-                return User(user_id, None, is_new=False)
+                return User(user_id, name, is_new=False, identity=signed_in)
             session[USED] = now  # saved with its full age (and so is the name)
-            return User(user_id, None, is_new=False, unsaved=True)
+            return User(user_id, name, is_new=False, unsaved=True, identity=signed_in)
+        self.check_anonymous()
         if charge:
             verdict = await self.limiter.take(self.new_session_charge(request))
             if verdict.wait:
@@ -139,8 +199,10 @@ class Sessions:
         name = await redis.get(name_key(user.user_id))
         if name is not None:
             return str(name)
-        session = await aiohttp_session.get_session(request)
-        kept = session.get("name")
+        kept = None
+        if user.identity is None:
+            session = await aiohttp_session.get_session(request)
+            kept = session.get("name")
         return await keep_name(redis, user.user_id, kept if isinstance(kept, str) else None)
 
     async def rename(self, request: web.Request, name: str) -> User:
@@ -152,6 +214,9 @@ class Sessions:
         nothing and writes nothing.
         """
         user = await self.current_user(request, charge=False)
+        self.check_may_write(user)
+        if user.token_name is not None:
+            raise Forbidden("the name comes from the sign-in token")
         budgets = self.budgets
         charges = [
             (budgets.messages, user.user_id),
@@ -166,6 +231,46 @@ class Sessions:
             raise RateLimited("too many renames and messages; slow down", retry_after=verdict.wait)
         if user.is_new:
             request[NEW_NAME] = name  # what the new session's save writes
-        session = await aiohttp_session.get_session(request)
-        session.pop("name", None)  # a session from before names had one home
+        if user.identity is None:
+            session = await aiohttp_session.get_session(request)
+            session.pop("name", None)  # a session from before names had one home
         return dataclasses.replace(user, name=name)
+
+    async def sign_in_session(self, request: web.Request, identity: Identity) -> str:
+        """Bind ``identity`` to the caller's session (a new one, when the
+        session was someone else's: a session key known before sign-in
+        does not become the user's); the user's name.
+
+        The session keeps the user id, the name, the expiry and the grants,
+        never the token; the cookie stays an opaque key. A newer token for
+        the same user refreshes the session in place.
+        """
+        session = await aiohttp_session.get_session(request)
+        if session.new:
+            verdict = await self.limiter.take(self.new_session_charge(request))
+            if verdict.wait:
+                raise too_many_sessions(verdict.wait)
+        elif session.get("user_id") != identity.user_id:
+            session = await aiohttp_session.new_session(request)
+        session["user_id"] = identity.user_id
+        session[AUTH] = session_record(identity)
+        session[USED] = int(time.time())
+        name = identity.name
+        if name is None:
+            user = User(identity.user_id, None, is_new=False, identity=identity)
+            name = await self.display_name(request, user)
+        request[NEW_NAME] = name  # (saved with the session, for its lifetime)
+        return name
+
+    async def sign_out(self, request: web.Request) -> tuple[str, str] | None:
+        """End the caller's session, if it has one: it is deleted, its cookie
+        cleared. The user id and session tag whose streams end, when it was
+        signed in."""
+        session = await aiohttp_session.get_session(request)
+        if session.new:
+            return None
+        user_id, signed_in = session.get("user_id"), session.get(AUTH) is not None
+        session.invalidate()
+        if not signed_in or not isinstance(user_id, str) or session.identity is None:
+            return None
+        return user_id, session_tag(str(session.identity))

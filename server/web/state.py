@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from ..core.hub import Hub
     from ..core.presence import Announcer
     from .heartbeat import Heartbeat
+    from .signin import SignIn
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 ANNOUNCER: web.AppKey[Announcer] = web.AppKey("announcer")
 HEARTBEAT: web.AppKey[Heartbeat] = web.AppKey("heartbeat")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+SIGN_IN: web.AppKey[SignIn] = web.AppKey("sign_in")

@@ -89,6 +89,7 @@ class Api:
 
     async def get_messages(self, request: web.Request) -> web.StreamResponse:
         room = posting.room_name(request.match_info["room"])
+        await self.sessions.check_reader(request, room)
         limit = int_param(request, "limit", 50, HISTORY_LIMIT_MAX)
         before = request.query.get("before")
         before_id = None if before is None else parse_id(before)
@@ -136,6 +137,7 @@ class Api:
     async def get_online(self, request: web.Request) -> web.Response:
         """A page of the room's online users in user id order: how big rooms are listed."""
         room = posting.room_name(request.match_info["room"])
+        await self.sessions.check_reader(request, room)
         limit = int_param(request, "limit", 100, ONLINE_LIMIT_MAX)
         after = request.query.get("after") or None
         if after is not None and not sessions.USER_ID_RE.fullmatch(after):
@@ -166,6 +168,7 @@ class Api:
         # Checked before a session is made for it: a request that fails leaves nothing.
         posting.message_text(body.get("text"), self.posting.max_chars)
         user = await self.sessions.current_user(request)
+        self.sessions.check_may_post(user, room)
         message, replayed = await self.posting.post(
             room,
             user,

@@ -21,10 +21,12 @@ from ...store import failures
 from ...store.batch import Batch
 from ...store.connection_registry import ConnectionRegistry
 from ...store.failures import is_out_of_memory
+from ...store.keys import name_key
 from ...store.presence_store import Holder
 from ...store.ratelimit import RateLimiter
 from ..addresses import owner_of
 from ..sessions import NEW_SESSION_TTL_S, Sessions, User, queue_save, too_many_sessions
+from ..signin import stream_expiry
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +102,13 @@ class Connections:
         not yet prepared) and joins the room's presence (see :meth:`_register`).
         """
         hub = self.hub
+        identity = user.identity
+        expiry = None if identity is None else await stream_expiry(request, identity)
         try:
             sub = await hub.subscribe(room, user.user_id, since)
         except Closing:
             raise Unavailable("this worker is stopping; reconnect") from None
+        sub.expiry = expiry
         address = owner_of(request.remote)
         try:
             await self._register(request, response, sub, user, address)
@@ -182,4 +187,8 @@ class Connections:
         writes = Batch(self.redis)
         if user.unsaved:
             await queue_save(request, response, writes)
+        name = user.token_name
+        if name is not None:  # (what presence shows: the token's name)
+            key, ttl_s = name_key(user.user_id), registry.name_ttl_s
+            writes.commands(lambda pipe: pipe.set(key, name, ex=ttl_s), lambda replies: None)
         await registry.join(room, Holder(user.user_id, address), sub.id, batch=writes)

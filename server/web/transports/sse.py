@@ -43,7 +43,10 @@ class SseSink(DirectSink):
             # Not reading: the reconnect hint would never arrive (see WsSink.close).
             self.abort()
             return
-        if reason in (CloseReason.SHUTDOWN, CloseReason.RELOAD, CloseReason.UNAVAILABLE):
+        if reason in (CloseReason.AUTH_EXPIRED, CloseReason.SIGNED_OUT):
+            frame = f"event: {reason}\ndata: {{}}\n\n".encode()
+            self._transport.write(sse_chunk(frame) if self._chunked else frame)
+        elif reason in (CloseReason.SHUTDOWN, CloseReason.RELOAD, CloseReason.UNAVAILABLE):
             retry = REDIS_RETRY_MS if reason == CloseReason.UNAVAILABLE else RETRY_MS
             frame = _reconnect(reason, retry)
             self._transport.write(sse_chunk(frame) if self._chunked else frame)
@@ -68,6 +71,7 @@ class SseHandler:
             header if header is not None else request.query.get("last_event_id"), "Last-Event-ID"
         )
         user = await self.sessions.current_user(request, charge=False)
+        self.sessions.role_in(user, room)  # (a private room it has no grant for: 404)
         response = EventStream(send_timeout=self.send_timeout_s)
         async with self.connections.opened(request, response, room, user, since, "sse") as sub:
             await response.prepare(request)

@@ -24,7 +24,15 @@ from redis.exceptions import RedisError
 
 from ...common.metrics import Metrics
 from ...core.close_reason import CloseReason
-from ...core.errors import BadRequest, ChatError, Unavailable, error_payload, storage_full
+from ...core.errors import (
+    BadRequest,
+    ChatError,
+    InvalidToken,
+    Unavailable,
+    error_payload,
+    storage_full,
+)
+from ...core.identity import Role
 from ...core.subscription import Subscription
 from ...core.wire import to_json
 from ...store.failures import UNREACHABLE, is_out_of_memory
@@ -34,6 +42,7 @@ from ..aiohttp_compat import can_upgrade
 from ..middlewares import ThrottledErrorLog
 from ..posting import Posting
 from ..sessions import Sessions, User
+from ..signin import check_may_post, expires_at
 from . import connection
 from .connection import Connections
 from .sink import DirectSink
@@ -47,6 +56,8 @@ CLOSE_CODES = {
     CloseReason.IDLE: WSCloseCode.GOING_AWAY,
     CloseReason.RELOAD: WSCloseCode.SERVICE_RESTART,
     CloseReason.UNAVAILABLE: WSCloseCode.TRY_AGAIN_LATER,
+    CloseReason.AUTH_EXPIRED: 4401,
+    CloseReason.SIGNED_OUT: 4001,
 }
 
 
@@ -117,6 +128,7 @@ class WsHandler:
         if not can_upgrade(ws, request):
             raise BadRequest("expected a WebSocket upgrade request")
         user = await self.sessions.current_user(request, charge=False)
+        role = self.sessions.role_in(user, room)  # (decided once, for the connection)
         async with self.connections.opened(request, ws, room, user, since, "ws") as sub:
             await ws.prepare(request)
             sink = WsSink(request, ws)
@@ -124,7 +136,7 @@ class WsHandler:
             sub.attach(sink)
             address = owner_of(request.remote)
             try:
-                await self._receive(ws, sub, room, user, address)
+                await self._receive(ws, sub, user, role, address)
             except (ConnectionResetError, RuntimeError):
                 pass  # the client went away
             finally:
@@ -136,15 +148,15 @@ class WsHandler:
         self,
         ws: web.WebSocketResponse,
         sub: Subscription,
-        room: str,
         user: User,
+        role: Role,
         address: str,
     ) -> None:
         while True:
             msg = await ws.receive()
             sub.last_seen = received = time.monotonic()
             if msg.type == WSMsgType.TEXT:
-                answer = await self._handle_text(msg.data, room, user, address, received)
+                answer = await self._handle_text(msg.data, sub, user, role, address, received)
                 await ws.send_str(answer)
             elif msg.type == WSMsgType.PING:
                 await ws.pong(msg.data)
@@ -159,7 +171,7 @@ class WsHandler:
                 return
 
     async def _handle_text(
-        self, text: str, room: str, user: User, address: str, arrived: float
+        self, text: str, sub: Subscription, user: User, role: Role, address: str, arrived: float
     ) -> str:
         """Answer one client frame (received at ``arrived``, monotonic) with an
         ack or an error frame; never raises a ChatError."""
@@ -178,14 +190,19 @@ class WsHandler:
             if isinstance(ref, str) and len(ref) > 128:
                 ref = None
                 raise BadRequest("'ref' is longer than 128 characters")
+            if data.get("type") == "auth":
+                return await self._refresh(data.get("token"), ref, sub, user)
             if data.get("type") != "message":
-                raise BadRequest(f"unknown frame type {data.get('type')!r}; expected 'message'")
+                raise BadRequest(
+                    f"unknown frame type {data.get('type')!r}; expected 'message' or 'auth'"
+                )
+            check_may_post(role, user.identity)
             key = posting.idempotency_key(data.get("key"), "'key'")
             # The name is read with the budgets, so that a rename made elsewhere
             # applies from the next message.
             message, _ = await self.posting.post(
-                room,
-                User(user.user_id, None, is_new=False),
+                sub.room.name,
+                User(user.user_id, user.token_name, is_new=False, identity=user.identity),
                 data.get("text"),
                 address=address,
                 idempotency_key=key,
@@ -213,6 +230,18 @@ class WsHandler:
             error = error_payload(Unavailable("Redis refused the message; retry shortly"))
             return _frame("error", ref, error=error)
         return f'{{"type":"ack","ref":{json.dumps(ref)},"message":{message.json}}}'
+
+    async def _refresh(self, token: Any, ref: Any, sub: Subscription, user: User) -> str:
+        """``{"type": "auth", "token"}``: a newer token for the stream's user
+        moves the end of its sign-in; ``{"type": "auth", "expires_at"}``."""
+        verifier = self.sessions.sign_in.verifier
+        if verifier is None or sub.expiry is None:
+            raise BadRequest("this stream is not signed in: there is nothing to refresh")
+        identity = await verifier.verify(token)
+        if identity.user_id != user.user_id:
+            raise InvalidToken("the token is for another user than the stream's")
+        sub.expiry.extend(identity.expires_at)
+        return _frame("auth", ref, expires_at=expires_at(identity))
 
 
 def _frame(kind: str, ref: Any, **fields: Any) -> str:
