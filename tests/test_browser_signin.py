@@ -113,6 +113,7 @@ def test_a_signed_in_page_shows_who_it_is_and_stops_when_signed_out(
     token = sign(claims(sub="alice", name="Alice Smith", rooms={"team-*": "member"}))
     assert sign_in_from_the_page(tab, token)["user_id"] == "alice"
     open_private_room(tab, server.url, transport)
+    expect(page.locator("#online li[data-user-id='alice']")).to_have_count(1)
     expect(page.locator("#me")).to_have_text("Alice Smith")
     expect(page.locator("#auth-state")).to_have_text("signed in")
     # The name is the token's: the server would refuse a rename.
@@ -133,6 +134,8 @@ def test_a_signed_in_page_shows_who_it_is_and_stops_when_signed_out(
     expect(page.locator("#status")).to_contain_text("Signed out")
     expect(page.locator("#auth-state")).to_have_text("signed out")
     expect(page.locator("#input")).to_be_disabled()
+    # Who is online is not known any more: no stale list.
+    expect(page.locator("#online li")).to_have_count(0)
     expect_no_new_stream(tab, transport)
     assert stream_opens(tab, transport) == opened
     assert problems == [], "\n".join(problems)

@@ -734,6 +734,8 @@ const connection = (() => {
     for (const control of [ui.input, ui.send, ui.nameInput, ui.nameSave]) control.disabled = true;
     if (state === 'signed-out') showAuth('signed-out', 'signed out');
     if (state === 'expired') showAuth('signed-out', 'sign-in expired');
+    // Who is online is no longer known (a snapshot comes only with a stream).
+    onPresence({});
   }
 
   const events = {
