@@ -71,7 +71,7 @@ async def test_none_needs_sign_in_for_everything_but_the_page_health_metrics_and
     (await Footprint.of(redis)).assert_same_as(before)
     # Signed in, with a token or through the session: as ever.
     me = await (await client.get("/api/session", headers=ALICE)).json()
-    assert me == {"user_id": "alice", "name": "Alice"}
+    assert (me["user_id"], me["name"], me["signed_in"]) == ("alice", "Alice", True)
     assert (await client.get("/api/rooms/lobby/messages", headers=ALICE)).status == 200
     assert (await client.post("/api/auth", json={"token": sign(claims(sub="bob"))})).status == 200
     assert (await (await client.get("/api/session")).json())["user_id"] == "bob"

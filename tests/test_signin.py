@@ -64,7 +64,8 @@ async def test_a_bearer_token_is_the_caller_with_no_cookie_and_no_session(
     client = await signed_in_client(make_app, aiohttp_client)
     before = await Footprint.of(redis)
     resp = await client.get("/api/session", headers=ALICE)
-    assert await resp.json() == {"user_id": "alice", "name": "Alice Smith"}
+    me = await resp.json()
+    assert (me["user_id"], me["name"], me["signed_in"]) == ("alice", "Alice Smith", True)
     assert "Set-Cookie" not in resp.headers
     (await Footprint.of(redis)).assert_same_as(before)
     resp = await client.post("/api/rooms/lobby/messages", json={"text": "hi"}, headers=ALICE)
@@ -176,10 +177,8 @@ async def test_a_browser_signs_in_with_a_token_and_its_session_keeps_no_token(
     assert token not in stored and token.rsplit(".", 1)[1] not in stored
     assert "team-*" in stored and str(exp) in stored
     # The cookie alone is alice now, on every path.
-    assert await (await client.get("/api/session")).json() == {
-        "user_id": "alice",
-        "name": "Alice Smith",
-    }
+    me = await (await client.get("/api/session")).json()
+    assert (me["user_id"], me["name"], me["expires_at"]) == ("alice", "Alice Smith", exp)
     resp = await client.post("/api/rooms/lobby/messages", json={"text": "hi"})
     assert (await resp.json())["message"]["user_id"] == "alice"
     assert anonymous["user_id"].startswith("u-")

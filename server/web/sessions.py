@@ -128,6 +128,13 @@ class Sessions:
         if user.identity is None and self.sign_in.config.anonymous != "write":
             raise Forbidden("anonymous visitors may only read here: sign in to write")
 
+    def may_rename(self, user: User) -> bool:
+        """Whether :meth:`rename` lets the user change its name: not when the
+        name is its token's, nor for an anonymous caller who only reads."""
+        return user.token_name is None and (
+            user.identity is not None or self.sign_in.config.anonymous == "write"
+        )
+
     async def check_reader(self, request: web.Request, room: str) -> None:
         """Refuse a read by a caller who may not read ``room`` (where sign-in
         is needed, or a private room it has no grant for), with no session

@@ -31,6 +31,7 @@ from .middlewares import ThrottledErrorLog
 from .posting import Posting
 from .responses import error_response
 from .sessions import Sessions
+from .signin import expires_at
 
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 HISTORY_LIMIT_MAX = 200
@@ -77,7 +78,15 @@ class Api:
     async def get_session(self, request: web.Request) -> web.Response:
         user = await self.sessions.current_user(request)
         name = await self.sessions.display_name(request, user)
-        return web.json_response({"user_id": user.user_id, "name": name})
+        identity = user.identity
+        body = {
+            "user_id": user.user_id,
+            "name": name,
+            "signed_in": identity is not None,
+            "expires_at": None if identity is None else expires_at(identity),
+            "can_rename": self.sessions.may_rename(user),
+        }
+        return web.json_response(body)
 
     async def put_session(self, request: web.Request) -> web.Response:
         body = await json_body(request)

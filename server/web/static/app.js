@@ -17,6 +17,11 @@
 // Each typed message is sent with an idempotency key, the same for every try
 // until the server confirms it: a message whose answer was lost (the
 // connection dropped, no ack came) may be sent again without showing twice.
+//
+// The page says who you are: signed in by the application (its page posted a
+// token to /api/auth) or anonymous. A stream the server ends for good (signed
+// out, sign-in expired, removed) is not reopened: the page says why and stops;
+// it starts again when it is loaded again (after the application signed in).
 
 const ROOM_PATH = /^\/rooms\/([a-z0-9][a-z0-9_-]{0,31})\/?$/;
 const room = ROOM_PATH.exec(location.pathname)?.[1] ?? 'general';
@@ -38,6 +43,7 @@ const ui = {
   nameForm: $('name-form'),
   nameInput: $('name-input'),
   nameSave: $('name-save'),
+  authState: $('auth-state'),
   conn: $('conn-state'),
   log: $('log'),
   older: $('older'),
@@ -45,6 +51,7 @@ const ui = {
   status: $('status'),
   composer: $('composer'),
   input: $('input'),
+  send: $('send'),
   people: $('people'),
   online: $('online'),
   onlineCount: $('online-count'),
@@ -53,7 +60,7 @@ const ui = {
   onlineMore: $('online-more'),
 };
 
-let me = null; // {user_id, name} from the session
+let me = null; // {user_id, name, signed_in, expires_at, can_rename} from the session
 let cursor = null; // highest id received from history or the live stream: where a reconnect resumes
 const rendered = new Set(); // ids currently in #messages
 
@@ -144,9 +151,10 @@ function authorElement(userId, name) {
 }
 
 class ApiError extends Error {
-  constructor(message, status) {
+  constructor(message, status, code = '') {
     super(message);
     this.status = status;
+    this.code = code; // the server's error code, e.g. token_expired
   }
 }
 
@@ -166,7 +174,8 @@ async function api(method, path, body, headers = {}) {
   const data = await res.json().catch(() => null); // a proxy may answer with HTML
   if (!res.ok) {
     const message = data?.error?.message;
-    throw new ApiError(typeof message === 'string' && message ? message : `request failed (HTTP ${res.status})`, res.status);
+    const code = typeof data?.error?.code === 'string' ? data.error.code : '';
+    throw new ApiError(typeof message === 'string' && message ? message : `request failed (HTTP ${res.status})`, res.status, code);
   }
   // Callers check the fields they need; an empty success (204) is just {}.
   return data !== null && typeof data === 'object' ? data : {};
@@ -183,7 +192,15 @@ function showStatus(text, { sticky = false } = {}) {
   if (text && !sticky) statusTimer = setTimeout(() => showStatus(''), STATUS_CLEAR_MS);
 }
 
-const CONN_LABELS = { connecting: 'connecting…', live: 'live', reconnecting: 'reconnecting…' };
+const CONN_LABELS = {
+  connecting: 'connecting…',
+  live: 'live',
+  reconnecting: 'reconnecting…',
+  // Ends: the page does not reconnect by itself after these.
+  'signed-out': 'signed out',
+  expired: 'sign-in expired',
+  ended: 'disconnected',
+};
 
 function setConnState(state) {
   ui.conn.dataset.state = state;
@@ -456,22 +473,50 @@ async function showMoreOnline() {
   }
 }
 
+/** A time of day, or of another day, for a Unix time in seconds; '' if not one. */
+function formatTime(seconds) {
+  const date = new Date(Number(seconds) * 1000);
+  if (typeof seconds !== 'number' || Number.isNaN(date.getTime())) return '';
+  return (date.toDateString() === new Date().toDateString() ? timeFormat : dateTimeFormat).format(date);
+}
+
+function showAuth(state, text, title = '') {
+  ui.authState.dataset.state = state;
+  ui.authState.textContent = text;
+  ui.authState.title = title;
+}
+
 function showMe() {
   ui.me.textContent = me.name;
   ui.myTag.textContent = userTag(me.user_id);
   ui.nameInput.value = me.name;
+  if (me.signed_in) {
+    const until = formatTime(me.expires_at);
+    showAuth('signed-in', 'signed in', `Signed in by the application as ${me.user_id}${until ? ` until ${until}` : ''}`);
+  } else {
+    showAuth('anonymous', 'anonymous', 'Not signed in: a visitor with a random id');
+  }
+  // The server refuses a rename of a name that comes from the sign-in
+  // token, or of a visitor who may only read: no control for it then.
+  ui.nameInput.hidden = ui.nameSave.hidden = !me.can_rename;
 }
 
 async function loadSession() {
   const data = await api('GET', '/api/session');
   if (typeof data.user_id !== 'string') throw new ApiError('unexpected answer from the server', 200);
-  me = { user_id: data.user_id, name: String(data.name ?? '') };
+  me = {
+    user_id: data.user_id,
+    name: String(data.name ?? ''),
+    signed_in: data.signed_in === true,
+    expires_at: typeof data.expires_at === 'number' ? data.expires_at : null,
+    can_rename: data.can_rename !== false, // (a server from before it said)
+  };
   showMe();
 }
 
 async function rename(event) {
   event.preventDefault();
-  if (!me) return;
+  if (!me || !me.can_rename || connection.ended) return;
   ui.nameSave.disabled = true;
   try {
     const data = await api('PUT', '/api/session', { name: ui.nameInput.value });
@@ -482,7 +527,7 @@ async function rename(event) {
   } catch (err) {
     showStatus(err.message);
   } finally {
-    ui.nameSave.disabled = false;
+    ui.nameSave.disabled = connection.ended;
   }
 }
 
@@ -492,6 +537,39 @@ async function postMessage(text, key) {
   const data = await api('POST', `${apiRoom}/messages`, { text }, { 'Idempotency-Key': key });
   if (!isMessage(data.message)) throw new ApiError('unexpected answer from the server', 201);
   return data.message;
+}
+
+// How a stream the server ended for good is shown: [connection state, status].
+const ENDINGS = {
+  signed_out: ['signed-out', 'Signed out.'],
+  auth_expired: ['expired', 'Your sign-in expired. Sign in again to go on chatting.'],
+};
+
+/** How a request refused for want of a sign-in (401) is shown. */
+function signInEnding(err) {
+  if (err.code === 'token_expired') return ENDINGS.auth_expired;
+  return ['signed-out', `Not signed in: ${err.message}`];
+}
+
+/** Why the server disconnected us, for the status line ('' when it gave no reason). */
+function reasonText(reason) {
+  return typeof reason === 'string' && reason ? ` (${reason.slice(0, 100)})` : '';
+}
+
+/** The server ended the stream of a user it disconnected (a ban, a removal,
+ * or a disconnect the user may come back from). */
+function onDisconnected(events, reason, reconnect) {
+  if (reconnect) {
+    showStatus(`Disconnected by the server${reasonText(reason)}; reconnecting…`);
+  } else {
+    events.onEnd('ended', `Disconnected by the server${reasonText(reason)}: you may not reconnect.`);
+  }
+}
+
+/** `auth_expiring`: the sign-in ends soon (the application may refresh it). */
+function onAuthExpiring(data) {
+  const at = formatTime(data?.expires_at);
+  showStatus(`Your sign-in expires${at ? ` at ${at}` : ' soon'}.`);
 }
 
 /** SSE: one EventSource at a time. The browser's own reconnect is cut short
@@ -511,6 +589,16 @@ function sseTransport(events) {
       es.addEventListener('presence', (e) => onPresence(parseJson(e.data)));
       es.addEventListener('presence_diff', (e) => onPresenceDiff(parseJson(e.data)));
       es.addEventListener('gap', (e) => onGap(parseJson(e.data), since));
+      es.addEventListener('auth_expiring', (e) => onAuthExpiring(parseJson(e.data)));
+      // The stream ends after these: the end is handled here, before the
+      // 'error' the closed stream fires, so that it is not reopened.
+      for (const [name, [state, text]] of Object.entries(ENDINGS)) {
+        es.addEventListener(name, () => source === es && events.onEnd(state, text));
+      }
+      es.addEventListener('disconnected', (e) => {
+        const data = parseJson(e.data);
+        if (source === es) onDisconnected(events, data?.reason, data?.reconnect === true);
+      });
       es.addEventListener('error', () => {
         es.close();
         if (source !== es) return;
@@ -561,6 +649,9 @@ function wsTransport(events) {
       case 'gap':
         onGap(frame, since);
         break;
+      case 'auth_expiring':
+        onAuthExpiring(frame);
+        break;
       case 'ack':
         if (isMessage(frame.message)) settle(frame.ref, null, frame.message);
         else settle(frame.ref, new ApiError('unexpected answer from the server', 0));
@@ -585,13 +676,21 @@ function wsTransport(events) {
       ws.addEventListener('open', events.onOpen);
       ws.addEventListener('message', (e) => onFrame(e.data, since));
       // 'error' is always followed by 'close', so all recovery happens here.
-      // Every close reconnects: 1001/1012 are a server restart, 1006 a lost
-      // network; the backoff keeps any other cause from looping hot.
+      // A close reconnects (1001/1012 are a server restart, 1006 a lost
+      // network; the backoff keeps any other cause from looping hot), except
+      // the ends the server means for good: signed out (4001), sign-in
+      // expired (4401), banned or removed (4403).
       ws.addEventListener('close', (e) => {
         if (socket !== ws) return;
         socket = null;
         failAll(e.code === 1009 ? 'message too long' : 'connection lost before the server confirmed the message');
-        events.onDrop();
+        if (e.code === 4001) events.onEnd(...ENDINGS.signed_out);
+        else if (e.code === 4401) events.onEnd(...ENDINGS.auth_expired);
+        else if (e.code === 4403) onDisconnected(events, e.reason, false);
+        else {
+          if (e.code === 4000) onDisconnected(events, e.reason, true);
+          events.onDrop();
+        }
       });
     },
     close() {
@@ -620,6 +719,24 @@ const connection = (() => {
   let retryTimer = 0;
   let started = false; // main() has opened the stream once
   let running = false; // and it has not been stopped since
+  let ended = false; // the server ended it for good: never reopened
+
+  /** The stream is over (signed out, sign-in expired, removed): say why,
+   * and stop everything that would act as this user. */
+  function end(state, text) {
+    ended = true;
+    running = false;
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    transport.close();
+    setConnState(state);
+    showStatus(text, { sticky: true });
+    for (const control of [ui.input, ui.send, ui.nameInput, ui.nameSave]) control.disabled = true;
+    if (state === 'signed-out') showAuth('signed-out', 'signed out');
+    if (state === 'expired') showAuth('signed-out', 'sign-in expired');
+    // Who is online is no longer known (a snapshot comes only with a stream).
+    onPresence({});
+  }
 
   const events = {
     onOpen() {
@@ -627,14 +744,18 @@ const connection = (() => {
       setConnState('live');
     },
     onDrop() {
+      // A try that never opened may have been refused for the sign-in
+      // (which a browser does not tell a page): ask before the next one.
+      const refused = openedAt === 0;
       // Reset the backoff only after a connection that lasted: one that is
       // accepted and dropped at once (e.g. too many streams) keeps backing off.
       if (openedAt && Date.now() - openedAt > STABLE_MS) attempt = 0;
       openedAt = 0;
       setConnState('reconnecting');
       clearTimeout(retryTimer);
-      retryTimer = setTimeout(open, backoff(attempt++));
+      retryTimer = setTimeout(refused ? checkThenOpen : open, backoff(attempt++));
     },
+    onEnd: end,
   };
   const transport = (transportName === 'ws' ? wsTransport : sseTransport)(events);
 
@@ -644,8 +765,24 @@ const connection = (() => {
     transport.open();
   }
 
+  async function checkThenOpen() {
+    try {
+      await api('GET', '/api/session');
+    } catch (err) {
+      if (err.status === 401) {
+        if (running) end(...signInEnding(err));
+        return;
+      }
+    }
+    if (running && retryTimer) open(); // (unless stopped, or reopened, meanwhile)
+  }
+
   return {
     transport,
+    end,
+    get ended() {
+      return ended;
+    },
     start() {
       started = running = true;
       open();
@@ -664,7 +801,7 @@ const connection = (() => {
       transport.close();
     },
     resume() {
-      if (running || !started) return;
+      if (running || !started || ended) return;
       setConnState('reconnecting');
       this.start();
     },
@@ -704,7 +841,7 @@ function keyFor(text) {
 function submit(event) {
   event.preventDefault();
   const text = ui.input.value;
-  if (!text.trim()) return;
+  if (!text.trim() || connection.ended) return;
   const key = keyFor(text);
   sendQueue = sendQueue.then(async () => {
     try {
@@ -723,12 +860,14 @@ function submit(event) {
 
 // ---------------------------------------------------------------- start
 
-/** Keep trying a startup step, saying what is wrong meanwhile. */
+/** Keep trying a startup step, saying what is wrong meanwhile; not when the
+ * server wants a sign-in (401): trying again would not change that. */
 async function retrying(what, step) {
   for (let attempt = 0; ; attempt++) {
     try {
       return await step();
     } catch (err) {
+      if (err.status === 401) throw err;
       showStatus(`${what}: ${err.message}; retrying…`, { sticky: true });
       await sleep(backoff(attempt));
     }
@@ -769,4 +908,7 @@ window.chat = Object.freeze({
   },
 });
 
-main().catch((err) => showStatus(`the page failed to start: ${err.message}`, { sticky: true }));
+main().catch((err) => {
+  if (err.status === 401) connection.end(...signInEnding(err));
+  else showStatus(`the page failed to start: ${err.message}`, { sticky: true });
+});
