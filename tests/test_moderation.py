@@ -19,6 +19,7 @@ from server.web.moderation import Moderation
 
 from .signing import SECRET, claims, sign
 from .support import ServerProcess, error_of, sse_events, subscribe_on_worker
+from .test_refusals import Footprint
 from .test_signin import bearer
 
 ALICE = bearer(sign(claims(sub="alice")))
@@ -153,7 +154,7 @@ async def refused(client: Any, room: str, headers: dict[str, str]) -> list[int]:
 
 
 async def test_a_ban_ends_the_users_streams_and_refuses_it_until_lifted(
-    make_app: Any, aiohttp_client: Any
+    make_app: Any, aiohttp_client: Any, redis: aioredis.Redis
 ) -> None:
     client = await app_client(make_app, aiohttp_client)
     async with (
@@ -166,7 +167,9 @@ async def test_a_ban_ends_the_users_streams_and_refuses_it_until_lifted(
         async with asyncio.timeout(5):
             await events.closed.wait()
         assert events.last("disconnected") == {"reason": "banned", "reconnect": False}
+    before = await Footprint.of(redis)
     assert await refused(client, "lobby", ALICE) == [403, 403, 403]
+    (await Footprint.of(redis)).assert_same_as(before)
     assert await refused(client, "lobby", BOB) == [201, 200, 101]
     resp = await client.post("/api/auth", json={"token": sign(claims(sub="alice"))})
     assert (await error_of(resp, 403))["code"] == "banned"

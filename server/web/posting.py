@@ -144,6 +144,8 @@ class Posting:
         ban = banned(batch, user.user_id, room)
         await batch.run()
         if ban.value:
+            if not verdict.value.wait:  # (what it took goes back)
+                await _refund(limiter, charges)
             raise Banned("you are banned from posting here")
         retry_after = verdict.value.wait
         claim = Claim(self, user.user_id, idempotency_key, room, charges)
