@@ -14,6 +14,8 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from server.common import redisurl
+from server.store.clients import redis_client
 from server.web import state as keys
 from server.web.moderation import Moderation
 
@@ -273,13 +275,23 @@ async def all_closed_within(streams: list[Any], deadline_s: float) -> float:
 
 
 async def test_a_disconnect_and_a_ban_reach_every_worker_of_every_instance_within_a_second(
-    start_server: Callable[..., ServerProcess], redis: aioredis.Redis
+    start_server: Callable[..., ServerProcess], any_redis_url: str
 ) -> None:
-    env = {"CHAT_AUTH_JWT_SECRET": SECRET}
-    servers = [start_server(workers=2, env=env), start_server(workers=2, env=env)]
+    # (Eight streams at once, and those opened to land on a worker, closing.)
+    env = {"CHAT_AUTH_JWT_SECRET": SECRET, "CHAT_STREAMS_PER_SESSION": "100"}
+    servers = [start_server(workers=2, env=env, redis_url=any_redis_url) for _ in range(2)]
     token = sign(claims(sub="alice"))
-    # The test's own instance of the service, on the same Redis.
-    service = Moderation(redis)
+    # The test's own instance of the service, on the same Redis (or Cluster).
+    async with redis_client(any_redis_url) as probe:
+        clustered = (await probe.info("cluster")).get("cluster_enabled")
+    url = redisurl.cluster_url(any_redis_url) if clustered else any_redis_url
+    async with redis_client(url) as client:
+        await disconnect_then_ban(Moderation(client), servers, token)
+
+
+async def disconnect_then_ban(
+    service: Moderation, servers: list[ServerProcess], token: str
+) -> None:
     async with contextlib.AsyncExitStack() as stack:
         streams = await streams_everywhere(stack, servers, token)
         started = time.monotonic()
