@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 
 from server.common import redisurl
+from server.core.errors import BadRequest
 from server.store.clients import redis_client
 from server.web import state as keys
 from server.web.moderation import Moderation
@@ -245,6 +247,36 @@ async def test_a_membership_admits_a_user_to_a_private_room_and_its_end_removes_
     assert (await client.get(f"{room}/messages", headers=BOB)).status == 200
     resp = await client.post(f"{room}/messages", json={"text": "hi"}, headers=BOB)
     assert (await error_of(resp, 403))["code"] == "forbidden"
+
+
+@pytest.mark.parametrize(
+    ("call", "args", "kwargs"),
+    [
+        ("disconnect", ["not a user"], {"reconnect": True}),
+        ("disconnect", ["alice"], {"room": "Not A Room", "reconnect": True}),
+        ("ban", ["alice"], {"rooms": "lobby"}),
+        ("ban", ["alice"], {"rooms": ["lobby", "../x"]}),
+        ("ban", ["alice"], {"for_s": 0}),
+        ("ban", ["alice"], {"for_s": True}),
+        ("unban", ["al ice"], {}),
+        ("grant", ["team-a", "alice", "owner"], {}),
+        ("grant", ["", "alice", "member"], {}),
+        ("revoke", ["team-a", "x" * 65], {}),
+    ],
+)
+async def test_what_moderation_refuses_writes_nothing(
+    make_app: Any,
+    aiohttp_client: Any,
+    redis: aioredis.Redis,
+    call: str,
+    args: list[Any],
+    kwargs: Any,
+) -> None:
+    client = await app_client(make_app, aiohttp_client)
+    before = await Footprint.of(redis)
+    with pytest.raises(BadRequest):
+        await getattr(moderation(client), call)(*args, **kwargs)
+    (await Footprint.of(redis)).assert_same_as(before)
 
 
 async def streams_everywhere(

@@ -36,6 +36,8 @@ def _user(user_id: str) -> str:
 def _rooms(rooms: Iterable[str] | None) -> list[str] | None:
     if rooms is None:
         return None
+    if isinstance(rooms, str):
+        raise BadRequest("'rooms' is a list of room names")
     rooms = list(rooms)
     if not all(isinstance(room, str) and ROOM_RE.fullmatch(room) for room in rooms):
         raise BadRequest("not a room name")
@@ -68,7 +70,9 @@ class Moderation:
         """Ban the user everywhere (or in ``rooms``), until :meth:`unban` or
         for ``for_s`` seconds; its streams there end, not to come back."""
         user_id, room_list = _user(user_id), _rooms(rooms)
-        if for_s is not None and not (isinstance(for_s, int | float) and 0 < for_s < 10**9):
+        if for_s is not None and (
+            isinstance(for_s, bool) or not isinstance(for_s, int | float) or not 0 < for_s < 10**9
+        ):
             raise BadRequest("'for_s' must be a positive number of seconds")
         await self.store.ban(user_id, room_list, for_s, (reason or "")[:REASON_MAX])
         await self.store.disconnect(user_id, CloseReason.BANNED, room_list)
