@@ -14,6 +14,9 @@ class CloseReason(enum.StrEnum):
     GONE = "gone"  # the client left
     AUTH_EXPIRED = "auth_expired"  # the sign-in's token expired, and no newer one came
     SIGNED_OUT = "signed_out"  # the session signed out
+    DISCONNECTED = "disconnected"  # the application ended the user's streams; it may come back
+    REMOVED = "removed"  # the application ended them, and it may not come back (so far)
+    BANNED = "banned"  # the user is banned (everywhere, or in the room)
 
 
 # The members as module constants too, as the signal module has its signals.
@@ -24,3 +27,8 @@ UNAVAILABLE = CloseReason.UNAVAILABLE
 OVERFLOW = CloseReason.OVERFLOW
 AUTH_EXPIRED = CloseReason.AUTH_EXPIRED
 SIGNED_OUT = CloseReason.SIGNED_OUT
+DISCONNECTED = CloseReason.DISCONNECTED
+REMOVED = CloseReason.REMOVED
+BANNED = CloseReason.BANNED
+# What the application's moderation may end streams for (server.web.moderation).
+MODERATION = frozenset({DISCONNECTED, REMOVED, BANNED})

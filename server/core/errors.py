@@ -65,6 +65,10 @@ class Forbidden(ChatError, status=403, code="forbidden"):
     """Something the caller's role (or being anonymous) does not allow."""
 
 
+class Banned(ChatError, status=403, code="banned"):
+    """The user is banned (everywhere, or in the room) until the ban ends."""
+
+
 class NotFound(ChatError, status=404, code="not_found"):
     """No such room name (or page)."""
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from ..common.metrics import Metrics
 from . import presence
 from .backend import Backend
-from .close_reason import CloseReason
+from .close_reason import MODERATION, CloseReason
 from .ids import MessageId
 from .model import Message, Online, Presence
 from .replay import REPLAY_PAGE
@@ -192,6 +192,15 @@ class Hub:
         for sub in list(room.subscriptions.values()):
             if sub.expiry is not None and sub.expiry.session == session:
                 sub.close(CloseReason.SIGNED_OUT)
+
+    def disconnected(self, room_name: str, reason: str, user_id: str) -> None:
+        """End the user's streams in a room, for a moderation ``reason``."""
+        room = self.rooms.get(room_name)
+        if room is None or reason not in MODERATION:
+            return
+        for sub in list(room.subscriptions.values()):
+            if sub.user_id == user_id:
+                sub.close(CloseReason(reason))
 
     def close_all(self, reason: CloseReason) -> None:
         self.closing = True

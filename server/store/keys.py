@@ -76,3 +76,21 @@ def budget_key(kind: str, owner: str) -> str:
 # What a sign-out publishes on a room's channel, before the session's tag
 # (presence notices are "p", messages "m\n...").
 SIGNED_OUT_PREFIX = "s\n"
+
+# What a disconnect publishes on a room's channel: the prefix, then why
+# (a close reason), a newline and the user id whose streams there end.
+DISCONNECT_PREFIX = "d\n"
+
+
+# Moderation (see server.store.moderation_store).
+
+
+def bans_key(user_id: str) -> str:
+    """The user's bans: a hash of ``*`` (everywhere) or room names to
+    ``<expiry ms, 0 for never>|<reason>``."""
+    return f"chat:user:{{{user_id}}}:bans"
+
+
+def members_key(room: str) -> str:
+    """The room's memberships (set through the server API): user id to role."""
+    return f"chat:{{{room}}}:members"

@@ -26,7 +26,7 @@ from ..core.ids import MessageId
 from ..core.model import Message
 from .broker import Broker, parse_live
 from .failures import FAILURES
-from .keys import SIGNED_OUT_PREFIX, channel, room_of
+from .keys import DISCONNECT_PREFIX, SIGNED_OUT_PREFIX, channel, room_of
 from .pubsub import Link, nodes_for, retry_after
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class Relay:
         self.on_messages: Callable[[str, list[Message]], None] = lambda room, messages: None
         self.on_presence: Callable[[str], None] = lambda room: None
         self.on_signed_out: Callable[[str, str], None] = lambda room, session: None
+        # A disconnect: the room, why, and the user whose streams there end.
+        self.on_disconnect: Callable[[str, str, str], None] = lambda room, why, user: None
         self.nodes = nodes_for(redis_url)
         self._feeds: dict[str, _Feed] = {}
         self._links: dict[str, Link] = {}  # by node
@@ -85,13 +87,16 @@ class Relay:
         on_messages: Callable[[str, list[Message]], None],
         on_presence: Callable[[str], None],
         on_signed_out: Callable[[str, str], None] | None = None,
+        on_disconnect: Callable[[str, str, str], None] | None = None,
     ) -> None:
-        """Where messages, presence notices and sign-outs (a session's tag,
-        whose streams in the room end) go."""
+        """Where messages, presence notices, sign-outs (a session's tag,
+        whose streams in the room end) and disconnects go."""
         self.on_messages = on_messages
         self.on_presence = on_presence
         if on_signed_out is not None:
             self.on_signed_out = on_signed_out
+        if on_disconnect is not None:
+            self.on_disconnect = on_disconnect
 
     # ------------------------------------------------------------- the contract
 
@@ -195,6 +200,9 @@ class Relay:
                 self.on_presence(room)
             elif data.startswith(SIGNED_OUT_PREFIX):
                 self.on_signed_out(room, data[len(SIGNED_OUT_PREFIX) :])
+            elif data.startswith(DISCONNECT_PREFIX):
+                why, _, user_id = data[len(DISCONNECT_PREFIX) :].partition("\n")
+                self.on_disconnect(room, why, user_id)
             elif data.startswith("m\n"):
                 parsed = parse_live(room, data)
                 if parsed is None:

@@ -28,6 +28,7 @@ from . import middlewares, views
 from . import state as keys
 from .auth import AuthApi
 from .heartbeat import Heartbeat, LoopWatch
+from .moderation import Moderation
 from .posting import Posting
 from .sessions import Sessions
 from .signin import SignIn
@@ -92,7 +93,7 @@ def create_app(
     )
     heartbeat = Heartbeat(hub, registry, config)
     announcer = Announcer(hub, registry.presence.read, config.presence_list_max, failures.FAILURES)
-    relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out)
+    relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out, hub.disconnected)
     # What aiohttp's lifecycle, the worker and the tests reach for.
     app[keys.CONFIG] = config
     app[keys.HUB] = hub
@@ -100,6 +101,7 @@ def create_app(
     app[keys.HEARTBEAT] = heartbeat
     app[keys.ANNOUNCER] = announcer
     app[keys.SIGN_IN] = sign_in
+    app[keys.MODERATION] = Moderation(redis)  # (what the server API will call)
     # The services the handlers are built with.
     limiter = RateLimiter(redis, metrics)
     budgets = Budgets.from_config(config)

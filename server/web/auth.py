@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..core.errors import BadRequest, InvalidToken, UnsupportedMediaType
+from ..core.errors import BadRequest, Banned, InvalidToken, UnsupportedMediaType
 from ..store.connection_registry import ConnectionRegistry
+from ..store.moderation_store import is_banned
 from .posting import json_object
 from .sessions import Sessions
 from .signin import expires_at
@@ -37,6 +38,8 @@ class AuthApi:
         if not isinstance(token, str):
             raise BadRequest("'token' must be the sign-in token, a string")
         identity = await verifier.verify(token)
+        if await is_banned(self.sessions.redis, identity.user_id):
+            raise Banned("this user is banned")
         name = await self.sessions.sign_in_session(request, identity)
         body = {"user_id": identity.user_id, "name": name, "expires_at": expires_at(identity)}
         return web.json_response(body)

@@ -10,13 +10,21 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ..common.metrics import Metrics
-from ..core.errors import BadRequest, IdempotencyConflict, NotFound, RateLimited, TooLarge
+from ..core.errors import (
+    BadRequest,
+    Banned,
+    IdempotencyConflict,
+    NotFound,
+    RateLimited,
+    TooLarge,
+)
 from ..core.model import ROOM_RE, Message
 from ..core.wire import parse_json
 from ..store import failures
 from ..store.batch import Batch
 from ..store.broker import IDEMPOTENCY_TTL_S, Broker, NewRoom
 from ..store.keys import key_used_in, name_key
+from ..store.moderation_store import banned
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from .sessions import User, keep_name
 
@@ -133,7 +141,12 @@ class Posting:
         kept_name = batch.get(name_key(user.user_id)) if user.name is None else None
         claimed = batch.get(key_used_in(user.user_id, idempotency_key)) if idempotency_key else None
         verdict = limiter.charge(batch, *charges)
+        ban = banned(batch, user.user_id, room)
         await batch.run()
+        if ban.value:
+            if not verdict.value.wait:  # (what it took goes back)
+                await _refund(limiter, charges)
+            raise Banned("you are banned from posting here")
         retry_after = verdict.value.wait
         claim = Claim(self, user.user_id, idempotency_key, room, charges)
         if claimed is not None:

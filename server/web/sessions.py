@@ -18,12 +18,13 @@ import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ..core.errors import Forbidden, RateLimited, Unauthorized
+from ..core.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from ..core.identity import Identity, Role
 from ..core.names import friendly_name
 from ..store.aiohttp_session_compat import storage_of
 from ..store.batch import Batch
 from ..store.keys import name_key
+from ..store.moderation_store import membership
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.session_store import NEW_NAME, SignedRedisStorage
 from .addresses import owner_of
@@ -142,15 +143,24 @@ class Sessions:
         config = self.sign_in.config
         if config.anonymous == "none" or is_private(config, room):
             user = await self.current_user(request, charge=False)
-            room_role(config, user.identity, room)
+            await self.role_in(user, room)
 
-    def role_in(self, user: User, room: str) -> Role:
-        """The user's role in ``room``; NotFound when the room is private to it."""
-        return room_role(self.sign_in.config, user.identity, room)
+    async def role_in(self, user: User, room: str) -> Role:
+        """The user's role in ``room``; NotFound when the room is private to it.
 
-    def check_may_post(self, user: User, room: str) -> None:
+        A private room its token grants nothing in is asked of the room's
+        memberships (a round trip only then)."""
+        try:
+            return room_role(self.sign_in.config, user.identity, room)
+        except NotFound:
+            role = await membership(self.redis, room, user.user_id)
+            if role is None:
+                raise
+            return Role.parse(role)
+
+    async def check_may_post(self, user: User, room: str) -> None:
         """Refuse a message the user may not post in ``room`` (NotFound, Forbidden)."""
-        check_may_post(self.role_in(user, room), user.identity)
+        check_may_post(await self.role_in(user, room), user.identity)
 
     def new_session_charge(self, request: web.Request) -> tuple[Budget, str]:
         """What a new session costs: one from its client address's budget of new sessions."""

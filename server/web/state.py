@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..core.hub import Hub
     from ..core.presence import Announcer
     from .heartbeat import Heartbeat
+    from .moderation import Moderation
     from .signin import SignIn
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -29,3 +30,4 @@ ANNOUNCER: web.AppKey[Announcer] = web.AppKey("announcer")
 HEARTBEAT: web.AppKey[Heartbeat] = web.AppKey("heartbeat")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SIGN_IN: web.AppKey[SignIn] = web.AppKey("sign_in")
+MODERATION: web.AppKey[Moderation] = web.AppKey("moderation")

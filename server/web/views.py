@@ -177,7 +177,7 @@ class Api:
         # Checked before a session is made for it: a request that fails leaves nothing.
         posting.message_text(body.get("text"), self.posting.max_chars)
         user = await self.sessions.current_user(request)
-        self.sessions.check_may_post(user, room)
+        await self.sessions.check_may_post(user, room)
         message, replayed = await self.posting.post(
             room,
             user,

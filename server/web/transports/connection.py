@@ -12,7 +12,7 @@ from aiohttp import web
 from redis.exceptions import ResponseError
 
 from ...common.metrics import Metrics
-from ...core.errors import BadRequest, TooManyStreams, Unavailable
+from ...core.errors import BadRequest, Banned, TooManyStreams, Unavailable
 from ...core.hub import Closing, Hub
 from ...core.ids import MessageId, parse_id
 from ...core.presence import Announcer
@@ -22,6 +22,7 @@ from ...store.batch import Batch
 from ...store.connection_registry import ConnectionRegistry
 from ...store.failures import is_out_of_memory
 from ...store.keys import name_key
+from ...store.moderation_store import banned
 from ...store.presence_store import Holder
 from ...store.ratelimit import RateLimiter
 from ..addresses import owner_of
@@ -164,6 +165,7 @@ class Connections:
         charges = (self.sessions.new_session_charge(request),) if user.is_new else ()
         checks = Batch(self.redis)
         verdict = self.limiter.charge(checks, *charges)
+        ban = banned(checks, user.user_id, room)
         full = await registry.reserve(
             room,
             user.user_id,
@@ -172,9 +174,11 @@ class Connections:
             ttl_s=NEW_SESSION_TTL_S if user.is_new else None,
             batch=checks,
         )
-        if verdict.value.wait:
+        if verdict.value.wait or ban.value:
             if full is None:
                 await registry.release(room, Holder(user.user_id, address), sub.id)
+            if ban.value:
+                raise Banned("you are banned from this room")
             raise too_many_sessions(verdict.value.wait)
         if full is not None:
             self.metrics.rate_limited(f"{'' if full == 'session' else 'address_'}streams")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ...core.close_reason import CloseReason
+from ...core.close_reason import MODERATION, CloseReason
 from ...core.wire import sse_chunk
 from .. import posting
 from ..aiohttp_sse_compat import EventStream
@@ -46,6 +46,11 @@ class SseSink(DirectSink):
         if reason in (CloseReason.AUTH_EXPIRED, CloseReason.SIGNED_OUT):
             frame = f"event: {reason}\ndata: {{}}\n\n".encode()
             self._transport.write(sse_chunk(frame) if self._chunked else frame)
+        elif reason in MODERATION:
+            again = "true" if reason == CloseReason.DISCONNECTED else "false"
+            data = f'{{"reason": "{reason}", "reconnect": {again}}}'
+            frame = f"event: disconnected\ndata: {data}\n\n".encode()
+            self._transport.write(sse_chunk(frame) if self._chunked else frame)
         elif reason in (CloseReason.SHUTDOWN, CloseReason.RELOAD, CloseReason.UNAVAILABLE):
             retry = REDIS_RETRY_MS if reason == CloseReason.UNAVAILABLE else RETRY_MS
             frame = _reconnect(reason, retry)
@@ -71,7 +76,7 @@ class SseHandler:
             header if header is not None else request.query.get("last_event_id"), "Last-Event-ID"
         )
         user = await self.sessions.current_user(request, charge=False)
-        self.sessions.role_in(user, room)  # (a private room it has no grant for: 404)
+        await self.sessions.role_in(user, room)  # (a private room it has no grant for: 404)
         response = EventStream(send_timeout=self.send_timeout_s)
         async with self.connections.opened(request, response, room, user, since, "sse") as sub:
             await response.prepare(request)

@@ -58,6 +58,9 @@ CLOSE_CODES = {
     CloseReason.UNAVAILABLE: WSCloseCode.TRY_AGAIN_LATER,
     CloseReason.AUTH_EXPIRED: 4401,
     CloseReason.SIGNED_OUT: 4001,
+    CloseReason.DISCONNECTED: 4000,  # ended by the application: it may reconnect
+    CloseReason.REMOVED: 4403,  # ended, and it may not come back
+    CloseReason.BANNED: 4403,
 }
 
 
@@ -128,7 +131,7 @@ class WsHandler:
         if not can_upgrade(ws, request):
             raise BadRequest("expected a WebSocket upgrade request")
         user = await self.sessions.current_user(request, charge=False)
-        role = self.sessions.role_in(user, room)  # (decided once, for the connection)
+        role = await self.sessions.role_in(user, room)  # (decided once, for the connection)
         async with self.connections.opened(request, ws, room, user, since, "ws") as sub:
             await ws.prepare(request)
             sink = WsSink(request, ws)
