@@ -35,7 +35,8 @@ log = logging.getLogger("chat-server")
 # without it.
 COMMANDS = (
     *("DEL", "EXISTS", "EXPIRE", "PEXPIRE", "PEXPIREAT", "GET", "SET", "TIME"),
-    *("HDEL", "HINCRBY", "SADD", "SCARD", "SMEMBERS", "SREM"),
+    *("HDEL", "HGET", "HINCRBY", "HMGET", "HSET", "HVALS", "PERSIST"),
+    *("SADD", "SCARD", "SMEMBERS", "SREM"),
     *("ZADD", "ZCARD", "ZRANGE", "ZRANGEBYLEX", "ZRANGEBYSCORE", "ZREM", "ZREMRANGEBYSCORE"),
     *("XADD", "XRANGE", "XREVRANGE"),
     *("EVALSHA", "SCRIPT", "PING", "INFO"),
