@@ -23,16 +23,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from . import failures, scripts
+from . import failures
 from .batch import Batch
 from .batch import run as run_scripts
 from .keys import (
     SIGNED_OUT_PREFIX,
     address_connections_key,
-    channel,
     name_key,
     user_connections_key,
 )
+from .moderation_store import publish_to_rooms, rooms_of, tell_user_rooms
 from .presence_store import Holder, PresenceStore
 
 log = logging.getLogger(__name__)
@@ -267,18 +267,9 @@ class ConnectionRegistry:
         pipe.set(name_key(user_id), name, ex=ttl_s or self.name_ttl_s)
         pipe.zrangebyscore(user_connections_key(user_id), _now_ms(), "+inf")
         _, members = await pipe.execute()
-        await self._tell_rooms(members, "p")
+        await publish_to_rooms(self.redis, rooms_of(members), "p")
 
     async def signed_out(self, user_id: str, session: str) -> None:
         """Tell every room the user is online in that the session tagged
         ``session`` signed out: its streams there end, on every worker."""
-        members = await self.redis.zrangebyscore(user_connections_key(user_id), _now_ms(), "+inf")
-        await self._tell_rooms(members, SIGNED_OUT_PREFIX + session)
-
-    async def _tell_rooms(self, members: list[Any], data: str) -> None:
-        rooms = {str(m).rsplit("|", 1)[1] for m in members if "|" in str(m)}
-        if rooms:
-            pipe = self.redis.pipeline(transaction=False)
-            for room in sorted(rooms):
-                pipe.execute_command(scripts.publish_command(self.redis), channel(room), data)
-            await pipe.execute()
+        await tell_user_rooms(self.redis, user_id, SIGNED_OUT_PREFIX + session)

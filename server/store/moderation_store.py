@@ -115,14 +115,31 @@ class ModerationStore:
     async def disconnect(self, user_id: str, reason: str, rooms: Iterable[str] | None) -> None:
         """Tell every room the user is online in (of ``rooms``, when given)
         that its streams there end, for ``reason``, on every worker."""
-        members = await self.redis.zrangebyscore(user_connections_key(user_id), _now_ms(), "+inf")
-        online = {str(m).rsplit("|", 1)[1] for m in members if "|" in str(m)}
-        if rooms is not None:
-            online &= set(rooms)
-        if online:
-            data = f"{DISCONNECT_PREFIX}{reason}\n{user_id}"
-            command = scripts.publish_command(self.redis)
-            pipe = self.redis.pipeline(transaction=False)
-            for room in sorted(online):
-                pipe.execute_command(command, channel(room), data)
-            await pipe.execute()
+        await tell_user_rooms(self.redis, user_id, f"{DISCONNECT_PREFIX}{reason}\n{user_id}", rooms)
+
+
+def rooms_of(members: Iterable[Any]) -> set[str]:
+    """The rooms of a user's connection entries (``worker:id|room``)."""
+    return {str(m).rsplit("|", 1)[1] for m in members if "|" in str(m)}
+
+
+async def publish_to_rooms(redis: aioredis.Redis, rooms: Iterable[str], data: str) -> None:
+    """Publish ``data`` on each room's channel, in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    command = scripts.publish_command(redis)
+    for room in sorted(rooms):
+        pipe.execute_command(command, channel(room), data)
+    if len(pipe):
+        await pipe.execute()
+
+
+async def tell_user_rooms(
+    redis: aioredis.Redis, user_id: str, data: str, rooms: Iterable[str] | None = None
+) -> None:
+    """Publish ``data`` on the channels of the rooms the user is online in
+    (those of ``rooms``, when given): every worker holding its connections there hears it."""
+    members = await redis.zrangebyscore(user_connections_key(user_id), _now_ms(), "+inf")
+    online = rooms_of(members)
+    if rooms is not None:
+        online &= set(rooms)
+    await publish_to_rooms(redis, online, data)
