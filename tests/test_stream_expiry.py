@@ -103,7 +103,10 @@ async def test_a_session_refreshed_elsewhere_keeps_its_streams(
     async with beating(make_app, aiohttp_client) as client:
         exp = int(time.time()) + 2
         assert (await client.post("/api/auth", json={"token": sign(claims(exp=exp))})).ok
-        async with client.get(f"{ROOM}/events") as refreshed:
+        async with (
+            client.get(f"{ROOM}/events") as refreshed,
+            client.ws_connect(f"{ROOM}/ws") as ws,
+        ):
             later = int(time.time()) + 600
             resp = await client.post("/api/auth", json={"token": sign(claims(exp=later))})
             assert (await resp.json())["expires_at"] == later
@@ -118,6 +121,9 @@ async def test_a_session_refreshed_elsewhere_keeps_its_streams(
                             if event.event == "message":
                                 assert json.loads(event.data)["text"] == "after"
                                 break
+                # The session's WebSocket, open since before the refresh, is too.
+                frame = await next_frame(ws, "message")
+                assert frame["message"]["text"] == "after", frame
         # Not refreshed: the session's stream ends.
         soon = int(time.time()) + 2
         assert (await client.post("/api/auth", json={"token": sign(claims(exp=soon))})).ok
