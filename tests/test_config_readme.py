@@ -31,6 +31,9 @@ IN_WORDS = {
     "auth_jwks_url": "none",
     "auth_jwt_audience": "none",
     "auth_jwt_issuer": "none",
+    # Empty: no webhooks.
+    "webhook_url": "none",
+    "webhook_secret": "none",
 }
 
 

@@ -30,9 +30,11 @@ from .settings_types import (
     Loop,
     MemorySize,
     Networks,
+    OptionalHttpURL,
     OptionalOrigin,
     OptionalRedisURL,
     Origins,
+    WebhookEvents,
 )
 
 __all__ = [
@@ -142,6 +144,17 @@ class Config(BaseSettings):
     presence_list_max: int = Field(
         200, ge=0, le=100_000, description="rooms with more users send counts only"
     )
+    # Webhooks: where events are POSTed, what signs them, which, and for how long.
+    webhook_url: OptionalHttpURL = Field("", description="where events are POSTed; empty: none")
+    webhook_secret: str = Field("", repr=False, description="signs the events POSTed")
+    webhook_events: WebhookEvents = Field(
+        ("message.created", "message.updated", "message.deleted"),
+        description="which events are POSTed",
+    )
+    webhook_retry_for_s: int = Field(
+        86400, ge=1, le=30 * 86400, description="how long an event is retried before it is dead"
+    )
+
     # Connections: pings, timeouts, buffers.
     heartbeat_s: float = Field(15.0, ge=0.05, le=3600, description="heartbeat interval")
     idle_timeout_s: float = Field(
@@ -235,7 +248,7 @@ def load(
             f"address_connections: {config.address_connections} is below address_streams "
             f"({config.address_streams}): a stream is a connection, and one worker may hold all"
         )
-    refusal = check_key_sources(config)
+    refusal = check_key_sources(config) or _check_webhook(config)
     if refusal:
         raise ConfigError(refusal)
     if config.monitor_port:
@@ -249,6 +262,12 @@ def load(
                 "(pip install 'chat-server[monitor]')"
             )
     return config
+
+
+def _check_webhook(config: Config) -> str:
+    if config.webhook_url and not config.webhook_secret:
+        return "webhook_secret: needed with webhook_url (it signs every event)"
+    return ""
 
 
 def keep_bound_settings(old: Config, new: Config) -> Config:

@@ -149,6 +149,25 @@ class Metrics:
             "chat_gc_pause_max_seconds", "Longest full garbage collection so far."
         )
         worker_gauge("chat_worker_up", "Worker processes serving.").set(1)
+        webhooks = counter(
+            "chat_webhook_deliveries",
+            "Webhook deliveries by result: ok, failed (to be tried again), dead (given up).",
+            ["result"],
+        )
+        self._webhooks = {r: webhooks.labels(r) for r in ("ok", "failed", "dead")}
+        # The largest any live worker reports: each knows the rooms it delivers.
+        self._webhook_lag = Gauge(
+            "chat_webhook_lag_seconds",
+            "Age of the oldest webhook event being delivered or waiting for its next try.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._dead_letters = Gauge(
+            "chat_webhook_dead_letters",
+            "Webhook events kept as dead letters (in Redis, for every instance).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
 
     # -- messages ------------------------------------------------------------
 
@@ -195,6 +214,18 @@ class Metrics:
 
     def redis_reconnected(self) -> None:
         self._reconnects.inc()
+
+    # -- webhooks ---------------------------------------------------------------
+
+    def webhook_delivery(self, result: str) -> None:
+        """A webhook POST: ``ok``, ``failed``, or ``dead`` (its event given up)."""
+        self._webhooks[result].inc()
+
+    def webhook_lag(self, seconds: float) -> None:
+        self._webhook_lag.set(seconds)
+
+    def webhook_dead_letters(self, count: int) -> None:
+        self._dead_letters.set(count)
 
     # -- the worker's health --------------------------------------------------
 

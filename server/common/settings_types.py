@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_args
 
@@ -103,3 +104,28 @@ Origins = Annotated[tuple[str, ...], _list_of(_ORIGIN, is_web_origin)]
 Networks = Annotated[
     tuple[str, ...], _list_of("an address or network like 10.0.0.0/8", _is_network)
 ]
+
+# The events a webhook may be sent (server.core.webhook).
+WEBHOOK_EVENTS = (
+    "message.created",
+    "message.updated",
+    "message.deleted",
+    "user.joined",
+    "user.left",
+)
+WebhookEvents = Annotated[
+    tuple[str, ...],
+    _list_of("an event (" + ", ".join(WEBHOOK_EVENTS) + ")", WEBHOOK_EVENTS.__contains__),
+]
+
+
+def _http_url(value: str) -> str:
+    if value:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or value != value.strip():
+            raise ValueError(f"{value!r} is not an http(s) URL")
+    return value
+
+
+# Empty, or an http(s) URL.
+OptionalHttpURL = Annotated[str, AfterValidator(_http_url)]

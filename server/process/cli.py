@@ -34,7 +34,7 @@ from .. import __version__
 from ..common import redisurl
 from ..common.config import LOG_FORMATS, LOG_LEVELS, LOOPS, Config, ConfigError, load
 from ..store import connect, failures
-from . import logs, redis_check, token_command
+from . import logs, redis_check, token_command, webhooks_command
 from .embedded import EmbeddedRedisError, embedded_redis
 from .handoff import METRICS_DIR_ENV, Runner, title
 from .supervisor import Supervisor
@@ -57,7 +57,10 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
     parser = _Parser(
         prog="chat-server",
         description="Real-time chat server.",
-        epilog="chat-server token --help: a sign-in token for development",
+        epilog=(
+            "chat-server token --help: a sign-in token for development; "
+            "chat-server webhooks --help: webhook dead letters"
+        ),
     )
     parser.add_argument("--host", help="address to listen on [127.0.0.1]")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free port [8080]")
@@ -194,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "token":
         return token_command.main(argv[1:])
+    if argv and argv[0] == "webhooks":
+        return webhooks_command.main(argv[1:])
     try:
         flags = parse_args(argv)
         config = load(flags)

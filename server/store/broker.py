@@ -21,15 +21,18 @@ get their predecessor from the stream, or from Redis 7's
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from ..common.config import Config
 from ..core.ids import FIRST_ID, LAST_ID, MessageId, format_id, parse_id
 from ..core.model import Message
+from ..core.webhook import MESSAGE_CREATED
 from ..core.wire import parse_json, to_json
 from . import scripts
 from .keys import channel, idempotency_record_key, stream_key
+from .outbox import OUTBOX_LUA, Outbox
 
 # Append to the stream and publish "m", the previous id, the new id and the
 # message body, in one step: no other message of the room can come between.
@@ -45,9 +48,19 @@ from .keys import channel, idempotency_record_key, stream_key
 #
 # With ARGV[10] == '0', a message that would create the room (its stream
 # does not exist) is not stored: 'new' is returned.
-_PUBLISH_SCRIPT = """
-if KEYS[2] then
-  local published = redis.call('GET', KEYS[2])
+#
+# With a webhook for message.created, ARGV[11] is the message's JSON after
+# its id, ARGV[12] where the outbox keys start in KEYS (then there is no
+# idempotency record when it is 2), ARGV[13] the room: the event is written
+# with the message (see server.store.outbox).
+_PUBLISH_SCRIPT = (
+    OUTBOX_LUA
+    + """
+local idem = KEYS[2]
+local hook = tonumber(ARGV[12] or '0')
+if hook == 2 then idem = nil end
+if idem then
+  local published = redis.call('GET', idem)
   if published then return {published} end
 end
 if ARGV[10] == '0' and redis.call('EXISTS', KEYS[1]) == 0 then
@@ -61,11 +74,16 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 local published = 'm\\n' .. prev .. '\\n' .. id .. '\\n' .. ARGV[7]
 redis.call('PUBLISH', ARGV[6], published)
-if KEYS[2] then
-  redis.call('SET', KEYS[2], published, 'EX', ARGV[9])
+if idem then
+  redis.call('SET', idem, published, 'EX', ARGV[9])
+end
+if hook > 0 then
+  outbox_write(KEYS[hook], KEYS[hook + 1], ARGV[13], 'message.created',
+    '{"id":"' .. id .. '",' .. ARGV[11], ARGV[5])
 end
 return {id, prev}
 """
+)
 
 # The predecessor of an entry stored without "p": the entry before it, or,
 # for the stream's oldest, the newest one trimmed away (Redis 7 keeps it;
@@ -109,8 +127,11 @@ class Broker:
         *,
         history_len: int,
         room_ttl_s: int = Config.model_fields["room_ttl_s"].default,
+        outbox: Outbox | None = None,
     ) -> None:
         self.redis = redis
+        self.outbox = outbox  # where webhook events go (None: nowhere)
+        self._created = outbox is not None and outbox.wants(MESSAGE_CREATED)
         self.history_len = history_len
         self.room_ttl_s = room_ttl_s
         self._publish = scripts.register(redis, _PUBLISH_SCRIPT)
@@ -146,6 +167,11 @@ class Broker:
         keys = [stream_key(room)]
         if key is not None:
             keys.append(idempotency_record_key(room, user_id, key))
+        hook: list[Any] = []
+        if self._created and self.outbox is not None:
+            data = {"room": room, "user_id": user_id, "name": name, "text": text, "ts": ts}
+            hook = [to_json(data)[1:], len(keys) + 1, room]
+            keys.extend(self.outbox.keys(room))
         reply = await self._publish(
             keys=keys,
             args=[
@@ -159,10 +185,14 @@ class Broker:
                 self.room_ttl_s,
                 min(IDEMPOTENCY_TTL_S, self.room_ttl_s),
                 "1" if may_create else "0",
+                *hook,
             ],
         )
         if reply == "new":
             raise NewRoom(room)
+        if self._created and self.outbox is not None:
+            # (A retry marks it too: the mark of the first may have been lost.)
+            await self.outbox.written(room)
         if len(reply) == 1:
             return self._published(room, str(reply[0])), False
         message_id, prev = reply

@@ -33,6 +33,7 @@ from .keys import (
     user_connections_key,
 )
 from .moderation_store import publish_to_rooms, rooms_of, tell_user_rooms
+from .outbox import Outbox
 from .presence_store import Holder, PresenceStore
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,11 @@ class ConnectionRegistry:
         per_session_limit: int,
         per_address_limit: int,
         name_ttl_s: int,
+        outbox: Outbox | None = None,
     ) -> None:
         self.redis = redis
         self.worker_token = worker_token
-        self.presence = PresenceStore(redis, worker_token, int(ttl_s * 1000))
+        self.presence = PresenceStore(redis, worker_token, int(ttl_s * 1000), outbox)
         # A user entry is renewed every USER_SLICES heartbeats (ttl_s is two).
         self.user_ttl_ms = int(ttl_s * 1000) * USER_SLICES
         self.per_session_limit = per_session_limit
@@ -169,6 +171,7 @@ class ConnectionRegistry:
             undo.add_done_callback(self._undoing.discard)
             raise
         fresh, swept = joined.value
+        await self.presence.written(room)
         await self._free(room, swept)
         if int(fresh):
             await self._rejoin(room, but=connection_id)
@@ -198,6 +201,7 @@ class ConnectionRegistry:
         )
         left = batch.scripts([self.presence.leave(room, holder, connection_id)], _only)
         await batch.run()
+        await self.presence.written(room)
         await self._free(room, left.value)
 
     async def refresh(self, parts: int = 1) -> None:
@@ -217,6 +221,9 @@ class ConnectionRegistry:
         for start in range(0, len(rooms), REFRESH_BATCH):
             batch = rooms[start : start + REFRESH_BATCH]
             replies = await run_scripts(self.redis, *map(self.presence.renew, batch))
+            await self.presence.written(
+                *[r for r, (_, swept) in zip(batch, replies, strict=True) if swept]
+            )
             for room, (fresh, swept) in zip(batch, replies, strict=True):
                 await self._free(room, swept)
                 if int(fresh):
@@ -246,6 +253,7 @@ class ConnectionRegistry:
         ]
         if held:
             ((_, swept),) = await run_scripts(self.redis, self.presence.join(room, held))
+            await self.presence.written(room)
             await self._free(room, swept)
 
     async def _free(self, room: str, swept: list[str]) -> None:

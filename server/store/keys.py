@@ -8,6 +8,8 @@ all; a user's keys carry the user id, an address's the address.
 
 from __future__ import annotations
 
+import zlib
+
 
 def stream_key(room: str) -> str:
     # The braces are a Redis Cluster hash tag: all of a room's keys share a slot.
@@ -94,3 +96,44 @@ def bans_key(user_id: str) -> str:
 def members_key(room: str) -> str:
     """The room's memberships (set through the server API): user id to role."""
     return f"chat:{{{room}}}:members"
+
+
+# Webhooks (see server.store.outbox and server.store.outbox_queue).
+
+
+def outbox_key(room: str) -> str:
+    """The room's webhook events not delivered yet: a stream, in the room's slot."""
+    return f"chat:{{{room}}}:webhooks"
+
+
+# What a sweep looks for (SCAN MATCH): every room's outbox, nothing else.
+OUTBOX_PATTERN = "chat:{*}:webhooks"
+
+
+def outbox_owner_key(room: str) -> str:
+    """The worker delivering the room's events now: its token, with a lease (PX)."""
+    return f"chat:{{{room}}}:webhooks:owner"
+
+
+def outbox_tries_key(room: str) -> str:
+    """Failed deliveries so far, by entry id (the head's only, in practice)."""
+    return f"chat:{{{room}}}:webhooks:tries"
+
+
+DUE_SHARDS = 16  # changing it leaves rooms in the old sets, which a sweep recovers
+
+
+def due_key(shard: int) -> str:
+    """Rooms with events to deliver, scored by when (ms; 0: now). Each shard
+    has a hash tag of its own, so that a cluster spreads them over its nodes."""
+    return f"chat:webhooks:{{due-{shard}}}"
+
+
+def due_key_of(room: str) -> str:
+    return due_key(zlib.crc32(room.encode()) % DUE_SHARDS)
+
+
+# Events whose delivery gave up: a hash of event id to the event (JSON).
+DEAD_LETTERS_KEY = "chat:webhooks:{dead}"
+# Held (SET NX EX) by the one worker that sweeps for lost due marks.
+SWEEP_LOCK_KEY = "chat:webhooks:{sweep}"

@@ -32,9 +32,11 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from ..core.model import Online
+from ..core.webhook import USER_JOINED, USER_LEFT
 from . import scripts
 from .batch import Call
 from .keys import channel, held_prefix, name_key, room_keys, users_key
+from .outbox import OUTBOX_LUA, Outbox
 
 # Shared by the room scripts. KEYS: counts, users, leases, this worker's held
 # set. ARGV[1]: lease (ms), ARGV[2]: this worker, ARGV[3]: the channel,
@@ -42,11 +44,23 @@ from .keys import channel, held_prefix, name_key, room_keys, users_key
 # other worker whose lease ran out and returns them as {worker, 'user|id', ...}
 # so that the caller can free their users' connection slots. (Held sets are named
 # from the room's tag: every key a script touches is in the room's slot.)
-_ROOM_PRELUDE = """
+#
+# Webhooks: ARGV[5] holds 'j' to write user.joined events, 'l' user.left
+# ('' for neither), ARGV[6] is the room; KEYS[5] (and KEYS[6] on one Redis
+# server) are then the outbox keys (see server.store.outbox).
+_ROOM_PRELUDE = (
+    OUTBOX_LUA
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = now + tonumber(ARGV[1])
 local changed = false
+local function tell(flag, kind, user)
+  if string.find(ARGV[5], flag, 1, true) then
+    local data = '{"room":' .. cjson.encode(ARGV[6]) .. ',"user_id":' .. cjson.encode(user) .. '}'
+    outbox_write(KEYS[5], KEYS[6], ARGV[6], kind, data, string.format('%.3f', now / 1000))
+  end
+end
 local function user_of(conn)
   return string.match(conn, '^([^|]*)')
 end
@@ -55,6 +69,7 @@ local function gone(user)
     redis.call('HDEL', KEYS[1], user)
     redis.call('ZREM', KEYS[2], user)
     changed = true
+    tell('l', 'user.left', user)
   end
 end
 local swept = {}
@@ -80,6 +95,7 @@ local function renew()
   return fresh
 end
 """
+)
 
 _EPILOGUE = """
 if changed then
@@ -87,17 +103,18 @@ if changed then
 end
 """
 
-# ARGV[5...]: pairs of (connection, user) to add. The first reply is 1 when
+# ARGV[7...]: pairs of (connection, user) to add. The first reply is 1 when
 # the lease was not there (see _RENEW_SCRIPT).
 _JOIN_SCRIPT = (
     _ROOM_PRELUDE
     + """
 local fresh = renew()
-for i = 5, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   if redis.call('SADD', KEYS[4], ARGV[i]) == 1 then
     if redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1) == 1 then
       redis.call('ZADD', KEYS[2], 0, ARGV[i + 1])
       changed = true
+      tell('j', 'user.joined', ARGV[i + 1])
     end
   end
 end
@@ -117,13 +134,13 @@ local fresh = renew()
     + "return {fresh and 1 or 0, swept}\n"
 )
 
-# ARGV[5]: the connection, ARGV[6]: its user. The last connection the worker
+# ARGV[7]: the connection, ARGV[8]: its user. The last connection the worker
 # holds in the room gives up its lease.
 _LEAVE_SCRIPT = (
     _ROOM_PRELUDE
     + """
-if redis.call('SREM', KEYS[4], ARGV[5]) == 1 then
-  gone(ARGV[6])
+if redis.call('SREM', KEYS[4], ARGV[7]) == 1 then
+  gone(ARGV[8])
 end
 if redis.call('SCARD', KEYS[4]) == 0 then
   redis.call('ZREM', KEYS[3], ARGV[2])
@@ -144,10 +161,19 @@ class Holder(NamedTuple):
 class PresenceStore:
     """The room scripts of one worker, and the reads of presence and names."""
 
-    def __init__(self, redis: aioredis.Redis, worker_token: str, ttl_ms: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, worker_token: str, ttl_ms: int, outbox: Outbox | None = None
+    ) -> None:
         self.redis = redis
         self.worker_token = worker_token
         self.ttl_ms = ttl_ms
+        # Which of user.joined ('j') and user.left ('l') are written, and where.
+        self._hooks = "".join(
+            flag
+            for flag, kind in (("j", USER_JOINED), ("l", USER_LEFT))
+            if outbox is not None and outbox.wants(kind)
+        )
+        self.outbox = outbox if self._hooks else None
         self._join = scripts.register(redis, _JOIN_SCRIPT)
         self._renew = scripts.register(redis, _RENEW_SCRIPT)
         self._leave = scripts.register(redis, _LEAVE_SCRIPT)
@@ -159,11 +185,27 @@ class PresenceStore:
 
     def _call(self, script: AsyncScript, room: str, *args: str) -> Call:
         keys = room_keys(room, self.worker_token)
+        if self.outbox is not None:
+            keys.extend(self.outbox.keys(room))
         return (
             script,
             keys,
-            [self.ttl_ms, self.worker_token, channel(room), held_prefix(room), *args],
+            [
+                self.ttl_ms,
+                self.worker_token,
+                channel(room),
+                held_prefix(room),
+                self._hooks,
+                room,
+                *args,
+            ],
         )
+
+    async def written(self, *rooms: str) -> None:
+        """After scripts of ``rooms`` ran: their user events are on their way
+        (see :meth:`server.store.outbox.Outbox.written`)."""
+        if self.outbox is not None and rooms:
+            await self.outbox.written(*rooms)
 
     def join(self, room: str, held: list[tuple[Holder, int]]) -> Call:
         """The script that joins connections to the room (replies: fresh lease, swept)."""

@@ -24,7 +24,7 @@ from ..store.connection_registry import ConnectionRegistry
 from ..store.ratelimit import Budgets, RateLimiter
 from ..store.relay import Relay
 from ..store.session_store import SignedRedisStorage
-from . import middlewares, views
+from . import middlewares, views, webhooks
 from . import state as keys
 from .auth import AuthApi
 from .heartbeat import Heartbeat, LoopWatch
@@ -73,7 +73,13 @@ def create_app(
             aiohttp_session.session_middleware(session_storage),
         ],
     )
-    broker = Broker(redis, history_len=config.history_len, room_ttl_s=config.room_ttl_s)
+    broker = Broker(
+        redis,
+        history_len=config.history_len,
+        room_ttl_s=config.room_ttl_s,
+        # Webhook events are written with what they report (none without a webhook_url).
+        outbox=webhooks.install(app, config, redis, metrics),
+    )
     relay = Relay(redis_url, broker, metrics)
     hub = Hub(
         relay,
@@ -90,6 +96,7 @@ def create_app(
         per_session_limit=config.streams_per_session,
         per_address_limit=config.address_streams,
         name_ttl_s=config.session_max_age_s,
+        outbox=broker.outbox,
     )
     heartbeat = Heartbeat(hub, registry, config)
     announcer = Announcer(hub, registry.presence.read, config.presence_list_max, failures.FAILURES)

@@ -1,0 +1,281 @@
+"""Delivering webhook events: every worker of every instance takes part.
+
+Events wait in their room's outbox in Redis (:mod:`server.store.outbox`),
+written in the same step as the change they report. A worker finds rooms
+due in the sharded due sets, takes a room's lease, and POSTs the room's
+events one at a time, oldest first, each removed from the outbox only once
+the receiver answered 2xx (:mod:`server.store.outbox_queue`). At most
+:data:`MAX_ROOMS` rooms at once, so one event per room in flight and a
+bounded number per worker, whatever the receiver does.
+
+Why the order of a room holds: only the holder of a room's lease sends its
+events, always the oldest first, and it moves on only once that one is
+delivered (or buried as a dead letter); a failure lets go of the room until
+its next try, and the event stays first. A worker that stalls past its
+lease finds it gone at its next step (every step checks the lease in the
+same script) and stops there.
+
+Why nothing is lost: an event leaves the outbox only when delivered or
+kept as a dead letter. A worker that dies (SIGKILL, a reload's old worker)
+leaves its rooms in the due sets, a lease ahead: when the lease runs out
+another worker takes them and sends the first event again (at least once:
+the receiver dedupes by ``id``). A worker that stops gracefully hands its
+rooms back at once. A due mark lost between a write and its mark (a
+cluster, a writer that died) is found again by the sweep, once a minute.
+
+Retries: exponential backoff with jitter (:func:`server.core.webhook.retry_delay`)
+until ``webhook_retry_for_s`` after the event (or its replay), then one
+last try; if that fails, the event is a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from ..common.config import Config
+from ..common.metrics import Metrics
+from ..core.webhook import SIGNATURE_HEADER, WebhookEvent, retry_delay, signature
+from ..core.wire import parse_json
+from ..store import failures
+from ..store.dead_letters import DeadLetters
+from ..store.keys import DUE_SHARDS, name_key
+from ..store.outbox import Outbox
+from ..store.outbox_queue import Entry, LeaseLost, OutboxQueue
+
+log = logging.getLogger(__name__)
+
+MAX_ROOMS = 16  # rooms delivered at once by one worker, one event in flight each
+DELIVERY_TIMEOUT_S = 10.0  # a receiver that has not answered by then failed
+LEASE_S = 6.0  # how long a dead worker's rooms wait for another
+RENEW_S = 2.0  # leases renewed, gauges updated
+POLL_S = 0.5  # due sets read when idle (this worker's own writes wake it at once)
+SWEEP_S = 60  # lost due marks looked for, by one worker of all
+LAG_ROOMS = 1024  # rooms whose oldest event is remembered for the lag gauge
+STOP_S = 2.0  # a stop waits this long to hand rooms back
+
+
+class Deliverer:
+    """One worker's share of delivering webhook events."""
+
+    def __init__(
+        self,
+        config: Config,
+        redis_queue: OutboxQueue,
+        dead: DeadLetters,
+        metrics: Metrics,
+    ) -> None:
+        self.url = config.webhook_url
+        self.secret = config.webhook_secret
+        self.retry_for_s = config.webhook_retry_for_s
+        self.queue = redis_queue
+        self.dead = dead
+        self.metrics = metrics
+        self._held: dict[str, str] = {}  # room -> the token of its lease
+        self._serving: dict[str, asyncio.Task[None]] = {}
+        self._changed = asyncio.Event()
+        # Room -> (its oldest event's creation, until when that is known).
+        self._oldest: dict[str, tuple[float, float]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._errors = 0
+
+    def wake(self) -> None:
+        """Events were written: look for due rooms now."""
+        self._changed.set()
+
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        """The app's cleanup context: deliver while the app runs."""
+        connector = aiohttp.TCPConnector(limit=MAX_ROOMS)
+        timeout = aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT_S)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            self._session = session
+            loops = [
+                asyncio.create_task(self._find_rooms(), name="webhooks"),
+                asyncio.create_task(self._keep_leases(), name="webhook leases"),
+            ]
+            try:
+                yield
+            finally:
+                tasks = [*loops, *self._serving.values()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._hand_back()
+
+    async def _hand_back(self) -> None:
+        held, self._held = dict(self._held), {}
+        try:
+            async with asyncio.timeout(STOP_S):
+                await self.queue.release(held)
+        except (TimeoutError, *failures.FAILURES) as exc:
+            log.warning("webhooks: could not hand back %d rooms (%s)", len(held), exc)
+
+    async def _find_rooms(self) -> None:
+        shard = random.randrange(DUE_SHARDS)
+        pause = POLL_S
+        while True:
+            self._changed.clear()
+            free = MAX_ROOMS - len(self._serving)
+            found = False
+            if free > 0:
+                try:
+                    rooms = await self.queue.due.claim(free, self.queue.lease_ms, shard)
+                except failures.FAILURES as exc:
+                    self._failed_redis(exc)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 5.0)
+                    continue
+                pause = POLL_S
+                shard = (shard + 1) % DUE_SHARDS
+                new = [room for room in rooms if room not in self._serving]
+                for room in new[:free]:
+                    task = asyncio.create_task(self._serve(room), name=f"webhooks {room}")
+                    self._serving[room] = task
+                    task.add_done_callback(functools.partial(self._done, room))
+                found = bool(new)
+                if new[free:]:
+                    with contextlib.suppress(*failures.FAILURES):
+                        await self.queue.due.due_now(new[free:])
+            if found and len(self._serving) < MAX_ROOMS:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_S):
+                    await self._changed.wait()
+
+    def _done(self, room: str, task: asyncio.Task[None]) -> None:
+        self._serving.pop(room, None)
+        self._changed.set()
+
+    async def _keep_leases(self) -> None:
+        swept_at = 0.0
+        while True:
+            try:
+                for room in await self.queue.renew(dict(self._held)):
+                    self._held.pop(room, None)
+                    if task := self._serving.get(room):
+                        task.cancel()  # another worker has it now
+                if time.monotonic() - swept_at >= SWEEP_S:
+                    swept_at = time.monotonic()
+                    if found := await self.queue.due.sweep(SWEEP_S):
+                        log.info("webhooks: %d rooms with events had lost their due mark", found)
+                self.metrics.webhook_dead_letters(await self.dead.count())
+            except failures.FAILURES as exc:
+                self._failed_redis(exc)
+            self.metrics.webhook_lag(self._lag())
+            await asyncio.sleep(RENEW_S)
+
+    def _failed_redis(self, exc: BaseException) -> None:
+        self._errors += 1
+        if self._errors == 1 or self._errors % 100 == 0:
+            log.warning("webhooks: Redis failed (%s); trying again", exc)
+
+    async def _serve(self, room: str) -> None:
+        """Deliver the room's events, oldest first, until it is empty or one fails."""
+        token = secrets.token_hex(8)
+        try:
+            taken, entry = await self.queue.take(room, token)
+            if not taken:
+                return
+            self._held[room] = token
+            while True:
+                if entry is None:
+                    entry = await self.queue.finish(room, token)
+                    if entry is None:
+                        self._oldest.pop(room, None)
+                        return
+                self._oldest[room] = (entry.created, float("inf"))
+                error = await self._send(entry)
+                if error is None:
+                    self.metrics.webhook_delivery("ok")
+                    entry = await self.queue.done(token, entry)
+                    continue
+                self.metrics.webhook_delivery("failed")
+                now = time.time()
+                deadline = entry.since + self.retry_for_s
+                if now >= deadline or error.startswith("malformed"):
+                    log.warning("webhooks: event %s is a dead letter: %s", entry.id, error)
+                    await self.dead.bury(entry, error)
+                    self.metrics.webhook_delivery("dead")
+                    entry = await self.queue.done(token, entry)
+                    continue
+                delay = max(0.05, min(retry_delay(entry.tries + 1), deadline - now))
+                self._oldest[room] = (entry.created, now + delay + LEASE_S)
+                await self.queue.failed(token, entry, delay)
+                return
+        except LeaseLost:
+            return
+        except failures.FAILURES as exc:
+            # The room comes due again when its lease runs out.
+            self._failed_redis(exc)
+        finally:
+            if self._held.get(room) == token:
+                del self._held[room]
+
+    async def _send(self, entry: Entry) -> str | None:
+        """POST one event: None when the receiver took it, else why not."""
+        try:
+            event = await self._event(entry)
+        except (ValueError, TypeError, KeyError) as exc:
+            return f"malformed event: {exc}"
+        body = event.body()
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: signature(self.secret, body, int(time.time())),
+        }
+        assert self._session is not None
+        try:
+            async with self._session.post(
+                self.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                if 200 <= response.status < 300:
+                    return None
+                return f"HTTP {response.status}"
+        except TimeoutError:
+            return f"no answer within {DELIVERY_TIMEOUT_S:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    async def _event(self, entry: Entry) -> WebhookEvent:
+        data = parse_json(entry.fields["data"])
+        if not isinstance(data, dict):
+            raise ValueError("data is not an object")
+        if entry.kind.startswith("user."):
+            user_id = str(data["user_id"])
+            # The name now: the event keeps the user's id only.
+            data["name"] = await self.queue.redis.get(name_key(user_id)) or user_id
+        return WebhookEvent(entry.id, entry.kind, entry.created, data)
+
+    def _lag(self) -> float:
+        """Age of the oldest event this worker holds or saw fail, while that is current."""
+        now = time.time()
+        oldest = self._oldest
+        for room in [room for room, (_, until) in oldest.items() if until < now]:
+            del oldest[room]
+        while len(oldest) > LAG_ROOMS:  # keep the oldest: they make the gauge
+            del oldest[max(oldest, key=lambda room: oldest[room][0])]
+        return max((now - created for created, _ in oldest.values()), default=0.0)
+
+
+def install(
+    app: web.Application, config: Config, redis: aioredis.Redis, metrics: Metrics
+) -> Outbox | None:
+    """The outbox that events are written to, with this worker's share of
+    delivering them for the app's lifetime; None without a ``webhook_url``."""
+    if not config.webhook_url:
+        return None
+    outbox = Outbox(redis, config.webhook_events)
+    queue = OutboxQueue(redis, lease_ms=int(LEASE_S * 1000))
+    deliverer = Deliverer(config, queue, DeadLetters(redis, outbox), metrics)
+    outbox.on_write = deliverer.wake
+    app.cleanup_ctx.append(deliverer.lifetime)
+    return outbox

@@ -1,0 +1,260 @@
+"""Webhooks, with real server processes (two workers), real Redis and a real
+receiver: signed events, only those configured, at least once and in order
+per room through failures, kills and reloads, bounded when the receiver
+hangs, and dead letters that an operator replays."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from harness.chat import id_key
+from harness.processes import clean_env
+
+from .support import ServerProcess, user, worker_pids, worker_rss_kb
+from .test_metrics import samples
+from .webhook_receiver import SECRET, Receiver, running_receiver
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
+
+StartServer = Callable[..., ServerProcess]
+
+
+def hooked(receiver: Receiver, **env: str) -> dict[str, str]:
+    return {"CHAT_WEBHOOK_URL": receiver.url, "CHAT_WEBHOOK_SECRET": SECRET, **env}
+
+
+async def post(session: aiohttp.ClientSession, room: str, text: str) -> dict[str, Any]:
+    """Post until it is stored (the same Idempotency-Key on every try: a
+    worker killed or replaced in between stores it once)."""
+    key = f"k-{room}-{text}".replace(" ", "_")
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                async with session.post(
+                    f"/api/rooms/{room}/messages",
+                    json={"text": text},
+                    headers={"Idempotency-Key": key},
+                ) as resp:
+                    if resp.status == 201:
+                        message: dict[str, Any] = (await resp.json())["message"]
+                        return message
+            except (aiohttp.ClientError, ConnectionError):
+                pass
+            await asyncio.sleep(0.05)
+
+
+def once_each(receiver: Receiver) -> dict[str, dict[str, Any]]:
+    """The accepted events deduplicated by id, first arrival kept."""
+    seen: dict[str, dict[str, Any]] = {}
+    for event in receiver.accepted:
+        seen.setdefault(event["id"], event)
+    return seen
+
+
+@pytest.mark.parametrize("redis_kind", ["redis", "cluster"])
+async def test_events_are_signed_and_carry_the_message_and_only_configured_kinds(
+    start_server: StartServer, request: pytest.FixtureRequest, redis_kind: str
+) -> None:
+    url = request.getfixturevalue("redis_url" if redis_kind == "redis" else "cluster_url")
+    async with running_receiver() as receiver:
+        server = start_server(redis_url=url, env=hooked(receiver))
+        async with user(server.url) as alice:
+            # A stream opened and closed: user.joined and user.left are not configured.
+            async with alice.get("/api/rooms/lobby/events") as stream:
+                assert stream.status == 200
+                posted = [await post(alice, "lobby", f"hello {i}") for i in range(3)]
+        await receiver.wait_for(lambda r: len(r.accepted) >= 3, 15)
+        await asyncio.sleep(1)  # anything else would have come by now
+    assert [a.status for a in receiver.attempts] == [204] * 3
+    for attempt, message in zip(receiver.attempts, posted, strict=True):
+        assert attempt.headers["Content-Type"] == "application/json"
+        assert attempt.signed_with(SECRET)
+        assert not attempt.signed_with(SECRET + "x")
+        event = attempt.event
+        assert set(event) == {"id", "type", "created", "data"}
+        assert event["type"] == "message.created"
+        assert event["data"] == message
+        assert event["created"] == message["ts"]
+    assert len({a.event["id"] for a in receiver.attempts}) == 3
+
+
+async def test_nothing_is_written_to_redis_without_a_webhook_url(
+    start_server: StartServer, redis: aioredis.Redis
+) -> None:
+    server = start_server(env={"CHAT_WEBHOOK_EVENTS": "message.created,user.joined,user.left"})
+    async with user(server.url) as alice:
+        async with alice.get("/api/rooms/lobby/events") as stream:
+            assert stream.status == 200
+            await post(alice, "lobby", "hello")
+    keys = [key async for key in redis.scan_iter(match="*webhooks*")]
+    assert keys == []
+    assert await redis.exists("chat:{lobby}:messages")
+
+
+async def test_user_joined_and_left_are_sent_when_configured(start_server: StartServer) -> None:
+    async with running_receiver() as receiver:
+        env = hooked(receiver, CHAT_WEBHOOK_EVENTS="user.joined,user.left")
+        server = start_server(env=env)
+        async with user(server.url) as alice:
+            async with alice.get("/api/session") as resp:
+                me = await resp.json()
+            async with alice.get("/api/rooms/lobby/events") as stream:
+                assert stream.status == 200
+                # A second connection of the same user: not a second join.
+                async with alice.get("/api/rooms/lobby/events") as again:
+                    assert again.status == 200
+                    await post(alice, "lobby", "not sent")
+                    await receiver.wait_for(lambda r: len(r.accepted) >= 1, 15)
+            await receiver.wait_for(lambda r: len(r.accepted) >= 2, 15)
+        await asyncio.sleep(1)
+    events = receiver.accepted
+    assert [e["type"] for e in events] == ["user.joined", "user.left"]
+    user_data = {"room": "lobby", "user_id": me["user_id"], "name": me["name"]}
+    assert [e["data"] for e in events] == [user_data, user_data]
+    assert all(a.signed_with(SECRET) for a in receiver.attempts)
+
+
+async def test_a_thousand_events_arrive_once_each_in_room_order_through_failures_kill_and_reload(
+    start_server: StartServer,
+) -> None:
+    rooms = [f"room-{i}" for i in range(10)]
+    async with running_receiver() as receiver:
+        server = start_server(env=hooked(receiver))
+        receiver.fail_until = time.monotonic() + 10
+        # Until the kill, answers wait: the worker killed dies with deliveries
+        # in flight, whose rooms the other workers must take over.
+        receiver.hold_until = time.monotonic() + 2
+        async with user(server.url) as alice:
+
+            async def send(room: str) -> list[dict[str, Any]]:
+                return [await post(alice, room, f"m{n}") for n in range(100)]
+
+            async def disturb() -> None:
+                await asyncio.sleep(1.5)
+                pids = await worker_pids(server.url)
+                os.kill(pids[1], signal.SIGKILL)
+                await asyncio.sleep(1.5)
+                server.signal(signal.SIGHUP)
+
+            *sent, _ = await asyncio.gather(*(send(room) for room in rooms), disturb())
+        # (Ids are unique within a room.)
+        posted = {(m["room"], m["id"]): m for messages in sent for m in messages}
+        assert len(posted) == 1000
+
+        def key(event: dict[str, Any]) -> tuple[str, str]:
+            return event["data"]["room"], event["data"]["id"]
+
+        def all_in(r: Receiver) -> bool:
+            return {key(e) for e in once_each(r).values()} >= set(posted)
+
+        await receiver.wait_for(all_in, 45)
+    assert any(a.status == 500 for a in receiver.attempts)
+    assert all(a.signed_with(SECRET) for a in receiver.attempts)
+    events = once_each(receiver)
+    assert len(events) == 1000
+    assert sorted(key(e) for e in events.values()) == sorted(posted)
+    assert all(e["data"] == posted[key(e)] for e in events.values())
+    # In order per room, as first seen (repeats come only after a delivery whose answer was lost).
+    by_room: dict[str, list[str]] = defaultdict(list)
+    for event in events.values():
+        by_room[event["data"]["room"]].append(event["data"]["id"])
+    for room in rooms:
+        assert by_room[room] == sorted(by_room[room], key=id_key), room
+    assert "Traceback" not in server.log()
+
+
+async def test_a_receiver_that_never_answers_holds_a_bounded_number_of_deliveries(
+    start_server: StartServer,
+) -> None:
+    async with running_receiver() as receiver:
+        receiver.hang = True
+        server = start_server(env=hooked(receiver))
+        async with user(server.url) as alice:
+            await asyncio.gather(*(post(alice, f"room-{i}", "x") for i in range(60)))
+            async with asyncio.timeout(15):
+                while receiver.in_flight < 32:  # both workers, 16 rooms each
+                    await asyncio.sleep(0.05)
+            rss_before = worker_rss_kb(server)
+            await asyncio.gather(*(post(alice, f"room-{i % 60}", f"y{i}") for i in range(600)))
+            # Past the delivery timeout (10 s): the first tries failed, and
+            # were tried again, with as many in flight at most.
+            deadline = time.monotonic() + 13
+            while time.monotonic() < deadline:
+                assert receiver.in_flight <= 32
+                await asyncio.sleep(0.2)
+            async with alice.get("/metrics") as resp:
+                found = samples(await resp.text())
+        assert receiver.most_in_flight <= 32  # 16 rooms a worker, one event each
+        assert found['chat_webhook_deliveries_total{result="failed"}'] >= 16
+        assert found["chat_webhook_lag_seconds"] >= 10
+        assert worker_rss_kb(server) - rss_before < 20_000
+
+
+def webhooks_command(*args: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", "webhooks", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+async def test_events_dead_after_the_retry_period_show_in_metrics_and_are_replayed(
+    start_server: StartServer, redis_url: str, tmp_path: Any
+) -> None:
+    async with running_receiver() as receiver:
+        receiver.fail_until = time.monotonic() + 3600
+        server = start_server(env=hooked(receiver, CHAT_WEBHOOK_RETRY_FOR_S="2"))
+        async with user(server.url) as alice:
+            posted = [await post(alice, "lobby", f"doomed {i}") for i in range(2)]
+
+            async def metrics() -> dict[str, float]:
+                async with alice.get("/metrics") as resp:
+                    return samples(await resp.text())
+
+            async with asyncio.timeout(20):
+                while (await metrics()).get("chat_webhook_dead_letters", 0) < 2:
+                    await asyncio.sleep(0.2)
+            found = await metrics()
+            assert found['chat_webhook_deliveries_total{result="dead"}'] == 2
+            assert found['chat_webhook_deliveries_total{result="ok"}'] == 0
+            tried = {a.event["id"] for a in receiver.attempts}
+            assert len(tried) == 2
+            first_tries = len(receiver.attempts)
+            assert first_tries >= 4  # retried before giving up
+
+            listed = webhooks_command("list", "--redis-url", redis_url, cwd=str(tmp_path))
+            assert listed.returncode == 0, listed.stderr
+            assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == sorted(tried)
+            assert "HTTP 500" in listed.stdout
+            await asyncio.sleep(1)
+            assert len(receiver.attempts) == first_tries  # dead letters are not tried
+
+            receiver.fail_until = 0
+            replayed = webhooks_command("replay", "--redis-url", redis_url, cwd=str(tmp_path))
+            assert replayed.returncode == 0, replayed.stderr
+            assert "2 events replayed" in replayed.stdout
+            await receiver.wait_for(lambda r: len(r.accepted) == 2, 15)
+            async with asyncio.timeout(10):
+                while (await metrics()).get("chat_webhook_dead_letters", 0) != 0:
+                    await asyncio.sleep(0.2)
+        again = webhooks_command("list", "--redis-url", redis_url, cwd=str(tmp_path))
+        assert again.stdout == ""
+    accepted = receiver.accepted
+    assert {e["id"] for e in accepted} == tried
+    assert [e["data"] for e in accepted] == posted
