@@ -63,9 +63,12 @@ def public_jwk(private: PrivateKey, kid: str) -> dict[str, Any]:
 
 
 def claims(**changes: Any) -> dict[str, Any]:
-    """Good claims (alice, ten minutes left), with ``changes``; a None removes a claim."""
+    """Good claims (alice, six hours left), with ``changes``; a None removes a claim.
+
+    Six hours: modules make some tokens when they are imported, and a slow
+    run of the whole suite must not outlive them."""
     now = int(time.time())
-    base: dict[str, Any] = {"sub": "alice", "iat": now, "exp": now + 600}
+    base: dict[str, Any] = {"sub": "alice", "iat": now, "exp": now + 6 * 3600}
     base.update(changes)
     return {name: value for name, value in base.items() if value is not None}
 
