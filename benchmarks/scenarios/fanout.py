@@ -80,7 +80,8 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
             rss_subscribed_mib=rss_subscribed / MIB,
             rss_end_mib=memory(target) / MIB,
             memory_per_connection_kib=(rss_subscribed - rss_before) / len(crowd.live) / 1024,
-            details=crowd.details(),
+            # (who is online is asked once everything is measured)
+            details=crowd.details() | await target.sign_in_details(room),
         )
         return figures
 
