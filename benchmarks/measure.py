@@ -129,6 +129,12 @@ class Crowd:
     connect_s: float
     connect_server_cpu_s: float
 
+    @property
+    def connects(self) -> int:
+        """Streams the server opened while connecting: the ones kept, and the ones
+        closed again to balance the processes (each cost the server a connect)."""
+        return sum(self.placement.landings.values())
+
     def by_room(self) -> dict[str, list[Subscriber]]:
         rooms: dict[str, list[Subscriber]] = {}
         for sub in self.live:

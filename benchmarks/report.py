@@ -83,8 +83,8 @@ The targets
 
 Ratios are chat/bare (how far from the ceiling; 1.00 is as cheap as it gets)
 and chat/socketio; in runs with **chat-signed**, chat-signed/chat is what
-signing in costs (fan-out: CPU per delivery and while connecting; storm: CPU
-per opened stream). For times, CPU and memory lower is better; for delivery
+signing in costs (fan-out: CPU per delivery and per connect; storm: CPU per
+opened stream). For times, CPU and memory lower is better; for delivery
 rates higher is better.
 
 How it measures
@@ -116,7 +116,10 @@ How it measures
   server (the process tree: the chat server's main process and workers, the
   bare broadcaster's parent and children, the socket.io processes), of the
   ``redis-server`` process and of the load generator, over the publishing
-  window and the drain after it.
+  window and the drain after it. The server's CPU while connecting is
+  counted over the opening of the streams; per connect, every stream the
+  server opened counts, those closed again to balance the processes
+  included.
 - **Memory per connection**: the summed RSS (``/proc/PID/statm``) of the
   server's processes with the streams open (after settling), minus the same
   before them (after a warm-up), divided by the number of streams.

@@ -135,7 +135,7 @@ def test_a_run_with_chat_and_chat_signed_shows_what_signing_in_costs(
     line = " ".join(report[: report.index("The targets\n")].split())
     assert "Sign-in cost, chat-signed/chat:" in line
     assert "fan-out (20 ws, `fanout-signed`_): server CPU per 1k deliveries " in line
-    assert ", server CPU while connecting " in line
+    assert ", server CPU per connect " in line
     assert "storm (20 mixed, `storm-signed`_): server CPU per opened stream " in line
 
 
