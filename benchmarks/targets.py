@@ -81,7 +81,6 @@ class Target:
     pid_header: ClassVar[str] = ""  # response header naming the process that serves a stream
     kinds: ClassVar[tuple[str, ...]] = ("sse", "ws")  # stream kinds it serves
     resumes: ClassVar[bool] = False  # takes a resume id on reconnect
-    signs_in: ClassVar[bool] = False  # its clients sign in with tokens
 
     def __init__(self, opts: ServerOptions, redis: RedisProcess, workdir: str) -> None:
         self.opts = opts
@@ -195,7 +194,6 @@ class ChatSignedTarget(ChatTarget):
 
     name = "chat-signed"
     description = "the chat server, every client signed in with a token (python -m server)"
-    signs_in = True
 
     def __init__(self, opts: ServerOptions, redis: RedisProcess, workdir: str) -> None:
         super().__init__(opts, redis, workdir)
