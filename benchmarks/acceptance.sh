@@ -27,8 +27,10 @@ run() {
 
 # (a) cost per message: 10 rooms against 1000, 1000 SSE streams, 100 msg/s
 run rooms --scenario rooms --subscribers 1000 --rooms 10,1000 --rate 100 --duration 20 "$@"
-# (b) fan-out: 1000 WebSocket streams in one room, 10 msg/s
-run fanout --scenario fanout --subscribers 1000 --transport ws --rate 10 --duration 20 "$@"
+# (b) fan-out: 1000 WebSocket streams in one room, 10 msg/s; the chat server
+# anonymous and with every client signed in, side by side
+run fanout --scenario fanout --subscribers 1000 --transport ws --rate 10 --duration 20 \
+    --targets chat,chat-signed,bare,socketio "$@"
 # (c) capacity at 1000 streams, WebSocket and SSE
 run capacity-ws --scenario capacity --subscribers 1000 --transport ws "$@"
 run capacity-sse --scenario capacity --subscribers 1000 --transport sse "$@"
@@ -36,8 +38,9 @@ run capacity-sse --scenario capacity --subscribers 1000 --transport sse "$@"
 run idle-ws --scenario idle --subscribers 2000 --transport ws "$@"
 run idle-sse --scenario idle --subscribers 2000 --transport sse "$@"
 run idle-mixed --scenario idle --subscribers 20000 --transport mixed "$@"
-# (e) 2000 clients connecting at once, half SSE, half WebSocket
-run storm --scenario storm --subscribers 2000 --transport mixed "$@"
+# (e) 2000 clients connecting at once, half SSE, half WebSocket, anonymous and signed in
+run storm --scenario storm --subscribers 2000 --transport mixed \
+    --targets chat,chat-signed,bare,socketio "$@"
 
 python -m benchmarks.report "$out" > BENCHMARKS.rst
 exit $failed

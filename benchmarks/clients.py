@@ -5,7 +5,8 @@ load generator shares the machine with the servers, so a client that costs
 less per delivery leaves more CPU to the server it measures. Each client:
 
 - sends its HTTP request itself (SSE ``GET .../events``, a WebSocket upgrade
-  to ``.../ws``, or socket.io's ``/socket.io/?EIO=4&transport=websocket``);
+  to ``.../ws``, or socket.io's ``/socket.io/?EIO=4&transport=websocket``),
+  with ``Authorization: Bearer <token>`` when it signs in;
 - offers ``permessage-deflate`` on WebSocket as browsers do (unless told
   not to) and inflates what a server that accepted it sends;
 - answers WebSocket pings and socket.io's Engine.IO pings;
@@ -51,12 +52,19 @@ DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
     """Where the streams go: the server's address, the response header that names the
-    process serving a stream, and whether it takes a resume id on reconnect."""
+    process serving a stream, whether it takes a resume id on reconnect, and the
+    streams' sign-in tokens (stream ``n`` sends ``tokens[n]`` as ``Authorization:
+    Bearer``; none: anonymous)."""
 
     host: str
     port: int
     pid_header: str
     resumes: bool = False
+    tokens: tuple[str, ...] = ()
+
+    def token(self, n: int) -> str | None:
+        """Stream ``n``'s token (taken again from the start past the last), or None."""
+        return self.tokens[n % len(self.tokens)] if self.tokens else None
 
 
 class ProtocolError(Exception):
@@ -145,6 +153,7 @@ class Subscriber:
         *,
         source: str | None = None,
         deflate: bool = True,
+        token: str | None = None,
     ) -> None:
         self.kind = kind
         self.host, self.port = endpoint.host, endpoint.port
@@ -155,6 +164,7 @@ class Subscriber:
         self.placement = placement
         self.source = source
         self.deflate_offer = deflate and kind != "sse"
+        self.authorization = f"Authorization: Bearer {token}\r\n" if token else ""
         self.ordered = kind != "eio"  # socket.io's ids carry no order
         self.counts = bytearray(256)  # per sequence number: how often it arrived
         self.duplicates = 0
@@ -251,6 +261,7 @@ class Subscriber:
                 path = "/socket.io/?EIO=4&transport=websocket"
             key = base64.b64encode(os.urandom(16)).decode()
             extra = WS_HANDSHAKE.format(key=key) + (DEFLATE_OFFER if self.deflate_offer else "")
+        extra += self.authorization
         return f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{extra}\r\n".encode()
 
     def admit(self, process: str) -> bool:

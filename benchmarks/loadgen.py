@@ -2,11 +2,13 @@
 
 ``python -m benchmarks.loadgen --scenario NAME`` starts a private
 ``redis-server`` on a free port, then for each case of the scenario and each
-target in turn (``chat``: the chat server; ``bare``: the bare aiohttp
-broadcaster in ``benchmarks/peer_bare.py``, the ceiling; ``socketio``:
-python-socketio in ``benchmarks/peer_socketio.py``), starts the target with
-``--workers`` processes (2 by default), measures it, and stops it. It prints a
-table per case with the ratios chat/bare and chat/socketio, writes everything
+target in turn (``chat``: the chat server; ``chat-signed``: the same with
+every client signed in with a token, only with ``--targets``; ``bare``: the
+bare aiohttp broadcaster in ``benchmarks/peer_bare.py``, the ceiling;
+``socketio``: python-socketio in ``benchmarks/peer_socketio.py``), starts the
+target with ``--workers`` processes (2 by default), measures it, and stops
+it. It prints a table per case with the ratios chat/bare and chat/socketio
+(and chat-signed/chat, what signing in costs), writes everything
 as JSON with ``--json PATH`` (``benchmarks/report.py`` turns those files into
 ``BENCHMARKS.rst``), and shows a progress bar on stderr.
 
@@ -27,7 +29,8 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
     python -m benchmarks.loadgen --scenario rooms --subscribers 1000 --rooms 10,1000 \\
         --rate 100 --duration 20 --json benchmarks/results/rooms.json
     python -m benchmarks.loadgen --scenario fanout --subscribers 1000 --transport ws \\
-        --rate 10 --duration 20 --json benchmarks/results/fanout.json
+        --rate 10 --duration 20 --targets chat,chat-signed,bare,socketio \\
+        --json benchmarks/results/fanout.json
     python -m benchmarks.loadgen --scenario capacity --subscribers 1000 --transport ws \\
         --json benchmarks/results/capacity-ws.json
     python -m benchmarks.loadgen --scenario capacity --subscribers 1000 --transport sse \\
@@ -39,13 +42,13 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
     python -m benchmarks.loadgen --scenario idle --subscribers 20000 --transport mixed \\
         --json benchmarks/results/idle-mixed.json
     python -m benchmarks.loadgen --scenario storm --subscribers 2000 --transport mixed \\
-        --json benchmarks/results/storm.json
+        --targets chat,chat-signed,bare,socketio --json benchmarks/results/storm.json
     python -m benchmarks.report benchmarks/results > BENCHMARKS.rst
 
 (``benchmarks/acceptance.sh`` runs exactly these.) Exit code: 0, 1 when the
-chat server lost or duplicated a message, 2 when a target could not be
-measured (a server did not start, streams could not connect), 130 when
-interrupted.
+chat server (signed in or not) lost or duplicated a message, 2 when a target
+could not be measured (a server did not start, streams could not connect),
+130 when interrupted.
 """
 
 from __future__ import annotations
@@ -95,7 +98,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--scenario", choices=list(SCENARIOS), default="fanout")
-    parser.add_argument("--targets", default="chat,bare,socketio", help="comma-separated, in order")
+    parser.add_argument(
+        "--targets",
+        default="chat,bare,socketio",
+        help="comma-separated, in order; chat-signed: the chat server with every client "
+        "signed in with a token of its own (compare it with chat in the same run)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes per target")
     parser.add_argument(
         "--subscribers",
@@ -226,7 +234,9 @@ async def measure_target(
             f"{opts.subscribers} streams need more open files than the limit ({fd_limit()}); "
             "the idle scenario spreads its streams over several processes"
         )
-    server = ServerOptions(opts.workers, opts.loop, opts.backlog, opts.send_buffer)
+    server = ServerOptions(
+        opts.workers, opts.loop, opts.backlog, opts.send_buffer, users=opts.subscribers
+    )
     target = cls(server, ctx.redis, workdir)
     ctx.redis.flush()
     ctx.progress.note(f"{name}: {target.description}, {opts.workers} processes")

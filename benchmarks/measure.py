@@ -20,6 +20,7 @@ from .clients import Placement, Recorder, Subscriber, open_all, source_addresses
 from .procfs import cpu_seconds, own_cpu_seconds, rss_bytes
 from .progress import LoopLag, Progress, showing
 from .publisher import Publisher, Window
+from .tables import OURS, SIGNED
 from .targets import BenchError, Target, stream_kinds
 
 MIB = 2**20
@@ -72,6 +73,7 @@ def make_subscribers(
             placement,
             source=addresses[i % len(addresses)],
             deflate=opts.deflate,
+            token=endpoint.token(i),
         )
         for i, (kind, room) in enumerate(kinds_rooms)
     ]
@@ -126,6 +128,12 @@ class Crowd:
     placement: Placement
     connect_s: float
     connect_server_cpu_s: float
+
+    @property
+    def connects(self) -> int:
+        """Streams the server opened while connecting: the ones kept, and the ones
+        closed again to balance the processes (each cost the server a connect)."""
+        return sum(self.placement.landings.values())
 
     def by_room(self) -> dict[str, list[Subscriber]]:
         rooms: dict[str, list[Subscriber]] = {}
@@ -196,9 +204,11 @@ async def connected(
 async def publishing(
     target: Target, ctx: Context, room: str, wait: float = 0.5
 ) -> AsyncIterator[Publisher]:
-    """A publisher with ``--senders`` senders, open until the block ends; each sender
-    posts a warm-up message to ``room``, and the block starts ``wait`` s later."""
-    publisher = Publisher(target.base_url, ctx.opts.senders)
+    """A publisher with ``--senders`` senders (signed in when the target's clients
+    sign in), open until the block ends; each sender posts a warm-up message to
+    ``room``, and the block starts ``wait`` s later."""
+    senders = ctx.opts.senders
+    publisher = Publisher(target.base_url, senders, target.sender_credentials(senders))
     try:
         await publisher.open(room)
         await asyncio.sleep(wait)  # the warm-up messages are delivered and ignored
@@ -353,7 +363,8 @@ def memory(target: Target) -> int:
 
 
 def lost_or_duplicated(target: str, figures: dict[str, Any]) -> list[str]:
-    """What fails a run (exit code 1): the chat server lost or duplicated messages."""
-    if target != "chat":
+    """What fails a run (exit code 1): the chat server (signed in or not) lost or
+    duplicated messages."""
+    if target not in (OURS, SIGNED):
         return []
     return [f"{key}: {figures[key]}" for key in ("lost", "duplicates") if figures.get(key)]

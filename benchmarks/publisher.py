@@ -7,7 +7,8 @@ import asyncio
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiohttp
 
@@ -36,26 +37,39 @@ class Publisher:
 
     A scheduler queues each message when it is due, and ``senders`` tasks,
     each with its own keep-alive connection (and session cookie), POST them.
+    With ``credentials`` (user id, token), sender ``i`` signs in as the
+    ``i``-th user instead: ``Authorization: Bearer`` on every POST and no
+    cookie; its warm-up message must come back as that user's.
     A slow server does not slow the schedule down: messages wait in the queue,
     and how long they waited is reported as the schedule lag. The text of
     message ``seq`` is ``bench <seq> <perf_counter_ns when its POST started>``.
     """
 
-    def __init__(self, base_url: str, senders: int) -> None:
+    def __init__(
+        self, base_url: str, senders: int, credentials: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.base_url = base_url
         self.n_senders = senders
+        self.credentials = list(credentials)
+        if self.credentials and len(self.credentials) < senders:
+            raise ValueError(f"{senders} senders need as many credentials")
         self.next_seq = 0
         self.window: Window | None = None
         self._sessions: list[aiohttp.ClientSession] = []
 
     async def open(self, room: str) -> None:
         """Open the senders' sessions and post one warm-up message on each."""
-        for _ in range(self.n_senders):
+        for i in range(self.n_senders):
+            headers, jar = None, aiohttp.CookieJar(unsafe=True)
+            if self.credentials:
+                headers = {"Authorization": f"Bearer {self.credentials[i][1]}"}
+                jar = aiohttp.DummyCookieJar()
             self._sessions.append(
                 aiohttp.ClientSession(
                     self.base_url,
                     connector=aiohttp.TCPConnector(limit=1),
-                    cookie_jar=aiohttp.CookieJar(unsafe=True),
+                    cookie_jar=jar,
+                    headers=headers,
                     timeout=aiohttp.ClientTimeout(total=30),
                 )
             )
@@ -64,6 +78,16 @@ class Publisher:
             async with session.post(path, json={"text": f"warmup sender {i}"}) as resp:
                 if resp.status != 201:
                     raise BenchError(f"warm-up POST answered {resp.status}: {await resp.text()}")
+                if self.credentials:
+                    self._check_author(i, await resp.json())
+
+    def _check_author(self, i: int, answer: Any) -> None:
+        """Sender ``i``'s warm-up message was posted as its token's user."""
+        user_id = self.credentials[i][0]
+        message = answer.get("message") if isinstance(answer, dict) else None
+        author = message.get("user_id") if isinstance(message, dict) else None
+        if author != user_id:
+            raise BenchError(f"sender {i} posted as {author!r}, not as its token's {user_id!r}")
 
     async def close(self) -> None:
         for session in self._sessions:

@@ -41,11 +41,12 @@ Benchmarks
 """
 
 INTRO = """\
-One harness, ``python -m benchmarks.loadgen``, drives three servers under the
-same load, side by side in one run, each with the same number of processes
-(2 unless stated) on one private ``redis-server`` that the harness starts
-(flushed between targets), and prints the ratios of the chat server to the
-other two.
+One harness, ``python -m benchmarks.loadgen``, drives several servers under
+the same load, side by side in one run, each with the same number of
+processes (2 unless stated) on one private ``redis-server`` that the harness
+starts (flushed between targets), and prints the ratios of the chat server to
+the bare broadcaster and to python-socketio, and of the chat server with every
+client signed in to the same server with anonymous clients.
 
 The targets
 ===========
@@ -53,7 +54,18 @@ The targets
 - **chat**: this project's server, ``python -m server``, with its per-session
   and per-address limits raised through ``CHAT_*`` environment variables
   (every client of the load generator comes from one machine), otherwise its
-  defaults.
+  defaults. Its clients are anonymous visitors.
+- **chat-signed**: the same server started the same way, plus an HS256
+  sign-in secret (``auth_jwt_secret``; ``anonymous`` keeps its default), and
+  every client signed in as the application's programs do: each stream as
+  its own user (``sub`` ``bench-<n>``, a name, an ``exp`` hours away) with
+  ``Authorization: Bearer <token>`` on its SSE request or WebSocket upgrade,
+  each publishing sender with a token of its own on every ``POST`` and no
+  cookie (no session is made). The tokens are made with PyJWT before the
+  target is measured. Its details list the room's online users as the server
+  sees them (how many of them have the tokens' ids and names), and each
+  sender's first message must come back as its token's user, or the run
+  fails.
 - **bare**: ``benchmarks/peer_bare.py``, the Python ceiling: the least an
   aiohttp server on uvloop can do to deliver chat messages through Redis. N
   forked processes share one listening socket, each with one Redis pub/sub
@@ -70,7 +82,9 @@ The targets
   WebSocket.
 
 Ratios are chat/bare (how far from the ceiling; 1.00 is as cheap as it gets)
-and chat/socketio. For times, CPU and memory lower is better; for delivery
+and chat/socketio; in runs with **chat-signed**, chat-signed/chat is what
+signing in costs (fan-out: CPU per delivery and per connect; storm: CPU per
+opened stream). For times, CPU and memory lower is better; for delivery
 rates higher is better.
 
 How it measures
@@ -82,12 +96,14 @@ How it measures
   (python-socketio's server accepts it and compresses every frame for every
   connection; the chat server and the bare broadcaster decline it), answer
   pings, and socket.io clients speak Engine.IO 4 / Socket.IO 5. Every stream
-  is a new visitor (no cookie). Streams are spread evenly over the server's
+  is a new visitor (no cookie), or, for **chat-signed**, a user of its own
+  with its own token. Streams are spread evenly over the server's
   processes: one that lands on a process that has its share is closed and
   opened again (the details show where they landed by themselves).
 - **Publishing**: HTTP ``POST`` on a fixed schedule (message *i* due at
   *start + i/rate*) by ``--senders`` concurrent senders (8 unless the
-  command says otherwise) with keep-alive connections. The
+  command says otherwise) with keep-alive connections, each its own visitor
+  (a session cookie) or, for **chat-signed**, its own token user. The
   text of each message carries its sequence number and the time its ``POST``
   started.
 - **Latency**: from the start of the ``POST`` to the arrival of the frame at
@@ -100,7 +116,10 @@ How it measures
   server (the process tree: the chat server's main process and workers, the
   bare broadcaster's parent and children, the socket.io processes), of the
   ``redis-server`` process and of the load generator, over the publishing
-  window and the drain after it.
+  window and the drain after it. The server's CPU while connecting is
+  counted over the opening of the streams; per connect, every stream the
+  server opened counts, those closed again to balance the processes
+  included.
 - **Memory per connection**: the summed RSS (``/proc/PID/statm``) of the
   server's processes with the streams open (after settling), minus the same
   before them (after a warm-up), divided by the number of streams.

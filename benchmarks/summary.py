@@ -5,15 +5,21 @@ streams is a row of its own), from the run that started last: its headline
 figures for each target, the ratios of the chat server to the others, and a
 link to the run's full section. Labels, formats and figures all come from the
 run's JSON; this module only chooses which rows of it are the headline.
+
+Under the table, once a run measured the chat server both anonymous and with
+every client signed in (``chat-signed``), one line says what signing in costs,
+from the latest such run of each scenario in ``SIGN_IN``.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from .tables import OTHERS, OURS, cell, ratio
+from .tables import OTHERS, OURS, SIGNED, cell, ratio
 
 # The headline of each scenario: keys of the run's own metrics, in order.
 # ``rooms`` has its own: each target's cost per message, many rooms over few.
@@ -37,6 +43,18 @@ run left the target out (``--targets``); "n/a": the target cannot take part
 with the most rooms divided by the same with the fewest; the chat server's
 quotient should be at most 1.5 times the bare broadcaster's.
 """
+
+# What signing in costs: chat-signed/chat for these figures of the latest run
+# of each scenario that measured both.
+SIGN_IN = {
+    "fanout": ("fan-out", ("server_cpu_ms_per_1k_deliveries", "connect_server_cpu_ms_per_connect")),
+    "storm": ("storm", ("server_cpu_ms_per_connect",)),
+}
+SIGN_IN_TEXT = (
+    "Sign-in cost, chat-signed/chat: the chat server with every client signed in "
+    "with a token (streams and publishers) over the same run anonymous; lower "
+    "is better, and the goal is at most 1.1 per delivery, 1.2 per connect"
+)
 
 # The rooms scenario's question: does a message cost more when there are more rooms?
 PER_MESSAGE = (
@@ -139,7 +157,42 @@ def summary(runs: Sequence[dict[str, Any]]) -> str:
         groups += mine or [([f"{name}:"], [["not run yet"]], [])]
     groups += [group(run) for run in newest if run["scenario"] not in HEADLINES]
     headers = ["scenario", "figure", *TARGETS, *(f"{OURS}/{o}" for o in OTHERS), "latest run"]
-    return grid(headers, groups) + "\n\n" + NOTES
+    cost = sign_in_cost(runs)
+    return grid(headers, groups) + "\n\n" + (cost + "\n\n" if cost else "") + NOTES
+
+
+def measured(figures: dict[str, Any] | None) -> bool:
+    return figures is not None and "na" not in figures and "error" not in figures
+
+
+def signed_and_anonymous(run: dict[str, Any]) -> bool:
+    """Whether the run measured the chat server both signed in and anonymous."""
+    results = run["cases"][0]["results"] if run["cases"] else {}
+    return measured(results.get(OURS)) and measured(results.get(SIGNED))
+
+
+def sign_in_cost(runs: Sequence[dict[str, Any]]) -> str:
+    """The line on what signing in costs; "" when no run measured it."""
+    parts = []
+    for scenario, (name, keys) in SIGN_IN.items():
+        both = [run for run in runs if run["scenario"] == scenario and signed_and_anonymous(run)]
+        if not both:
+            continue
+        run = max(both, key=started)
+        _, transport, size = variant(run)
+        labels = {metric[1]: metric[0] for metric in run["metrics"]}
+        results = run["cases"][0]["results"]
+        figures = [
+            f"{re.sub(r' [(][^)]*[)]$', '', labels[key])} "
+            f"{ratio(results[SIGNED], results[OURS], key)}"
+            for key in keys
+            if key in labels
+        ]
+        parts.append(f"{name} ({size} {transport}, `{run['_name']}`_): {', '.join(figures)}")
+    if not parts:
+        return ""
+    text = f"{SIGN_IN_TEXT}: {'; '.join(parts)}."
+    return textwrap.fill(text, 76, break_long_words=False, break_on_hyphens=False)
 
 
 def grid(headers: list[str], groups: list[tuple[list[str], list[list[str]], list[str]]]) -> str:

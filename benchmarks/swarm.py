@@ -6,13 +6,15 @@ generator's sockets together), so the idle scenario spreads its streams over
 several of these. The parent writes one JSON line on stdin::
 
     {"endpoint": [host, port, pid_header, resumes], "room": "bench",
-     "streams": [["ws", "127.0.0.2"], ["sse", null], ...],
+     "streams": [["ws", "127.0.0.2", "<token>"], ["sse", null, null], ...],
      "deflate": true, "concurrency": 50, "timeout": 300}
 
-The process prints ``progress <opened> <settled>`` lines while it connects,
-then ``done <json>`` (how many opened, the errors of the others, what the
-server sent them meanwhile), keeps the streams open until its stdin closes,
-then closes them and exits.
+Each stream: its kind, the address it connects from (null: the default) and
+the token it signs in with (null, or left out: anonymous). The process
+prints ``progress <opened> <settled>`` lines while it connects, then ``done
+<json>`` (how many opened, the errors of the others, what the server sent
+them meanwhile), keeps the streams open until its stdin closes, then closes
+them and exits.
 """
 
 from __future__ import annotations
@@ -34,8 +36,16 @@ async def hold(spec: dict[str, Any]) -> None:
     endpoint = Endpoint(*spec["endpoint"])
     recorder = Recorder()
     subs = [
-        Subscriber(kind, endpoint, spec["room"], recorder, source=source, deflate=spec["deflate"])
-        for kind, source in spec["streams"]
+        Subscriber(
+            kind,
+            endpoint,
+            spec["room"],
+            recorder,
+            source=source,
+            deflate=spec["deflate"],
+            token=token[0] if token else None,
+        )
+        for kind, source, *token in spec["streams"]
     ]
 
     async def report() -> None:

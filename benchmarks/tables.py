@@ -11,6 +11,11 @@ from typing import Any
 
 OURS = "chat"
 OTHERS = ("bare", "socketio")
+# The chat server with every client signed in with a token: compared with
+# itself anonymous, in the same run.
+SIGNED = "chat-signed"
+# The ratio columns, numerator over denominator, each where a run has both.
+RATIOS = (*((OURS, other) for other in OTHERS), (SIGNED, OURS))
 
 
 def cell(result: dict[str, Any] | None, key: str, fmt: str) -> str:
@@ -44,12 +49,12 @@ def ratio(ours: dict[str, Any] | None, other: dict[str, Any] | None, key: str) -
 def render(metrics: Sequence[Sequence[Any]], results: dict[str, dict[str, Any]]) -> str:
     """``metrics``: (label, key, fmt, ratio) rows; ``results``: target name -> figures."""
     names = list(results)
-    ratios = [o for o in OTHERS if OURS in results and o in results]
-    headers = ["metric", *names, *(f"{OURS}/{o}" for o in ratios)]
+    pairs = [(a, b) for a, b in RATIOS if a in results and b in results]
+    headers = ["metric", *names, *(f"{a}/{b}" for a, b in pairs)]
     rows = []
     for label, key, fmt, with_ratio in metrics:
         row = [label, *(cell(results[n], key, fmt) for n in names)]
-        row += [ratio(results[OURS], results[o], key) if with_ratio else "" for o in ratios]
+        row += [ratio(results[a], results[b], key) if with_ratio else "" for a, b in pairs]
         rows.append(row)
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     rule = "  ".join("=" * w for w in widths)

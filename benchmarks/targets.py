@@ -1,9 +1,13 @@
 """The servers under test, and the private Redis they share.
 
-Three targets, each started with the same number of processes on the same
+The targets, each started with the same number of processes on the same
 Redis (flushed between targets):
 
 - ``chat``: the chat server, ``python -m server``;
+- ``chat-signed``: the same, started the same way plus a sign-in secret
+  (``auth_jwt_secret``), every client signed in with a token of its own
+  (``benchmarks/signin.py``); its figures over ``chat``'s are what signing
+  in costs;
 - ``bare``: the ceiling, ``benchmarks/peer_bare.py``;
 - ``socketio``: python-socketio on aiohttp with its Redis manager,
   ``benchmarks/peer_socketio.py`` (WebSocket only: it has no SSE).
@@ -16,13 +20,14 @@ import os
 import re
 import subprocess
 import sys
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from harness.chat import ChatServer
 from harness.processes import ROOT, StartError, clean_env, free_port, start_ready, stop_process
 from harness.redis_servers import RedisProcess
 from server.common import config as chat_config
 
+from . import signin
 from .clients import Endpoint
 from .procfs import process_tree
 
@@ -65,6 +70,7 @@ class ServerOptions:
     loop: str = "uvloop"
     backlog: int = 1024
     send_buffer: int | None = None  # the chat server's per-connection buffer; None: its default
+    users: int = 1  # targets whose clients sign in: one user (a token) per stream, this many
 
 
 class Target:
@@ -90,6 +96,14 @@ class Target:
     def endpoint(self) -> Endpoint:
         host, _, port = self.base_url.removeprefix("http://").rpartition(":")
         return Endpoint(host, int(port), self.pid_header, self.resumes)
+
+    def sender_credentials(self, n: int) -> list[tuple[str, str]]:
+        """(user id, token) of ``n`` publishing senders that sign in; none: anonymous."""
+        return []
+
+    async def sign_in_details(self, room: str) -> dict[str, Any]:
+        """Evidence that the streams in ``room`` signed in (for a target whose clients do)."""
+        return {}
 
     def start(self) -> None:
         raise NotImplementedError
@@ -135,7 +149,8 @@ class ChatTarget(Target):
     pid_header = "X-Chat-Pid"
     resumes = True
 
-    def start(self) -> None:
+    def settings(self) -> dict[str, str]:
+        """The server's ``CHAT_*`` environment."""
         env = chat_limits_env()
         env.update(
             {
@@ -148,6 +163,10 @@ class ChatTarget(Target):
             env["CHAT_BACKLOG"] = str(self.opts.backlog)
         if self.opts.send_buffer is not None:
             env["CHAT_SEND_BUFFER_MESSAGES"] = str(self.opts.send_buffer)
+        return env
+
+    def start(self) -> None:
+        env = self.settings()
         server = ChatServer(
             self.redis.url, self.opts.workers, ["--loop", self.opts.loop], env, self.workdir
         )
@@ -163,6 +182,41 @@ class ChatTarget(Target):
         self.procs = [server.proc]
         self.base_url = server.url
         self.main_pids = [server.pid]
+
+
+class ChatSignedTarget(ChatTarget):
+    """The chat server with a sign-in secret, every client signed in with a token.
+
+    Only the secret differs from ``chat``'s settings (``anonymous`` keeps its
+    default): each stream sends its own user's token on its request, and each
+    sender posts with its own, with no cookie (programs sign in so, without a
+    session)."""
+
+    name = "chat-signed"
+    description = "the chat server, every client signed in with a token (python -m server)"
+
+    def __init__(self, opts: ServerOptions, redis: RedisProcess, workdir: str) -> None:
+        super().__init__(opts, redis, workdir)
+        self.tokens: tuple[str, ...] = ()
+        self.credentials: list[tuple[str, str]] = []
+
+    def settings(self) -> dict[str, str]:
+        return super().settings() | {"CHAT_AUTH_JWT_SECRET": signin.SECRET}
+
+    def start(self) -> None:
+        self.tokens = signin.subscriber_tokens(max(1, self.opts.users))
+        super().start()
+
+    def endpoint(self) -> Endpoint:
+        return dataclasses.replace(super().endpoint(), tokens=self.tokens)
+
+    def sender_credentials(self, n: int) -> list[tuple[str, str]]:
+        if len(self.credentials) < n:
+            self.credentials = signin.sender_credentials(n)
+        return self.credentials[:n]
+
+    async def sign_in_details(self, room: str) -> dict[str, Any]:
+        return await signin.online_users(self.base_url, room, self.sender_credentials(1)[0])
 
 
 class BareTarget(Target):
@@ -204,7 +258,9 @@ class SocketioTarget(Target):
             raise
 
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (ChatTarget, BareTarget, SocketioTarget)}
+TARGETS: dict[str, type[Target]] = {
+    t.name: t for t in (ChatTarget, ChatSignedTarget, BareTarget, SocketioTarget)
+}
 
 
 def stream_kinds(target: type[Target] | Target, transport: str, n: int) -> list[str] | None:

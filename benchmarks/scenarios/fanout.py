@@ -42,6 +42,9 @@ METRICS = [
     Metric("POST round trip p99 (ms)", "publish_rtt_p99_ms", "{:.1f}"),
     rows.CONNECT_TIME,
     Metric("server CPU while connecting (s)", "connect_server_cpu_s", "{:.2f}"),
+    # Streams moved to balance the processes are connects too: per connect, their
+    # number (which varies from run to run) leaves the figure alone.
+    Metric("server CPU per connect (ms)", "connect_server_cpu_ms_per_connect", "{:.2f}"),
     rows.MEMORY_PER_CONNECTION,
     rows.RSS_SUBSCRIBED,
     rows.SERVER_CPU,
@@ -76,11 +79,13 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
         figures.update(
             connect_s=crowd.connect_s,
             connect_server_cpu_s=crowd.connect_server_cpu_s,
+            connect_server_cpu_ms_per_connect=crowd.connect_server_cpu_s * 1e3 / crowd.connects,
             rss_before_mib=rss_before / MIB,
             rss_subscribed_mib=rss_subscribed / MIB,
             rss_end_mib=memory(target) / MIB,
             memory_per_connection_kib=(rss_subscribed - rss_before) / len(crowd.live) / 1024,
-            details=crowd.details(),
+            # (who is online is asked once everything is measured)
+            details=crowd.details() | await target.sign_in_details(room),
         )
         return figures
 

@@ -28,6 +28,7 @@ import aiohttp
 from ..measure import MIB, Context, Metric, memory, one_case, sources, warm_up
 from ..procfs import cpu_seconds, fd_limit, rss_bytes
 from ..progress import showing
+from ..tables import OURS, SIGNED
 from ..targets import ROOT, BenchError, Target, stream_kinds
 from . import rows
 
@@ -96,8 +97,10 @@ class Swarm:
         opts = ctx.opts
         per_process = max(1, min(opts.swarm_size, fd_limit() - 256))
         addresses = sources(opts, len(kinds))
-        streams = [(kind, addresses[i % len(addresses)]) for i, kind in enumerate(kinds)]
         endpoint = target.endpoint()
+        streams = [
+            (kind, addresses[i % len(addresses)], endpoint.token(i)) for i, kind in enumerate(kinds)
+        ]
         env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
@@ -198,7 +201,7 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
         if not opened:
             raise BenchError(f"{target.name}: no idle stream opened: {dict(errors)}")
         maxima: dict[str, float] = {}
-        if target.name == "chat" and opts.hold > 0:
+        if target.name in (OURS, SIGNED) and opts.hold > 0:
             # Held idle: every heartbeat tick (one a second, a share of the
             # streams each) and loop stall over 100 ms is counted.
             before = await worker_figures(target.base_url)
@@ -225,7 +228,8 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
                 "closed_by_server_meanwhile": sum(r["closed_meanwhile"] for r in swarm.reports),
                 "swarm_processes": len(swarm.procs),
                 "source_addresses": len(sources(opts, len(kinds))),
-            },
+            }
+            | await target.sign_in_details(opts.room),
         }
     finally:
         await swarm.close()

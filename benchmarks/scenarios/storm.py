@@ -82,6 +82,7 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
         server_cpu = cpu_seconds(pids) - cpu0
         errors = Counter(s.error or "no answer in time" for s in subs if not s.ready.is_set())
         times = sorted(s.connect_s * 1e3 for s in live)
+        signed_in = await target.sign_in_details(opts.room)  # once everything is measured
         last = max((s.opened_at for s in live), default=started) - started
         return {
             "clients": len(subs),
@@ -99,7 +100,8 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
                 "opened_by_kind": dict(Counter(s.kind for s in live)),
                 "errors": dict(errors),
                 "opened_per_process": dict(sorted(Counter(s.process for s in live).items())),
-            },
+            }
+            | signed_in,
         }
     finally:
         await stop_all(subs)
