@@ -35,10 +35,10 @@ log = logging.getLogger("chat-server")
 # without it.
 COMMANDS = (
     *("DEL", "EXISTS", "EXPIRE", "PEXPIRE", "PEXPIREAT", "GET", "SET", "TIME"),
-    *("HDEL", "HGET", "HINCRBY", "HMGET", "HSET", "HVALS", "PERSIST"),
+    *("HDEL", "HGET", "HINCRBY", "HKEYS", "HLEN", "HMGET", "HSET", "HVALS", "PERSIST"),
     *("SADD", "SCARD", "SMEMBERS", "SREM"),
     *("ZADD", "ZCARD", "ZRANGE", "ZRANGEBYLEX", "ZRANGEBYSCORE", "ZREM", "ZREMRANGEBYSCORE"),
-    *("XADD", "XRANGE", "XREVRANGE"),
+    *("XADD", "XLEN", "XRANGE", "XREVRANGE"),
     *("EVALSHA", "SCRIPT", "PING", "INFO"),
 )
 PUBSUB = ("PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE")
