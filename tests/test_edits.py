@@ -167,8 +167,11 @@ def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
 
 @pytest.mark.processes
 async def test_edits_and_deletions_reach_sse_and_websocket_clients_on_both_workers(
-    server: ServerProcess,
+    start_server: Callable[..., ServerProcess], any_redis_url: str
 ) -> None:
+    """On one Redis, and on a Redis Cluster (one script in the room's slot,
+    published on its shard channel)."""
+    server = start_server(workers=2, redis_url=any_redis_url, env={"CHAT_AUTH_JWT_SECRET": SECRET})
     async with aiohttp.ClientSession(server.url) as session, contextlib.AsyncExitStack() as stack:
         feeds = [
             await stack.enter_async_context(feed_on_worker(session, kind, worker, BOB))
@@ -440,3 +443,24 @@ async def test_the_backend_deletes_any_message_through_the_service(
         await messages.delete("No!", message["id"], by=None)
     with pytest.raises(BadRequest):
         await messages.delete("general", "not-an-id", by=None)
+
+
+async def test_the_changes_hash_lives_as_long_as_the_stream_and_forgets_trimmed_messages(
+    make_app: Any, aiohttp_client: Any, redis: aioredis.Redis
+) -> None:
+    client = await app_client(make_app, aiohttp_client, history_len=50, room_ttl_s=1000)
+    stream, changes = "chat:{general}:messages", "chat:{general}:changes"
+    for n in range(300):
+        message = await post(client, f"m{n}", ALICE)
+        assert (await edit(client, message["id"], f"m{n} edited", ALICE)).status == 200
+        # Never more fields than entries: those of trimmed messages go.
+        assert await redis.hlen(changes) <= await redis.xlen(stream)
+    first = (await redis.xrange(stream, count=1))[0][0]
+    assert await redis.xlen(stream) < 600
+    assert sum(1 for field in await redis.hkeys(changes) if id_key(field) < id_key(first)) < 50
+    newest = await history(client, limit=20)
+    assert [m["text"] for m in newest] == [f"m{n} edited" for n in range(280, 300)]
+    # A message pushes the expiry of both back, as an edit does.
+    await redis.expire(changes, 10)
+    await post(client, "keeps the room", ALICE)
+    assert await redis.ttl(stream) > 990 and await redis.ttl(changes) > 990
