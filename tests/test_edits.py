@@ -312,6 +312,11 @@ async def test_who_may_edit_and_delete_and_what_a_refusal_writes(
             f"{ROOM}/messages/{mine['id']}", data=b"{not json", headers=ALICE
         ) as resp:
             await error_of(resp, 400)
+        form = {**ALICE, "Content-Type": "application/x-www-form-urlencoded"}
+        async with session.patch(
+            f"{ROOM}/messages/{mine['id']}", data=b"text=x", headers=form
+        ) as resp:
+            await error_of(resp, 415)
         # The same paths of a room name that cannot be: 404.
         async with session.patch(
             f"/api/rooms/No!/messages/{mine['id']}", json={"text": "x"}, headers=ALICE
@@ -368,6 +373,10 @@ async def test_an_edit_costs_what_a_message_costs_and_a_refused_one_writes_nothi
 ) -> None:
     client = await app_client(make_app, aiohttp_client, **budget)
     message = await post(client, "one", ALICE)
+    # Refused requests cost nothing: what they took goes back.
+    for _ in range(5):
+        assert (await edit(client, "1-0", "no such message", ALICE)).status == 404
+        assert (await delete(client, message["id"], BOB)).status == 403
     for text in ("two", "three"):
         assert (await edit(client, message["id"], text, ALICE)).status == 200
     before = await Footprint.of(redis)
@@ -464,3 +473,16 @@ async def test_the_changes_hash_lives_as_long_as_the_stream_and_forgets_trimmed_
     await redis.expire(changes, 10)
     await post(client, "keeps the room", ALICE)
     assert await redis.ttl(stream) > 990 and await redis.ttl(changes) > 990
+
+
+async def test_a_page_reads_past_a_long_run_of_deleted_messages(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    client = await app_client(make_app, aiohttp_client)
+    posted = [await post(client, f"m{n}", ALICE) for n in range(150)]
+    for message in posted[30:]:
+        assert (await delete(client, message["id"], ALICE)).status == 204
+    assert await history(client, limit=1) == [posted[29]]
+    assert await history(client, limit=40) == posted[:30]
+    assert await history(client, limit=200) == posted[:30]
+    assert await history(client, limit=5, before=posted[140]["id"]) == posted[25:30]

@@ -12,9 +12,10 @@ ones (with field ``e``, when), and stop once they have the page. ``limit``
 is exact: a page of 50 has 50 messages whenever the room has that many
 before its bound, however many were deleted among them.
 
-A chunk is as long as the page, so a room with few changes costs one read
-of the stream as before; the worst case (a run of deleted messages) reads
-on, never past the stream's length (``history_len``).
+The first chunk is as long as the page, so a room with few changes costs
+one read of the stream as before; the next ones at least 100 entries. The
+worst case (a long run of deleted messages) reads on, never past the
+stream's length (``history_len``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 # message (an edit or a deletion: its first field is "k") or was deleted.
 # KEYS[2] is the room's changes hash; rooms without one read nothing more.
 _FOLD = """
+local CHUNK_MIN = 100
 local changed = redis.call('EXISTS', KEYS[2]) == 1
 local function fold(entry)
   local fields = entry[2]
@@ -48,10 +50,11 @@ HISTORY = (
     _FOLD
     + """
 local limit = tonumber(ARGV[2])
+local chunk = limit
 local found = {}
 local bound = ARGV[1]
 while #found < limit do
-  local entries = redis.call('XREVRANGE', KEYS[1], bound, '-', 'COUNT', limit)
+  local entries = redis.call('XREVRANGE', KEYS[1], bound, '-', 'COUNT', chunk)
   for i = 1, #entries do
     local entry = fold(entries[i])
     if entry then
@@ -59,8 +62,9 @@ while #found < limit do
       if #found == limit then break end
     end
   end
-  if #entries < limit then break end
+  if #entries < chunk then break end
   bound = '(' .. entries[#entries][1]
+  chunk = math.max(chunk, CHUNK_MIN)
 end
 local last = math.max(1, #found - tonumber(ARGV[3]) + 1)
 local page = {}
@@ -76,10 +80,11 @@ HISTORY_AFTER = (
     _FOLD
     + """
 local count = tonumber(ARGV[3])
+local chunk = count
 local found = {}
 local after = ARGV[1]
 while #found < count do
-  local entries = redis.call('XRANGE', KEYS[1], '(' .. after, ARGV[2], 'COUNT', count)
+  local entries = redis.call('XRANGE', KEYS[1], '(' .. after, ARGV[2], 'COUNT', chunk)
   for i = 1, #entries do
     local entry = fold(entries[i])
     if entry then
@@ -87,8 +92,9 @@ while #found < count do
       if #found == count then break end
     end
   end
-  if #entries < count then break end
+  if #entries < chunk then break end
   after = entries[#entries][1]
+  chunk = math.max(chunk, CHUNK_MIN)
 end
 return found
 """
