@@ -63,9 +63,12 @@ def public_jwk(private: PrivateKey, kid: str) -> dict[str, Any]:
 
 
 def claims(**changes: Any) -> dict[str, Any]:
-    """Good claims (alice, ten minutes left), with ``changes``; a None removes a claim."""
+    """Good claims (alice, an hour left), with ``changes``; a None removes a claim.
+
+    Modules sign their tokens as they are imported, before any test runs:
+    the hour outlasts a run of the whole suite."""
     now = int(time.time())
-    base: dict[str, Any] = {"sub": "alice", "iat": now, "exp": now + 600}
+    base: dict[str, Any] = {"sub": "alice", "iat": now, "exp": now + 3600}
     base.update(changes)
     return {name: value for name, value in base.items() if value is not None}
 
