@@ -141,6 +141,9 @@ class Config(BaseSettings):
     )
     history_len: int = Field(10000, ge=1, le=10_000_000, description="messages kept per room")
     room_ttl_s: int = Field(2592000, ge=1, description="a room silent this long is deleted")
+    edit_window_s: int = Field(
+        900, ge=0, le=10**9, description="how long an author may edit a message; 0: never"
+    )
     presence_list_max: int = Field(
         200, ge=0, le=100_000, description="rooms with more users send counts only"
     )

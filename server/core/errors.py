@@ -69,6 +69,10 @@ class Banned(ChatError, status=403, code="banned"):
     """The user is banned (everywhere, or in the room) until the ban ends."""
 
 
+class EditWindow(ChatError, status=403, code="edit_window"):
+    """A message older than ``edit_window_s``: its author may no longer edit it."""
+
+
 class NotFound(ChatError, status=404, code="not_found"):
     """No such room name (or page)."""
 

@@ -118,6 +118,8 @@ class Message(Event):
     text: str
     ts: float
     prev: MessageId | None = None
+    # When its text was last edited (a history read gives the latest text).
+    edited: float | None = None
     # The id parsed, for comparing: where the message stands in its room's stream.
     parsed_id: MessageId = dataclasses.field(init=False)
 
@@ -126,20 +128,29 @@ class Message(Event):
 
     @classmethod
     def from_fields(cls, room: str, id: Any, fields: Any) -> Message:
-        """Build from a stream entry read by a client with ``decode_responses=True``."""
-        return cls(
-            id=id,
-            room=room,
-            user_id=fields.get("u", ""),
-            name=fields.get("n", ""),
-            text=fields.get("t", ""),
-            ts=float(fields.get("ts", "0") or 0),
+        """Build from a stream entry read by a client with ``decode_responses=True``:
+        a message, or an :class:`Edit` or a :class:`Deletion` of one (field ``k``)."""
+        edited = fields.get("e")
+        common: dict[str, Any] = {
+            "id": id,
+            "room": room,
+            "user_id": fields.get("u", ""),
+            "name": fields.get("n", ""),
+            "text": fields.get("t", ""),
+            "ts": float(fields.get("ts", "0") or 0),
             # Entries stored before ids of predecessors were kept have no "p".
-            prev=parse_id(fields.get("p") or ""),
-        )
+            "prev": parse_id(fields.get("p") or ""),
+            "edited": float(edited) if edited else None,
+        }
+        kind = fields.get("k")
+        if kind == EDIT:
+            return Edit(**common, target=fields.get("r", ""))
+        if kind == DELETION:
+            return Deletion(**common, target=fields.get("r", ""))
+        return cls(**common)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.id,
             "room": self.room,
             "user_id": self.user_id,
@@ -147,6 +158,9 @@ class Message(Event):
             "text": self.text,
             "ts": self.ts,
         }
+        if self.edited is not None:
+            body["edited"] = self.edited
+        return body
 
     @cached_property
     def gap(self) -> Gap:
@@ -168,3 +182,64 @@ class Message(Event):
 
     def __repr__(self) -> str:
         return f"Message({self.room!r}, {self.id!r})"
+
+
+# The kinds of stream entries that change a message (field "k"; see server.store.edits).
+EDIT = "e"
+DELETION = "d"
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class Change(Message):
+    """A stream entry that changes an earlier message, ``target``.
+
+    It travels like a message: its own ``id`` and ``prev`` place it in the
+    room's stream (live delivery, resume and gap notices work on those), so
+    a client that resumes gets it in order with everything else. Only its
+    wire forms differ.
+    """
+
+    target: str = ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.room!r}, {self.id!r}, of={self.target!r})"
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class Edit(Change):
+    """The target's new text: sent as the whole message, with ``edited``.
+
+    SSE ``event: message_updated`` with ``id:`` this entry's id (what a
+    client resumes from); WebSocket ``{"type": "message_updated",
+    "event_id", "message"}``.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "id": self.target}
+
+    @cached_property
+    def sse_frame(self) -> bytes:  # type: ignore[override]
+        return f"event: message_updated\nid: {self.id}\ndata: {self.json}\n\n".encode()
+
+    @cached_property
+    def ws_frame(self) -> bytes:  # type: ignore[override]
+        head = to_json({"type": "message_updated", "event_id": self.id})[:-1]
+        return f'{head},"message":{self.json}}}'.encode()
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class Deletion(Change):
+    """The target is deleted: SSE ``event: message_deleted`` ``{"id"}`` (with
+    ``id:`` this entry's id); WebSocket ``{"type": "message_deleted",
+    "event_id", "id"}``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.target}
+
+    @cached_property
+    def sse_frame(self) -> bytes:  # type: ignore[override]
+        return f"event: message_deleted\nid: {self.id}\ndata: {self.json}\n\n".encode()
+
+    @cached_property
+    def ws_frame(self) -> bytes:  # type: ignore[override]
+        return to_json({"type": "message_deleted", "event_id": self.id, "id": self.target}).encode()

@@ -35,8 +35,8 @@ log = logging.getLogger("chat-server")
 # without it.
 COMMANDS = (
     *("DEL", "EXISTS", "EXPIRE", "PEXPIRE", "PEXPIREAT", "GET", "SET", "TIME"),
-    *("HDEL", "HGET", "HINCRBY", "HLEN", "HMGET", "HSCAN", "HSET", "HVALS", "PERSIST", "SCAN"),
-    *("SADD", "SCARD", "SMEMBERS", "SREM"),
+    *("HDEL", "HGET", "HINCRBY", "HKEYS", "HLEN", "HMGET", "HSCAN", "HSET", "HVALS"),
+    *("PERSIST", "SCAN", "SADD", "SCARD", "SMEMBERS", "SREM"),
     *("ZADD", "ZCARD", "ZRANGE", "ZRANGEBYLEX", "ZRANGEBYSCORE", "ZREM", "ZREMRANGEBYSCORE"),
     *("XADD", "XDEL", "XLEN", "XRANGE", "XREVRANGE"),
     *("EVALSHA", "SCRIPT", "PING", "INFO"),

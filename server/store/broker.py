@@ -30,17 +30,18 @@ from ..core.ids import FIRST_ID, LAST_ID, MessageId, format_id, parse_id
 from ..core.model import Message
 from ..core.webhook import MESSAGE_CREATED
 from ..core.wire import parse_json, to_json
-from . import scripts
-from .keys import channel, idempotency_record_key, stream_key
+from . import history, scripts
+from .keys import changes_key, channel, idempotency_record_key, stream_key
 from .outbox import OUTBOX_LUA, Outbox
 
 # Append to the stream and publish "m", the previous id, the new id and the
 # message body, in one step: no other message of the room can come between.
-# Each message also pushes the room's expiry back to ARGV[8] seconds from now.
+# Each message also pushes the room's expiry back to ARGV[8] seconds from now,
+# and its changes hash's (KEYS[2], see server.store.edits) with it.
 # (XADD is the first write: when Redis is out of memory the script fails
 # there, having changed nothing.)
 #
-# With an idempotency record (KEYS[2]): when it exists, the message was
+# With an idempotency record (KEYS[3]): when it exists, the message was
 # published already, and what was published is returned instead, alone in
 # the reply; else the record keeps what is published, for ARGV[9] seconds.
 # It keeps the whole message rather than its id, so that a retry gets the
@@ -51,14 +52,14 @@ from .outbox import OUTBOX_LUA, Outbox
 #
 # With a webhook for message.created, ARGV[11] is the message's JSON after
 # its id, ARGV[12] where the outbox keys start in KEYS (then there is no
-# idempotency record when it is 2), ARGV[13] the room: the event is written
+# idempotency record when it is 3), ARGV[13] the room: the event is written
 # with the message (see server.store.outbox).
 _PUBLISH_SCRIPT = (
     OUTBOX_LUA
     + """
-local idem = KEYS[2]
+local idem = KEYS[3]
 local hook = tonumber(ARGV[12] or '0')
-if hook == 2 then idem = nil end
+if hook == 3 then idem = nil end
 if idem then
   local published = redis.call('GET', idem)
   if published then return {published} end
@@ -72,6 +73,7 @@ if last[1] then prev = last[1][1] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
   'u', ARGV[2], 'n', ARGV[3], 't', ARGV[4], 'ts', ARGV[5], 'p', prev)
 redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('EXPIRE', KEYS[2], ARGV[8])
 local published = 'm\\n' .. prev .. '\\n' .. id .. '\\n' .. ARGV[7]
 redis.call('PUBLISH', ARGV[6], published)
 if idem then
@@ -99,18 +101,6 @@ end
 return false
 """
 
-# A history page: of the newest ARGV[2] entries up to ARGV[1] (an XREVRANGE
-# bound), the oldest ARGV[3], oldest first; and, when that leaves some of
-# them out, the newest one's id, where the rest (read with XRANGE) ends.
-_HISTORY_SCRIPT = """
-local entries = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', ARGV[2])
-local last = math.max(1, #entries - tonumber(ARGV[3]) + 1)
-local page = {}
-for i = #entries, last, -1 do page[#page + 1] = entries[i] end
-if last > 1 then return {page, entries[1][1]} end
-return {page}
-"""
-
 IDEMPOTENCY_TTL_S = 600  # how long a retry with the same key gets the first message
 
 
@@ -136,7 +126,8 @@ class Broker:
         self.room_ttl_s = room_ttl_s
         self._publish = scripts.register(redis, _PUBLISH_SCRIPT)
         self._predecessor = redis.register_script(_PREDECESSOR_SCRIPT)
-        self._history = redis.register_script(_HISTORY_SCRIPT)
+        self._history = redis.register_script(history.HISTORY)
+        self._history_after = redis.register_script(history.HISTORY_AFTER)
 
     async def publish(self, room: str, user_id: str, name: str, text: str) -> Message:
         message, _ = await self.publish_once(room, user_id, name, text, None)
@@ -164,7 +155,7 @@ class Broker:
         """
         ts = time.time()
         body = to_json([user_id, name, text, ts])
-        keys = [stream_key(room)]
+        keys = [stream_key(room), changes_key(room)]
         if key is not None:
             keys.append(idempotency_record_key(room, user_id, key))
         hook: list[Any] = []
@@ -215,14 +206,16 @@ class Broker:
     ) -> tuple[list[Message], str | None]:
         """The newest ``limit`` messages older than ``before``, oldest first, at
         most ``page`` of them: with the id of the newest when some are left,
-        read by :meth:`history_after`, else None.
+        read by :meth:`history_after`, else None. Each with its latest text;
+        deleted messages are left out (see :mod:`server.store.history`).
 
         A page at a time, so that a reader holds one page, not the whole history.
         """
         if before == FIRST_ID:
             return [], None  # nothing is older (and Redis refuses the range)
         newest = "(" + format_id(before) if before else "+"
-        reply = await self._history(keys=[stream_key(room)], args=[newest, limit, page])
+        keys = [stream_key(room), changes_key(room)]
+        reply = await self._history(keys=keys, args=[newest, limit, page])
         messages = [
             Message.from_fields(room, str(id), dict(zip(fields[::2], fields[1::2], strict=True)))
             for id, fields in reply[0]
@@ -230,9 +223,14 @@ class Broker:
         return messages, str(reply[1]) if len(reply) > 1 else None
 
     async def history_after(self, room: str, after: str, until: str, page: int) -> list[Message]:
-        """At most ``page`` messages after ``after`` up to ``until`` (both ids), oldest first."""
-        entries = await self.redis.xrange(stream_key(room), min="(" + after, max=until, count=page)
-        return [Message.from_fields(room, id, fields) for id, fields in entries or []]
+        """At most ``page`` messages after ``after`` up to ``until`` (both ids),
+        oldest first, as :meth:`history` gives them."""
+        keys = [stream_key(room), changes_key(room)]
+        entries = await self._history_after(keys=keys, args=[after, until, page])
+        return [
+            Message.from_fields(room, str(id), dict(zip(fields[::2], fields[1::2], strict=True)))
+            for id, fields in entries
+        ]
 
     async def read_after(self, room: str, after: MessageId, count: int) -> list[Message]:
         """Up to ``count`` messages after ``after``, oldest first, each with its ``prev``."""
@@ -260,14 +258,21 @@ class Broker:
 
 
 def parse_live(room: str, data: str) -> tuple[MessageId, Message] | None:
-    """A message as published by the publish script: (previous id, message)."""
+    """A message as published by the publish script: (previous id, message);
+    or an edit or a deletion, whose body is its stream entry's fields
+    (see :mod:`server.store.edits`)."""
     try:
         _, prev, message_id, body = data.split("\n", 3)
-        user_id, name, text, ts = parse_json(body)
         prev_id = parse_id(prev)
         if prev_id is None:
             return None
-        message = Message(message_id, room, user_id, name, text, float(ts), prev_id)
-    except (ValueError, TypeError):
+        fields = parse_json(body)
+        if isinstance(fields, dict):
+            message = Message.from_fields(room, message_id, fields)
+            message.prev = prev_id
+        else:
+            user_id, name, text, ts = fields
+            message = Message(message_id, room, user_id, name, text, float(ts), prev_id)
+    except (ValueError, TypeError, AttributeError):
         return None
     return prev_id, message

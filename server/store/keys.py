@@ -16,6 +16,13 @@ def stream_key(room: str) -> str:
     return f"chat:{{{room}}}:messages"
 
 
+def changes_key(room: str) -> str:
+    """The latest state of each edited or deleted message of the room's
+    stream: a hash of message id to ``d`` (deleted) or ``<edited ts>\\n<text>``
+    (see server.store.edits)."""
+    return f"chat:{{{room}}}:changes"
+
+
 def idempotency_record_key(room: str, user_id: str, key: str) -> str:
     # In the room's slot, so that the publish script may touch it.
     return f"chat:{{{room}}}:idem:{user_id}:{key}"

@@ -21,6 +21,7 @@ from ..core.replay import replay_page
 from ..store import failures
 from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
+from ..store.edits import Edits
 from ..store.ratelimit import Budgets, RateLimiter
 from ..store.relay import Relay
 from ..store.session_store import SignedRedisStorage
@@ -28,6 +29,7 @@ from . import middlewares, views, webhooks
 from . import state as keys
 from .auth import AuthApi
 from .heartbeat import Heartbeat, LoopWatch
+from .messages import Messages
 from .moderation import Moderation
 from .posting import Posting
 from .sessions import Sessions
@@ -114,6 +116,13 @@ def create_app(
     budgets = Budgets.from_config(config)
     sessions = Sessions(redis, limiter, budgets, sign_in)
     posting = Posting(redis, broker, limiter, budgets, metrics, max_chars=config.message_max_chars)
+    # (Its delete is what the server API will call.)
+    app[keys.MESSAGES] = Messages(
+        sessions,
+        posting,
+        Edits(redis, history_len=config.history_len, room_ttl_s=config.room_ttl_s),
+        edit_window_s=config.edit_window_s,
+    )
     connections = Connections(
         hub,
         registry,
@@ -128,6 +137,7 @@ def create_app(
     add_routes(
         app,
         api=views.Api(sessions, posting, broker, registry, redis_errors),
+        messages=app[keys.MESSAGES],
         auth=AuthApi(sessions, registry),
         operations=views.Operations(
             redis, metrics, worker_index=worker_index, metrics_token=config.metrics_token
@@ -175,8 +185,7 @@ def create_app(
     async def stop_announcing(app: web.Application) -> None:
         await announcer.close()
 
-    app.cleanup_ctx.append(sign_in.lifetime())
-    app.cleanup_ctx.append(live_delivery)
+    app.cleanup_ctx.extend([sign_in.lifetime(), live_delivery])
     app.on_cleanup.append(stop_announcing)
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(tag_worker)
@@ -193,6 +202,7 @@ def add_routes(
     app: web.Application,
     *,
     api: views.Api,
+    messages: Messages,
     auth: AuthApi,
     operations: views.Operations,
     events: sse.SseHandler,
@@ -210,6 +220,8 @@ def add_routes(
         (web.put, "/api/session", api.put_session),
         (web.get, "/api/rooms/{room}/messages", api.get_messages),
         (web.post, "/api/rooms/{room}/messages", api.post_message),
+        (web.patch, "/api/rooms/{room}/messages/{id}", messages.patch_message),
+        (web.delete, "/api/rooms/{room}/messages/{id}", messages.delete_message),
         (web.get, "/api/rooms/{room}/online", api.get_online),
         (web.post, "/api/auth", auth.sign_in),
         (web.delete, "/api/auth", auth.sign_out),

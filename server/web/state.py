@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..core.hub import Hub
     from ..core.presence import Announcer
     from .heartbeat import Heartbeat
+    from .messages import Messages
     from .moderation import Moderation
     from .signin import SignIn
 
@@ -31,3 +32,4 @@ HEARTBEAT: web.AppKey[Heartbeat] = web.AppKey("heartbeat")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SIGN_IN: web.AppKey[SignIn] = web.AppKey("sign_in")
 MODERATION: web.AppKey[Moderation] = web.AppKey("moderation")
+MESSAGES: web.AppKey[Messages] = web.AppKey("messages")

@@ -14,6 +14,10 @@
 // a name (the server refuses them now, older names may still hold one) cannot
 // reorder the tag or anything else after it.
 //
+// Edits and deletions come in the same streams, in order with the messages
+// (each with an id of its own, where a reconnect resumes): the message
+// changes in place (its new text, an "edited" mark) or goes.
+//
 // Each typed message is sent with an idempotency key, the same for every try
 // until the server confirms it: a message whose answer was lost (the
 // connection dropped, no ack came) may be sent again without showing twice.
@@ -233,7 +237,26 @@ function messageElement(msg) {
   }
 
   li.append(meta, element('div', 'text', msg.text));
+  if (msg.edited !== undefined && msg.edited !== null) markEdited(li, msg.edited);
   return li;
+}
+
+/** The "edited" mark of a message's entry, with when in its tooltip. */
+function markEdited(li, edited) {
+  const meta = li.querySelector('.meta');
+  let mark = meta.querySelector('.edited');
+  if (!mark) {
+    mark = element('span', 'edited', 'edited');
+    meta.append(mark);
+  }
+  const date = new Date(Number(edited) * 1000);
+  mark.title = Number.isNaN(date.getTime()) ? '' : `edited ${dateTimeFormat.format(date)}`;
+}
+
+/** The entry of #messages showing the message with this id, if it is shown. */
+function shownMessage(id) {
+  for (const el of ui.messages.children) if (el.dataset.id === id) return el;
+  return null;
 }
 
 /** Whether an entry of #messages belongs after the message with this id.
@@ -315,6 +338,33 @@ function onLiveMessage(msg) {
   if (cursor !== null && compareIds(msg.id, cursor) <= 0) return;
   cursor = msg.id;
   followingBottom(() => render(msg));
+}
+
+/** An edit or a deletion moves the cursor as a message does: it has its own
+ * id in the room's stream. False when it was received already (the replay
+ * overlap after a reconnect). */
+function advanceTo(eventId) {
+  if (parseId(eventId) === null) return false;
+  if (cursor !== null && compareIds(eventId, cursor) <= 0) return false;
+  cursor = eventId;
+  return true;
+}
+
+/** `message_updated`: the message's new text, in place, marked edited. */
+function onMessageUpdated(msg, eventId) {
+  if (!isMessage(msg) || !advanceTo(eventId)) return;
+  const li = shownMessage(msg.id);
+  if (!li) return; // not shown (older than what is loaded): history has the new text
+  li.querySelector('.text').textContent = msg.text;
+  markEdited(li, msg.edited);
+}
+
+/** `message_deleted`: the message goes from the list. */
+function onMessageDeleted(data, eventId) {
+  if (parseId(data?.id) === null || !advanceTo(eventId)) return;
+  const li = shownMessage(data.id);
+  if (li) li.remove();
+  rendered.delete(data.id);
 }
 
 async function loadHistory() {
@@ -586,6 +636,8 @@ function sseTransport(events) {
       source = es;
       es.addEventListener('open', events.onOpen);
       es.addEventListener('message', (e) => onLiveMessage(parseJson(e.data)));
+      es.addEventListener('message_updated', (e) => onMessageUpdated(parseJson(e.data), e.lastEventId));
+      es.addEventListener('message_deleted', (e) => onMessageDeleted(parseJson(e.data), e.lastEventId));
       es.addEventListener('presence', (e) => onPresence(parseJson(e.data)));
       es.addEventListener('presence_diff', (e) => onPresenceDiff(parseJson(e.data)));
       es.addEventListener('gap', (e) => onGap(parseJson(e.data), since));
@@ -639,6 +691,12 @@ function wsTransport(events) {
     switch (frame?.type) {
       case 'message':
         onLiveMessage(frame.message);
+        break;
+      case 'message_updated':
+        onMessageUpdated(frame.message, frame.event_id);
+        break;
+      case 'message_deleted':
+        onMessageDeleted({ id: frame.id }, frame.event_id);
         break;
       case 'presence':
         onPresence(frame);
