@@ -90,6 +90,33 @@ async def test_events_are_signed_and_carry_the_message_and_only_configured_kinds
     assert len({a.event["id"] for a in receiver.attempts}) == 3
 
 
+async def test_edits_and_deletions_follow_their_message_in_order(
+    start_server: StartServer,
+) -> None:
+    async with running_receiver() as receiver:
+        server = start_server(env=hooked(receiver))  # (the default events: message.*)
+        async with user(server.url) as alice:
+            first = await post(alice, "lobby", "helo")
+            second = await post(alice, "lobby", "to go")
+            path = "/api/rooms/lobby/messages/"
+            async with alice.patch(path + first["id"], json={"text": "hello"}) as resp:
+                assert resp.status == 200, await resp.text()
+                edited = (await resp.json())["message"]
+            async with alice.delete(path + second["id"]) as resp:
+                assert resp.status == 204, await resp.text()
+        await receiver.wait_for(lambda r: len(r.accepted) >= 4, 15)
+        await asyncio.sleep(1)  # anything else would have come by now
+    events = receiver.accepted
+    kinds = ["message.created", "message.created", "message.updated", "message.deleted"]
+    assert [e["type"] for e in events] == kinds
+    assert [e["data"] for e in events[:2]] == [first, second]
+    assert events[2]["data"] == edited
+    assert events[2]["created"] == edited["edited"]
+    assert events[3]["data"] == second
+    assert all(a.signed_with(SECRET) for a in receiver.attempts)
+    assert len({e["id"] for e in events}) == 4
+
+
 async def test_nothing_is_written_to_redis_without_a_webhook_url(
     start_server: StartServer, redis: aioredis.Redis
 ) -> None:

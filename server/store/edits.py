@@ -27,23 +27,31 @@ once every half stream's worth of changes.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from ..core.errors import ChatError, EditWindow, Forbidden, NotFound
 from ..core.ids import MessageId, format_id
 from ..core.model import DELETION, EDIT, Change, Message
+from ..core.webhook import MESSAGE_DELETED as DELETED
+from ..core.webhook import MESSAGE_UPDATED as UPDATED
 from . import scripts
 from .keys import changes_key, channel, stream_key
+from .outbox import OUTBOX_LUA, Outbox
 
 # KEYS[1]: the stream; KEYS[2]: the changes hash.
 # ARGV: [1] the message's id, [2] 'e' or 'd', [3] the author it must have
 # ('' for anyone), [4] the edit window in ms, [5] the new text, [6] when it
 # was edited (Unix seconds), [7] history_len, [8] the room's channel, [9]
-# the room's expiry in seconds.
+# the room's expiry in seconds; with a webhook for this kind of change,
+# [10] where the outbox keys start in KEYS and [11] the room (see
+# server.store.outbox).
 # Returns 'not_found', 'forbidden' or 'edit_window' (having written
 # nothing), or the new entry: its id and its fields.
-_CHANGE_SCRIPT = """
+_CHANGE_SCRIPT = (
+    OUTBOX_LUA
+    + """
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
 if not found or found[2][1] == 'k' then return 'not_found' end
 if redis.call('HGET', KEYS[2], ARGV[1]) == 'd' then return 'not_found' end
@@ -86,8 +94,22 @@ end
 local body = {}
 for i = 1, #fields - 2, 2 do body[fields[i]] = fields[i + 1] end
 redis.call('PUBLISH', ARGV[8], 'm\\n' .. prev .. '\\n' .. id .. '\\n' .. cjson.encode(body))
+local hook = tonumber(ARGV[10] or '0')
+if hook > 0 then
+  -- (The times as stored, not through cjson, which keeps 14 digits.)
+  local data = {id = ARGV[1], room = ARGV[11], user_id = author, name = message['n'] or '',
+    text = message['t'] or ''}
+  local kind, times = 'message.deleted', ',"ts":' .. (message['ts'] or '0') .. '}'
+  if ARGV[2] == 'e' then
+    kind, data['text'] = 'message.updated', ARGV[5]
+    times = ',"ts":' .. (message['ts'] or '0') .. ',"edited":' .. ARGV[6] .. '}'
+  end
+  local json = string.sub(cjson.encode(data), 1, -2) .. times
+  outbox_write(KEYS[hook], KEYS[hook + 1], ARGV[11], kind, json, ARGV[6])
+end
 return {id, fields}
 """
+)
 
 _REFUSALS: dict[str, tuple[type[ChatError], str]] = {
     "not_found": (NotFound, "no such message in this room (or it was deleted)"),
@@ -99,11 +121,19 @@ _REFUSALS: dict[str, tuple[type[ChatError], str]] = {
 class Edits:
     """Edits and deletions of a room's messages, in Redis."""
 
-    __slots__ = ("_change", "history_len", "room_ttl_s")
+    __slots__ = ("_change", "history_len", "outbox", "room_ttl_s")
 
-    def __init__(self, redis: aioredis.Redis, *, history_len: int, room_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        history_len: int,
+        room_ttl_s: int,
+        outbox: Outbox | None = None,
+    ) -> None:
         self.history_len = history_len
         self.room_ttl_s = room_ttl_s
+        self.outbox = outbox  # where webhook events go (None: nowhere)
         self._change = scripts.register(redis, _CHANGE_SCRIPT)
 
     async def edit(
@@ -117,7 +147,7 @@ class Edits:
 
     async def delete(self, room: str, message_id: MessageId, author: str | None) -> Change:
         """Delete the message, if ``author`` wrote it (None: whoever did); the deletion."""
-        return await self._run(room, message_id, DELETION, author or "", 0, "", 0.0)
+        return await self._run(room, message_id, DELETION, author or "", 0, "", time.time())
 
     async def _run(
         self,
@@ -130,8 +160,14 @@ class Edits:
         edited: float,
     ) -> Change:
         """Run the script; raise the ChatError of a refusal (nothing written)."""
+        keys = [stream_key(room), changes_key(room)]
+        hook: list[Any] = []
+        outbox = self.outbox
+        if outbox is not None and outbox.wants(UPDATED if kind == EDIT else DELETED):
+            hook = [len(keys) + 1, room]
+            keys.extend(outbox.keys(room))
         reply = await self._change(
-            keys=[stream_key(room), changes_key(room)],
+            keys=keys,
             args=[
                 format_id(message_id),
                 kind,
@@ -142,11 +178,14 @@ class Edits:
                 self.history_len,
                 channel(room),
                 self.room_ttl_s,
+                *hook,
             ],
         )
         if isinstance(reply, str):
             error, why = _REFUSALS[reply]
             raise error(why)
+        if hook and outbox is not None:
+            await outbox.written(room)
         entry_id, fields = reply
         pairs = dict(zip(fields[::2], fields[1::2], strict=True))
         change = Message.from_fields(room, str(entry_id), pairs)

@@ -120,7 +120,12 @@ def create_app(
     app[keys.MESSAGES] = Messages(
         sessions,
         posting,
-        Edits(redis, history_len=config.history_len, room_ttl_s=config.room_ttl_s),
+        Edits(
+            redis,
+            history_len=config.history_len,
+            room_ttl_s=config.room_ttl_s,
+            outbox=broker.outbox,
+        ),
         edit_window_s=config.edit_window_s,
     )
     connections = Connections(
