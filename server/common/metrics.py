@@ -149,6 +149,11 @@ class Metrics:
             "chat_gc_pause_max_seconds", "Longest full garbage collection so far."
         )
         worker_gauge("chat_worker_up", "Worker processes serving.").set(1)
+        self._server_api = counter(
+            "chat_server_api_requests",
+            "Server API requests, by method, route template and status.",
+            ["method", "route", "status"],
+        )
 
     # -- messages ------------------------------------------------------------
 
@@ -195,6 +200,9 @@ class Metrics:
 
     def redis_reconnected(self) -> None:
         self._reconnects.inc()
+
+    def server_api_request(self, method: str, route: str, status: int) -> None:
+        self._server_api.labels(method, route, str(status)).inc()
 
     # -- the worker's health --------------------------------------------------
 
