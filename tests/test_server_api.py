@@ -530,3 +530,33 @@ async def test_a_server_without_keys_has_no_server_api(
         for method, path, body, scope, _ in ROUTES:
             resp = await http.request(method, path, json=body, headers=key(SCOPE_SECRETS[scope]))
             assert (resp.status, await resp.json()) == expected, (method, path)
+
+
+@pytest.mark.processes
+async def test_the_server_api_works_on_a_redis_cluster(
+    start_server: Callable[..., ServerProcess], cluster_url: str
+) -> None:
+    # Rooms spread over every shard; the registry lives in one slot.
+    settings = {"CHAT_SERVER_API_KEYS": ",".join(KEYS)}
+    server = start_server(workers=2, env=settings, redis_url=cluster_url)
+    rooms = [f"room-{i:03}" for i in range(100)]
+    async with aiohttp.ClientSession(server.url, headers=key(ALL)) as http:
+        for text in ("one", "two"):
+            resp = await http.post(f"{V1}/broadcast", json={"rooms": rooms, "text": text})
+            assert resp.status == 200, await resp.text()
+            results = (await resp.json())["results"]
+            assert [r["message"]["text"] for r in results] == [text] * 100
+        seen: list[str] = []
+        cursor = ""
+        while cursor is not None:
+            resp = await http.get(f"{V1}/rooms?limit=30&cursor={cursor}")
+            page = await resp.json()
+            seen += [r["room"] for r in page["rooms"]]
+            cursor = page["cursor"]
+        assert seen == rooms
+        resp = await http.get(f"{V1}/rooms/room-042")
+        assert (await resp.json())["length"] == 2
+        resp = await http.get(f"{V1}/rooms/room-042/messages?after=0-0&limit=1")
+        assert [m["text"] for m in (await resp.json())["messages"]] == ["one"]
+        resp = await http.post(f"{V1}/users/alice/disconnect", json={"reconnect": False})
+        assert resp.status == 202
