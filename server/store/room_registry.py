@@ -54,14 +54,18 @@ SWEEP_EVERY_S = 60.0  # how often a worker looks for rooms gone silent
 SWEEP_BATCH = 200  # rooms looked at per sweep
 SLACK_MS = 60_000  # activity a sweep forgives (clocks, a refresh lost with a worker)
 
-# KEYS: names, active. ARGV[1]: now (ms); the rest: rooms. Registers each
-# room, and moves its activity forward (never back).
+# KEYS: names, active. ARGV[1]: now (ms), ARGV[2]: how long the sets live
+# (ms); the rest: rooms. Registers each room, and moves its activity forward
+# (never back). The sets outlive their newest room's history: written to
+# no more, they go as the rooms do.
 _TOUCH_SCRIPT = """
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   redis.call('ZADD', KEYS[1], 'NX', 0, ARGV[i])
   redis.call('ZADD', KEYS[2], 'GT', ARGV[1], ARGV[i])
 end
-return #ARGV - 1
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return #ARGV - 2
 """
 
 # KEYS: names, active. ARGV[1]: the cutoff (ms); the rest: rooms whose
@@ -108,8 +112,9 @@ class RoomRegistry:
     async def register(self, rooms: list[str]) -> None:
         """Register rooms about to be created (one round trip), before their first message."""
         if rooms:
+            lives_ms = self.room_ttl_ms + SLACK_MS
             await run_scripts(
-                self.redis, (self._touch, [NAMES_KEY, ACTIVE_KEY], [_now_ms(), *rooms])
+                self.redis, (self._touch, [NAMES_KEY, ACTIVE_KEY], [_now_ms(), lives_ms, *rooms])
             )
 
     def touch(self, room: str) -> None:
