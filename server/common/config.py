@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .api_keys import ServerApiKeys
 from .auth_keys import JWKSURL, Anonymous, PublicKeyFile, RoomPrefixes, Secret, check_key_sources
 from .settings_sources import ConfigError, ConfigFile, Environment, bounds, describe
 from .settings_types import (
@@ -112,6 +113,10 @@ class Config(BaseSettings):
     auth_leeway_s: int = Field(30, ge=0, le=600, description="clock skew allowed on exp and nbf")
     private_room_prefixes: RoomPrefixes = Field(
         (), description="rooms starting so admit only users granted them"
+    )
+    # The server API's keys (server.common.api_keys); none: the API is off.
+    server_api_keys: ServerApiKeys = Field(
+        (), repr=False, description='keys of the server API, "name:secret:scope,scope" each'
     )
 
     # What one user may do.

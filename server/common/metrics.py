@@ -168,6 +168,11 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self._server_api = counter(
+            "chat_server_api_requests",
+            "Server API requests, by method, route template and status.",
+            ["method", "route", "status"],
+        )
 
     # -- messages ------------------------------------------------------------
 
@@ -226,6 +231,11 @@ class Metrics:
 
     def webhook_dead_letters(self, count: int) -> None:
         self._dead_letters.set(count)
+
+    # -- the server API -------------------------------------------------------
+
+    def server_api_request(self, method: str, route: str, status: int) -> None:
+        self._server_api.labels(method, route, str(status)).inc()
 
     # -- the worker's health --------------------------------------------------
 

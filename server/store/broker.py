@@ -20,19 +20,22 @@ get their predecessor from the stream, or from Redis 7's
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
 
 from ..common.config import Config
 from ..core.ids import FIRST_ID, LAST_ID, MessageId, format_id, parse_id
 from ..core.model import Message
 from ..core.webhook import MESSAGE_CREATED
 from ..core.wire import parse_json, to_json
-from . import history, scripts
+from . import failures, history, scripts
 from .keys import changes_key, channel, idempotency_record_key, stream_key
 from .outbox import OUTBOX_LUA, Outbox
+from .room_registry import RoomRegistry
 
 # Append to the stream and publish "m", the previous id, the new id and the
 # message body, in one step: no other message of the room can come between.
@@ -124,6 +127,8 @@ class Broker:
         self._created = outbox is not None and outbox.wants(MESSAGE_CREATED)
         self.history_len = history_len
         self.room_ttl_s = room_ttl_s
+        # The rooms with history: a room is registered before it is created.
+        self.rooms = RoomRegistry(redis, room_ttl_s=room_ttl_s)
         self._publish = scripts.register(redis, _PUBLISH_SCRIPT)
         self._predecessor = redis.register_script(_PREDECESSOR_SCRIPT)
         self._history = redis.register_script(history.HISTORY)
@@ -153,6 +158,51 @@ class Broker:
         ``room_ttl_s``, if shorter), that message is returned with False, and
         nothing is stored or published. Atomic, in one round trip.
         """
+        call = self._publish_call(room, user_id, name, text, key, may_create)
+        reply = await self._publish(keys=call.keys, args=call.args)
+        outcome = call.outcome(reply)
+        if self._created and self.outbox is not None:
+            # (A retry marks it too: the mark of the first may have been lost.)
+            await self.outbox.written(room)
+        return outcome
+
+    async def publish_many(
+        self,
+        rooms: list[str],
+        user_id: str,
+        name: str,
+        text: str,
+        key: str | None,
+        *,
+        may_create: bool,
+    ) -> list[tuple[Message, bool] | Exception]:
+        """:meth:`publish_once` in each of ``rooms``, in one round trip: each
+        room's outcome, or what refused it there (:class:`NewRoom`, or an
+        error of Redis, such as a full one), in the order of ``rooms``."""
+        calls = [self._publish_call(room, user_id, name, text, key, may_create) for room in rooms]
+        pipe = self.redis.pipeline(transaction=False)
+        sha = self._publish.sha
+        for call in calls:
+            pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+        outcomes: list[tuple[Message, bool] | Exception] = []
+        for call, answer in zip(calls, await pipe.execute(raise_on_error=False), strict=True):
+            reply = answer
+            try:
+                if isinstance(reply, NoScriptError):  # (Redis lost its scripts: a restart)
+                    reply = await self._publish(keys=call.keys, args=call.args)
+                if isinstance(reply, Exception):
+                    raise reply
+                outcomes.append(call.outcome(reply))
+            except (NewRoom, *failures.FAILURES, ResponseError) as exc:
+                outcomes.append(exc)
+        if self._created and self.outbox is not None:
+            await self.outbox.written(*rooms)
+        return outcomes
+
+    def _publish_call(
+        self, room: str, user_id: str, name: str, text: str, key: str | None, may_create: bool
+    ) -> _PublishCall:
+        """The publish script's keys and arguments for one message."""
         ts = time.time()
         body = to_json([user_id, name, text, ts])
         keys = [stream_key(room), changes_key(room)]
@@ -163,31 +213,20 @@ class Broker:
             data = {"room": room, "user_id": user_id, "name": name, "text": text, "ts": ts}
             hook = [to_json(data)[1:], len(keys) + 1, room]
             keys.extend(self.outbox.keys(room))
-        reply = await self._publish(
-            keys=keys,
-            args=[
-                self.history_len,
-                user_id,
-                name,
-                text,
-                repr(ts),
-                channel(room),
-                body,
-                self.room_ttl_s,
-                min(IDEMPOTENCY_TTL_S, self.room_ttl_s),
-                "1" if may_create else "0",
-                *hook,
-            ],
-        )
-        if reply == "new":
-            raise NewRoom(room)
-        if self._created and self.outbox is not None:
-            # (A retry marks it too: the mark of the first may have been lost.)
-            await self.outbox.written(room)
-        if len(reply) == 1:
-            return self._published(room, str(reply[0])), False
-        message_id, prev = reply
-        return Message(str(message_id), room, user_id, name, text, ts, parse_id(str(prev))), True
+        args = [
+            self.history_len,
+            user_id,
+            name,
+            text,
+            repr(ts),
+            channel(room),
+            body,
+            self.room_ttl_s,
+            min(IDEMPOTENCY_TTL_S, self.room_ttl_s),
+            "1" if may_create else "0",
+            *hook,
+        ]
+        return _PublishCall(keys, args, (room, user_id, name, text, ts))
 
     async def published_with(self, room: str, user_id: str, key: str) -> Message | None:
         """The message ``user_id`` published with idempotency ``key``, if it is remembered."""
@@ -255,6 +294,26 @@ class Broker:
     async def last_id(self, room: str) -> MessageId:
         entries = await self.redis.xrevrange(stream_key(room), count=1)
         return (parse_id(str(entries[0][0])) or FIRST_ID) if entries else FIRST_ID
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PublishCall:
+    """One run of the publish script, and the message it is for (but its id)."""
+
+    keys: list[str]
+    args: list[Any]
+    message: tuple[str, str, str, str, float]  # room, user id, name, text, ts
+
+    def outcome(self, reply: Any) -> tuple[Message, bool]:
+        """The message stored, with True; or the one published before with
+        the same idempotency key, with False. NewRoom when refused for that."""
+        room, user_id, name, text, ts = self.message
+        if reply == "new":
+            raise NewRoom(room)
+        if len(reply) == 1:
+            return Broker._published(room, str(reply[0])), False
+        message_id, prev = reply
+        return Message(str(message_id), room, user_id, name, text, ts, parse_id(str(prev))), True
 
 
 def parse_live(room: str, data: str) -> tuple[MessageId, Message] | None:

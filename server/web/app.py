@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp_session
@@ -25,7 +25,7 @@ from ..store.edits import Edits
 from ..store.ratelimit import Budgets, RateLimiter
 from ..store.relay import Relay
 from ..store.session_store import SignedRedisStorage
-from . import middlewares, views, webhooks
+from . import middlewares, server_api, views, webhooks
 from . import state as keys
 from .auth import AuthApi
 from .heartbeat import Heartbeat, LoopWatch
@@ -100,7 +100,8 @@ def create_app(
         name_ttl_s=config.session_max_age_s,
         outbox=broker.outbox,
     )
-    heartbeat = Heartbeat(hub, registry, config)
+    # (Also writes the rooms' activity, once a tick: see server.store.room_registry.)
+    heartbeat = Heartbeat(hub, registry, config, on_tick=[broker.rooms.flush])
     announcer = Announcer(hub, registry.presence.read, config.presence_list_max, failures.FAILURES)
     relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out, hub.disconnected)
     # What aiohttp's lifecycle, the worker and the tests reach for.
@@ -155,6 +156,9 @@ def create_app(
             redis_errors,
             metrics,
             max_msg_size=config.body_max_bytes,
+        ),
+        server=server_api.install(
+            app, posting, registry.presence, app[keys.MODERATION], redis_errors
         ),
     )
 
@@ -212,9 +216,11 @@ def add_routes(
     operations: views.Operations,
     events: sse.SseHandler,
     websockets: ws.WsHandler,
+    server: Sequence[tuple[Any, str, Handler]] = (),
 ) -> None:
     """The page, the API and the operators' endpoints, each handler a method
-    of the object that holds what it needs; anything else is a JSON 404."""
+    of the object that holds what it needs (``server``: the server API's,
+    when it has keys); anything else is a JSON 404."""
     page = [
         (web.get, "/", views.page),
         (web.get, "/rooms/{room}", views.page),
@@ -239,7 +245,7 @@ def add_routes(
     ]
     # Every route answers Expect itself (see middlewares.expect_continue).
     expect = middlewares.expect_continue
-    routes = [*page, *chat, *operators]
+    routes = [*page, *chat, *server, *operators]
     app.add_routes([route(path, handler, expect_handler=expect) for route, path, handler in routes])
     app.router.add_static("/static", views.STATIC_DIR, expect_handler=expect)
     app.router.add_route("*", "/{path:.*}", middlewares.unrouted, expect_handler=expect)

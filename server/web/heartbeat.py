@@ -20,6 +20,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
 from ..common.config import Config
 from ..common.metrics import Metrics
@@ -149,7 +150,13 @@ class FrozenSurvivors:
 
 
 class Heartbeat:
-    def __init__(self, hub: Hub, connections: ConnectionRegistry, config: Config) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        connections: ConnectionRegistry,
+        config: Config,
+        on_tick: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
         self.hub = hub
         self.connections = connections
         self.idle_timeout_s = config.idle_timeout_s
@@ -162,6 +169,9 @@ class Heartbeat:
         self._failure_level = logging.WARNING
         self.frozen = FrozenSurvivors(hub.metrics)
         self.expiries = Expiries(config.auth_leeway_s)
+        # What else writes to Redis once a tick, after the leases (each a
+        # round trip or so, failing as the leases' renewal does).
+        self.on_tick = tuple(on_tick)
 
     async def tick(self, interval: float) -> None:
         started = time.perf_counter()
@@ -208,6 +218,8 @@ class Heartbeat:
             # connections that this refresh does), and a reconnected relay
             # re-reads its rooms.
             await self.connections.refresh(self.parts)
+            for write in self.on_tick:
+                await write()
         except failures.FAILURES as exc:
             self.hub.metrics.redis_error()
             if not self._failing:

@@ -21,6 +21,7 @@ from ..store.failures import UNREACHABLE, is_out_of_memory
 from .addresses import Proxies, from_client
 from .aiohttp_compat import send_continue
 from .responses import error_response
+from .server_keys import is_server_api
 from .signin import SignIn
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def guard(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             request = from_client(request, proxies)
-            refused = unknown_host(request, known_hosts) or cross_site(request, config)
+            refused = unknown_host(request, known_hosts) or (
+                # (The server API is for programs, with a key: no browser's to forge.)
+                None if is_server_api(request.path) else cross_site(request, config)
+            )
             if refused is not None:
                 return refused
             if sign_in is not None:

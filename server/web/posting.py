@@ -108,7 +108,7 @@ class Posting:
         user: User,
         text: Any,
         *,
-        address: str,
+        address: str | None,
         idempotency_key: str | None = None,
         arrived: float | None = None,
     ) -> tuple[Message, bool]:
@@ -118,6 +118,11 @@ class Posting:
         round trip for both): a client can make as many users as it likes, but
         it has one address (``address`` is its budget key). Checks come first:
         a message they refuse writes nothing but the budgets' counts.
+
+        ``address`` None: the application's backend (the server API), which
+        is trusted: no budgets, and no ban holds (it may post as a banned
+        user, as in a notice about the ban). The checks of the text, and
+        idempotency, are the same.
 
         Returns the message, and True when it is not new: ``idempotency_key``
         named a message the user already posted (within ten minutes, in this
@@ -133,7 +138,9 @@ class Posting:
         text = message_text(text, self.max_chars)
         limiter = self.limiter
         budgets = self.budgets
-        charges = ((budgets.messages, user.user_id), (budgets.address_messages, address))
+        charges: tuple[tuple[Budget, str], ...] = ()
+        if address is not None:
+            charges = ((budgets.messages, user.user_id), (budgets.address_messages, address))
         # The name, and the room a key was first used in, are read with the
         # budgets: no round trip of their own.
         redis = self.redis
@@ -141,9 +148,9 @@ class Posting:
         kept_name = batch.get(name_key(user.user_id)) if user.name is None else None
         claimed = batch.get(key_used_in(user.user_id, idempotency_key)) if idempotency_key else None
         verdict = limiter.charge(batch, *charges)
-        ban = banned(batch, user.user_id, room)
+        ban = banned(batch, user.user_id, room) if address is not None else None
         await batch.run()
-        if ban.value:
+        if ban is not None and ban.value:
             if not verdict.value.wait:  # (what it took goes back)
                 await _refund(limiter, charges)
             raise Banned("you are banned from posting here")
@@ -171,23 +178,27 @@ class Posting:
             raise
         if stored:
             self.metrics.published(time.monotonic() - arrived)
+            self.broker.rooms.touch(room)
             return message, False
         await _refund(limiter, charges)
         return message, True
 
     async def _publish(
-        self, room: str, user_id: str, name: str, text: str, key: str | None, address: str
+        self, room: str, user_id: str, name: str, text: str, key: str | None, address: str | None
     ) -> tuple[Message, bool]:
-        """Store the message; a room with no history is a new room, charged to the address."""
+        """Store the message; a room with no history is a new room, charged
+        to the address (not the backend's), and registered before it is made."""
         broker = self.broker
         try:
             return await broker.publish_once(room, user_id, name, text, key, may_create=False)
         except NewRoom:
-            verdict = await self.limiter.take((self.budgets.address_rooms, address))
-            if verdict.wait:
-                raise RateLimited(
-                    "too many new rooms from this address; slow down", retry_after=verdict.wait
-                ) from None
+            if address is not None:
+                verdict = await self.limiter.take((self.budgets.address_rooms, address))
+                if verdict.wait:
+                    raise RateLimited(
+                        "too many new rooms from this address; slow down", retry_after=verdict.wait
+                    ) from None
+            await broker.rooms.register([room])
             return await broker.publish_once(room, user_id, name, text, key)
 
 
@@ -267,6 +278,8 @@ class Claim:
 async def _refund(limiter: RateLimiter, charges: tuple[tuple[Budget, str], ...]) -> None:
     """A retry: the message was stored before, and answered now, so what it
     just took from the budgets goes back (one more round trip, retries only)."""
+    if not charges:
+        return
     try:
         await limiter.refund(*charges)
     except failures.FAILURES as exc:

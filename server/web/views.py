@@ -18,15 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..common.metrics import Metrics
 from ..common.metrics import render as render_metrics
 from ..core.errors import BadRequest, Unavailable, UnsupportedMediaType
-from ..core.ids import parse_id
-from ..core.model import Message
 from ..core.names import clean_name
-from ..store import failures
 from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
 from . import posting, sessions
 from .addresses import owner_of
-from .aiohttp_compat import protocol_of
+from .history import HISTORY_LIMIT_MAX, History, id_param, int_param
 from .middlewares import ThrottledErrorLog
 from .posting import Posting
 from .responses import error_response
@@ -34,11 +31,6 @@ from .sessions import Sessions
 from .signin import expires_at
 
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
-HISTORY_LIMIT_MAX = 200
-# What a page of history may take (in characters of text, message_max_chars
-# each at most), read from Redis and written at once: at the default 2000,
-# 50 messages (the page's own request: one round trip), at 8000, 12.
-HISTORY_PAGE_CHARS = 100_000
 ONLINE_LIMIT_MAX = 1000
 
 
@@ -57,7 +49,7 @@ class Api:
     """The chat's HTTP handlers (the session, history, presence, posting),
     with what they take."""
 
-    __slots__ = ("broker", "history_page", "posting", "redis_errors", "registry", "sessions")
+    __slots__ = ("broker", "history", "posting", "redis_errors", "registry", "sessions")
 
     def __init__(
         self,
@@ -72,8 +64,7 @@ class Api:
         self.broker = broker
         self.registry = registry  # (presence, and the names it shows)
         self.redis_errors = redis_errors
-        # A page of history: as many messages as HISTORY_PAGE_CHARS may hold.
-        self.history_page = max(1, HISTORY_PAGE_CHARS // posting.max_chars)
+        self.history = History(broker, redis_errors, posting.max_chars)
 
     async def get_session(self, request: web.Request) -> web.Response:
         user = await self.sessions.current_user(request)
@@ -100,48 +91,7 @@ class Api:
         room = posting.room_name(request.match_info["room"])
         await self.sessions.check_reader(request, room)
         limit = int_param(request, "limit", 50, HISTORY_LIMIT_MAX)
-        before = request.query.get("before")
-        before_id = None if before is None else parse_id(before)
-        if before is not None and before_id is None:
-            raise BadRequest("'before' must be a message id like 1700000000000-0")
-        page = self.history_page
-        messages, until = await self.broker.history(room, limit, before_id, page)
-        if until is None:
-            body = '{"messages":[' + ",".join(m.json for m in messages) + "]}"
-            return web.Response(text=body, content_type="application/json")
-        return await self._history_in_pages(request, room, messages, until, page)
-
-    async def _history_in_pages(
-        self, request: web.Request, room: str, messages: list[Message], until: str, page: int
-    ) -> web.StreamResponse:
-        """The same JSON as one page, written (chunked) a page at a time, each
-        read only once the connection has taken the last: a client that reads
-        slowly, or not at all, holds one page's bytes here, not a whole history."""
-        response = web.StreamResponse()
-        response.content_type = "application/json"
-        response.charset = "utf-8"
-        await response.prepare(request)
-        if request.method == hdrs.METH_HEAD:
-            return response  # (aiohttp would write what follows)
-        broker = self.broker
-        opening = '{"messages":['
-        try:
-            while messages:
-                last = messages[-1].id
-                chunk = (opening + ",".join(m.json for m in messages)).encode()
-                opening, messages = ",", []  # (nothing but the bytes is kept meanwhile)
-                await response.write(chunk)
-                del chunk
-                if last != until:
-                    messages = await broker.history_after(room, last, until, page)
-            await response.write(b"]}")
-        except ConnectionError:
-            pass  # the client left, or was cut off (see server.web.edge): the handler ends
-        except failures.FAILURES as exc:
-            # Too late for an error answer: the client sees the body end unfinished.
-            self.redis_errors.record(exc, status=0)
-            protocol_of(request).force_close()
-        return response
+        return await self.history.respond(request, room, limit, id_param(request, "before"))
 
     async def get_online(self, request: web.Request) -> web.Response:
         """A page of the room's online users in user id order: how big rooms are listed."""
@@ -192,17 +142,6 @@ class Api:
             content_type="application/json",
             headers={"Idempotent-Replayed": "true"} if replayed else None,
         )
-
-
-def int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query.get(name, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"'{name}' must be an integer") from None
-    if not 1 <= value <= maximum:
-        raise BadRequest(f"'{name}' must be between 1 and {maximum}")
-    return value
 
 
 class Operations:
