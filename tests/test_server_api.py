@@ -193,6 +193,41 @@ async def test_history_pages_before_and_after_an_id(make_app: Any, aiohttp_clien
     assert await page("before=0-0&after=0-0") == []
 
 
+async def test_the_backend_deletes_any_message_and_history_leaves_it_out(
+    make_app: Any, aiohttp_client: Any, redis: aioredis.Redis
+) -> None:
+    client = await app_client(make_app, aiohttp_client)
+    path = f"{V1}/rooms/lobby/messages"
+    ids = []
+    for i in range(12):
+        resp = await client.post(
+            path, json={"text": f"m{i}", "user_id": "alice"}, headers=key(PUBLISH)
+        )
+        ids.append((await resp.json())["message"]["id"])
+    target = f"{path}/{ids[3]}"
+    before = await Footprint.of(redis)
+    for secret, status in ((None, 401), (PUBLISH, 403), (READ, 403)):
+        assert (await call(client, "DELETE", target, None, secret)).status == status
+    for bad, status in ((f"{path}/nonsense", 400), (f"{path}/1-0", 404)):
+        assert (await call(client, "DELETE", bad, None, MODERATE)).status == status
+    (await Footprint.of(redis)).assert_same_as(before)
+    for gone in (ids[3], ids[4], ids[5]):
+        resp = await call(client, "DELETE", f"{path}/{gone}", None, MODERATE)
+        assert resp.status == 204, await resp.text()
+    assert (await call(client, "DELETE", target, None, ALL)).status == 404  # (already)
+
+    async def page(query: str) -> list[str]:
+        resp = await client.get(f"{path}?{query}", headers=key(READ))
+        assert resp.status == 200, await resp.text()
+        return [m["id"] for m in (await resp.json())["messages"]]
+
+    kept = ids[:3] + ids[6:]
+    assert await page("limit=9") == kept
+    assert await page("limit=5") == kept[-5:]
+    assert await page(f"after={ids[1]}&limit=3") == kept[2:5]
+    assert await page(f"after={ids[2]}&limit=200") == kept[3:]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "says"),
     [

@@ -101,6 +101,25 @@ async def test_streams_take_a_bearer_token_and_show_its_name(
         await events.wait_for(lambda c: any(m["user_id"] == "bob" for m in c.messages))
 
 
+async def test_the_online_list_pages_after_a_signed_in_users_id(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    client = await signed_in_client(make_app, aiohttp_client)
+    url = "/api/rooms/lobby"
+    carol = bearer(sign(claims(sub="carol")))
+    async with (
+        sse_collector(client, f"{url}/events", headers=ALICE) as events,
+        client.get(f"{url}/events", headers=carol) as stream,
+    ):
+        assert stream.status == 200
+        await events.wait_for(lambda c: bool(c.presence) and len(c.presence[-1]) == 2)
+        resp = await client.get(f"{url}/online?after=alice", headers=ALICE)
+        assert resp.status == 200, await resp.text()
+        assert [u["user_id"] for u in (await resp.json())["online"]] == ["carol"]
+        resp = await client.get(f"{url}/online?after=no%20such", headers=ALICE)
+        assert resp.status == 400
+
+
 @pytest.mark.parametrize(
     ("token", "code"),
     [

@@ -158,7 +158,12 @@ def create_app(
             max_msg_size=config.body_max_bytes,
         ),
         server=server_api.install(
-            app, posting, registry.presence, app[keys.MODERATION], redis_errors
+            app,
+            posting,
+            registry.presence,
+            app[keys.MODERATION],
+            app[keys.MESSAGES],
+            redis_errors,
         ),
     )
 

@@ -17,20 +17,16 @@ import redis.asyncio as aioredis
 
 from ..core.close_reason import CloseReason
 from ..core.errors import BadRequest
-from ..core.identity import SUB_RE, Role
+from ..core.identity import Role
 from ..core.model import ROOM_RE
 from ..store.moderation_store import ModerationStore
-from .sessions import USER_ID_RE
+from .sessions import user_id
 
 REASON_MAX = 200  # characters of a ban's reason
 
 
-def _user(user_id: str) -> str:
-    if not isinstance(user_id, str) or not (
-        SUB_RE.fullmatch(user_id) or USER_ID_RE.fullmatch(user_id)
-    ):
-        raise BadRequest("not a user id")
-    return user_id
+def _user(value: str) -> str:
+    return user_id(value, "the user id")
 
 
 def _rooms(rooms: Iterable[str] | None) -> list[str] | None:

@@ -38,13 +38,14 @@ from . import posting as posts
 from . import state
 from .broadcast import broadcast
 from .history import HISTORY_LIMIT_MAX, History, id_param, int_param
+from .messages import Messages
 from .middlewares import ThrottledErrorLog
 from .moderation import Moderation
 from .posting import Posting
-from .server_input import json_fields, room_list, user_id
+from .server_input import json_fields, room_list
 from .server_keys import ServerKeys, count_requests
 from .server_moderation import ServerModeration
-from .sessions import User
+from .sessions import User, user_id
 from .signin import is_private
 from .views import ONLINE_LIMIT_MAX
 
@@ -155,6 +156,7 @@ def install(
     posting: Posting,
     presence: PresenceStore,
     moderation: Moderation,
+    messages: Messages,
     redis_errors: ThrottledErrorLog,
 ) -> list[tuple[Any, str, Handler]]:
     """The server API's routes, each behind its scope's key check, for
@@ -168,7 +170,7 @@ def install(
     app.on_response_prepare.append(count_requests(app[state.METRICS]))
     check = ServerKeys(keys).guard
     api = ServerApi(config, posting, presence, redis_errors)
-    moderate = ServerModeration(moderation)
+    moderate = ServerModeration(moderation, messages)
     room = "/server/v1/rooms/{room}"
     user = "/server/v1/users/{user_id}"
     return [
@@ -178,6 +180,7 @@ def install(
         (web.get, room, check("read", api.get_room)),
         (web.get, f"{room}/messages", check("read", api.get_messages)),
         (web.get, f"{room}/online", check("read", api.get_online)),
+        (web.delete, f"{room}/messages/{{id}}", check("moderate", moderate.delete_message)),
         (web.put, f"{room}/members/{{user_id}}", check("moderate", moderate.put_member)),
         (web.delete, f"{room}/members/{{user_id}}", check("moderate", moderate.delete_member)),
         (web.post, f"{user}/disconnect", check("moderate", moderate.disconnect)),

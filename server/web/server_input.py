@@ -15,12 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from ..core.errors import BadRequest, UnsupportedMediaType
-from ..core.identity import SUB_RE
 from ..core.model import ROOM_RE
-from .sessions import USER_ID_RE
 from .views import json_body
 
-USER_ID_RULE = "1-64 of A-Z, a-z, 0-9 and ._@:|-"
 ROOMS_MAX = 100  # rooms in one request
 
 
@@ -42,13 +39,6 @@ async def json_fields(
             f"unknown field {unknown[0]!r}; this route takes {', '.join(repr(k) for k in known)}"
         )
     return body
-
-
-def user_id(value: Any, what: str = "'user_id'") -> str:
-    """A user id: a sign-in token's ``sub``, or an anonymous user's ``u-...``."""
-    if not isinstance(value, str) or not (SUB_RE.fullmatch(value) or USER_ID_RE.fullmatch(value)):
-        raise BadRequest(f"{what} must be a user id: {USER_ID_RULE}")
-    return value
 
 
 def room_list(value: Any, what: str = "'rooms'") -> list[str]:

@@ -1,9 +1,11 @@
-"""The server API's ``moderate`` scope: memberships, disconnects and bans.
+"""The server API's ``moderate`` scope: deletions, memberships, disconnects and bans.
 
 Each route checks its input here, then calls
 :class:`~server.web.moderation.Moderation`, which reaches every worker of
-every instance within a second. Answers have no body: 204, or 202 for a
-disconnect (the streams end as the notice reaches their workers).
+every instance within a second (or, for a deletion, the same
+:meth:`~server.web.messages.Messages.delete` as the browser's, as the
+backend, which may delete any message). Answers have no body: 204, or 202
+for a disconnect (the streams end as the notice reaches their workers).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from ..common.api_keys import ApiKey
 from ..core.errors import BadRequest
 from ..core.identity import Role
 from . import posting as posts
+from .messages import Messages
 from .moderation import REASON_MAX, Moderation
-from .server_input import json_fields, room_list, user_id
+from .server_input import json_fields, room_list
+from .sessions import user_id
 
 FOR_S_MAX = 10**9 - 1  # seconds of a ban: about 31 years
 
@@ -25,10 +29,17 @@ FOR_S_MAX = 10**9 - 1  # seconds of a ban: about 31 years
 class ServerModeration:
     """The handlers of the moderate scope."""
 
-    __slots__ = ("moderation",)
+    __slots__ = ("messages", "moderation")
 
-    def __init__(self, moderation: Moderation) -> None:
+    def __init__(self, moderation: Moderation, messages: Messages) -> None:
         self.moderation = moderation
+        self.messages = messages
+
+    async def delete_message(self, request: web.Request, key: ApiKey) -> web.Response:
+        room = posts.room_name(request.match_info["room"])
+        await json_fields(request, (), optional=True)
+        await self.messages.delete(room, request.match_info["id"], by=None)
+        return web.Response(status=204)
 
     async def put_member(self, request: web.Request, key: ApiKey) -> web.Response:
         room = posts.room_name(request.match_info["room"])

@@ -99,8 +99,8 @@ class Api:
         await self.sessions.check_reader(request, room)
         limit = int_param(request, "limit", 100, ONLINE_LIMIT_MAX)
         after = request.query.get("after") or None
-        if after is not None and not sessions.USER_ID_RE.fullmatch(after):
-            raise BadRequest("'after' must be a user id")
+        if after is not None:
+            sessions.user_id(after, "'after'")
         online, count = await self.registry.presence.online_page(room, limit, after)
         return web.json_response({"online": online, "count": count})
 
