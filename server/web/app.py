@@ -29,6 +29,7 @@ from . import state as keys
 from .auth import AuthApi
 from .heartbeat import Heartbeat, LoopWatch
 from .moderation import Moderation
+from .openapi import OpenApiDocument
 from .posting import Posting
 from .sessions import Sessions
 from .signin import SignIn
@@ -134,6 +135,7 @@ def create_app(
             metrics,
             max_msg_size=config.body_max_bytes,
         ),
+        document=OpenApiDocument(config),
     )
 
     async def live_delivery(app: web.Application) -> AsyncIterator[None]:
@@ -190,6 +192,7 @@ def add_routes(
     operations: views.Operations,
     events: sse.SseHandler,
     websockets: ws.WsHandler,
+    document: OpenApiDocument,
 ) -> None:
     """The page, the API and the operators' endpoints, each handler a method
     of the object that holds what it needs; anything else is a JSON 404."""
@@ -212,6 +215,7 @@ def add_routes(
     operators = [
         (web.get, "/healthz", operations.healthz),
         (web.get, "/metrics", operations.get_metrics),
+        (web.get, "/openapi.json", document.get),
     ]
     # Every route answers Expect itself (see middlewares.expect_continue).
     expect = middlewares.expect_continue
