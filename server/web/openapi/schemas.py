@@ -228,7 +228,9 @@ PARAMETERS: dict[str, Schema] = {
     ),
     "prefix": _param("query", "prefix", STRING, "only rooms whose name starts so"),
     "cursor": _param("query", "cursor", STRING, "the `cursor` of the previous page"),
-    "rooms_limit": _param("query", "limit", {"type": "integer", "minimum": 1}, "rooms in a page"),
+    "rooms_limit": _param(
+        "query", "limit", {"type": "integer", "minimum": 1, "default": 100}, "rooms in the page"
+    ),
 }
 
 SECURITY_SCHEMES: dict[str, Schema] = {

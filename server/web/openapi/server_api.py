@@ -102,7 +102,7 @@ def server_paths(config: Config) -> dict[str, dict[str, Schema]]:
                 "read",
                 parameters=("prefix", "cursor", "rooms_limit"),
                 ok={200: answer("a page of rooms", ref("RoomList"))},
-                errors_={400: "a bad `limit` or `cursor`"},
+                errors_={400: "a bad `prefix`, `limit` or `cursor`"},
             )
         },
         "/server/v1/rooms/{room}": {
