@@ -63,6 +63,9 @@ setup(
             # The layers of server/ (scripts/check runs lint-imports).
             "import-linter>=2.1",
             "aiomonitor>=0.7",
+            # /openapi.json: the document is checked, and responses against it.
+            "openapi-core>=0.23",
+            "openapi-spec-validator>=0.8.5",
         ],
         # The benchmark's peer (benchmarks/peer_socketio.py); the load generator
         # needs nothing beyond the base install.

@@ -20,6 +20,7 @@ from server.common.config import Config
 from server.store.clients import redis_client, session_store
 from server.web.app import create_app
 
+from . import openapi_check
 from .browser import Tab
 from .support import CHROMIUM_ARGS, ServerProcess, chromium_path, cluster_processes, running_server
 
@@ -147,12 +148,26 @@ async def make_app(
         await cm.__aexit__(None, None, None)
 
 
+@pytest.fixture(autouse=True)
+def check_openapi(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a test marked ``openapi``, the clients of ``client`` and
+    :func:`tests.support.user` check every response of a documented path
+    against the document (see :mod:`tests.openapi_check`)."""
+    openapi_check.Checking.on = request.node.get_closest_marker("openapi") is not None
+    yield
+    openapi_check.Checking.on = False
+
+
 @pytest.fixture
 async def client(
     make_app: Callable[..., Any], aiohttp_client: Callable[..., Any]
 ) -> TestClient[Any, Any]:
     app = await make_app()
-    return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    return await aiohttp_client(
+        app,
+        server_kwargs={"handler_cancellation": True},
+        middlewares=openapi_check.middlewares(),
+    )
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ from harness.chat import ChatServer, id_key
 from harness.processes import StartError
 from harness.redis_servers import ClusterProcesses, SentinelProcesses
 
+from .openapi_check import middlewares as checked
+
 T = TypeVar("T")
 ROOM = "/api/rooms/general"
 
@@ -313,7 +315,9 @@ def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
 async def user(base: str) -> AsyncIterator[aiohttp.ClientSession]:
     """A browser-like client with its own session cookie."""
     # unsafe=True: aiohttp keeps no cookies from IP-address hosts otherwise.
-    async with aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+    jar = aiohttp.CookieJar(unsafe=True)
+    # (Modules marked openapi check each response against the document.)
+    async with aiohttp.ClientSession(base, cookie_jar=jar, middlewares=checked()) as session:
         async with session.get("/api/session") as resp:
             assert resp.status == 200
         yield session

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from .signing import SECRET, claims, sign
 from .support import error_of, sse_collector
 from .test_refusals import Footprint
 from .test_signin import EVERY_API, bearer
+
+pytestmark = pytest.mark.openapi
 
 ALICE = bearer(sign(claims(name="Alice")))
 UPGRADE = {

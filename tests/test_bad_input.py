@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from .openapi_check import client_session
 from .support import ServerProcess
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.openapi]
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ async def test_a_websocket_request_with_a_bad_upgrade_header_is_a_400(
 
 
 async def test_ids_are_checked_before_they_reach_redis(server: ServerProcess) -> None:
-    async with aiohttp.ClientSession(server.url) as http:
+    async with client_session(server.url) as http:
         messages = "/api/rooms/lobby/messages"
         for text in ("one", "two"):
             async with http.post(messages, json={"text": text}) as resp:
@@ -98,7 +98,7 @@ async def test_ids_are_checked_before_they_reach_redis(server: ServerProcess) ->
 
 async def test_a_resume_id_from_the_future_resumes_from_now(server: ServerProcess) -> None:
     top = "18446744073709551615-18446744073709551615"
-    async with aiohttp.ClientSession(server.url) as http:
+    async with client_session(server.url) as http:
         async with (
             http.get("/api/rooms/future/events", params={"last_event_id": top}) as sse,
             http.ws_connect("/api/rooms/future/ws", params={"since": top}) as ws,
@@ -118,7 +118,7 @@ async def test_a_resume_id_from_the_future_resumes_from_now(server: ServerProces
 
 async def test_websocket_refs_must_be_finite(server: ServerProcess) -> None:
     async with (
-        aiohttp.ClientSession(server.url) as http,
+        client_session(server.url) as http,
         http.ws_connect("/api/rooms/lobby/ws") as ws,
     ):
         await ws.send_str('{"type": "message", "text": "x", "ref": 1e999}')
@@ -138,7 +138,7 @@ async def test_a_write_redis_refuses_gets_an_error_frame(
     server: ServerProcess, redis: aioredis.Redis
 ) -> None:
     async with (
-        aiohttp.ClientSession(server.url) as http,
+        client_session(server.url) as http,
         http.ws_connect("/api/rooms/lobby/ws") as ws,
     ):
         limit = (await redis.config_get("maxmemory"))["maxmemory"]
@@ -160,7 +160,7 @@ async def test_a_write_redis_refuses_gets_an_error_frame(
 
 
 async def test_plain_text_bodies_are_refused(server: ServerProcess) -> None:
-    async with aiohttp.ClientSession(server.url) as http:
+    async with client_session(server.url) as http:
         async with http.post(
             "/api/rooms/lobby/messages",
             data='{"text": "hi"}',
@@ -236,7 +236,7 @@ async def test_a_malformed_host_or_origin_is_refused_without_a_log_line(
             server, b"GET /api/session HTTP/1.1\nHost: 127.0.0.1\nOrigin: " + origin + b"\n"
         )
         assert status == 200, origin
-    async with aiohttp.ClientSession(server.url) as http:
+    async with client_session(server.url) as http:
         async with http.get("/api/rooms/lobby/messages") as resp:
             assert (await resp.json())["messages"] == []  # nothing was stored
     # (The fixture checks for tracebacks.) Refusals are not logged at info level.

@@ -22,9 +22,10 @@ import redis.asyncio as aioredis
 from harness.redis_servers import RedisProcess
 from server.process.cli import SECRET_KEY
 
+from .openapi_check import client_session
 from .support import ServerProcess
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.openapi]
 
 UNLIMITED = "1000000"
 
@@ -46,7 +47,7 @@ def budgets(**low: str) -> dict[str, str]:
 async def cookieless(base: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
     """One request as a new client: no cookie jar, a connection of its own."""
     async with (
-        aiohttp.ClientSession(base, cookie_jar=aiohttp.DummyCookieJar()) as http,
+        client_session(base, cookie_jar=aiohttp.DummyCookieJar()) as http,
         http.request(method, path, **kwargs) as resp,
     ):
         return resp.status, resp.headers
@@ -92,7 +93,7 @@ def assert_per_minute_budget(statuses: list[int], ok: int, budget: int) -> None:
 
 async def metrics_show(base: str, series: str) -> None:
     """Wait until /metrics counts ``series`` above 0."""
-    async with aiohttp.ClientSession(base) as http, asyncio.timeout(10):
+    async with client_session(base) as http, asyncio.timeout(10):
         while True:
             async with http.get("/metrics") as resp:
                 for line in (await resp.text()).splitlines():
@@ -118,7 +119,7 @@ async def test_cookieless_streams_spend_the_new_session_budget_and_a_refused_one
     )
     client = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
     try:
-        async with aiohttp.ClientSession(server.url, cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with client_session(server.url, cookie_jar=aiohttp.DummyCookieJar()) as http:
             # Four new visitors, each with a stream and no cookie: each is a session.
             sse = [await http.get("/api/rooms/lobby/events") for _ in range(2)]
             ws = [await http.ws_connect("/api/rooms/lobby/ws") for _ in range(2)]
@@ -149,7 +150,7 @@ async def test_open_streams_per_address_are_limited(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(workers=2, env=budgets(address_streams="5"))
-    async with aiohttp.ClientSession(server.url, cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with client_session(server.url, cookie_jar=aiohttp.DummyCookieJar()) as http:
         responses = [await http.get("/api/rooms/lobby/events") for _ in range(8)]
         try:
             statuses = [r.status for r in responses]
@@ -301,9 +302,7 @@ async def test_cookieless_requests_leave_nothing_that_lives_over_an_hour(
             ]:
                 status, _ = await cookieless(server.url, method, path, **kwargs)
                 assert status < 400, (method, path, status)
-            async with aiohttp.ClientSession(
-                server.url, cookie_jar=aiohttp.DummyCookieJar()
-            ) as http:
+            async with client_session(server.url, cookie_jar=aiohttp.DummyCookieJar()) as http:
                 async with http.get("/api/rooms/lobby/events") as resp:
                     assert resp.status == 200
                 async with http.ws_connect("/api/rooms/lobby/ws"):

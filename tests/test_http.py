@@ -19,6 +19,8 @@ from server.web.sessions import RESAVE_AFTER_S, USED
 
 from .support import error_of
 
+pytestmark = pytest.mark.openapi
+
 ROOM = "/api/rooms/general/messages"
 
 

@@ -23,6 +23,8 @@ from server.store.keys import idempotency_record_key, stream_key
 
 from .support import ServerProcess, in_background, user
 
+pytestmark = pytest.mark.openapi
+
 ROOM = "/api/rooms/general"
 
 

@@ -21,10 +21,13 @@ from server.store.clients import redis_client
 from server.web import state as keys
 from server.web.moderation import Moderation
 
+from .openapi_check import client_session
 from .signing import SECRET, claims, sign
 from .support import ServerProcess, error_of, sse_events, subscribe_on_worker
 from .test_refusals import Footprint
 from .test_signin import bearer
+
+pytestmark = pytest.mark.openapi
 
 ALICE = bearer(sign(claims(sub="alice")))
 BOB = bearer(sign(claims(sub="bob")))
@@ -285,9 +288,7 @@ async def streams_everywhere(
     """Alice's SSE and WebSocket streams on both workers of each server."""
     streams = []
     for server in servers:
-        http = await stack.enter_async_context(
-            aiohttp.ClientSession(server.url, headers=bearer(token))
-        )
+        http = await stack.enter_async_context(client_session(server.url, headers=bearer(token)))
         for kind in ("sse", "ws"):
             for worker in ("0", "1"):
                 stream = await subscribe_on_worker(stack, http, kind, worker, room=LOBBY)
@@ -335,7 +336,7 @@ async def disconnect_then_ban(
         await service.ban("alice")
         await all_closed_within(streams, 1.0 - (time.monotonic() - started))
     for server in servers:
-        async with aiohttp.ClientSession(server.url, headers=bearer(token)) as http:
+        async with client_session(server.url, headers=bearer(token)) as http:
             async with http.get(f"{LOBBY}/events") as resp:
                 assert resp.status == 403  # (before reading a body that may not end)
                 assert (await error_of(resp, 403))["code"] == "banned"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from .signing import SECRET, claims, sign
@@ -13,6 +14,8 @@ from .support import error_of, sse_collector
 from .test_anonymous import UPGRADE
 from .test_refusals import Footprint
 from .test_signin import bearer
+
+pytestmark = pytest.mark.openapi
 
 MEMBER = bearer(sign(claims(sub="alice", rooms={"team-a": "member"})))
 READER = bearer(sign(claims(sub="bob", rooms={"team-*": "reader", "lobby": "reader"})))

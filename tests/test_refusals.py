@@ -18,10 +18,11 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from .openapi_check import client_session
 from .support import ServerProcess, user
 from .test_budgets import budgets, cookieless
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.openapi]
 
 BUDGET_PREFIX = "chat:rate:"
 
@@ -95,7 +96,7 @@ class Channels:
 
 async def stream_status(base: str, path: str, *, ws: bool, **kwargs: Any) -> int:
     """Open a stream as a new client (no cookie); its status (101 for a WebSocket upgrade)."""
-    async with aiohttp.ClientSession(base, cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with client_session(base, cookie_jar=aiohttp.DummyCookieJar()) as http:
         if ws:
             try:
                 async with http.ws_connect(path, **kwargs):

@@ -7,9 +7,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from .signing import SECRET, claims, sign
 from .support import error_of
 from .test_signin import bearer
+
+pytestmark = pytest.mark.openapi
 
 
 async def app_client(make_app: Any, aiohttp_client: Any, **settings: Any) -> Any:

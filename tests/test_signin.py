@@ -9,16 +9,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from server.web import state as keys
 from server.web.tokens import TokenVerifier
 
+from .openapi_check import client_session
 from .signing import SECRET, claims, sign
 from .support import ServerProcess, error_of, sse_collector
 from .test_refusals import Footprint
+
+pytestmark = pytest.mark.openapi
 
 
 async def signed_in_client(make_app: Any, aiohttp_client: Any, **settings: Any) -> Any:
@@ -159,7 +161,7 @@ def test_tokens_never_reach_the_log(start_server: Callable[..., ServerProcess]) 
     good, expired = sign(claims()), sign(claims(exp=int(time.time()) - 3600))
 
     async def requests() -> None:
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             for token, status in ((good, 200), (expired, 401), (good + "x", 401)):
                 async with http.get(f"{server.url}/api/session", headers=bearer(token)) as resp:
                     assert resp.status == status

@@ -14,6 +14,8 @@ from harness.chat import id_key
 
 from .support import assert_in_order_once, metric, sse_collector, wait_closed, ws_collector
 
+pytestmark = pytest.mark.openapi
+
 ROOM = "/api/rooms/general"
 
 

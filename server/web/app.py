@@ -31,6 +31,7 @@ from .auth import AuthApi
 from .heartbeat import Heartbeat, LoopWatch
 from .messages import Messages
 from .moderation import Moderation
+from .openapi import OpenApiDocument
 from .posting import Posting
 from .sessions import Sessions
 from .signin import SignIn
@@ -165,6 +166,7 @@ def create_app(
             app[keys.MESSAGES],
             redis_errors,
         ),
+        document=OpenApiDocument(config),
     )
 
     async def live_delivery(app: web.Application) -> AsyncIterator[None]:
@@ -221,6 +223,7 @@ def add_routes(
     operations: views.Operations,
     events: sse.SseHandler,
     websockets: ws.WsHandler,
+    document: OpenApiDocument,
     server: Sequence[tuple[Any, str, Handler]] = (),
 ) -> None:
     """The page, the API and the operators' endpoints, each handler a method
@@ -247,6 +250,7 @@ def add_routes(
     operators = [
         (web.get, "/healthz", operations.healthz),
         (web.get, "/metrics", operations.get_metrics),
+        (web.get, "/openapi.json", document.get),
     ]
     # Every route answers Expect itself (see middlewares.expect_continue).
     expect = middlewares.expect_continue
