@@ -19,7 +19,7 @@ setup(
         "server": ["py.typed"],
         "server.web": [
             "static/*.html",
-            "static/*.js",
+            "static/js/*.js",
             "static/*.css",
             "static/*.ico",
             "static/*.svg",

@@ -40,7 +40,7 @@ PATHS = [
     "/api/rooms/general/ws",
     "/healthz",
     "/metrics",
-    "/static/app.js",
+    "/static/js/main.js",
     "/nowhere",
     "/api/rooms/Not%20a%20room/messages",
 ]

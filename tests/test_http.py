@@ -409,11 +409,14 @@ async def test_page_and_static_files_are_served(client: Any) -> None:
     for path in ("/", "/rooms/lobby"):
         resp = await client.get(path)
         assert resp.status == 200 and resp.content_type == "text/html"
-        assert "/static/app.js" in await resp.text()
+        assert '<script type="module" src="/static/js/main.js">' in await resp.text()
         # No inline script anywhere, so the policy forbids it.
         assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
-    assert (await client.get("/static/app.js")).status == 200
+    for script in ("main", "connection", "messages", "rooms", "typing"):
+        resp = await client.get(f"/static/js/{script}.js")
+        # A module script is refused unless it comes with a JavaScript type.
+        assert resp.status == 200 and resp.content_type in ("text/javascript", "application/javascript")
     assert (await client.get("/favicon.ico")).status == 200
 
 
