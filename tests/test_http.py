@@ -416,7 +416,8 @@ async def test_page_and_static_files_are_served(client: Any) -> None:
     for script in ("main", "connection", "messages", "rooms", "typing"):
         resp = await client.get(f"/static/js/{script}.js")
         # A module script is refused unless it comes with a JavaScript type.
-        assert resp.status == 200 and resp.content_type in ("text/javascript", "application/javascript")
+        assert resp.status == 200
+        assert resp.content_type in ("text/javascript", "application/javascript")
     assert (await client.get("/favicon.ico")).status == 200
 
 

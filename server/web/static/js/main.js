@@ -11,9 +11,9 @@
 import { connection } from './connection.js';
 import { loadSession, rename } from './identity.js';
 import { clearMessages, keepBottomOnResize, loadHistory, loadOlder, newestShownId, onNewMessage } from './messages.js';
-import { roomOf, showStatus, state, ui } from './page.js';
+import { ROOM_NAME, roomOf, showStatus, state, ui } from './page.js';
 import { onPresence, showMoreOnline } from './presence.js';
-import { markRead, renderRooms, startRooms } from './rooms.js';
+import { flushRead, markRead, renderRooms, startRooms } from './rooms.js';
 import { setSessionReady, submit } from './sending.js';
 import { signInEnding } from './transports.js';
 import { clearTyping, noteTyping, setupTyping, stopped } from './typing.js';
@@ -61,6 +61,7 @@ function switchRoom(room, { push }) {
     location.assign(`/rooms/${encodeURIComponent(room)}`); // a new start (after a sign-in)
     return;
   }
+  flushRead(); // (of the room being left)
   if (push) history.pushState({ room }, '', `/rooms/${encodeURIComponent(room)}`);
   connection.stop();
   state.room = room;
@@ -73,6 +74,18 @@ function switchRoom(room, { push }) {
   openRoom().catch(failed);
 }
 
+/** The "other room" form: go to the room it names. */
+function goToRoom(event) {
+  event.preventDefault();
+  const room = ui.roomInput.value.trim().toLowerCase();
+  if (!ROOM_NAME.test(room)) {
+    showStatus('A room name is 1 to 32 of a-z, 0-9, _ and -, starting with a letter or digit.');
+    return;
+  }
+  ui.roomInput.value = '';
+  switchRoom(room, { push: true });
+}
+
 function failed(err) {
   if (err.status === 401) connection.end(...signInEnding(err));
   else showStatus(`the page failed to start: ${err.message}`, { sticky: true });
@@ -82,6 +95,7 @@ async function main() {
   showRoomName();
   ui.composer.addEventListener('submit', submit);
   ui.input.addEventListener('input', noteTyping);
+  ui.roomForm.addEventListener('submit', goToRoom);
   ui.nameForm.addEventListener('submit', (e) => rename(e, () => connection.ended));
   ui.older.addEventListener('click', loadOlder);
   ui.onlineMore.addEventListener('click', showMoreOnline);

@@ -1,6 +1,7 @@
 // What every part of the page shares: its elements, the room shown, who the
 // user is, where the stream resumes, the status line and the connection state.
 
+export const ROOM_NAME = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 export const ROOM_PATH = /^\/rooms\/([a-z0-9][a-z0-9_-]{0,31})\/?$/;
 
 /** The room a path shows ('general' for any other path). */
@@ -17,6 +18,8 @@ export const ui = {
   authState: $('auth-state'),
   conn: $('conn-state'),
   rooms: $('rooms'),
+  roomForm: $('room-form'),
+  roomInput: $('room-input'),
   log: $('log'),
   older: $('older'),
   messages: $('messages'),

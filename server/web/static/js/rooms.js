@@ -95,6 +95,13 @@ export function markRead() {
   readTimer = setTimeout(sendRead, READ_DELAY_MS);
 }
 
+/** A mark that waits is sent now (another room is about to be shown). */
+export function flushRead() {
+  if (!readTimer) return;
+  clearTimeout(readTimer);
+  sendRead();
+}
+
 async function sendRead() {
   readTimer = 0;
   const room = state.room;
