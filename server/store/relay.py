@@ -28,6 +28,7 @@ from .broker import Broker, parse_live
 from .failures import FAILURES
 from .keys import DISCONNECT_PREFIX, SIGNED_OUT_PREFIX, channel, room_of
 from .pubsub import Link, nodes_for, retry_after
+from .typing_store import parse_notice
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Relay:
         self.on_signed_out: Callable[[str, str], None] = lambda room, session: None
         # A disconnect: the room, why, and the user whose streams there end.
         self.on_disconnect: Callable[[str, str, str], None] = lambda room, why, user: None
+        # A typing notice: the room, the user id and its name.
+        self.on_typing: Callable[[str, str, str], None] = lambda room, user, name: None
         self.nodes = nodes_for(redis_url)
         self._feeds: dict[str, _Feed] = {}
         self._links: dict[str, Link] = {}  # by node
@@ -88,15 +91,18 @@ class Relay:
         on_presence: Callable[[str], None],
         on_signed_out: Callable[[str, str], None] | None = None,
         on_disconnect: Callable[[str, str, str], None] | None = None,
+        on_typing: Callable[[str, str, str], None] | None = None,
     ) -> None:
         """Where messages, presence notices, sign-outs (a session's tag,
-        whose streams in the room end) and disconnects go."""
+        whose streams in the room end), disconnects and typing notices go."""
         self.on_messages = on_messages
         self.on_presence = on_presence
         if on_signed_out is not None:
             self.on_signed_out = on_signed_out
         if on_disconnect is not None:
             self.on_disconnect = on_disconnect
+        if on_typing is not None:
+            self.on_typing = on_typing
 
     # ------------------------------------------------------------- the contract
 
@@ -196,19 +202,7 @@ class Relay:
         if feed is None:
             return
         if kind in ("message", "smessage"):
-            if data == "p":
-                self.on_presence(room)
-            elif data.startswith(SIGNED_OUT_PREFIX):
-                self.on_signed_out(room, data[len(SIGNED_OUT_PREFIX) :])
-            elif data.startswith(DISCONNECT_PREFIX):
-                why, _, user_id = data[len(DISCONNECT_PREFIX) :].partition("\n")
-                self.on_disconnect(room, why, user_id)
-            elif data.startswith("m\n"):
-                parsed = parse_live(room, data)
-                if parsed is None:
-                    log.warning("ignoring a malformed message on %s", channel_name)
-                else:
-                    self._arrived(room, feed, *parsed)
+            self._heard(room, feed, str(channel_name), data)
         elif kind in ("subscribe", "ssubscribe"):
             # Now nothing published to the room can be missed: read the
             # stream from the cursor to cover what came before, and presence
@@ -219,6 +213,24 @@ class Relay:
             # Not asked for: Redis Cluster moved the room's slot elsewhere.
             self.resubscribing([room])
             self.link_failed()
+
+    def _heard(self, room: str, feed: _Feed, channel_name: str, data: str) -> None:
+        """What was published on a watched room's channel."""
+        if data == "p":
+            self.on_presence(room)
+        elif data.startswith(SIGNED_OUT_PREFIX):
+            self.on_signed_out(room, data[len(SIGNED_OUT_PREFIX) :])
+        elif data.startswith(DISCONNECT_PREFIX):
+            why, _, user_id = data[len(DISCONNECT_PREFIX) :].partition("\n")
+            self.on_disconnect(room, why, user_id)
+        elif data.startswith("m\n"):
+            parsed = parse_live(room, data)
+            if parsed is None:
+                log.warning("ignoring a malformed message on %s", channel_name)
+            else:
+                self._arrived(room, feed, *parsed)
+        elif (typing := parse_notice(data)) is not None:
+            self.on_typing(room, *typing)
 
     def _arrived(self, room: str, feed: _Feed, prev: MessageId, message: Message) -> None:
         if feed.pending is not None:
