@@ -12,6 +12,7 @@ const NAMED_MAX = 3; // more than this many are "several people"
 
 const typists = new Map(); // user_id -> {name, timer}
 let lastSent = 0;
+let refused = false; // the server said no (a reader, or no such route): not asked again in this room
 let send = () => Promise.resolve();
 
 /** `sender()` tells the server (over the stream's WebSocket, or a POST). */
@@ -22,10 +23,12 @@ export function setupTyping(sender) {
 /** The user typed in the input: tell the server, unless it was told lately. */
 export function noteTyping() {
   const now = Date.now();
-  if (!ui.input.value.trim() || now - lastSent < SEND_EVERY_MS) return;
+  if (refused || !ui.input.value.trim() || now - lastSent < SEND_EVERY_MS) return;
   lastSent = now;
   // A notice that does not arrive is of no consequence: never an error shown.
-  send().catch(() => {});
+  send().catch((err) => {
+    if (err.status === 403 || err.status === 404) refused = true;
+  });
 }
 
 /** The user sent what they typed: the next keystroke is news again. */
@@ -58,6 +61,7 @@ export function clearTyping() {
   for (const { timer } of typists.values()) clearTimeout(timer);
   typists.clear();
   lastSent = 0;
+  refused = false;
   renderTyping();
 }
 
