@@ -116,7 +116,7 @@ async function main() {
   const sessionReady = retrying('could not start a session', loadSession);
   setSessionReady(sessionReady);
   await sessionReady;
-  startRooms((room) => switchRoom(room, { push: true }), newestShownId);
+  startRooms((room) => switchRoom(room, { push: true }), newestShownId, () => connection.ended);
   await openRoom();
   ui.input.focus();
 }

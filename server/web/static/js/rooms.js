@@ -21,6 +21,7 @@ let missing = false; // the server has no room list: stop asking
 const readUpTo = new Map(); // room -> the id last marked read (or being marked)
 let readTimer = 0;
 let newestShown = () => null;
+let stopped = () => false; // the page's stream ended for good: nothing more is asked
 
 function unreadLabel(unread) {
   if (unread === '100+') return '100+';
@@ -60,7 +61,7 @@ export function renderRooms() {
 
 /** Ask the server for the list again (one request at a time). */
 export function refreshRooms() {
-  if (missing) return Promise.resolve();
+  if (missing || stopped()) return Promise.resolve();
   if (refreshing) {
     refreshAgain = true;
     return refreshing;
@@ -91,7 +92,7 @@ export function refreshRooms() {
 /** Mark the current room read up to its newest message shown, soon, if
  * the page is visible and that is further than already marked. */
 export function markRead() {
-  if (readTimer || document.visibilityState !== 'visible') return;
+  if (readTimer || stopped() || document.visibilityState !== 'visible') return;
   readTimer = setTimeout(sendRead, READ_DELAY_MS);
 }
 
@@ -120,10 +121,12 @@ async function sendRead() {
   }
 }
 
-/** `onChoose(room)` shows another room; `newest()` is the newest message id shown. */
-export function startRooms(onChoose, newest) {
+/** `onChoose(room)` shows another room; `newest()` is the newest message id
+ * shown; `ended()` whether the server ended the page's stream for good. */
+export function startRooms(onChoose, newest, ended) {
   choose = onChoose;
   newestShown = newest;
+  stopped = ended;
   renderRooms();
   refreshRooms();
   setInterval(refreshRooms, REFRESH_MS);
