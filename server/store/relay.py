@@ -91,18 +91,15 @@ class Relay:
         on_presence: Callable[[str], None],
         on_signed_out: Callable[[str, str], None] | None = None,
         on_disconnect: Callable[[str, str, str], None] | None = None,
-        on_typing: Callable[[str, str, str], None] | None = None,
     ) -> None:
         """Where messages, presence notices, sign-outs (a session's tag,
-        whose streams in the room end), disconnects and typing notices go."""
+        whose streams in the room end) and disconnects go."""
         self.on_messages = on_messages
         self.on_presence = on_presence
         if on_signed_out is not None:
             self.on_signed_out = on_signed_out
         if on_disconnect is not None:
             self.on_disconnect = on_disconnect
-        if on_typing is not None:
-            self.on_typing = on_typing
 
     # ------------------------------------------------------------- the contract
 
@@ -191,7 +188,7 @@ class Relay:
 
     # ------------------------------------------------------------- what arrives
 
-    def handle(self, link: Link, reply: Any) -> None:
+    def handle(self, link: Link, reply: Any) -> None:  # noqa: PLR0912  (one branch a kind)
         if not isinstance(reply, list) or len(reply) < 3:
             return
         kind, channel_name, data = reply[0], reply[1], reply[2]
@@ -202,7 +199,21 @@ class Relay:
         if feed is None:
             return
         if kind in ("message", "smessage"):
-            self._heard(room, feed, str(channel_name), data)
+            if data == "p":
+                self.on_presence(room)
+            elif data.startswith(SIGNED_OUT_PREFIX):
+                self.on_signed_out(room, data[len(SIGNED_OUT_PREFIX) :])
+            elif data.startswith(DISCONNECT_PREFIX):
+                why, _, user_id = data[len(DISCONNECT_PREFIX) :].partition("\n")
+                self.on_disconnect(room, why, user_id)
+            elif data.startswith("m\n"):
+                parsed = parse_live(room, data)
+                if parsed is None:
+                    log.warning("ignoring a malformed message on %s", channel_name)
+                else:
+                    self._arrived(room, feed, *parsed)
+            elif (typing := parse_notice(data)) is not None:
+                self.on_typing(room, *typing)
         elif kind in ("subscribe", "ssubscribe"):
             # Now nothing published to the room can be missed: read the
             # stream from the cursor to cover what came before, and presence
@@ -213,24 +224,6 @@ class Relay:
             # Not asked for: Redis Cluster moved the room's slot elsewhere.
             self.resubscribing([room])
             self.link_failed()
-
-    def _heard(self, room: str, feed: _Feed, channel_name: str, data: str) -> None:
-        """What was published on a watched room's channel."""
-        if data == "p":
-            self.on_presence(room)
-        elif data.startswith(SIGNED_OUT_PREFIX):
-            self.on_signed_out(room, data[len(SIGNED_OUT_PREFIX) :])
-        elif data.startswith(DISCONNECT_PREFIX):
-            why, _, user_id = data[len(DISCONNECT_PREFIX) :].partition("\n")
-            self.on_disconnect(room, why, user_id)
-        elif data.startswith("m\n"):
-            parsed = parse_live(room, data)
-            if parsed is None:
-                log.warning("ignoring a malformed message on %s", channel_name)
-            else:
-                self._arrived(room, feed, *parsed)
-        elif (typing := parse_notice(data)) is not None:
-            self.on_typing(room, *typing)
 
     def _arrived(self, room: str, feed: _Feed, prev: MessageId, message: Message) -> None:
         if feed.pending is not None:

@@ -119,13 +119,8 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
     sessions = Sessions(redis, limiter, budgets, sign_in)
     posting = Posting(redis, broker, limiter, budgets, metrics, max_chars=config.message_max_chars)
     typing = Typing(sessions, redis, limiter, budgets, hub, list_max=config.presence_list_max)
-    relay.deliver_to(
-        hub.dispatch,
-        announcer.announce_soon,
-        hub.signed_out,
-        hub.disconnected,
-        on_typing=typing.arrived,
-    )
+    relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out, hub.disconnected)
+    relay.on_typing = typing.arrived
     # (Its delete is what the server API will call.)
     app[keys.MESSAGES] = Messages(
         sessions,

@@ -51,13 +51,15 @@ A WebSocket: a GET with `Upgrade: websocket` is answered 101 and the connection 
 carries JSON text frames (ClientFrame from the client, ServerFrame from the server).
 
 The server sends `message`, `message_updated`, `message_deleted`, `presence`,
-`presence_diff`, `typing`, `gap` and `auth_expiring` frames, as the SSE events of those names.
+`presence_diff`, `typing`, `gap` and `auth_expiring` frames, as the SSE events of those
+names.
 The client sends `{{"type": "message", "text", "ref"?, "key"?}}` (`key`: an idempotency
 key) and gets `{{"type": "ack", "ref", "message"}}` or `{{"type": "error", "ref",
 "error"}}`; `{{"type": "typing", "ref"?}}` tells the others the caller is typing (no
-answer; an error frame when refused); `{{"type": "auth", "token"}}` refreshes a sign-in (`{{"type": "auth", "ref",
-"expires_at"}}`). Invalid JSON or an unknown type: an error frame, the connection stays
-open. Binary frames close it with 1003, frames over `body_max_bytes` with 1009.
+answer; an error frame when refused); `{{"type": "auth", "token"}}` refreshes a
+sign-in (`{{"type": "auth", "ref", "expires_at"}}`). Invalid JSON or an unknown type:
+an error frame, the connection stays open. Binary frames close it with 1003, frames
+over `body_max_bytes` with 1009.
 Close codes: 1001 (shutdown, idle), {_CLOSE}. `?since=ID` resumes as `Last-Event-ID`
 does for SSE. A request that is not an upgrade is answered 400."""
 
