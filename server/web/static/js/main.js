@@ -103,7 +103,8 @@ async function main() {
   setupTyping(() => connection.transport.typing());
   onNewMessage((msg) => {
     stopped(msg.user_id);
-    markRead();
+    // Posting moves the poster's read position itself: only others' messages need a mark.
+    if (msg.user_id !== state.me?.user_id) markRead();
   });
   window.addEventListener('online', () => connection.retryNow());
   window.addEventListener('popstate', () => switchRoom(roomOf(location.pathname), { push: false }));

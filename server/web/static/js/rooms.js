@@ -105,6 +105,7 @@ export function flushRead() {
 
 async function sendRead() {
   readTimer = 0;
+  if (stopped()) return;
   const room = state.room;
   const id = newestShown();
   if (parseId(id) === null || id === '0-0') return;
