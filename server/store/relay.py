@@ -24,9 +24,10 @@ from typing import Any
 from ..common.metrics import Metrics
 from ..core.ids import MessageId
 from ..core.model import Message
-from .broker import Broker, parse_live
+from .broker import Broker
 from .failures import FAILURES
 from .keys import DISCONNECT_PREFIX, SIGNED_OUT_PREFIX, channel, room_of
+from .publish import parse_live
 from .pubsub import Link, nodes_for, retry_after
 
 log = logging.getLogger(__name__)
