@@ -131,6 +131,10 @@ async def session_and_messages(alice: Any) -> bytes:
     await expect(alice, "GET", f"{messages}?before=bogus", 400)
     await expect(alice, "GET", "/api/rooms/No-Such/messages", 404)
     await expect(alice, "GET", f"{ROOM}/online", 200)
+    await expect(alice, "POST", f"{ROOM}/typing", 204)
+    await expect(alice, "POST", f"{ROOM}/typing", 204, json={})
+    await expect(alice, "POST", "/api/rooms/No-Such/typing", 404)
+    await expect(alice, "POST", f"{ROOM}/typing", 400, json=[1])
     await expect(alice, "GET", f"{ROOM}/online?limit=0", 400)
     return posted
 

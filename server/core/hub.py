@@ -24,6 +24,7 @@ from .ids import MessageId
 from .model import Message, Online, Presence
 from .replay import REPLAY_PAGE
 from .subscription import VISIT_BATCH, Subscription
+from .typing_notices import TypingNotice
 
 
 class Closing(Exception):
@@ -165,6 +166,18 @@ class Hub:
         room = self.rooms.get(room_name)
         if room is not None:
             await presence.tell(room, online, count)
+
+    def typing(self, room_name: str, notice: TypingNotice) -> None:
+        """Tell the room's local subscribers but the typer's own connections
+        that the user is typing. Rooms that only count their users (over
+        ``presence_list_max``) are not told."""
+        room = self.rooms.get(room_name)
+        if room is None or (room.presence is not None and room.presence.online is None):
+            return
+        typer = notice.user_id
+        for sub in list(room.subscriptions.values()):
+            if sub.user_id != typer:
+                sub.deliver(notice)
 
     def subscriptions(self) -> Iterator[Subscription]:
         for room in list(self.rooms.values()):

@@ -90,6 +90,16 @@ SIGNED_OUT_PREFIX = "s\n"
 # (a close reason), a newline and the user id whose streams there end.
 DISCONNECT_PREFIX = "d\n"
 
+# What a typing notice publishes on a room's channel: the prefix, then the
+# user id, a newline and the display name (see server.store.typing_store).
+TYPING_PREFIX = "t\n"
+
+
+def typing_key(room: str, user_id: str) -> str:
+    """Held (SET NX PX) for two seconds after the user's typing notice in the
+    room was published: another one within that time is dropped."""
+    return f"chat:{{{room}}}:typing:{user_id}"
+
 
 # Moderation (see server.store.moderation_store).
 

@@ -72,6 +72,10 @@ class Budgets:
     address_messages: Budget
     address_sessions: Budget
     address_rooms: Budget
+    # Typing notices have budgets of their own, at the messages' rates:
+    # typing never takes from what the user may post.
+    typing: Budget
+    address_typing: Budget
 
     @classmethod
     def from_config(cls, config: Config) -> Budgets:
@@ -87,6 +91,10 @@ class Budgets:
             ),
             address_rooms=Budget(
                 "address_rooms", config.address_rooms_per_min / 60, config.address_rooms_per_min
+            ),
+            typing=Budget("typing", config.rate_limit_per_s, config.rate_limit_burst),
+            address_typing=Budget(
+                "address_typing", config.address_rate_limit_per_s, config.address_rate_limit_burst
             ),
         )
 

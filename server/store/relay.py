@@ -29,6 +29,7 @@ from .failures import FAILURES
 from .keys import DISCONNECT_PREFIX, SIGNED_OUT_PREFIX, channel, room_of
 from .publish import parse_live
 from .pubsub import Link, nodes_for, retry_after
+from .typing_store import parse_notice
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class Relay:
         self.on_signed_out: Callable[[str, str], None] = lambda room, session: None
         # A disconnect: the room, why, and the user whose streams there end.
         self.on_disconnect: Callable[[str, str, str], None] = lambda room, why, user: None
+        # A typing notice: the room, the user id and its name.
+        self.on_typing: Callable[[str, str, str], None] = lambda room, user, name: None
         self.nodes = nodes_for(redis_url)
         self._feeds: dict[str, _Feed] = {}
         self._links: dict[str, Link] = {}  # by node
@@ -186,7 +189,7 @@ class Relay:
 
     # ------------------------------------------------------------- what arrives
 
-    def handle(self, link: Link, reply: Any) -> None:
+    def handle(self, link: Link, reply: Any) -> None:  # noqa: PLR0912  (one branch a kind)
         if not isinstance(reply, list) or len(reply) < 3:
             return
         kind, channel_name, data = reply[0], reply[1], reply[2]
@@ -210,6 +213,8 @@ class Relay:
                     log.warning("ignoring a malformed message on %s", channel_name)
                 else:
                     self._arrived(room, feed, *parsed)
+            elif (typing := parse_notice(data)) is not None:
+                self.on_typing(room, *typing)
         elif kind in ("subscribe", "ssubscribe"):
             # Now nothing published to the room can be missed: read the
             # stream from the cursor to cover what came before, and presence

@@ -37,6 +37,7 @@ from .sessions import Sessions
 from .signin import SignIn
 from .transports import sse, ws
 from .transports.connection import Connections
+from .typing_notices import Typing
 
 WORKER_HEADER = "X-Chat-Worker"  # index of the worker that served the request
 PID_HEADER = "X-Chat-Pid"  # and its process id, which changes when it is replaced
@@ -52,7 +53,7 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(
+def create_app(  # noqa: PLR0915  (every service is wired together here, once)
     config: Config,
     *,
     redis: aioredis.Redis,
@@ -104,7 +105,6 @@ def create_app(
     # (Also writes the rooms' activity, once a tick: see server.store.room_registry.)
     heartbeat = Heartbeat(hub, registry, config, on_tick=[broker.rooms.flush])
     announcer = Announcer(hub, registry.presence.read, config.presence_list_max, failures.FAILURES)
-    relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out, hub.disconnected)
     # What aiohttp's lifecycle, the worker and the tests reach for.
     app[keys.CONFIG] = config
     app[keys.HUB] = hub
@@ -118,6 +118,9 @@ def create_app(
     budgets = Budgets.from_config(config)
     sessions = Sessions(redis, limiter, budgets, sign_in)
     posting = Posting(redis, broker, limiter, budgets, metrics, max_chars=config.message_max_chars)
+    typing = Typing(sessions, redis, limiter, budgets, hub, list_max=config.presence_list_max)
+    relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out, hub.disconnected)
+    relay.on_typing = typing.arrived
     # (Its delete is what the server API will call.)
     app[keys.MESSAGES] = Messages(
         sessions,
@@ -145,6 +148,7 @@ def create_app(
         app,
         api=views.Api(sessions, posting, broker, registry, redis_errors),
         messages=app[keys.MESSAGES],
+        typing=typing,
         auth=AuthApi(sessions, registry),
         operations=views.Operations(
             redis, metrics, worker_index=worker_index, metrics_token=config.metrics_token
@@ -154,6 +158,7 @@ def create_app(
             sessions,
             connections,
             posting,
+            typing,
             redis_errors,
             metrics,
             max_msg_size=config.body_max_bytes,
@@ -219,6 +224,7 @@ def add_routes(
     *,
     api: views.Api,
     messages: Messages,
+    typing: Typing,
     auth: AuthApi,
     operations: views.Operations,
     events: sse.SseHandler,
@@ -242,6 +248,7 @@ def add_routes(
         (web.patch, "/api/rooms/{room}/messages/{id}", messages.patch_message),
         (web.delete, "/api/rooms/{room}/messages/{id}", messages.delete_message),
         (web.get, "/api/rooms/{room}/online", api.get_online),
+        (web.post, "/api/rooms/{room}/typing", typing.post_typing),
         (web.post, "/api/auth", auth.sign_in),
         (web.delete, "/api/auth", auth.sign_out),
         (_stream, "/api/rooms/{room}/events", events.events),

@@ -30,6 +30,8 @@ Server-Sent Events (`text/event-stream`), one JSON object per `data:` line:
 - `message_deleted` (`id:` the entry id): `{"id"}` (MessageDeleted).
 - `presence`: the snapshot on subscribe (Presence; `online` left out in rooms over
   `presence_list_max`), then `presence_diff` (PresenceDiff) for each change.
+- `typing`: `{"user_id", "name"}` (Typing), another user is typing: at most one per user
+  per 2 s, none in rooms over `presence_list_max`; no `id:`, never replayed.
 - `gap`: `{"first_id"}` (Gap), before a replay when history no longer holds everything
   after the resume id.
 - `auth_expiring`: `{"expires_at"}` (AuthExpiring), 60 s before a sign-in ends.
@@ -49,12 +51,15 @@ A WebSocket: a GET with `Upgrade: websocket` is answered 101 and the connection 
 carries JSON text frames (ClientFrame from the client, ServerFrame from the server).
 
 The server sends `message`, `message_updated`, `message_deleted`, `presence`,
-`presence_diff`, `gap` and `auth_expiring` frames, as the SSE events of those names.
+`presence_diff`, `typing`, `gap` and `auth_expiring` frames, as the SSE events of those
+names.
 The client sends `{{"type": "message", "text", "ref"?, "key"?}}` (`key`: an idempotency
 key) and gets `{{"type": "ack", "ref", "message"}}` or `{{"type": "error", "ref",
-"error"}}`; `{{"type": "auth", "token"}}` refreshes a sign-in (`{{"type": "auth", "ref",
-"expires_at"}}`). Invalid JSON or an unknown type: an error frame, the connection stays
-open. Binary frames close it with 1003, frames over `body_max_bytes` with 1009.
+"error"}}`; `{{"type": "typing", "ref"?}}` tells the others the caller is typing (no
+answer; an error frame when refused); `{{"type": "auth", "token"}}` refreshes a
+sign-in (`{{"type": "auth", "ref", "expires_at"}}`). Invalid JSON or an unknown type:
+an error frame, the connection stays open. Binary frames close it with 1003, frames
+over `body_max_bytes` with 1009.
 Close codes: 1001 (shutdown, idle), {_CLOSE}. `?since=ID` resumes as `Last-Event-ID`
 does for SSE. A request that is not an upgrade is answered 400."""
 
@@ -174,6 +179,9 @@ def browser_paths(config: Config) -> dict[str, dict[str, Schema]]:
                 security=CALLER,
             )
         },
+        "/api/rooms/{room}/typing": {
+            "post": _typing_operation(),
+        },
         "/api/auth": {
             "post": operation(
                 "signIn",
@@ -243,6 +251,33 @@ def browser_paths(config: Config) -> dict[str, dict[str, Schema]]:
             )
         },
     }
+
+
+def _typing_operation() -> Schema:
+    op = operation(
+        "postTyping",
+        "Tell the others in the room that the caller is typing",
+        tag=API,
+        description=(
+            "The others' streams get `typing` `{user_id, name}` (not the caller's own), at "
+            "most one per user per 2 s; rooms over `presence_list_max` get none. Nothing is "
+            "stored. Typing notices have budgets of their own, at the messages' rates."
+        ),
+        parameters=["room"],
+        ok={204: answer("accepted (sent, or coalesced with a notice of the last 2 s)")},
+        errors_=errors(
+            {400: "a body that is not a JSON object"},
+            SIGN_IN,
+            errors(CROSS_SITE, MAY_POST),
+            ROOM_404,
+            {415: "a body that is not JSON"},
+            errors({429: "the user's or the address's typing budget is spent"}, SESSIONS),
+        ),
+        body=json_content(ref("TypingRequest")),
+        security=CALLER,
+    )
+    op["requestBody"]["required"] = False  # (no body, or `{}`)
+    return op
 
 
 def form(schema: Schema) -> dict[str, Schema]:

@@ -109,10 +109,13 @@ def schemas(config: Config) -> dict[str, Schema]:
         "AuthExpiring": obj({"expires_at": NUMBER}),
         "Disconnected": obj({"reason": STRING, "reconnect": {"type": "boolean"}}),
         "MessageDeleted": obj({"id": MESSAGE_ID}),
+        "Typing": obj({"user_id": STRING, "name": STRING}),
+        "TypingRequest": {"type": "object"},
         "ClientFrame": {
             "oneOf": [
                 frame("message", {"text": text}, {"ref": ref_field, "key": idempotency_key()}),
                 frame("auth", {"token": STRING}, {"ref": ref_field}),
+                frame("typing", {}, {"ref": ref_field}),
             ]
         },
         "ServerFrame": {
@@ -122,6 +125,7 @@ def schemas(config: Config) -> dict[str, Schema]:
                 frame("message_deleted", {"id": MESSAGE_ID}),
                 frame("presence", {"count": COUNT}, {"online": ONLINE}),
                 frame("presence_diff", {"joined": ONLINE, "left": ONLINE, "count": COUNT}),
+                frame("typing", {"user_id": STRING, "name": STRING}),
                 frame("gap", {"first_id": MESSAGE_ID}),
                 frame("auth_expiring", {"expires_at": NUMBER}),
                 frame("ack", {"ref": ref_field, "message": ref("Message")}),

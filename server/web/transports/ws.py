@@ -43,6 +43,7 @@ from ..middlewares import ThrottledErrorLog
 from ..posting import Posting
 from ..sessions import Sessions, User
 from ..signin import check_may_post, expires_at
+from ..typing_notices import Typing
 from . import connection
 from .connection import Connections
 from .sink import DirectSink
@@ -100,13 +101,22 @@ class WsSink(DirectSink):
 class WsHandler:
     """``GET /api/rooms/{room}/ws``, with what it takes."""
 
-    __slots__ = ("connections", "max_msg_size", "metrics", "posting", "redis_errors", "sessions")
+    __slots__ = (
+        "connections",
+        "max_msg_size",
+        "metrics",
+        "posting",
+        "redis_errors",
+        "sessions",
+        "typing",
+    )
 
     def __init__(
         self,
         sessions: Sessions,
         connections: Connections,
         posting: Posting,
+        typing: Typing,
         redis_errors: ThrottledErrorLog,
         metrics: Metrics,
         *,
@@ -115,6 +125,7 @@ class WsHandler:
         self.sessions = sessions
         self.connections = connections
         self.posting = posting
+        self.typing = typing
         self.redis_errors = redis_errors
         self.metrics = metrics
         self.max_msg_size = max_msg_size  # of a client's frame, in bytes
@@ -160,7 +171,8 @@ class WsHandler:
             sub.last_seen = received = time.monotonic()
             if msg.type == WSMsgType.TEXT:
                 answer = await self._handle_text(msg.data, sub, user, role, address, received)
-                await ws.send_str(answer)
+                if answer is not None:  # (a typing notice sent has none)
+                    await ws.send_str(answer)
             elif msg.type == WSMsgType.PING:
                 await ws.pong(msg.data)
             elif msg.type == WSMsgType.PONG:
@@ -175,9 +187,10 @@ class WsHandler:
 
     async def _handle_text(
         self, text: str, sub: Subscription, user: User, role: Role, address: str, arrived: float
-    ) -> str:
+    ) -> str | None:
         """Answer one client frame (received at ``arrived``, monotonic) with an
-        ack or an error frame; never raises a ChatError."""
+        ack or an error frame (None: a typing notice, answered only when
+        refused); never raises a ChatError."""
         ref: Any = None
         try:
             data = posting.json_object(text, "frame")
@@ -193,19 +206,24 @@ class WsHandler:
             if isinstance(ref, str) and len(ref) > 128:
                 ref = None
                 raise BadRequest("'ref' is longer than 128 characters")
-            if data.get("type") == "auth":
+            kind = data.get("type")
+            if kind == "auth":
                 return await self._refresh(data.get("token"), ref, sub, user)
-            if data.get("type") != "message":
+            if kind not in ("message", "typing"):
                 raise BadRequest(
-                    f"unknown frame type {data.get('type')!r}; expected 'message' or 'auth'"
+                    f"unknown frame type {kind!r}; expected 'message', 'typing' or 'auth'"
                 )
             check_may_post(role, user.identity)
-            key = posting.idempotency_key(data.get("key"), "'key'")
             # The name is read with the budgets, so that a rename made elsewhere
-            # applies from the next message.
+            # applies from the next message (or typing notice).
+            writer = User(user.user_id, user.token_name, is_new=False, identity=user.identity)
+            if kind == "typing":
+                await self.typing.notify(sub.room.name, writer, address)
+                return None
+            key = posting.idempotency_key(data.get("key"), "'key'")
             message, _ = await self.posting.post(
                 sub.room.name,
-                User(user.user_id, user.token_name, is_new=False, identity=user.identity),
+                writer,
                 data.get("text"),
                 address=address,
                 idempotency_key=key,
@@ -227,10 +245,11 @@ class WsHandler:
             if is_out_of_memory(exc):
                 full = storage_full()
                 self.redis_errors.record(exc, full.status)
-                return _frame("error", ref, error=error_payload(full))
-            log.warning("Redis refused a message: %s", exc)
-            self.metrics.redis_error()
-            error = error_payload(Unavailable("Redis refused the message; retry shortly"))
+                error = error_payload(full)
+            else:
+                log.warning("Redis refused a message: %s", exc)
+                self.metrics.redis_error()
+                error = error_payload(Unavailable("Redis refused the message; retry shortly"))
             return _frame("error", ref, error=error)
         return f'{{"type":"ack","ref":{json.dumps(ref)},"message":{message.json}}}'
 

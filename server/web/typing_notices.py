@@ -1,0 +1,134 @@
+"""``POST /api/rooms/{room}/typing`` and the WebSocket frame ``{"type": "typing"}``:
+the others in the room learn that the caller is typing.
+
+Typing is a write: the same checks as posting (the room, a private room's
+access, a reader or an anonymous visitor under ``anonymous = "read"``, a
+ban), and budgets of its own at the messages' rates (one round trip for
+the budgets, the ban and the name). A refused notice writes nothing; what
+it took from the budgets goes back when a ban refuses it.
+
+Coalescing: at most one notice per user per room every two seconds. Redis
+decides, for every worker of every instance, with one short-lived key per
+room and user (see :mod:`server.store.typing_store`); each worker also
+remembers the notices it sent and relayed (:class:`~server.core.typing_notices.Recent`),
+so a repeat it knows to be early is dropped without that second round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from ..core.errors import BadRequest, Banned, RateLimited, UnsupportedMediaType
+from ..core.hub import Hub
+from ..core.typing_notices import WINDOW_S, Recent, TypingNotice
+from ..store import failures
+from ..store.batch import Batch
+from ..store.keys import name_key
+from ..store.moderation_store import banned
+from ..store.ratelimit import Budget, Budgets, RateLimiter
+from ..store.typing_store import TypingStore
+from . import posting
+from .addresses import owner_of
+from .sessions import Sessions, User
+
+log = logging.getLogger(__name__)
+
+
+class Typing:
+    """Typing notices, with what they take: the sessions (who, and their role
+    in the room), the budgets, the store, and the hub that tells this
+    worker's subscribers."""
+
+    __slots__ = ("budgets", "hub", "limiter", "recent", "redis", "sessions", "store")
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        redis: aioredis.Redis,
+        limiter: RateLimiter,
+        budgets: Budgets,
+        hub: Hub,
+        *,
+        list_max: int,
+    ) -> None:
+        self.sessions = sessions
+        self.redis = redis
+        self.limiter = limiter
+        self.budgets = budgets
+        self.hub = hub
+        self.store = TypingStore(redis, window_ms=int(WINDOW_S * 1000), list_max=list_max)
+        self.recent = Recent()
+
+    async def post_typing(self, request: web.Request) -> web.Response:
+        """No body, or a JSON object (``{}``): 204, whether a notice went out or
+        was coalesced with an earlier one."""
+        room = posting.room_name(request.match_info["room"])
+        await _no_body_or_object(request)
+        user = await self.sessions.current_user(request)
+        await self.sessions.check_may_post(user, room)
+        await self.notify(room, user, owner_of(request.remote))
+        return web.Response(status=204)
+
+    async def notify(self, room: str, user: User, address: str) -> None:
+        """Tell the others in the room that the user is typing, unless a notice
+        of the user's went out within the window (the caller checked the
+        user's role). Raises Banned or RateLimited, writing nothing."""
+        user_id = user.user_id
+        charges: list[tuple[Budget, str]] = [
+            (self.budgets.typing, user_id),
+            (self.budgets.address_typing, address),
+        ]
+        batch = Batch(self.redis)
+        kept_name = batch.get(name_key(user_id)) if user.name is None else None
+        verdict = self.limiter.charge(batch, *charges)
+        ban = banned(batch, user_id, room)
+        await batch.run()
+        if ban.value:
+            if not verdict.value.wait:
+                await self._refund(charges)
+            raise Banned("you are banned from this room")
+        if verdict.value.wait:
+            raise RateLimited("too many typing notices; slow down", retry_after=verdict.value.wait)
+        recent = self.recent
+        if not recent.due(room, user_id):
+            return
+        recent.hold(room, user_id)  # (a repeat while this one is on its way is dropped here)
+        name = user.name or (kept_name.value if kept_name else None) or user_id
+        try:
+            wait_ms = await self.store.notify(room, user_id, name)
+        except BaseException:
+            recent.release(room, user_id)
+            raise
+        if wait_ms > 0:  # another worker's notice holds the window: until it ends
+            recent.hold(room, user_id, wait_ms / 1000)
+
+    def arrived(self, room: str, user_id: str, name: str) -> None:
+        """A notice from the room's channel (whichever worker sent it): tell the
+        local subscribers, and hold the user's next one here for the window."""
+        self.recent.hold(room, user_id)
+        self.hub.typing(room, TypingNotice(user_id, name))
+
+    async def _refund(self, charges: list[tuple[Budget, str]]) -> None:
+        try:
+            await self.limiter.refund(*charges)
+        except failures.FAILURES as exc:
+            log.debug("budgets not refunded for a refused typing notice: %s", exc)
+
+
+async def _no_body_or_object(request: web.Request) -> None:
+    """The request's body: none, or a JSON object (its fields are ignored)."""
+    raw = await request.read()
+    if not raw:
+        return
+    if request.content_type not in ("application/json", "application/octet-stream"):
+        raise UnsupportedMediaType("send no body, or JSON (application/json)")
+    if request.charset and request.charset.lower() not in ("utf-8", "utf8", "us-ascii", "ascii"):
+        raise BadRequest(f"bodies must be UTF-8, not {request.charset!r}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body is not valid UTF-8") from None
+    posting.json_object(text, "body")
