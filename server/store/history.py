@@ -23,7 +23,7 @@ from __future__ import annotations
 # Defines fold(entry): the entry as a reader sees it, or nil when it is not a
 # message (an edit or a deletion: its first field is "k") or was deleted.
 # KEYS[2] is the room's changes hash; rooms without one read nothing more.
-_FOLD = """
+FOLD = """
 local CHUNK_MIN = 100
 local changed = redis.call('EXISTS', KEYS[2]) == 1
 local function fold(entry)
@@ -47,7 +47,7 @@ end
 # bound), the oldest ARGV[3], oldest first; and, when that leaves some of
 # them out, the newest one's id, where the rest (HISTORY_AFTER) ends.
 HISTORY = (
-    _FOLD
+    FOLD
     + """
 local limit = tonumber(ARGV[2])
 local chunk = limit
@@ -77,7 +77,7 @@ return {page}
 # The rest of a page: at most ARGV[3] messages after ARGV[1] up to ARGV[2]
 # (both ids), oldest first.
 HISTORY_AFTER = (
-    _FOLD
+    FOLD
     + """
 local count = tonumber(ARGV[3])
 local chunk = count

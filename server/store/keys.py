@@ -154,3 +154,16 @@ def due_key_of(room: str) -> str:
 DEAD_LETTERS_KEY = "chat:webhooks:{dead}"
 # Held (SET NX EX) by the one worker that sweeps for lost due marks.
 SWEEP_LOCK_KEY = "chat:webhooks:{sweep}"
+
+
+# A user's rooms and read positions (see server.store.read_marks).
+
+
+def user_rooms_key(user_id: str) -> str:
+    """The rooms the user posted in or read: a sorted set of room to when (ms)."""
+    return f"chat:user:{{{user_id}}}:rooms"
+
+
+def read_positions_key(user_id: str) -> str:
+    """How far the user has read in each of its rooms: a hash of room to message id."""
+    return f"chat:user:{{{user_id}}}:read"

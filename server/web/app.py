@@ -23,6 +23,7 @@ from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
 from ..store.edits import Edits
 from ..store.ratelimit import Budgets, RateLimiter
+from ..store.read_marks import ReadMarks
 from ..store.relay import Relay
 from ..store.session_store import SignedRedisStorage
 from . import middlewares, server_api, views, webhooks
@@ -33,7 +34,8 @@ from .messages import Messages
 from .moderation import Moderation
 from .openapi import OpenApiDocument
 from .posting import Posting
-from .sessions import Sessions
+from .rooms import Rooms
+from .sessions import NEW_SESSION_TTL_S, Sessions
 from .signin import SignIn
 from .transports import sse, ws
 from .transports.connection import Connections
@@ -117,7 +119,21 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
     limiter = RateLimiter(redis, metrics)
     budgets = Budgets.from_config(config)
     sessions = Sessions(redis, limiter, budgets, sign_in)
-    posting = Posting(redis, broker, limiter, budgets, metrics, max_chars=config.message_max_chars)
+    posting = Posting(
+        redis,
+        broker,
+        limiter,
+        budgets,
+        metrics,
+        max_chars=config.message_max_chars,
+        # A user's rooms live as long as an anonymous user's session, or a silent room.
+        read_marks=ReadMarks(
+            redis,
+            anonymous_ttl_s=config.session_max_age_s,
+            new_ttl_s=NEW_SESSION_TTL_S,
+            signed_in_ttl_s=config.room_ttl_s,
+        ),
+    )
     typing = Typing(sessions, redis, limiter, budgets, hub, list_max=config.presence_list_max)
     relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out, hub.disconnected)
     relay.on_typing = typing.arrived
@@ -149,6 +165,7 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
         api=views.Api(sessions, posting, broker, registry, redis_errors),
         messages=app[keys.MESSAGES],
         typing=typing,
+        rooms=Rooms(sessions, limiter, posting.read_marks, config),
         auth=AuthApi(sessions, registry),
         operations=views.Operations(
             redis, metrics, worker_index=worker_index, metrics_token=config.metrics_token
@@ -225,6 +242,7 @@ def add_routes(
     api: views.Api,
     messages: Messages,
     typing: Typing,
+    rooms: Rooms,
     auth: AuthApi,
     operations: views.Operations,
     events: sse.SseHandler,
@@ -249,6 +267,8 @@ def add_routes(
         (web.delete, "/api/rooms/{room}/messages/{id}", messages.delete_message),
         (web.get, "/api/rooms/{room}/online", api.get_online),
         (web.post, "/api/rooms/{room}/typing", typing.post_typing),
+        (web.get, "/api/rooms", rooms.get_rooms),
+        (web.put, "/api/rooms/{room}/read", rooms.put_read),
         (web.post, "/api/auth", auth.sign_in),
         (web.delete, "/api/auth", auth.sign_out),
         (_stream, "/api/rooms/{room}/events", events.events),

@@ -27,6 +27,7 @@ from ..store.keys import key_used_in, name_key
 from ..store.moderation_store import banned
 from ..store.publish import IDEMPOTENCY_TTL_S, NewRoom
 from ..store.ratelimit import Budget, Budgets, RateLimiter
+from ..store.read_marks import ReadMarks
 from .sessions import User, keep_name
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class Posting:
     idempotency claim and the store. One per app, shared by the POST
     handler and every WebSocket."""
 
-    __slots__ = ("broker", "budgets", "limiter", "max_chars", "metrics", "redis")
+    __slots__ = ("broker", "budgets", "limiter", "max_chars", "metrics", "read_marks", "redis")
 
     def __init__(
         self,
@@ -95,8 +96,10 @@ class Posting:
         metrics: Metrics,
         *,
         max_chars: int,
+        read_marks: ReadMarks,
     ) -> None:
         self.redis = redis
+        self.read_marks = read_marks  # (a user's message marks its room read up to it)
         self.broker = broker
         self.limiter = limiter
         self.budgets = budgets
@@ -180,6 +183,13 @@ class Posting:
         if stored:
             self.metrics.published(time.monotonic() - arrived)
             self.broker.rooms.touch(room)
+            await self.read_marks.posted(
+                user.user_id,
+                message,
+                signed_in=user.identity is not None,
+                new=user.is_new,
+                backend=address is None,
+            )
             return message, False
         await _refund(limiter, charges)
         return message, True

@@ -12,6 +12,7 @@ from ... import __version__
 from ...common.config import Config
 from .browser import browser_paths
 from .operators import site_paths
+from .rooms import rooms_paths, rooms_schemas
 from .schemas import PARAMETERS, SECURITY_SCHEMES, schemas
 from .server_api import server_paths
 
@@ -45,9 +46,14 @@ def build(config: Config) -> dict[str, Any]:
             {"name": "server API", "description": "for the application's backends"},
             {"name": "operators", "description": "health, metrics and this document"},
         ],
-        "paths": {**site_paths(), **browser_paths(config), **server_paths(config)},
+        "paths": {
+            **site_paths(),
+            **browser_paths(config),
+            **rooms_paths(),
+            **server_paths(config),
+        },
         "components": {
-            "schemas": schemas(config),
+            "schemas": {**schemas(config), **rooms_schemas()},
             "parameters": PARAMETERS,
             "securitySchemes": SECURITY_SCHEMES,
         },
