@@ -3,7 +3,7 @@
 #
 # Run from the repository's root, with the bench extra installed
 # (pip install -e '.[bench]'), on an otherwise idle Linux machine whose
-# open-file hard limit (ulimit -Hn) is at least 20000. It takes about an hour.
+# open-file hard limit (ulimit -Hn) is at least 20000. It takes over an hour.
 # A run that fails (exit code 2) or finds the chat server losing messages
 # (exit code 1) is reported and the next one runs anyway.
 #
@@ -41,6 +41,12 @@ run idle-mixed --scenario idle --subscribers 20000 --transport mixed "$@"
 # (e) 2000 clients connecting at once, half SSE, half WebSocket, anonymous and signed in
 run storm --scenario storm --subscribers 2000 --transport mixed \
     --targets chat,chat-signed,bare,socketio "$@"
+# (f) publishing as fast as 50 and 400 connections can: browser POST and server API
+run publish --scenario publish --connections 50,400 --duration 10 \
+    --targets chat,chat-api,bare,socketio "$@"
+# (g) 100 msg/s to 100 WebSocket streams: webhooks on, and the server API
+run fanout-variants --scenario fanout --subscribers 100 --transport ws --rate 100 \
+    --duration 30 --targets chat,chat-webhooks,chat-api "$@"
 
 python -m benchmarks.report "$out" > BENCHMARKS.rst
 exit $failed

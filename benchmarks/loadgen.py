@@ -2,13 +2,15 @@
 
 ``python -m benchmarks.loadgen --scenario NAME`` starts a private
 ``redis-server`` on a free port, then for each case of the scenario and each
-target in turn (``chat``: the chat server; ``chat-signed``: the same with
-every client signed in with a token, only with ``--targets``; ``bare``: the
-bare aiohttp broadcaster in ``benchmarks/peer_bare.py``, the ceiling;
-``socketio``: python-socketio in ``benchmarks/peer_socketio.py``), starts the
-target with ``--workers`` processes (2 by default), measures it, and stops
-it. It prints a table per case with the ratios chat/bare and chat/socketio
-(and chat-signed/chat, what signing in costs), writes everything
+target in turn (``chat``: the chat server; ``bare``: the bare aiohttp
+broadcaster in ``benchmarks/peer_bare.py``, the ceiling; ``socketio``:
+python-socketio in ``benchmarks/peer_socketio.py``; only with ``--targets``,
+the variants of chat in ``benchmarks/variants.py``: ``chat-signed``, every
+client signed in with a token; ``chat-api``, every message posted through
+the server API; ``chat-webhooks``, webhooks on), starts the target with
+``--workers`` processes (2 by default), measures it, and stops it. It prints
+a table per case with the ratios chat/bare and chat/socketio (and
+<variant>/chat for each variant in the run), writes everything
 as JSON with ``--json PATH`` (``benchmarks/report.py`` turns those files into
 ``BENCHMARKS.rst``), and shows a progress bar on stderr.
 
@@ -22,7 +24,9 @@ Scenarios (``benchmarks/scenarios/``):
 - ``rooms``: S SSE streams over K rooms, messages to random rooms; server
   and Redis CPU per message, for each K of ``--rooms``;
 - ``idle``: N idle streams; server memory per connection;
-- ``storm``: N clients connecting at once; opened, 503s, time, CPU per connect.
+- ``storm``: N clients connecting at once; opened, 503s, time, CPU per connect;
+- ``publish``: C keep-alive connections POSTing as fast as they can, a few
+  streams listening; messages/s, POST round trip, server CPU per message.
 
 The acceptance figures (run on a quiet machine; each run takes minutes)::
 
@@ -43,10 +47,16 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
         --json benchmarks/results/idle-mixed.json
     python -m benchmarks.loadgen --scenario storm --subscribers 2000 --transport mixed \\
         --targets chat,chat-signed,bare,socketio --json benchmarks/results/storm.json
+    python -m benchmarks.loadgen --scenario publish --connections 50,400 --duration 10 \\
+        --targets chat,chat-api,bare,socketio --json benchmarks/results/publish.json
+    python -m benchmarks.loadgen --scenario fanout --subscribers 100 --transport ws \\
+        --rate 100 --duration 30 --targets chat,chat-webhooks,chat-api \\
+        --json benchmarks/results/fanout-variants.json
     python -m benchmarks.report benchmarks/results > BENCHMARKS.rst
 
 (``benchmarks/acceptance.sh`` runs exactly these.) Exit code: 0, 1 when the
-chat server (signed in or not) lost or duplicated a message, 2 when a target
+chat server (or a variant) lost or duplicated a message or a webhook event
+did not arrive, 2 when a target
 could not be measured (a server did not start, streams could not connect),
 130 when interrupted.
 """
@@ -78,7 +88,8 @@ from .procfs import fd_limit, machine_info, raise_fd_limit
 from .progress import Progress
 from .scenarios import SCENARIOS
 from .tables import render
-from .targets import TARGETS, BenchError, ServerOptions, stream_kinds
+from .targets import BenchError, ServerOptions, stream_kinds
+from .variants import TARGETS
 
 FORMAT = 1
 # Used where a scenario sets no default of its own.
@@ -101,8 +112,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default="chat,bare,socketio",
-        help="comma-separated, in order; chat-signed: the chat server with every client "
-        "signed in with a token of its own (compare it with chat in the same run)",
+        help="comma-separated, in order, of chat, bare, socketio and chat's variants, each "
+        "compared with chat in the same run: chat-signed (every client signed in with a "
+        "token of its own), chat-api (every message posted through the server API), "
+        "chat-webhooks (webhooks on, to a receiver the harness runs)",
     )
     parser.add_argument("--workers", type=int, default=2, help="processes per target")
     parser.add_argument(
@@ -126,6 +139,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rooms", default="10,1000", help="rooms: numbers of rooms K, one case each"
     )
     parser.add_argument("--seed", type=int, default=1, help="rooms: random room sequence")
+    parser.add_argument(
+        "--connections",
+        default="50,400",
+        help="publish: keep-alive connections POSTing as fast as they can, one case each",
+    )
     capacity = parser.add_argument_group("capacity")
     capacity.add_argument("--start-rate", type=float, default=5.0, help="msg/s of the 1st step")
     capacity.add_argument(
@@ -212,10 +230,14 @@ def complete(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
         parser.error(f"--targets takes a comma-separated list of {', '.join(TARGETS)}")
     try:
         opts.rooms = [int(k) for k in opts.rooms.split(",")]
+        opts.connections = [int(c) for c in opts.connections.split(",")]
     except ValueError:
-        parser.error("--rooms takes comma-separated numbers")
-    if opts.workers < 1 or opts.subscribers < 1 or opts.senders < 1 or min(opts.rooms) < 1:
-        parser.error("--workers, --subscribers, --senders and --rooms must be at least 1")
+        parser.error("--rooms and --connections take comma-separated numbers")
+    smallest = min(opts.workers, opts.subscribers, opts.senders, *opts.rooms, *opts.connections)
+    if smallest < 1:
+        parser.error(
+            "--workers, --subscribers, --senders, --rooms and --connections must be at least 1"
+        )
     if opts.rate <= 0 or opts.duration <= 0 or opts.step_factor <= 1:
         parser.error("--rate and --duration must be positive, --step-factor above 1")
 

@@ -1,4 +1,4 @@
-"""Publishing on a fixed schedule, over HTTP POST, like a user of the chat."""
+"""Publishing over HTTP POST: on a fixed schedule, or as fast as the senders can."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from .clients import TEXT_PREFIX
-from .targets import BenchError
+from .targets import BenchError, Sender
 
 
 @dataclasses.dataclass
@@ -21,7 +21,7 @@ class Window:
     """One stretch of publishing: what was sent, what was accepted, how it went."""
 
     first_seq: int
-    total: int
+    total: int  # messages due (0 when publishing as fast as possible)
     rooms: dict[int, str] = dataclasses.field(default_factory=dict)  # seq -> room
     accepted: list[int] = dataclasses.field(default_factory=list)
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
@@ -33,70 +33,87 @@ class Window:
 
 
 class Publisher:
-    """Message ``i`` is due at ``start + i / rate``.
+    """Message ``i`` is due at ``start + i / rate``, or, without a rate, each
+    sender posts its next message as soon as its last was answered.
 
-    A scheduler queues each message when it is due, and ``senders`` tasks,
-    each with its own keep-alive connection (and session cookie), POST them.
-    With ``credentials`` (user id, token), sender ``i`` signs in as the
-    ``i``-th user instead: ``Authorization: Bearer`` on every POST and no
-    cookie; its warm-up message must come back as that user's.
+    On a schedule, a scheduler queues each message when it is due, and the
+    senders, each with its own keep-alive connection, POST them. Sender
+    ``i`` posts as ``senders[i]`` says (by default, as a visitor with a
+    session cookie of its own, like a browser); its warm-up message must
+    come back as its user's when the spec names one.
     A slow server does not slow the schedule down: messages wait in the queue,
     and how long they waited is reported as the schedule lag. The text of
     message ``seq`` is ``bench <seq> <perf_counter_ns when its POST started>``.
     """
 
-    def __init__(
-        self, base_url: str, senders: int, credentials: Sequence[tuple[str, str]] = ()
-    ) -> None:
+    def __init__(self, base_url: str, senders: Sequence[Sender]) -> None:
         self.base_url = base_url
-        self.n_senders = senders
-        self.credentials = list(credentials)
-        if self.credentials and len(self.credentials) < senders:
-            raise ValueError(f"{senders} senders need as many credentials")
+        self.senders = list(senders)
         self.next_seq = 0
         self.window: Window | None = None
         self._sessions: list[aiohttp.ClientSession] = []
 
     async def open(self, room: str) -> None:
         """Open the senders' sessions and post one warm-up message on each."""
-        for i in range(self.n_senders):
-            headers, jar = None, aiohttp.CookieJar(unsafe=True)
-            if self.credentials:
-                headers = {"Authorization": f"Bearer {self.credentials[i][1]}"}
-                jar = aiohttp.DummyCookieJar()
+        for spec in self.senders:
+            jar = aiohttp.CookieJar(unsafe=True) if spec.cookies else aiohttp.DummyCookieJar()
             self._sessions.append(
                 aiohttp.ClientSession(
                     self.base_url,
                     connector=aiohttp.TCPConnector(limit=1),
                     cookie_jar=jar,
-                    headers=headers,
+                    headers=dict(spec.headers),
                     timeout=aiohttp.ClientTimeout(total=30),
                 )
             )
-        for i, session in enumerate(self._sessions):
-            path = f"/api/rooms/{room}/messages"
-            async with session.post(path, json={"text": f"warmup sender {i}"}) as resp:
+        for i, (spec, session) in enumerate(zip(self.senders, self._sessions, strict=True)):
+            body = {**spec.body, "text": f"warmup sender {i}"}
+            async with session.post(spec.path.format(room=room), json=body) as resp:
                 if resp.status != 201:
                     raise BenchError(f"warm-up POST answered {resp.status}: {await resp.text()}")
-                if self.credentials:
-                    self._check_author(i, await resp.json())
+                if spec.user_id is not None:
+                    self._check_author(i, spec.user_id, await resp.json())
 
-    def _check_author(self, i: int, answer: Any) -> None:
-        """Sender ``i``'s warm-up message was posted as its token's user."""
-        user_id = self.credentials[i][0]
+    @staticmethod
+    def _check_author(i: int, user_id: str, answer: Any) -> None:
+        """Sender ``i``'s warm-up message was posted as its user."""
         message = answer.get("message") if isinstance(answer, dict) else None
         author = message.get("user_id") if isinstance(message, dict) else None
         if author != user_id:
-            raise BenchError(f"sender {i} posted as {author!r}, not as its token's {user_id!r}")
+            raise BenchError(f"sender {i} posted as {author!r}, not as its user {user_id!r}")
 
     async def close(self) -> None:
         for session in self._sessions:
             await session.close()
         self._sessions = []
 
-    async def run(self, rate: float, duration: float, room_of: Callable[[int], str]) -> Window:
-        """Publish ``rate`` messages a second for ``duration`` seconds; ``room_of(seq)``
-        names the room of each."""
+    async def _post(self, i: int, seq: int, room_of: Callable[[int], str], window: Window) -> None:
+        """Sender ``i`` posts message ``seq``, and the window counts how it went."""
+        spec, session = self.senders[i], self._sessions[i]
+        room = window.rooms[seq] = room_of(seq)
+        window.started += 1
+        sent_ns = time.perf_counter_ns()
+        try:
+            async with session.post(
+                spec.path.format(room=room),
+                json={**spec.body, "text": f"{TEXT_PREFIX}{seq} {sent_ns}"},
+            ) as resp:
+                await resp.read()
+                if resp.status == 201:
+                    window.accepted.append(seq)
+                else:
+                    window.failures[f"HTTP {resp.status}"] += 1
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            window.failures[type(exc).__name__] += 1
+        window.round_trips.append((time.perf_counter_ns() - sent_ns) / 1e6)
+
+    async def run(
+        self, rate: float | None, duration: float, room_of: Callable[[int], str]
+    ) -> Window:
+        """Publish ``rate`` messages a second (None: as fast as the senders can)
+        for ``duration`` seconds; ``room_of(seq)`` names the room of each."""
+        if rate is None:
+            return await self._flood(duration, room_of)
         window = self.window = Window(self.next_seq, max(1, round(rate * duration)))
         self.next_seq += window.total
         queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
@@ -113,27 +130,27 @@ class Publisher:
             for _ in self._sessions:
                 queue.put_nowait(None)
 
-        async def send(session: aiohttp.ClientSession) -> None:
+        async def send(i: int) -> None:
             while (job := await queue.get()) is not None:
                 seq, due = job
-                room = window.rooms[seq] = room_of(seq)
-                window.started += 1
-                sent_ns = time.perf_counter_ns()
-                window.lags.append(max(0.0, sent_ns / 1e6 - due * 1e3))
-                try:
-                    async with session.post(
-                        f"/api/rooms/{room}/messages",
-                        json={"text": f"{TEXT_PREFIX}{seq} {sent_ns}"},
-                    ) as resp:
-                        await resp.read()
-                        if resp.status == 201:
-                            window.accepted.append(seq)
-                        else:
-                            window.failures[f"HTTP {resp.status}"] += 1
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    window.failures[type(exc).__name__] += 1
-                window.round_trips.append((time.perf_counter_ns() - sent_ns) / 1e6)
+                window.lags.append(max(0.0, time.perf_counter_ns() / 1e6 - due * 1e3))
+                await self._post(i, seq, room_of, window)
 
-        await asyncio.gather(schedule(), *(send(s) for s in self._sessions))
+        await asyncio.gather(schedule(), *(send(i) for i in range(len(self._sessions))))
         window.end_ns = time.perf_counter_ns()
+        return window
+
+    async def _flood(self, duration: float, room_of: Callable[[int], str]) -> Window:
+        window = self.window = Window(self.next_seq, 0)
+        window.start_ns = time.perf_counter_ns()
+        end_ns = window.start_ns + int(duration * 1e9)
+
+        async def send(i: int) -> None:
+            while time.perf_counter_ns() < end_ns:
+                seq, self.next_seq = self.next_seq, self.next_seq + 1
+                await self._post(i, seq, room_of, window)
+
+        await asyncio.gather(*(send(i) for i in range(len(self._sessions))))
+        window.end_ns = time.perf_counter_ns()
+        window.total = window.started
         return window

@@ -22,13 +22,14 @@ from typing import Any
 from .summary import PER_MESSAGE, quotients, summary
 from .tables import render
 
-SCENARIO_ORDER = ("fanout", "capacity", "rooms", "idle", "storm")
+SCENARIO_ORDER = ("fanout", "capacity", "rooms", "idle", "storm", "publish")
 TITLES = {
     "fanout": "fanout: one room, many streams",
     "capacity": "capacity: the highest delivery rate",
     "rooms": "rooms: cost per message, few rooms against many",
     "idle": "idle: memory per connection",
     "storm": "storm: everyone connects at once",
+    "publish": "publish: POSTs as fast as the connections can send them",
 }
 
 HEAD = """\
@@ -45,8 +46,8 @@ One harness, ``python -m benchmarks.loadgen``, drives several servers under
 the same load, side by side in one run, each with the same number of
 processes (2 unless stated) on one private ``redis-server`` that the harness
 starts (flushed between targets), and prints the ratios of the chat server to
-the bare broadcaster and to python-socketio, and of the chat server with every
-client signed in to the same server with anonymous clients.
+the bare broadcaster and to python-socketio, and of each variant of the chat
+server (the same server with one thing changed) to the chat server itself.
 
 The targets
 ===========
@@ -66,6 +67,19 @@ The targets
   sees them (how many of them have the tokens' ids and names), and each
   sender's first message must come back as its token's user, or the run
   fails.
+- **chat-api**: the same server with one server API key (publish scope);
+  every publishing sender posts through ``POST
+  /server/v1/rooms/{room}/messages`` with ``Authorization: Bearer <secret>``
+  and ``{"text", "user_id": "bench-sender-<i>"}``, no cookie; each sender's
+  first message must come back as its user's, or the run fails. Its streams
+  are anonymous, as chat's.
+- **chat-webhooks**: the same server with ``webhook_url`` pointing at a
+  receiver the harness runs in a process of its own
+  (``benchmarks/hook_receiver.py``: aiohttp, 204 at once, signatures
+  checked; its CPU is reported apart, not as the server's) and
+  ``webhook_secret``. After the deliveries the harness waits, within the
+  window whose CPU it counts, until the receiver has every published
+  message's event; one missing fails the run.
 - **bare**: ``benchmarks/peer_bare.py``, the Python ceiling: the least an
   aiohttp server on uvloop can do to deliver chat messages through Redis. N
   forked processes share one listening socket, each with one Redis pub/sub
@@ -82,10 +96,12 @@ The targets
   WebSocket.
 
 Ratios are chat/bare (how far from the ceiling; 1.00 is as cheap as it gets)
-and chat/socketio; in runs with **chat-signed**, chat-signed/chat is what
-signing in costs (fan-out: CPU per delivery and per connect; storm: CPU per
-opened stream). For times, CPU and memory lower is better; for delivery
-rates higher is better.
+and chat/socketio; each variant in a run is shown over chat: chat-signed/chat
+is what signing in costs (fan-out: CPU per delivery and per connect; storm:
+CPU per opened stream), chat-api/chat what publishing through the server
+API costs (CPU per message), chat-webhooks/chat what webhooks cost (the POST
+round trip's p99 at 100 msg/s, CPU per message). For times, CPU and memory
+lower is better; for delivery rates higher is better.
 
 How it measures
 ===============
@@ -102,8 +118,10 @@ How it measures
   opened again (the details show where they landed by themselves).
 - **Publishing**: HTTP ``POST`` on a fixed schedule (message *i* due at
   *start + i/rate*) by ``--senders`` concurrent senders (8 unless the
-  command says otherwise) with keep-alive connections, each its own visitor
-  (a session cookie) or, for **chat-signed**, its own token user. The
+  command says otherwise) with keep-alive connections (aiohttp), each its
+  own visitor (a session cookie) or, for **chat-signed**, its own token
+  user, for **chat-api** the server API's key; in **publish**, each of C
+  connections POSTs its next message as soon as its last was answered. The
   text of each message carries its sequence number and the time its ``POST``
   started.
 - **Latency**: from the start of the ``POST`` to the arrival of the frame at

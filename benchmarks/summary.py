@@ -6,20 +6,23 @@ figures for each target, the ratios of the chat server to the others, and a
 link to the run's full section. Labels, formats and figures all come from the
 run's JSON; this module only chooses which rows of it are the headline.
 
-Under the table, once a run measured the chat server both anonymous and with
-every client signed in (``chat-signed``), one line says what signing in costs,
-from the latest such run of each scenario in ``SIGN_IN``.
+Under the table, once a run measured the chat server both as it is and as
+one of its variants (``chat-signed``, ``chat-api``, ``chat-webhooks``), a
+"variants" block gives a line for each such variant: its figures over chat's
+from the latest such run of each scenario in ``VARIANTS``, each beside its
+goal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from .tables import OTHERS, OURS, SIGNED, cell, ratio
+from .tables import OTHERS, OURS, cell, ratio
 
 # The headline of each scenario: keys of the run's own metrics, in order.
 # ``rooms`` has its own: each target's cost per message, many rooms over few.
@@ -29,7 +32,10 @@ HEADLINES = {
     "rooms": ("rooms", ()),
     "idle": ("idle", ("memory_per_connection_kib",)),
     "storm": ("storm", ("server_cpu_ms_per_connect", "opened")),
+    "publish": ("publishing", ("published_per_s", "server_cpu_ms_per_message")),
 }
+# Scenarios the table names only once they have a run (no "not run yet" row).
+ONCE_RUN = ("publish",)
 TRANSPORTS = ("ws", "sse", "mixed")
 TARGETS = (OURS, *OTHERS)
 
@@ -44,16 +50,52 @@ with the most rooms divided by the same with the fewest; the chat server's
 quotient should be at most 1.5 times the bare broadcaster's.
 """
 
-# What signing in costs: chat-signed/chat for these figures of the latest run
-# of each scenario that measured both.
-SIGN_IN = {
-    "fanout": ("fan-out", ("server_cpu_ms_per_1k_deliveries", "connect_server_cpu_ms_per_connect")),
-    "storm": ("storm", ("server_cpu_ms_per_connect",)),
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What the variants block says of a variant: ``<variant>/chat`` for these
+    figures (key, and the highest ratio its goal allows, or None) of the latest
+    run of each scenario that measured both, and these figures of its own."""
+
+    title: str
+    what: str
+    figures: dict[str, tuple[tuple[str, float | None], ...]]
+    own: tuple[str, ...] = ()
+    rate: bool = False  # the run's publishing rate matters to the goal
+
+
+CPU_PER_MESSAGE = "server_cpu_ms_per_message"
+VARIANTS = {
+    "chat-signed": Variant(
+        "Sign-in cost",
+        "every client signed in with a token, streams and publishers",
+        {
+            "fanout": (
+                ("server_cpu_ms_per_1k_deliveries", 1.1),
+                ("connect_server_cpu_ms_per_connect", 1.2),
+            ),
+            "storm": (("server_cpu_ms_per_connect", 1.2),),
+        },
+    ),
+    "chat-api": Variant(
+        "Publishing through the server API",
+        "every message POSTed to /server/v1/rooms/{room}/messages with a key",
+        {
+            "publish": ((CPU_PER_MESSAGE, 1.0),),
+            "fanout": ((CPU_PER_MESSAGE, 1.0), ("server_cpu_ms_per_1k_deliveries", None)),
+        },
+    ),
+    "chat-webhooks": Variant(
+        "Webhooks on",
+        "every message's event POSTed to a receiver of the harness's",
+        {"fanout": (("publish_rtt_p99_ms", 1.1), (CPU_PER_MESSAGE, None))},
+        own=("webhook_missing", "webhook_latency_p99_ms"),
+        rate=True,
+    ),
 }
-SIGN_IN_TEXT = (
-    "Sign-in cost, chat-signed/chat: the chat server with every client signed in "
-    "with a token (streams and publishers) over the same run anonymous; lower "
-    "is better, and the goal is at most 1.1 per delivery, 1.2 per connect"
+VARIANTS_TEXT = (
+    "Variants of the chat server, each over the same server unchanged in the "
+    "same run (lower is better; a goal is the highest ratio it allows):"
 )
 
 # The rooms scenario's question: does a message cost more when there are more rooms?
@@ -154,45 +196,96 @@ def summary(runs: Sequence[dict[str, Any]]) -> str:
     groups = []
     for scenario, (name, _) in HEADLINES.items():
         mine = [group(run) for run in newest if run["scenario"] == scenario]
-        groups += mine or [([f"{name}:"], [["not run yet"]], [])]
+        if mine or scenario not in ONCE_RUN:
+            groups += mine or [([f"{name}:"], [["not run yet"]], [])]
     groups += [group(run) for run in newest if run["scenario"] not in HEADLINES]
     headers = ["scenario", "figure", *TARGETS, *(f"{OURS}/{o}" for o in OTHERS), "latest run"]
-    cost = sign_in_cost(runs)
-    return grid(headers, groups) + "\n\n" + (cost + "\n\n" if cost else "") + NOTES
+    block = variants_block(runs)
+    return grid(headers, groups) + "\n\n" + (block + "\n\n" if block else "") + NOTES
 
 
 def measured(figures: dict[str, Any] | None) -> bool:
     return figures is not None and "na" not in figures and "error" not in figures
 
 
-def signed_and_anonymous(run: dict[str, Any]) -> bool:
-    """Whether the run measured the chat server both signed in and anonymous."""
-    results = run["cases"][0]["results"] if run["cases"] else {}
-    return measured(results.get(OURS)) and measured(results.get(SIGNED))
+def both_measured(results: dict[str, Any], name: str) -> bool:
+    """Whether a case measured the chat server and its variant ``name``."""
+    return measured(results.get(OURS)) and measured(results.get(name))
 
 
-def sign_in_cost(runs: Sequence[dict[str, Any]]) -> str:
-    """The line on what signing in costs; "" when no run measured it."""
+def short_label(label: str) -> str:
+    """A row's label without its unit (``... per message (ms)``: ``... per message``)."""
+    return re.sub(r" [(][^)]*[)]$", "", label)
+
+
+def compared(results: dict[str, Any], name: str, key: str, goal: float | None) -> str:
+    """``<variant>/chat`` for one figure, and whether it met its goal."""
+    text = ratio(results[name], results[OURS], key)
+    base, value = results[OURS].get(key), results[name].get(key)
+    if goal is not None and isinstance(base, (int, float)) and base > 0:
+        met = isinstance(value, (int, float)) and value <= goal * base
+        text += f" (goal {goal:.1f}: {'met' if met else 'missed'})"
+    return text
+
+
+def variant_figures(run: dict[str, Any], name: str, spec: Variant) -> str:
+    """Each of the variant's figures in this run (each case's, in a run of several)."""
+    metrics = {metric[1]: metric for metric in run["metrics"]}
     parts = []
-    for scenario, (name, keys) in SIGN_IN.items():
-        both = [run for run in runs if run["scenario"] == scenario and signed_and_anonymous(run)]
+    for case in run["cases"]:
+        results = case["results"]
+        if not both_measured(results, name):
+            continue
+        texts = [
+            f"{short_label(metrics[key][0])} {compared(results, name, key, goal)}"
+            for key, goal in spec.figures[run["scenario"]]
+            if key in metrics
+        ]
+        texts += [
+            f"{metrics[key][0]} {cell(results[name], key, metrics[key][2])}"
+            for key in spec.own
+            if key in metrics
+        ]
+        if len(run["cases"]) > 1 and texts:
+            texts[0] = f"{case['params'].get('short', case['label'])}: {texts[0]}"
+        parts.append(", ".join(texts))
+    return "; ".join(parts)
+
+
+def variant_line(runs: Sequence[dict[str, Any]], name: str, spec: Variant) -> str:
+    """The variant's line; "" when no run measured it beside chat."""
+    parts = []
+    for scenario in spec.figures:
+        both = [
+            run
+            for run in runs
+            if run["scenario"] == scenario
+            and any(both_measured(case["results"], name) for case in run["cases"])
+        ]
         if not both:
             continue
         run = max(both, key=started)
         _, transport, size = variant(run)
-        labels = {metric[1]: metric[0] for metric in run["metrics"]}
-        results = run["cases"][0]["results"]
-        figures = [
-            f"{re.sub(r' [(][^)]*[)]$', '', labels[key])} "
-            f"{ratio(results[SIGNED], results[OURS], key)}"
-            for key in keys
-            if key in labels
-        ]
-        parts.append(f"{name} ({size} {transport}, `{run['_name']}`_): {', '.join(figures)}")
+        where = f"{size} {transport}"
+        if spec.rate:
+            where += f" at {run['options'].get('rate', 0):g} msg/s"
+        title = HEADLINES.get(scenario, (scenario, ()))[0]
+        parts.append(f"{title} ({where}, `{run['_name']}`_): {variant_figures(run, name, spec)}")
     if not parts:
         return ""
-    text = f"{SIGN_IN_TEXT}: {'; '.join(parts)}."
-    return textwrap.fill(text, 76, break_long_words=False, break_on_hyphens=False)
+    text = f"- {spec.title}, {name}/{OURS} ({spec.what}): {'; '.join(parts)}."
+    return textwrap.fill(
+        text, 76, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
+
+
+def variants_block(runs: Sequence[dict[str, Any]]) -> str:
+    """A line for each variant that some run measured beside chat; "" when none."""
+    lines = [variant_line(runs, name, spec) for name, spec in VARIANTS.items()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return ""
+    return textwrap.fill(VARIANTS_TEXT, 76) + "\n\n" + "\n".join(lines)
 
 
 def grid(headers: list[str], groups: list[tuple[list[str], list[list[str]], list[str]]]) -> str:

@@ -11,11 +11,26 @@ from typing import Any
 
 OURS = "chat"
 OTHERS = ("bare", "socketio")
-# The chat server with every client signed in with a token: compared with
-# itself anonymous, in the same run.
-SIGNED = "chat-signed"
-# The ratio columns, numerator over denominator, each where a run has both.
-RATIOS = (*((OURS, other) for other in OTHERS), (SIGNED, OURS))
+# The variants of the chat server (``chat-signed``, ``chat-api``, ...: the
+# same server with one thing changed) are each compared with it, in the
+# same run: ``<variant>/chat``.
+VARIANT_PREFIX = OURS + "-"
+
+
+def is_variant(name: str) -> bool:
+    return name.startswith(VARIANT_PREFIX)
+
+
+def is_chat(name: str) -> bool:
+    """The chat server or one of its variants."""
+    return name == OURS or is_variant(name)
+
+
+def ratio_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The ratio columns of a table of these targets, numerator over denominator:
+    chat over each other target, then each variant over chat, where both are."""
+    pairs = [(OURS, other) for other in OTHERS if OURS in names and other in names]
+    return pairs + [(name, OURS) for name in names if is_variant(name) and OURS in names]
 
 
 def cell(result: dict[str, Any] | None, key: str, fmt: str) -> str:
@@ -49,7 +64,7 @@ def ratio(ours: dict[str, Any] | None, other: dict[str, Any] | None, key: str) -
 def render(metrics: Sequence[Sequence[Any]], results: dict[str, dict[str, Any]]) -> str:
     """``metrics``: (label, key, fmt, ratio) rows; ``results``: target name -> figures."""
     names = list(results)
-    pairs = [(a, b) for a, b in RATIOS if a in results and b in results]
+    pairs = ratio_pairs(names)
     headers = ["metric", *names, *(f"{a}/{b}" for a, b in pairs)]
     rows = []
     for label, key, fmt, with_ratio in metrics:

@@ -4,13 +4,12 @@ The targets, each started with the same number of processes on the same
 Redis (flushed between targets):
 
 - ``chat``: the chat server, ``python -m server``;
-- ``chat-signed``: the same, started the same way plus a sign-in secret
-  (``auth_jwt_secret``), every client signed in with a token of its own
-  (``benchmarks/signin.py``); its figures over ``chat``'s are what signing
-  in costs;
 - ``bare``: the ceiling, ``benchmarks/peer_bare.py``;
 - ``socketio``: python-socketio on aiohttp with its Redis manager,
-  ``benchmarks/peer_socketio.py`` (WebSocket only: it has no SSE).
+  ``benchmarks/peer_socketio.py`` (WebSocket only: it has no SSE);
+- the variants of ``chat`` (``benchmarks/variants.py``, where the registry
+  of every target is): the same server with one thing changed, each
+  compared with ``chat`` in the same run.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from harness.chat import ChatServer
@@ -27,7 +27,6 @@ from harness.processes import ROOT, StartError, clean_env, free_port, start_read
 from harness.redis_servers import RedisProcess
 from server.common import config as chat_config
 
-from . import signin
 from .clients import Endpoint
 from .procfs import process_tree
 
@@ -52,6 +51,23 @@ CHAT_LIMITS: dict[str, float] = {
 
 class BenchError(Exception):
     """The benchmark could not run (a server did not start, clients could not connect)."""
+
+
+BROWSER_PATH = "/api/rooms/{room}/messages"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sender:
+    """How one publishing sender posts: the path (``{room}`` filled in), the
+    headers of every POST, what its JSON body holds beside the text, whether
+    it keeps a session cookie, and whose its messages must be (checked on
+    its warm-up message; None: anyone's)."""
+
+    path: str = BROWSER_PATH
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    body: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    cookies: bool = True
+    user_id: str | None = None
 
 
 def start_peer(
@@ -97,12 +113,22 @@ class Target:
         host, _, port = self.base_url.removeprefix("http://").rpartition(":")
         return Endpoint(host, int(port), self.pid_header, self.resumes)
 
-    def sender_credentials(self, n: int) -> list[tuple[str, str]]:
-        """(user id, token) of ``n`` publishing senders that sign in; none: anonymous."""
-        return []
+    def senders(self, n: int) -> list[Sender]:
+        """How ``n`` publishing senders post: by default each as a visitor of its
+        own (a session cookie), through the browsers' POST."""
+        return [Sender() for _ in range(n)]
 
     async def sign_in_details(self, room: str) -> dict[str, Any]:
         """Evidence that the streams in ``room`` signed in (for a target whose clients do)."""
+        return {}
+
+    def before_publishing(self) -> None:
+        """Called as a publishing window starts (a target's own counters start here)."""
+
+    async def after_publishing(self, accepted: Sequence[int], quiet_s: float) -> dict[str, Any]:
+        """Called once a window's deliveries drained, before the server's CPU is read:
+        figures of the target's own about the messages ``accepted`` (waiting for
+        work the server still owes them, until ``quiet_s`` s pass without progress)."""
         return {}
 
     def start(self) -> None:
@@ -184,41 +210,6 @@ class ChatTarget(Target):
         self.main_pids = [server.pid]
 
 
-class ChatSignedTarget(ChatTarget):
-    """The chat server with a sign-in secret, every client signed in with a token.
-
-    Only the secret differs from ``chat``'s settings (``anonymous`` keeps its
-    default): each stream sends its own user's token on its request, and each
-    sender posts with its own, with no cookie (programs sign in so, without a
-    session)."""
-
-    name = "chat-signed"
-    description = "the chat server, every client signed in with a token (python -m server)"
-
-    def __init__(self, opts: ServerOptions, redis: RedisProcess, workdir: str) -> None:
-        super().__init__(opts, redis, workdir)
-        self.tokens: tuple[str, ...] = ()
-        self.credentials: list[tuple[str, str]] = []
-
-    def settings(self) -> dict[str, str]:
-        return super().settings() | {"CHAT_AUTH_JWT_SECRET": signin.SECRET}
-
-    def start(self) -> None:
-        self.tokens = signin.subscriber_tokens(max(1, self.opts.users))
-        super().start()
-
-    def endpoint(self) -> Endpoint:
-        return dataclasses.replace(super().endpoint(), tokens=self.tokens)
-
-    def sender_credentials(self, n: int) -> list[tuple[str, str]]:
-        if len(self.credentials) < n:
-            self.credentials = signin.sender_credentials(n)
-        return self.credentials[:n]
-
-    async def sign_in_details(self, room: str) -> dict[str, Any]:
-        return await signin.online_users(self.base_url, room, self.sender_credentials(1)[0])
-
-
 class BareTarget(Target):
     name = "bare"
     description = "bare aiohttp broadcaster (benchmarks/peer_bare.py)"
@@ -256,11 +247,6 @@ class SocketioTarget(Target):
         except BenchError:
             self.stop()
             raise
-
-
-TARGETS: dict[str, type[Target]] = {
-    t.name: t for t in (ChatTarget, ChatSignedTarget, BareTarget, SocketioTarget)
-}
 
 
 def stream_kinds(target: type[Target] | Target, transport: str, n: int) -> list[str] | None:

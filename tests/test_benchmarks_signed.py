@@ -23,7 +23,8 @@ import redis
 
 from benchmarks.clients import Recorder, Subscriber, open_all, stop_all
 from benchmarks.publisher import Publisher
-from benchmarks.targets import ChatSignedTarget, ServerOptions
+from benchmarks.targets import ServerOptions
+from benchmarks.variants import ChatSignedTarget
 from harness.redis_servers import RedisProcess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ async def test_signed_streams_and_senders_are_their_tokens_users(
             for i, kind in enumerate(("ws", "sse", "ws"))
         ]
         assert len(await open_all(subs, len(subs), 20)) == len(subs)
-        publisher = Publisher(target.base_url, 2, target.sender_credentials(2))
+        publisher = Publisher(target.base_url, target.senders(2))
         try:
             await publisher.open(ROOM)
             window = await publisher.run(20, 0.2, lambda seq: ROOM)
@@ -133,7 +134,7 @@ def test_a_run_with_chat_and_chat_signed_shows_what_signing_in_costs(
     assert headers == [["metric", "chat", "chat-signed", "chat-signed/chat"]] * 2
     # Under the summary table, before the method: the sign-in cost, linking to both runs.
     line = " ".join(report[: report.index("The targets\n")].split())
-    assert "Sign-in cost, chat-signed/chat:" in line
+    assert "- Sign-in cost, chat-signed/chat (" in line
     assert "fan-out (20 ws, `fanout-signed`_): server CPU per 1k deliveries " in line
     assert ", server CPU per connect " in line
     assert "storm (20 mixed, `storm-signed`_): server CPU per opened stream " in line

@@ -136,6 +136,12 @@ async def session_and_messages(alice: Any) -> bytes:
     await expect(alice, "POST", "/api/rooms/No-Such/typing", 404)
     await expect(alice, "POST", f"{ROOM}/typing", 400, json=[1])
     await expect(alice, "GET", f"{ROOM}/online?limit=0", 400)
+    first = json.loads(posted)["message"]["id"]
+    await expect(alice, "PUT", f"{ROOM}/read", 200, json={"id": first})
+    await expect(alice, "PUT", f"{ROOM}/read", 400, json={"id": "bogus"})
+    await expect(alice, "PUT", "/api/rooms/No-Such/read", 404, json={"id": first})
+    await expect(alice, "GET", "/api/rooms", 200)
+    await expect(alice, "GET", "/api/rooms", 401, headers={"Authorization": "Bearer nope"})
     return posted
 
 

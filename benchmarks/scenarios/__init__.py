@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import capacity, fanout, idle, rooms, storm
+from . import capacity, fanout, idle, publish, rooms, storm
 
 SCENARIOS: dict[str, ModuleType] = {
     "fanout": fanout,
@@ -22,4 +22,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "rooms": rooms,
     "idle": idle,
     "storm": storm,
+    "publish": publish,
 }

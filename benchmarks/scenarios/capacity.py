@@ -29,7 +29,7 @@ from ..measure import (
     publishing,
     warmed_up,
 )
-from ..tables import OURS, SIGNED
+from ..tables import is_chat
 from ..targets import Target
 from . import rows
 
@@ -156,7 +156,7 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
 
 
 def problems(target: str, figures: dict[str, Any]) -> list[str]:
-    if target not in (OURS, SIGNED):
+    if not is_chat(target):
         return []
     return [
         f"duplicates at {s['rate']:.4g} msg/s: {s['duplicates']}"

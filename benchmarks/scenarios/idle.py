@@ -28,7 +28,7 @@ import aiohttp
 from ..measure import MIB, Context, Metric, memory, one_case, sources, warm_up
 from ..procfs import cpu_seconds, fd_limit, rss_bytes
 from ..progress import showing
-from ..tables import OURS, SIGNED
+from ..tables import is_chat
 from ..targets import ROOT, BenchError, Target, stream_kinds
 from . import rows
 
@@ -201,7 +201,7 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
         if not opened:
             raise BenchError(f"{target.name}: no idle stream opened: {dict(errors)}")
         maxima: dict[str, float] = {}
-        if target.name in (OURS, SIGNED) and opts.hold > 0:
+        if is_chat(target.name) and opts.hold > 0:
             # Held idle: every heartbeat tick (one a second, a share of the
             # streams each) and loop stall over 100 ms is counted.
             before = await worker_figures(target.base_url)

@@ -16,3 +16,11 @@ MEMORY_PER_CONNECTION = Metric("memory per connection (KiB)", "memory_per_connec
 RSS_SUBSCRIBED = Metric("server RSS, subscribed (MiB)", "rss_subscribed_mib", "{:.1f}")
 SERVER_CPU = Metric("server CPU (s)", "server_cpu_s", "{:.2f}")
 LOADGEN_CPU = Metric("load generator CPU (% of a core)", "loadgen_cpu_percent", ratio=False)
+# Of the chat-webhooks target only: n/a for the others.
+WEBHOOK_MISSING = Metric("webhook events missing", "webhook_missing", ratio=False)
+WEBHOOK_LATENCY_P99 = Metric(
+    "webhook event p99 after its POST (ms)", "webhook_latency_p99_ms", "{:.1f}", ratio=False
+)
+WEBHOOK_RECEIVER_CPU = Metric(
+    "webhook receiver CPU (s)", "webhook_receiver_cpu_s", "{:.2f}", ratio=False
+)

@@ -26,9 +26,21 @@ from .names import clean_name
 SUB_RE = re.compile(r"[A-Za-z0-9._@:|-]{1,64}")
 # Anonymous users' ids start so (server.web.sessions): a token may not take one.
 ANONYMOUS_PREFIX = "u-"
+ANONYMOUS_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
+USER_ID_RULE = "1-64 of A-Z, a-z, 0-9 and ._@:|-"
 # A grant's pattern: a room name, or the start of one (possibly empty) and "*".
 PREFIX_RE = re.compile(r"(?:[a-z0-9][a-z0-9_-]{0,31})?\*")
 GRANTS_MAX = 100
+
+
+def user_id(value: Any, what: str = "'user_id'") -> str:
+    """A user id: a sign-in token's ``sub``, or an anonymous user's ``u-...``;
+    BadRequest naming ``what`` otherwise."""
+    if not isinstance(value, str) or not (
+        SUB_RE.fullmatch(value) or ANONYMOUS_ID_RE.fullmatch(value)
+    ):
+        raise BadRequest(f"{what} must be a user id: {USER_ID_RULE}")
+    return value
 
 
 class Role(enum.IntEnum):

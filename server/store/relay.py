@@ -24,9 +24,10 @@ from typing import Any
 from ..common.metrics import Metrics
 from ..core.ids import MessageId
 from ..core.model import Message
-from .broker import Broker, parse_live
+from .broker import Broker
 from .failures import FAILURES
 from .keys import DISCONNECT_PREFIX, SIGNED_OUT_PREFIX, channel, room_of
+from .publish import parse_live
 from .pubsub import Link, nodes_for, retry_after
 from .typing_store import parse_notice
 
@@ -51,9 +52,8 @@ class _Feed:
 class Relay:
     """The worker's pub/sub connections: the live half of the hub's backend.
 
-    With the reads of :class:`Broker` it is the hub's
-    :class:`~server.core.backend.Backend`. New messages go to the callback given to
-    :meth:`deliver_to` in id order, presence notices to the other one.
+    With the reads of :class:`Broker` it is the hub's :class:`~server.core.backend.Backend`.
+    Messages go to their callback (:meth:`deliver_to`) in id order, notices to theirs.
 
     One Redis (or the primary Sentinel names) gets one connection. A Redis
     Cluster gets one per primary that serves a watched room, subscribed to
@@ -72,9 +72,9 @@ class Relay:
         self.on_messages: Callable[[str, list[Message]], None] = lambda room, messages: None
         self.on_presence: Callable[[str], None] = lambda room: None
         self.on_signed_out: Callable[[str, str], None] = lambda room, session: None
-        # A disconnect: the room, why, and the user whose streams there end.
+        # Disconnects (the room, why, the user whose streams there end) and
+        # typing notices (the room, the user id and its name).
         self.on_disconnect: Callable[[str, str, str], None] = lambda room, why, user: None
-        # A typing notice: the room, the user id and its name.
         self.on_typing: Callable[[str, str, str], None] = lambda room, user, name: None
         self.nodes = nodes_for(redis_url)
         self._feeds: dict[str, _Feed] = {}

@@ -16,7 +16,7 @@ tag (one slot, so one script may touch both):
 Writes are kept off the hot path. A room is registered before the message
 that creates it is stored (a publish that would create a room is refused
 by the publish script, registered here, and stored again; see
-:class:`~server.store.broker.NewRoom`): a room with history is never missing
+:class:`~server.store.publish.NewRoom`): a room with history is never missing
 from the registry. Every other message only marks its room as active in the
 worker's memory (:meth:`RoomRegistry.touch`); the heartbeat writes the
 rooms marked since the last tick in one command (:meth:`RoomRegistry.flush`).

@@ -26,9 +26,9 @@ from redis.exceptions import ResponseError
 from ..core.errors import ChatError, Unavailable, error_payload, storage_full
 from ..core.model import Message
 from ..store import failures
-from ..store.broker import NewRoom
 from ..store.failures import is_out_of_memory
 from ..store.keys import name_key
+from ..store.publish import NewRoom
 from .posting import Posting, message_text
 from .sessions import User, keep_name
 

@@ -17,10 +17,9 @@ import redis.asyncio as aioredis
 
 from ..core.close_reason import CloseReason
 from ..core.errors import BadRequest
-from ..core.identity import Role
+from ..core.identity import Role, user_id
 from ..core.model import ROOM_RE
 from ..store.moderation_store import ModerationStore
-from .sessions import user_id
 
 REASON_MAX = 200  # characters of a ban's reason
 

@@ -22,9 +22,10 @@ from ..core.model import ROOM_RE, Message
 from ..core.wire import parse_json
 from ..store import failures
 from ..store.batch import Batch
-from ..store.broker import IDEMPOTENCY_TTL_S, Broker, NewRoom
+from ..store.broker import Broker
 from ..store.keys import key_used_in, name_key
 from ..store.moderation_store import banned
+from ..store.publish import IDEMPOTENCY_TTL_S, NewRoom
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.read_marks import ReadMarks
 from .sessions import User, keep_name

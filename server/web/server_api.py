@@ -30,6 +30,7 @@ from aiohttp.typedefs import Handler
 from ..common.api_keys import ApiKey, parse_keys
 from ..common.config import Config
 from ..core.errors import BadRequest, NotFound
+from ..core.identity import user_id
 from ..core.model import ROOM_RE
 from ..core.names import clean_name
 from ..store.presence_store import PresenceStore
@@ -45,7 +46,7 @@ from .posting import Posting
 from .server_input import json_fields, room_list
 from .server_keys import ServerKeys, count_requests
 from .server_moderation import ServerModeration
-from .sessions import User, user_id
+from .sessions import User
 from .signin import is_private
 from .views import ONLINE_LIMIT_MAX
 

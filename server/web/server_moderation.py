@@ -16,12 +16,11 @@ from aiohttp import web
 
 from ..common.api_keys import ApiKey
 from ..core.errors import BadRequest
-from ..core.identity import Role
+from ..core.identity import Role, user_id
 from . import posting as posts
 from .messages import Messages
 from .moderation import REASON_MAX, Moderation
 from .server_input import json_fields, room_list
-from .sessions import user_id
 
 FOR_S_MAX = 10**9 - 1  # seconds of a ban: about 31 years
 

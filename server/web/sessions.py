@@ -9,17 +9,16 @@ a post reads it in the round trip that charges its budgets).
 from __future__ import annotations
 
 import dataclasses
-import re
 import secrets
 import time
-from typing import Any, cast
+from typing import cast
 
 import aiohttp_session
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ..core.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
-from ..core.identity import SUB_RE, Identity, Role
+from ..core.errors import Forbidden, NotFound, RateLimited, Unauthorized
+from ..core.identity import ANONYMOUS_ID_RE, Identity, Role
 from ..core.names import friendly_name
 from ..store.aiohttp_session_compat import storage_of
 from ..store.batch import Batch
@@ -40,16 +39,7 @@ from .signin import (
     session_tag,
 )
 
-USER_ID_RE = re.compile(r"u-[0-9a-f]{1,64}")
-USER_ID_RULE = "1-64 of A-Z, a-z, 0-9 and ._@:|-"
-
-
-def user_id(value: Any, what: str = "'user_id'") -> str:
-    """A user id: a sign-in token's ``sub``, or an anonymous user's ``u-...``;
-    BadRequest naming ``what`` otherwise."""
-    if not isinstance(value, str) or not (SUB_RE.fullmatch(value) or USER_ID_RE.fullmatch(value)):
-        raise BadRequest(f"{what} must be a user id: {USER_ID_RULE}")
-    return value
+USER_ID_RE = ANONYMOUS_ID_RE
 
 
 def new_user_id() -> str:

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..common.metrics import Metrics
 from ..common.metrics import render as render_metrics
 from ..core.errors import BadRequest, Unavailable, UnsupportedMediaType
+from ..core.identity import user_id
 from ..core.names import clean_name
 from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
@@ -100,7 +101,7 @@ class Api:
         limit = int_param(request, "limit", 100, ONLINE_LIMIT_MAX)
         after = request.query.get("after") or None
         if after is not None:
-            sessions.user_id(after, "'after'")
+            user_id(after, "'after'")
         online, count = await self.registry.presence.online_page(room, limit, after)
         return web.json_response({"online": online, "count": count})
 

@@ -1,0 +1,165 @@
+"""The benchmark's variants of the chat target that publish otherwise
+(``chat-api``) or with webhooks on (``chat-webhooks``), and the ``publish``
+scenario.
+
+``chat-api``'s senders must really post through the server API with its key
+(else it would compare the browsers' POST with itself), ``chat-webhooks``'
+receiver must get every published message's event (else the run says so),
+and a run with them shows each variant over chat in its table and in the
+summary's variants block.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+from types import SimpleNamespace
+from typing import Any, cast
+
+import aiohttp
+import pytest
+import redis
+
+from benchmarks.publisher import Publisher
+from benchmarks.targets import ServerOptions
+from benchmarks.variants import ChatApiTarget, ChatWebhooksTarget
+from harness.redis_servers import RedisProcess
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOM = "bench"
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
+
+
+def report(*paths: pathlib.Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.report", *map(str, paths)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
+async def test_api_senders_post_through_the_server_api_as_their_users(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    store = cast(RedisProcess, SimpleNamespace(url=redis_url))
+    target = ChatApiTarget(ServerOptions(workers=2), store, str(tmp_path))
+    target.start()
+    try:
+        publisher = Publisher(target.base_url, target.senders(2))
+        try:
+            await publisher.open(ROOM)
+            window = await publisher.run(20, 0.3, lambda seq: ROOM)
+        finally:
+            await publisher.close()
+        assert window.total and len(window.accepted) == window.total
+
+        # Nobody made a session: the senders sent the key, no cookie.
+        client = redis.Redis.from_url(redis_url)
+        try:
+            assert client.keys("*chat_session*") == []
+        finally:
+            client.close()
+        # Every message is its sender's user's, as the server API was told.
+        async with (
+            aiohttp.ClientSession(target.base_url) as session,
+            session.get(f"/api/rooms/{ROOM}/messages", params={"limit": "200"}) as resp,
+        ):
+            messages = (await resp.json())["messages"]
+        assert len(messages) == 2 + window.total
+        assert {m["user_id"] for m in messages} == {"bench-sender-0", "bench-sender-1"}
+    finally:
+        target.stop()
+
+
+async def test_the_webhook_receiver_gets_every_event_or_the_figures_say_so(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    store = cast(RedisProcess, SimpleNamespace(url=redis_url))
+    target = ChatWebhooksTarget(ServerOptions(workers=2), store, str(tmp_path))
+    target.start()
+    try:
+        # The receiver is a process of its own, not one of the server's.
+        assert target.receiver_pid and target.receiver_pid not in target.pids()
+        publisher = Publisher(target.base_url, target.senders(2))
+        try:
+            await publisher.open(ROOM)
+            target.before_publishing()
+            window = await publisher.run(40, 0.5, lambda seq: ROOM)
+        finally:
+            await publisher.close()
+        assert window.total and len(window.accepted) == window.total
+        figures = await target.after_publishing(window.accepted, 10.0)
+        assert figures["webhook_events"] == window.total, figures
+        assert figures["webhook_missing"] == 0
+        assert figures["webhook_bad_signatures"] == 0
+        assert figures["webhook_latency_p99_ms"] > 0
+        # An event that never comes is counted missing, once nothing arrives for a while.
+        never = window.first_seq + window.total + 1000
+        figures = await target.after_publishing([*window.accepted, never], 0.5)
+        assert figures["webhook_missing"] == 1
+    finally:
+        target.stop()
+    assert target.receiver is None
+
+
+def loadgen(tmp_path: pathlib.Path, name: str, *options: str) -> dict[str, Any]:
+    path = tmp_path / f"{name}.json"
+    command = [sys.executable, "-m", "benchmarks.loadgen", "--subscribers", "3"]
+    command += ["--settle", "0.2", "--drain-timeout", "3", "--no-progress"]
+    command += ["--json", str(path), *options]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return cast(dict[str, Any], json.loads(path.read_text()))
+
+
+def test_a_run_with_the_variants_shows_each_over_chat(tmp_path: pathlib.Path) -> None:
+    targets = "chat,chat-api,chat-webhooks"
+    publish = loadgen(
+        tmp_path, "publish-variants", "--scenario", "publish", "--connections", "3",
+        "--duration", "1", "--targets", targets,
+    )  # fmt: skip
+    fanout = loadgen(
+        tmp_path, "fanout-variants", "--scenario", "fanout", "--rate", "20",
+        "--duration", "1", "--targets", targets,
+    )  # fmt: skip
+    for run in (publish, fanout):
+        results = run["cases"][0]["results"]
+        assert list(results) == ["chat", "chat-api", "chat-webhooks"]
+        for figures in results.values():
+            assert figures["published"] > 0 and figures["lost"] == 0, figures
+        hooks = results["chat-webhooks"]
+        assert hooks["webhook_events"] == hooks["published"] and hooks["webhook_missing"] == 0
+        assert "webhook_missing" not in results["chat"]
+    sending = publish["cases"][0]["results"]["chat"]
+    assert sending["connections"] == 3 and sending["published_per_s"] > 0
+
+    text = report(tmp_path)
+    # Each run's table: a column per target, then each variant over chat.
+    headers = [line.split() for line in text.splitlines() if line.startswith("metric ")]
+    expected = ["metric", "chat", "chat-api", "chat-webhooks", "chat-api/chat"]
+    assert headers == [[*expected, "chat-webhooks/chat"]] * 2
+    rows = {line.split("  ")[0] for line in text.splitlines()}
+    assert {"webhook events missing", "messages accepted per second"} <= rows
+    # Under the summary table, before the method: a line per variant with its goal.
+    block = " ".join(text[: text.index("The targets\n")].split())
+    assert "- Publishing through the server API, chat-api/chat (" in block
+    assert "publishing (3 ws, `publish-variants`_): server CPU per message " in block
+    assert "- Webhooks on, chat-webhooks/chat (" in block
+    assert "fan-out (3 ws at 20 msg/s, `fanout-variants`_): POST round trip p99 " in block
+    assert "webhook events missing 0" in block
+    assert "Sign-in cost" not in block
+    # The publish scenario has its row in the summary table once it has a run.
+    assert "| publishing:" in text
+
+
+def test_the_committed_results_render_as_before() -> None:
+    text = report(ROOT / "benchmarks" / "results")
+    assert text == (ROOT / "BENCHMARKS.rst").read_text()
+    assert "Variants of the chat server" not in text
+    assert "publishing:" not in text
