@@ -60,6 +60,10 @@ DELIVERY_TIMEOUT_S = 10.0  # a receiver that has not answered by then failed
 LEASE_S = 6.0  # how long a dead worker's rooms wait for another
 RENEW_S = 2.0  # leases renewed, gauges updated
 POLL_S = 0.5  # due sets read when idle (this worker's own writes wake it at once)
+# Woken by a write, wait this long first: the events of a burst then share
+# one claim, one take and one finish (five round trips) instead of each
+# paying them, for this much more delay before they are sent.
+GATHER_S = 0.05
 SWEEP_S = 60  # lost due marks looked for, by one worker of all
 LAG_ROOMS = 1024  # rooms whose oldest event is remembered for the lag gauge
 STOP_S = 2.0  # a stop waits this long to hand rooms back
@@ -151,6 +155,7 @@ class Deliverer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_S):
                     await self._changed.wait()
+                    await asyncio.sleep(GATHER_S)
 
     def _done(self, room: str, task: asyncio.Task[None]) -> None:
         self._serving.pop(room, None)
