@@ -9,6 +9,7 @@ in the worker's metrics.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,10 @@ import redis.asyncio as aioredis
 from ..common.config import Config
 from ..common.metrics import Metrics
 from .batch import Batch, Call, Reply
+from .failures import FAILURES
 from .keys import budget_key
+
+log = logging.getLogger(__name__)
 
 # GCRA: the key holds the theoretical arrival time (ms) of the next use.
 # Redis' own clock is used so that every machine agrees. Returns 0 when the
@@ -152,3 +156,13 @@ class RateLimiter:
         batch = Batch(self.redis)
         batch.scripts(calls, list)
         await batch.run()
+
+    async def give_back(self, *charges: tuple[Budget, str]) -> None:
+        """:meth:`refund`, for a request refused after it was charged: a
+        failure of Redis is only logged (the charge then stays spent)."""
+        if not charges:
+            return
+        try:
+            await self.refund(*charges)
+        except FAILURES as exc:
+            log.debug("budgets not given back: %s", exc)

@@ -19,7 +19,6 @@ from aiohttp import web
 
 from ..core.errors import (
     BadRequest,
-    Banned,
     ChatError,
     Forbidden,
     RateLimited,
@@ -28,12 +27,10 @@ from ..core.errors import (
 from ..core.identity import Role
 from ..core.ids import MessageId, parse_id
 from ..core.model import Change
-from ..store import failures
 from ..store.batch import Batch
 from ..store.edits import Edits
-from ..store.moderation_store import banned
 from ..store.ratelimit import Budget
-from . import posting
+from . import posting, write_checks
 from .addresses import owner_of
 from .posting import Posting
 from .sessions import Sessions, User
@@ -140,25 +137,15 @@ class Messages:
         charges: list[tuple[Budget, str]] = [(budgets.messages, user.user_id)]
         if address is not None:
             charges.append((budgets.address_messages, address))
+        refused = "you are banned from changing messages here"
         batch = Batch(self.posting.redis)
-        verdict = limiter.charge(batch, *charges)
-        ban = banned(batch, user.user_id, room)
-        await batch.run()
-        if ban.value:
-            if not verdict.value.wait:
-                await self._refund(charges)
-            raise Banned("you are banned from changing messages here")
-        wait = verdict.value.wait
+        wait = await write_checks.charge(
+            batch, limiter, charges, user.user_id, room, refused=refused
+        )
         if wait:
             raise RateLimited("too many messages and edits; slow down", retry_after=wait)
         try:
             return await change()
         except ChatError:
-            await self._refund(charges)
+            await limiter.give_back(*charges)
             raise
-
-    async def _refund(self, charges: list[tuple[Budget, str]]) -> None:
-        try:
-            await self.posting.limiter.refund(*charges)
-        except failures.FAILURES as exc:
-            log.debug("budgets not refunded for a refused change: %s", exc)

@@ -12,7 +12,6 @@ import redis.asyncio as aioredis
 from ..common.metrics import Metrics
 from ..core.errors import (
     BadRequest,
-    Banned,
     IdempotencyConflict,
     NotFound,
     RateLimited,
@@ -24,10 +23,10 @@ from ..store import failures
 from ..store.batch import Batch
 from ..store.broker import Broker
 from ..store.keys import key_used_in, name_key
-from ..store.moderation_store import banned
 from ..store.publish import IDEMPOTENCY_TTL_S, NewRoom
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.read_marks import ReadMarks
+from . import write_checks
 from .sessions import User, keep_name
 
 log = logging.getLogger(__name__)
@@ -151,14 +150,15 @@ class Posting:
         batch = Batch(redis)
         kept_name = batch.get(name_key(user.user_id)) if user.name is None else None
         claimed = batch.get(key_used_in(user.user_id, idempotency_key)) if idempotency_key else None
-        verdict = limiter.charge(batch, *charges)
-        ban = banned(batch, user.user_id, room) if address is not None else None
-        await batch.run()
-        if ban is not None and ban.value:
-            if not verdict.value.wait:  # (what it took goes back)
-                await _refund(limiter, charges)
-            raise Banned("you are banned from posting here")
-        retry_after = verdict.value.wait
+        retry_after = await write_checks.charge(
+            batch,
+            limiter,
+            charges,
+            user.user_id,
+            room,
+            refused="you are banned from posting here",
+            bans=address is not None,
+        )
         claim = Claim(self, user.user_id, idempotency_key, room, charges)
         if claimed is not None:
             first = await claim.first_sent(claimed.value, refused=bool(retry_after))
@@ -191,7 +191,7 @@ class Posting:
                 backend=address is None,
             )
             return message, False
-        await _refund(limiter, charges)
+        await limiter.give_back(*charges)
         return message, True
 
     async def _publish(
@@ -251,7 +251,7 @@ class Claim:
         first = await self.posting.broker.published_with(claimed, self.user_id, self.key)
         if refused:
             return first
-        await _refund(self.posting.limiter, self.charges)
+        await self.posting.limiter.give_back(*self.charges)
         if first is None:
             raise IdempotencyConflict(
                 "this Idempotency-Key is being used for a message to another room; retry shortly",
@@ -284,14 +284,3 @@ class Claim:
             await self.posting.redis.delete(key_used_in(self.user_id, self.key))
         except failures.FAILURES as exc:
             log.debug("idempotency claim not released: %s", exc)
-
-
-async def _refund(limiter: RateLimiter, charges: tuple[tuple[Budget, str], ...]) -> None:
-    """A retry: the message was stored before, and answered now, so what it
-    just took from the budgets goes back (one more round trip, retries only)."""
-    if not charges:
-        return
-    try:
-        await limiter.refund(*charges)
-    except failures.FAILURES as exc:
-        log.debug("budgets not refunded for a retry: %s", exc)

@@ -28,7 +28,6 @@ from ..common.config import Config
 from ..core.errors import BadRequest, NotFound, RateLimited, UnsupportedMediaType
 from ..core.ids import format_id, parse_id
 from ..core.wire import to_json
-from ..store import failures
 from ..store.batch import Batch
 from ..store.keys import members_key, stream_key
 from ..store.ratelimit import Budget, RateLimiter
@@ -97,7 +96,7 @@ class Rooms:
             raise RateLimited("too many read marks; slow down", retry_after=verdict.value.wait)
         last = tail.value
         if last is None:
-            await self._refund(charges)
+            await self.limiter.give_back(*charges)
             raise NotFound(f"no messages in room {room!r}")
         batch = Batch(self.sessions.redis)
         kept = self.marks.mark(
@@ -142,12 +141,6 @@ class Rooms:
                 room for room, member in zip(asked, members.value, strict=True) if member
             )
         return visible
-
-    async def _refund(self, charges: list[tuple[Budget, str]]) -> None:
-        try:
-            await self.limiter.refund(*charges)
-        except failures.FAILURES as exc:
-            log.debug("budgets not refunded for a refused read mark: %s", exc)
 
 
 def _room_json(state: RoomState) -> str:

@@ -21,16 +21,14 @@ import logging
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ..core.errors import BadRequest, Banned, RateLimited, UnsupportedMediaType
+from ..core.errors import BadRequest, RateLimited, UnsupportedMediaType
 from ..core.hub import Hub
 from ..core.typing_notices import WINDOW_S, Recent, TypingNotice
-from ..store import failures
 from ..store.batch import Batch
 from ..store.keys import name_key
-from ..store.moderation_store import banned
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.typing_store import TypingStore
-from . import posting
+from . import posting, write_checks
 from .addresses import owner_of
 from .sessions import Sessions, User
 
@@ -83,15 +81,12 @@ class Typing:
         ]
         batch = Batch(self.redis)
         kept_name = batch.get(name_key(user_id)) if user.name is None else None
-        verdict = self.limiter.charge(batch, *charges)
-        ban = banned(batch, user_id, room)
-        await batch.run()
-        if ban.value:
-            if not verdict.value.wait:
-                await self._refund(charges)
-            raise Banned("you are banned from this room")
-        if verdict.value.wait:
-            raise RateLimited("too many typing notices; slow down", retry_after=verdict.value.wait)
+        refused = "you are banned from this room"
+        wait = await write_checks.charge(
+            batch, self.limiter, charges, user_id, room, refused=refused
+        )
+        if wait:
+            raise RateLimited("too many typing notices; slow down", retry_after=wait)
         recent = self.recent
         if not recent.due(room, user_id):
             return
@@ -110,12 +105,6 @@ class Typing:
         local subscribers, and hold the user's next one here for the window."""
         self.recent.hold(room, user_id)
         self.hub.typing(room, TypingNotice(user_id, name))
-
-    async def _refund(self, charges: list[tuple[Budget, str]]) -> None:
-        try:
-            await self.limiter.refund(*charges)
-        except failures.FAILURES as exc:
-            log.debug("budgets not refunded for a refused typing notice: %s", exc)
 
 
 async def _no_body_or_object(request: web.Request) -> None:
