@@ -39,6 +39,19 @@ async def test_the_worker_s_pool_and_cluster_client_shadow_no_name_of_redis_py()
         await cluster.aclose()
 
 
+async def test_a_pipeline_s_commands_move_to_another_by_its_command_stack(redis: Any) -> None:
+    """What server.store.rounds relies on: a plain pipeline keeps what it will
+    send as (args, options) in ``command_stack``, and another pipeline that
+    gets them sends them with their reply callbacks."""
+    assert not hasattr(aioredis.Redis, "rounds")  # (PipelinedRedis' own attribute)
+    one = redis.pipeline(transaction=False)
+    one.set("moved", "x").get("moved").zadd("moved-z", {"a": 1}).zscore("moved-z", "a")
+    assert [args[0] for args, _ in one.command_stack] == ["SET", "GET", "ZADD", "ZSCORE"]
+    other = redis.pipeline(transaction=False)
+    other.command_stack.extend(one.command_stack)
+    assert await other.execute(raise_on_error=False) == [True, "x", 1, 1.0]
+
+
 async def test_a_connection_given_back_is_idle_again_for_redis_py_too(redis_url: str) -> None:
     pool = aioredis.ConnectionPool.from_url(redis_url, max_connections=1)
     try:

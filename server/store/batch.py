@@ -7,10 +7,11 @@ gets back a :class:`Reply`, a handle that holds what those commands
 answered, parsed by the store, once the batch has run. No caller reads
 another store's replies, or knows their order.
 
-Scripts are sent by sha, as plain ``EVALSHA`` commands (redis-py refuses
-``pipe.evalsha`` on a Redis Cluster, though its pipelines route the
-command by its keys like any other); a script Redis lost (a restart) is
-loaded and run again.
+Batches sent in one iteration of the event loop share one pipeline
+(:mod:`server.store.rounds`). Scripts are sent by sha, as plain
+``EVALSHA`` commands (redis-py refuses ``pipe.evalsha`` on a Redis
+Cluster, though its pipelines route the command by its keys like any
+other); a script Redis lost (a restart) is loaded and run again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+
+from . import rounds
 
 T = TypeVar("T")
 
@@ -85,12 +88,13 @@ class Batch:
         return reply
 
     async def run(self) -> None:
-        """Send every command in one round trip, then fill each reply.
+        """Send every command in one round trip (shared with other batches),
+        then fill each reply.
 
         The first command that failed raises its error, once every command
         was sent (those after it ran too: this is a pipeline, not a
         transaction)."""
-        replies = list(await self._pipe.execute(raise_on_error=False))
+        replies = list(await rounds.execute(self.redis, self._pipe))
         for index, (script, keys, args) in self._scripts.items():
             if isinstance(replies[index], NoScriptError):
                 replies[index] = await script(keys=keys, args=args)

@@ -24,6 +24,7 @@ from ..common import redisurl
 from ..common.config import Config
 from . import connect
 from .redis_compat import closed_by_redis, give_back, packed_by_hiredis
+from .rounds import PipelinedRedis
 from .session_store import SignedRedisStorage, make_storage
 
 CLIENT_OPTIONS: dict[str, Any] = {
@@ -169,7 +170,7 @@ def _client(url: str, *, decode_responses: bool) -> aioredis.Redis:
     kind = redisurl.kind_of(url)
     if kind == "single":
         pool = WaitingPool.from_url(url, decode_responses=decode_responses, **CLIENT_OPTIONS)
-        return aioredis.Redis.from_pool(pool)
+        return PipelinedRedis.from_pool(pool)
     if kind == "cluster":
         options = {
             name: value for name, value in CLIENT_OPTIONS.items() if name != "max_connections"

@@ -1,13 +1,14 @@
 """Open connections as Redis sees them: in their room's presence, and under their owners' limits.
 
-A connection is registered in two round trips: first it takes a slot from
-its user's and its client address's limits on open connections (with the
+A connection is registered in two steps: first it takes a slot from its
+user's and its client address's limits on open connections (with the
 budgets its request is charged, in the same round trip), and only once
 every one allows it does it join its room's presence
-(:mod:`server.store.presence_store`), with its session saved in the same round
-trip: a refused connection writes nothing but counts, and nobody sees it
-come and go. Each limit is a sorted set of
-its owner's connections (members ``worker:id|room``), scored by expiry. An
+(:mod:`server.store.presence_store`), together with the other connections
+joining the room (:mod:`server.store.joins`), its session saved meanwhile:
+a refused connection writes nothing but counts, and nobody sees it come
+and go. Each limit is a sorted set of its owner's connections (members
+``worker:id|room``), scored by expiry. An
 entry is renewed every ``USER_SLICES`` heartbeats (a slice of the
 connections each heartbeat), and lasts twice that; a sweep of a dead
 worker's connections frees their slots at once, so the long expiry only
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,6 +28,7 @@ import redis.asyncio as aioredis
 from . import failures
 from .batch import Batch
 from .batch import run as run_scripts
+from .joins import Joins
 from .keys import (
     SIGNED_OUT_PREFIX,
     address_connections_key,
@@ -92,6 +95,7 @@ class ConnectionRegistry:
         self._held: dict[str, dict[int, Holder]] = {}
         self._ticks = 0
         self._undoing: set[asyncio.Future[None]] = set()
+        self._joins = Joins(redis, self.presence, self._settle)
 
     def user_member(self, room: str, connection_id: int, worker: str | None = None) -> str:
         """A connection in its owners' sets: where it is comes last (see :meth:`set_name`)."""
@@ -157,30 +161,43 @@ class ConnectionRegistry:
     async def join(
         self, room: str, holder: Holder, connection_id: int, *, batch: Batch | None = None
     ) -> None:
-        """Put a connection whose slots are reserved in its room's presence,
-        with the commands of ``batch`` (a session to save) in one round trip."""
+        """Put a connection whose slots are reserved in its room's presence, with
+        the other joins of its round, and run ``batch`` (a session to save) meanwhile."""
         self._held.setdefault(room, {})[connection_id] = holder
-        batch = Batch(self.redis) if batch is None else batch
-        joined = batch.scripts([self.presence.join(room, [(holder, connection_id)])], _only)
+        joined = self._joins.add(room, holder, connection_id)
         try:
-            await batch.run()
+            if batch is not None:
+                await batch.run()
+            await asyncio.shield(joined)
         except BaseException:
             # The join may have been applied: undo it, whatever happens to us.
-            undo = asyncio.ensure_future(self._undo(room, holder, connection_id))
+            undo = asyncio.ensure_future(self._undo(room, holder, connection_id, joined))
             self._undoing.add(undo)
             undo.add_done_callback(self._undoing.discard)
             raise
-        fresh, swept = joined.value
+
+    async def _settle(self, room: str, fresh: bool, swept: list[str], joined: set[int]) -> None:
+        """After a round of joins in ``room``: webhooks told, the slots of the dead
+        workers' connections freed, and, when the lease was new, the others joined again."""
         await self.presence.written(room)
         await self._free(room, swept)
-        if int(fresh):
-            await self._rejoin(room, but=connection_id)
+        if fresh:  # (those waiting for the next round join with it)
+            await self._rejoin(room, but=joined | self._joins.waiting(room))
 
-    async def _undo(self, room: str, holder: Holder, connection_id: int) -> None:
+    async def _undo(
+        self, room: str, holder: Holder, cid: int, joined: asyncio.Future[None]
+    ) -> None:
+        await asyncio.wait([joined])  # (a close before the join is written would miss it)
         try:
-            await self.close(room, holder, connection_id)
+            await self.close(room, holder, cid)
         except failures.FAILURES as exc:
-            log.debug("could not undo the join of connection %s: %s", connection_id, exc)
+            log.debug("could not undo the join of connection %s: %s", cid, exc)
+
+    async def stop(self) -> None:
+        """Wait for the joins and undos on their way."""
+        await self._joins.close()
+        while self._undoing:
+            await asyncio.wait(set(self._undoing))
 
     def _forget(self, room: str, connection_id: int) -> None:
         held = self._held.get(room, {})
@@ -244,12 +261,12 @@ class ConnectionRegistry:
                 pipe.zadd(address_connections_key(holder.address), entry, xx=True)
             await pipe.execute()
 
-    async def _rejoin(self, room: str, but: int | None = None) -> None:
+    async def _rejoin(self, room: str, but: Collection[int] = ()) -> None:
         """Join again the connections a sweep dropped while this worker stalled."""
         held = [
             (holder, connection_id)
             for connection_id, holder in list(self._held.get(room, {}).items())
-            if connection_id != but
+            if connection_id not in but
         ]
         if held:
             ((_, swept),) = await run_scripts(self.redis, self.presence.join(room, held))

@@ -18,6 +18,9 @@ private name of the worker's pool or cluster client (``_wait_s``, ``_free``,
   packed by the connection's ``pack_command(*args) -> list[bytes]``: a
   connection class that overrides it packs them all
   (:func:`packed_by_hiredis`).
+- ``Pipeline.command_stack``: the list of ``(args, options)`` a plain
+  pipeline sends, in order, by which :mod:`server.store.rounds` moves a
+  batch's commands into the pipeline it shares with others.
 
 Documented, so not here: the pools' ``make_connection()`` and
 ``connection_class``, the connections' ``connect()``, ``read_response()``,

@@ -222,6 +222,7 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
 
     async def stop_announcing(app: web.Application) -> None:
         await announcer.close()
+        await registry.stop()
 
     app.cleanup_ctx.extend([sign_in.lifetime(), live_delivery])
     app.on_cleanup.append(stop_announcing)
