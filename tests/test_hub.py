@@ -420,6 +420,24 @@ async def test_the_loop_watch_times_full_garbage_collections() -> None:
     assert watch._on_gc not in gc.callbacks
 
 
+async def test_a_worker_s_start_heap_is_frozen_and_young_collections_are_rarer() -> None:
+    import gc
+
+    from server.web.heartbeat import YOUNG_OBJECTS, FrozenSurvivors
+
+    before = gc.get_threshold()
+    frozen = FrozenSurvivors(Metrics())
+    frozen.start()
+    try:
+        # No collection has run: the heap of the start is out of every one already.
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_OBJECTS, *before[1:])
+    finally:
+        frozen.stop()
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
+
+
 async def test_survivors_of_a_full_collection_are_frozen_until_enough_connections_close() -> None:
     import gc
 

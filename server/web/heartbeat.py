@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 SLOW_TICK_S = 0.1  # a tick longer than this is logged
 TICK_S = 1.0  # about how often the heartbeat ticks
 MAX_PARTS = 15  # the most ticks a heartbeat interval is spread over
+# Allocations (less deallocations) of tracked objects between two
+# collections of the youngest generation (CPython's default is 700).
+YOUNG_OBJECTS = 10_000
 
 
 class LoopWatch:
@@ -102,6 +105,14 @@ class FrozenSurvivors:
     of those open then (and at least ``min_closed``), everything is unfrozen,
     and the next full collection walks it all again. An idle crowd is never
     walked twice; churn costs what it costs without freezing.
+
+    What the worker holds from its start (modules, the app) is frozen at
+    once, so that no collection walks it, not even the first ones. And the
+    youngest generation is collected every :data:`YOUNG_OBJECTS` allocations
+    instead of 700: a burst of connects allocates the objects of each
+    request that lives a few awaits, and at 700 many of them are still alive
+    at a collection and move on to the older generations (and their
+    collections), which then cost a third of a storm's CPU.
     """
 
     def __init__(self, metrics: Metrics, min_closed: int = 1000) -> None:
@@ -112,14 +123,19 @@ class FrozenSurvivors:
         self._scheduled = False
         self._frozen = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._threshold = gc.get_threshold()  # (what stop() restores)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         gc.callbacks.append(self._on_gc)
+        self._threshold = gc.get_threshold()
+        gc.set_threshold(YOUNG_OBJECTS, *self._threshold[1:])
+        self._freeze()
 
     def stop(self) -> None:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        gc.set_threshold(*self._threshold)
         gc.unfreeze()
         self._frozen = False
 
