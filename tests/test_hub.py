@@ -463,3 +463,37 @@ async def test_survivors_of_a_full_collection_are_frozen_until_enough_connection
     finally:
         frozen.stop()
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_worker_holding_many_of_a_counted_room_tells_its_counts_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from server.core import presence
+
+    # 200 local subscribers at 100 count writes a second: a count every 2 s at most.
+    monkeypatch.setattr(presence, "COUNT_WRITES_PER_S", 100)
+    hub = make_hub(MemoryBackend())
+    for n in range(200):
+        await live(hub, f"u-{n}")
+    reads: list[float] = []
+    read = asyncio.Event()
+
+    async def reader(rooms: list[str], list_max: int) -> dict[str, tuple[None, int]]:
+        reads.append(time.monotonic())
+        read.set()
+        return {room: (None, 300 + len(reads)) for room in rooms}
+
+    announcer = presence.Announcer(hub, reader, list_max=200, failures=(OSError,))
+    try:
+        announcer.announce_soon("r")
+        async with asyncio.timeout(5):
+            await read.wait()
+            read.clear()
+            await asyncio.sleep(0.1)  # (the count is told)
+            announcer.announce_soon("r")
+            await read.wait()
+    finally:
+        await announcer.close()
+    assert reads[1] - reads[0] >= 1.9

@@ -6,7 +6,8 @@ clients in the room, and each announces the room here: it reads the room's
 presence and tells its local subscribers. Announcements are batched: a
 burst of joins in one room costs one read and one difference per batch,
 sent to each subscriber once. Rooms too big to list (counts only) are
-announced at most once a second.
+announced at most once a second, and less often where the worker holds
+thousands of their connections (see :data:`COUNT_WRITES_PER_S`).
 
 A subscriber that has a snapshot gets only the difference; a change
 between listed and counted sends everyone a new snapshot.
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 
 PRESENCE_BATCH_S = 0.05  # rooms that list their users
 COUNT_BATCH_S = 1.0  # rooms that only count them
+# A new count goes to every local subscriber of the room: in a room of ten
+# thousand, ten thousand writes. Counts go out less often where a worker
+# holds more of the room's connections than this many a second (up to
+# COUNT_BATCH_MAX_S apart), so that they cost a worker at most that many
+# writes a second, however big the room.
+COUNT_WRITES_PER_S = 2000
+COUNT_BATCH_MAX_S = 10.0
 
 # Reads each room's online users (None above the list limit) and their count.
 Reader = Callable[[list[str], int], Awaitable[dict[str, tuple[Online | None, int]]]]
@@ -58,6 +66,12 @@ async def tell(room: Room, online: Online | None, count: int) -> None:
             sub.deliver(new)
         if n % VISIT_BATCH == 0:
             await asyncio.sleep(0)
+
+
+def count_writes_s(room: Room) -> float:
+    """How long telling the room's local subscribers a new count takes of the
+    worker's budget of :data:`COUNT_WRITES_PER_S`."""
+    return len(room.subscriptions) / COUNT_WRITES_PER_S
 
 
 def difference(old: Presence, new: Presence) -> PresenceDiff | None:
@@ -102,8 +116,10 @@ class Announcer:
         """Announce the room's presence shortly, together with other joins and leaves."""
         if self._closed or room in self._pending:
             return
-        presence = self.hub.rooms[room].presence if room in self.hub.rooms else None
-        delay = COUNT_BATCH_S if presence is not None and presence.online is None else 0
+        local = self.hub.rooms.get(room)
+        delay = 0.0
+        if local is not None and local.presence is not None and local.presence.online is None:
+            delay = min(COUNT_BATCH_MAX_S, max(COUNT_BATCH_S, count_writes_s(local)))
         now = time.monotonic()
         self._pending[room] = max(now + PRESENCE_BATCH_S, self._last.get(room, 0) + delay)
         self._wake.set()
@@ -128,8 +144,8 @@ class Announcer:
                 await self.announce(due)
             except self.failures as exc:
                 log.debug("presence not announced (%s); the next tick will", exc)
-        # Forget rooms whose one-a-second limit has passed.
-        cutoff = time.monotonic() - COUNT_BATCH_S
+        # Forget rooms whose limit has passed.
+        cutoff = time.monotonic() - COUNT_BATCH_MAX_S
         self._last = {room: when for room, when in self._last.items() if when > cutoff}
 
     async def close(self) -> None:

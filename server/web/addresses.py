@@ -11,6 +11,7 @@ added) and the first address that is not a trusted proxy is the client's.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -19,6 +20,13 @@ from aiohttp import hdrs, web
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# A stream's request asks for its client's address several times (the
+# connection's count, forwarding, budgets, limits), and a client connects
+# again and again: parsed once, while it is among the recent ones.
+RECENT_ADDRESSES = 4096
+
+
+@functools.lru_cache(maxsize=RECENT_ADDRESSES)
 def parse_address(value: str) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(value.strip().strip("[]"))
@@ -54,6 +62,7 @@ class Proxies:
         return str(address)
 
 
+@functools.lru_cache(maxsize=RECENT_ADDRESSES)
 def owner_of(address: str | None) -> str:
     """The owner an address's budgets and limits are kept under (see
     :mod:`server.store.ratelimit`): an IPv6 client has a whole /64."""
