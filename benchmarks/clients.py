@@ -12,8 +12,14 @@ less per delivery leaves more CPU to the server it measures. Each client:
 - answers WebSocket pings and socket.io's Engine.IO pings;
 - reads each message's sequence number and send time from its text
   (``bench <seq> <perf_counter_ns>``) and its id, without decoding the JSON;
-- counts lost, duplicate and out-of-order messages, and reconnects (the chat
-  server's clients resume after the last id they saw, as its page does).
+  an edit's (``message_updated``, text ``bench-edit <seq> <perf_counter_ns>``)
+  the same way, with the id of its own entry in the room's stream;
+- counts lost, duplicate and out-of-order deliveries, and reconnects (the chat
+  server's clients resume after the last id they saw, as its page does);
+- counts typing notices apart (neither deliveries nor lost), and on a
+  WebSocket can say that its user is typing (:meth:`Subscriber.send_typing`;
+  an SSE stream's user says it with a POST, with the session cookie its
+  stream was given: :attr:`Subscriber.cookie`).
 
 ``Placement`` evens the clients out over the server's processes: a stream
 that lands on a process that has its share already is closed and opened again.
@@ -39,7 +45,11 @@ from server.core.ids import parse_id
 
 TEXT_PREFIX = "bench "
 TEXT_RE = re.compile(rb'"text": ?"bench (\d+) (\d+)"')
+EDIT_PREFIX = "bench-edit "
+EDIT_RE = re.compile(rb'"text": ?"bench-edit (\d+) (\d+)"')
 ID_RE = re.compile(rb'"id": ?"([^"]*)"')
+EVENT_ID_RE = re.compile(rb'"event_id": ?"([^"]*)"')
+TYPING_FRAME = b'{"type":"typing"}'
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 MAX_PLACEMENT_ATTEMPTS = 40
 WS_HANDSHAKE = (
@@ -83,8 +93,11 @@ class Recorder:
 
     def reset(self) -> None:
         self.latencies = array.array("d")  # milliseconds, one per delivery
-        self.deliveries = 0
+        self.deliveries = 0  # new messages and edits (message_updated) of the benchmark's
+        self.updates = 0  # of those, edits
         self.first_copies = 0  # deliveries that were not duplicates
+        self.typing = 0  # typing notices (not deliveries: nothing is lost if one is missed)
+        self.error_frames = 0  # WebSocket error frames: a typing notice refused
         self.last_ns = 0
         self.other_events = 0  # presence, pings, retry hints...
         self.other_bytes = 0
@@ -178,6 +191,7 @@ class Subscriber:
         self.close_reasons: Counter[str] = Counter()
         self.error = ""
         self.status = 0  # HTTP status of the last answer
+        self.cookie = b""  # the session cookie of the last answer (name=value), if it set one
         self.connect_s = 0.0  # from the connect until the stream was open
         self.opened_at = 0.0  # time.monotonic() then
         self.ready = asyncio.Event()  # the stream is open (set once)
@@ -277,22 +291,50 @@ class Subscriber:
         self.process = process
         return True
 
+    def send_typing(self) -> bool:
+        """Say on the WebSocket that this stream's user is typing; False when
+        it cannot now (not a WebSocket, or not open)."""
+        stream = self.stream
+        if self.kind != "ws" or stream is None or not self.ready.is_set():
+            return False
+        return stream.send_text(TYPING_FRAME)
+
+    def _in_order(self, entry_id: bytes | None) -> None:
+        """A chat event with this id in the room's stream arrived: it must come
+        after the last one (and a reconnect resumes after it)."""
+        if not self.ordered or not entry_id:
+            return
+        key = parse_id(entry_id.decode()) or (0, 0)
+        if key <= self.last_key:
+            self.out_of_order += 1
+            self.recorder.out_of_order += 1
+        else:
+            self.last_key, self.last_id = key, entry_id
+
     def on_message(self, data: bytes, now: int) -> None:
         """A chat message (its JSON, as bytes) arrived at ``now`` (perf_counter_ns)."""
-        recorder = self.recorder
-        if self.ordered:
-            found = ID_RE.search(data)
-            if found:
-                key = parse_id(found.group(1).decode()) or (0, 0)
-                if key <= self.last_key:
-                    self.out_of_order += 1
-                    recorder.out_of_order += 1
-                else:
-                    self.last_key, self.last_id = key, found.group(1)
+        found = ID_RE.search(data)
+        self._in_order(found.group(1) if found else None)
         bench = TEXT_RE.search(data)
         if bench is None:
             return  # a warm-up message
-        seq = int(bench.group(1))
+        self._count(int(bench.group(1)), int(bench.group(2)), now)
+
+    def on_update(self, data: bytes, entry_id: bytes | None, now: int) -> None:
+        """An edit (``message_updated``: the whole message, its JSON as bytes)
+        arrived at ``now``; ``entry_id`` is the edit's own id in the stream."""
+        self._in_order(entry_id)
+        edit = EDIT_RE.search(data)
+        if edit is None:
+            self.recorder.other_events += 1  # not one of the benchmark's edits
+            return
+        self.recorder.updates += 1
+        self._count(int(edit.group(1)), int(edit.group(2)), now)
+
+    def _count(self, seq: int, sent_ns: int, now: int) -> None:
+        """Delivery ``seq`` (a new message or an edit: one sequence for both)
+        arrived at ``now``; it was sent at ``sent_ns``."""
+        recorder = self.recorder
         counts = self.counts
         if seq >= len(counts):
             counts.extend(bytes(max(seq + 1 - len(counts), len(counts))))
@@ -306,7 +348,7 @@ class Subscriber:
             counts[seq] = 1
             recorder.first_copies += 1
         recorder.deliveries += 1
-        recorder.latencies.append((now - int(bench.group(2))) / 1e6)
+        recorder.latencies.append((now - sent_ns) / 1e6)
         recorder.last_ns = now
 
     def received(self, seq: int) -> bool:
@@ -399,6 +441,9 @@ class Stream(asyncio.Protocol):
             self._close("replaced")
             return False
         self._chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+        cookie = headers.get(b"set-cookie")
+        if cookie:
+            self.sub.cookie = cookie.split(b";", 1)[0]
         if b"permessage-deflate" in headers.get(b"sec-websocket-extensions", b""):
             self._inflate = zlib.decompressobj(-15)
         if self.kind != "eio":
@@ -440,16 +485,27 @@ class Stream(asyncio.Protocol):
             self._events = events
             return
         *complete, self._events = events.split(b"\n\n")
-        recorder = self.sub.recorder
         for event in complete:
-            if event.startswith(b"event: message\n"):
-                start = event.find(b"\ndata:")
-                if start >= 0:
-                    stop = event.find(b"\n", start + 6)
-                    self.sub.on_message(event[start + 6 : stop if stop >= 0 else None], now)
-                    continue
-            recorder.other_events += 1
-            recorder.other_bytes += len(event) + 2
+            self._sse_event(event, now)
+
+    def _sse_event(self, event: bytes, now: int) -> None:
+        """One whole SSE event (its lines, without the blank line after them)."""
+        sub = self.sub
+        if event.startswith(b"event: message\n"):
+            data = _sse_field(event, b"data")
+            if data is not None:
+                sub.on_message(data, now)
+                return
+        elif event.startswith(b"event: message_updated\n"):
+            data = _sse_field(event, b"data")
+            if data is not None:
+                sub.on_update(data, _sse_field(event, b"id"), now)
+                return
+        elif event.startswith(b"event: typing\n"):
+            sub.recorder.typing += 1
+            return
+        sub.recorder.other_events += 1
+        sub.recorder.other_bytes += len(event) + 2
 
     # -- WebSocket
 
@@ -498,6 +554,13 @@ class Stream(asyncio.Protocol):
             payload = self._inflate.decompress(payload + b"\x00\x00\xff\xff")
         self._on_text(payload, now)
 
+    def send_text(self, payload: bytes) -> bool:
+        """Send a WebSocket text frame; False when the connection is closing."""
+        if self.transport is None or self.transport.is_closing():
+            return False
+        self._send_ws(0x1, payload)
+        return True
+
     def _send_ws(self, opcode: int, payload: bytes) -> None:
         """A masked client frame (RFC 6455 5.3)."""
         if self.transport is None or self.transport.is_closing():
@@ -515,11 +578,7 @@ class Stream(asyncio.Protocol):
 
     def _on_text(self, text: bytes, now: int) -> None:
         if self.kind == "ws":
-            if text.startswith(b'{"type":"message"'):
-                self.sub.on_message(text, now)
-            else:
-                self.sub.recorder.other_events += 1
-                self.sub.recorder.other_bytes += len(text)
+            self._chat_frame(text, now)
             return
         # socket.io: Engine.IO packet type, then Socket.IO packet type.
         if text.startswith(b'42["message"'):
@@ -538,6 +597,34 @@ class Stream(asyncio.Protocol):
         else:
             self.sub.recorder.other_events += 1
             self.sub.recorder.other_bytes += len(text)
+
+    def _chat_frame(self, text: bytes, now: int) -> None:
+        """A text frame of the chat server's WebSocket."""
+        sub = self.sub
+        if text.startswith(b'{"type":"message"'):
+            sub.on_message(text, now)
+        elif text.startswith(b'{"type":"message_updated"'):
+            found = EVENT_ID_RE.search(text)
+            sub.on_update(text, found.group(1) if found else None, now)
+        elif text.startswith(b'{"type":"typing"'):
+            sub.recorder.typing += 1
+        else:
+            if text.startswith(b'{"type":"error"'):
+                sub.recorder.error_frames += 1
+            sub.recorder.other_events += 1
+            sub.recorder.other_bytes += len(text)
+
+
+def _sse_field(event: bytes, name: bytes) -> bytes | None:
+    """The value of an SSE event's field (its first line of that name), or None."""
+    start = event.find(b"\n" + name + b":")
+    if start < 0:
+        return None
+    start += len(name) + 2
+    if event[start : start + 1] == b" ":
+        start += 1
+    stop = event.find(b"\n", start)
+    return event[start : stop if stop >= 0 else None]
 
 
 async def open_all(

@@ -7,7 +7,9 @@ broadcaster in ``benchmarks/peer_bare.py``, the ceiling; ``socketio``:
 python-socketio in ``benchmarks/peer_socketio.py``; only with ``--targets``,
 the variants of chat in ``benchmarks/variants.py``: ``chat-signed``, every
 client signed in with a token; ``chat-api``, every message posted through
-the server API; ``chat-webhooks``, webhooks on), starts the target with
+the server API; ``chat-webhooks``, webhooks on; ``chat-features``, a tenth
+of the requests edits and every stream typing once every 10 s), starts the
+target with
 ``--workers`` processes (2 by default), measures it, and stops it. It prints
 a table per case with the ratios chat/bare and chat/socketio (and
 <variant>/chat for each variant in the run), writes everything
@@ -52,6 +54,9 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
     python -m benchmarks.loadgen --scenario fanout --subscribers 100 --transport ws \\
         --rate 100 --duration 30 --targets chat,chat-webhooks,chat-api \\
         --json benchmarks/results/fanout-variants.json
+    python -m benchmarks.loadgen --scenario fanout --subscribers 1000 --transport mixed \\
+        --rate 10 --duration 30 --targets chat,chat-features \\
+        --json benchmarks/results/fanout-features.json
     python -m benchmarks.report benchmarks/results > BENCHMARKS.rst
 
 (``benchmarks/acceptance.sh`` runs exactly these.) Exit code: 0, 1 when the
@@ -115,7 +120,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated, in order, of chat, bare, socketio and chat's variants, each "
         "compared with chat in the same run: chat-signed (every client signed in with a "
         "token of its own), chat-api (every message posted through the server API), "
-        "chat-webhooks (webhooks on, to a receiver the harness runs)",
+        "chat-webhooks (webhooks on, to a receiver the harness runs), chat-features (a "
+        "tenth of the requests edits, every stream typing once every 10 s)",
     )
     parser.add_argument("--workers", type=int, default=2, help="processes per target")
     parser.add_argument(
@@ -134,6 +140,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, help="messages per second [fanout 10, rooms 100]")
     parser.add_argument("--duration", type=float, help="seconds of publishing [20]")
     parser.add_argument("--senders", type=int, default=8, help="concurrent POST senders")
+    parser.add_argument(
+        "--typing-every",
+        type=float,
+        default=10.0,
+        help="chat-features: each stream's user says it is typing once every this many seconds",
+    )
     parser.add_argument("--room", default="bench", help="the room of one-room scenarios")
     parser.add_argument(
         "--rooms", default="10,1000", help="rooms: numbers of rooms K, one case each"
@@ -238,8 +250,10 @@ def complete(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
         parser.error(
             "--workers, --subscribers, --senders, --rooms and --connections must be at least 1"
         )
-    if opts.rate <= 0 or opts.duration <= 0 or opts.step_factor <= 1:
-        parser.error("--rate and --duration must be positive, --step-factor above 1")
+    if opts.rate <= 0 or opts.duration <= 0 or opts.typing_every <= 0 or opts.step_factor <= 1:
+        parser.error(
+            "--rate, --duration and --typing-every must be positive, --step-factor above 1"
+        )
 
 
 async def measure_target(
@@ -257,7 +271,12 @@ async def measure_target(
             "the idle scenario spreads its streams over several processes"
         )
     server = ServerOptions(
-        opts.workers, opts.loop, opts.backlog, opts.send_buffer, users=opts.subscribers
+        opts.workers,
+        opts.loop,
+        opts.backlog,
+        opts.send_buffer,
+        users=opts.subscribers,
+        typing_every_s=opts.typing_every,
     )
     target = cls(server, ctx.redis, workdir)
     ctx.redis.flush()
@@ -336,7 +355,12 @@ def details_text(name: str, figures: dict[str, Any]) -> str:
         lines.append(f"  FAILED: {figures['error']}")
     for key, value in figures.get("details", {}).items():
         lines.append(f"  {key.replace('_', ' ')}: {value}")
-    for key in ("publish_failure_kinds", "reconnect_reasons", "failed_reason"):
+    for key in (
+        "publish_failure_kinds",
+        "typing_refused_kinds",
+        "reconnect_reasons",
+        "failed_reason",
+    ):
         if figures.get(key):
             lines.append(f"  {key.replace('_', ' ')}: {figures[key]}")
     for step in figures.get("steps", []):

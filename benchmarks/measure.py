@@ -22,6 +22,7 @@ from .progress import LoopLag, Progress, showing
 from .publisher import Publisher, Window
 from .tables import is_chat
 from .targets import BenchError, Target, stream_kinds
+from .typists import Typists
 
 MIB = 2**20
 
@@ -208,7 +209,9 @@ async def publishing(
     target's senders do (a visitor's cookie, a token, a server API key...),
     open until the block ends; each sender posts a warm-up message to
     ``room``, and the block starts ``wait`` s later."""
-    publisher = Publisher(target.base_url, target.senders(senders or ctx.opts.senders))
+    publisher = Publisher(
+        target.base_url, target.senders(senders or ctx.opts.senders), target.edit_every
+    )
     try:
         await publisher.open(room)
         await asyncio.sleep(wait)  # the warm-up messages are delivered and ignored
@@ -259,7 +262,13 @@ async def publish_and_drain(
     every stream has every message (or nothing more arrived for ``drain_timeout`` s)
     and the target has done what else it owes them (its webhooks, say), and measure
     the window: deliveries, latency, loss, CPU of the server, Redis and the load
-    generator."""
+    generator.
+
+    For a target whose senders also edit (``edit_every``), a delivery is a new
+    message's or an edit's: each is expected once on every stream of its room.
+    For one whose streams' users type (``typing_every_s``), they type while the
+    publishing lasts (:class:`~benchmarks.typists.Typists`); the notices they
+    get are counted apart, not as deliveries."""
     recorder = crowd.recorder
     recorder.reset()
     lag = LoopLag()
@@ -269,6 +278,11 @@ async def publish_and_drain(
     redis_cpu0 = cpu_seconds([ctx.redis.pid])
     own_cpu0 = own_cpu_seconds()
     target.before_publishing()
+    typists = (
+        Typists(target.base_url, crowd.live, target.typing_every_s)
+        if target.typing_every_s
+        else None
+    )
     wall0 = time.perf_counter()
 
     def publishing() -> tuple[str, float, str]:
@@ -278,7 +292,12 @@ async def publish_and_drain(
         return (f"{label} publish", elapsed / duration, f"{recorder.deliveries} deliveries, {sent}")
 
     async with showing(ctx.progress, publishing):
-        window = await publisher.run(rate, duration, room_of)
+        if typists is None:
+            window = await publisher.run(rate, duration, room_of)
+        else:
+            window, _ = await asyncio.gather(
+                publisher.run(rate, duration, room_of), typists.run(duration)
+            )
     rooms = crowd.by_room()
     expected = sum(len(rooms.get(window.rooms[seq], ())) for seq in window.accepted)
     last_progress, last_count = time.monotonic(), -1
@@ -300,9 +319,15 @@ async def publish_and_drain(
     redis_cpu = cpu_seconds([ctx.redis.pid]) - redis_cpu0
     own_cpu = own_cpu_seconds() - own_cpu0
     await lag.stop()
+    features: dict[str, Any] = {}
+    if target.edit_every:
+        features.update(edits=len(window.edits), update_deliveries=recorder.updates)
+    if typists is not None:
+        features.update(typists.figures(recorder.error_frames), typing_received=recorder.typing)
     return (
         tally(window, crowd, expected)
         | owed
+        | features
         | {
             "server_cpu_s": server_cpu,
             "server_cpu_percent": server_cpu / wall * 100,

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from .clients import TEXT_PREFIX
+from .clients import EDIT_PREFIX, ID_RE, TEXT_PREFIX
 from .targets import BenchError, Sender
 
 
@@ -23,7 +23,8 @@ class Window:
     first_seq: int
     total: int  # messages due (0 when publishing as fast as possible)
     rooms: dict[int, str] = dataclasses.field(default_factory=dict)  # seq -> room
-    accepted: list[int] = dataclasses.field(default_factory=list)
+    accepted: list[int] = dataclasses.field(default_factory=list)  # new messages and edits
+    edits: list[int] = dataclasses.field(default_factory=list)  # of those, the edits
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
     round_trips: array.array[float] = dataclasses.field(default_factory=lambda: array.array("d"))
     lags: array.array[float] = dataclasses.field(default_factory=lambda: array.array("d"))
@@ -44,14 +45,23 @@ class Publisher:
     A slow server does not slow the schedule down: messages wait in the queue,
     and how long they waited is reported as the schedule lag. The text of
     message ``seq`` is ``bench <seq> <perf_counter_ns when its POST started>``.
+
+    With ``edit_every`` n, every n-th request (``seq % n == n - 1``) is an
+    edit instead of a new message, in the same schedule: the sender that
+    takes it PATCHes the last message it posted (its author; the id from its
+    201 answer, its warm-up message's at first) with the text ``bench-edit
+    <seq> <perf_counter_ns>``. Every subscriber gets it once, as it gets a
+    message, so it is counted as one (in ``accepted``, and also in ``edits``).
     """
 
-    def __init__(self, base_url: str, senders: Sequence[Sender]) -> None:
+    def __init__(self, base_url: str, senders: Sequence[Sender], edit_every: int = 0) -> None:
         self.base_url = base_url
         self.senders = list(senders)
+        self.edit_every = edit_every
         self.next_seq = 0
         self.window: Window | None = None
         self._sessions: list[aiohttp.ClientSession] = []
+        self._last_posted: list[tuple[str, str]] = []  # per sender: (room, id) of its last message
 
     async def open(self, room: str) -> None:
         """Open the senders' sessions and post one warm-up message on each."""
@@ -73,6 +83,11 @@ class Publisher:
                     raise BenchError(f"warm-up POST answered {resp.status}: {await resp.text()}")
                 if spec.user_id is not None:
                     self._check_author(i, spec.user_id, await resp.json())
+                if self.edit_every:  # (its first edit is of this message)
+                    found = ID_RE.search(await resp.read())
+                    if found is None:
+                        raise BenchError(f"sender {i}'s warm-up answer has no message id")
+                    self._last_posted.append((room, found.group(1).decode()))
 
     @staticmethod
     def _check_author(i: int, user_id: str, answer: Any) -> None:
@@ -86,23 +101,37 @@ class Publisher:
         for session in self._sessions:
             await session.close()
         self._sessions = []
+        self._last_posted = []
 
     async def _post(self, i: int, seq: int, room_of: Callable[[int], str], window: Window) -> None:
-        """Sender ``i`` posts message ``seq``, and the window counts how it went."""
+        """Sender ``i`` posts message ``seq`` (or edits its last one, when
+        ``seq`` is an edit's), and the window counts how it went."""
+        edit = self.edit_every > 0 and seq % self.edit_every == self.edit_every - 1
         spec, session = self.senders[i], self._sessions[i]
-        room = window.rooms[seq] = room_of(seq)
+        if edit:
+            room, message_id = self._last_posted[i]
+            window.rooms[seq] = room
+            method, path, ok = "PATCH", f"/api/rooms/{room}/messages/{message_id}", 200
+            body, text = {}, f"{EDIT_PREFIX}{seq}"
+        else:
+            room = window.rooms[seq] = room_of(seq)
+            method, path, ok = "POST", spec.path.format(room=room), 201
+            body, text = dict(spec.body), f"{TEXT_PREFIX}{seq}"
         window.started += 1
         sent_ns = time.perf_counter_ns()
         try:
-            async with session.post(
-                spec.path.format(room=room),
-                json={**spec.body, "text": f"{TEXT_PREFIX}{seq} {sent_ns}"},
+            async with session.request(
+                method, path, json={**body, "text": f"{text} {sent_ns}"}
             ) as resp:
-                await resp.read()
-                if resp.status == 201:
+                answer = await resp.read()
+                if resp.status == ok:
                     window.accepted.append(seq)
+                    if edit:
+                        window.edits.append(seq)
+                    elif self.edit_every and (found := ID_RE.search(answer)):
+                        self._last_posted[i] = (room, found.group(1).decode())
                 else:
-                    window.failures[f"HTTP {resp.status}"] += 1
+                    window.failures[f"{'PATCH ' if edit else ''}HTTP {resp.status}"] += 1
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             window.failures[type(exc).__name__] += 1
         window.round_trips.append((time.perf_counter_ns() - sent_ns) / 1e6)

@@ -80,6 +80,17 @@ The targets
   ``webhook_secret``. After the deliveries the harness waits, within the
   window whose CPU it counts, until the receiver has every published
   message's event; one missing fails the run.
+- **chat-features**: the same server with chat's settings, its clients
+  using edits and typing as a chat's users do: every tenth request of the
+  publishing schedule is an edit instead of a new message (a ``PATCH`` by
+  the sender of the last message it posted, as its author), and every
+  stream's user says it is typing once every 10 s, the streams taking turns
+  evenly (a WebSocket stream with the ``{"type": "typing"}`` frame, an SSE
+  stream's user with ``POST .../typing`` and its stream's session cookie).
+  A delivery is a new message's or an edit's arrival (``message_updated``),
+  each checked once and in order per stream; typing notices are counted
+  apart, their cost is in the server's CPU. In a room over
+  ``presence_list_max`` (200) the server sends no typing notices.
 - **bare**: ``benchmarks/peer_bare.py``, the Python ceiling: the least an
   aiohttp server on uvloop can do to deliver chat messages through Redis. N
   forked processes share one listening socket, each with one Redis pub/sub
@@ -100,7 +111,8 @@ and chat/socketio; each variant in a run is shown over chat: chat-signed/chat
 is what signing in costs (fan-out: CPU per delivery and per connect; storm:
 CPU per opened stream), chat-api/chat what publishing through the server
 API costs (CPU per message), chat-webhooks/chat what webhooks cost (the POST
-round trip's p99 at 100 msg/s, CPU per message). For times, CPU and memory
+round trip's p99 at 100 msg/s, CPU per message), chat-features/chat what
+edits and typing cost (CPU per delivery). For times, CPU and memory
 lower is better; for delivery rates higher is better.
 
 How it measures
@@ -127,7 +139,8 @@ How it measures
 - **Latency**: from the start of the ``POST`` to the arrival of the frame at
   the subscriber, on one clock (the load generator's).
 - **Lost, duplicate, out of order**: per stream, by sequence number, against
-  every message answered 201; order by message id. After the publishing the
+  every message answered 201 (for **chat-features**, and every edit answered
+  200); order by message id (an edit's: its own entry's id). After the publishing the
   harness waits until every stream has every message, or until nothing
   arrived for a while.
 - **CPU**: user + system time from ``/proc/PID/stat`` of every process of the
@@ -262,7 +275,12 @@ def details(name: str, figures: dict[str, Any]) -> list[str]:
     for key, value in figures.get("details", {}).items():
         if value or value == 0:
             facts.append(f"{key.replace('_', ' ')} {literal(value)}")
-    for key in ("publish_failure_kinds", "reconnect_reasons", "failed_reason"):
+    for key in (
+        "publish_failure_kinds",
+        "typing_refused_kinds",
+        "reconnect_reasons",
+        "failed_reason",
+    ):
         if figures.get(key):
             facts.append(f"{key.replace('_', ' ')} {literal(figures[key])}")
     if figures.get("other_events"):

@@ -7,7 +7,8 @@ link to the run's full section. Labels, formats and figures all come from the
 run's JSON; this module only chooses which rows of it are the headline.
 
 Under the table, once a run measured the chat server both as it is and as
-one of its variants (``chat-signed``, ``chat-api``, ``chat-webhooks``), a
+one of its variants (``chat-signed``, ``chat-api``, ``chat-webhooks``,
+``chat-features``), a
 "variants" block gives a line for each such variant: its figures over chat's
 from the latest such run of each scenario in ``VARIANTS``, each beside its
 goal.
@@ -90,6 +91,14 @@ VARIANTS = {
         "every message's event POSTed to a receiver of the harness's",
         {"fanout": (("publish_rtt_p99_ms", 1.1), (CPU_PER_MESSAGE, None))},
         own=("webhook_missing", "webhook_latency_p99_ms"),
+        rate=True,
+    ),
+    "chat-features": Variant(
+        "Edits and typing",
+        "a tenth of the requests edits, every stream typing, by default every 10 s; a "
+        "delivery is a new message's or an edit's",
+        {"fanout": (("server_cpu_ms_per_1k_deliveries", 1.1),)},
+        own=("typing_sent", "typing_received"),
         rate=True,
     ),
 }

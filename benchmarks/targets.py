@@ -87,6 +87,7 @@ class ServerOptions:
     backlog: int = 1024
     send_buffer: int | None = None  # the chat server's per-connection buffer; None: its default
     users: int = 1  # targets whose clients sign in: one user (a token) per stream, this many
+    typing_every_s: float = 10.0  # targets whose streams' users type: each once every this long
 
 
 class Target:
@@ -97,6 +98,10 @@ class Target:
     pid_header: ClassVar[str] = ""  # response header naming the process that serves a stream
     kinds: ClassVar[tuple[str, ...]] = ("sse", "ws")  # stream kinds it serves
     resumes: ClassVar[bool] = False  # takes a resume id on reconnect
+    # Its senders edit: every n-th request edits the sender's last message (0: none).
+    edit_every: ClassVar[int] = 0
+    # Its streams' users each say they are typing once every this many seconds (0: never).
+    typing_every_s: float = 0.0
 
     def __init__(self, opts: ServerOptions, redis: RedisProcess, workdir: str) -> None:
         self.opts = opts

@@ -14,7 +14,11 @@ column, and the summary of ``BENCHMARKS.rst`` a line for the variant
   costs;
 - ``chat-webhooks``: ``webhook_url`` pointing at a receiver the harness runs
   (``benchmarks/hook_receiver.py``, a process of its own): what webhooks
-  cost, and whether every published message's event arrived.
+  cost, and whether every published message's event arrived;
+- ``chat-features``: the same server and settings as ``chat``, used as a chat
+  is: a tenth of the senders' requests are edits, and every stream's user
+  types once every 10 s (:class:`ChatFeaturesTarget`): what edits and typing
+  cost.
 """
 
 from __future__ import annotations
@@ -205,6 +209,42 @@ class ChatWebhooksTarget(ChatTarget):
         }
 
 
+class ChatFeaturesTarget(ChatTarget):
+    """The chat server as ``chat`` (same settings, same budgets, raised as
+    there), its clients using the features beside posting:
+
+    - edits: every 10th request of the publishing schedule is an edit
+      instead of a new message, at the same total rate. The sender that
+      takes it PATCHes the last message it posted, as its author (the id
+      from its 201 answer: :class:`~benchmarks.publisher.Publisher`). Every
+      stream gets it as ``message_updated`` (SSE event, WebSocket frame),
+      checked once and in order as a message is;
+    - typing: every stream's user says it is typing once every 10 s
+      (``--typing-every``), the streams taking turns evenly over the window
+      (:class:`~benchmarks.typists.Typists`): a WebSocket stream with the
+      ``{"type": "typing"}`` frame, an SSE stream's user with ``POST
+      .../typing`` and its stream's session cookie.
+
+    What is compared with ``chat``: server CPU per delivery, where a delivery
+    is a new message's or an edit's arrival on a stream (each expected once
+    per stream; lost and duplicates count both). Typing notices are extra
+    cost: the CPU they take (receiving, budgets, fan-out) is in the
+    numerator, the notices the streams receive are not deliveries (reported
+    as ``typing_received``, beside ``typing_sent``). In a room over
+    ``presence_list_max`` (200 by default: the 1,000-stream fan-out) the
+    server sends no typing notices, so there typing costs the server what
+    receiving and checking a notice takes.
+    """
+
+    name = "chat-features"
+    description = "the chat server, a tenth of the requests edits, every stream typing"
+    edit_every = 10
+
+    def __init__(self, opts: ServerOptions, redis: RedisProcess, workdir: str) -> None:
+        super().__init__(opts, redis, workdir)
+        self.typing_every_s = opts.typing_every_s
+
+
 TARGETS: dict[str, type[Target]] = {
     t.name: t
     for t in (
@@ -212,6 +252,7 @@ TARGETS: dict[str, type[Target]] = {
         ChatSignedTarget,
         ChatApiTarget,
         ChatWebhooksTarget,
+        ChatFeaturesTarget,
         BareTarget,
         SocketioTarget,
     )

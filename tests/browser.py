@@ -236,6 +236,24 @@ def expect_history_loaded(tab: Tab, message: dict[str, Any]) -> None:
     expect(tab.page.locator("#me")).not_to_have_text(re.compile(r"^(…)?$"))
 
 
+def row(tab: Tab, text: str) -> Any:
+    """The list entry of the message whose text is ``text``."""
+    exact = re.compile(f"^{re.escape(text)}$")
+    return tab.page.locator("#messages .message").filter(
+        has=tab.page.locator(".text", has_text=exact)
+    )
+
+
+def tab_to(tab: Tab, selector: str, key: str = "Shift+Tab", most: int = 40) -> None:
+    """Press ``key`` until the focus is on ``selector``; it must show where it is."""
+    for _ in range(most):
+        tab.page.keyboard.press(key)
+        if tab.page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            assert tab.page.evaluate("document.activeElement.matches(':focus-visible')")
+            return
+    raise AssertionError(f"{selector} not reached with {key}")
+
+
 def rendered_ids(tab: Tab) -> list[str]:
     ids: list[str] = tab.page.eval_on_selector_all(
         "#messages .message[data-id]", "(els) => els.map((el) => el.dataset.id)"

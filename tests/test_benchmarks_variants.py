@@ -1,12 +1,14 @@
 """The benchmark's variants of the chat target that publish otherwise
-(``chat-api``) or with webhooks on (``chat-webhooks``), and the ``publish``
-scenario.
+(``chat-api``), with webhooks on (``chat-webhooks``) or with edits and
+typing among the traffic (``chat-features``), and the ``publish`` scenario.
 
 ``chat-api``'s senders must really post through the server API with its key
 (else it would compare the browsers' POST with itself), ``chat-webhooks``'
 receiver must get every published message's event (else the run says so),
-and a run with them shows each variant over chat in its table and in the
-summary's variants block.
+``chat-features``' edits must reach every stream once, in order, as messages
+do, and its streams' users must really type (over both transports); a run
+with them shows each variant over chat in its table and in the summary's
+variants block.
 """
 
 from __future__ import annotations
@@ -161,3 +163,45 @@ def test_a_run_with_the_variants_shows_each_over_chat(tmp_path: pathlib.Path) ->
 def test_the_committed_results_render_as_before() -> None:
     text = report(ROOT / "benchmarks" / "results")
     assert text == (ROOT / "BENCHMARKS.rst").read_text()
+
+
+def test_a_run_with_edits_and_typing_delivers_every_edit_once_and_counts_typing_apart(
+    tmp_path: pathlib.Path,
+) -> None:
+    streams, requests = 5, 40  # (20 a second for 2 s)
+    run = loadgen(
+        tmp_path, "fanout-features", "--scenario", "fanout", "--subscribers", str(streams),
+        "--transport", "mixed", "--rate", "20", "--duration", "2", "--typing-every", "2",
+        "--targets", "chat,chat-features",
+    )  # fmt: skip
+    results = run["cases"][0]["results"]
+    assert list(results) == ["chat", "chat-features"]
+    plain, features = results["chat"], results["chat-features"]
+    # The same number of requests; a tenth of chat-features' are edits, and every
+    # stream gets each edit once, in order, as it gets each new message.
+    for figures in (plain, features):
+        assert figures["published"] == requests and figures["publish_failures"] == 0, figures
+        assert figures["deliveries"] == figures["expected_deliveries"] == requests * streams
+        assert figures["lost"] == figures["duplicates"] == figures["out_of_order"] == 0
+    assert features["edits"] == requests // 10
+    assert features["update_deliveries"] == features["edits"] * streams
+    # Every stream's user typed once in the window (3 SSE streams' users with a POST,
+    # 2 WebSocket streams with a frame), none refused; the others got the notices,
+    # counted apart from the deliveries.
+    assert features["typing_sent"] == streams and features["typing_skipped"] == 0, features
+    assert features["typing_refused"] == 0, features["typing_refused_kinds"]
+    assert 0 < features["typing_received"] <= streams * (streams - 1)
+    assert not {"edits", "update_deliveries", "typing_sent", "typing_received"} & set(plain)
+
+    text = report(tmp_path)
+    headers = [line.split() for line in text.splitlines() if line.startswith("metric ")]
+    assert headers == [["metric", "chat", "chat-features", "chat-features/chat"]]
+    rows = {line.split("  ")[0] for line in text.splitlines()}
+    assert {"of those, edits (200)", "typing notices received"} <= rows
+    block = " ".join(text[: text.index("The targets\n")].split())
+    assert "- Edits and typing, chat-features/chat (" in block
+    assert (
+        "fan-out (5 mixed at 20 msg/s, `fanout-features`_): server CPU per 1k deliveries " in block
+    )
+    assert "(goal 1.1: " in block
+    assert "typing notices received " in block

@@ -14,20 +14,22 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from .browser import WAIT_MS, Tab, message_texts, open_tab, say, send, wait_for_message
+from .browser import (
+    WAIT_MS,
+    Tab,
+    message_texts,
+    open_tab,
+    row,
+    say,
+    send,
+    tab_to,
+    wait_for_message,
+)
 from .support import ServerProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
 MARKER = "window.__notReloaded"
-
-
-def row(tab: Tab, text: str) -> Any:
-    """The list entry of the message whose text is ``text``."""
-    exact = re.compile(f"^{re.escape(text)}$")
-    return tab.page.locator("#messages .message").filter(
-        has=tab.page.locator(".text", has_text=exact)
-    )
 
 
 def room_link(tab: Tab, room: str) -> Any:
@@ -155,16 +157,6 @@ def rooms_switch_and_count_unread(server: ServerProcess, a: Tab, b: Tab) -> None
     wait_for_message(a, "B in side")
     # B, on general all along, saw none of it.
     expect(message_texts(b, "A in side")).to_have_count(0)
-
-
-def tab_to(tab: Tab, selector: str, key: str = "Shift+Tab", most: int = 40) -> None:
-    """Press ``key`` until the focus is on ``selector``; it must show where it is."""
-    for _ in range(most):
-        tab.page.keyboard.press(key)
-        if tab.page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
-            assert tab.page.evaluate("document.activeElement.matches(':focus-visible')")
-            return
-    raise AssertionError(f"{selector} not reached with {key}")
 
 
 def test_the_room_list_and_the_edit_and_delete_controls_work_from_the_keyboard(

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from server.web import state as keys
+
 from .signing import SECRET, claims, sign
 from .support import error_of, sse_collector
 from .test_anonymous import UPGRADE
@@ -102,3 +104,47 @@ async def test_a_signed_in_session_keeps_its_grants(make_app: Any, aiohttp_clien
     assert resp.status == 201
     assert (await client.get("/api/rooms/team-a/messages")).status == 200
     assert (await client.get("/api/rooms/team-b/messages")).status == 404
+
+
+async def test_the_session_says_the_callers_role_in_the_room_asked(
+    make_app: Any, aiohttp_client: Any, redis: aioredis.Redis
+) -> None:
+    client = await app_client(make_app, aiohttp_client)
+    moderator = bearer(sign(claims(sub="mod", rooms={"lobby": "moderator"})))
+
+    async def role(room: str, headers: dict[str, str]) -> Any:
+        resp = await client.get("/api/session", params={"room": room}, headers=headers)
+        assert resp.status == 200
+        return (await resp.json())["role"]
+
+    # Without a room, the answer is as it was: no role in it.
+    assert "role" not in await (await client.get("/api/session", headers=MEMBER)).json()
+    assert [await role("lobby", who) for who in ({}, MEMBER, READER, moderator)] == [
+        "member",
+        "member",
+        "reader",
+        "moderator",
+    ]
+    # A private room: the grant's role, or null where it does not exist for the caller.
+    assert [await role("team-a", who) for who in ({}, MEMBER, READER, STRANGER)] == [
+        None,
+        "member",
+        "reader",
+        None,
+    ]
+    # A membership the backend grants (and changes) is the role from the next ask.
+    moderation = client.app[keys.MODERATION]
+    await moderation.grant("team-b", "carol", "member")
+    assert await role("team-b", STRANGER) == "member"
+    await moderation.grant("team-b", "carol", "moderator")
+    assert await role("team-b", STRANGER) == "moderator"
+    # A session signed in with a token keeps its grants.
+    token = sign(claims(sub="mod", rooms={"lobby": "moderator"}))
+    assert (await client.post("/api/auth", json={"token": token})).status == 200
+    assert await role("lobby", {}) == "moderator"
+    # Not a room name: 400, and nothing written.
+    before = await Footprint.of(redis)
+    for bad in ("Lobby", "", "a" * 33, "../x"):
+        resp = await client.get("/api/session", params={"room": bad}, headers=MEMBER)
+        assert (await error_of(resp, 400))["code"] == "bad_request"
+    (await Footprint.of(redis)).assert_same_as(before)

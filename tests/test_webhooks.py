@@ -117,6 +117,35 @@ async def test_edits_and_deletions_follow_their_message_in_order(
     assert len({e["id"] for e in events}) == 4
 
 
+async def test_events_delivered_before_a_failed_one_are_not_sent_again(
+    start_server: StartServer,
+) -> None:
+    """Events are taken from the outbox several at a time: when one fails, those
+    delivered before it are dropped all the same, and the rest follow it."""
+    async with running_receiver() as receiver:
+        server = start_server(env=hooked(receiver))
+        receiver.hold_until = time.monotonic() + 3  # the first answer waits: the rest queue up
+        receiver.fail_once = {"m3"}
+        async with user(server.url) as alice:
+            await post(alice, "lobby", "m0")
+            await receiver.wait_for(lambda r: r.in_flight == 1, 15)
+            for i in range(1, 6):
+                await post(alice, "lobby", f"m{i}")
+            assert receiver.in_flight == 1 and not receiver.attempts  # all queued behind m0
+        await receiver.wait_for(lambda r: len(r.accepted) >= 6, 30)
+        await asyncio.sleep(1)  # anything else would have come by now
+    sent = [(a.event["data"]["text"], a.status) for a in receiver.attempts]
+    assert sent == [
+        ("m0", 204),
+        ("m1", 204),
+        ("m2", 204),
+        ("m3", 500),
+        ("m3", 204),
+        ("m4", 204),
+        ("m5", 204),
+    ]
+
+
 async def test_nothing_is_written_to_redis_without_a_webhook_url(
     start_server: StartServer, redis: aioredis.Redis
 ) -> None:

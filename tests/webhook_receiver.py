@@ -51,6 +51,7 @@ class Receiver:
     fail_until: float = 0.0  # time.monotonic() before which it answers 500
     hang: bool = False  # accept and never answer
     hold_until: float = 0.0  # time.monotonic() until which answers wait
+    fail_once: set[str] = field(default_factory=set)  # message texts answered 500 once
     in_flight: int = 0
     most_in_flight: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,11 +65,16 @@ class Receiver:
         body = await request.read()
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self._changed.set()
         try:
             if self.hang:
                 await asyncio.Event().wait()
             await asyncio.sleep(self.hold_until - time.monotonic())
             status = 500 if time.monotonic() < self.fail_until else 204
+            text = json.loads(body)["data"].get("text")
+            if text in self.fail_once:
+                self.fail_once.discard(text)
+                status = 500
             self.attempts.append(Attempt(body, dict(request.headers), status, time.time()))
             self._changed.set()
             return web.Response(status=status)

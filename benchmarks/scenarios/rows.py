@@ -24,3 +24,10 @@ WEBHOOK_LATENCY_P99 = Metric(
 WEBHOOK_RECEIVER_CPU = Metric(
     "webhook receiver CPU (s)", "webhook_receiver_cpu_s", "{:.2f}", ratio=False
 )
+# Of the chat-features target only (edits among the requests, streams typing): n/a for
+# the others. Its deliveries, lost and duplicates count new messages and edits alike.
+EDITS = Metric("of those, edits (200)", "edits", ratio=False)
+UPDATE_DELIVERIES = Metric("of the deliveries, edits", "update_deliveries", ratio=False)
+TYPING_SENT = Metric("typing notices sent", "typing_sent", ratio=False)
+TYPING_REFUSED = Metric("typing notices refused", "typing_refused", ratio=False)
+TYPING_RECEIVED = Metric("typing notices received", "typing_received", ratio=False)

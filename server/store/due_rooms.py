@@ -61,12 +61,16 @@ class DueRooms:
         self._claim = redis.register_script(_CLAIM)
         self.due_in_script = redis.register_script(_DUE_IN)
 
-    async def claim(self, limit: int, ahead_ms: int, first_shard: int = 0) -> list[str]:
-        """Up to ``limit`` rooms due now (of each due set), moved ``ahead_ms`` ahead."""
+    async def claim(
+        self, limit: int, ahead_ms: int, first_shard: int = 0
+    ) -> tuple[list[str], bool]:
+        """Up to ``limit`` rooms due now (of each due set), moved ``ahead_ms``
+        ahead; and whether more may be due (a set gave ``limit``)."""
         order = [(first_shard + i) % DUE_SHARDS for i in range(DUE_SHARDS)]
         calls = [(self._claim, [due_key(shard)], [limit, ahead_ms]) for shard in order]
         replies = await run_scripts(self.redis, *calls)
-        return list(dict.fromkeys(str(room) for rooms in replies for room in rooms))
+        rooms = list(dict.fromkeys(str(room) for rooms in replies for room in rooms))
+        return rooms, any(len(rooms) >= limit for rooms in replies)
 
     async def due_in(self, room: str, delay_ms: int) -> None:
         await self.due_in_script(keys=[due_key_of(room)], args=[room, delay_ms, ""])

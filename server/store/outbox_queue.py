@@ -1,5 +1,6 @@
 """The webhook outbox, delivering side: finding rooms with events, holding a
-room while its events are delivered one at a time, and letting go.
+room while its events are delivered (taken a batch at a time, sent one at
+a time, dropped together), and letting go.
 
 A room is delivered by one worker at a time, which holds a lease on it: its
 ``owner`` key (in the room's slot, with an expiry) names the worker's
@@ -31,23 +32,30 @@ from .due_rooms import DueRooms
 from .keys import due_key_of, outbox_key, outbox_owner_key, outbox_tries_key
 
 KEEP_EMPTY_MS = 86_400_000  # an emptied outbox is kept this long, so its ids never repeat
+# Events taken from a room at once: sent one at a time, in order, and
+# dropped from the outbox together once delivered (one round trip for them all).
+BATCH = 16
 
 # Shared by the room scripts. KEYS: the outbox, its owner, its tries.
-# ARGV[1]: the worker's token, ARGV[2]: the lease (ms).
+# ARGV[1]: the worker's token, ARGV[2]: the lease (ms), ARGV[3]: how many
+# events to return at most.
 _HEAD = """
 local function head()
-  local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-  if not entries[1] then return {} end
-  local tries = redis.call('HGET', KEYS[3], entries[1][1]) or '0'
-  return {entries[1][1], entries[1][2], tries}
+  local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[3])
+  local out = {}
+  for i, entry in ipairs(entries) do
+    local tries = redis.call('HGET', KEYS[3], entry[1]) or '0'
+    out[i] = {entry[1], entry[2], tries}
+  end
+  return out
 end
 local function mine()
   return redis.call('GET', KEYS[2]) == ARGV[1]
 end
 """
 
-# Take the room's lease (or keep it), and return the first event: false when
-# another worker holds the room.
+# Take the room's lease (or keep it), and return its first events: false
+# when another worker holds the room.
 _TAKE = (
     _HEAD
     + """
@@ -58,46 +66,46 @@ return head()
 """
 )
 
-# ARGV[3]: an event delivered (or buried): drop it, renew the lease, return
-# the next one; false when the lease was lost.
+# ARGV[4]: "last" once the room left its due set, ARGV[5]: how long an
+# emptied outbox is kept (ms), ARGV[6...]: events delivered (or buried).
+# Drop them and renew the lease, then return the room's next events; or,
+# when it has none and its mark went ("last"), let go of the room and
+# return {}. False when the lease was lost.
 _DONE = (
     _HEAD
     + """
 if not mine() then return false end
-redis.call('XDEL', KEYS[1], ARGV[3])
-redis.call('HDEL', KEYS[3], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return head()
+if #ARGV > 5 then
+  local ids = {unpack(ARGV, 6)}
+  redis.call('XDEL', KEYS[1], unpack(ids))
+  redis.call('HDEL', KEYS[3], unpack(ids))
+end
+local next = head()
+if next[1] or ARGV[4] ~= 'last' then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return next
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {}
 """
 )
 
-# ARGV[3]: an event that failed, ARGV[4]: its failures so far. Keep the
-# count and let go of the room (1), or 0 when the lease was lost.
+# ARGV[3]: an event that failed, ARGV[4]: its failures so far, ARGV[5...]:
+# the events delivered before it (dropped). Keep the count and let go of
+# the room (1), or 0 when the lease was lost.
 _FAILED = (
     _HEAD
     + """
 if not mine() then return 0 end
+if #ARGV > 4 then
+  local ids = {unpack(ARGV, 5)}
+  redis.call('XDEL', KEYS[1], unpack(ids))
+  redis.call('HDEL', KEYS[3], unpack(ids))
+end
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 redis.call('DEL', KEYS[2])
 return 1
-"""
-)
-
-# Once the room left its due set: let go of it if it is empty (keeping the
-# emptied outbox for ARGV[3] ms) and return {}, or return its first event
-# and keep it; false when the lease was lost.
-_FINISH = (
-    _HEAD
-    + """
-if not mine() then return false end
-local first = head()
-if first[1] then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return first
-end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {}
 """
 )
 
@@ -159,13 +167,13 @@ def _number(text: str | None) -> float:
         return 0.0
 
 
-def _entry(room: str, reply: list[object]) -> Entry | None:
-    if not reply:
-        return None
-    entry_id, flat, tries = reply
-    assert isinstance(flat, list)
-    fields = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
-    return Entry(room, str(entry_id), fields, int(str(tries)))
+def _entries(room: str, reply: list[list[object]]) -> list[Entry]:
+    entries = []
+    for entry_id, flat, tries in reply:
+        assert isinstance(flat, list)
+        fields = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        entries.append(Entry(room, str(entry_id), fields, int(str(tries))))
+    return entries
 
 
 class OutboxQueue:
@@ -177,7 +185,6 @@ class OutboxQueue:
         self._take = redis.register_script(_TAKE)
         self._done = redis.register_script(_DONE)
         self._failed = redis.register_script(_FAILED)
-        self._finish = redis.register_script(_FINISH)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self.due = DueRooms(redis)
@@ -186,44 +193,43 @@ class OutboxQueue:
     def _keys(room: str) -> list[str]:
         return [outbox_key(room), outbox_owner_key(room), outbox_tries_key(room)]
 
-    async def take(self, room: str, token: str) -> tuple[bool, Entry | None]:
-        """Take the room: (False, None) when another worker has it, else
-        (True, its first event or None when it has none)."""
-        reply = await self._take(keys=self._keys(room), args=[token, self.lease_ms])
-        if reply is None:
-            return False, None
-        return True, _entry(room, reply)
+    async def take(self, room: str, token: str) -> list[Entry] | None:
+        """Take the room: None when another worker has it, else its first
+        :data:`BATCH` events (none: it has none)."""
+        reply = await self._take(keys=self._keys(room), args=[token, self.lease_ms, BATCH])
+        return None if reply is None else _entries(room, reply)
 
-    async def done(self, token: str, entry: Entry) -> Entry | None:
-        """``entry`` was delivered (or buried): the room's next event, or None."""
-        reply = await self._done(
-            keys=self._keys(entry.room), args=[token, self.lease_ms, entry.entry_id]
-        )
+    async def done(
+        self, room: str, token: str, delivered: list[Entry], *, last: bool
+    ) -> list[Entry]:
+        """``delivered`` were delivered (or buried): the room's next events.
+        ``last``: the events taken were all the room had, so the room may be
+        let go of: it leaves its due set first, and then, found empty, is let
+        go of (an empty list); events that came meanwhile are returned
+        instead, and the room is due again."""
+        if last:
+            await self.due.done(room)
+        args: list[str | int] = [token, self.lease_ms, BATCH, "last" if last else "", KEEP_EMPTY_MS]
+        args += [entry.entry_id for entry in delivered]
+        reply = await self._done(keys=self._keys(room), args=args)
         if reply is None:
-            raise LeaseLost(entry.room)
-        return _entry(entry.room, reply)
+            raise LeaseLost(room)
+        entries = _entries(room, reply)
+        if last and entries:
+            await self.due.due_now([room], added=True)
+        return entries
 
-    async def failed(self, token: str, entry: Entry, delay_s: float) -> None:
-        """``entry`` failed once more: try again in ``delay_s``; the room is let go of."""
+    async def failed(
+        self, token: str, entry: Entry, delay_s: float, delivered: list[Entry]
+    ) -> None:
+        """``entry`` failed once more (``delivered``, taken before it, were
+        delivered): try again in ``delay_s``; the room is let go of."""
         room = entry.room
         await self.due.due_in(room, int(delay_s * 1000))
         args: list[str | int] = [token, self.lease_ms, entry.entry_id, entry.tries + 1]
+        args += [done.entry_id for done in delivered]
         if not await self._failed(keys=self._keys(room), args=args):
             raise LeaseLost(room)
-
-    async def finish(self, room: str, token: str) -> Entry | None:
-        """The room looked empty: let go of it, unless an event came meanwhile
-        (returned, and the room is kept)."""
-        await self.due.done(room)
-        reply = await self._finish(
-            keys=self._keys(room), args=[token, self.lease_ms, KEEP_EMPTY_MS]
-        )
-        if reply is None:
-            raise LeaseLost(room)
-        entry = _entry(room, reply)
-        if entry is not None:
-            await self.due.due_now([room], added=True)
-        return entry
 
     async def renew(self, held: dict[str, str]) -> list[str]:
         """Renew the lease on each held room (room -> token) and keep other

@@ -17,8 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..common.metrics import Metrics
 from ..common.metrics import render as render_metrics
-from ..core.errors import BadRequest, Unavailable, UnsupportedMediaType
+from ..core.errors import BadRequest, NotFound, Unavailable, UnsupportedMediaType
 from ..core.identity import user_id
+from ..core.model import ROOM_RE
 from ..core.names import clean_name
 from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
@@ -68,16 +69,26 @@ class Api:
         self.history = History(broker, redis_errors, posting.max_chars)
 
     async def get_session(self, request: web.Request) -> web.Response:
+        """Who the caller is; with ``?room=``, also its ``role`` there (null
+        in a private room it has no access to: no room, as everywhere)."""
+        room = request.query.get("room")
+        if room is not None and not ROOM_RE.fullmatch(room):
+            raise BadRequest("'room' must be a room name")
         user = await self.sessions.current_user(request)
         name = await self.sessions.display_name(request, user)
         identity = user.identity
-        body = {
+        body: dict[str, Any] = {
             "user_id": user.user_id,
             "name": name,
             "signed_in": identity is not None,
             "expires_at": None if identity is None else expires_at(identity),
             "can_rename": self.sessions.may_rename(user),
         }
+        if room is not None:
+            try:
+                body["role"] = str(await self.sessions.role_in(user, room))
+            except NotFound:
+                body["role"] = None
         return web.json_response(body)
 
     async def put_session(self, request: web.Request) -> web.Response:

@@ -3,8 +3,9 @@
 Events wait in their room's outbox in Redis (:mod:`server.store.outbox`),
 written in the same step as the change they report. A worker finds rooms
 due in the sharded due sets, takes a room's lease, and POSTs the room's
-events one at a time, oldest first, each removed from the outbox only once
-the receiver answered 2xx (:mod:`server.store.outbox_queue`). At most
+events one at a time, oldest first: taken a batch at a time, removed from
+the outbox together once the receiver took each with a 2xx
+(:mod:`server.store.outbox_queue`). At most
 :data:`MAX_ROOMS` rooms at once, so one event per room in flight and a
 bounded number per worker, whatever the receiver does.
 
@@ -12,8 +13,8 @@ Why the order of a room holds: only the holder of a room's lease sends its
 events, always the oldest first, and it moves on only once that one is
 delivered (or buried as a dead letter); a failure lets go of the room until
 its next try, and the event stays first. A worker that stalls past its
-lease finds it gone at its next step (every step checks the lease in the
-same script) and stops there.
+lease finds it gone at its next step (checked in each script, and before
+each POST) and stops there.
 
 Why nothing is lost: an event leaves the outbox only when delivered or
 kept as a dead letter. A worker that dies (SIGKILL, a reload's old worker)
@@ -51,7 +52,7 @@ from ..store import failures
 from ..store.dead_letters import DeadLetters
 from ..store.keys import DUE_SHARDS, name_key
 from ..store.outbox import Outbox
-from ..store.outbox_queue import Entry, LeaseLost, OutboxQueue
+from ..store.outbox_queue import BATCH, Entry, LeaseLost, OutboxQueue
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ LEASE_S = 6.0  # how long a dead worker's rooms wait for another
 RENEW_S = 2.0  # leases renewed, gauges updated
 POLL_S = 0.5  # due sets read when idle (this worker's own writes wake it at once)
 # Woken by a write, wait this long first: the events of a burst then share
-# one claim, one take and one finish (five round trips) instead of each
+# one claim, one take and one drop (four round trips) instead of each
 # paying them, for this much more delay before they are sent.
 GATHER_S = 0.05
 SWEEP_S = 60  # lost due marks looked for, by one worker of all
@@ -133,7 +134,7 @@ class Deliverer:
             found = False
             if free > 0:
                 try:
-                    rooms = await self.queue.due.claim(free, self.queue.lease_ms, shard)
+                    rooms, more = await self.queue.due.claim(free, self.queue.lease_ms, shard)
                 except failures.FAILURES as exc:
                     self._failed_redis(exc)
                     await asyncio.sleep(pause)
@@ -146,7 +147,7 @@ class Deliverer:
                     task = asyncio.create_task(self._serve(room), name=f"webhooks {room}")
                     self._serving[room] = task
                     task.add_done_callback(functools.partial(self._done, room))
-                found = bool(new)
+                found = more and bool(new)  # else every room due was found
                 if new[free:]:
                     with contextlib.suppress(*failures.FAILURES):
                         await self.queue.due.due_now(new[free:])
@@ -188,35 +189,20 @@ class Deliverer:
         """Deliver the room's events, oldest first, until it is empty or one fails."""
         token = secrets.token_hex(8)
         try:
-            taken, entry = await self.queue.take(room, token)
-            if not taken:
+            batch = await self.queue.take(room, token)
+            if batch is None:
                 return
             self._held[room] = token
             while True:
-                if entry is None:
-                    entry = await self.queue.finish(room, token)
-                    if entry is None:
-                        self._oldest.pop(room, None)
-                        return
-                self._oldest[room] = (entry.created, float("inf"))
-                error = await self._send(entry)
-                if error is None:
-                    self.metrics.webhook_delivery("ok")
-                    entry = await self.queue.done(token, entry)
-                    continue
-                self.metrics.webhook_delivery("failed")
-                now = time.time()
-                deadline = entry.since + self.retry_for_s
-                if now >= deadline or error.startswith("malformed"):
-                    log.warning("webhooks: event %s is a dead letter: %s", entry.id, error)
-                    await self.dead.bury(entry, error)
-                    self.metrics.webhook_delivery("dead")
-                    entry = await self.queue.done(token, entry)
-                    continue
-                delay = max(0.05, min(retry_delay(entry.tries + 1), deadline - now))
-                self._oldest[room] = (entry.created, now + delay + LEASE_S)
-                await self.queue.failed(token, entry, delay)
-                return
+                delivered = await self._deliver(room, token, batch)
+                if delivered is None:
+                    return  # one failed: the room comes due again at its next try
+                # Fewer than a batch: that was all the room had when taken.
+                last = len(batch) < BATCH
+                batch = await self.queue.done(room, token, delivered, last=last)
+                if last and not batch:
+                    self._oldest.pop(room, None)
+                    return
         except LeaseLost:
             return
         except failures.FAILURES as exc:
@@ -225,6 +211,34 @@ class Deliverer:
         finally:
             if self._held.get(room) == token:
                 del self._held[room]
+
+    async def _deliver(self, room: str, token: str, batch: list[Entry]) -> list[Entry] | None:
+        """Send events in order: those delivered (or buried), or None when
+        one failed (retried later; those before it are dropped)."""
+        delivered: list[Entry] = []
+        for entry in batch:
+            if self._held.get(room) != token:
+                raise LeaseLost(room)  # another worker has it now
+            self._oldest[room] = (entry.created, float("inf"))
+            error = await self._send(entry)
+            if error is None:
+                self.metrics.webhook_delivery("ok")
+                delivered.append(entry)
+                continue
+            self.metrics.webhook_delivery("failed")
+            now = time.time()
+            deadline = entry.since + self.retry_for_s
+            if now >= deadline or error.startswith("malformed"):
+                log.warning("webhooks: event %s is a dead letter: %s", entry.id, error)
+                await self.dead.bury(entry, error)
+                self.metrics.webhook_delivery("dead")
+                delivered.append(entry)
+                continue
+            delay = max(0.05, min(retry_delay(entry.tries + 1), deadline - now))
+            self._oldest[room] = (entry.created, now + delay + LEASE_S)
+            await self.queue.failed(token, entry, delay, delivered)
+            return None
+        return delivered
 
     async def _send(self, entry: Entry) -> str | None:
         """POST one event: None when the receiver took it, else why not."""

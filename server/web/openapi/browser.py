@@ -72,8 +72,9 @@ def browser_paths(config: Config) -> dict[str, dict[str, Schema]]:
                 "getSession",
                 "Who the caller is; creates a session when there is none",
                 tag=API,
-                ok={200: answer("the caller", ref("Session"))},
-                errors_=errors(SIGN_IN, SESSIONS),
+                parameters=["session_room"],
+                ok={200: answer("the caller (its role in `room`, when given)", ref("Session"))},
+                errors_=errors({400: "`room` is not a room name"}, SIGN_IN, SESSIONS),
                 security=CALLER,
             ),
             "put": operation(

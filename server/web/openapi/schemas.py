@@ -92,7 +92,15 @@ def schemas(config: Config) -> dict[str, Schema]:
                 "signed_in": {"type": "boolean"},
                 "expires_at": {"type": ["number", "null"]},
                 "can_rename": {"type": "boolean"},
-            }
+            },
+            {
+                "role": {
+                    "type": ["string", "null"],
+                    "enum": [*ROLES, None],
+                    "description": "with `?room=` only: the caller's role in that room; "
+                    "null in a private room it has no access to",
+                }
+            },
         ),
         "SessionName": obj({"user_id": STRING, "name": STRING}),
         "NewName": obj({"name": name}),
@@ -216,6 +224,9 @@ PARAMETERS: dict[str, Schema] = {
     "online_limit": _param("query", "limit", _limit(100, ONLINE_LIMIT_MAX), "users in the page"),
     "online_after": _param(
         "query", "after", USER_ID, "the last user id of the previous page (users come in id order)"
+    ),
+    "session_room": _param(
+        "query", "room", ROOM, "also say the caller's role in this room (`role`)"
     ),
     "since": _param("query", "since", MESSAGE_ID, "replay what came after this message id"),
     "last_event_id": _param(

@@ -1,11 +1,9 @@
-// Edit and delete on the user's own messages: buttons on each of them (plain
-// buttons, so the keyboard reaches them), an inline editor (Enter saves,
-// Escape cancels), an "edited" mark. The server says no past the edit window
-// (403 edit_window) or for want of a role: the page shows its message.
-//
-// The page does not know the user's role in a room (the session does not
-// say), so it offers delete only on the user's own messages; a moderator's
-// delete of others' messages goes through the server API.
+// Edit and delete on the user's own messages, and delete on everyone's for a
+// moderator of the room (the role the session gave for the room shown):
+// buttons on each message (plain buttons, so the keyboard reaches them), an
+// inline editor (Enter saves, Escape cancels), an "edited" mark. The server
+// says no past the edit window (403 edit_window) or for want of a role (a
+// role taken away since the room was shown): the page shows its message.
 
 import { api } from './api.js';
 import { roomApi, showStatus, state, ui } from './page.js';
@@ -38,19 +36,29 @@ export function applyEdit(li, msg) {
   markEdited(li, msg.edited);
 }
 
-/** Edit and Delete buttons for one of the user's own messages; null for others'. */
+/** Whether the user moderates the room shown. */
+function moderating() {
+  return state.role?.room === state.room && state.role.name === 'moderator';
+}
+
+/** Edit and Delete buttons for one of the user's own messages, Delete alone
+ * for another's when the user moderates the room; null when neither. */
 export function messageActions(msg) {
-  if (!state.me || msg.user_id !== state.me.user_id) return null;
+  const mine = state.me !== null && msg.user_id === state.me.user_id;
+  if (!mine && !moderating()) return null;
   const actions = element('span', 'actions');
-  const edit = element('button', 'edit', 'Edit');
-  edit.type = 'button';
-  edit.setAttribute('aria-label', 'Edit message');
+  if (mine) {
+    const edit = element('button', 'edit', 'Edit');
+    edit.type = 'button';
+    edit.setAttribute('aria-label', 'Edit message');
+    edit.addEventListener('click', () => openEditor(edit.closest('.message')));
+    actions.append(edit);
+  }
   const del = element('button', 'delete', 'Delete');
   del.type = 'button';
-  del.setAttribute('aria-label', 'Delete message');
-  edit.addEventListener('click', () => openEditor(edit.closest('.message')));
+  del.setAttribute('aria-label', mine ? 'Delete message' : `Delete message by ${String(msg.name ?? '')}`);
   del.addEventListener('click', () => remove(del.closest('.message'), del));
-  actions.append(edit, del);
+  actions.append(del);
   return actions;
 }
 

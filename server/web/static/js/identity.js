@@ -1,5 +1,7 @@
 // Who the user is: the name (editable unless the sign-in token gives it),
-// the tag, and whether the application signed them in or they are anonymous.
+// the tag, whether the application signed them in or they are anonymous,
+// and their role in the room shown (asked again for each room shown, so a
+// role granted meanwhile applies from the next room switch or page load).
 
 import { ApiError, api } from './api.js';
 import { showStatus, state, ui } from './page.js';
@@ -28,9 +30,25 @@ function showMe() {
   ui.nameInput.hidden = ui.nameSave.hidden = !me.can_rename;
 }
 
-export async function loadSession() {
-  const data = await api('GET', '/api/session');
+const ROLES = new Set(['reader', 'member', 'moderator']);
+
+/** The session, with the user's role in `room`. */
+async function sessionWithRole(room) {
+  const data = await api('GET', `/api/session?room=${encodeURIComponent(room)}`);
   if (typeof data.user_id !== 'string') throw new ApiError('unexpected answer from the server', 200);
+  // (A server from before it said gives none: then the page offers only what
+  // any member may do.)
+  if (room === state.room) state.role = { room, name: ROLES.has(data.role) ? data.role : null };
+  return data;
+}
+
+/** Ask for the user's role in `room` (about to be shown). */
+export async function loadRole(room) {
+  await sessionWithRole(room);
+}
+
+export async function loadSession() {
+  const data = await sessionWithRole(state.room);
   state.me = {
     user_id: data.user_id,
     name: String(data.name ?? ''),

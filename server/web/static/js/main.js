@@ -9,7 +9,7 @@
 // and stream open.
 
 import { connection } from './connection.js';
-import { loadSession, rename } from './identity.js';
+import { loadRole, loadSession, rename } from './identity.js';
 import { clearMessages, keepBottomOnResize, loadHistory, loadOlder, newestShownId, onNewMessage } from './messages.js';
 import { ROOM_NAME, roomOf, showStatus, state, ui } from './page.js';
 import { onPresence, showMoreOnline } from './presence.js';
@@ -42,11 +42,16 @@ function showRoomName() {
   ui.input.placeholder = `Message #${state.room}`;
 }
 
-/** Show the current room: its history, then its stream, opened from the
- * history's last id (the server replays anything posted in between). */
+/** Show the current room: the user's role there (what its messages offer),
+ * its history, then its stream, opened from the history's last id (the
+ * server replays anything posted in between). */
 async function openRoom() {
   const room = state.room;
   const current = () => room === state.room;
+  if (state.role?.room !== room) {
+    await retrying('could not load your role in the room', () => loadRole(room), current);
+    if (!current()) return;
+  }
   await retrying('could not load the history', () => loadHistory(room), current);
   if (!current()) return;
   showStatus('');

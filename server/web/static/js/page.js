@@ -40,6 +40,9 @@ export const state = {
   room: roomOf(location.pathname),
   transport: new URLSearchParams(location.search).get('transport') === 'ws' ? 'ws' : 'sse',
   me: null, // {user_id, name, signed_in, expires_at, can_rename} from the session
+  // The user's role in a room, as the session said when the room was shown:
+  // {room, name} (name 'reader', 'member', 'moderator', or null: none known).
+  role: null,
   // Highest id received from history or the live stream (messages, edits and
   // deletions each have one): where a reconnect resumes.
   cursor: null,
