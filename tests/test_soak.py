@@ -99,6 +99,13 @@ def test_the_verdict_allows_ten_percent_and_the_slack_and_names_the_rest() -> No
         "redis keys (presence)",
     ]
     assert verdict(first, grown, {"presence": 1}) == verdict(first, grown)[:3]
+    # Gauges never sampled read 0: nothing to compare, which is no pass.
+    unsampled = Settled({"1": 0, "2": 0}, {"1": 0, "2": 0}, {}, 6, {})
+    assert verdict(unsampled, unsampled) == [
+        "first reading: no sample from workers ['1', '2']",
+        "second reading: no sample from workers ['1', '2']",
+    ]
+    assert verdict(Settled({}, {}, {}, 6), first)[0].startswith("first reading")
 
 
 @pytest.mark.processes
@@ -123,7 +130,7 @@ async def test_two_identical_rounds_of_churn_and_faults_leave_nothing_behind(
 @pytest.mark.processes
 @pytest.mark.soak
 @pytest.mark.timeout(90)
-async def test_the_verdict_reports_a_task_leaked_per_connection(
+async def test_the_verdict_reports_a_task_and_a_descriptor_leaked_per_connection(
     start_server: Callable[..., ServerProcess], redis_url: str
 ) -> None:
     # Planted from outside: a sitecustomize on the workers' path only.
@@ -131,5 +138,5 @@ async def test_the_verdict_reports_a_task_leaked_per_connection(
     server = start_server(workers=WORKERS, env={"PYTHONPATH": path})
     readings, population = await soak(server, redis_url, round_s=8, faults=False)
     (first, _), (second, _) = readings
-    problems = verdict(first, second)
-    assert [p for p in problems if p.startswith("tasks:")], report(readings, population)
+    problems = [p.split(":")[0] for p in verdict(first, second)]
+    assert problems == ["tasks", "fds"], report(readings, population)
