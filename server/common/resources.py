@@ -1,10 +1,12 @@
 """What a worker holds, read cheaply: its asyncio tasks, open descriptors, resident memory.
 
-Sampled once per heartbeat tick into the worker's gauges (see
-:class:`~server.common.metrics.Metrics`), for a soak to tell a leak from a
-crowd. Each read costs little: the tasks are the loop's own weak set, the
-descriptors one ``listdir`` of ``/proc/self/fd`` (about a millisecond at
-ten thousand connections), the memory one line of ``/proc/self/statm``.
+Sampled once per heartbeat tick (about a second) into the worker's gauges
+(see :class:`~server.common.metrics.Metrics`), for a soak to tell a leak
+from a crowd. The tasks are counted from asyncio's own list, the
+descriptors by one ``listdir`` of ``/proc/self/fd``, the memory read from
+one line of ``/proc/self/statm``. The first two grow with the connections:
+with 20,000 tasks and 10,000 descriptors, about 5 ms each (measured), so a
+worker of ten thousand connections spends about 1% of its loop on them.
 Without ``/proc`` (not Linux) the last two are None and left unreported.
 """
 
