@@ -169,8 +169,9 @@ export function wsTransport(events) {
       const query = since === null ? '' : `?since=${encodeURIComponent(since)}`;
       const ws = new WebSocket(`${scheme}://${location.host}${roomApi()}/ws${query}`);
       socket = ws;
-      ws.addEventListener('open', events.onOpen);
-      ws.addEventListener('message', (e) => onFrame(e.data, since));
+      // (A socket the page has let go of says nothing more: see close().)
+      ws.addEventListener('open', (e) => socket === ws && events.onOpen(e));
+      ws.addEventListener('message', (e) => socket === ws && onFrame(e.data, since));
       // 'error' is always followed by 'close', so all recovery happens here.
       // A close reconnects (1001/1012 are a server restart, 1006 a lost
       // network; the backoff keeps any other cause from looping hot), except
@@ -192,7 +193,10 @@ export function wsTransport(events) {
     close() {
       const ws = socket;
       socket = null;
-      ws?.close(1000);
+      // One still connecting is closed once open: closing it before then
+      // makes the browser log a warning for a connection the page chose to end.
+      if (ws?.readyState === WebSocket.CONNECTING) ws.addEventListener('open', () => ws.close(1000));
+      else ws?.close(1000);
       failAll('connection closed before the server confirmed the message');
     },
     send(text, key) {
