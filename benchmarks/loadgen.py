@@ -25,7 +25,8 @@ Scenarios (``benchmarks/scenarios/``):
   message or its p99 reaches 250 ms; the highest delivery rate that passed;
 - ``rooms``: S SSE streams over K rooms, messages to random rooms; server
   and Redis CPU per message, for each K of ``--rooms``;
-- ``idle``: N idle streams; server memory per connection;
+- ``idle``: N idle streams; server memory per connection, after a warm-up
+  and (``--fresh``) as fresh servers with 1000 and 3000 streams differ;
 - ``storm``: N clients connecting at once; opened, 503s, time, CPU per connect;
 - ``publish``: C keep-alive connections POSTing as fast as they can, a few
   streams listening; messages/s, POST round trip, server CPU per message.
@@ -175,6 +176,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--swarm-size", type=int, default=10_000, help="idle: streams per client process"
     )
     others.add_argument(
+        "--fresh",
+        default="1000,3000",
+        help="idle: also memory per connection as (RSS with HIGH streams - RSS with LOW) / "
+        "(HIGH - LOW), each on a freshly started server without a warm-up; 0: not measured",
+    )
+    others.add_argument(
         "--storm-concurrency", type=int, default=0, help="storm: at most this many at once [all]"
     )
     others.add_argument(
@@ -243,8 +250,11 @@ def complete(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
     try:
         opts.rooms = [int(k) for k in opts.rooms.split(",")]
         opts.connections = [int(c) for c in opts.connections.split(",")]
+        opts.fresh = [int(n) for n in opts.fresh.split(",")] if opts.fresh != "0" else []
     except ValueError:
-        parser.error("--rooms and --connections take comma-separated numbers")
+        parser.error("--rooms, --connections and --fresh take comma-separated numbers")
+    if opts.fresh and (len(opts.fresh) != 2 or not 0 < opts.fresh[0] < opts.fresh[1]):
+        parser.error("--fresh takes LOW,HIGH streams (0 < LOW < HIGH), or 0")
     smallest = min(opts.workers, opts.subscribers, opts.senders, *opts.rooms, *opts.connections)
     if smallest < 1:
         parser.error(

@@ -31,7 +31,7 @@ HEADLINES = {
     "fanout": ("fan-out", ("server_cpu_ms_per_1k_deliveries", "latency_p99_ms", "lost")),
     "capacity": ("capacity", ("capacity_deliveries_per_s",)),
     "rooms": ("rooms", ()),
-    "idle": ("idle", ("memory_per_connection_kib",)),
+    "idle": ("idle", ("memory_per_connection_kib", "fresh_memory_per_connection_kib")),
     "storm": ("storm", ("server_cpu_ms_per_connect", "opened")),
     "publish": ("publishing", ("published_per_s", "server_cpu_ms_per_message")),
 }

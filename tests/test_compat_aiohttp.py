@@ -19,14 +19,18 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from server.web.aiohttp_compat import (
     CHECKED_ON,
+    LATE_ATTRIBUTES,
+    LATE_WEBSOCKET_ATTRIBUTES,
     MalformedRequests,
     RequestHandlerBase,
     can_upgrade,
     drained,
+    preset,
     protocol_factory,
     protocol_of,
     send_continue,
 )
+from server.web.aiohttp_sse_compat import EventStream
 from server.web.edge import EdgeHandler
 
 from .support import checked_release, shadowed_names
@@ -359,4 +363,56 @@ async def test_aiohttp_logs_malformed_requests_with_the_exception_malformed_requ
     finally:
         logger.removeFilter(quiet)
         logger.removeHandler(found)
+        await runner.cleanup()
+
+
+async def test_a_response_gets_no_attribute_after_preset_each_with_a_class_default() -> None:
+    """:func:`preset` names every attribute an open stream's response gets after
+    its constructor (a cookie set, prepared, a WebSocket reading), each a
+    class attribute of aiohttp's."""
+    for name in LATE_WEBSOCKET_ATTRIBUTES:
+        assert hasattr(web.WebSocketResponse, name), name
+    for name in LATE_ATTRIBUTES:
+        assert hasattr(EventStream, name), name
+    late: dict[str, set[str]] = {}
+
+    async def ws_stream(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(autoping=False, compress=False)
+        preset(ws, LATE_WEBSOCKET_ATTRIBUTES)
+        names = set(vars(ws))
+        ws.set_cookie("visitor", "1")
+        await ws.prepare(request)
+        await ws.send_str("ready")
+        assert (await ws.receive()).data == "hello"
+        late["ws"] = set(vars(ws)) - names  # (closing sets more: not while it is open)
+        await ws.receive()
+        return ws
+
+    async def sse_stream(request: web.Request) -> web.StreamResponse:
+        response = EventStream()
+        preset(response)
+        names = set(vars(response))
+        response.set_cookie("visitor", "1")
+        await response.prepare(request)
+        await response.send("ready")
+        late["sse"] = set(vars(response)) - names
+        return response
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_stream)
+    app.router.add_get("/sse", sse_stream)
+    runner, port = await serve(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                assert await ws.receive_str() == "ready"
+                await ws.send_str("hello")
+                await ws.close()
+            async with session.get(f"http://127.0.0.1:{port}/sse") as resp:
+                assert b"ready" in await resp.content.readuntil(b"\n\n")
+        async with asyncio.timeout(5):
+            while len(late) < 2:
+                await asyncio.sleep(0.01)
+        assert late == {"ws": set(), "sse": set()}
+    finally:
         await runner.cleanup()

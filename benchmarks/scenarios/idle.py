@@ -8,6 +8,16 @@ do. Memory per connection is the summed RSS of all the server's processes
 once every stream is open and ``--settle`` seconds passed, minus the same
 before (after a warm-up), divided by the streams open.
 
+Beside it, memory per connection as an operator provisions it (``--fresh
+LOW,HIGH``, 1000,3000 by default; ``--fresh 0`` leaves it out): a freshly
+started server holds LOW idle streams, then another freshly started one
+HIGH, each without a warm-up; the summed RSS of the server's processes
+``--settle`` seconds after the last opened, the difference over the
+difference in streams. Transient growth that a warm-up would absorb (the
+allocator's arenas after a storm of opens, lazily built state) counts here,
+as it does in a server's provisioning. The fresh servers come first; the
+warm-up method then has a freshly started server of its own.
+
 Acceptance figures: ``--subscribers 2000 --transport ws``, ``--transport sse``,
 and ``--subscribers 20000 --transport mixed``.
 """
@@ -34,11 +44,15 @@ from . import rows
 
 DESCRIPTION = "N idle streams: server memory per connection"
 DEFAULTS: dict[str, Any] = {"subscribers": 2000, "transport": "ws"}
+FRESH = "fresh_memory_per_connection_kib"
 
 METRICS = [
     Metric("streams open", "streams", ratio=False),
     Metric("streams that failed", "failed"),
     rows.MEMORY_PER_CONNECTION,
+    Metric("memory per connection, fresh servers (KiB)", FRESH, "{:.1f}"),
+    Metric("fresh server RSS, fewer streams (MiB)", "fresh_rss_low_mib", "{:.1f}"),
+    Metric("fresh server RSS, more streams (MiB)", "fresh_rss_high_mib", "{:.1f}"),
     Metric("server RSS before (MiB)", "rss_before_mib", "{:.1f}"),
     Metric("server RSS, all open (MiB)", "rss_open_mib", "{:.1f}"),
     Metric("time to open all (s)", "connect_s", "{:.1f}"),
@@ -130,6 +144,25 @@ class Swarm:
             self.opened.append(0)
             self.settled.append(0)
 
+    async def open(self, target: Target, ctx: Context, kinds: list[str]) -> None:
+        """Start the processes and wait until each has opened its streams."""
+        await self.start(target, ctx, kinds)
+
+        def state() -> tuple[str, float, str]:
+            opened, settled = sum(self.opened), sum(self.settled)
+            return (
+                f"{target.name} open",
+                settled / len(kinds),
+                f"{opened}/{len(kinds)} open, {settled - opened} failed",
+            )
+
+        async with showing(ctx.progress, state):
+            await self.wait()
+
+    @property
+    def opened_total(self) -> int:
+        return sum(r["opened"] for r in self.reports)
+
     async def wait(self) -> None:
         async def follow(i: int, proc: asyncio.subprocess.Process) -> None:
             assert proc.stdout is not None
@@ -159,8 +192,46 @@ class Swarm:
                 await proc.wait()
 
 
+def restart(target: Target, ctx: Context) -> None:
+    """Stop the target and start it again, on an empty Redis."""
+    target.stop()
+    ctx.redis.flush()
+    target.start()
+
+
+async def fresh_servers(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, Any]:
+    """Memory per connection as an operator provisions it (see the module's
+    docstring); ``target`` has just started, and is started afresh once more
+    at the end."""
+    opts = ctx.opts
+    held: list[tuple[int, int]] = []  # (streams open, summed RSS)
+    for i, count in enumerate(opts.fresh):
+        if i:
+            restart(target, ctx)
+        kinds = stream_kinds(target, case["transport"], count)
+        assert kinds is not None
+        swarm = Swarm()
+        try:
+            await swarm.open(target, ctx, kinds)
+            await asyncio.sleep(opts.settle)
+            held.append((swarm.opened_total, rss_bytes(target.pids())))
+        finally:
+            await swarm.close()
+    restart(target, ctx)
+    (low, rss_low), (high, rss_high) = held
+    if high <= low:
+        raise BenchError(f"{target.name}: fresh servers held {low} and {high} streams")
+    return {
+        FRESH: (rss_high - rss_low) / (high - low) / 1024,
+        "fresh_rss_low_mib": rss_low / MIB,
+        "fresh_rss_high_mib": rss_high / MIB,
+        "fresh_streams": [low, high],
+    }
+
+
 async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, Any]:
     opts = ctx.opts
+    fresh = await fresh_servers(target, ctx, case) if opts.fresh else {}
     kinds = stream_kinds(target, case["transport"], opts.subscribers)
     assert kinds is not None
     if len(kinds) // opts.workers + 1000 > fd_limit():
@@ -175,24 +246,13 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
     started = time.monotonic()
     swarm = Swarm()
     try:
-        await swarm.start(target, ctx, kinds)
-
-        def state() -> tuple[str, float, str]:
-            opened, settled = sum(swarm.opened), sum(swarm.settled)
-            return (
-                f"{target.name} open",
-                settled / len(kinds),
-                f"{opened}/{len(kinds)} open, {settled - opened} failed",
-            )
-
-        async with showing(ctx.progress, state):
-            await swarm.wait()
+        await swarm.open(target, ctx, kinds)
         connect_s = time.monotonic() - started
         connect_cpu = cpu_seconds(target.pids()) - cpu0
         await asyncio.sleep(opts.settle)
         pids = target.pids()
         rss_open = rss_bytes(pids)
-        opened = sum(r["opened"] for r in swarm.reports)
+        opened = swarm.opened_total
         errors: Counter[str] = Counter()
         per_process: Counter[str] = Counter()
         for report in swarm.reports:
@@ -211,6 +271,7 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
                 maxima[f"{name}_held"] = maxima.pop(name) - before[name]
         return {
             **maxima,
+            **fresh,
             "streams": opened,
             "failed": sum(r["failed"] for r in swarm.reports),
             "memory_per_connection_kib": (rss_open - rss_before) / opened / 1024,

@@ -15,7 +15,10 @@ of aiohttp-session's. Check them against a new aiohttp-session release.
   ``redis.asyncio.Redis`` (:class:`RedisStorageBase` puts a Cluster client
   there after the check).
 - The session middleware keeps the storage of a request under
-  ``request[STORAGE_KEY]`` (:func:`storage_of`).
+  ``request[STORAGE_KEY]`` (:func:`storage_of`); a stream's is put there by
+  ``server.web.middlewares.sessions`` instead, and ``get_session`` reads
+  it from there alike. A stream drops ``request[SESSION_KEY]`` once set up
+  (``server.web.transports.sink.forget_handshake``).
 - That key, and the session's, are strings, which aiohttp warns about
   (``web.NotAppKeyWarning``, once a key; ignored by aiohttp outside the
   tests, and by name in the tests' settings in ``pyproject.toml``).

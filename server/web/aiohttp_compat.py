@@ -29,6 +29,10 @@ take the place of aiohttp's). Check them against a new aiohttp release.
 - ``WebSocketResponse.can_prepare`` raises UnicodeEncodeError for a
   handshake header that is not UTF-8: it words its 400 with the header's
   value (:func:`can_upgrade`).
+- A response gets some attributes only as it is prepared or read from,
+  each with a class attribute as its default until then
+  (:data:`LATE_ATTRIBUTES`, :data:`LATE_WEBSOCKET_ATTRIBUTES`; see
+  :func:`preset`).
 - The ``aiohttp.server`` logger gets an error with the exception for a
   request that does not parse (``HttpProcessingError``, 4xx) and for a
   body that cannot be read after the answer (``RequestPayloadError``)
@@ -56,6 +60,40 @@ from aiohttp.http_exceptions import HttpProcessingError
 CHECKED_ON = ("3.14.5",)
 
 H = TypeVar("H", bound=web.RequestHandler)
+
+# The attributes a response gets only as it is prepared (and a cookie is set,
+# and a WebSocket's as it reads), each with its class's default until then.
+LATE_ATTRIBUTES = (
+    "_cookies",
+    "_keep_alive",
+    "_chunked",
+    "_req",
+    "_payload_writer",
+    "_must_be_empty_body",
+)
+LATE_WEBSOCKET_ATTRIBUTES = (
+    *LATE_ATTRIBUTES,
+    "_loop",
+    "_ws_protocol",
+    "_writer",
+    "_reader",
+    "_parser",
+    "_waiting",
+)
+
+
+def preset(response: web.StreamResponse, names: tuple[str, ...] = LATE_ATTRIBUTES) -> None:
+    """Give a new response now the attributes it would get as it is prepared
+    (their defaults, so nothing changes but when they are set).
+
+    Attributes set on an instance after its constructor grow its ``__dict__``
+    into a table of its own, about 700 bytes more for aiohttp-sse's response,
+    held by every open stream; set in the same order right after the
+    constructor, they are laid out with the others.
+    """
+    cls = type(response)
+    for name in names:
+        setattr(response, name, getattr(cls, name))
 
 
 def _slot(name: str) -> Any:

@@ -8,9 +8,8 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import aiohttp_session
 import redis.asyncio as aioredis
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from ..common.config import Config
@@ -76,7 +75,7 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
         client_max_size=config.body_max_bytes,
         middlewares=[
             middlewares.guard(config, redis_errors, sign_in),
-            aiohttp_session.session_middleware(session_storage),
+            middlewares.sessions(session_storage, STREAM_PATHS),
         ],
     )
     broker = Broker(
@@ -215,9 +214,11 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
         response.headers[WORKER_HEADER] = str(worker_index)
         response.headers[PID_HEADER] = pid
         # Documents and their assets need the policy; a stream (SSE, or a
-        # WebSocket's 101) is never rendered, and keeps its headers for as
-        # long as it is open: thousands of copies for nothing.
-        if response.status != 101 and response.content_type != "text/event-stream":
+        # WebSocket's 101) is never rendered. (The header is read as it is:
+        # ``content_type`` would keep its parse on the response, a larger
+        # ``__dict__`` for every open stream.)
+        content_type = response.headers.get(hdrs.CONTENT_TYPE, "")
+        if response.status != 101 and not content_type.startswith(EVENT_STREAM):
             response.headers.update(SECURITY_HEADERS)
 
     async def stop_announcing(app: web.Application) -> None:
@@ -229,6 +230,12 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(tag_worker)
     return app
+
+
+EVENT_STREAM = "text/event-stream"
+EVENTS_PATH = "/api/rooms/{room}/events"
+WEBSOCKET_PATH = "/api/rooms/{room}/ws"
+STREAM_PATHS = frozenset({EVENTS_PATH, WEBSOCKET_PATH})
 
 
 def _stream(path: str, handler: Handler, **kwargs: Any) -> web.RouteDef:
@@ -272,8 +279,8 @@ def add_routes(
         (web.put, "/api/rooms/{room}/read", rooms.put_read),
         (web.post, "/api/auth", auth.sign_in),
         (web.delete, "/api/auth", auth.sign_out),
-        (_stream, "/api/rooms/{room}/events", events.events),
-        (_stream, "/api/rooms/{room}/ws", websockets.websocket),
+        (_stream, EVENTS_PATH, events.events),
+        (_stream, WEBSOCKET_PATH, websockets.websocket),
     ]
     operators = [
         (web.get, "/healthz", operations.healthz),

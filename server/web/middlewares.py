@@ -8,8 +8,9 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 
+import aiohttp_session
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import ResponseError
@@ -61,6 +62,28 @@ def guard(
             return await handler(request)
         except Exception as exc:  # noqa: BLE001 (each kind is answered in _answer)
             return _answer(request, exc, redis_errors)
+
+    return middleware
+
+
+def sessions(storage: aiohttp_session.AbstractStorage, streams: Collection[str]) -> Middleware:
+    """aiohttp-session's middleware, except for the streams (the routes at ``streams``).
+
+    Its middleware saves a changed session on a plain response only (a
+    stream saves its own, see :func:`~server.web.sessions.queue_save`), yet
+    its coroutine frame would be held by every open stream: a stream gets
+    the storage it reads sessions from, and its handler is called without
+    a frame of this middleware's own.
+    """
+    saving = aiohttp_session.session_middleware(storage)
+
+    @web.middleware
+    def middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical in streams:
+            request[aiohttp_session.STORAGE_KEY] = storage
+            return handler(request)
+        return saving(request, handler)
 
     return middleware
 

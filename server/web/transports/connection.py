@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -85,8 +85,7 @@ class Connections:
         self.streams_per_session = streams_per_session
         self.address_streams = address_streams
 
-    @contextlib.asynccontextmanager
-    async def opened(
+    def opened(
         self,
         request: web.Request,
         response: web.StreamResponse,
@@ -94,8 +93,23 @@ class Connections:
         user: User,
         since: MessageId | None,
         transport: str,
-    ) -> AsyncIterator[Subscription]:
-        """Subscribe to a room and register the connection for presence and the connection limits.
+    ) -> Opened:
+        """Subscribe to a room and register the connection for presence and the
+        connection limits, for the ``async with`` block (see :meth:`open`)."""
+        return Opened(self, request, response, room, user, since, transport)
+
+    async def open(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        room: str,
+        user: User,
+        since: MessageId | None,
+        transport: str,
+    ) -> tuple[Subscription, str]:
+        """Subscribe to a room and register the connection for presence and the
+        connection limits; the subscription and the client's address. Undone by
+        :meth:`close`.
 
         Registering it charges a new session to its address (``user`` comes
         from ``current_user(charge=False)``), checks the limits on open streams,
@@ -125,25 +139,29 @@ class Connections:
         except BaseException:
             hub.unsubscribe(sub)
             raise
-        metrics = self.metrics
-        metrics.connection_opened(transport)
+        self.metrics.connection_opened(transport)
         try:
             if not sub.has_presence:
                 # The first connection to the room on this worker: nobody here
                 # knows its presence yet. (A user coming online in a room is
                 # announced to every worker through the room's channel.)
                 self.announcer.announce_soon(room)
-            yield sub
-        finally:
-            metrics.connection_closed(transport)
-            hub.unsubscribe(sub)
-            # Runs even when the handler was cancelled by a disconnect; bounded so
-            # that a Redis outage cannot hold a closing connection open.
-            try:
-                async with asyncio.timeout(2):
-                    await self.registry.close(room, Holder(user.user_id, address), sub.id)
-            except (*failures.FAILURES, TimeoutError) as exc:
-                log.debug("could not unregister stream %s: %s", sub.id, exc)
+        except BaseException:
+            await self.close(sub, user, address, transport)
+            raise
+        return sub, address
+
+    async def close(self, sub: Subscription, user: User, address: str, transport: str) -> None:
+        """Undo :meth:`open`."""
+        self.metrics.connection_closed(transport)
+        self.hub.unsubscribe(sub)
+        # Runs even when the handler was cancelled by a disconnect; bounded so
+        # that a Redis outage cannot hold a closing connection open.
+        try:
+            async with asyncio.timeout(2):
+                await self.registry.close(sub.room.name, Holder(user.user_id, address), sub.id)
+        except (*failures.FAILURES, TimeoutError) as exc:
+            log.debug("could not unregister stream %s: %s", sub.id, exc)
 
     async def _register(
         self,
@@ -196,3 +214,44 @@ class Connections:
             key, ttl_s = name_key(user.user_id), registry.name_ttl_s
             writes.commands(lambda pipe: pipe.set(key, name, ex=ttl_s), lambda replies: None)
         await registry.join(room, Holder(user.user_id, address), sub.id, batch=writes)
+
+
+class Opened:
+    """:meth:`Connections.opened`: :meth:`~Connections.open` on entering,
+    :meth:`~Connections.close` on leaving.
+
+    An object rather than a generator-based context manager: every open
+    stream would hold the generator's suspended frame (and the event loop's
+    record of it), about 600 bytes a connection.
+    """
+
+    __slots__ = ("_address", "_connections", "_opening", "_sub", "_transport", "_user")
+
+    def __init__(
+        self,
+        connections: Connections,
+        request: web.Request,
+        response: web.StreamResponse,
+        room: str,
+        user: User,
+        since: MessageId | None,
+        transport: str,
+    ) -> None:
+        self._connections = connections
+        self._opening: Callable[[], Awaitable[tuple[Subscription, str]]] | None = partial(
+            connections.open, request, response, room, user, since, transport
+        )
+        self._user = user
+        self._transport = transport
+        self._sub: Subscription | None = None
+        self._address = ""
+
+    async def __aenter__(self) -> Subscription:
+        assert self._opening is not None
+        opening, self._opening = self._opening, None  # (not holding the request)
+        self._sub, self._address = await opening()
+        return self._sub
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._sub is not None
+        await self._connections.close(self._sub, self._user, self._address, self._transport)

@@ -13,11 +13,12 @@ from aiohttp import web
 from ...core.close_reason import MODERATION, CloseReason
 from ...core.wire import sse_chunk
 from .. import posting
+from ..aiohttp_compat import preset
 from ..aiohttp_sse_compat import EventStream
 from ..sessions import Sessions
 from . import connection
 from .connection import Connections
-from .sink import DirectSink
+from .sink import DirectSink, forget_handshake
 
 RETRY_MS = 1000
 REDIS_RETRY_MS = 2000
@@ -78,8 +79,10 @@ class SseHandler:
         user = await self.sessions.current_user(request, charge=False)
         await self.sessions.role_in(user, room)  # (a private room it has no grant for: 404)
         response = EventStream(send_timeout=self.send_timeout_s)
+        preset(response)
         async with self.connections.opened(request, response, room, user, since, "sse") as sub:
             await response.prepare(request)
+            forget_handshake(request, response)
             async with response:
                 try:
                     await response.write(f"retry: {RETRY_MS}\n\n".encode())

@@ -38,7 +38,7 @@ from ...core.wire import to_json
 from ...store.failures import UNREACHABLE, is_out_of_memory
 from .. import posting
 from ..addresses import owner_of
-from ..aiohttp_compat import can_upgrade
+from ..aiohttp_compat import LATE_WEBSOCKET_ATTRIBUTES, can_upgrade, preset
 from ..middlewares import ThrottledErrorLog
 from ..posting import Posting
 from ..sessions import Sessions, User
@@ -46,7 +46,7 @@ from ..signin import check_may_post, expires_at
 from ..typing_notices import Typing
 from . import connection
 from .connection import Connections
-from .sink import DirectSink
+from .sink import DirectSink, forget_handshake
 
 log = logging.getLogger(__name__)
 
@@ -139,51 +139,48 @@ class WsHandler:
             max_msg_size=self.max_msg_size,
             timeout=CLOSE_TIMEOUT_S,
         )
+        preset(ws, LATE_WEBSOCKET_ATTRIBUTES)
         if not can_upgrade(ws, request):
             raise BadRequest("expected a WebSocket upgrade request")
         user = await self.sessions.current_user(request, charge=False)
         role = await self.sessions.role_in(user, room)  # (decided once, for the connection)
         async with self.connections.opened(request, ws, room, user, since, "ws") as sub:
             await ws.prepare(request)
+            forget_handshake(request, ws)
             sink = WsSink(request, ws)
             sub.last_seen = time.monotonic()
             sub.attach(sink)
             address = owner_of(request.remote)
+            # The frames are read here rather than in a method of their own:
+            # one coroutine frame less held by every open connection.
             try:
-                await self._receive(ws, sub, user, role, address)
+                while True:
+                    msg = await ws.receive()
+                    sub.last_seen = received = time.monotonic()
+                    if msg.type == WSMsgType.TEXT:
+                        answer = await self._handle_text(
+                            msg.data, sub, user, role, address, received
+                        )
+                        if answer is not None:  # (a typing notice sent has none)
+                            await ws.send_str(answer)
+                    elif msg.type == WSMsgType.PING:
+                        await ws.pong(msg.data)
+                    elif msg.type == WSMsgType.PONG:
+                        pass
+                    elif msg.type == WSMsgType.BINARY:
+                        await ws.close(
+                            code=WSCloseCode.UNSUPPORTED_DATA,
+                            message=b"binary frames are not supported",
+                        )
+                        break
+                    else:  # CLOSE, CLOSING, CLOSED, or ERROR (closed by aiohttp, 1009 if oversize)
+                        break
             except (ConnectionResetError, RuntimeError):
                 pass  # the client went away
             finally:
                 await sub.stop()
                 await sink.finish()
         return ws
-
-    async def _receive(
-        self,
-        ws: web.WebSocketResponse,
-        sub: Subscription,
-        user: User,
-        role: Role,
-        address: str,
-    ) -> None:
-        while True:
-            msg = await ws.receive()
-            sub.last_seen = received = time.monotonic()
-            if msg.type == WSMsgType.TEXT:
-                answer = await self._handle_text(msg.data, sub, user, role, address, received)
-                if answer is not None:  # (a typing notice sent has none)
-                    await ws.send_str(answer)
-            elif msg.type == WSMsgType.PING:
-                await ws.pong(msg.data)
-            elif msg.type == WSMsgType.PONG:
-                pass
-            elif msg.type == WSMsgType.BINARY:
-                await ws.close(
-                    code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not supported"
-                )
-                return
-            else:  # CLOSE, CLOSING, CLOSED, or ERROR (aiohttp has closed it, 1009 if oversize)
-                return
 
     async def _handle_text(
         self, text: str, sub: Subscription, user: User, role: Role, address: str, arrived: float
