@@ -174,7 +174,9 @@ class Connections:
         name = user.token_name
         if name is not None:  # (what presence shows: the token's name)
             key, ttl_s = name_key(user.user_id), registry.name_ttl_s
-            writes.commands(lambda pipe: pipe.set(key, name, ex=ttl_s), lambda replies: None)
+            writes.commands(
+                lambda pipe: pipe.execute_command("SET", key, name, "EX", ttl_s), lambda r: None
+            )
         admitted = await self.admission.admit(
             room,
             holder,
