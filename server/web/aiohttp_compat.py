@@ -29,6 +29,10 @@ take the place of aiohttp's). Check them against a new aiohttp release.
 - ``WebSocketResponse.can_prepare`` raises UnicodeEncodeError for a
   handshake header that is not UTF-8: it words its 400 with the header's
   value (:func:`can_upgrade`).
+- ``StreamResponse._send_headers_immediately``, a class attribute (True;
+  ``web.Response`` sets it False): a response whose class sets it False
+  keeps its headers until its first write and sends both in one
+  (:class:`server.web.aiohttp_sse_compat.EventStream`).
 - The ``aiohttp.server`` logger gets an error with the exception for a
   request that does not parse (``HttpProcessingError``, 4xx) and for a
   body that cannot be read after the answer (``RequestPayloadError``)
