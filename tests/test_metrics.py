@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.common.metrics import Metrics, render
 
+from .soak import WORKER_GAUGES, worker_gauges
 from .support import Collector, ServerProcess, subscribe_on_worker, worker_pids
 
 pytestmark = pytest.mark.processes
@@ -217,6 +218,79 @@ async def test_a_metrics_token_guards_the_scrape_of_an_instance(
 
 
 # -- in-process: the rendering ------------------------------------------------
+
+
+async def test_each_worker_reports_its_tasks_descriptors_and_memory(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(workers=2, env={"CHAT_STREAMS_PER_SESSION": "100"})
+    pids = {str(pid) for pid in (await worker_pids(server.url)).values()}
+    scrapes = aiohttp.ClientSession(server.url)
+    streams = aiohttp.ClientSession(
+        server.url,
+        connector=aiohttp.TCPConnector(limit=0),
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+    )
+
+    async def totals_until(done: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+        # Each worker samples its resources once per heartbeat tick (0.5 s here).
+        async with asyncio.timeout(10):
+            while True:
+                async with scrapes.get("/metrics") as resp:
+                    gauges = worker_gauges(await resp.text())
+                totals = {name: sum(gauges[name].values()) for name in WORKER_GAUGES}
+                if all(set(gauges[name]) == pids for name in WORKER_GAUGES) and done(totals):
+                    return totals
+                await asyncio.sleep(0.1)
+
+    async def settled_totals() -> dict[str, float]:
+        # Once two readings a tick apart agree, the workers have sampled since.
+        last = None
+        async with asyncio.timeout(10):
+            while True:
+                totals = await totals_until(lambda totals: True)
+                now = (totals["chat_worker_tasks"], totals["chat_worker_open_fds"])
+                if now == last:
+                    return totals
+                last = now
+                await asyncio.sleep(0.6)
+
+    @contextlib.asynccontextmanager
+    async def thirty_streams() -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(30):
+                stream = await stack.enter_async_context(streams.get(f"{ROOM}/events"))
+                assert stream.status == 200, await stream.text()
+            yield
+        async with asyncio.timeout(10):
+            while (await scrape(scrapes))[1]['chat_connections{transport="sse"}']:
+                await asyncio.sleep(0.1)
+
+    async with scrapes, streams:
+        async with streams.get("/api/session") as resp:
+            assert resp.status == 200
+        # Streams closing together grow each worker's Redis pool (a command
+        # each, at once), which keeps its connections: grown here, once.
+        async with thirty_streams():
+            pass
+        idle = await settled_totals()
+        # The listening socket, Redis, the metrics files...; and a Python process' memory.
+        assert idle["chat_worker_open_fds"] >= 2 * 5
+        assert idle["chat_worker_rss_bytes"] >= 2 * 10 * 2**20
+        async with thirty_streams():
+            # A stream holds a socket and a task or more in its worker.
+            await totals_until(
+                lambda t: (
+                    t["chat_worker_open_fds"] >= idle["chat_worker_open_fds"] + 30
+                    and t["chat_worker_tasks"] >= idle["chat_worker_tasks"] + 30
+                )
+            )
+        await totals_until(
+            lambda t: (
+                t["chat_worker_open_fds"] <= idle["chat_worker_open_fds"] + 3
+                and t["chat_worker_tasks"] <= idle["chat_worker_tasks"] + 3
+            )
+        )
 
 
 def test_render_without_a_directory_is_this_process_alone() -> None:

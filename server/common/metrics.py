@@ -37,6 +37,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .prometheus_compat import values_in_files
+from .resources import Resources
 
 # prometheus_client's switch to its multiprocess mode: the main process sets
 # it to the instance's directory before anything imports prometheus_client.
@@ -149,6 +150,9 @@ class Metrics:
             "chat_gc_pause_max_seconds", "Longest full garbage collection so far."
         )
         worker_gauge("chat_worker_up", "Worker processes serving.").set(1)
+        self._tasks = worker_gauge("chat_worker_tasks", "asyncio tasks alive in the worker.")
+        self._fds = worker_gauge("chat_worker_open_fds", "Open file descriptors of the worker.")
+        self._rss = worker_gauge("chat_worker_rss_bytes", "Resident memory of the worker.")
         webhooks = counter(
             "chat_webhook_deliveries",
             "Webhook deliveries by result: ok, failed (to be tried again), dead (given up).",
@@ -252,6 +256,14 @@ class Metrics:
 
     def gc_paused(self, took_s: float) -> None:
         self.gc_pause_max.note(took_s)
+
+    def sampled(self, now: Resources) -> None:
+        """The worker's resources, as the heartbeat read them."""
+        self._tasks.set(now.tasks)
+        if now.fds is not None:
+            self._fds.set(now.fds)
+        if now.rss_bytes is not None:
+            self._rss.set(now.rss_bytes)
 
     # -- reading ----------------------------------------------------------------
 

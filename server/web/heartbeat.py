@@ -9,6 +9,9 @@ share of the connections and rooms, so that ten thousand connections do not
 all get their ping (and their client's wake-up) in the same instant. A tick
 visits its connections in batches, letting the loop run in between.
 
+Each tick also samples the worker's tasks, open descriptors and resident
+memory into its gauges (:mod:`server.common.resources`).
+
 A connection that cannot take its ping (its client stopped reading) queues
 it, and is cut off when it has not drained within ``idle_timeout_s`` (see
 :mod:`server.core.subscription`).
@@ -22,6 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from ..common import resources
 from ..common.config import Config
 from ..common.metrics import Metrics
 from ..core.close_reason import CloseReason
@@ -195,7 +199,10 @@ class Heartbeat:
             await self._tick()
         finally:
             took = time.perf_counter() - started
-            self.hub.metrics.heartbeat_took(took, slow=took > SLOW_TICK_S)
+            metrics = self.hub.metrics
+            metrics.heartbeat_took(took, slow=took > SLOW_TICK_S)
+            # Tasks, descriptors and memory, for the gauges a soak watches.
+            metrics.sampled(resources.sample())
             if took > SLOW_TICK_S:
                 log.warning(
                     "heartbeat took %.0f ms over %d connections (%.0f ms of it pinging)",

@@ -48,7 +48,7 @@ function showRoomName() {
 async function openRoom() {
   const room = state.room;
   const current = () => room === state.room;
-  if (state.role?.room !== room) {
+  if (state.role?.room !== room) { // (known already only at the page's start)
     await retrying('could not load your role in the room', () => loadRole(room), current);
     if (!current()) return;
   }
@@ -70,6 +70,7 @@ function switchRoom(room, { push }) {
   if (push) history.pushState({ room }, '', `/rooms/${encodeURIComponent(room)}`);
   connection.stop();
   state.room = room;
+  state.role = null; // (the role was the room left's: asked anew for this one)
   state.cursor = null;
   clearMessages();
   clearTyping();
