@@ -27,7 +27,7 @@ def test_aiohttp_sse_is_a_release_these_were_checked_on() -> None:
 
 
 def test_the_event_stream_replaces_only_the_ping() -> None:
-    assert not shadowed_names(EventStream, overrides={"_ping"})
+    assert not shadowed_names(EventStream, overrides={"_ping", "_send_headers_immediately"})
     assert "_ping" in vars(EventSourceResponse)
 
 
@@ -93,3 +93,20 @@ async def test_an_event_stream_keeps_no_ping_task_and_follows_the_future_it_ends
 
     assert await fetch_with(handler) == b"data: one\n\n"
     assert seen == {"no ping": True, "follows": True, "stopped": True}
+
+
+async def test_an_event_stream_sends_its_headers_with_its_first_write() -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = EventStream()
+        writer = request.writer
+        sent = writer.output_size
+        await response.prepare(request)
+        seen["prepared"] = writer.output_size - sent  # (nothing sent yet)
+        await response.write(b"retry: 1000\n\n")
+        seen["written"] = writer.output_size > sent
+        return response
+
+    assert await fetch_with(handler) == b"retry: 1000\n\n"
+    assert seen == {"prepared": 0, "written": True}

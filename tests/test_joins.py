@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from server.store.batch import Batch
 from server.store.clients import redis_client
 from server.store.connection_registry import ConnectionRegistry
-from server.store.keys import users_key
+from server.store.keys import address_connections_key, user_connections_key, users_key
 from server.store.presence_store import Holder
 
 from .support import sse_collector
@@ -49,6 +49,31 @@ async def test_a_storm_of_joins_in_a_room_is_one_presence_write(redis: Any) -> N
     assert await room_scripts(redis) - scripts == 1
     assert await calls(redis, "publish") - notices == 1
     assert sorted(await redis.zrange(users_key("lobby"), 0, -1)) == users
+    await registry.stop()
+
+
+async def test_a_storm_of_leaves_in_a_room_is_one_presence_write_and_frees_the_slots(
+    redis: Any,
+) -> None:
+    registry = ConnectionRegistry(
+        redis, "w1", ttl_s=30, per_session_limit=10, per_address_limit=1000, name_ttl_s=60
+    )
+    users = [f"u-{i:04x}" for i in range(40)]
+    for i, user in enumerate(users):
+        assert await registry.reserve("lobby", user, i, "10.0.0.1") is None
+    await asyncio.gather(
+        *(registry.join("lobby", Holder(user, "10.0.0.1"), i) for i, user in enumerate(users))
+    )
+    scripts, notices = await room_scripts(redis), await calls(redis, "publish")
+    await asyncio.gather(
+        *(registry.close("lobby", Holder(user, "10.0.0.1"), i) for i, user in enumerate(users))
+    )
+    # One leave script and one presence notice for the 40 of them:
+    assert await room_scripts(redis) - scripts == 1
+    assert await calls(redis, "publish") - notices == 1
+    assert await redis.zcard(users_key("lobby")) == 0
+    assert await redis.zcard(address_connections_key("10.0.0.1")) == 0
+    assert all([await redis.zcard(user_connections_key(u)) == 0 for u in users])
     await registry.stop()
 
 
@@ -116,3 +141,30 @@ async def test_a_storm_of_streams_writes_presence_once_a_round_and_the_others_se
     # one presence notice) each; the watcher is told in a few differences.
     assert written <= 10, written
     assert diffs <= 10, diffs
+
+
+async def test_a_new_sessions_stream_is_admitted_in_one_script_then_joins(
+    make_app: Any, aiohttp_client: Any, redis: Any
+) -> None:
+    app = await make_app(heartbeat_s=3600)
+    watcher = await aiohttp_client(app)
+    async with sse_collector(watcher.session, watcher.make_url(f"{ROOM}/events")) as seen:
+        await seen.wait_for(lambda c: c.count == 1)
+        client = await aiohttp_client(watcher.server)  # (no cookie: a new session)
+        scripts = await calls(redis, "evalsha", "eval")
+        reads = await calls(redis, "hmget")
+        async with client.ws_connect(f"{ROOM}/ws"):
+            await seen.wait_for(lambda c: c.count == 2)
+            # Its new-session charge, ban check, limits and session write are
+            # one script; its join another: not six commands and a join.
+            assert await calls(redis, "evalsha", "eval") - scripts == 2
+            assert await calls(redis, "hmget") == reads
+        # The session was saved with it: the cookie is the same user's.
+        user = (await (await client.get("/api/session")).json())["user_id"]
+        joined = {
+            u["user_id"]
+            for kind, data in seen.presence_events
+            if kind == "presence_diff"
+            for u in data["joined"]
+        }
+        assert user in joined

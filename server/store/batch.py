@@ -87,6 +87,15 @@ class Batch:
         self._parts.append((start, len(self._pipe), parse, reply))
         return reply
 
+    def plain_commands(self) -> list[tuple[Any, ...]]:
+        """The arguments of each command added so far, for a script to run
+        them instead (:mod:`server.store.admission`): the batch is then not
+        run, and its replies stay unread. Only for commands without replies
+        anyone reads, and not for scripts."""
+        if self._scripts:
+            raise ValueError("a batch with scripts cannot hand over its commands")
+        return [args for args, _ in self._pipe.command_stack]
+
     async def run(self) -> None:
         """Send every command in one round trip (shared with other batches),
         then fill each reply.

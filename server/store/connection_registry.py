@@ -21,14 +21,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from . import failures
 from .batch import Batch
 from .batch import run as run_scripts
-from .joins import Joins
+from .joins import Changes
 from .keys import (
     SIGNED_OUT_PREFIX,
     address_connections_key,
@@ -57,11 +56,6 @@ return 1
 
 REFRESH_BATCH = 250  # rooms renewed, or user entries refreshed, per pipeline
 USER_SLICES = 20  # a user entry is renewed every this many heartbeats
-
-
-def _only(replies: list[Any]) -> Any:
-    (reply,) = replies
-    return reply
 
 
 def _now_ms() -> int:
@@ -95,7 +89,8 @@ class ConnectionRegistry:
         self._held: dict[str, dict[int, Holder]] = {}
         self._ticks = 0
         self._undoing: set[asyncio.Future[None]] = set()
-        self._joins = Joins(redis, self.presence, self._settle)
+        self._joins = Changes(redis, self.presence.join, self._settle)
+        self._leaves = Changes(redis, self.presence.leave, self._settle)
 
     def user_member(self, room: str, connection_id: int, worker: str | None = None) -> str:
         """A connection in its owners' sets: where it is comes last (see :meth:`set_name`)."""
@@ -194,10 +189,11 @@ class ConnectionRegistry:
             log.debug("could not undo the join of connection %s: %s", cid, exc)
 
     async def stop(self) -> None:
-        """Wait for the joins and undos on their way."""
+        """Wait for the joins, undos and leaves on their way."""
         await self._joins.close()
         while self._undoing:
             await asyncio.wait(set(self._undoing))
+        await self._leaves.close()
 
     def _forget(self, room: str, connection_id: int) -> None:
         held = self._held.get(room, {})
@@ -206,6 +202,8 @@ class ConnectionRegistry:
             self._held.pop(room, None)
 
     async def close(self, room: str, holder: Holder, connection_id: int) -> None:
+        """Take a connection out of its room's presence, with the other leaves
+        of its round (:mod:`server.store.joins`), and free its slots."""
         self._forget(room, connection_id)
         entry = self.user_member(room, connection_id)
         batch = Batch(self.redis)
@@ -216,10 +214,9 @@ class ConnectionRegistry:
             ),
             list,
         )
-        left = batch.scripts([self.presence.leave(room, holder, connection_id)], _only)
-        await batch.run()
-        await self.presence.written(room)
-        await self._free(room, left.value)
+        await asyncio.gather(
+            batch.run(), asyncio.shield(self._leaves.add(room, holder, connection_id))
+        )
 
     async def refresh(self, parts: int = 1) -> None:
         """Renew this worker's lease on its rooms, and its connections'

@@ -1,16 +1,19 @@
-"""Connections joining their rooms' presence, together: one script per room per round.
+"""Connections joining or leaving their rooms' presence together: a script per room per round.
 
 A storm of clients opening streams in one room would otherwise run the
 room's join script once per connection, and each user coming online
 would publish its own presence notice, for every worker in the room to
-read presence again. Here the joins that arrive while a round is on its
-way wait for the next, and a round runs one join script per room for all
-of its connections (:meth:`server.store.presence_store.PresenceStore.join`):
-one write, and at most one notice, per room per round, however many
-joined. A join alone waits for nothing but the next iteration of the
-event loop.
+read presence again; a storm of them closing would do the same with the
+leave script. Here the changes that arrive while a round is on its way
+wait for the next, and a round runs one script per room for all of its
+connections (:meth:`server.store.presence_store.PresenceStore.join`, or
+:meth:`~server.store.presence_store.PresenceStore.leave`): one write, and
+at most one notice, per room per round, however many joined or left. A
+change alone waits for nothing but the next iteration of the event loop.
+Joins and leaves go in rounds of their own (a connection leaves only
+once its join was written).
 
-Each joiner waits for its round, and learns whether its join was
+Each connection waits for its round, and learns whether its change was
 written (the round's error, when it failed).
 """
 
@@ -23,23 +26,27 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from . import failures
+from .batch import Call
 from .batch import run as run_scripts
-from .presence_store import Holder, PresenceStore
+from .presence_store import Holder
 
 log = logging.getLogger(__name__)
 
-# Called once a room's joins are written: the room, whether the worker's
+# Called once a room's changes are written: the room, whether the worker's
 # lease on it was new, what the script swept of dead workers, and the
-# connections that joined.
+# connections that joined (or left).
 Settle = Callable[[str, bool, list[str], set[int]], Awaitable[None]]
 
+# The script of a room's changes (replies: whether the lease was new, swept).
+Script = Callable[[str, list[tuple[Holder, int]]], Call]
 
-class Joins:
-    """The joins waiting for the next round, by room."""
 
-    def __init__(self, redis: aioredis.Redis, presence: PresenceStore, settle: Settle) -> None:
+class Changes:
+    """The joins (or leaves) waiting for the next round, by room."""
+
+    def __init__(self, redis: aioredis.Redis, script: Script, settle: Settle) -> None:
         self.redis = redis
-        self.presence = presence
+        self.script = script
         self.settle = settle
         self._waiting: dict[str, list[tuple[Holder, int]]] = {}
         self._written: dict[str, asyncio.Future[None]] = {}
@@ -47,8 +54,8 @@ class Joins:
         self._due = False  # a round is scheduled for the next iteration
 
     def add(self, room: str, holder: Holder, connection_id: int) -> asyncio.Future[None]:
-        """Join a connection in the next round; a future done once it is written
-        (shared by the round's joiners of the room: shield it)."""
+        """Join (or take out) a connection in the next round; a future done once
+        it is written (shared by the round's connections of the room: shield it)."""
         written = self._written.get(room)
         if written is None:
             written = self._written[room] = asyncio.get_running_loop().create_future()
@@ -60,7 +67,7 @@ class Joins:
         return written
 
     def waiting(self, room: str) -> set[int]:
-        """The connections waiting to join ``room`` in the next round."""
+        """The connections waiting for the next round in ``room``."""
         return {connection_id for _, connection_id in self._waiting.get(room, ())}
 
     def _start(self) -> None:
@@ -76,12 +83,12 @@ class Joins:
     ) -> None:
         try:
             rooms = list(waiting)
-            calls = [self.presence.join(room, waiting[room]) for room in rooms]
+            calls = [self.script(room, waiting[room]) for room in rooms]
             try:
                 replies = await run_scripts(self.redis, *calls)
             except BaseException as exc:
                 for future in written.values():
-                    _fail(future, exc)  # (the joiners learn it, and undo their joins)
+                    _fail(future, exc)  # (the connections learn it: joiners undo their joins)
                 if isinstance(exc, failures.FAILURES):
                     return
                 raise
@@ -94,7 +101,7 @@ class Joins:
                     await self.settle(room, bool(int(fresh)), swept, joined)
                 except failures.FAILURES as exc:
                     # (The heartbeat sweeps and renews the room again.)
-                    log.debug("after joins in %s: %s", room, exc)
+                    log.debug("after a round in %s: %s", room, exc)
         finally:
             self._round = None
             if self._waiting:  # what arrived meanwhile goes next

@@ -134,20 +134,23 @@ local fresh = renew()
     + "return {fresh and 1 or 0, swept}\n"
 )
 
-# ARGV[7]: the connection, ARGV[8]: its user. The last connection the worker
-# holds in the room gives up its lease.
+# ARGV[7...]: pairs of (connection, user) to take out. The last connection
+# the worker holds in the room gives up its lease. The first reply is always
+# 0 (a join's and a leave's replies read alike).
 _LEAVE_SCRIPT = (
     _ROOM_PRELUDE
     + """
-if redis.call('SREM', KEYS[4], ARGV[7]) == 1 then
-  gone(ARGV[8])
+for i = 7, #ARGV, 2 do
+  if redis.call('SREM', KEYS[4], ARGV[i]) == 1 then
+    gone(ARGV[i + 1])
+  end
 end
 if redis.call('SCARD', KEYS[4]) == 0 then
   redis.call('ZREM', KEYS[3], ARGV[2])
 end
 """
     + _EPILOGUE
-    + "return swept\n"
+    + "return {0, swept}\n"
 )
 
 
@@ -212,9 +215,10 @@ class PresenceStore:
         pairs = [v for holder, cid in held for v in (self.member(holder, cid), holder.user_id)]
         return self._call(self._join, room, *pairs)
 
-    def leave(self, room: str, holder: Holder, connection_id: int) -> Call:
-        """The script that takes a connection out of the room (reply: swept)."""
-        return self._call(self._leave, room, self.member(holder, connection_id), holder.user_id)
+    def leave(self, room: str, held: list[tuple[Holder, int]]) -> Call:
+        """The script that takes connections out of the room (replies: 0, swept)."""
+        pairs = [v for holder, cid in held for v in (self.member(holder, cid), holder.user_id)]
+        return self._call(self._leave, room, *pairs)
 
     def renew(self, room: str) -> Call:
         """The script that renews this worker's lease (replies: fresh lease, swept)."""

@@ -135,9 +135,11 @@ class RateLimiter:
             (self._script, [budget_key(budget.kind, owner)], [budget.interval_ms, budget.burst])
             for budget, owner in charges
         ]
-        return batch.scripts(calls, lambda replies: self._verdict(charges, replies))
+        return batch.scripts(calls, lambda replies: self.verdict(charges, replies))
 
-    def _verdict(self, charges: Sequence[tuple[Budget, str]], replies: Sequence[Any]) -> Verdict:
+    def verdict(self, charges: Sequence[tuple[Budget, str]], replies: Sequence[Any]) -> Verdict:
+        """What the budget script answered for each of ``charges`` (ms to wait,
+        0: allowed), as a verdict; refusals are counted."""
         longest = 0.0
         refused = []
         for (budget, _), wait_ms in zip(charges, replies, strict=True):

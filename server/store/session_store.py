@@ -12,7 +12,6 @@ lives as long as the session (its expiry follows each save).
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from typing import Any
 
@@ -38,7 +37,7 @@ class SignedRedisStorage(RedisStorageBase):
         self._secret = secret.encode()
 
     def _sign(self, key: str) -> str:
-        mac = hmac.new(self._secret, key.encode(), hashlib.sha256).digest()[:16]
+        mac = hmac.digest(self._secret, key.encode(), "sha256")[:16]
         return key + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     def load_cookie(self, request: web.Request) -> str | None:
@@ -82,14 +81,17 @@ class SignedRedisStorage(RedisStorageBase):
         name = name_key(str(user_id))
 
         def add(pipe: Pipeline) -> None:
+            # (Plain commands: redis-py's own methods weigh their many
+            # options on every call, a tenth of what a new stream costs.)
             if session.empty:  # (invalidated: signed out)
-                pipe.delete(self.redis_key(key))
+                pipe.execute_command("DEL", self.redis_key(key))
                 return
-            pipe.set(self.redis_key(key), data, ex=session.max_age)
+            expiry = () if session.max_age is None else ("EX", session.max_age)
+            pipe.execute_command("SET", self.redis_key(key), data, *expiry)
             if named and new_name is not None:
-                pipe.set(name, new_name, ex=session.max_age)
+                pipe.execute_command("SET", name, new_name, *expiry)
             elif named:
-                pipe.expire(name, session.max_age)  # type: ignore[arg-type]
+                pipe.execute_command("EXPIRE", name, session.max_age)
 
         batch.commands(add, list)
 

@@ -33,6 +33,11 @@ take the place of aiohttp's). Check them against a new aiohttp release.
   each with a class attribute as its default until then
   (:data:`LATE_ATTRIBUTES`, :data:`LATE_WEBSOCKET_ATTRIBUTES`; see
   :func:`preset`).
+
+- ``StreamResponse._send_headers_immediately``, a class attribute (True;
+  ``web.Response`` sets it False): a response whose class sets it False
+  keeps its headers until its first write and sends both in one
+  (:class:`server.web.aiohttp_sse_compat.EventStream`).
 - The ``aiohttp.server`` logger gets an error with the exception for a
   request that does not parse (``HttpProcessingError``, 4xx) and for a
   body that cannot be read after the answer (``RequestPayloadError``)

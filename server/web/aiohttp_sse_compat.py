@@ -6,7 +6,9 @@ one of these changes. Check them against a new aiohttp-sse release.
 ``EventSourceResponse.prepare`` starts ``self._ping()`` as a task and keeps
 it in ``self._ping_task``; ``wait()`` awaits that task, ``stop_streaming()``
 (and so leaving ``async with response``) cancels it, and ``is_connected()``
-reads it. :class:`EventStream` overrides the one and sets the other.
+reads it. :class:`EventStream` overrides the one and sets the other. (It
+also keeps its headers for its first write: an aiohttp name, see
+:mod:`server.web.aiohttp_compat`.)
 (aiohttp-sse has no way to turn its pings off: ``ping_interval`` must be
 positive, and a long one still keeps a sleeping task per connection.)
 """
@@ -29,6 +31,11 @@ class EventStream(EventSourceResponse):
     that sleeps between pings would cost memory for nothing. (aiohttp-sse
     starts ``_ping`` in ``prepare``; this one returns at once.)
     """
+
+    # Its headers go out with its first write (the reconnect hint), in one
+    # send instead of two, as aiohttp's own ``web.Response`` does (see
+    # :mod:`server.web.aiohttp_compat`).
+    _send_headers_immediately = False
 
     async def _ping(self) -> None:
         return

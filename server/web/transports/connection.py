@@ -18,11 +18,11 @@ from ...core.ids import MessageId, parse_id
 from ...core.presence import Announcer
 from ...core.subscription import Subscription
 from ...store import failures
+from ...store.admission import Admission
 from ...store.batch import Batch
 from ...store.connection_registry import ConnectionRegistry
 from ...store.failures import is_out_of_memory
 from ...store.keys import name_key
-from ...store.moderation_store import banned
 from ...store.presence_store import Holder
 from ...store.ratelimit import RateLimiter
 from ..addresses import owner_of
@@ -52,6 +52,7 @@ class Connections:
 
     __slots__ = (
         "address_streams",
+        "admission",
         "announcer",
         "hub",
         "limiter",
@@ -84,6 +85,7 @@ class Connections:
         self.metrics = metrics
         self.streams_per_session = streams_per_session
         self.address_streams = address_streams
+        self.admission = Admission(redis, registry, limiter)
 
     def opened(
         self,
@@ -173,31 +175,39 @@ class Connections:
     ) -> None:
         """Check, then write: the round trips of :meth:`opened`.
 
-        The first charges a new session to its address and takes the stream's
-        slots from its owners' limits; only when every one allows it does the
-        second save the session (and the new user's name) and join the room's
-        presence. A refused stream writes nothing but those counts.
+        Admitting the stream charges a new session to its address, checks
+        the user's bans and takes the stream's slots from its owners' limits;
+        only when every one allows it are the session (and the new user's
+        name) saved (in the same script on one Redis, see
+        :mod:`server.store.admission`) and the room's presence joined. A
+        refused stream writes nothing but its budgets' counts.
         """
         registry = self.registry
         room = sub.room.name
+        holder = Holder(user.user_id, address)
         charges = (self.sessions.new_session_charge(request),) if user.is_new else ()
-        checks = Batch(self.redis)
-        verdict = self.limiter.charge(checks, *charges)
-        ban = banned(checks, user.user_id, room)
-        full = await registry.reserve(
+        writes = Batch(self.redis)
+        if user.unsaved:
+            await queue_save(request, response, writes)
+        name = user.token_name
+        if name is not None:  # (what presence shows: the token's name)
+            key, ttl_s = name_key(user.user_id), registry.name_ttl_s
+            writes.commands(
+                lambda pipe: pipe.execute_command("SET", key, name, "EX", ttl_s), lambda r: None
+            )
+        admitted = await self.admission.admit(
             room,
-            user.user_id,
+            holder,
             sub.id,
-            address,
+            charges=charges,
             ttl_s=NEW_SESSION_TTL_S if user.is_new else None,
-            batch=checks,
+            writes=writes,
         )
-        if verdict.value.wait or ban.value:
-            if full is None:
-                await registry.release(room, Holder(user.user_id, address), sub.id)
-            if ban.value:
-                raise Banned("you are banned from this room")
-            raise too_many_sessions(verdict.value.wait)
+        if admitted.banned:
+            raise Banned("you are banned from this room")
+        if admitted.wait:
+            raise too_many_sessions(admitted.wait)
+        full = admitted.full
         if full is not None:
             self.metrics.rate_limited(f"{'' if full == 'session' else 'address_'}streams")
             raise TooManyStreams(
@@ -206,14 +216,7 @@ class Connections:
                 else f"at most {self.address_streams} open streams per client address",
                 retry_after=STREAM_RETRY_AFTER_S,
             )
-        writes = Batch(self.redis)
-        if user.unsaved:
-            await queue_save(request, response, writes)
-        name = user.token_name
-        if name is not None:  # (what presence shows: the token's name)
-            key, ttl_s = name_key(user.user_id), registry.name_ttl_s
-            writes.commands(lambda pipe: pipe.set(key, name, ex=ttl_s), lambda replies: None)
-        await registry.join(room, Holder(user.user_id, address), sub.id, batch=writes)
+        await registry.join(room, holder, sub.id, batch=admitted.writes)
 
 
 class Opened:
