@@ -128,7 +128,8 @@ class Population:
             hold = rng.uniform(0.05, 1.0)
             try:
                 outcome = await churn_once(self.base, room, cookie, kind, leave, reads, hold)
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                # (A worker killed or reloaded while the request waited for its answer.)
                 outcome = type(exc).__name__
             self.outcomes[f"{kind} {outcome}"] += 1
 
