@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from server.store.batch import Batch, SharingRedis
 from server.store.clients import redis_client
@@ -80,3 +80,34 @@ async def test_a_batch_with_nothing_in_it_sends_nothing(redis: aioredis.Redis) -
     await Batch(redis).run()
     after = (await redis.info("stats"))["total_commands_processed"]
     assert after - before == 1  # (the INFO)
+
+
+async def test_a_batch_that_cannot_be_packed_fails_alone(redis: aioredis.Redis) -> None:
+    async def unpackable() -> Any:
+        batch = Batch(redis)
+        batch.commands(lambda pipe: pipe.execute_command("SET", "x", object()), list)
+        await batch.run()
+
+    results = await asyncio.gather(
+        counted(redis, "n"), unpackable(), counted(redis, "n"), return_exceptions=True
+    )
+    assert sorted(results[0::2]) == [1, 2]  # type: ignore[type-var]
+    assert isinstance(results[1], DataError)
+    assert await redis.get("n") == "2" and await redis.get("x") is None
+
+
+async def test_a_batch_that_fails_to_queue_sends_none_of_its_commands(
+    redis: aioredis.Redis,
+) -> None:
+    def half(pipe: Any) -> None:
+        pipe.incr("half")
+        raise ValueError("a store's bug")
+
+    async def failing() -> Any:
+        batch = Batch(redis)
+        batch.commands(half, list)
+        await batch.run()
+
+    results = await asyncio.gather(counted(redis, "n"), failing(), return_exceptions=True)
+    assert results[0] == 1 and isinstance(results[1], ValueError)
+    assert await redis.get("half") is None

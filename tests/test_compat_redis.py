@@ -19,6 +19,7 @@ from server.store.redis_compat import (
     CHECKED_ON,
     OneDeadlinePipeline,
     closed_by_redis,
+    drop_after,
     give_back,
     packed_by_hiredis,
 )
@@ -171,5 +172,18 @@ async def test_a_one_deadline_pipeline_past_its_deadline_times_out_and_drops_its
         assert not connection.is_connected  # (its replies unread: dropped)
         assert connection.socket_timeout == 0.3
         assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_commands_dropped_from_a_pipeline_are_not_sent(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.set("kept", "1").set("dropped", "1").set("dropped too", "1")
+        drop_after(pipe, 1)
+        assert len(pipe) == 1
+        assert await pipe.execute() == [True]
+        assert await client.exists("kept", "dropped", "dropped too") == 1
     finally:
         await client.aclose()

@@ -24,15 +24,16 @@ loaded and run again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import DataError, NoScriptError
 
-from .redis_compat import OneDeadlinePipeline
+from .redis_compat import OneDeadlinePipeline, drop_after
 
 T = TypeVar("T")
 
@@ -109,22 +110,25 @@ class Batch:
         parts = self._parts
         if not parts:
             return
-        sent: asyncio.Future[list[Any]] | None = None
+        replies: list[Any] | None = None
         if isinstance(self.redis, SharingRedis):
             pipe, sent = self.redis.pipelines.join()
-        else:
+            # (All put on the pipeline now: it goes out only once this awaits.)
+            first = len(pipe)
+            try:
+                spans = self._put(pipe)
+            except BaseException:
+                drop_after(pipe, first)  # (none of a batch that failed to queue goes out)
+                raise
+            # A command of the pipeline that cannot be packed stops it before
+            # anything is sent: each batch then runs again on its own, and
+            # only the one at fault fails.
+            with contextlib.suppress(DataError):
+                replies = (await sent)[first : first + spans[-1][1]]
+        if replies is None:
             pipe = self.redis.pipeline(transaction=False)
-        # (All put on the pipeline now: it goes out only once this awaits.)
-        first = len(pipe)
-        spans = []
-        for add, _, _, _ in parts:
-            start = len(pipe)
-            add(pipe)
-            spans.append((start - first, len(pipe) - first))
-        if sent is None:
+            spans = self._put(pipe)
             replies = list(await pipe.execute(raise_on_error=False))
-        else:
-            replies = (await sent)[first : first + spans[-1][1]]
         for (_, _, _, calls), (start, _) in zip(parts, spans, strict=True):
             for index, (script, keys, args) in enumerate(calls, start):
                 if isinstance(replies[index], NoScriptError):
@@ -134,6 +138,16 @@ class Batch:
                 raise reply
         for (_, parse, handle, _), (start, end) in zip(parts, spans, strict=True):
             handle._set(parse(replies[start:end]))
+
+    def _put(self, pipe: Pipeline) -> list[tuple[int, int]]:
+        """Put the commands on ``pipe``; where each part's are, from the first."""
+        first = len(pipe)
+        spans = []
+        for add, _, _, _ in self._parts:
+            start = len(pipe)
+            add(pipe)
+            spans.append((start - first, len(pipe) - first))
+        return spans
 
 
 async def run(redis: aioredis.Redis, *calls: Call) -> list[Any]:

@@ -23,7 +23,9 @@ private name of the worker's pool or cluster client (``_wait_s``, ``_free``,
   its ``connection`` when one is set, and ``reset()`` (which ``execute()``
   ends with) gives that back to the pool; a connection reads every reply
   under its ``socket_timeout`` and writes under ``asyncio.wait_for`` with
-  it, and does neither when it is None (:class:`OneDeadlinePipeline`).
+  it, and does neither when it is None (:class:`OneDeadlinePipeline`);
+  its ``command_stack`` is the list of the commands queued, in order
+  (:func:`drop_after`).
 
 Documented, so not here: the pools' ``make_connection()`` and
 ``connection_class``, the connections' ``connect()``, ``read_response()``,
@@ -147,3 +149,8 @@ class OneDeadlinePipeline(Pipeline):
             connection, deadline = set_aside
             connection.socket_timeout = deadline
         await super().reset()  # type: ignore[no-untyped-call]
+
+
+def drop_after(pipe: Pipeline, length: int) -> None:
+    """Take the commands queued on ``pipe`` after its first ``length`` off it."""
+    del pipe.command_stack[length:]

@@ -22,12 +22,13 @@ import dataclasses
 import hashlib
 import hmac
 import itertools
+import re
 import time
 from typing import Any, cast
 
 import aiohttp_session
 import redis.asyncio as aioredis
-from aiohttp import web
+from aiohttp import hdrs, web
 from redis.asyncio.client import Pipeline
 
 from .aiohttp_session_compat import RedisStorageBase, drop_session, storage_of, use_session
@@ -125,7 +126,7 @@ class SignedRedisStorage(RedisStorageBase):
         within :data:`GUESS_TTL_S`: made the request's session, and its
         :class:`Guess` put on the request (:data:`GUESSED`). None: not
         known here (then the session is read as usual)."""
-        cookie = request.cookies.get(self.cookie_name)
+        cookie = _plain_cookie(request.headers.get(hdrs.COOKIE, ""), self.cookie_name)
         remembered = self._remembered.get(cookie) if cookie else None
         if remembered is None:
             return None
@@ -145,7 +146,7 @@ class SignedRedisStorage(RedisStorageBase):
         guess = request.pop(GUESSED, None)
         drop_session(request)
         if guess is not None:
-            self._forget(request.cookies.get(self.cookie_name))
+            self._forget(_plain_cookie(request.headers.get(hdrs.COOKIE, ""), self.cookie_name))
 
     def _remember(self, cookie: str, remembered: _Remembered) -> None:
         entries = self._remembered
@@ -224,6 +225,25 @@ class SignedRedisStorage(RedisStorageBase):
         batch = Batch(self.redis)
         self.queue_save(batch, response, session, request.get(NEW_NAME))
         await batch.run()
+
+
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _plain_cookie(header: str, name: str) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header, when it is there
+    once and plain (what a signed key is), else None: without aiohttp's
+    parse of every cookie (morsels and all), which a guess does not need,
+    since any other spelling of it is only not guessed."""
+    prefix = name + "="
+    found = None
+    for part in header.split(";"):
+        pair = part.strip()
+        if pair.startswith(prefix):
+            if found is not None:
+                return None
+            found = pair[len(prefix) :]
+    return found if found and _PLAIN_VALUE.fullmatch(found) else None
 
 
 def guess_session(request: web.Request) -> None:

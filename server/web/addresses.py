@@ -11,6 +11,7 @@ added) and the first address that is not a trusted proxy is the client's.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -19,7 +20,11 @@ from aiohttp import hdrs, web
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(value: str) -> IPAddress | None:
+    """The IP address ``value`` names (an IPv4-mapped IPv6 one as IPv4);
+    None when it is none. (Remembered: a client's address is parsed for
+    each of its requests, by several checks.)"""
     try:
         address = ipaddress.ip_address(value.strip().strip("[]"))
     except ValueError:
@@ -38,6 +43,10 @@ class Proxies:
     def trusts(self, address: IPAddress | None) -> bool:
         return address is not None and any(address in network for network in self.networks)
 
+    def trusts_any(self) -> bool:
+        """Whether any proxy is trusted (else no forwarding header is read)."""
+        return bool(self.networks)
+
     def client(self, peer: str | None, forwarded_for: Iterable[str]) -> str | None:
         """The client's address, given the peer's and the ``X-Forwarded-For`` values."""
         address = parse_address(peer) if peer else None
@@ -54,6 +63,7 @@ class Proxies:
         return str(address)
 
 
+@functools.lru_cache(maxsize=4096)
 def owner_of(address: str | None) -> str:
     """The owner an address's budgets and limits are kept under (see
     :mod:`server.store.ratelimit`): an IPv6 client has a whole /64."""
@@ -107,7 +117,7 @@ def from_client(request: web.Request, proxies: Proxies) -> web.Request:
     """The request with ``remote`` (and ``scheme``) the client's when the peer
     is a trusted proxy; else the request as it is."""
     peer = request.remote
-    if not proxies.trusts(parse_address(peer) if peer else None):
+    if not proxies.trusts_any() or not proxies.trusts(parse_address(peer) if peer else None):
         return request
     client = proxies.client(peer, request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
     proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "").split(",")[-1].strip().lower()
