@@ -8,13 +8,18 @@ import asyncio
 from importlib.metadata import version
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from server.store.batch import SharingRedis
 from server.store.clients import WaitingCluster, WaitingPool
 from server.store.redis_compat import (
     CHECKED_ON,
+    OneDeadlinePipeline,
     closed_by_redis,
+    drop_after,
     give_back,
     packed_by_hiredis,
 )
@@ -31,19 +36,24 @@ async def test_the_worker_s_pool_and_cluster_client_shadow_no_name_of_redis_py()
     """An attribute of ours named as one of redis-py's would silently take its place."""
     pool = aioredis.ConnectionPool.from_url("redis://127.0.0.1:1")
     cluster = aioredis.RedisCluster(host="127.0.0.1", port=1)  # (never connected)
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1")
     try:
         assert not shadowed_names(WaitingPool, pool)
         assert not shadowed_names(WaitingCluster, cluster)
+        assert not shadowed_names(SharingRedis, client)
+        assert not hasattr(client, "pipelines")  # (a public name of ours)
+        assert not shadowed_names(OneDeadlinePipeline, client.pipeline())
     finally:
         await pool.disconnect()
         await cluster.aclose()
+        await client.aclose()
 
 
 async def test_a_pipeline_s_commands_move_to_another_by_its_command_stack(redis: Any) -> None:
-    """What server.store.rounds relies on: a plain pipeline keeps what it will
+    """What Batch.plain_commands relies on: a plain pipeline keeps what it will
     send as (args, options) in ``command_stack``, and another pipeline that
     gets them sends them with their reply callbacks."""
-    assert not hasattr(aioredis.Redis, "rounds")  # (PipelinedRedis' own attribute)
+    assert not hasattr(aioredis.Redis, "pipelines")  # (SharingRedis' own attribute)
     one = redis.pipeline(transaction=False)
     one.set("moved", "x").get("moved").zadd("moved-z", {"a": 1}).zscore("moved-z", "a")
     assert [args[0] for args, _ in one.command_stack] == ["SET", "GET", "ZADD", "ZSCORE"]
@@ -130,3 +140,63 @@ def test_packed_by_hiredis_leaves_other_connection_classes_alone() -> None:
         aioredis.SSLConnection,
     ):
         assert issubclass(packed_by_hiredis(redis_class), redis_class)
+
+
+async def test_a_one_deadline_pipeline_reads_its_replies_with_no_timeout_of_their_own(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=3)
+    read_timeouts: list[float | None] = []
+    try:
+        await client.ping()
+        [connection] = client.connection_pool._available_connections
+        original = connection.read_response
+
+        async def read_response(*args: Any, **kwargs: Any) -> Any:
+            read_timeouts.append(connection.socket_timeout)
+            return await original(*args, **kwargs)
+
+        connection.read_response = read_response  # type: ignore[method-assign]
+        pipe = OneDeadlinePipeline(client)
+        pipe.set("a", "1").incr("a").get("a")
+        assert await pipe.execute() == [True, 2, b"2"]
+        # The connection it was given ran it (redis-py takes the one set),
+        # with no timeout for each reply, and went back with its own.
+        assert read_timeouts == [None, None, None]
+        assert client.connection_pool._available_connections == [connection]
+        assert connection.socket_timeout == 3
+        assert not client.connection_pool._in_use_connections
+    finally:
+        await client.aclose()
+
+
+async def test_a_one_deadline_pipeline_past_its_deadline_times_out_and_drops_its_connection(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.3)
+    try:
+        pipe = OneDeadlinePipeline(client)
+        pipe.blpop(["nothing"], timeout=1).get("a")  # (Redis answers in 1 s)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisTimeoutError):
+            await pipe.execute()
+        assert asyncio.get_running_loop().time() - started < 0.9
+        [connection] = client.connection_pool._available_connections
+        assert not connection.is_connected  # (its replies unread: dropped)
+        assert connection.socket_timeout == 0.3
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_commands_dropped_from_a_pipeline_are_not_sent(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.set("kept", "1").set("dropped", "1").set("dropped too", "1")
+        drop_after(pipe, 1)
+        assert len(pipe) == 1
+        assert await pipe.execute() == [True]
+        assert await client.exists("kept", "dropped", "dropped too") == 1
+    finally:
+        await client.aclose()

@@ -7,13 +7,20 @@ import struct
 from typing import Any
 
 
-def to_json(value: Any) -> str:
-    """Compact JSON, non-ASCII text as it is: what every body and frame carries."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# Made once: json.dumps and json.loads make an encoder or decoder for each
+# call that asks for anything but their defaults. (Neither keeps state
+# between calls.)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON, non-ASCII text as it is: what every body and frame carries."""
+    return _ENCODER.encode(value)
 
 
 def parse_json(text: str) -> Any:
@@ -21,7 +28,7 @@ def parse_json(text: str) -> Any:
 
     Raises ValueError, or RecursionError for absurdly deep nesting.
     """
-    return json.loads(text, parse_constant=_no_constants)
+    return _DECODER.decode(text)
 
 
 def sse_chunk(frame: bytes) -> bytes:

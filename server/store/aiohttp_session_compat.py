@@ -17,7 +17,10 @@ of aiohttp-session's. Check them against a new aiohttp-session release.
 - The session middleware keeps the storage of a request under
   ``request[STORAGE_KEY]`` (:func:`storage_of`); a stream's is put there by
   ``server.web.middlewares.sessions`` instead, and ``get_session`` reads
-  it from there alike. A stream drops ``request[SESSION_KEY]`` once set up
+  it from there alike. ``get_session`` keeps the session it loaded under
+  ``request[SESSION_KEY]``, where it finds it again (and the middleware, to
+  save it): a session put there is the request's (:func:`use_session`,
+  :func:`drop_session`). A stream drops it once set up
   (``server.web.transports.sink.forget_handshake``).
 - That key, and the session's, are strings, which aiohttp warns about
   (``web.NotAppKeyWarning``, once a key; ignored by aiohttp outside the
@@ -75,3 +78,14 @@ def storage_of(request: web.Request) -> aiohttp_session.AbstractStorage:
     """The store the session middleware gave ``request``."""
     storage: aiohttp_session.AbstractStorage = request[aiohttp_session.STORAGE_KEY]
     return storage
+
+
+def use_session(request: web.Request, session: aiohttp_session.Session) -> None:
+    """Make ``session`` the request's: ``get_session`` answers it, and the
+    middleware saves it when it changes."""
+    request[aiohttp_session.SESSION_KEY] = session
+
+
+def drop_session(request: web.Request) -> None:
+    """Forget the request's session: ``get_session`` loads it again."""
+    request.pop(aiohttp_session.SESSION_KEY, None)

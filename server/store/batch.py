@@ -1,4 +1,4 @@
-"""One round trip to Redis for the commands of several stores.
+"""One round trip to Redis for the commands of several stores, and of several requests.
 
 A request often needs a few commands of several stores at once (its
 budgets, the user's name, an idempotency record): sent together they cost
@@ -7,28 +7,41 @@ gets back a :class:`Reply`, a handle that holds what those commands
 answered, parsed by the store, once the batch has run. No caller reads
 another store's replies, or knows their order.
 
-Batches sent in one iteration of the event loop share one pipeline
-(:mod:`server.store.rounds`). Scripts are sent by sha, as plain
-``EVALSHA`` commands (redis-py refuses ``pipe.evalsha`` on a Redis
-Cluster, though its pipelines route the command by its keys like any
-other); a script Redis lost (a restart) is loaded and run again.
+On a client of one Redis (:class:`SharingRedis`: one server, or the
+primary a Sentinel names) the batches that run in the same turn of the
+event loop go out together, as one pipeline (:class:`SharedPipelines`):
+under load a worker's requests share their round trips, and each pays
+for its commands but not for a connection, a write, a read and a wait of
+its own. A Redis Cluster client sends each batch on its own, so that a
+node that fails only fails the batches with keys on it.
+
+Scripts are sent by sha, as plain ``EVALSHA`` commands (redis-py refuses
+``pipe.evalsha`` on a Redis Cluster, though its pipelines route the
+command by its keys like any other); a script Redis lost (a restart) is
+loaded and run again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import DataError, NoScriptError
 
-from . import rounds
+from .redis_compat import OneDeadlinePipeline, drop_after
 
 T = TypeVar("T")
 
 Call = tuple[AsyncScript, list[str], list[Any]]  # a script, its keys and its arguments
+
+# Commands in one shared pipeline at most (a few hundred pack and parse in
+# about a millisecond); a batch that finds the pipeline full opens the next.
+MOST_COMMANDS = 512
 
 
 class Reply(Generic[T]):
@@ -50,24 +63,28 @@ class Reply(Generic[T]):
         self._value, self._ready = value, True
 
 
+# What a batch holds until it runs: commands to put on a pipeline, how to
+# read their replies, where to put what is read, and the scripts among them.
+_Part = tuple[Callable[[Pipeline], object], Callable[[list[Any]], Any], Reply[Any], Sequence[Call]]
+
+
 class Batch:
     """Commands of several stores, for one round trip."""
 
+    __slots__ = ("_parts", "redis")
+
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._pipe: Pipeline = redis.pipeline(transaction=False)
-        self._parts: list[tuple[int, int, Callable[[list[Any]], Any], Reply[Any]]] = []
-        self._scripts: dict[int, Call] = {}
+        self._parts: list[_Part] = []
 
     def commands(
         self, add: Callable[[Pipeline], object], parse: Callable[[list[Any]], T]
     ) -> Reply[T]:
-        """Commands that ``add`` puts on the pipeline (redis-py's own methods);
-        ``parse`` reads their replies, in the order they were added."""
-        start = len(self._pipe)
-        add(self._pipe)
+        """Commands that ``add`` puts on the pipeline (redis-py's own methods)
+        when the batch runs; ``parse`` reads their replies, in the order they
+        were added."""
         reply: Reply[T] = Reply()
-        self._parts.append((start, len(self._pipe), parse, reply))
+        self._parts.append((add, parse, reply, ()))
         return reply
 
     def get(self, key: str) -> Reply[str | None]:
@@ -78,13 +95,14 @@ class Batch:
 
     def scripts(self, calls: Sequence[Call], parse: Callable[[list[Any]], T]) -> Reply[T]:
         """Scripts, run in order; ``parse`` reads their replies."""
-        start = len(self._pipe)
-        for call in calls:
-            script, keys, args = call
-            self._scripts[len(self._pipe)] = call
-            self._pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        calls = tuple(calls)
+
+        def add(pipe: Pipeline) -> None:
+            for script, keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
         reply: Reply[T] = Reply()
-        self._parts.append((start, len(self._pipe), parse, reply))
+        self._parts.append((add, parse, reply, calls))
         return reply
 
     def plain_commands(self) -> list[tuple[Any, ...]]:
@@ -92,26 +110,59 @@ class Batch:
         them instead (:mod:`server.store.admission`): the batch is then not
         run, and its replies stay unread. Only for commands without replies
         anyone reads, and not for scripts."""
-        if self._scripts:
+        if any(calls for _, _, _, calls in self._parts):
             raise ValueError("a batch with scripts cannot hand over its commands")
-        return [args for args, _ in self._pipe.command_stack]
+        pipe = self.redis.pipeline(transaction=False)
+        self._put(pipe)
+        return [args for args, _ in pipe.command_stack]
 
     async def run(self) -> None:
-        """Send every command in one round trip (shared with other batches),
-        then fill each reply.
+        """Send every command in one round trip, then fill each reply.
 
         The first command that failed raises its error, once every command
         was sent (those after it ran too: this is a pipeline, not a
         transaction)."""
-        replies = list(await rounds.execute(self.redis, self._pipe))
-        for index, (script, keys, args) in self._scripts.items():
-            if isinstance(replies[index], NoScriptError):
-                replies[index] = await script(keys=keys, args=args)
+        parts = self._parts
+        if not parts:
+            return
+        replies: list[Any] | None = None
+        if isinstance(self.redis, SharingRedis):
+            pipe, sent = self.redis.pipelines.join()
+            # (All put on the pipeline now: it goes out only once this awaits.)
+            first = len(pipe)
+            try:
+                spans = self._put(pipe)
+            except BaseException:
+                drop_after(pipe, first)  # (none of a batch that failed to queue goes out)
+                raise
+            # A command of the pipeline that cannot be packed stops it before
+            # anything is sent: each batch then runs again on its own, and
+            # only the one at fault fails.
+            with contextlib.suppress(DataError):
+                replies = (await sent)[first : first + spans[-1][1]]
+        if replies is None:
+            pipe = self.redis.pipeline(transaction=False)
+            spans = self._put(pipe)
+            replies = list(await pipe.execute(raise_on_error=False))
+        for (_, _, _, calls), (start, _) in zip(parts, spans, strict=True):
+            for index, (script, keys, args) in enumerate(calls, start):
+                if isinstance(replies[index], NoScriptError):
+                    replies[index] = await script(keys=keys, args=args)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        for start, end, parse, handle in self._parts:
+        for (_, parse, handle, _), (start, end) in zip(parts, spans, strict=True):
             handle._set(parse(replies[start:end]))
+
+    def _put(self, pipe: Pipeline) -> list[tuple[int, int]]:
+        """Put the commands on ``pipe``; where each part's are, from the first."""
+        first = len(pipe)
+        spans = []
+        for add, _, _, _ in self._parts:
+            start = len(pipe)
+            add(pipe)
+            spans.append((start - first, len(pipe) - first))
+        return spans
 
 
 async def run(redis: aioredis.Redis, *calls: Call) -> list[Any]:
@@ -120,3 +171,76 @@ async def run(redis: aioredis.Redis, *calls: Call) -> list[Any]:
     replies = batch.scripts(calls, list)
     await batch.run()
     return replies.value
+
+
+class SharedPipelines:
+    """The pipeline that the batches of one turn of the event loop share.
+
+    The first batch of a turn opens it and starts the task that sends it,
+    which runs once the turn is over: every batch run in that turn has put
+    its commands on it by then. Each waits for the replies on a future of
+    its own, so that a request that is cancelled does not cancel the others.
+    The pipeline has one deadline, not one per reply
+    (:class:`~server.store.redis_compat.OneDeadlinePipeline`). A pipeline
+    takes at most :data:`MOST_COMMANDS`; a batch that would go past opens
+    the next one (sent in the same turn, on another connection), so that
+    packing or parsing one never holds the loop long.
+    """
+
+    __slots__ = ("_open", "_redis", "_sending")
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._open: tuple[Pipeline, list[asyncio.Future[list[Any]]]] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def join(self) -> tuple[Pipeline, asyncio.Future[list[Any]]]:
+        """The pipeline that goes out once this turn is over, and a future of
+        all its replies (or of the error that stopped it)."""
+        loop = asyncio.get_running_loop()
+        if self._open is None or len(self._open[0]) >= MOST_COMMANDS:
+            self._open = (OneDeadlinePipeline(self._redis), [])
+            task = loop.create_task(self._send(self._open))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        pipe, waiting = self._open
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        waiting.append(future)
+        return pipe, future
+
+    async def _send(self, group: tuple[Pipeline, list[asyncio.Future[list[Any]]]]) -> None:
+        if self._open is group:
+            self._open = None
+        pipe, waiting = group
+        try:
+            replies = list(await pipe.execute(raise_on_error=False))
+        except asyncio.CancelledError:
+            for future in waiting:
+                future.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001  (each waiting batch raises it)
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future in waiting:
+            if not future.done():
+                future.set_result(replies)
+
+    async def close(self) -> None:
+        """Wait for the pipelines on their way (their batches wait for them)."""
+        while self._sending:
+            await asyncio.wait(list(self._sending))
+
+
+class SharingRedis(aioredis.Redis):
+    """A client of one Redis whose batches share their round trips
+    (:class:`SharedPipelines`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pipelines = SharedPipelines(self)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await self.pipelines.close()
+        await super().aclose(close_connection_pool)

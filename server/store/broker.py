@@ -20,6 +20,8 @@ get their predecessor from the stream, or from Redis 7's
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -28,6 +30,7 @@ from ..core.ids import FIRST_ID, LAST_ID, MessageId, format_id, parse_id
 from ..core.model import Message
 from ..core.webhook import MESSAGE_CREATED
 from . import failures, history, scripts
+from .batch import Batch
 from .keys import changes_key, idempotency_record_key, stream_key
 from .outbox import Outbox
 from .publish import (
@@ -52,6 +55,10 @@ for i = 1, #info, 2 do
 end
 return false
 """
+
+
+def _only(replies: list[Any]) -> Any:
+    return replies[0]
 
 
 class Broker:
@@ -102,8 +109,10 @@ class Broker:
         nothing is stored or published. Atomic, in one round trip.
         """
         call = self._publish_call(room, user_id, name, text, key, may_create)
-        reply = await self._publish(keys=call.keys, args=call.args)
-        outcome = call.outcome(reply)
+        batch = Batch(self.redis)
+        reply = batch.scripts([(self._publish, call.keys, call.args)], _only)
+        await batch.run()
+        outcome = call.outcome(reply.value)
         if self._created and self.outbox is not None:
             # (A retry marks it too: the mark of the first may have been lost.)
             await self.outbox.written(room)

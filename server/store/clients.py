@@ -23,8 +23,8 @@ from redis.exceptions import RedisClusterException
 from ..common import redisurl
 from ..common.config import Config
 from . import connect
+from .batch import SharingRedis
 from .redis_compat import closed_by_redis, give_back, packed_by_hiredis
-from .rounds import PipelinedRedis
 from .session_store import SignedRedisStorage, make_storage
 
 CLIENT_OPTIONS: dict[str, Any] = {
@@ -170,7 +170,7 @@ def _client(url: str, *, decode_responses: bool) -> aioredis.Redis:
     kind = redisurl.kind_of(url)
     if kind == "single":
         pool = WaitingPool.from_url(url, decode_responses=decode_responses, **CLIENT_OPTIONS)
-        return PipelinedRedis.from_pool(pool)
+        return SharingRedis.from_pool(pool)
     if kind == "cluster":
         options = {
             name: value for name, value in CLIENT_OPTIONS.items() if name != "max_connections"
@@ -183,7 +183,9 @@ def _client(url: str, *, decode_responses: bool) -> aioredis.Redis:
             ),
         )
     options = {name: value for name, value in CLIENT_OPTIONS.items() if name != "wait_s"}
-    client = connect.async_client(url, decode_responses=decode_responses, **options)
+    client = connect.async_client(
+        url, decode_responses=decode_responses, redis_class=SharingRedis, **options
+    )
     return cast(aioredis.Redis, client)
 
 

@@ -32,9 +32,11 @@ _ASYNCIO = _Classes(
 def _client(url: str, classes: _Classes, options: dict[str, Any]) -> Any:
     kind = kind_of(url)
     if kind == "cluster":
+        options.pop("redis_class", None)
         return classes.cluster.from_url(node_url(url), **options)
+    single = options.pop("redis_class", classes.single)
     if kind == "single":
-        return classes.single.from_url(url, **options)
+        return single.from_url(url, **options)
     found = sentinels(url)
     sentinel = classes.sentinel(
         found.addresses,
@@ -46,7 +48,11 @@ def _client(url: str, classes: _Classes, options: dict[str, Any]) -> Any:
         **options,
     )
     return sentinel.master_for(
-        found.service, db=found.db, username=found.username, password=found.password
+        found.service,
+        redis_class=single,
+        db=found.db,
+        username=found.username,
+        password=found.password,
     )
 
 
@@ -56,7 +62,8 @@ def blocking_client(url: str, **options: Any) -> Any:
 
 
 def async_client(url: str, **options: Any) -> Any:
-    """An asyncio client of whatever ``url`` names."""
+    """An asyncio client of whatever ``url`` names (``redis_class``: the
+    class of a client of one server, or of the primary a Sentinel names)."""
     return _client(url, _ASYNCIO, options)
 
 

@@ -7,26 +7,77 @@ A session holds the user id. The user's display name has one home, a Redis
 key of the user's own (:func:`server.store.keys.name_key`), where presence
 finds it too: it is written with the session when the session is new, and
 lives as long as the session (its expiry follows each save).
+
+Each worker remembers the sessions it read for :data:`GUESS_TTL_S`, for
+the writes that can confirm them at no cost (:meth:`SignedRedisStorage.guess`):
+a post reads the session it was made with again in the round trip that
+charges its budgets, and is made again, from a fresh read, when the
+session changed meanwhile (signed out, or signed in again elsewhere).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
-from typing import Any
+import itertools
+import re
+import time
+from typing import Any, cast
 
 import aiohttp_session
 import redis.asyncio as aioredis
-from aiohttp import web
+from aiohttp import hdrs, web
 from redis.asyncio.client import Pipeline
 
-from .aiohttp_session_compat import RedisStorageBase
-from .batch import Batch
+from .aiohttp_session_compat import RedisStorageBase, drop_session, storage_of, use_session
+from .batch import Batch, Reply
 from .keys import name_key
 
 COOKIE_NAME = "chat_session"
 # The display name of a session made by this request, written when it is saved.
 NEW_NAME = web.RequestKey("new_name", str)
+
+GUESS_TTL_S = 10.0  # how long a worker remembers a session it read
+GUESSES_MAX = 10_000  # sessions a worker remembers at most (the oldest go first)
+
+
+class SessionChanged(Exception):
+    """The session a request was guessed to have is no longer the one in Redis."""
+
+
+@dataclasses.dataclass(slots=True)
+class Guess:
+    """A session as this worker last read it, not yet confirmed: the
+    request's session is taken to be it until a round trip reads it again
+    (:meth:`confirm`)."""
+
+    key: str  # where it is in Redis
+    stored: str  # what was there
+    confirmed: bool = False
+
+    def confirm(self, batch: Batch) -> Reply[bool]:
+        """Read the session again in ``batch``: whether it is still what was guessed."""
+        return batch.commands(lambda pipe: pipe.get(self.key), self._same)
+
+    def _same(self, replies: list[Any]) -> bool:
+        value = replies[0]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        self.confirmed = value == self.stored
+        return self.confirmed
+
+
+# A request whose session is a guess, and the guess.
+GUESSED = web.RequestKey("session_guess", Guess)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Remembered:
+    until: float  # time.monotonic()
+    key: str  # the session's key (the cookie without its signature)
+    stored: str
+    data: aiohttp_session.SessionData
 
 
 class SignedRedisStorage(RedisStorageBase):
@@ -35,6 +86,8 @@ class SignedRedisStorage(RedisStorageBase):
     def __init__(self, redis: aioredis.Redis, secret: str, **kwargs: Any) -> None:
         super().__init__(redis, **kwargs)
         self._secret = secret.encode()
+        # By signed cookie, the least recently read first.
+        self._remembered: dict[str, _Remembered] = {}
 
     def _sign(self, key: str) -> str:
         mac = hmac.digest(self._secret, key.encode(), "sha256")[:16]
@@ -48,6 +101,66 @@ class SignedRedisStorage(RedisStorageBase):
             return None
         key = cookie.rsplit(".", 1)[0]
         return key if hmac.compare_digest(self._sign(key), cookie) else None
+
+    async def load_session(self, request: web.Request) -> aiohttp_session.Session:
+        """The session of the request's cookie, read from Redis (and
+        remembered); a new one when there is none."""
+        key = self.load_cookie(request)
+        raw = None if key is None else await self.redis.get(self.redis_key(key))
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        try:
+            data = self.decode(raw) if raw is not None else None
+        except ValueError:
+            data = None
+        if key is None or raw is None:
+            return aiohttp_session.Session(None, data=None, new=True, max_age=self.max_age)
+        if isinstance(data, dict):
+            remembered = _Remembered(0.0, key, raw, cast(aiohttp_session.SessionData, data))
+            self._remember(self._sign(key), remembered)
+        return aiohttp_session.Session(key, data=data, new=False, max_age=self.max_age)
+
+    def guess(self, request: web.Request) -> aiohttp_session.Session | None:
+        """The request's session as this worker read it last, when that was
+        within :data:`GUESS_TTL_S`: made the request's session, and its
+        :class:`Guess` put on the request (:data:`GUESSED`). None: not
+        known here (then the session is read as usual)."""
+        cookie = _plain_cookie(request.headers.get(hdrs.COOKIE, ""), self.cookie_name)
+        remembered = self._remembered.get(cookie) if cookie else None
+        if remembered is None:
+            return None
+        if remembered.until <= time.monotonic():
+            self._forget(cookie)
+            return None
+        session = aiohttp_session.Session(
+            remembered.key, data=remembered.data, new=False, max_age=self.max_age
+        )
+        use_session(request, session)
+        request[GUESSED] = Guess(self.redis_key(remembered.key), remembered.stored)
+        return session
+
+    def guessed_wrong(self, request: web.Request) -> None:
+        """Forget the request's guessed session, here and on the request:
+        it is read again when next asked for."""
+        guess = request.pop(GUESSED, None)
+        drop_session(request)
+        if guess is not None:
+            self._forget(_plain_cookie(request.headers.get(hdrs.COOKIE, ""), self.cookie_name))
+
+    def _remember(self, cookie: str, remembered: _Remembered) -> None:
+        entries = self._remembered
+        now = time.monotonic()
+        entries.pop(cookie, None)
+        entries[cookie] = dataclasses.replace(remembered, until=now + GUESS_TTL_S)
+        # The oldest first: drop those past their time, and those over the most.
+        for oldest in list(itertools.islice(entries, 8)):
+            if entries[oldest].until > now and len(entries) <= GUESSES_MAX:
+                break
+            del entries[oldest]
+
+    def _forget(self, cookie: str | None) -> None:
+        if cookie:
+            self._remembered.pop(cookie, None)
 
     def save_cookie(
         self, response: web.StreamResponse, cookie_data: str, *, max_age: int | None = None
@@ -75,6 +188,7 @@ class SignedRedisStorage(RedisStorageBase):
         else:
             key = str(key)
             self.save_cookie(response, "" if session.empty else key, max_age=session.max_age)
+            self._forget(self._sign(key))  # (changed: read it again)
         data = self.encode(session)
         user_id = session.get("user_id")
         named = isinstance(user_id, str) and not session.empty and session.max_age is not None
@@ -113,6 +227,41 @@ class SignedRedisStorage(RedisStorageBase):
         batch = Batch(self.redis)
         self.queue_save(batch, response, session, request.get(NEW_NAME))
         await batch.run()
+
+
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _plain_cookie(header: str, name: str) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header, when it is there
+    once and plain (what a signed key is), else None: without aiohttp's
+    parse of every cookie (morsels and all), which a guess does not need,
+    since any other spelling of it is only not guessed."""
+    prefix = name + "="
+    found = None
+    for part in header.split(";"):
+        pair = part.strip()
+        if pair.startswith(prefix):
+            if found is not None:
+                return None
+            found = pair[len(prefix) :]
+    return found if found and _PLAIN_VALUE.fullmatch(found) else None
+
+
+def guess_session(request: web.Request) -> None:
+    """Take the request's session to be what this worker read last, if it
+    read it lately (:meth:`SignedRedisStorage.guess`)."""
+    cast(SignedRedisStorage, storage_of(request)).guess(request)
+
+
+def guessed_wrong(request: web.Request) -> bool:
+    """Whether the request's session was guessed and that was not confirmed
+    (then it is forgotten: the next ``get_session`` reads it afresh)."""
+    guess = request.get(GUESSED)
+    if guess is None or guess.confirmed:
+        return False
+    cast(SignedRedisStorage, storage_of(request)).guessed_wrong(request)
+    return True
 
 
 def make_storage(

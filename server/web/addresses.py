@@ -28,6 +28,9 @@ RECENT_ADDRESSES = 4096
 
 @functools.lru_cache(maxsize=RECENT_ADDRESSES)
 def parse_address(value: str) -> IPAddress | None:
+    """The IP address ``value`` names (an IPv4-mapped IPv6 one as IPv4);
+    None when it is none. (Remembered: a client's address is parsed for
+    each of its requests, by several checks.)"""
     try:
         address = ipaddress.ip_address(value.strip().strip("[]"))
     except ValueError:
@@ -45,6 +48,10 @@ class Proxies:
 
     def trusts(self, address: IPAddress | None) -> bool:
         return address is not None and any(address in network for network in self.networks)
+
+    def trusts_any(self) -> bool:
+        """Whether any proxy is trusted (else no forwarding header is read)."""
+        return bool(self.networks)
 
     def client(self, peer: str | None, forwarded_for: Iterable[str]) -> str | None:
         """The client's address, given the peer's and the ``X-Forwarded-For`` values."""
@@ -116,7 +123,7 @@ def from_client(request: web.Request, proxies: Proxies) -> web.Request:
     """The request with ``remote`` (and ``scheme``) the client's when the peer
     is a trusted proxy; else the request as it is."""
     peer = request.remote
-    if not proxies.trusts(parse_address(peer) if peer else None):
+    if not proxies.trusts_any() or not proxies.trusts(parse_address(peer) if peer else None):
         return request
     client = proxies.client(peer, request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
     proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "").split(",")[-1].strip().lower()

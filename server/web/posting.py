@@ -135,6 +135,10 @@ class Posting:
 
         ``arrived`` (``time.monotonic()``) is when the request or frame came
         in: a stored message's publish latency is counted from it.
+
+        A ``user`` with a ``guess`` of its session has it confirmed with the
+        budgets: :class:`~server.store.session_store.SessionChanged` when the
+        session changed, and nothing is written.
         """
         if arrived is None:
             arrived = time.monotonic()
@@ -158,6 +162,7 @@ class Posting:
             room,
             refused="you are banned from posting here",
             bans=address is not None,
+            guess=user.guess,
         )
         claim = Claim(self, user.user_id, idempotency_key, room, charges)
         if claimed is not None:

@@ -25,7 +25,7 @@ from ..store.batch import Batch
 from ..store.keys import name_key
 from ..store.moderation_store import membership
 from ..store.ratelimit import Budget, Budgets, RateLimiter
-from ..store.session_store import NEW_NAME, SignedRedisStorage
+from ..store.session_store import GUESSED, NEW_NAME, Guess, SignedRedisStorage, guess_session
 from .addresses import owner_of
 from .signin import (
     AUTH,
@@ -54,6 +54,7 @@ class User:
     unsaved: bool = False  # the session changed (new, or used for the first time)
     # Signed in with a token (the name, when it has one, is the token's).
     identity: Identity | None = None
+    guess: Guess | None = None  # the session as this worker read it last (see current_user)
 
     @property
     def token_name(self) -> str | None:
@@ -165,7 +166,9 @@ class Sessions:
         """What a new session costs: one from its client address's budget of new sessions."""
         return self.budgets.address_sessions, owner_of(request.remote)
 
-    async def current_user(self, request: web.Request, *, charge: bool = True) -> User:
+    async def current_user(
+        self, request: web.Request, *, charge: bool = True, guess: bool = False
+    ) -> User:
         """The caller's identity, creating the session on first contact.
 
         A new session costs its client's address one from its budget of new
@@ -173,10 +176,14 @@ class Sessions:
         every per-user limit would otherwise be one cookie-less request away.
         With ``charge=False`` the caller charges it, in its own round trip to
         Redis, and refuses the request if the budget does.
+        ``guess``: a session this worker read lately may be taken as it was
+        then (:meth:`SignedRedisStorage.guess`), for a caller that confirms it.
         """
         identity = bearer(request)
         if identity is not None:  # a program: no cookie, no session
             return User(identity.user_id, identity.name, is_new=False, identity=identity)
+        if guess:
+            guess_session(request)
         session = await aiohttp_session.get_session(request)
         user_id = session.get("user_id")
         if isinstance(user_id, str):
@@ -187,11 +194,12 @@ class Sessions:
             name = None if signed_in is None else signed_in.name
             used = session.get(USED)
             now = int(time.time())
+            user = User(user_id, name, False, identity=signed_in, guess=request.get(GUESSED))
             # (True: a session saved before the time was kept.)
             if isinstance(used, int) and not isinstance(used, bool) and now - used < RESAVE_AFTER_S:
-                return User(user_id, name, is_new=False, identity=signed_in)
+                return user
             session[USED] = now  # saved with its full age (and so is the name)
-            return User(user_id, name, is_new=False, unsaved=True, identity=signed_in)
+            return dataclasses.replace(user, unsaved=True)
         self.check_anonymous()
         if charge:
             verdict = await self.limiter.take(self.new_session_charge(request))

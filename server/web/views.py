@@ -17,12 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..common.metrics import Metrics
 from ..common.metrics import render as render_metrics
-from ..core.errors import BadRequest, NotFound, Unavailable, UnsupportedMediaType
+from ..core.errors import BadRequest, ChatError, NotFound, Unavailable, UnsupportedMediaType
 from ..core.identity import user_id
-from ..core.model import ROOM_RE
+from ..core.model import ROOM_RE, Message
 from ..core.names import clean_name
 from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
+from ..store.session_store import SessionChanged, guessed_wrong
 from . import posting, sessions
 from .addresses import owner_of
 from .history import HISTORY_LIMIT_MAX, History, id_param, int_param
@@ -138,21 +139,48 @@ class Api:
             )
         # Checked before a session is made for it: a request that fails leaves nothing.
         posting.message_text(body.get("text"), self.posting.max_chars)
-        user = await self.sessions.current_user(request)
-        await self.sessions.check_may_post(user, room)
-        message, replayed = await self.posting.post(
+        try:
+            message, replayed = await self._post(request, room, body, key, arrived, guess=True)
+        except SessionChanged:
+            # The session this worker read lately is no longer what Redis
+            # has (signed out, or signed in again elsewhere): nothing was
+            # written; start again with it read afresh.
+            guessed_wrong(request)
+            message, replayed = await self._post(request, room, body, key, arrived, guess=False)
+        return web.Response(
+            text='{"message":' + message.json + "}",
+            status=201,
+            content_type="application/json",
+            headers={"Idempotent-Replayed": "true"} if replayed else None,
+        )
+
+    async def _post(
+        self,
+        request: web.Request,
+        room: str,
+        body: dict[str, Any] | MultiDictProxy[Any],
+        key: str | None,
+        arrived: float,
+        *,
+        guess: bool,
+    ) -> tuple[Message, bool]:
+        """Post as the caller; with ``guess``, as the session this worker read
+        lately says it is, which the post confirms (a refusal it led to is
+        :class:`SessionChanged` too, to be decided again afresh)."""
+        try:
+            user = await self.sessions.current_user(request, guess=guess)
+            await self.sessions.check_may_post(user, room)
+        except ChatError:
+            if guessed_wrong(request):
+                raise SessionChanged from None
+            raise
+        return await self.posting.post(
             room,
             user,
             body.get("text"),
             address=owner_of(request.remote),
             idempotency_key=key,
             arrived=arrived,
-        )
-        return web.Response(
-            text='{"message":' + message.json + "}",
-            status=201,
-            content_type="application/json",
-            headers={"Idempotent-Replayed": "true"} if replayed else None,
         )
 
 
