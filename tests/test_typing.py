@@ -274,6 +274,8 @@ async def test_a_room_that_only_counts_its_users_gets_no_typing_notices(
             assert "t\n" not in heard and "m\n" in heard
             assert len(bob.typing) == 1
             assert not await redis.exists("chat:{general}:typing:dave")
+            # The worker knew the room counts only: the notice charged no budget either.
+            assert not await redis.exists("chat:rate:typing:{dave}")
 
 
 async def test_typing_is_refused_as_posting_is_and_a_refusal_writes_nothing(

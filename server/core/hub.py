@@ -167,12 +167,18 @@ class Hub:
         if room is not None:
             await presence.tell(room, online, count)
 
+    def counts_only(self, room_name: str) -> bool:
+        """Whether the room, as this worker knows it, only counts its users
+        (over ``presence_list_max``): False when it does not know."""
+        room = self.rooms.get(room_name)
+        return room is not None and room.presence is not None and room.presence.online is None
+
     def typing(self, room_name: str, notice: TypingNotice) -> None:
         """Tell the room's local subscribers but the typer's own connections
         that the user is typing. Rooms that only count their users (over
         ``presence_list_max``) are not told."""
         room = self.rooms.get(room_name)
-        if room is None or (room.presence is not None and room.presence.online is None):
+        if room is None or self.counts_only(room_name):
             return
         typer = notice.user_id
         for sub in list(room.subscriptions.values()):

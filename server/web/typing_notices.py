@@ -7,6 +7,11 @@ ban), and budgets of its own at the messages' rates (one round trip for
 the budgets, the ban and the name). A refused notice writes nothing; what
 it took from the budgets goes back when a ban refuses it.
 
+A room that only counts its users (over ``presence_list_max``) is told of
+no typing: where this worker knows the room to be one, a notice is
+answered at once, with nothing sent, stored or charged (elsewhere, the
+store's script finds it so).
+
 Coalescing: at most one notice per user per room every two seconds. Redis
 decides, for every worker of every instance, with one short-lived key per
 room and user (see :mod:`server.store.typing_store`); each worker also
@@ -74,6 +79,8 @@ class Typing:
         """Tell the others in the room that the user is typing, unless a notice
         of the user's went out within the window (the caller checked the
         user's role). Raises Banned or RateLimited, writing nothing."""
+        if self.hub.counts_only(room):
+            return  # nobody there is told who types: nothing to send, store or charge
         user_id = user.user_id
         charges: list[tuple[Budget, str]] = [
             (self.budgets.typing, user_id),
