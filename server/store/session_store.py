@@ -102,17 +102,22 @@ class SignedRedisStorage(RedisStorageBase):
         key = cookie.rsplit(".", 1)[0]
         return key if hmac.compare_digest(self._sign(key), cookie) else None
 
+    def _decoded(self, raw: str | bytes | None) -> tuple[str | None, Any]:
+        """A stored session as text, and what it decodes to (None when it
+        does not decode)."""
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        try:
+            return raw, self.decode(raw) if raw is not None else None
+        except ValueError:
+            return raw, None
+
     async def load_session(self, request: web.Request) -> aiohttp_session.Session:
         """The session of the request's cookie, read from Redis (and
         remembered); a new one when there is none."""
         key = self.load_cookie(request)
         raw = None if key is None else await self.redis.get(self.redis_key(key))
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", "replace")
-        try:
-            data = self.decode(raw) if raw is not None else None
-        except ValueError:
-            data = None
+        raw, data = self._decoded(raw)
         if key is None or raw is None:
             return aiohttp_session.Session(None, data=None, new=True, max_age=self.max_age)
         if isinstance(data, dict):
@@ -211,13 +216,7 @@ class SignedRedisStorage(RedisStorageBase):
 
     async def stored(self, key: str) -> dict[str, Any]:
         """What the session of ``key`` holds in Redis now (empty when it is gone)."""
-        raw = await self.redis.get(self.redis_key(key))
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", "replace")
-        try:
-            data = self.decode(raw) if raw is not None else None
-        except ValueError:
-            data = None
+        _, data = self._decoded(await self.redis.get(self.redis_key(key)))
         session = data.get("session") if isinstance(data, dict) else None
         return session if isinstance(session, dict) else {}
 
