@@ -278,6 +278,58 @@ async def test_a_room_that_only_counts_its_users_gets_no_typing_notices(
             assert not await redis.exists("chat:rate:typing:{dave}")
 
 
+async def test_typing_in_a_counted_room_by_an_anonymous_cookie_reads_no_session(
+    make_app: Any, aiohttp_client: Any, redis: aioredis.Redis
+) -> None:
+    client = await app_client(make_app, aiohttp_client, presence_list_max=1)
+    jar = client.session.cookie_jar
+    assert (await client.get("/api/session")).status == 200  # (an anonymous session)
+    (cookie,) = [c.value for c in jar if c.key == "chat_session"]
+    assert cookie.startswith("a-")  # (made without a sign-in: it never holds one)
+    async with client.post("/api/auth", json={"token": sign(claims(sub="erin"))}) as resp:
+        assert resp.status == 200
+    (signed,) = [c.value for c in jar if c.key == "chat_session"]
+    assert not signed.startswith("a-")  # (signing in made a session of its own)
+    jar.clear()
+    anonymous = {"Cookie": f"chat_session={cookie}"}
+    async with (
+        stream(client.session, "sse", BOB, client.make_url) as bob,
+        stream(client.session, "ws", CAROL, client.make_url),
+    ):
+        await bob.wait_for(lambda s: s.events[-1][1].get("count") == 2)
+        # The anonymous session is gone: the notice is answered as before,
+        # without a new session, since its session was not read at all.
+        await redis.delete("chat_session_" + cookie.rpartition(".")[0])
+        before = await Footprint.of(redis)
+        resp = await type_in(client, anonymous)
+        assert resp.status == 204 and "Set-Cookie" not in resp.headers
+        (await Footprint.of(redis)).assert_same_as(before)
+        # Refusals stand: a private room, a reader's token, a bad body.
+        await error_of(await type_in(client, anonymous, "/api/rooms/team-a/typing"), 404)
+        reader = bearer(sign(claims(sub="reader", rooms={"general": "reader"})))
+        await error_of(await type_in(client, reader), 403)
+        await error_of(await type_in(client, anonymous, json=[1]), 400)
+        # A signed-in session's cookie is read: its grants decide.
+        resp = await type_in(client, {"Cookie": f"chat_session={signed}"})
+        assert resp.status == 204 and "Set-Cookie" not in resp.headers
+        assert len(bob.typing) == 0
+
+
+async def test_an_anonymous_cookie_is_not_taken_as_one_when_its_signature_is_wrong(
+    make_app: Any, aiohttp_client: Any
+) -> None:
+    client = await app_client(make_app, aiohttp_client, presence_list_max=1)
+    async with (
+        stream(client.session, "sse", BOB, client.make_url) as bob,
+        stream(client.session, "ws", CAROL, client.make_url),
+    ):
+        await bob.wait_for(lambda s: s.events[-1][1].get("count") == 2)
+        forged = {"Cookie": "chat_session=a-0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAA"}
+        resp = await type_in(client, forged)
+        # A new session is made, as for any request without a good cookie.
+        assert resp.status == 204 and "chat_session=a-" in resp.headers["Set-Cookie"]
+
+
 async def test_typing_is_refused_as_posting_is_and_a_refusal_writes_nothing(
     make_app: Any, aiohttp_client: Any, redis: aioredis.Redis
 ) -> None:

@@ -8,6 +8,13 @@ key of the user's own (:func:`server.store.keys.name_key`), where presence
 finds it too: it is written with the session when the session is new, and
 lives as long as the session (its expiry follows each save).
 
+A session made for an anonymous visitor has a key of its own kind
+(:data:`ANONYMOUS_KEY_PREFIX`): it never holds a sign-in, since signing in
+always makes a session of its own (a session key known before sign-in
+does not become the user's), so a signed cookie with such a key names an
+anonymous session, or one that ended, with no need to ask Redis
+(:meth:`SignedRedisStorage.anonymous_cookie`).
+
 Each worker remembers the sessions it read for :data:`GUESS_TTL_S`, for
 the writes that can confirm them at no cost (:meth:`SignedRedisStorage.guess`):
 a post reads the session it was made with again in the round trip that
@@ -35,6 +42,11 @@ from .batch import Batch, Reply
 from .keys import name_key
 
 COOKIE_NAME = "chat_session"
+# The session field that holds a sign-in (see server.web.signin).
+SIGN_IN_FIELD = "auth"
+# How the key of a session made without a sign-in starts (not a hex digit:
+# the keys of other sessions are hex).
+ANONYMOUS_KEY_PREFIX = "a-"
 # The display name of a session made by this request, written when it is saved.
 NEW_NAME = web.RequestKey("new_name", str)
 
@@ -144,6 +156,16 @@ class SignedRedisStorage(RedisStorageBase):
         request[GUESSED] = Guess(self.redis_key(remembered.key), remembered.stored)
         return session
 
+    def anonymous_cookie(self, request: web.Request) -> bool:
+        """Whether the request's session cookie is signed and names a session
+        made without a sign-in, which never holds one: the session of an
+        anonymous visitor, or one that has ended since. Redis is not asked."""
+        cookie = _plain_cookie(request.headers.get(hdrs.COOKIE, ""), self.cookie_name)
+        if cookie is None or not cookie.startswith(ANONYMOUS_KEY_PREFIX):
+            return False
+        key = cookie.rpartition(".")[0]
+        return bool(key) and hmac.compare_digest(self._sign(key), cookie)
+
     def guessed_wrong(self, request: web.Request) -> None:
         """Forget the request's guessed session, here and on the request:
         it is read again when next asked for."""
@@ -189,6 +211,8 @@ class SignedRedisStorage(RedisStorageBase):
         key = session.identity
         if key is None:
             key = self.new_key()
+            if SIGN_IN_FIELD not in session:
+                key = ANONYMOUS_KEY_PREFIX + key
             self.save_cookie(response, key, max_age=session.max_age)
         else:
             key = str(key)

@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 from ..common.config import Config
 from ..core.errors import Forbidden, NotFound, TokenExpired
 from ..core.identity import Expiry, Identity, Role, parse_grants
-from ..store.session_store import SignedRedisStorage
+from ..store.session_store import SIGN_IN_FIELD, SignedRedisStorage
 from .tokens import TokenVerifier, open_verifier
 
 # The identity the request's Bearer token proved, or None: verified once.
@@ -27,7 +27,7 @@ BEARER: web.RequestKey[Identity | None] = web.RequestKey("bearer")
 API_PREFIX = "/api/"
 # A signed-in session's record of its token (never the token itself): the
 # name it gave, when it expires, its grants.
-AUTH = "auth"
+AUTH = SIGN_IN_FIELD
 
 
 class SignIn:

@@ -10,7 +10,10 @@ it took from the budgets goes back when a ban refuses it.
 A room that only counts its users (over ``presence_list_max``) is told of
 no typing: where this worker knows the room to be one, a notice is
 answered at once, with nothing sent, stored or charged (elsewhere, the
-store's script finds it so).
+store's script finds it so); and a POST there that is surely a member's
+whatever its session holds (an anonymous session's cookie in a public room
+where anonymous visitors write: :meth:`~server.web.sessions.Sessions.surely_member`)
+is answered without reading its session either.
 
 Coalescing: at most one notice per user per room every two seconds. Redis
 decides, for every worker of every instance, with one short-lived key per
@@ -70,6 +73,10 @@ class Typing:
         was coalesced with an earlier one."""
         room = posting.room_name(request.match_info["room"])
         await _no_body_or_object(request)
+        if self.hub.counts_only(room) and self.sessions.surely_member(request, room):
+            # Nothing would come of it (see notify), and the caller may type
+            # there whoever it is: its session is not even read.
+            return web.Response(status=204)
         user = await self.sessions.current_user(request)
         await self.sessions.check_may_post(user, room)
         await self.notify(room, user, owner_of(request.remote))
