@@ -315,6 +315,32 @@ async def test_typing_in_a_counted_room_by_an_anonymous_cookie_reads_no_session(
         assert len(bob.typing) == 0
 
 
+async def test_a_typing_frame_in_a_counted_room_is_answered_only_when_refused(
+    make_app: Any, aiohttp_client: Any, redis: aioredis.Redis
+) -> None:
+    client = await app_client(make_app, aiohttp_client, presence_list_max=1)
+    reader = bearer(sign(claims(sub="reader", rooms={"general": "reader"})))
+    async with (
+        stream(client.session, "sse", BOB, client.make_url) as bob,
+        stream(client.session, "ws", CAROL, client.make_url),
+    ):
+        await bob.wait_for(lambda s: s.events[-1][1].get("count") == 2)
+        for frame in ('{"type":"typing"}', '{"type": "typing"}'):
+            async with client.ws_connect(f"{ROOM}/ws", headers=reader) as ws:
+                await ws.send_str(frame)
+                while (answer := await ws.receive_json(timeout=5))["type"] != "error":
+                    pass
+                assert answer["error"]["code"] == "forbidden"
+            async with client.ws_connect(f"{ROOM}/ws", headers=DAVE) as ws:
+                await ws.send_str(frame)
+                await ws.send_json({"type": "message", "text": "after typing", "ref": 1})
+                while (answer := await ws.receive_json(timeout=5))["type"] not in ("ack", "error"):
+                    pass
+                assert answer["type"] == "ack" and answer["ref"] == 1
+        assert len(bob.typing) == 0
+        assert not await typing_keys(redis)
+
+
 async def test_an_anonymous_cookie_is_not_taken_as_one_when_its_signature_is_wrong(
     make_app: Any, aiohttp_client: Any
 ) -> None:
