@@ -10,7 +10,7 @@ client signed in with a token; ``chat-api``, every message posted through
 the server API; ``chat-webhooks``, webhooks on; ``chat-features``, a tenth
 of the requests edits and every stream typing once every 10 s), starts the
 target with
-``--workers`` processes (2 by default), measures it, and stops it. It prints
+``--workers`` processes (2 by default; 6 for ``many``), measures it, and stops it. It prints
 a table per case with the ratios chat/bare and chat/socketio (and
 <variant>/chat for each variant in the run), writes everything
 as JSON with ``--json PATH`` (``benchmarks/report.py`` turns those files into
@@ -29,7 +29,9 @@ Scenarios (``benchmarks/scenarios/``):
   and (``--fresh``) as fresh servers with 1000 and 3000 streams differ;
 - ``storm``: N clients connecting at once; opened, 503s, time, CPU per connect;
 - ``publish``: C keep-alive connections POSTing as fast as they can, a few
-  streams listening; messages/s, POST round trip, server CPU per message.
+  streams listening; messages/s, POST round trip, server CPU per message;
+- ``many``: 100,000 streams on 6 processes held for 2 minutes, then one
+  message to all of them; ticks and stalls while held, delivery, memory.
 
 The acceptance figures (run on a quiet machine; each run takes minutes)::
 
@@ -58,6 +60,8 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
     python -m benchmarks.loadgen --scenario fanout --subscribers 1000 --transport mixed \\
         --rate 10 --duration 30 --targets chat,chat-features \\
         --json benchmarks/results/fanout-features.json
+    python -m benchmarks.loadgen --scenario many --targets chat,bare \\
+        --json benchmarks/results/many.json
     python -m benchmarks.report benchmarks/results > BENCHMARKS.rst
 
 (``benchmarks/acceptance.sh`` runs exactly these.) Exit code: 0, 1 when the
@@ -104,6 +108,8 @@ FALLBACKS: dict[str, Any] = {
     "transport": "mixed",
     "rate": 50.0,
     "duration": 20.0,
+    "workers": 2,
+    "hold": 20.0,
 }
 
 
@@ -124,7 +130,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "chat-webhooks (webhooks on, to a receiver the harness runs), chat-features (a "
         "tenth of the requests edits, every stream typing once every 10 s)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="processes per target")
+    parser.add_argument("--workers", type=int, help="processes per target [many: 6; others: 2]")
     parser.add_argument(
         "--subscribers",
         "-n",
@@ -212,10 +218,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--hold",
         type=float,
-        default=20.0,
-        help="idle: seconds to keep the streams open after measuring, so that the chat "
+        help="idle, many: seconds to keep the streams open after measuring, so that the chat "
         "server's heartbeat ticks over all of them (its longest tick and loop stall are "
-        "then read from /metrics)",
+        "then read from /metrics) [idle 20, many 120]",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -274,7 +279,7 @@ async def measure_target(
     cls = TARGETS[name]
     if stream_kinds(cls, case["transport"], 1) is None:
         return {"na": f"{name} has no {case['transport']} transport"}
-    in_process = opts.scenario != "idle"
+    in_process = opts.scenario not in ("idle", "many")
     if in_process and opts.subscribers + 512 > fd_limit():
         raise BenchError(
             f"{opts.subscribers} streams need more open files than the limit ({fd_limit()}); "
