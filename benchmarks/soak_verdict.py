@@ -86,10 +86,11 @@ def worker_series(samples: Sequence[Mapping[str, Any]], gauge: str) -> dict[str,
 def rss_segments(samples: Sequence[Mapping[str, Any]], duration: float) -> list[dict[str, Any]]:
     """The RSS trend of each worker process's life (a reload or a kill starts a
     new one), over its samples after the run's warm-up and after its own
-    first minute (or warm-up, if shorter); lives judged over less than a
+    first two minutes (or the run's warm-up, if shorter: a new worker fills
+    up as the streams come back to it); lives judged over less than a
     twentieth of the run (at least a minute) or fewer than 5 samples are
     left out. Slope as % of the life's mean RSS per hour."""
-    start, own = warm_up(duration), min(60.0, warm_up(duration))
+    start, own = warm_up(duration), min(120.0, warm_up(duration))
     shortest = max(60.0, duration / 20)
     segments = []
     for pid, points in worker_series(samples, "rss").items():
@@ -117,6 +118,20 @@ def weighted_rss_slope(segments: Sequence[Mapping[str, Any]]) -> float | None:
         return None
     weighted: float = sum(s["percent_per_hour"] * (s["to_s"] - s["from_s"]) for s in segments)
     return float(weighted / total)
+
+
+def pause_rss_slope(pauses: Sequence[Mapping[str, Any]]) -> float | None:
+    """The workers' mean RSS at each pause (settled), as a slope in % of its
+    mean per hour; None with fewer than two pauses."""
+    points = [
+        (p["t"], sum(p["reading"]["rss"].values()) / len(p["reading"]["rss"]))
+        for p in pauses
+        if p["reading"]["rss"]
+    ]
+    if len(points) < 2:
+        return None
+    mean = sum(v for _, v in points) / len(points)
+    return round(slope_per_hour(points) / mean * 100, 2) if mean else None
 
 
 def totals_slopes(samples: Sequence[Mapping[str, Any]], duration: float) -> dict[str, float]:
@@ -206,6 +221,8 @@ def judge(record: Mapping[str, Any]) -> dict[str, Any]:
     if segments:
         worst = max(s["percent_per_hour"] for s in segments)
         row("worker RSS slope, steepest life (%/h)", worst, "(shown)", None)
+    at_pauses = pause_rss_slope(record["pauses"])
+    row("workers' mean RSS at the pauses, slope (%/h)", at_pauses, "(shown)", None)
     for name, unit in (
         ("fds", "fds"),
         ("tasks", "tasks"),
@@ -322,7 +339,7 @@ def plot(record: Mapping[str, Any], directory: str, stem: str) -> dict[str, str]
 
     names = plot_names(stem)
     for family, (title, ylabel, body) in PLOTS.items():
-        fig, ax = plt.subplots(figsize=(9, 3.6), dpi=80)
+        fig, ax = plt.subplots(figsize=(9, 3.6), dpi=72)
         body(ax, record["samples"])
         for event in record["events"]:
             if event["kind"] in EVENT_STYLE:
@@ -335,8 +352,8 @@ def plot(record: Mapping[str, Any], directory: str, stem: str) -> dict[str, str]
         ax.set_xlabel("minutes")
         ax.set_ylabel(ylabel)
         handles, _ = ax.get_legend_handles_labels()
-        if handles and len(handles) <= 12:
-            ax.legend(fontsize=7, loc="upper left")
+        if handles and len(handles) <= 16:
+            ax.legend(fontsize=6, loc="upper left", ncol=2 if len(handles) > 6 else 1)
         fig.tight_layout()
         fig.savefig(os.path.join(directory, names[family]))
         plt.close(fig)

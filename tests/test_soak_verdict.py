@@ -104,8 +104,8 @@ def record(growth: dict[str, float], later_tasks: float = 20, lost: int = 0) -> 
 def test_rss_is_judged_per_worker_life_after_the_warm_up_weighted_by_length() -> None:
     segments = rss_segments(samples(3600, {"a": 0.02, "b": 0.08}), 3600)
     assert [s["pid"] for s in segments] == ["a", "b"]
-    # Judged from 10 min (the warm-up) and from b's own first minute.
-    assert (segments[0]["from_s"], segments[1]["from_s"]) == (600, 1860)
+    # Judged from 10 min (the warm-up) and after b's own first two minutes.
+    assert (segments[0]["from_s"], segments[1]["from_s"]) == (600, 1920)
     a, b = (s["percent_per_hour"] for s in segments)
     assert a == pytest.approx(2, rel=0.05)  # of each life's mean RSS
     assert b == pytest.approx(8, rel=0.1)
@@ -117,6 +117,8 @@ def test_a_clean_record_passes_and_each_failure_is_named() -> None:
     judged = judge(record({"a": 0.01, "b": 0.01}))
     assert judged["problems"] == [], judged
     assert [p["problems"] for p in judged["pauses"]] == [[]]
+    # (Both pauses read the same RSS.)
+    assert ["workers' mean RSS at the pauses, slope (%/h)", 0.0, "(shown)", None] in judged["rows"]
 
     leaking = judge(record({"a": 0.2, "b": 0.2}, later_tasks=40, lost=3))
     named = [p.split(":")[0] for p in leaking["problems"]]
