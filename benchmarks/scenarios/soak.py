@@ -414,7 +414,7 @@ class Soak:
             await asyncio.to_thread(redis.proc.wait)
             await asyncio.to_thread(redis.start)
 
-    async def pause(self, length: float, redis: aioredis.Redis) -> None:
+    async def pause(self, length: float, redis: aioredis.Redis, *, last: bool) -> None:
         start = self.now()
         self.phase = "pause"
         self.churning.clear()
@@ -450,8 +450,9 @@ class Soak:
             f"soak {self.now():.0f} s: {'settled' if settled else 'NOT settled'}: "
             f"{reading.describe()}"
         )
-        self.phase = "churn"
-        self.churning.set()
+        if not last:
+            self.phase = "churn"
+            self.churning.set()
 
     # -- the run -------------------------------------------------------------------
 
@@ -478,12 +479,15 @@ class Soak:
         self.churning.set()
         try:
             length = soak_verdict.pause_length(duration)
-            for at, kind in soak_verdict.schedule(duration):
+            events = soak_verdict.schedule(duration)
+            for i, (at, kind) in enumerate(events):
                 await asyncio.sleep(max(0.0, at - (time.monotonic() - self.t0)))
                 if kind == "pause":
-                    await self.pause(length, redis)
+                    await self.pause(length, redis, last=i == len(events) - 1)
                 else:
                     await self.fault(kind)
+            # (The last pause lasts until the end, sampled.)
+            await asyncio.sleep(max(0.0, duration - (time.monotonic() - self.t0)))
         finally:
             for task in background:
                 task.cancel()
@@ -520,7 +524,8 @@ class Soak:
             "churners": len(self.cookies),
             "rooms": self.opts.soak_rooms,
             "rooms_created": self.created,
-            "published": sum(len(v) for v in self.accepted.values()),
+            "published": self.outcomes["post 201"],
+            "published_to_steady_rooms": sum(len(v) for v in self.accepted.values()),
             "churned": churned,
             "delivery": {
                 "lost": lost,
