@@ -222,27 +222,36 @@ class Soak:
             rooms = self.home + self.turning
             room = rooms[tick % len(rooms)]
             http = self.publishers[tick % PUBLISHERS]
-            kind = "post"
+            kind, own = "post", None
             if room in self.turning and self.mine.get(room) and tick % EDIT_EVERY == 0:
                 kind = "edit" if tick % (2 * EDIT_EVERY) else "delete"
+                own = self.mine[room].pop(0)  # (taken now: the room may turn idle)
             elif tick % TYPING_EVERY == 0:
                 kind = "typing"
             self.in_flight += 1
-            task = asyncio.create_task(self.request(kind, http, room))
+            task = asyncio.create_task(self.request(kind, http, room, own))
             task.add_done_callback(lambda _: self._done())
 
     def _done(self) -> None:
         self.in_flight -= 1
 
-    async def request(self, kind: str, http: aiohttp.ClientSession, room: str) -> None:
+    async def request(
+        self,
+        kind: str,
+        http: aiohttp.ClientSession,
+        room: str,
+        own: tuple[aiohttp.ClientSession, str] | None = None,
+    ) -> None:
+        """A post, a typing notice, or an edit or delete of ``own`` (its author
+        and its id)."""
         path = f"/api/rooms/{room}/messages"
         timeout = aiohttp.ClientTimeout(total=POST_TIMEOUT_S)
         try:
             if kind == "typing":
                 async with http.post(f"/api/rooms/{room}/typing", timeout=timeout) as resp:
                     self.count(kind, resp.status, (200, 202, 204))
-            elif kind in ("edit", "delete"):
-                author, message_id = self.mine[room].pop(0)
+            elif own is not None:
+                author, message_id = own
                 url = f"{path}/{message_id}"
                 if kind == "edit":
                     answer = author.patch(url, json={"text": "soak edit"}, timeout=timeout)
