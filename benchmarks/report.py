@@ -23,6 +23,7 @@ from .soak_verdict import plot_names
 from .summary import PER_MESSAGE, quotients, summary
 from .tables import render
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIO_ORDER = ("fanout", "capacity", "rooms", "idle", "storm", "publish", "soak")
 TITLES = {
     "fanout": "fanout: one room, many streams",
@@ -344,7 +345,8 @@ def many_against_few(run: dict[str, Any]) -> list[str]:
 
 def soak_section(run: dict[str, Any]) -> list[str]:
     """For a soak run: its verdict as a table, and its plots (the PNGs beside its
-    JSON, linked by their path from the repository's root)."""
+    JSON, linked by their path from the repository's root, where
+    ``BENCHMARKS.rst`` is)."""
     if run["scenario"] != "soak":
         return []
     figures = run["cases"][0]["results"].get("chat", {})
@@ -378,7 +380,9 @@ def soak_section(run: dict[str, Any]) -> list[str]:
     for family, name in plot_names(stem).items():
         path = os.path.join(folder, name)
         if os.path.exists(path):
-            parts += [f".. image:: {path}", f"   :alt: soak: {family}", ""]
+            # (BENCHMARKS.rst is at the root, however the results were named.)
+            link = os.path.relpath(path, ROOT)
+            parts += [f".. image:: {link}", f"   :alt: soak: {family}", ""]
     return parts
 
 

@@ -4,6 +4,7 @@ small synthetic record (benchmarks/soak_verdict.py, benchmarks/report.py)."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -156,4 +157,4 @@ def test_the_report_shows_the_verdict_and_links_the_plots(tmp_path: pathlib.Path
     assert text.startswith("**Verdict**: passed. Faults: kill at 1800 s; 2 pauses.")
     assert "worker RSS slope (%/h, weighted over worker lives)" in text
     for name in names.values():
-        assert f".. image:: {tmp_path / name}" in text
+        assert f".. image:: {os.path.relpath(tmp_path / name, report.ROOT)}" in text
