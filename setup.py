@@ -67,9 +67,9 @@ setup(
             "openapi-core>=0.23",
             "openapi-spec-validator>=0.8.5",
         ],
-        # The benchmark's peer (benchmarks/peer_socketio.py); the load generator
-        # needs nothing beyond the base install.
-        "bench": ["python-socketio>=5.11"],
+        # The benchmark's peer (benchmarks/peer_socketio.py), and the soak's
+        # plots; the load generator needs nothing else beyond the base install.
+        "bench": ["python-socketio>=5.11", "matplotlib>=3.8"],
         # The opt-in live console of each worker (monitor_port).
         "monitor": ["aiomonitor>=0.7"],
     },

@@ -51,6 +51,9 @@ run fanout-variants --scenario fanout --subscribers 100 --transport ws --rate 10
 # of them edits and every stream typing once every 10 s, beside the plain fan-out
 run fanout-features --scenario fanout --subscribers 1000 --transport mixed --rate 10 \
     --duration 30 --targets chat,chat-features "$@"
+# (i) 100,000 streams (half SSE, half WebSocket) on 6 processes held for 2 minutes,
+# then one message to all of them
+run many --scenario many --targets chat,bare "$@"
 
 python -m benchmarks.report "$out" > BENCHMARKS.rst
 exit $failed

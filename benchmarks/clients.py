@@ -167,8 +167,10 @@ class Subscriber:
         source: str | None = None,
         deflate: bool = True,
         token: str | None = None,
+        keep_cookie: bool = False,
     ) -> None:
         self.kind = kind
+        self.keep_cookie = keep_cookie
         self.host, self.port = endpoint.host, endpoint.port
         self.pid_header = endpoint.pid_header.lower().encode()
         self.resumes = endpoint.resumes
@@ -213,14 +215,16 @@ class Subscriber:
                 await self.task
 
     async def _run(self, attempts: int, open_timeout: float) -> None:
-        failures = 0
+        failures = in_a_row = 0
         while not self.stopping:
             try:
                 reason = await self._connect_once(open_timeout)
+                in_a_row = 0
             except Replaced:
                 continue
             except (OSError, TimeoutError, ProtocolError, ValueError) as exc:
                 reason = describe(exc)
+                in_a_row += 1
             if self.stopping:
                 return
             if not self.ready.is_set():
@@ -233,7 +237,8 @@ class Subscriber:
                 self.reconnects += 1
                 self.recorder.reconnects += 1
                 self.close_reasons[reason] += 1
-            await asyncio.sleep(0.05)
+            # Again at once, then backing off while the server refuses (up to 2 s).
+            await asyncio.sleep(min(2.0, 0.05 * 2 ** min(in_a_row, 6)))
 
     async def _connect_once(self, open_timeout: float) -> str:
         loop = asyncio.get_running_loop()
@@ -276,6 +281,8 @@ class Subscriber:
             key = base64.b64encode(os.urandom(16)).decode()
             extra = WS_HANDSHAKE.format(key=key) + (DEFLATE_OFFER if self.deflate_offer else "")
         extra += self.authorization
+        if self.keep_cookie and self.cookie:
+            extra += f"Cookie: {self.cookie.decode()}\r\n"  # the same visitor again
         return f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{extra}\r\n".encode()
 
     def admit(self, process: str) -> bool:

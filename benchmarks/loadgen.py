@@ -10,7 +10,7 @@ client signed in with a token; ``chat-api``, every message posted through
 the server API; ``chat-webhooks``, webhooks on; ``chat-features``, a tenth
 of the requests edits and every stream typing once every 10 s), starts the
 target with
-``--workers`` processes (2 by default), measures it, and stops it. It prints
+``--workers`` processes (2 by default; 6 for ``many``), measures it, and stops it. It prints
 a table per case with the ratios chat/bare and chat/socketio (and
 <variant>/chat for each variant in the run), writes everything
 as JSON with ``--json PATH`` (``benchmarks/report.py`` turns those files into
@@ -29,7 +29,14 @@ Scenarios (``benchmarks/scenarios/``):
   and (``--fresh``) as fresh servers with 1000 and 3000 streams differ;
 - ``storm``: N clients connecting at once; opened, 503s, time, CPU per connect;
 - ``publish``: C keep-alive connections POSTing as fast as they can, a few
-  streams listening; messages/s, POST round trip, server CPU per message.
+  streams listening; messages/s, POST round trip, server CPU per message;
+- ``many``: 100,000 streams on 6 processes held for 2 minutes, then one
+  message to all of them; ticks and stalls while held, delivery, memory;
+- ``soak``: the chat server alone for an hour (``--duration``) of steady
+  streams, churning connections, publishing and faults (reloads, killed
+  workers, a Redis restart), sampled every 10 s; a verdict on whether its
+  resources come back, the samples as JSON (``benchmarks/results/`` unless
+  ``--json``) and PNG plots beside it.
 
 The acceptance figures (run on a quiet machine; each run takes minutes)::
 
@@ -58,6 +65,8 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
     python -m benchmarks.loadgen --scenario fanout --subscribers 1000 --transport mixed \\
         --rate 10 --duration 30 --targets chat,chat-features \\
         --json benchmarks/results/fanout-features.json
+    python -m benchmarks.loadgen --scenario many --targets chat,bare \\
+        --json benchmarks/results/many.json
     python -m benchmarks.report benchmarks/results > BENCHMARKS.rst
 
 (``benchmarks/acceptance.sh`` runs exactly these.) Exit code: 0, 1 when the
@@ -104,6 +113,8 @@ FALLBACKS: dict[str, Any] = {
     "transport": "mixed",
     "rate": 50.0,
     "duration": 20.0,
+    "workers": 2,
+    "hold": 20.0,
 }
 
 
@@ -117,14 +128,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenario", choices=list(SCENARIOS), default="fanout")
     parser.add_argument(
         "--targets",
-        default="chat,bare,socketio",
-        help="comma-separated, in order, of chat, bare, socketio and chat's variants, each "
+        help="[chat,bare,socketio; soak: chat] comma-separated, in order, of chat, bare, "
+        "socketio and chat's variants, each "
         "compared with chat in the same run: chat-signed (every client signed in with a "
         "token of its own), chat-api (every message posted through the server API), "
         "chat-webhooks (webhooks on, to a receiver the harness runs), chat-features (a "
         "tenth of the requests edits, every stream typing once every 10 s)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="processes per target")
+    parser.add_argument("--workers", type=int, help="processes per target [many: 6; others: 2]")
     parser.add_argument(
         "--subscribers",
         "-n",
@@ -171,6 +182,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     capacity.add_argument("--max-steps", type=int, default=30)
     capacity.add_argument("--p99-limit-ms", type=float, default=250.0)
+    soak = parser.add_argument_group("soak")
+    soak.add_argument(
+        "--churners", type=int, default=2000, help="soak: connections coming and going"
+    )
+    soak.add_argument("--soak-rooms", type=int, default=200, help="soak: rooms active at once")
+    soak.add_argument(
+        "--sample-every", type=float, default=10.0, help="soak: seconds between samples"
+    )
     others = parser.add_argument_group("idle and storm")
     others.add_argument(
         "--swarm-size", type=int, default=10_000, help="idle: streams per client process"
@@ -212,10 +231,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--hold",
         type=float,
-        default=20.0,
-        help="idle: seconds to keep the streams open after measuring, so that the chat "
+        help="idle, many: seconds to keep the streams open after measuring, so that the chat "
         "server's heartbeat ticks over all of them (its longest tick and loop stall are "
-        "then read from /metrics)",
+        "then read from /metrics) [idle 20, many 120]",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -244,6 +262,10 @@ def complete(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
     for key, value in (FALLBACKS | scenario.DEFAULTS).items():
         if getattr(opts, key) is None:
             setattr(opts, key, value)
+    if opts.targets is None:
+        opts.targets = getattr(scenario, "DEFAULT_TARGETS", "chat,bare,socketio")
+    if opts.json_path is None and hasattr(scenario, "default_json_path"):
+        opts.json_path = scenario.default_json_path(opts)
     opts.targets = [t.strip() for t in opts.targets.split(",") if t.strip()]
     if not opts.targets or any(t not in TARGETS for t in opts.targets):
         parser.error(f"--targets takes a comma-separated list of {', '.join(TARGETS)}")
@@ -255,11 +277,21 @@ def complete(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
         parser.error("--rooms, --connections and --fresh take comma-separated numbers")
     if opts.fresh and (len(opts.fresh) != 2 or not 0 < opts.fresh[0] < opts.fresh[1]):
         parser.error("--fresh takes LOW,HIGH streams (0 < LOW < HIGH), or 0")
-    smallest = min(opts.workers, opts.subscribers, opts.senders, *opts.rooms, *opts.connections)
+    smallest = min(
+        opts.workers,
+        opts.subscribers,
+        opts.senders,
+        opts.soak_rooms,
+        *opts.rooms,
+        *opts.connections,
+    )
     if smallest < 1:
         parser.error(
-            "--workers, --subscribers, --senders, --rooms and --connections must be at least 1"
+            "--workers, --subscribers, --senders, --rooms, --soak-rooms and --connections "
+            "must be at least 1"
         )
+    if opts.churners < 0 or opts.sample_every <= 0:
+        parser.error("--churners must not be negative, --sample-every must be positive")
     if opts.rate <= 0 or opts.duration <= 0 or opts.typing_every <= 0 or opts.step_factor <= 1:
         parser.error(
             "--rate, --duration and --typing-every must be positive, --step-factor above 1"
@@ -274,10 +306,11 @@ async def measure_target(
     cls = TARGETS[name]
     if stream_kinds(cls, case["transport"], 1) is None:
         return {"na": f"{name} has no {case['transport']} transport"}
-    in_process = opts.scenario != "idle"
-    if in_process and opts.subscribers + 512 > fd_limit():
+    in_process = opts.scenario not in ("idle", "many")
+    streams = opts.subscribers + (opts.churners if opts.scenario == "soak" else 0)
+    if in_process and streams + 512 > fd_limit():
         raise BenchError(
-            f"{opts.subscribers} streams need more open files than the limit ({fd_limit()}); "
+            f"{streams} streams need more open files than the limit ({fd_limit()}); "
             "the idle scenario spreads its streams over several processes"
         )
     server = ServerOptions(
@@ -318,7 +351,10 @@ async def run(opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     scenario = SCENARIOS[opts.scenario]
     workdir = tempfile.mkdtemp(prefix="chat-bench-")
     redis = RedisProcess(
-        binary=opts.redis_server, directory=os.path.join(workdir, "redis"), maxclients=10_000
+        binary=opts.redis_server,
+        directory=os.path.join(workdir, "redis"),
+        maxclients=10_000,
+        persistent=getattr(scenario, "PERSISTENT_REDIS", False),
     )
     started = time.time()
     record: dict[str, Any] = {
@@ -421,6 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(opts.json_path, "w") as f:
             json.dump(record, f, indent=1)
             f.write("\n")
+        if hasattr(scenario, "after_record"):
+            for name in scenario.after_record(record, opts.json_path).values():
+                print(f"wrote {os.path.join(os.path.dirname(opts.json_path), name)}")
+        print(f"wrote {opts.json_path}")
     if problems:
         print(f"\nFAIL: the chat server: {'; '.join(problems)}", file=sys.stderr)
     if failed:

@@ -19,10 +19,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .soak_verdict import plot_names
 from .summary import PER_MESSAGE, quotients, summary
 from .tables import render
 
-SCENARIO_ORDER = ("fanout", "capacity", "rooms", "idle", "storm", "publish")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIO_ORDER = ("fanout", "capacity", "rooms", "idle", "storm", "publish", "many", "soak")
 TITLES = {
     "fanout": "fanout: one room, many streams",
     "capacity": "capacity: the highest delivery rate",
@@ -30,6 +32,8 @@ TITLES = {
     "idle": "idle: memory per connection",
     "storm": "storm: everyone connects at once",
     "publish": "publish: POSTs as fast as the connections can send them",
+    "many": "many: 100,000 streams held, then one message to all",
+    "soak": "soak: hours of churn and faults",
 }
 
 HEAD = """\
@@ -318,6 +322,7 @@ def run_text(run: dict[str, Any]) -> str:
             parts += details(name, figures)
         parts.append("")
     parts += many_against_few(run)
+    parts += soak_section(run)
     if run.get("problems"):
         parts += [f"The run failed its check: {literal('; '.join(run['problems']))}.", ""]
     return "\n".join(parts)
@@ -337,6 +342,49 @@ def many_against_few(run: dict[str, Any]) -> list[str]:
         render(metrics, figures),
         "",
     ]
+
+
+def soak_section(run: dict[str, Any]) -> list[str]:
+    """For a soak run: its verdict as a table, and its plots (the PNGs beside its
+    JSON, linked by their path from the repository's root, where
+    ``BENCHMARKS.rst`` is)."""
+    if run["scenario"] != "soak":
+        return []
+    figures = run["cases"][0]["results"].get("chat", {})
+    judged = figures.get("verdict")
+    if not judged:
+        return []
+    headers = ["check", "value", "goal", "passed"]
+    cells = [
+        [str(check), str(value), str(goal), {True: "yes", False: "NO", None: ""}[passed]]
+        for check, value, goal, passed in judged["rows"]
+    ]
+    widths = [max(len(r[i]) for r in [headers, *cells]) for i in range(len(headers))]
+    rule = "  ".join("=" * w for w in widths)
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    verdict = "FAIL: " + "; ".join(judged["problems"]) if judged["problems"] else "passed"
+    parts = [
+        f"**Verdict**: {verdict}. Faults: "
+        + ", ".join(
+            f"{e['kind']} at {e['t']:.0f} s" for e in figures["events"] if e["kind"] != "pause"
+        )
+        + f"; {len(figures['pauses'])} pauses.",
+        "",
+        "\n".join([rule, line(headers), rule, *map(line, cells), rule]),
+        "",
+    ]
+    folder = os.path.dirname(run["_path"])
+    stem = os.path.splitext(os.path.basename(run["_path"]))[0]
+    for family, name in plot_names(stem).items():
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            # (BENCHMARKS.rst is at the root, however the results were named.)
+            link = os.path.relpath(path, ROOT)
+            parts += [f".. image:: {link}", f"   :alt: soak: {family}", ""]
+    return parts
 
 
 def report(runs: list[dict[str, Any]]) -> str:

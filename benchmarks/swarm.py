@@ -14,7 +14,10 @@ the token it signs in with (null, or left out: anonymous). The process
 prints ``progress <opened> <settled>`` lines while it connects, then ``done
 <json>`` (how many opened, the errors of the others, what the server sent
 them meanwhile), keeps the streams open until its stdin closes, then closes
-them and exits.
+them and exits. Meanwhile each line ``report <messages> <timeout>`` on stdin
+asks what the benchmark's messages did: once every open stream has had
+``messages`` of them (or none arrived for ``timeout`` s), it prints ``report
+<json>`` (first copies, duplicates, each delivery's latency in ms).
 """
 
 from __future__ import annotations
@@ -72,8 +75,33 @@ async def hold(spec: dict[str, Any]) -> None:
     }
     print("done " + json.dumps(done), flush=True)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.buffer.read)  # until the parent closes it
-    await stop_all(subs)
+    while line := await loop.run_in_executor(None, sys.stdin.buffer.readline):
+        word, *args = line.decode().split()
+        if word == "report":
+            await delivered(recorder, len(live) * int(args[0]), float(args[1]))
+            print("report " + json.dumps(deliveries(recorder)), flush=True)
+    await stop_all(subs)  # (the parent closed stdin)
+
+
+async def delivered(recorder: Recorder, expected: int, quiet_s: float) -> None:
+    """Until ``expected`` first copies arrived, or none for ``quiet_s`` s."""
+    last, quiet_since = -1, asyncio.get_running_loop().time()
+    while recorder.first_copies < expected:
+        now = asyncio.get_running_loop().time()
+        if recorder.deliveries != last:
+            last, quiet_since = recorder.deliveries, now
+        elif now - quiet_since > quiet_s:
+            return
+        await asyncio.sleep(0.05)
+
+
+def deliveries(recorder: Recorder) -> dict[str, Any]:
+    return {
+        "first_copies": recorder.first_copies,
+        "duplicates": recorder.duplicates,
+        "out_of_order": recorder.out_of_order,
+        "latencies_ms": [round(ms, 2) for ms in recorder.latencies],
+    }
 
 
 def main() -> int:

@@ -112,6 +112,8 @@ class Recorded:
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        # What ended the reading for good, if something did: waiting then fails at once.
+        self.failure: BaseException | None = None
         self._changed = asyncio.Event()
 
     def add(self, message: dict[str, Any]) -> None:
@@ -126,6 +128,8 @@ class Recorded:
         """Until ``predicate(self)`` holds; TimeoutError after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
             while not predicate(self):
+                if self.failure is not None:
+                    raise AssertionError(f"reading failed: {self.failure!r}") from self.failure
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -409,6 +413,10 @@ class ResilientSubscriber(Recorded):
                     await self._ws()
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 self.reconnect_reasons.append(type(exc).__name__)
+            except Exception as exc:  # (a waiter learns of it, rather than time out)
+                self.failure = exc
+                self._changed.set()
+                raise
             await asyncio.sleep(0.02)
 
     async def _sse(self) -> None:

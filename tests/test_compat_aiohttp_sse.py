@@ -6,6 +6,8 @@ under it."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 from typing import Any
@@ -27,7 +29,9 @@ def test_aiohttp_sse_is_a_release_these_were_checked_on() -> None:
 
 
 def test_the_event_stream_replaces_only_the_ping() -> None:
-    assert not shadowed_names(EventStream, overrides={"_ping", "_send_headers_immediately"})
+    assert not shadowed_names(
+        EventStream, overrides={"_ping", "_send_headers_immediately", "prepare"}
+    )
     assert "_ping" in vars(EventSourceResponse)
 
 
@@ -110,3 +114,50 @@ async def test_an_event_stream_sends_its_headers_with_its_first_write() -> None:
 
     assert await fetch_with(handler) == b"retry: 1000\n\n"
     assert seen == {"prepared": 0, "written": True}
+
+
+async def test_preparing_for_a_client_that_reset_raises_a_connection_error() -> None:
+    """A client resets its request while the handler awaits something else (a
+    stream being admitted): aiohttp-sse's ``prepare`` then fails an assertion
+    (the request has no transport), the event stream's raises
+    ``ConnectionResetError``, which aiohttp takes as a client gone."""
+    outcomes: dict[str, str] = {}
+    started = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        started.set()
+        async with asyncio.timeout(5):
+            while request.transport is not None:  # (until the reset arrives)
+                await asyncio.sleep(0.01)
+        for response in (EventSourceResponse(), EventStream()):
+            try:
+                await response.prepare(request)
+                outcomes[type(response).__name__] = "prepared"
+            except (AssertionError, ConnectionResetError) as exc:
+                outcomes[type(response).__name__] = type(exc).__name__
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, shutdown_timeout=1, handler_cancellation=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        async with asyncio.timeout(5):
+            await started.wait()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # (a reset)
+        async with asyncio.timeout(5):
+            while len(outcomes) < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        await runner.cleanup()
+    assert outcomes == {
+        "EventSourceResponse": "AssertionError",
+        "EventStream": "ConnectionResetError",
+    }

@@ -168,3 +168,29 @@ async def test_a_new_sessions_stream_is_admitted_in_one_script_then_joins(
             for u in data["joined"]
         }
         assert user in joined
+
+
+async def test_a_failed_round_whose_joiners_all_left_logs_no_unretrieved_error(
+    redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The joiner of a round is cancelled (its client left) and the round
+    then fails on Redis (here a key of the wrong type: a restarted Redis
+    still loading its data does the same): what the round raised reaches
+    whoever still waits, and asyncio has no future's error left to log."""
+    import gc
+
+    registry = ConnectionRegistry(
+        redis, "w1", ttl_s=30, per_session_limit=10, per_address_limit=1000, name_ttl_s=60
+    )
+    await redis.set(users_key("lobby"), "not a sorted set")
+    holder = Holder("u-0001", "10.0.0.1")
+    assert await registry.reserve("lobby", holder.user_id, 1, holder.address) is None
+    joining = asyncio.ensure_future(registry.join("lobby", holder, 1))
+    await asyncio.sleep(0)  # (it waits for its round)
+    joining.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await joining
+    await registry.stop()  # (the round ran and failed; the undo ran)
+    del joining
+    gc.collect()
+    assert "never retrieved" not in caplog.text

@@ -80,7 +80,10 @@ async def start_on_worker(sub: ResilientSubscriber, worker: str) -> None:
     async with asyncio.timeout(20):
         while True:
             sub.start()
-            await sub.wait_for(lambda s: bool(s.connections))
+            try:
+                await sub.wait_for(lambda s: bool(s.connections))
+            except TimeoutError:
+                raise AssertionError(f"no stream opened: {sub.reconnect_reasons}") from None
             if sub.connections[-1].worker == worker:
                 return
             await sub.stop()

@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.soak_load import WORKER_GAUGES, worker_gauges
 from server.common.metrics import Metrics, render
 
-from .soak import WORKER_GAUGES, worker_gauges
 from .support import Collector, ServerProcess, subscribe_on_worker, worker_pids
 
 pytestmark = pytest.mark.processes

@@ -1,5 +1,5 @@
 """The short soak: two identical rounds of churn, each with a fault, must leave a
-settled server holding what it held after the first (see tests/soak_check.py),
+settled server holding what it held after the first (see benchmarks/soak_check.py),
 and steady subscribers must receive every message once, in order."""
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from benchmarks.soak_check import OTHER, Settled, kind_of, verdict
+from benchmarks.soak_load import settle
 from harness.processes import ROOT
 from server.store import keys
 
-from .soak import Population, settle
-from .soak_check import OTHER, Settled, kind_of, verdict
+from .soak import Population
 from .support import ServerProcess, worker_pids
 
 ROOMS = ["soak-a", "soak-b", "soak-c"]

@@ -563,3 +563,25 @@ async def test_many_streams_opening_at_once_all_succeed(client: Any) -> None:
 
     statuses = await asyncio.gather(*(open_one() for _ in range(250)))
     assert statuses.count(200) == 250, sorted(set(statuses))
+
+
+@pytest.mark.parametrize("kind", ["ws", "sse"])
+async def test_streams_closed_one_after_another_free_their_slots(
+    make_app: Any, aiohttp_client: Any, kind: str
+) -> None:
+    """The client hangs up as soon as it closed (aiohttp then cancels the
+    handler, which is still unregistering the stream): the slot is freed
+    all the same, so a session can open and close streams without end."""
+    client = await aiohttp_client(
+        await make_app(streams_per_session=2), server_kwargs={"handler_cancellation": True}
+    )
+    await client.get("/api/session")
+    for _ in range(8):
+        if kind == "ws":
+            ws = await client.ws_connect(f"{ROOM}/ws")
+            await ws.close()
+        else:
+            resp = await client.get(f"{ROOM}/events")
+            assert resp.status == 200, await resp.text()
+            await resp.content.readline()  # (the stream is open)
+            resp.close()

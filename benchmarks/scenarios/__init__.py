@@ -7,6 +7,12 @@
   has one per ``--rooms`` value), each a dict with a ``label``;
 - ``async run(target, ctx, case)``: measure one started target, return its figures.
 
+And optionally (the soak has them): ``DEFAULT_TARGETS`` (``--targets`` when not
+given), ``PERSISTENT_REDIS`` (the harness's Redis fsyncs every write, so that
+a restart loses nothing), ``default_json_path(opts)`` (``--json`` when not
+given) and ``after_record(record, json_path)`` (called once the JSON is
+written; returns the names of files written beside it).
+
 The rows that several tables have alike are in :mod:`.rows`.
 """
 
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import capacity, fanout, idle, publish, rooms, storm
+from . import capacity, fanout, idle, many, publish, rooms, soak, storm
 
 SCENARIOS: dict[str, ModuleType] = {
     "fanout": fanout,
@@ -23,4 +29,6 @@ SCENARIOS: dict[str, ModuleType] = {
     "idle": idle,
     "storm": storm,
     "publish": publish,
+    "many": many,
+    "soak": soak,
 }

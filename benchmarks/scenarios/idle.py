@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -178,6 +180,22 @@ class Swarm:
 
         await asyncio.gather(*(follow(i, p) for i, p in enumerate(self.procs)))
 
+    async def report(self, messages: int, quiet_s: float) -> list[dict[str, Any]]:
+        """What each process's streams made of the benchmark's messages, once
+        each stream has had ``messages`` of them (or none came for ``quiet_s`` s)."""
+
+        async def ask(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(f"report {messages} {quiet_s}\n".encode())
+            await proc.stdin.drain()
+            while line := await proc.stdout.readline():
+                word, _, rest = line.decode().strip().partition(" ")
+                if word == "report":
+                    return dict(json.loads(rest))
+            raise BenchError(f"a swarm process exited with {await proc.wait()}")
+
+        return list(await asyncio.gather(*(ask(p) for p in self.procs)))
+
     async def close(self) -> None:
         for proc in self.procs:
             if proc.stdin is not None:
@@ -190,6 +208,40 @@ class Swarm:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+
+
+@dataclasses.dataclass
+class Held:
+    """Streams a :class:`Swarm` opened, and what opening them took."""
+
+    swarm: Swarm
+    rss_before: int  # the server's summed RSS, warmed up, before
+    connect_s: float  # until every stream opened or failed
+    connect_cpu_s: float  # the server's CPU meanwhile
+    pids: list[int]  # the server's processes, once they settled
+    rss_open: int  # their summed RSS then
+
+
+@contextlib.asynccontextmanager
+async def held(target: Target, ctx: Context, kinds: list[str]) -> AsyncIterator[Held]:
+    """After a warm-up, open a stream of each of ``kinds`` from a :class:`Swarm`
+    and hold them until the block ends (the memory read ``--settle`` s after)."""
+    opts = ctx.opts
+    await warm_up(target, ctx, opts.room, kinds)
+    await asyncio.sleep(opts.settle)
+    rss_before = memory(target)
+    cpu0 = cpu_seconds(target.pids())
+    started = time.monotonic()
+    swarm = Swarm()
+    try:
+        await swarm.open(target, ctx, kinds)
+        connect_s = time.monotonic() - started
+        connect_cpu = cpu_seconds(target.pids()) - cpu0
+        await asyncio.sleep(opts.settle)
+        pids = target.pids()
+        yield Held(swarm, rss_before, connect_s, connect_cpu, pids, rss_bytes(pids))
+    finally:
+        await swarm.close()
 
 
 def restart(target: Target, ctx: Context) -> None:
@@ -239,19 +291,9 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
             f"warning: {len(kinds)} streams on {opts.workers} processes may need more open "
             f"files per server process than the limit ({fd_limit()}; see ulimit -Hn)"
         )
-    await warm_up(target, ctx, opts.room, kinds)
-    await asyncio.sleep(opts.settle)
-    rss_before = memory(target)
-    cpu0 = cpu_seconds(target.pids())
-    started = time.monotonic()
-    swarm = Swarm()
-    try:
-        await swarm.open(target, ctx, kinds)
-        connect_s = time.monotonic() - started
-        connect_cpu = cpu_seconds(target.pids()) - cpu0
-        await asyncio.sleep(opts.settle)
-        pids = target.pids()
-        rss_open = rss_bytes(pids)
+    async with held(target, ctx, kinds) as h:
+        swarm, pids, rss_before, rss_open = h.swarm, h.pids, h.rss_before, h.rss_open
+        connect_s, connect_cpu = h.connect_s, h.connect_cpu_s
         opened = swarm.opened_total
         errors: Counter[str] = Counter()
         per_process: Counter[str] = Counter()
@@ -292,8 +334,6 @@ async def run(target: Target, ctx: Context, case: dict[str, Any]) -> dict[str, A
             }
             | await target.sign_in_details(opts.room),
         }
-    finally:
-        await swarm.close()
 
 
 def problems(target: str, figures: dict[str, Any]) -> list[str]:

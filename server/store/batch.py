@@ -222,6 +222,7 @@ class SharedPipelines:
             for future in waiting:
                 if not future.done():
                     future.set_exception(exc)
+                    future.exception()  # (read: a batch that failed to queue never waits)
             return
         for future in waiting:
             if not future.done():

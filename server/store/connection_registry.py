@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -88,7 +89,9 @@ class ConnectionRegistry:
         # What this worker holds: room -> {connection id: (user id, address key)}.
         self._held: dict[str, dict[int, Holder]] = {}
         self._ticks = 0
-        self._undoing: set[asyncio.Future[None]] = set()
+        # Undos and closes on their way: they run to their end whatever
+        # happens to the request that started them.
+        self._finishing: set[asyncio.Future[None]] = set()
         self._joins = Changes(redis, self.presence.join, self._settle)
         self._leaves = Changes(redis, self.presence.leave, self._settle)
 
@@ -166,9 +169,7 @@ class ConnectionRegistry:
             await asyncio.shield(joined)
         except BaseException:
             # The join may have been applied: undo it, whatever happens to us.
-            undo = asyncio.ensure_future(self._undo(room, holder, connection_id, joined))
-            self._undoing.add(undo)
-            undo.add_done_callback(self._undoing.discard)
+            self._finish(self._undo(room, holder, connection_id, joined))
             raise
 
     async def _settle(self, room: str, fresh: bool, swept: list[str], joined: set[int]) -> None:
@@ -191,8 +192,8 @@ class ConnectionRegistry:
     async def stop(self) -> None:
         """Wait for the joins, undos and leaves on their way."""
         await self._joins.close()
-        while self._undoing:
-            await asyncio.wait(set(self._undoing))
+        while self._finishing:
+            await asyncio.wait(set(self._finishing))
         await self._leaves.close()
 
     def _forget(self, room: str, connection_id: int) -> None:
@@ -203,8 +204,17 @@ class ConnectionRegistry:
 
     async def close(self, room: str, holder: Holder, connection_id: int) -> None:
         """Take a connection out of its room's presence, with the other leaves
-        of its round (:mod:`server.store.joins`), and free its slots."""
+        of its round (:mod:`server.store.joins`), and free its slots.
+
+        It runs to its end even when the caller is cancelled: a client that
+        hangs up right after closing its stream has its handler cancelled
+        while it closes, and a slot left taken would count against the
+        session (and the address) until it expired.
+        """
         self._forget(room, connection_id)
+        await asyncio.shield(self._finish(self._close(room, holder, connection_id)))
+
+    async def _close(self, room: str, holder: Holder, connection_id: int) -> None:
         entry = self.user_member(room, connection_id)
         batch = Batch(self.redis)
         batch.commands(
@@ -214,9 +224,20 @@ class ConnectionRegistry:
             ),
             list,
         )
-        await asyncio.gather(
-            batch.run(), asyncio.shield(self._leaves.add(room, holder, connection_id))
-        )
+        await asyncio.gather(batch.run(), self._leaves.add(room, holder, connection_id))
+
+    def _finish(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """``work`` in a task of its own, which :meth:`stop` waits for."""
+        task = asyncio.ensure_future(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Future[None]) -> None:
+        self._finishing.discard(task)
+        # (Read here too: the caller may have stopped waiting for it.)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.debug("could not finish unregistering a connection: %s", exc)
 
     async def refresh(self, parts: int = 1) -> None:
         """Renew this worker's lease on its rooms, and its connections'

@@ -120,3 +120,7 @@ def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
         future.cancel()
     else:
         future.set_exception(exc)
+        # Every connection of the round may have left meanwhile (their
+        # waits are shielded): read here, so that asyncio has nothing to log.
+        # Whoever still waits gets it all the same.
+        future.exception()

@@ -11,12 +11,16 @@ also keeps its headers for its first write: an aiohttp name, see
 :mod:`server.web.aiohttp_compat`.)
 (aiohttp-sse has no way to turn its pings off: ``ping_interval`` must be
 positive, and a long one still keeps a sleeping task per connection.)
+Its ``prepare`` asserts that the request still has a transport: one whose
+client reset it meanwhile raises ``ConnectionResetError`` here instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
 # The releases these were checked on (tests/test_compat_aiohttp_sse.py says
@@ -39,6 +43,13 @@ class EventStream(EventSourceResponse):
 
     async def _ping(self) -> None:
         return
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        if not self.prepared and request.transport is None:
+            # The client left before the stream's head went out (a reset while
+            # the stream was admitted): aiohttp-sse would fail an assertion.
+            raise ConnectionResetError("the client went away")
+        return await super().prepare(request)
 
     def end_with(self, done: asyncio.Future[None]) -> None:
         """Let aiohttp-sse's ``wait``/``stop_streaming`` follow ``done`` instead of its task.

@@ -81,7 +81,10 @@ class SseHandler:
         response = EventStream(send_timeout=self.send_timeout_s)
         preset(response)
         async with self.connections.opened(request, response, room, user, since, "sse") as sub:
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionResetError:
+                return response  # the client went away while its stream was admitted
             forget_handshake(request, response)
             async with response:
                 try:
