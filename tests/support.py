@@ -552,13 +552,19 @@ def worker_rss_kb(server: ServerProcess) -> int:
                 fields = f.read().rsplit(")", 1)[1].split()
             if int(fields[2]) != server.proc.pid:  # process group
                 continue
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
+            total += rss_kb(int(pid))
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of one process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def stalled_client(port: int, request: bytes) -> socket.socket:

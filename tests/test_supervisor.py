@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from server.common.config import Config, ConfigError, load
+from server.process.handoff import WorkerSetup
 from server.process.supervisor import Ending, Supervisor
 from server.process.watch import Backoff, WorkerProcesses
 
@@ -50,7 +51,9 @@ class RecordedReplacements(WorkerProcesses):
     """Workers whose replacements are recorded (when, for which index), not forked."""
 
     def __init__(self) -> None:
-        super().__init__(None, lambda coro: None, Backoff(), Counts())  # type: ignore[arg-type]
+        # Only the settings are read (the worker count, to name processes in the logs).
+        setup = WorkerSetup(load({"port": 0, "workers": 2}), "", "", None, 0, -1)  # type: ignore[arg-type]
+        super().__init__(setup, lambda coro: None, Backoff(), Counts())  # type: ignore[arg-type]
         self.asked: list[tuple[float, int]] = []
         self.changed = asyncio.Event()
 

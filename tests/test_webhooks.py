@@ -1,11 +1,13 @@
-"""Webhooks, with real server processes (two workers), real Redis and a real
-receiver: signed events, only those configured, at least once and in order
-per room through failures, kills and reloads, bounded when the receiver
+"""Webhooks, with real server processes (two workers and the webhook
+deliverer), real Redis and a real receiver: signed events, only those
+configured, at least once and in order per room through failures, kills
+(of a worker, of the deliverer) and reloads, bounded when the receiver
 hangs, and dead letters that an operator replays."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,8 +24,9 @@ import redis.asyncio as aioredis
 from harness.chat import id_key
 from harness.processes import clean_env
 
-from .support import ServerProcess, user, worker_pids, worker_rss_kb
+from .support import ServerProcess, rss_kb, user, worker_pids
 from .test_metrics import samples
+from .test_processes import children, title
 from .webhook_receiver import SECRET, Receiver, running_receiver
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
@@ -53,6 +56,34 @@ async def post(session: aiohttp.ClientSession, room: str, text: str) -> dict[str
             except (aiohttp.ClientError, ConnectionError):
                 pass
             await asyncio.sleep(0.05)
+
+
+async def deliverer_pid(server: ServerProcess, other_than: int = 0) -> int:
+    """The pid of the server's webhook deliverer (once one other than
+    ``other_than`` runs)."""
+    assert server.proc is not None
+    async with asyncio.timeout(15):
+        while True:
+            for pid in children(server.proc.pid):
+                with contextlib.suppress(OSError):
+                    if title(pid) == "chat-server: webhook deliverer" and pid != other_than:
+                        return pid
+            await asyncio.sleep(0.05)
+
+
+def key(event: dict[str, Any]) -> tuple[str, str]:
+    """The message an event reports: its room and id."""
+    return event["data"]["room"], event["data"]["id"]
+
+
+def assert_in_room_order(events: dict[str, dict[str, Any]], rooms: list[str]) -> None:
+    """In order per room, as first seen (repeats come only after a delivery
+    whose answer was lost)."""
+    by_room: dict[str, list[str]] = defaultdict(list)
+    for event in events.values():
+        by_room[event["data"]["room"]].append(event["data"]["id"])
+    for room in rooms:
+        assert by_room[room] == sorted(by_room[room], key=id_key), room
 
 
 def once_each(receiver: Receiver) -> dict[str, dict[str, Any]]:
@@ -189,8 +220,8 @@ async def test_a_thousand_events_arrive_once_each_in_room_order_through_failures
     async with running_receiver() as receiver:
         server = start_server(env=hooked(receiver))
         receiver.fail_until = time.monotonic() + 10
-        # Until the kill, answers wait: the worker killed dies with deliveries
-        # in flight, whose rooms the other workers must take over.
+        # Until the kill, answers wait: the reload then stops the deliverer
+        # with rooms held, which the next one takes over.
         receiver.hold_until = time.monotonic() + 2
         async with user(server.url) as alice:
 
@@ -209,9 +240,6 @@ async def test_a_thousand_events_arrive_once_each_in_room_order_through_failures
         posted = {(m["room"], m["id"]): m for messages in sent for m in messages}
         assert len(posted) == 1000
 
-        def key(event: dict[str, Any]) -> tuple[str, str]:
-            return event["data"]["room"], event["data"]["id"]
-
         def all_in(r: Receiver) -> bool:
             return {key(e) for e in once_each(r).values()} >= set(posted)
 
@@ -222,40 +250,105 @@ async def test_a_thousand_events_arrive_once_each_in_room_order_through_failures
     assert len(events) == 1000
     assert sorted(key(e) for e in events.values()) == sorted(posted)
     assert all(e["data"] == posted[key(e)] for e in events.values())
-    # In order per room, as first seen (repeats come only after a delivery whose answer was lost).
-    by_room: dict[str, list[str]] = defaultdict(list)
-    for event in events.values():
-        by_room[event["data"]["room"]].append(event["data"]["id"])
-    for room in rooms:
-        assert by_room[room] == sorted(by_room[room], key=id_key), room
+    assert_in_room_order(events, rooms)
     assert "Traceback" not in server.log()
+
+
+async def test_one_deliverer_process_beside_the_workers_is_woken_when_a_room_becomes_due(
+    start_server: StartServer, redis: aioredis.Redis
+) -> None:
+    async with running_receiver() as receiver, redis.pubsub() as pubsub:
+        await pubsub.subscribe("chat:webhooks:due")
+        server = start_server(env=hooked(receiver))
+        assert server.proc is not None
+        assert sorted(title(pid) for pid in children(server.proc.pid)) == [
+            "chat-server: keeper",
+            "chat-server: webhook deliverer",
+            "chat-server: worker 0",
+            "chat-server: worker 1",
+        ]
+        async with user(server.url) as alice:
+            message = await post(alice, "lobby", "hello")
+            async with asyncio.timeout(5):
+                published = None
+                while published is None:
+                    published = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            assert published["data"] == "lobby"
+            await receiver.wait_for(lambda r: len(r.accepted) == 1, 10)
+            async with alice.get("/metrics") as resp:
+                found = samples(await resp.text())
+        assert receiver.accepted[0]["data"] == message
+        # The workers, as users count them, are the two serving.
+        assert sum(v for k, v in found.items() if k.startswith("chat_worker_up")) == 2
+        assert found['chat_webhook_deliveries_total{result="ok"}'] == 1
+        assert "the webhook deliverer is delivering (pid" in server.log()
+
+
+async def test_a_killed_deliverer_is_replaced_and_its_rooms_are_delivered_once_each_in_order(
+    start_server: StartServer,
+) -> None:
+    rooms = [f"room-{i}" for i in range(10)]
+    async with running_receiver() as receiver:
+        server = start_server(env=hooked(receiver))
+        workers = await worker_pids(server.url)
+        killed = await deliverer_pid(server)
+        # Answers wait: the deliverer dies with deliveries in flight.
+        receiver.hold_until = time.monotonic() + 3
+        async with user(server.url) as alice:
+
+            async def send(room: str) -> list[dict[str, Any]]:
+                return [await post(alice, room, f"m{n}") for n in range(30)]
+
+            async def kill() -> None:
+                await receiver.wait_for(lambda r: r.in_flight >= 5, 15)
+                os.kill(killed, signal.SIGKILL)
+
+            *sent, _ = await asyncio.gather(*(send(room) for room in rooms), kill())
+            replacement = await deliverer_pid(server, other_than=killed)
+            posted = {(m["room"], m["id"]) for messages in sent for m in messages}
+            # Its rooms wait for their leases to run out (6 s), then go on.
+            await receiver.wait_for(lambda r: {key(e) for e in once_each(r).values()} >= posted, 45)
+            async with alice.get("/metrics") as resp:
+                found = samples(await resp.text())
+            assert await worker_pids(server.url) == workers  # the workers served on
+        events = once_each(receiver)
+        assert len(events) == len(posted) == 300
+        assert_in_room_order(events, rooms)
+        # The killed deliverer's counts stay in the instance's metrics.
+        assert found['chat_webhook_deliveries_total{result="ok"}'] >= 300
+        log = server.log()
+        assert f"the webhook deliverer (pid {killed}) died; starting a replacement" in log
+        assert f"the webhook deliverer is delivering again (pid {replacement})" in log
+        assert "Traceback" not in log
 
 
 async def test_a_receiver_that_never_answers_holds_a_bounded_number_of_deliveries(
     start_server: StartServer,
 ) -> None:
+    rooms = [f"room-{i}" for i in range(100)]  # more than MAX_ROOMS
     async with running_receiver() as receiver:
         receiver.hang = True
         server = start_server(env=hooked(receiver))
+        deliverer = await deliverer_pid(server)
         async with user(server.url) as alice:
-            await asyncio.gather(*(post(alice, f"room-{i}", "x") for i in range(60)))
+            await asyncio.gather(*(post(alice, room, "x") for room in rooms))
             async with asyncio.timeout(15):
-                while receiver.in_flight < 32:  # both workers, 16 rooms each
+                while receiver.in_flight < 64:  # the instance's deliverer, 64 rooms
                     await asyncio.sleep(0.05)
-            rss_before = worker_rss_kb(server)
-            await asyncio.gather(*(post(alice, f"room-{i % 60}", f"y{i}") for i in range(600)))
+            rss_before = rss_kb(deliverer)
+            await asyncio.gather(*(post(alice, rooms[i % 100], f"y{i}") for i in range(600)))
             # Past the delivery timeout (10 s): the first tries failed, and
             # were tried again, with as many in flight at most.
             deadline = time.monotonic() + 13
             while time.monotonic() < deadline:
-                assert receiver.in_flight <= 32
+                assert receiver.in_flight <= 64
                 await asyncio.sleep(0.2)
             async with alice.get("/metrics") as resp:
                 found = samples(await resp.text())
-        assert receiver.most_in_flight <= 32  # 16 rooms a worker, one event each
-        assert found['chat_webhook_deliveries_total{result="failed"}'] >= 16
+        assert receiver.most_in_flight <= 64  # one event a room
+        assert found['chat_webhook_deliveries_total{result="failed"}'] >= 64
         assert found["chat_webhook_lag_seconds"] >= 10
-        assert worker_rss_kb(server) - rss_before < 20_000
+        assert rss_kb(deliverer) - rss_before < 20_000
 
 
 def webhooks_command(*args: str, cwd: str) -> subprocess.CompletedProcess[str]:

@@ -153,25 +153,6 @@ class Metrics:
         self._tasks = worker_gauge("chat_worker_tasks", "asyncio tasks alive in the worker.")
         self._fds = worker_gauge("chat_worker_open_fds", "Open file descriptors of the worker.")
         self._rss = worker_gauge("chat_worker_rss_bytes", "Resident memory of the worker.")
-        webhooks = counter(
-            "chat_webhook_deliveries",
-            "Webhook deliveries by result: ok, failed (to be tried again), dead (given up).",
-            ["result"],
-        )
-        self._webhooks = {r: webhooks.labels(r) for r in ("ok", "failed", "dead")}
-        # The largest any live worker reports: each knows the rooms it delivers.
-        self._webhook_lag = Gauge(
-            "chat_webhook_lag_seconds",
-            "Age of the oldest webhook event being delivered or waiting for its next try.",
-            registry=registry,
-            multiprocess_mode="livemax",
-        )
-        self._dead_letters = Gauge(
-            "chat_webhook_dead_letters",
-            "Webhook events kept as dead letters (in Redis, for every instance).",
-            registry=registry,
-            multiprocess_mode="livemax",
-        )
         self._server_api = counter(
             "chat_server_api_requests",
             "Server API requests, by method, route template and status.",
@@ -223,18 +204,6 @@ class Metrics:
 
     def redis_reconnected(self) -> None:
         self._reconnects.inc()
-
-    # -- webhooks ---------------------------------------------------------------
-
-    def webhook_delivery(self, result: str) -> None:
-        """A webhook POST: ``ok``, ``failed``, or ``dead`` (its event given up)."""
-        self._webhooks[result].inc()
-
-    def webhook_lag(self, seconds: float) -> None:
-        self._webhook_lag.set(seconds)
-
-    def webhook_dead_letters(self, count: int) -> None:
-        self._dead_letters.set(count)
 
     # -- the server API -------------------------------------------------------
 

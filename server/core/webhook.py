@@ -2,7 +2,7 @@
 when a failed delivery is tried again.
 
 No I/O here: the outbox in Redis is :mod:`server.store.outbox`, delivery is
-:mod:`server.web.webhooks`.
+:mod:`server.process.deliverer`.
 """
 
 from __future__ import annotations

@@ -45,12 +45,27 @@ class WorkerSetup:
     session_secret: str
     sock: socket.socket
     main_pid: int  # a worker whose parent is no longer this one exits at once
-    # Write end of a pipe to the main process: "started|ready <index> <pid> <generation>".
+    # Write end of a pipe to the main process:
+    # "started|ready|delivering <index> <pid> <generation>".
     report_fd: int
     generation: int = 0  # how many sets of workers came before this one
     # The instance's metrics directory, where all its processes write their
     # metrics (see server.process.instance_metrics); "" for none.
     metrics_dir: str = ""
+
+    @property
+    def processes(self) -> int:
+        """The processes of a generation: the workers, then (with a
+        ``webhook_url``) the webhook deliverer, under the next index."""
+        return self.config.workers + (1 if self.config.webhook_url else 0)
+
+    def delivers(self, index: int) -> bool:
+        """Whether ``index`` is the webhook deliverer's, not a serving worker's."""
+        return index >= self.config.workers
+
+    def name(self, index: int) -> str:
+        """How the logs call the process of ``index``."""
+        return "the webhook deliverer" if self.delivers(index) else f"worker {index}"
 
 
 def bind(host: str, port: int, backlog: int) -> socket.socket:

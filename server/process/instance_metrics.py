@@ -38,7 +38,9 @@ class InstanceMetrics:
         # registry=None: the scrape reads the directory, not a registry.
         self._reloads = Counter("chat_reloads", "Reloads (SIGHUP) of this instance.", registry=None)
         self._restarts = Counter(
-            "chat_worker_restarts", "Workers that died and were replaced.", registry=None
+            "chat_worker_restarts",
+            "Workers (and webhook deliverers) that died and were replaced.",
+            registry=None,
         )
 
     def reloaded(self) -> None:

@@ -13,6 +13,10 @@ the generation count and one backoff. Each generation is one
   from a pidfd event); if every process aiotools started is gone, a new
   generation starts. Either waits longer each time it keeps failing (one
   :class:`~server.process.watch.Backoff`).
+- With a ``webhook_url``, each generation has one process more, under the
+  index after the workers': the webhook deliverer
+  (:mod:`server.process.delivery`), replaced and renewed as a worker is,
+  but not counted among the workers nor announced as serving.
 
 What aiotools needs worked around is in :mod:`server.process.workarounds`.
 """
@@ -35,7 +39,7 @@ from ..common.config import Config, ConfigError, keep_bound_settings
 from . import logs
 from .companions import Companion, Companions
 from .handoff import STOP_SIGNALS, Runner, WorkerSetup, bind
-from .watch import Backoff, WorkerProcesses, worker_context
+from .watch import Backoff, WorkerProcesses, wait_blocked, worker_context
 from .workarounds import QuietEchoes, forget_reaped_children, keeper
 
 if TYPE_CHECKING:  # imported by the main process once the metrics directory is set
@@ -118,7 +122,7 @@ class Supervisor:
                 aiotools.start_server(
                     worker_context,
                     main_ctxmgr=aiotools.main_context(self.main_context),
-                    num_workers=self.config.workers,
+                    num_workers=self.setup.processes,  # the webhook deliverer too
                     extra_procs=(keeper,),
                     args=(self.setup,),
                     stop_signals=STOP_SIGNALS,
@@ -147,7 +151,7 @@ class Supervisor:
                 self.backoff.succeeded(GENERATION)
             delay = self.backoff.failed(GENERATION, time.monotonic())
             log.error("all workers are gone; starting new ones in %.1f s", delay)
-            if _wait_blocked(delay):
+            if wait_blocked(delay):
                 with contextlib.suppress(ConfigError):
                     self.next_config = self.reload_config()
         if self.next_config is not None:
@@ -271,6 +275,9 @@ class Supervisor:
                 # Forked before the signal reached its siblings.
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, self.stop_signal)
+        elif state == "delivering":
+            again = " again" if index in self.workers.replacements else ""
+            log.info("the webhook deliverer is delivering%s (pid %d)", again, pid)
         elif state == "ready" and index not in self.ready:
             self.ready.add(index)
             self.ever_ready = True
@@ -281,19 +288,6 @@ class Supervisor:
             if len(self.ready) == self.config.workers:
                 self._announced = True
                 self._on_ready()
-
-
-def _wait_blocked(delay: float) -> bool:
-    """Sleep with the stop signals blocked; stop at once if one arrives.
-
-    True if a SIGHUP came meanwhile: the settings are to be read again.
-    """
-    if delay <= 0:
-        return False
-    received = signal.sigtimedwait(STOP_SIGNALS, delay)
-    if received is not None and received.si_signo != signal.SIGHUP:
-        raise SystemExit(0)
-    return received is not None
 
 
 __all__ = ["STOP_SIGNALS", "Ending", "Supervisor"]

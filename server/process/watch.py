@@ -32,9 +32,15 @@ log = logging.getLogger("chat-server")
 
 
 def worker_context(loop: asyncio.AbstractEventLoop, pidx: int, args: Sequence[Any]) -> Any:
-    """aiotools' worker context, :func:`server.process.worker.worker`, imported only
-    here, in the worker process: every generation runs freshly imported code,
-    while the main process never loads the app."""
+    """aiotools' worker context, :func:`server.process.worker.worker` (or, for
+    the index after the workers', :func:`server.process.delivery.deliverer`),
+    imported only here, in the child process: every generation runs freshly
+    imported code, while the main process never loads the app."""
+    setup: WorkerSetup = args[0]
+    if setup.delivers(pidx):
+        from . import delivery  # noqa: PLC0415
+
+        return delivery.deliverer(loop, pidx, args)
     from . import worker  # noqa: PLC0415
 
     return worker.worker(loop, pidx, args)
@@ -61,6 +67,19 @@ class Backoff:
 
     def succeeded(self, what: Hashable) -> None:
         self._failures.pop(what, None)
+
+
+def wait_blocked(delay: float) -> bool:
+    """Sleep with the stop signals blocked; stop at once if one arrives.
+
+    True if a SIGHUP came meanwhile: the settings are to be read again.
+    """
+    if delay <= 0:
+        return False
+    received = signal.sigtimedwait(STOP_SIGNALS, delay)
+    if received is not None and received.si_signo != signal.SIGHUP:
+        raise SystemExit(0)
+    return received is not None
 
 
 class Exits:
@@ -143,7 +162,8 @@ class WorkerProcesses:
     def kill_stragglers(self) -> None:
         for index, pid in list(self.pids.items()):
             if self.alive(pid):
-                log.warning("worker %d (pid %d) did not stop in time; killing it", index, pid)
+                name = self.setup.name(index)
+                log.warning("%s (pid %d) did not stop in time; killing it", name, pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -177,7 +197,7 @@ class WorkerProcesses:
         if not self.replacing:
             return
         delay = self.backoff.failed(index, time.monotonic())
-        log.warning("worker %d (pid %d) died; starting a replacement", index, pid)
+        log.warning("%s (pid %d) died; starting a replacement", self.setup.name(index), pid)
         self.reported.add(pid)
         if delay:
             self.later(delay, lambda: self._replace(index, pid))
@@ -190,7 +210,7 @@ class WorkerProcesses:
         try:
             process = self._start_replacement(index)
         except Exception:  # (a fork that failed: out of memory, process limit)
-            log.exception("could not replace worker %d; trying again", index)
+            log.exception("could not replace %s; trying again", self.setup.name(index))
             delay = self.backoff.failed(index, time.monotonic()) or 0.5
             self.later(delay, lambda: self._replace(index, pid))
             return

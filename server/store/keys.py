@@ -150,6 +150,10 @@ def due_key_of(room: str) -> str:
     return due_key(zlib.crc32(room.encode()) % DUE_SHARDS)
 
 
+# Published (on one Redis server) when a room becomes due: wakes the deliverers.
+DUE_CHANNEL = "chat:webhooks:due"
+
+
 # Events whose delivery gave up: a hash of event id to the event (JSON).
 DEAD_LETTERS_KEY = "chat:webhooks:{dead}"
 # Held (SET NX EX) by the one worker that sweeps for lost due marks.

@@ -10,9 +10,13 @@ keeps its ``id`` and ``since`` (when its retries start again).
 
 For the deliverers to find the room, it is marked due in one of the sharded
 due sets (:func:`~server.store.keys.due_key_of`). On one Redis server the
-script marks it too (:data:`OUTBOX_LUA` with a ``due`` key); on a cluster
+script marks it too (:data:`OUTBOX_LUA` with a ``due`` key), and when that
+made the room due (it was not), publishes the room on
+:data:`~server.store.keys.DUE_CHANNEL`, which wakes the deliverers (the
+webhook deliverer of each instance, a process of its own); on a cluster
 the due set lives elsewhere, so the writer marks it right after the script
-(:meth:`Outbox.written`), and a mark lost between the two (the writer
+(:meth:`Outbox.written`; the deliverers find it at their next look, within
+half a second), and a mark lost between the two (the writer
 died) is found again by the sweep (:meth:`server.store.due_rooms.DueRooms.sweep`).
 
 To write an event from a script:
@@ -30,22 +34,23 @@ With no ``webhook_url`` there is no :class:`Outbox`, and nothing of this runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from .keys import due_key_of, outbox_key
+from .keys import DUE_CHANNEL, due_key_of, outbox_key
 
 # outbox_write(outbox, due, room, kind, data, at, ...): append an event to
 # the room's outbox (extra field pairs may follow), keep the outbox (an
-# emptied one expires), and mark the room due when ``due`` is given.
-OUTBOX_LUA = """
+# emptied one expires), and mark the room due when ``due`` is given: a room
+# that was not due already is published, to wake the deliverers.
+OUTBOX_LUA = f"""
 local function outbox_write(outbox, due, room, kind, data, at, ...)
   redis.call('XADD', outbox, '*', 'type', kind, 'data', data, 'at', at, ...)
   redis.call('PERSIST', outbox)
-  if due then
-    redis.call('ZADD', due, 'NX', 0, room)
+  if due and redis.call('ZADD', due, 'NX', 0, room) == 1 then
+    redis.call('PUBLISH', '{DUE_CHANNEL}', room)
   end
 end
 """
@@ -59,8 +64,6 @@ class Outbox:
         self.redis = redis
         self.kinds = frozenset(kinds)
         self.clustered = isinstance(redis, RedisCluster)
-        # Called after each write: wakes this worker's deliverer.
-        self.on_write: Callable[[], None] = lambda: None
 
     def wants(self, kind: str) -> bool:
         return kind in self.kinds
@@ -79,4 +82,3 @@ class Outbox:
             for room in set(rooms):
                 pipe.zadd(due_key_of(room), {room: 0}, nx=True)
             await pipe.execute()
-        self.on_write()

@@ -21,11 +21,12 @@ from ..store import failures
 from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
 from ..store.edits import Edits
+from ..store.outbox import Outbox
 from ..store.ratelimit import Budgets, RateLimiter
 from ..store.read_marks import ReadMarks
 from ..store.relay import Relay
 from ..store.session_store import SignedRedisStorage
-from . import middlewares, server_api, views, webhooks
+from . import middlewares, server_api, views
 from . import state as keys
 from .auth import AuthApi
 from .heartbeat import Heartbeat, LoopWatch
@@ -82,8 +83,9 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
         redis,
         history_len=config.history_len,
         room_ttl_s=config.room_ttl_s,
-        # Webhook events are written with what they report (none without a webhook_url).
-        outbox=webhooks.install(app, config, redis, metrics),
+        # Webhook events are written with what they report (none without a
+        # webhook_url); the instance's webhook deliverer process sends them.
+        outbox=Outbox(redis, config.webhook_events) if config.webhook_url else None,
     )
     relay = Relay(redis_url, broker, metrics)
     hub = Hub(

@@ -1,28 +1,36 @@
-"""Delivering webhook events: every worker of every instance takes part.
+"""Delivering webhook events: the work of the webhook deliverer process.
 
 Events wait in their room's outbox in Redis (:mod:`server.store.outbox`),
-written in the same step as the change they report. A worker finds rooms
-due in the sharded due sets, takes a room's lease, and POSTs the room's
-events one at a time, oldest first: taken a batch at a time, removed from
-the outbox together once the receiver took each with a 2xx
-(:mod:`server.store.outbox_queue`). At most
-:data:`MAX_ROOMS` rooms at once, so one event per room in flight and a
-bounded number per worker, whatever the receiver does.
+written in the same step as the change they report. Each instance runs one
+deliverer, a process of its own beside the workers
+(:mod:`server.process.delivery`), so that POSTs and the scripts around them
+never share a serving worker's event loop. It finds rooms due in the
+sharded due sets, takes a room's lease, and POSTs the room's events one at
+a time, oldest first: taken a batch at a time, removed from the outbox
+together once the receiver took each with a 2xx
+(:mod:`server.store.outbox_queue`). At most :data:`MAX_ROOMS` rooms at
+once, so one event per room in flight and a bounded number per instance,
+whatever the receiver does. The deliverers of several instances share the
+rooms through the leases.
 
 Why the order of a room holds: only the holder of a room's lease sends its
 events, always the oldest first, and it moves on only once that one is
 delivered (or buried as a dead letter); a failure lets go of the room until
-its next try, and the event stays first. A worker that stalls past its
+its next try, and the event stays first. A deliverer that stalls past its
 lease finds it gone at its next step (checked in each script, and before
 each POST) and stops there.
 
 Why nothing is lost: an event leaves the outbox only when delivered or
-kept as a dead letter. A worker that dies (SIGKILL, a reload's old worker)
-leaves its rooms in the due sets, a lease ahead: when the lease runs out
-another worker takes them and sends the first event again (at least once:
-the receiver dedupes by ``id``). A worker that stops gracefully hands its
-rooms back at once. A due mark lost between a write and its mark (a
-cluster, a writer that died) is found again by the sweep, once a minute.
+kept as a dead letter. A deliverer that dies (SIGKILL) leaves its rooms in
+the due sets, a lease ahead: when the lease runs out its replacement, or
+another instance's deliverer, takes them and sends the first event again
+(at least once: the receiver dedupes by ``id``). A deliverer that stops
+gracefully (a stop, a reload) hands its rooms back at once. A due mark lost
+between a write and its mark (a cluster, a writer that died) is found again
+by the sweep, once a minute.
+
+Waking: :meth:`Deliverer.wake` (see :mod:`server.process.delivery`), else
+every :data:`POLL_S`.
 
 Retries: exponential backoff with jitter (:func:`server.core.webhook.retry_delay`)
 until ``webhook_retry_for_s`` after the event (or its replay), then one
@@ -41,44 +49,42 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
-import redis.asyncio as aioredis
-from aiohttp import web
 
 from ..common.config import Config
-from ..common.metrics import Metrics
+from ..common.webhook_metrics import WebhookMetrics
 from ..core.webhook import SIGNATURE_HEADER, WebhookEvent, retry_delay, signature
 from ..core.wire import parse_json
 from ..store import failures
 from ..store.dead_letters import DeadLetters
 from ..store.keys import DUE_SHARDS, name_key
-from ..store.outbox import Outbox
 from ..store.outbox_queue import BATCH, Entry, LeaseLost, OutboxQueue
 
 log = logging.getLogger(__name__)
 
-MAX_ROOMS = 16  # rooms delivered at once by one worker, one event in flight each
+# Rooms delivered at once by the instance's deliverer, one event in flight each.
+MAX_ROOMS = 64
 DELIVERY_TIMEOUT_S = 10.0  # a receiver that has not answered by then failed
-LEASE_S = 6.0  # how long a dead worker's rooms wait for another
+LEASE_S = 6.0  # how long a dead deliverer's rooms wait for another
 RENEW_S = 2.0  # leases renewed, gauges updated
-POLL_S = 0.5  # due sets read when idle (this worker's own writes wake it at once)
+POLL_S = 0.5  # due sets read when idle (a room made due is published: looked at once)
 # Woken by a write, wait this long first: the events of a burst then share
 # one claim, one take and one drop (four round trips) instead of each
 # paying them, for this much more delay before they are sent.
 GATHER_S = 0.05
-SWEEP_S = 60  # lost due marks looked for, by one worker of all
+SWEEP_S = 60  # lost due marks looked for, by one deliverer of all
 LAG_ROOMS = 1024  # rooms whose oldest event is remembered for the lag gauge
 STOP_S = 2.0  # a stop waits this long to hand rooms back
 
 
 class Deliverer:
-    """One worker's share of delivering webhook events."""
+    """One instance's share of delivering webhook events."""
 
     def __init__(
         self,
         config: Config,
         redis_queue: OutboxQueue,
         dead: DeadLetters,
-        metrics: Metrics,
+        metrics: WebhookMetrics,
     ) -> None:
         self.url = config.webhook_url
         self.secret = config.webhook_secret
@@ -98,8 +104,9 @@ class Deliverer:
         """Events were written: look for due rooms now."""
         self._changed.set()
 
-    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        """The app's cleanup context: deliver while the app runs."""
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Deliver until the block ends; then hand the rooms held back."""
         connector = aiohttp.TCPConnector(limit=MAX_ROOMS)
         timeout = aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT_S)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -169,15 +176,15 @@ class Deliverer:
                 for room in await self.queue.renew(dict(self._held)):
                     self._held.pop(room, None)
                     if task := self._serving.get(room):
-                        task.cancel()  # another worker has it now
+                        task.cancel()  # another deliverer has it now
                 if time.monotonic() - swept_at >= SWEEP_S:
                     swept_at = time.monotonic()
                     if found := await self.queue.due.sweep(SWEEP_S):
                         log.info("webhooks: %d rooms with events had lost their due mark", found)
-                self.metrics.webhook_dead_letters(await self.dead.count())
+                self.metrics.dead_letters(await self.dead.count())
             except failures.FAILURES as exc:
                 self._failed_redis(exc)
-            self.metrics.webhook_lag(self._lag())
+            self.metrics.lag(self._lag())
             await asyncio.sleep(RENEW_S)
 
     def _failed_redis(self, exc: BaseException) -> None:
@@ -218,20 +225,20 @@ class Deliverer:
         delivered: list[Entry] = []
         for entry in batch:
             if self._held.get(room) != token:
-                raise LeaseLost(room)  # another worker has it now
+                raise LeaseLost(room)  # another deliverer has it now
             self._oldest[room] = (entry.created, float("inf"))
             error = await self._send(entry)
             if error is None:
-                self.metrics.webhook_delivery("ok")
+                self.metrics.delivery("ok")
                 delivered.append(entry)
                 continue
-            self.metrics.webhook_delivery("failed")
+            self.metrics.delivery("failed")
             now = time.time()
             deadline = entry.since + self.retry_for_s
             if now >= deadline or error.startswith("malformed"):
                 log.warning("webhooks: event %s is a dead letter: %s", entry.id, error)
                 await self.dead.bury(entry, error)
-                self.metrics.webhook_delivery("dead")
+                self.metrics.delivery("dead")
                 delivered.append(entry)
                 continue
             delay = max(0.05, min(retry_delay(entry.tries + 1), deadline - now))
@@ -275,7 +282,7 @@ class Deliverer:
         return WebhookEvent(entry.id, entry.kind, entry.created, data)
 
     def _lag(self) -> float:
-        """Age of the oldest event this worker holds or saw fail, while that is current."""
+        """Age of the oldest event this deliverer holds or saw fail, while that is current."""
         now = time.time()
         oldest = self._oldest
         for room in [room for room, (_, until) in oldest.items() if until < now]:
@@ -283,18 +290,3 @@ class Deliverer:
         while len(oldest) > LAG_ROOMS:  # keep the oldest: they make the gauge
             del oldest[max(oldest, key=lambda room: oldest[room][0])]
         return max((now - created for created, _ in oldest.values()), default=0.0)
-
-
-def install(
-    app: web.Application, config: Config, redis: aioredis.Redis, metrics: Metrics
-) -> Outbox | None:
-    """The outbox that events are written to, with this worker's share of
-    delivering them for the app's lifetime; None without a ``webhook_url``."""
-    if not config.webhook_url:
-        return None
-    outbox = Outbox(redis, config.webhook_events)
-    queue = OutboxQueue(redis, lease_ms=int(LEASE_S * 1000))
-    deliverer = Deliverer(config, queue, DeadLetters(redis, outbox), metrics)
-    outbox.on_write = deliverer.wake
-    app.cleanup_ctx.append(deliverer.lifetime)
-    return outbox
