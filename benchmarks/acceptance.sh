@@ -51,6 +51,8 @@ run fanout-variants --scenario fanout --subscribers 100 --transport ws --rate 10
 # of them edits and every stream typing once every 10 s, beside the plain fan-out
 run fanout-features --scenario fanout --subscribers 1000 --transport mixed --rate 10 \
     --duration 30 --targets chat,chat-features "$@"
+# (i) a reload with 20,000 connected clients (bare: opening them from scratch)
+run reload --scenario reload --clients 20000 --transport mixed --targets chat,bare "$@"
 
 python -m benchmarks.report "$out" > BENCHMARKS.rst
 exit $failed

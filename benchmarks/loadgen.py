@@ -29,7 +29,11 @@ Scenarios (``benchmarks/scenarios/``):
   and (``--fresh``) as fresh servers with 1000 and 3000 streams differ;
 - ``storm``: N clients connecting at once; opened, 503s, time, CPU per connect;
 - ``publish``: C keep-alive connections POSTing as fast as they can, a few
-  streams listening; messages/s, POST round trip, server CPU per message.
+  streams listening; messages/s, POST round trip, server CPU per message;
+- ``reload``: N clients connected while a message goes out every 100 ms,
+  then SIGHUP (the chat server; bare: N open from scratch); the time until
+  every client is back on a new worker and received a message, lost,
+  duplicated, p99 latency of the clients not being moved, 503s, loop stalls.
 
 The acceptance figures (run on a quiet machine; each run takes minutes)::
 
@@ -58,6 +62,8 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
     python -m benchmarks.loadgen --scenario fanout --subscribers 1000 --transport mixed \\
         --rate 10 --duration 30 --targets chat,chat-features \\
         --json benchmarks/results/fanout-features.json
+    python -m benchmarks.loadgen --scenario reload --clients 20000 --transport mixed \\
+        --targets chat,bare --json benchmarks/results/reload.json
     python -m benchmarks.report benchmarks/results > BENCHMARKS.rst
 
 (``benchmarks/acceptance.sh`` runs exactly these.) Exit code: 0, 1 when the
@@ -127,9 +133,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="processes per target")
     parser.add_argument(
         "--subscribers",
+        "--clients",
         "-n",
         type=int,
-        help="streams (fanout 1000, capacity 1000, rooms 1000, idle 2000, storm 2000)",
+        help="streams (fanout 1000, capacity 1000, rooms 1000, idle 2000, storm 2000, "
+        "reload 20000)",
     )
     parser.add_argument(
         "--transport",
@@ -186,6 +194,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     others.add_argument(
         "--storm-timeout", type=float, default=30.0, help="storm: seconds for a stream to open"
+    )
+    reload = parser.add_argument_group("reload")
+    reload.add_argument(
+        "--reload-rooms", type=int, default=0, help="reload: rooms [one per 2,000 streams]"
+    )
+    reload.add_argument(
+        "--reload-timeout",
+        type=float,
+        default=60.0,
+        help="reload: seconds for every client to be back and receiving",
     )
     parser.add_argument(
         "--no-deflate",

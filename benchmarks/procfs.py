@@ -63,6 +63,17 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User plus system CPU time of ``root`` and its live descendants, with
+    what their children that have exited and were waited for used: a worker
+    that a reload replaced still counts once it is gone."""
+    ticks = 0
+    for pid in process_tree(root):
+        if (fields := _stat_fields(pid)) is not None:
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / CLOCK_TICKS
+
+
 def own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system

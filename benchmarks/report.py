@@ -22,7 +22,7 @@ from typing import Any
 from .summary import PER_MESSAGE, quotients, summary
 from .tables import render
 
-SCENARIO_ORDER = ("fanout", "capacity", "rooms", "idle", "storm", "publish")
+SCENARIO_ORDER = ("fanout", "capacity", "rooms", "idle", "storm", "publish", "reload")
 TITLES = {
     "fanout": "fanout: one room, many streams",
     "capacity": "capacity: the highest delivery rate",
@@ -30,6 +30,7 @@ TITLES = {
     "idle": "idle: memory per connection",
     "storm": "storm: everyone connects at once",
     "publish": "publish: POSTs as fast as the connections can send them",
+    "reload": "reload: every client moved to new workers (bare: opened from scratch)",
 }
 
 HEAD = """\

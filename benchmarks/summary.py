@@ -34,9 +34,10 @@ HEADLINES = {
     "idle": ("idle", ("memory_per_connection_kib", "fresh_memory_per_connection_kib")),
     "storm": ("storm", ("server_cpu_ms_per_connect", "opened")),
     "publish": ("publishing", ("published_per_s", "server_cpu_ms_per_message")),
+    "reload": ("reload", ("all_back_s", "steady_latency_p99_ms", "lost", "http_503")),
 }
 # Scenarios the table names only once they have a run (no "not run yet" row).
-ONCE_RUN = ("publish",)
+ONCE_RUN = ("publish", "reload")
 TRANSPORTS = ("ws", "sse", "mixed")
 TARGETS = (OURS, *OTHERS)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import capacity, fanout, idle, publish, rooms, storm
+from . import capacity, fanout, idle, publish, reload, rooms, storm
 
 SCENARIOS: dict[str, ModuleType] = {
     "fanout": fanout,
@@ -23,4 +23,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "idle": idle,
     "storm": storm,
     "publish": publish,
+    "reload": reload,
 }
