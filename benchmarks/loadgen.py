@@ -295,8 +295,9 @@ async def measure_target(
     in_process = opts.scenario != "idle"
     if in_process and opts.subscribers + 512 > fd_limit():
         raise BenchError(
-            f"{opts.subscribers} streams need more open files than the limit ({fd_limit()}); "
-            "the idle scenario spreads its streams over several processes"
+            f"{opts.subscribers} streams need more open files than the limit ({fd_limit()}): "
+            "raise the hard limit (ulimit -Hn); the idle scenario spreads its streams over "
+            "several processes"
         )
     server = ServerOptions(
         opts.workers,
@@ -411,7 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
     opts.argv = argv
-    raise_fd_limit()  # the servers and swarm processes started from here inherit it
+    # The servers and swarm processes started from here inherit it; the
+    # scenarios that hold their streams in this process need one a stream.
+    raise_fd_limit(at_least=opts.subscribers + 4096)
     progress = Progress(sys.stderr, opts.progress)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

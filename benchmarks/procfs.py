@@ -79,12 +79,17 @@ def own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def raise_fd_limit() -> int:
+def raise_fd_limit(at_least: int = 0) -> int:
     """Raise this process's open-file limit to its hard limit (the servers it starts
-    inherit it); return the new soft limit."""
+    inherit it), or to ``at_least`` above that where this process may raise the
+    hard limit too (root may); return the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 20
+    if at_least > hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (at_least, at_least))
+            return at_least
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard

@@ -242,7 +242,8 @@ class Hub:
 
         While ``crowded()`` says that those who come back are not taken in as
         fast as they come (the accept queue fills up), the next share waits,
-        but not past ``latest_s`` from the start. The streams not closed yet
+        but not past ``latest_s`` from the start (the shares left then go
+        on at the interval). The streams not closed yet
         keep receiving meanwhile; once ``cut_short`` is set, the rest are
         left to :meth:`close_all`.
         """
@@ -262,11 +263,12 @@ class Hub:
                 return
             # The next share an interval after this one, even if this worker
             # fell behind (closing the overdue shares at once would bunch
-            # their clients together), and later while the queue is crowded.
+            # their clients together), and later while the queue is crowded
+            # (until ``latest``; then on at the interval).
             due = loop.time() + interval
             while not cut_short.is_set():
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(min(due, latest)):
+                    async with asyncio.timeout_at(due):
                         await cut_short.wait()
                 now = loop.time()
                 if now >= latest or not crowded():

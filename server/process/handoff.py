@@ -37,7 +37,9 @@ DRAIN_STREAMS_PER_S = 2000
 DRAIN_MIN_S = 0.5
 DRAIN_MAX_S = 15.0
 # While the new workers do not accept the returning clients as fast as they
-# come, an old worker waits before closing more; this long at most, all told.
+# come, an old worker waits before closing more, until this long after it
+# began (then it closes the rest over at most the window: it is done within
+# DRAIN_LATEST_S + DRAIN_MAX_S).
 DRAIN_LATEST_S = 2 * DRAIN_MAX_S
 
 

@@ -44,7 +44,7 @@ import aiotools
 from ..common.config import Config, ConfigError, keep_bound_settings
 from . import logs
 from .companions import Companion, Companions
-from .handoff import DRAIN_LATEST_S, STOP_SIGNALS, Runner, WorkerSetup, bind
+from .handoff import DRAIN_LATEST_S, DRAIN_MAX_S, STOP_SIGNALS, Runner, WorkerSetup, bind
 from .watch import Backoff, Timers, WorkerProcesses, worker_context
 from .workarounds import QuietEchoes, forget_reaped_children, keeper
 
@@ -296,9 +296,10 @@ class Supervisor:
         self._on_ready()
         # Each old worker stops accepting, closes its streams spread over a
         # while (their clients reconnect to the new wave), and exits; one
-        # still running once the longest window and the stop deadline have
+        # still running once the longest drain and the stop deadline have
         # passed is killed.
-        self._send_off(old, signal.SIGHUP, DRAIN_LATEST_S + self.config.stop_deadline_s)
+        drained = DRAIN_LATEST_S + DRAIN_MAX_S
+        self._send_off(old, signal.SIGHUP, drained + self.config.stop_deadline_s)
         if self.next_config is not None:
             config, self.next_config = self.next_config, None
             self._start_wave(config)
