@@ -18,7 +18,14 @@ import pytest
 
 from harness.processes import ROOT
 
-from .support import ResilientSubscriber, Sender, ServerProcess, assert_in_order_once, worker_pids
+from .support import (
+    ResilientSubscriber,
+    Sender,
+    ServerProcess,
+    assert_group_exits,
+    assert_in_order_once,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.processes
 
@@ -197,3 +204,22 @@ async def test_a_reload_whose_new_workers_cannot_start_keeps_the_old_ones_servin
             while not set((await worker_pids(server.url)).values()).isdisjoint(old.values()):
                 await asyncio.sleep(0.1)
     assert server.proc is not None and server.proc.poll() is None
+
+
+@pytest.mark.parametrize("when", ["starting", "draining"])
+async def test_sigterm_during_a_reload_stops_both_sets_of_workers(
+    start_server: Callable[..., ServerProcess], when: str
+) -> None:
+    server = start_server(workers=2, env=ROOMY)
+    async with streams(server.url, 400 if when == "draining" else 20):
+        server.signal(signal.SIGHUP)
+        # While the new workers start, or while the old ones close their streams.
+        word = "received SIGHUP" if when == "starting" else "reloaded: 2 workers ready"
+        await until(lambda: word in server.log(), 20)
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait, 15) == 0
+        assert time.monotonic() - started < 10
+    await assert_group_exits(server)
+    assert "reload failed" not in server.log()
+    assert "did not stop in time" not in server.log()
