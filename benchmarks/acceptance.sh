@@ -55,5 +55,8 @@ run fanout-features --scenario fanout --subscribers 1000 --transport mixed --rat
 # then one message to all of them
 run many --scenario many --targets chat,bare "$@"
 
+# (j) a reload with 20,000 connected clients (bare: opening them from scratch)
+run reload --scenario reload --clients 20000 --transport mixed --targets chat,bare "$@"
+
 python -m benchmarks.report "$out" > BENCHMARKS.rst
 exit $failed

@@ -40,6 +40,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
 from server.core.ids import parse_id
 
@@ -153,6 +154,14 @@ def describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class Watch(Protocol):
+    """What a scenario learns of a subscriber as it happens (see ``Subscriber.watch``)."""
+
+    def opened(self, sub: Subscriber) -> None: ...
+
+    def delivered(self, sub: Subscriber, sent_ns: int, now: int) -> None: ...
+
+
 class Subscriber:
     """One streaming client; reconnects when its stream ends while it runs."""
 
@@ -186,7 +195,8 @@ class Subscriber:
         self.out_of_order = 0
         self.last_key = (0, 0)
         self.last_id = b""
-        self.process = ""
+        self.process = ""  # the process its stream was first admitted on
+        self.serving = ""  # the process serving its stream now (or last)
         self.admitted = False
         self.attempts = 0
         self.reconnects = 0
@@ -196,6 +206,9 @@ class Subscriber:
         self.cookie = b""  # the session cookie of the last answer (name=value), if it set one
         self.connect_s = 0.0  # from the connect until the stream was open
         self.opened_at = 0.0  # time.monotonic() then
+        self.open_ns = 0  # perf_counter_ns() when its current stream opened
+        # Told of every open and every delivery, when set (the reload scenario's).
+        self.watch: Watch | None = None
         self.ready = asyncio.Event()  # the stream is open (set once)
         self.settled = asyncio.Event()  # open, or given up
         self.stopping = False
@@ -260,6 +273,9 @@ class Subscriber:
             else:
                 sock.close()
             raise
+        self.open_ns = time.perf_counter_ns()
+        if self.watch is not None:
+            self.watch.opened(self)
         if not self.ready.is_set():
             self.connect_s = time.perf_counter() - t0
             self.opened_at = time.monotonic()
@@ -287,6 +303,7 @@ class Subscriber:
 
     def admit(self, process: str) -> bool:
         """The server has accepted the stream on ``process``; False to move it."""
+        self.serving = process
         if self.admitted:
             return True
         self.attempts += 1
@@ -357,6 +374,8 @@ class Subscriber:
         recorder.deliveries += 1
         recorder.latencies.append((now - sent_ns) / 1e6)
         recorder.last_ns = now
+        if self.watch is not None:
+            self.watch.delivered(self, sent_ns, now)
 
     def received(self, seq: int) -> bool:
         return seq < len(self.counts) and self.counts[seq] > 0

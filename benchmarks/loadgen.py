@@ -36,7 +36,11 @@ Scenarios (``benchmarks/scenarios/``):
   streams, churning connections, publishing and faults (reloads, killed
   workers, a Redis restart), sampled every 10 s; a verdict on whether its
   resources come back, the samples as JSON (``benchmarks/results/`` unless
-  ``--json``) and PNG plots beside it.
+  ``--json``) and PNG plots beside it;
+- ``reload``: N clients connected while a message goes out every 100 ms,
+  then SIGHUP (the chat server; bare: N open from scratch); the time until
+  every client is back on a new worker and received a message, lost,
+  duplicated, p99 latency of the clients not being moved, 503s, loop stalls.
 
 The acceptance figures (run on a quiet machine; each run takes minutes)::
 
@@ -67,6 +71,8 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
         --json benchmarks/results/fanout-features.json
     python -m benchmarks.loadgen --scenario many --targets chat,bare \\
         --json benchmarks/results/many.json
+    python -m benchmarks.loadgen --scenario reload --clients 20000 --transport mixed \\
+        --targets chat,bare --json benchmarks/results/reload.json
     python -m benchmarks.report benchmarks/results > BENCHMARKS.rst
 
 (``benchmarks/acceptance.sh`` runs exactly these.) Exit code: 0, 1 when the
@@ -138,9 +144,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="processes per target [many: 6; others: 2]")
     parser.add_argument(
         "--subscribers",
+        "--clients",
         "-n",
         type=int,
-        help="streams (fanout 1000, capacity 1000, rooms 1000, idle 2000, storm 2000)",
+        help="streams (fanout 1000, capacity 1000, rooms 1000, idle 2000, storm 2000, "
+        "reload 20000)",
     )
     parser.add_argument(
         "--transport",
@@ -205,6 +213,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     others.add_argument(
         "--storm-timeout", type=float, default=30.0, help="storm: seconds for a stream to open"
+    )
+    reload = parser.add_argument_group("reload")
+    reload.add_argument(
+        "--reload-rooms", type=int, default=0, help="reload: rooms [one per 2,000 streams]"
+    )
+    reload.add_argument(
+        "--reload-timeout",
+        type=float,
+        default=60.0,
+        help="reload: seconds for every client to be back and receiving",
     )
     parser.add_argument(
         "--no-deflate",
@@ -310,8 +328,9 @@ async def measure_target(
     streams = opts.subscribers + (opts.churners if opts.scenario == "soak" else 0)
     if in_process and streams + 512 > fd_limit():
         raise BenchError(
-            f"{streams} streams need more open files than the limit ({fd_limit()}); "
-            "the idle scenario spreads its streams over several processes"
+            f"{streams} streams need more open files than the limit ({fd_limit()}): "
+            "raise the hard limit (ulimit -Hn); the idle scenario spreads its streams over "
+            "several processes"
         )
     server = ServerOptions(
         opts.workers,
@@ -429,7 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
     opts.argv = argv
-    raise_fd_limit()  # the servers and swarm processes started from here inherit it
+    # The servers and swarm processes started from here inherit it; the
+    # scenarios that hold their streams in this process need one a stream.
+    raise_fd_limit(at_least=opts.subscribers + 4096)
     progress = Progress(sys.stderr, opts.progress)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -63,17 +63,33 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User plus system CPU time of ``root`` and its live descendants, with
+    what their children that have exited and were waited for used: a worker
+    that a reload replaced still counts once it is gone."""
+    ticks = 0
+    for pid in process_tree(root):
+        if (fields := _stat_fields(pid)) is not None:
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / CLOCK_TICKS
+
+
 def own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
 
 
-def raise_fd_limit() -> int:
+def raise_fd_limit(at_least: int = 0) -> int:
     """Raise this process's open-file limit to its hard limit (the servers it starts
-    inherit it); return the new soft limit."""
+    inherit it), or to ``at_least`` above that where this process may raise the
+    hard limit too (root may); return the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 20
+    if at_least > hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (at_least, at_least))
+            return at_least
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard

@@ -24,7 +24,17 @@ from .summary import PER_MESSAGE, quotients, summary
 from .tables import render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIO_ORDER = ("fanout", "capacity", "rooms", "idle", "storm", "publish", "many", "soak")
+SCENARIO_ORDER = (
+    "fanout",
+    "capacity",
+    "rooms",
+    "idle",
+    "storm",
+    "publish",
+    "reload",
+    "many",
+    "soak",
+)
 TITLES = {
     "fanout": "fanout: one room, many streams",
     "capacity": "capacity: the highest delivery rate",
@@ -32,6 +42,7 @@ TITLES = {
     "idle": "idle: memory per connection",
     "storm": "storm: everyone connects at once",
     "publish": "publish: POSTs as fast as the connections can send them",
+    "reload": "reload: every client moved to new workers (bare: opened from scratch)",
     "many": "many: 100,000 streams held, then one message to all",
     "soak": "soak: hours of churn and faults",
 }

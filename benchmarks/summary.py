@@ -35,9 +35,11 @@ HEADLINES = {
     "storm": ("storm", ("server_cpu_ms_per_connect", "opened")),
     "publish": ("publishing", ("published_per_s", "server_cpu_ms_per_message")),
     "soak": ("soak", ("lost", "rss_percent_per_hour", "tracebacks")),
+    "reload": ("reload", ("all_back_s", "steady_latency_p99_ms", "lost", "http_503")),
+    "many": ("many", ("heartbeat_slow_held", "latency_p99_ms", "lost", "rss_open_mib")),
 }
 # Scenarios the table names only once they have a run (no "not run yet" row).
-ONCE_RUN = ("publish", "soak")
+ONCE_RUN = ("publish", "soak", "reload", "many")
 TRANSPORTS = ("ws", "sse", "mixed")
 TARGETS = (OURS, *OTHERS)
 

@@ -103,3 +103,45 @@ def test_the_latest_run_is_the_one_that_started_last_not_the_last_file_name(
     # The scenarios the report knows and that have no run yet are named as such.
     for scenario in ("capacity", "rooms", "idle", "storm"):
         assert re.search(rf"\| {scenario}: +\| not run yet ", table), scenario
+
+
+def test_a_reload_run_has_its_row_and_section(tmp_path: pathlib.Path) -> None:
+    from benchmarks.scenarios import reload
+
+    storm = next(run for run in runs(RESULTS).values() if run["scenario"] == "storm")
+    figures = {
+        "clients": 2000,
+        "all_back_s": 2.5,
+        "all_received_s": 2.6,
+        "back": 2000,
+        "published": 40,
+        "lost": 0,
+        "duplicates": 0,
+        "steady_latency_p99_ms": 120.0,
+        "latency_p99_ms": 400.0,
+        "http_503": 0,
+        "refused": 0,
+        "heartbeat_slow": 1,
+        "loop_stalls": 2,
+        "server_cpu_s": 3.0,
+    }
+    run = storm | {
+        "scenario": "reload",
+        "description": reload.DESCRIPTION,
+        "options": storm["options"] | {"subscribers": 2000, "transport": "mixed"},
+        "metrics": [[m.label, m.key, m.fmt, m.ratio] for m in reload.METRICS],
+        "cases": [
+            {
+                "label": "2000 mixed clients",
+                "params": {},
+                "results": {"chat": figures, "bare": figures | {"lost": None}},
+            }
+        ],
+    }
+    (tmp_path / "reload-run1.json").write_text(json.dumps(run))
+    text = generate(tmp_path)
+    table = "\n".join(opening(text))
+    assert LINK.findall(table) == ["reload-run1"]
+    assert re.search(r"\| reload: +\| time until every client is back \(s\) +\| +2\.50 ", table)
+    assert "reload: every client moved to new workers" in text
+    assert "latency p99, clients not being moved (ms)" in text

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from server.common.metrics import Metrics
-from server.core.close_reason import OVERFLOW
+from server.core.close_reason import OVERFLOW, RELOAD
 from server.core.hub import Closing, Hub
 from server.core.ids import MessageId
 from server.core.model import Event, Gap, Ping, Presence, PresenceDiff
@@ -211,6 +211,56 @@ async def test_no_subscriptions_once_closing() -> None:
     assert sink.closed_with == "shutdown" and existing.done.done()
     with pytest.raises(Closing):
         await hub.subscribe("r", "u-2", None)
+
+
+async def test_closing_spread_out_closes_a_share_per_step_and_the_rest_keep_receiving() -> None:
+    hub = make_hub(MemoryBackend())
+    subs = [await live(hub, f"u-{n}") for n in range(40)]
+    loop = asyncio.get_running_loop()
+    closed_at: dict[int, float] = {}
+
+    async def watch() -> None:
+        while len(closed_at) < len(subs):
+            for i, (sub, _) in enumerate(subs):
+                if sub.closed:
+                    closed_at.setdefault(i, loop.time())
+            await asyncio.sleep(0.005)
+
+    started = loop.time()
+    watching = asyncio.create_task(watch())
+    closing = asyncio.create_task(hub.close_spread(RELOAD, 0.4, asyncio.Event()))
+    await asyncio.sleep(0.2)
+    # Half-way: about half closed, with the reload's hint; the others still get messages.
+    still_open = [sink for sub, sink in subs if not sub.closed]
+    assert 10 <= len(still_open) <= 30 and hub.draining
+    hub.dispatch("r", [message(1)])
+    assert all(sink.ids == ["1-0"] for sink in still_open)
+    await asyncio.wait_for(closing, 2)
+    await asyncio.wait_for(watching, 1)
+    assert {sink.closed_with for _, sink in subs} == {"reload"}
+    assert max(closed_at.values()) - started >= 0.3
+    assert not hub.closing  # (a stream that still comes in is closed with the rest at the end)
+
+
+async def test_closing_spread_out_waits_while_the_accept_queue_is_crowded() -> None:
+    hub = make_hub(MemoryBackend())
+    subs = [await live(hub, f"u-{n}") for n in range(10)]
+    crowded = True
+    closing = asyncio.create_task(
+        hub.close_spread(RELOAD, 0.1, asyncio.Event(), crowded=lambda: crowded, latest_s=5)
+    )
+    await asyncio.sleep(0.4)
+    # The first share went at once; the next waits for the queue to empty.
+    assert 0 < sum(sub.closed for sub, _ in subs) < 10
+    crowded = False
+    await asyncio.wait_for(closing, 1)
+    assert all(sub.closed for sub, _ in subs)
+    # Cut short: what is left goes to close_all.
+    more = [await live(hub, f"v-{n}") for n in range(10)]
+    cut_short = asyncio.Event()
+    cut_short.set()
+    await asyncio.wait_for(hub.close_spread(RELOAD, 5, cut_short), 1)
+    assert 0 < sum(sub.closed for sub, _ in more) < 10
 
 
 async def test_a_ping_waits_behind_queued_messages() -> None:

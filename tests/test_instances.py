@@ -109,6 +109,8 @@ async def test_json_logs_have_one_line_per_lifecycle_event_and_no_secret(
     second = await changed_pids(server.url, first, {1})
     os.kill(server.proc.pid, signal.SIGHUP)
     third = await changed_pids(server.url, second, {0, 1})
+    # (The old workers close their streams over a second before they exit.)
+    await until_logged(server, lambda lines: count(lines, "reload done") >= 1)
     redis.stop()
     await until_logged(server, lambda lines: count(lines, "lost Redis") >= 2)
     # An outage of several heartbeats (0.5 s each here): each worker
@@ -130,6 +132,7 @@ async def test_json_logs_have_one_line_per_lifecycle_event_and_no_secret(
     assert ("main", f"worker 1 is serving again (pid {second[1]})") in said
     assert ("main", "received SIGHUP: replacing 2 workers") in said
     assert ("main", "reloaded: 2 workers ready") in said
+    assert ("main", "reload done: the old workers have exited") in said
     # aiotools' warning that all its workers exited: how every reload ends.
     assert not any("All child processes have terminated" in m for _, m in said), said
     # Nor does aiotools tell again how the killed worker ended.

@@ -122,6 +122,16 @@ async def test_the_live_console_answers_on_its_ports_only_when_enabled(
     for worker in (0, 1):
         assert await answers(base + 3 * worker), f"worker {worker}'s console"
     assert "live console on 127.0.0.1:" in server.log()
+    # After a reload the new workers take the ports over, once the old ones let go.
+    old = await worker_pids(server.url)
+    server.signal(signal.SIGHUP)
+    async with asyncio.timeout(20):
+        while not set((await worker_pids(server.url)).values()).isdisjoint(old.values()):
+            await asyncio.sleep(0.1)
+        while server.log().count("live console on 127.0.0.1:") < 4:
+            await asyncio.sleep(0.1)
+    for worker in (0, 1):
+        assert await answers(base + 3 * worker), f"worker {worker}'s console after a reload"
     server.kill()
     quiet = start_server(workers=2)
     assert await worker_health(quiet.url)  # serving

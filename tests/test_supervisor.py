@@ -20,7 +20,7 @@ import pytest
 
 from server.common.config import Config, ConfigError, load
 from server.process.handoff import WorkerSetup
-from server.process.supervisor import Ending, Supervisor
+from server.process.supervisor import Supervisor
 from server.process.watch import Backoff, WorkerProcesses
 
 
@@ -136,33 +136,97 @@ def broken() -> Config:
     raise ConfigError("workers: expected a positive integer, got 'many'")
 
 
-async def test_a_reload_with_broken_settings_keeps_the_workers_and_says_so(
-    caplog: pytest.LogCaptureFixture, sleepers: list[subprocess.Popen[bytes]]
-) -> None:
-    config = load({"port": 0, "workers": 1})
-    counts = Counts()
-    supervisor = Supervisor(
-        config,
+class SleeperWaves(Supervisor):
+    """A supervisor whose new waves are ``sleep`` processes (one per index), not workers."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]], **kwargs: Any) -> None:
+        self.procs = procs
+        super().__init__(**kwargs)
+
+    def _wave(self, config: Config, generation: int) -> WorkerProcesses:
+        wave = super()._wave(config, generation)
+        procs = self.procs
+
+        def start(count: int) -> None:
+            for index in range(count):
+                wave.started(index, sleeper(procs))
+
+        wave.start = start  # type: ignore[method-assign]
+        return wave
+
+
+def sleeper_supervisor(
+    procs: list[subprocess.Popen[bytes]], counts: Counts, workers: int = 1
+) -> SleeperWaves:
+    return SleeperWaves(
+        procs,
+        config=load({"port": 0, "workers": workers}),
         redis_url="redis://127.0.0.1:1/0",
         session_secret="s",
         reload_config=broken,
         runner_for=lambda config: asyncio.run,
-        metrics=counts,  # type: ignore[arg-type]
+        metrics=counts,
     )
+
+
+async def test_a_reload_with_broken_settings_keeps_the_workers_and_says_so(
+    caplog: pytest.LogCaptureFixture, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    counts = Counts()
+    supervisor = sleeper_supervisor(sleepers, counts)
     try:
         pid = sleeper(sleepers)
         supervisor.workers.started(0, pid)
         with caplog.at_level(logging.ERROR, logger="chat-server"):
             supervisor._on_reload()
-        assert supervisor.ending is None and counts.reloads == 0
+        assert supervisor.incoming is None and counts.reloads == 0
         assert "reload refused, still running the old settings" in caplog.text
         assert sleepers[0].poll() is None  # not signalled
-        # With good settings, the workers are told to go (SIGHUP) and the
-        # reload is counted.
-        supervisor.reload_config = lambda: config
+        # With good settings, a new wave starts beside the old one, which is
+        # told to go (SIGHUP) only once every new worker is ready.
+        supervisor.reload_config = lambda: supervisor.config
         supervisor._on_reload()
-        assert supervisor.ending is Ending.RELOAD and counts.reloads == 1
+        wave = supervisor.incoming
+        assert wave is not None and counts.reloads == 1
+        assert wave.generation == 1 and sleepers[0].poll() is None
+        supervisor._reported("ready", 0, wave.pids[0], wave.generation)
+        assert supervisor.workers is wave and supervisor.generation == 1
         assert sleepers[0].wait(5) == -signal.SIGHUP
+        async with asyncio.timeout(5):
+            while supervisor.outgoing:  # (closed once its process has exited)
+                await asyncio.sleep(0.01)
+        assert sleepers[1].poll() is None
+        supervisor.workers.close(timeout=1)
+    finally:
+        supervisor.close()
+
+
+async def test_a_new_wave_that_fails_is_stopped_and_the_old_one_keeps_serving(
+    caplog: pytest.LogCaptureFixture, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    counts = Counts()
+    supervisor = sleeper_supervisor(sleepers, counts, workers=2)
+    try:
+        old = [sleeper(sleepers), sleeper(sleepers)]
+        for index, pid in enumerate(old):
+            supervisor.workers.started(index, pid)
+        supervisor.reload_config = lambda: supervisor.config
+        supervisor._on_reload()
+        wave = supervisor.incoming
+        assert wave is not None
+        supervisor._reported("ready", 0, wave.pids[0], wave.generation)
+        # Its other worker dies before it is ready: the reload is given up.
+        with caplog.at_level(logging.ERROR, logger="chat-server"):
+            sleepers[3].kill()
+            async with asyncio.timeout(5):
+                while supervisor.incoming is not None:
+                    await asyncio.sleep(0.01)
+        failed = [r for r in caplog.records if "reload failed" in r.getMessage()]
+        assert len(failed) == 1, caplog.text
+        assert "still running the old workers" in failed[0].getMessage()
+        assert sleepers[2].wait(5) == -signal.SIGTERM  # the new worker that was ready
+        assert supervisor.workers.generation == 0
+        assert [proc.poll() for proc in sleepers[:2]] == [None, None]
         supervisor.workers.close(timeout=1)
     finally:
         supervisor.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import capacity, fanout, idle, many, publish, rooms, soak, storm
+from . import capacity, fanout, idle, many, publish, reload, rooms, soak, storm
 
 SCENARIOS: dict[str, ModuleType] = {
     "fanout": fanout,
@@ -29,6 +29,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "idle": idle,
     "storm": storm,
     "publish": publish,
+    "reload": reload,
     "many": many,
     "soak": soak,
 }

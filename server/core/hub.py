@@ -14,6 +14,7 @@ and skips anything at or below it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 
 from ..common.metrics import Metrics
@@ -25,6 +26,9 @@ from .model import Message, Online, Presence
 from .replay import REPLAY_PAGE
 from .subscription import VISIT_BATCH, Subscription
 from .typing_notices import TypingNotice
+
+# How often a worker that closes its streams over a while (a reload) closes the next share.
+SPREAD_STEP_S = 0.05
 
 
 class Closing(Exception):
@@ -70,6 +74,9 @@ class Hub:
         self.closing = False
         # Why connections will be closed when the worker stops.
         self.stop_reason = CloseReason.SHUTDOWN
+        # The worker is on its way out (its streams are being closed over a
+        # while): answers close their connections, so clients come back elsewhere.
+        self.draining = False
 
     async def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
@@ -220,6 +227,55 @@ class Hub:
         for sub in list(room.subscriptions.values()):
             if sub.user_id == user_id:
                 sub.close(CloseReason(reason))
+
+    async def close_spread(
+        self,
+        reason: CloseReason,
+        window_s: float,
+        cut_short: asyncio.Event,
+        *,
+        crowded: Callable[[], bool] = lambda: False,
+        latest_s: float = 0.0,
+    ) -> None:
+        """Close every stream open now, an equal share each :data:`SPREAD_STEP_S`
+        over ``window_s``, so that their clients do not all come back at once.
+
+        While ``crowded()`` says that those who come back are not taken in as
+        fast as they come (the accept queue fills up), the next share waits,
+        but not past ``latest_s`` from the start (the shares left then go
+        on at the interval). The streams not closed yet
+        keep receiving meanwhile; once ``cut_short`` is set, the rest are
+        left to :meth:`close_all`.
+        """
+        self.stop_reason = reason
+        self.draining = True
+        pending = [sub for sub in self.subscriptions() if not sub.closed]
+        count, steps = len(pending), max(1, round(window_s / SPREAD_STEP_S))
+        interval = window_s / steps
+        loop = asyncio.get_running_loop()
+        latest = loop.time() + max(window_s, latest_s)
+        for step in range(steps):
+            # (Shares rounded up: the first closes at least one.)
+            end = -(-count * (step + 1) // steps)
+            for sub in pending[-(-count * step // steps) : end]:
+                sub.close(reason)
+            if end == count:
+                return
+            # The next share an interval after this one, even if this worker
+            # fell behind (closing the overdue shares at once would bunch
+            # their clients together), and later while the queue is crowded
+            # (until ``latest``; then on at the interval).
+            due = loop.time() + interval
+            while not cut_short.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(due):
+                        await cut_short.wait()
+                now = loop.time()
+                if now >= latest or not crowded():
+                    break
+                due = now + SPREAD_STEP_S
+            if cut_short.is_set():
+                return
 
     def close_all(self, reason: CloseReason) -> None:
         self.closing = True

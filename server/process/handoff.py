@@ -25,9 +25,28 @@ from ..common.config import Config
 from . import logs
 
 # Stop signals of the workers, as aiotools delivers them. SIGHUP means "a
-# new generation replaces you": SSE and WebSocket connections are closed with a reconnect hint
-# (WebSocket 1012) rather than "going away" (1001).
+# new wave of workers is serving: go": stop accepting, close SSE and WebSocket
+# connections over a window (:func:`drain_window`) with a reconnect hint
+# (WebSocket 1012) rather than "going away" (1001), then exit.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# On a reload, an old worker closes its streams over a window that grows
+# with their number (each client comes back to the new workers): this many
+# a second, within these bounds.
+DRAIN_STREAMS_PER_S = 2000
+DRAIN_MIN_S = 0.5
+DRAIN_MAX_S = 15.0
+# While the new workers do not accept the returning clients as fast as they
+# come, an old worker waits before closing more, until this long after it
+# began (then it closes the rest over at most the window: it is done within
+# DRAIN_LATEST_S + DRAIN_MAX_S).
+DRAIN_LATEST_S = 2 * DRAIN_MAX_S
+
+
+def drain_window(streams: int) -> float:
+    """The seconds an old worker spreads the closing of its ``streams`` over."""
+    return min(DRAIN_MAX_S, max(DRAIN_MIN_S, streams / DRAIN_STREAMS_PER_S))
+
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
 

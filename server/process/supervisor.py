@@ -6,9 +6,16 @@ the generation count and one backoff. Each generation is one
 ``aiotools.start_server`` call with :meth:`Supervisor.main_context`:
 
 - SIGINT/SIGTERM: stop every worker (each tells its clients to reconnect).
-- SIGHUP: read the settings again; if valid, stop this generation with
-  SIGHUP and start the next on the same socket (connections wait in its
-  backlog: none is refused); if not, log one line and keep the workers.
+- SIGHUP: read the settings again; if not valid, log one line and keep the
+  workers. If valid, a rolling reload: a new wave of workers is forked
+  (fresh imports, the new settings) beside the serving one, on the same
+  socket. Once every new worker reported "ready", the old ones are told to
+  go (SIGHUP): each stops accepting (new connections reach the new wave;
+  none is refused), closes its streams spread over a few seconds with a
+  reconnect hint, and exits. A new wave that fails (a worker exits, or is
+  not ready within :data:`WAVE_READY_S`) is stopped, and the old one keeps
+  serving (one line logged). A SIGHUP during a reload brings one more wave
+  once this one serves.
 - A worker that dies is replaced with the same index (:mod:`server.process.watch`,
   from a pidfd event); if every process aiotools started is gone, a new
   generation starts. Either waits longer each time it keeps failing (one
@@ -17,6 +24,9 @@ the generation count and one backoff. Each generation is one
   index after the workers': the webhook deliverer
   (:mod:`server.process.delivery`), replaced and renewed as a worker is,
   but not counted among the workers nor announced as serving.
+
+One ``aiotools.start_server`` call (a generation) therefore lasts across
+reloads: its keeper keeps it open once the workers it started have gone.
 
 What aiotools needs worked around is in :mod:`server.process.workarounds`.
 """
@@ -38,8 +48,8 @@ import aiotools
 from ..common.config import Config, ConfigError, keep_bound_settings
 from . import logs
 from .companions import Companion, Companions
-from .handoff import STOP_SIGNALS, Runner, WorkerSetup, bind
-from .watch import Backoff, WorkerProcesses, wait_blocked, worker_context
+from .handoff import DRAIN_LATEST_S, DRAIN_MAX_S, STOP_SIGNALS, Runner, WorkerSetup, bind
+from .watch import Backoff, Timers, WorkerProcesses, wait_blocked, worker_context
 from .workarounds import QuietEchoes, forget_reaped_children, keeper
 
 if TYPE_CHECKING:  # imported by the main process once the metrics directory is set
@@ -51,11 +61,15 @@ GENERATION = "generation"  # the backoff's key for starting a whole generation
 
 
 class Ending(enum.Enum):
-    """Why a generation ended."""
+    """Why a generation (one ``aiotools.start_server`` call) ended."""
 
     STOP = "stop"  # SIGINT or SIGTERM
-    RELOAD = "reload"  # SIGHUP with valid settings
     ALL_GONE = "all gone"  # every process aiotools started has died, keeper included
+
+
+# How long a reload's new workers may take to report "ready" before the
+# reload is given up (the old workers keep serving).
+WAVE_READY_S = 30.0
 
 
 class Supervisor:
@@ -78,7 +92,10 @@ class Supervisor:
         self.metrics = metrics
         self.backoff = Backoff()
         self.companions = Companions(companions, self.backoff)
-        self.generation = 0
+        self.timers = Timers()  # the main process' own (the companions')
+        self.generation = 0  # the serving wave's
+        self.reported: set[int] = set()  # pids of workers whose death was logged
+        self.newest_generation = 0
         self.sock = bind(config.host, config.port, config.backlog)
         host, port = self.sock.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -88,27 +105,39 @@ class Supervisor:
 
     def _begin(self) -> None:
         """What one generation knows of its processes, fresh."""
-        self.setup = WorkerSetup(
-            self.config,
+        self.workers = self._wave(self.config, self.generation)  # the serving wave
+        self.setup = self.workers.setup
+        self.runner = self.workers.runner
+        self.incoming: WorkerProcesses | None = None  # a reload's wave, until ready
+        self.outgoing: list[WorkerProcesses] = []  # waves told to go, until they exit
+        self.ending: Ending | None = None
+        self.stop_signal = signal.SIGTERM
+        # Settings a SIGHUP brought while a reload was under way: the next wave's.
+        self.next_config: Config | None = None
+        self.keeper_pid: int | None = None
+        self.ever_ready = False  # some worker of this generation served
+        self._buffer = b""
+
+    def _wave(self, config: Config, generation: int) -> WorkerProcesses:
+        setup = WorkerSetup(
+            config,
             self.redis_url,
             self.session_secret,
             self.sock,
             os.getpid(),
             self.write_fd,
-            self.generation,
+            generation,
             metrics_dir=self.metrics.directory,
         )
-        self.runner = self.runner_for(self.config)
-        self.workers = WorkerProcesses(self.setup, self.runner, self.backoff, self.metrics)
-        self.workers.on_death = self._not_ready
-        self.ending: Ending | None = None
-        self.stop_signal = signal.SIGTERM
-        self.next_config: Config | None = None
-        self.keeper_pid: int | None = None
-        self.ready: set[int] = set()
-        self.ever_ready = False  # some worker of this generation served
-        self._buffer = b""
-        self._announced = False
+        self.newest_generation = max(self.newest_generation, generation)
+        wave = WorkerProcesses(setup, self.runner_for(config), self.backoff, self.metrics)
+        wave.reported = self.reported  # (one set for every wave: see QuietEchoes)
+        return wave
+
+    def waves(self) -> list[WorkerProcesses]:
+        """Every wave whose processes may still run."""
+        incoming = [] if self.incoming is None else [self.incoming]
+        return [self.workers, *incoming, *self.outgoing]
 
     # -- generations -----------------------------------------------------
 
@@ -146,19 +175,21 @@ class Supervisor:
         os.close(self.write_fd)
 
     def _next_generation(self) -> None:
-        if self.ending is Ending.ALL_GONE:
-            if self.ever_ready:
-                self.backoff.succeeded(GENERATION)
-            delay = self.backoff.failed(GENERATION, time.monotonic())
-            log.error("all workers are gone; starting new ones in %.1f s", delay)
-            if wait_blocked(delay):
-                with contextlib.suppress(ConfigError):
-                    self.next_config = self.reload_config()
+        if self.ever_ready:
+            self.backoff.succeeded(GENERATION)
+        delay = self.backoff.failed(GENERATION, time.monotonic())
+        log.error("all workers are gone; starting new ones in %.1f s", delay)
+        if wait_blocked(delay):
+            with contextlib.suppress(ConfigError):
+                self.next_config = self.reload_config()
         if self.next_config is not None:
-            self.config = keep_bound_settings(self.config, self.next_config)
-            logs.configure(self.config.log_level, self.config.log_format)
-        self.generation += 1
+            self._apply(self.next_config)
+        self.generation = self.newest_generation + 1
         self._begin()
+
+    def _apply(self, config: Config) -> None:
+        self.config = keep_bound_settings(self.config, config)
+        logs.configure(self.config.log_level, self.config.log_format)
 
     def _on_ready(self) -> None:
         if self.generation == 0:
@@ -174,18 +205,19 @@ class Supervisor:
     def main_context(self) -> Generator[None, signal.Signals, None]:
         """To be wrapped with ``aiotools.main_context`` and given to ``start_server``."""
         loop = asyncio.get_running_loop()
-        quiet = QuietEchoes(self.workers.reported).install()
+        quiet = QuietEchoes(self.reported).install()
         # These replace aiotools' own handlers: stopping goes through
-        # _signal_all, which also reaches replacement workers.
+        # _signal_all, which also reaches the workers forked here.
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         loop.add_reader(self.read_fd, self._on_report)
-        self.companions.watch(self.workers.later, lambda: self.ending is Ending.STOP)
+        self.companions.watch(self.timers.later, lambda: self.ending is Ending.STOP)
         try:
             yield
         finally:
             self.companions.unwatch()
+            self.timers.cancel()
             # Until the next generation's handlers are in place, signals wait
             # (blocked) rather than killing the process or being lost.
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -197,7 +229,8 @@ class Supervisor:
                 self.ending = Ending.ALL_GONE
                 self.stop_signal = signal.SIGHUP
                 self._signal_all(signal.SIGHUP)
-            self.workers.close(timeout=self.config.stop_deadline_s)
+            for wave in self.waves():
+                wave.close(timeout=self.config.stop_deadline_s)
             quiet.remove()
 
     # -- signals ---------------------------------------------------------
@@ -211,44 +244,97 @@ class Supervisor:
         self.ending = Ending.STOP
         self.stop_signal = signum
         self._signal_all(signum)
-        self._kill_stragglers_later()
+        delay = self.config.stop_deadline_s
+        for wave in self.waves():
+            wave.later(delay, wave.kill_stragglers)
 
     def _on_reload(self) -> None:
-        if self.ending is Ending.STOP:
+        if self.ending is not None:
             return
         try:
             config = self.reload_config()
         except ConfigError as exc:
             log.error("reload refused, still running the old settings: %s", exc)
             return
-        if self.ending is not None:
-            # A reload is under way: the next generation takes the newest settings.
+        self.metrics.reloaded()
+        if self.incoming is not None:
+            # A reload is under way: a wave with the newest settings follows it.
             self.next_config = config
             return
-        log.info("received SIGHUP: replacing %d workers", self.config.workers)
-        self.metrics.reloaded()
-        self.ending = Ending.RELOAD
-        self.next_config = config
-        self.stop_signal = signal.SIGHUP
-        self._signal_all(signal.SIGHUP)
-        self._kill_stragglers_later()
+        self._start_wave(config)
 
-    def _kill_stragglers_later(self) -> None:
-        """Workers that have not stopped after the graceful timeout are killed."""
-        delay = self.config.stop_deadline_s
-        self.workers.later(delay, self.workers.kill_stragglers)
+    def _start_wave(self, config: Config) -> None:
+        """Fork a new wave of workers beside the serving one, which goes once
+        the new one is ready (:meth:`_swap`)."""
+        config = keep_bound_settings(self.config, config)
+        log.info("received SIGHUP: replacing %d workers", config.workers)
+        wave = self._wave(config, self.newest_generation + 1)
+        wave.replacing = False  # (until it serves: a worker that dies fails the reload)
+        wave.on_death = lambda index: self._wave_failed(wave, f"new worker {index} exited")
+        self.incoming = wave
+        wave.later(WAVE_READY_S, lambda: self._wave_failed(wave, "new workers not ready in time"))
+        try:
+            wave.start(wave.setup.processes)  # (the webhook deliverer too)
+        except OSError as exc:  # (a fork that failed: out of memory, process limit)
+            self._wave_failed(wave, f"could not start new workers: {exc}")
+
+    def _wave_failed(self, wave: WorkerProcesses, why: str) -> None:
+        if wave is not self.incoming or self.ending is not None:
+            return  # it serves already, was given up, or everything stops
+        log.error("reload failed, still running the old workers: %s", why)
+        self.incoming = None
+        self.next_config = None
+        self._send_off(wave, signal.SIGTERM, self.config.stop_deadline_s)
+
+    def _swap(self) -> None:
+        """The new wave is ready: it serves, the old one goes."""
+        new, old = self.incoming, self.workers
+        assert new is not None
+        self.incoming = None
+        self.workers, self.setup, self.runner = new, new.setup, new.runner
+        self.generation = new.generation
+        self._apply(new.setup.config)
+        new.replacing = True
+        new.on_death = lambda index: None
+        new.announced = True
+        self._on_ready()
+        # Each old worker stops accepting, closes its streams spread over a
+        # while (their clients reconnect to the new wave), and exits; one
+        # still running once the longest drain and the stop deadline have
+        # passed is killed.
+        drained = DRAIN_LATEST_S + DRAIN_MAX_S
+        self._send_off(old, signal.SIGHUP, drained + self.config.stop_deadline_s)
+        if self.next_config is not None:
+            config, self.next_config = self.next_config, None
+            self._start_wave(config)
+
+    def _send_off(self, wave: WorkerProcesses, signum: signal.Signals, deadline: float) -> None:
+        """Tell ``wave`` to go; it is closed once its last process has exited,
+        and whoever is still running ``deadline`` seconds later is killed."""
+        wave.replacing = False
+        wave.on_death = lambda index: self._retire(wave)
+        self.outgoing.append(wave)
+        wave.signal_all(signum)
+        wave.later(deadline, wave.kill_stragglers)
+        self._retire(wave)
+
+    def _retire(self, wave: WorkerProcesses) -> None:
+        if wave in self.outgoing and wave.all_exited():
+            self.outgoing.remove(wave)
+            wave.close(timeout=1)
+            forget_reaped_children()
+            if wave.told == signal.SIGHUP and self.ending is None:
+                log.info("reload done: the old workers have exited")
 
     def _signal_all(self, signum: signal.Signals) -> None:
-        self.workers.replacing = False
-        self.workers.signal_all(signum)
+        for wave in self.waves():
+            wave.replacing = False
+            wave.signal_all(signum)
         if self.keeper_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.keeper_pid, signum)
 
     # -- reports from workers --------------------------------------------
-
-    def _not_ready(self, index: int) -> None:
-        self.ready.discard(index)
 
     def _on_report(self) -> None:
         try:
@@ -259,35 +345,38 @@ class Supervisor:
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
             state, index_text, pid_text, generation = line.decode().split()
-            if int(generation) != self.generation:
-                continue  # a late word from a worker of an earlier generation
-            self._reported(state, int(index_text), int(pid_text))
+            self._reported(state, int(index_text), int(pid_text), int(generation))
 
-    def _reported(self, state: str, index: int, pid: int) -> None:
+    def _reported(self, state: str, index: int, pid: int, generation: int) -> None:
         if state == "keeper":
             self.keeper_pid = pid
             if self.ending is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, self.stop_signal)
-        elif state == "started":
-            self.workers.started(index, pid)
-            if self.ending is not None:
+            return
+        wave = next((w for w in self.waves() if w.generation == generation), None)
+        if wave is None:
+            return  # a late word from a worker of a wave that is gone
+        if state == "started":
+            wave.started(index, pid)
+            if wave.told is not None:
                 # Forked before the signal reached its siblings.
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, self.stop_signal)
+                    os.kill(pid, wave.told)
         elif state == "delivering":
-            again = " again" if index in self.workers.replacements else ""
+            again = " again" if index in wave.replacements else ""
             log.info("the webhook deliverer is delivering%s (pid %d)", again, pid)
-        elif state == "ready" and index not in self.ready:
-            self.ready.add(index)
+        elif state == "ready" and index not in wave.ready and wave.told is None:
+            wave.ready.add(index)
             self.ever_ready = True
-            if self._announced:
+            if wave.announced:
                 log.info("worker %d is serving again (pid %d)", index, pid)
                 return
             log.info("worker %d is serving (pid %d)", index, pid)
-            if len(self.ready) == self.config.workers:
-                self._announced = True
+            if len(wave.ready) < wave.setup.config.workers:
+                return
+            if wave is self.incoming:
+                self._swap()
+            elif wave is self.workers:
+                wave.announced = True
                 self._on_ready()
-
-
-__all__ = ["STOP_SIGNALS", "Ending", "Supervisor"]

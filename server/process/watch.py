@@ -1,6 +1,9 @@
-"""The worker processes of one generation: who they are, when they die, their replacements.
+"""The worker processes of one wave: who they are, when they die, their replacements.
 
-The supervisor (:mod:`server.process.supervisor`) learns each worker's pid from its
+A wave is one set of workers, one per index, running one configuration:
+the first is started by aiotools, every later one (a reload) is forked
+here, as a replacement would be (:meth:`WorkerProcesses.start`). The
+supervisor (:mod:`server.process.supervisor`) learns each worker's pid from its
 "started" report and hands it here. Each pid is watched through a pidfd on
 the main process' event loop: it becomes readable when the process exits,
 so a death is an event, not something polled for. A worker that dies
@@ -120,8 +123,27 @@ class Exits:
         on_exit(*args)
 
 
+class Timers:
+    """Callbacks due later on the running loop, cancelled together."""
+
+    def __init__(self) -> None:
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` in ``delay`` seconds, unless :meth:`cancel` comes first."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()  # (timers that fired already need no cancelling)
+        self._timers = [t for t in self._timers if t.when() > now and not t.cancelled()]
+        self._timers.append(loop.call_later(delay, callback))
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+
+
 class WorkerProcesses:
-    """One generation's worker processes, by index."""
+    """One wave's worker processes, by index."""
 
     def __init__(
         self, setup: WorkerSetup, runner: Runner, backoff: Backoff, metrics: InstanceMetrics
@@ -131,12 +153,24 @@ class WorkerProcesses:
         self.backoff = backoff
         self.metrics = metrics
         self.pids: dict[int, int] = {}  # worker index -> pid of the process serving it
-        self.replacing = True  # False once the generation is stopping
+        self.replacing = True  # False once the wave is stopping (or not yet serving)
+        self.told: signal.Signals | None = None  # the signal the wave was told to stop with
+        self.ready: set[int] = set()  # indexes whose worker reported "ready"
+        self.announced = False  # every index was ready once
         self.replacements: dict[int, multiprocessing.process.BaseProcess] = {}
         self.on_death: Callable[[int], None] = lambda index: None
         self.exits = Exits()
         self.reported: set[int] = set()  # pids whose death was logged (and replaced)
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timers = Timers()
+
+    @property
+    def generation(self) -> int:
+        return self.setup.generation
+
+    def start(self, count: int) -> None:
+        """Fork a worker for each index below ``count`` (a reload's new wave)."""
+        for index in range(count):
+            self._fork(index)
 
     def started(self, index: int, pid: int) -> None:
         """``pid`` serves ``index`` now: learn of its exit from its pidfd."""
@@ -147,17 +181,18 @@ class WorkerProcesses:
     def alive(self, pid: int) -> bool:
         return self.exits.watching(pid)
 
+    def all_exited(self) -> bool:
+        return not any(self.alive(pid) for pid in self.pids.values())
+
     def signal_all(self, signum: signal.Signals) -> None:
+        self.told = signum
         for pid in self.pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
     def later(self, delay: float, callback: Callable[[], None]) -> None:
-        """Call ``callback`` in ``delay`` seconds, unless the generation ends first."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()  # (timers that fired already need no cancelling)
-        self._timers = [t for t in self._timers if t.when() > now and not t.cancelled()]
-        self._timers.append(loop.call_later(delay, callback))
+        """Call ``callback`` in ``delay`` seconds, unless the wave ends first."""
+        self._timers.later(delay, callback)
 
     def kill_stragglers(self) -> None:
         for index, pid in list(self.pids.items()):
@@ -168,10 +203,9 @@ class WorkerProcesses:
                     os.kill(pid, signal.SIGKILL)
 
     def close(self, timeout: float) -> None:
-        """The generation is over: stop watching, and wait for the replacements
-        (aiotools waits for its own workers), killing those that hang."""
-        for timer in self._timers:
-            timer.cancel()
+        """The wave is over: stop watching, and wait for the processes forked
+        here (aiotools waits for its own workers), killing those that hang."""
+        self._timers.cancel()
         self.exits.unwatch_all()
         deadline = time.monotonic() + timeout
         for process in self.replacements.values():
@@ -182,7 +216,7 @@ class WorkerProcesses:
                 process.join(1)
             with contextlib.suppress(ValueError):
                 process.close()
-        # Every worker of this generation has exited.
+        # Every worker of this wave has exited.
         self.metrics.workers_stopped(self.pids.values())
 
     # -- deaths ------------------------------------------------------------
@@ -193,6 +227,7 @@ class WorkerProcesses:
         # At once, even while backing off: the dead worker's connections
         # leave the gauges now.
         self.metrics.worker_died(pid)
+        self.ready.discard(index)
         self.on_death(index)
         if not self.replacing:
             return
@@ -208,19 +243,22 @@ class WorkerProcesses:
         if not self.replacing or self.pids.get(index) != pid:
             return
         try:
-            process = self._start_replacement(index)
+            self._fork(index)
         except Exception:  # (a fork that failed: out of memory, process limit)
             log.exception("could not replace %s; trying again", self.setup.name(index))
             delay = self.backoff.failed(index, time.monotonic()) or 0.5
             self.later(delay, lambda: self._replace(index, pid))
             return
+        self.metrics.worker_replaced()
+
+    def _fork(self, index: int) -> None:
+        process = self._start_replacement(index)
         old = self.replacements.pop(index, None)
         if old is not None:
             old.join(0)
             with contextlib.suppress(ValueError):
                 old.close()
         self.replacements[index] = process
-        self.metrics.worker_replaced()
         assert process.pid is not None
         self.started(index, process.pid)
 

@@ -10,7 +10,9 @@ still needed.
 - :func:`keeper`: ``test_replacing_every_original_worker_keeps_the_replacements_serving``;
   its reset of the inherited signal wakeup descriptor:
   ``test_sigterm_under_traffic_exits_0_and_tells_streams_to_reconnect``
-- :func:`run_replacement`: ``test_killed_worker_is_replaced_within_2s_and_nothing_is_lost``
+- :func:`run_replacement`: ``test_killed_worker_is_replaced_within_2s_and_nothing_is_lost``;
+  its reset of the inherited signal wakeup descriptor:
+  ``test_workers_that_cannot_start_are_retried_until_redis_is_back``
 - :class:`QuietEchoes`: ``test_json_logs_have_one_line_per_lifecycle_event_and_no_secret``
 - :func:`forget_reaped_children`: ``test_reloads_and_replacements_leak_no_file_descriptors``
 - the supervisor's own stop handlers and straggler timer (aiotools' are
@@ -67,7 +69,14 @@ def run_replacement(
     one; this runs the same worker context (``context_of``) the way aiotools does: stop
     signals handled on the loop, the signal that came given back at the
     context's ``yield``.
+
+    Like the keeper, it lets go of the signal wakeup descriptor inherited
+    from the main process first: the loop puts the inherited one back when
+    it closes, and a stop signal that came then (a worker that failed to
+    start, told to stop with its siblings) would reach the main process as
+    a stop signal of its own.
     """
+    signal.set_wakeup_fd(-1)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -215,6 +215,9 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
     async def tag_worker(request: web.Request, response: web.StreamResponse) -> None:
         response.headers[WORKER_HEADER] = str(worker_index)
         response.headers[PID_HEADER] = pid
+        if hub.draining:
+            # This worker is going: the client's next request goes elsewhere.
+            response.force_close()
         # Documents and their assets need the policy; a stream (SSE, or a
         # WebSocket's 101) is never rendered. (The header is read as it is:
         # ``content_type`` would keep its parse on the response, a larger

@@ -1,6 +1,8 @@
-"""What a connection's socket holds unsent, and the reset that frees it.
+"""What a connection's socket holds unsent, and the reset that frees it;
+how many connections wait to be accepted.
 
-Shared by the edge (plain responses) and the streaming transports.
+Shared by the edge (plain responses), the streaming transports and a
+worker on its way out (:class:`AcceptQueue`).
 """
 
 from __future__ import annotations
@@ -90,3 +92,39 @@ class Stall:
         self._since = 0.0
         reset(self._transport)
         return False
+
+
+# Linux's struct tcp_info: for a listening socket, ``tcpi_unacked`` is the
+# number of connections waiting to be accepted, ``tcpi_sacked`` the most that may.
+_TCP_INFO_BYTES = 104
+_TCP_INFO_QUEUE = 24  # offset of tcpi_unacked (then tcpi_sacked)
+
+
+class AcceptQueue:
+    """The connections waiting in a listening socket's queue (one queue for
+    every process that shares the socket), read through a descriptor of its
+    own: it still answers once this process stopped accepting on it."""
+
+    # Crowded from a quarter of the queue's room (and at least this many):
+    # well before the kernel drops new connections, whose clients would try
+    # again only a second or more later.
+    CROWDED_AT_LEAST = 64
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock.dup()
+
+    def waiting(self) -> tuple[int, int]:
+        """Connections waiting, and the most that may (0, 0 when unknown)."""
+        try:
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        except OSError:
+            return 0, 0
+        waiting, room = struct.unpack_from("II", info, _TCP_INFO_QUEUE)
+        return waiting, room
+
+    def crowded(self) -> bool:
+        waiting, room = self.waiting()
+        return waiting >= max(self.CROWDED_AT_LEAST, room // 4)
+
+    def close(self) -> None:
+        self._sock.close()

@@ -8,6 +8,8 @@ the subscription to end. The response is aiohttp-sse's without its ping task
 
 from __future__ import annotations
 
+import random
+
 from aiohttp import web
 
 from ...core.close_reason import MODERATION, CloseReason
@@ -22,6 +24,9 @@ from .sink import DirectSink, forget_handshake
 
 RETRY_MS = 1000
 REDIS_RETRY_MS = 2000
+# On a reload, when to come back: a random time within these (ms), so that
+# the clients of one batch of closed streams do not all reconnect at once.
+RELOAD_RETRY_MS = (100, 600)
 
 
 def _reconnect(reason: CloseReason, retry_ms: int) -> bytes:
@@ -53,7 +58,10 @@ class SseSink(DirectSink):
             frame = f"event: disconnected\ndata: {data}\n\n".encode()
             self._transport.write(sse_chunk(frame) if self._chunked else frame)
         elif reason in (CloseReason.SHUTDOWN, CloseReason.RELOAD, CloseReason.UNAVAILABLE):
-            retry = REDIS_RETRY_MS if reason == CloseReason.UNAVAILABLE else RETRY_MS
+            if reason == CloseReason.RELOAD:
+                retry = random.randint(*RELOAD_RETRY_MS)
+            else:
+                retry = REDIS_RETRY_MS if reason == CloseReason.UNAVAILABLE else RETRY_MS
             frame = _reconnect(reason, retry)
             self._transport.write(sse_chunk(frame) if self._chunked else frame)
 
@@ -97,4 +105,8 @@ class SseHandler:
                     await sub.done
                 finally:
                     await sub.stop()
+                if sub.close_reason in (CloseReason.RELOAD, CloseReason.SHUTDOWN):
+                    # The connection goes too: the client's next request (its
+                    # reconnect) must not reach this worker on it again.
+                    response.force_close()
             return response
