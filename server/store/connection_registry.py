@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Coroutine
-from typing import Any
+from collections.abc import Collection
 
 import redis.asyncio as aioredis
 
@@ -38,6 +37,7 @@ from .keys import (
 from .moderation_store import publish_to_rooms, rooms_of, tell_user_rooms
 from .outbox import Outbox
 from .presence_store import Holder, PresenceStore
+from .unfinished import Unfinished
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,7 @@ class ConnectionRegistry:
         # What this worker holds: room -> {connection id: (user id, address key)}.
         self._held: dict[str, dict[int, Holder]] = {}
         self._ticks = 0
-        # Undos and closes on their way: they run to their end whatever
-        # happens to the request that started them.
-        self._finishing: set[asyncio.Future[None]] = set()
+        self._finishing = Unfinished()  # undos and closes on their way
         self._joins = Changes(redis, self.presence.join, self._settle)
         self._leaves = Changes(redis, self.presence.leave, self._settle)
 
@@ -169,7 +167,7 @@ class ConnectionRegistry:
             await asyncio.shield(joined)
         except BaseException:
             # The join may have been applied: undo it, whatever happens to us.
-            self._finish(self._undo(room, holder, connection_id, joined))
+            self._finishing.start(self._undo(room, holder, connection_id, joined))
             raise
 
     async def _settle(self, room: str, fresh: bool, swept: list[str], joined: set[int]) -> None:
@@ -192,8 +190,7 @@ class ConnectionRegistry:
     async def stop(self) -> None:
         """Wait for the joins, undos and leaves on their way."""
         await self._joins.close()
-        while self._finishing:
-            await asyncio.wait(set(self._finishing))
+        await self._finishing.wait()
         await self._leaves.close()
 
     def _forget(self, room: str, connection_id: int) -> None:
@@ -206,13 +203,11 @@ class ConnectionRegistry:
         """Take a connection out of its room's presence, with the other leaves
         of its round (:mod:`server.store.joins`), and free its slots.
 
-        It runs to its end even when the caller is cancelled: a client that
-        hangs up right after closing its stream has its handler cancelled
-        while it closes, and a slot left taken would count against the
-        session (and the address) until it expired.
-        """
+        It runs to its end even if the caller is cancelled (a client that hung
+        up right after closing): a slot left taken would count against the
+        session and the address until it expired."""
         self._forget(room, connection_id)
-        await asyncio.shield(self._finish(self._close(room, holder, connection_id)))
+        await asyncio.shield(self._finishing.start(self._close(room, holder, connection_id)))
 
     async def _close(self, room: str, holder: Holder, connection_id: int) -> None:
         entry = self.user_member(room, connection_id)
@@ -225,19 +220,6 @@ class ConnectionRegistry:
             list,
         )
         await asyncio.gather(batch.run(), self._leaves.add(room, holder, connection_id))
-
-    def _finish(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
-        """``work`` in a task of its own, which :meth:`stop` waits for."""
-        task = asyncio.ensure_future(work)
-        self._finishing.add(task)
-        task.add_done_callback(self._finished)
-        return task
-
-    def _finished(self, task: asyncio.Future[None]) -> None:
-        self._finishing.discard(task)
-        # (Read here too: the caller may have stopped waiting for it.)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.debug("could not finish unregistering a connection: %s", exc)
 
     async def refresh(self, parts: int = 1) -> None:
         """Renew this worker's lease on its rooms, and its connections'

@@ -44,8 +44,7 @@ from .keys import name_key
 COOKIE_NAME = "chat_session"
 # The session field that holds a sign-in (see server.web.signin).
 SIGN_IN_FIELD = "auth"
-# How the key of a session made without a sign-in starts (not a hex digit:
-# the keys of other sessions are hex).
+# How the key of a session made without a sign-in starts (others are hex).
 ANONYMOUS_KEY_PREFIX = "a-"
 # The display name of a session made by this request, written when it is saved.
 NEW_NAME = web.RequestKey("new_name", str)
