@@ -145,19 +145,6 @@ class Sessions:
             user = await self.current_user(request, charge=False)
             await self.role_in(user, room)
 
-    def surely_member(self, request: web.Request, room: str) -> bool:
-        """Whether the caller is a member of ``room`` whatever its session
-        holds, so that the session need not be read: a signed cookie of an
-        anonymous session (:meth:`SignedRedisStorage.anonymous_cookie`), no
-        token, in a public room where anonymous visitors write."""
-        config = self.sign_in.config
-        return (
-            config.anonymous == "write"
-            and bearer(request) is None
-            and not is_private(config, room)
-            and cast(SignedRedisStorage, storage_of(request)).anonymous_cookie(request)
-        )
-
     async def role_in(self, user: User, room: str) -> Role:
         """The user's role in ``room``; NotFound when the room is private to it.
 

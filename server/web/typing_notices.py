@@ -12,7 +12,7 @@ no typing: where this worker knows the room to be one, a notice is
 answered at once, with nothing sent, stored or charged (elsewhere, the
 store's script finds it so); and a POST there that is surely a member's
 whatever its session holds (an anonymous session's cookie in a public room
-where anonymous visitors write: :meth:`~server.web.sessions.Sessions.surely_member`)
+where anonymous visitors write: :func:`surely_member`)
 is answered without reading its session either.
 
 Coalescing: at most one notice per user per room every two seconds. Redis
@@ -25,6 +25,7 @@ so a repeat it knows to be early is dropped without that second round trip.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -32,15 +33,32 @@ from aiohttp import web
 from ..core.errors import BadRequest, RateLimited, UnsupportedMediaType
 from ..core.hub import Hub
 from ..core.typing_notices import WINDOW_S, Recent, TypingNotice
+from ..store.aiohttp_session_compat import storage_of
 from ..store.batch import Batch
 from ..store.keys import name_key
 from ..store.ratelimit import Budget, Budgets, RateLimiter
+from ..store.session_store import SignedRedisStorage
 from ..store.typing_store import TypingStore
 from . import posting, write_checks
 from .addresses import owner_of
 from .sessions import Sessions, User
+from .signin import bearer, is_private
 
 log = logging.getLogger(__name__)
+
+
+def surely_member(sessions: Sessions, request: web.Request, room: str) -> bool:
+    """Whether the caller is a member of ``room`` whatever its session holds,
+    so that the session need not be read: a signed cookie of an anonymous
+    session (:meth:`SignedRedisStorage.anonymous_cookie`), no token, in a
+    public room where anonymous visitors write."""
+    config = sessions.sign_in.config
+    return (
+        config.anonymous == "write"
+        and bearer(request) is None
+        and not is_private(config, room)
+        and cast(SignedRedisStorage, storage_of(request)).anonymous_cookie(request)
+    )
 
 
 class Typing:
@@ -73,7 +91,7 @@ class Typing:
         was coalesced with an earlier one."""
         room = posting.room_name(request.match_info["room"])
         await _no_body_or_object(request)
-        if self.hub.counts_only(room) and self.sessions.surely_member(request, room):
+        if self.hub.counts_only(room) and surely_member(self.sessions, request, room):
             # Nothing would come of it (see notify), and the caller may type
             # there whoever it is: its session is not even read.
             return web.Response(status=204)
