@@ -69,17 +69,19 @@ def samples(duration: float, growth_per_hour: dict[str, float]) -> list[dict[str
     return out
 
 
-def reading(tasks: float, keys: dict[str, int]) -> dict[str, Any]:
+def reading(tasks: float, keys: dict[str, int], rss: float = 1) -> dict[str, Any]:
     return {
         "tasks": {"a": tasks},
         "fds": {"a": 50},
-        "rss": {"a": 1},
+        "rss": {"a": rss, "b": 1},
         "connections": 10,
         "keys": keys,
     }
 
 
-def record(growth: dict[str, float], later_tasks: float = 20, lost: int = 0) -> dict[str, Any]:
+def record(
+    growth: dict[str, float], later_tasks: float = 20, lost: int = 0, later_rss: float = 1
+) -> dict[str, Any]:
     pause = {"settled": True, "rooms_created": 100, "key_slack": {}}
     return {
         "duration_s": 3600,
@@ -93,7 +95,7 @@ def record(growth: dict[str, float], later_tasks: float = 20, lost: int = 0) -> 
                 "from_t": 3540,
                 "t": 3600,
                 "rooms_created": 110,
-                "reading": reading(later_tasks, {"rooms": 330}),
+                "reading": reading(later_tasks, {"rooms": 330}, later_rss),
             },
         ],
         "key_slack_per_new_room": {"rooms": 3},
@@ -119,12 +121,13 @@ def test_a_clean_record_passes_and_each_failure_is_named() -> None:
     assert judged["problems"] == [], judged
     assert [p["problems"] for p in judged["pauses"]] == [[]]
     # (Both pauses read the same RSS.)
-    assert ["workers' mean RSS at the pauses, slope (%/h)", 0.0, "(shown)", None] in judged["rows"]
+    rss_row = ["worker RSS at the pauses, largest worker, slope (%/h)", 0.0, "< 5", True]
+    assert rss_row in judged["rows"]
 
-    leaking = judge(record({"a": 0.2, "b": 0.2}, later_tasks=40, lost=3))
+    leaking = judge(record({"a": 0.2, "b": 0.2}, later_tasks=40, lost=3, later_rss=1.5))
     named = [p.split(":")[0] for p in leaking["problems"]]
     assert named == [
-        "worker RSS slope (%/h, weighted over worker lives)",
+        "worker RSS at the pauses, largest worker, slope (%/h)",
         "pauses back to the first pause's reading (within 10%)",
         "steady streams",
         "pause at 3600 s",
@@ -155,6 +158,6 @@ def test_the_report_shows_the_verdict_and_links_the_plots(tmp_path: pathlib.Path
     [loaded] = report.load([str(tmp_path)])
     text = "\n".join(report.soak_section(loaded))
     assert text.startswith("**Verdict**: passed. Faults: kill at 1800 s; 2 pauses.")
-    assert "worker RSS slope (%/h, weighted over worker lives)" in text
+    assert "worker RSS at the pauses, largest worker, slope (%/h)" in text
     for name in names.values():
         assert f".. image:: {os.path.relpath(tmp_path / name, report.ROOT)}" in text

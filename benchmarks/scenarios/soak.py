@@ -80,7 +80,7 @@ METRICS = [
     Metric("lost", "lost", ratio=False),
     Metric("duplicates", "duplicates", ratio=False),
     Metric("out of order", "out_of_order", ratio=False),
-    Metric("worker RSS slope (%/h)", "rss_percent_per_hour", "{:.2f}", ratio=False),
+    Metric("worker RSS at the pauses, slope (%/h)", "rss_percent_per_hour", "{:.2f}", ratio=False),
     Metric("tracebacks in the server's log", "tracebacks", ratio=False),
 ]
 
@@ -553,8 +553,7 @@ class Soak:
         figures.update(figures["delivery"])
         judged = soak_verdict.judge(figures)
         figures["verdict"] = judged
-        rss = soak_verdict.weighted_rss_slope(judged["rss_segments"])
-        figures["rss_percent_per_hour"] = rss
+        figures["rss_percent_per_hour"] = soak_verdict.pause_rss_slope(self.pauses)
         figures["details"] = {"verdict": "FAIL" if judged["problems"] else "passed"}
         print(f"\nsoak verdict:\n{soak_verdict.verdict_text(judged)}", flush=True)
         return figures
