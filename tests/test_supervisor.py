@@ -3,7 +3,7 @@ to wait when something keeps failing, what a reload with broken settings does.
 
 The processes themselves (forking replacements, signals, reloads under
 traffic) are tested for real in ``test_lifecycle.py``; here the decisions are
-taken against real child processes (``sleep``) whose deaths arrive as
+taken against real child processes (sleeping ones) whose deaths arrive as
 pidfd events, with the forking of a replacement recorded instead of done.
 """
 
@@ -13,13 +13,14 @@ import asyncio
 import logging
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from server.common.config import Config, ConfigError, load
-from server.process.handoff import WorkerSetup
+from server.process.handoff import STOP_SIGNALS, WorkerSetup
 from server.process.supervisor import Supervisor
 from server.process.watch import Backoff, WorkerProcesses
 
@@ -76,11 +77,27 @@ def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
     for proc in procs:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# A stand-in worker that a stop signal ends, as a worker's does, even where
+# the tests run with SIGHUP ignored (under nohup, say: children inherit that).
+SLEEPER = (
+    "import signal, time\n"
+    f"for signum in {sorted(int(s) for s in STOP_SIGNALS)}:\n"
+    "    signal.signal(signum, signal.SIG_DFL)\n"
+    f"signal.pthread_sigmask(signal.SIG_UNBLOCK, {sorted(int(s) for s in STOP_SIGNALS)})\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
 
 
 def sleeper(procs: list[subprocess.Popen[bytes]]) -> int:
-    proc = subprocess.Popen(["sleep", "60"])
+    """Start one; its pid once it would die of a stop signal."""
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE)
     procs.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     return proc.pid
 
 
