@@ -5,6 +5,7 @@ both event loops). Each fails when redis-py changes under it."""
 from __future__ import annotations
 
 import asyncio
+import random
 from importlib.metadata import version
 from typing import Any
 
@@ -13,8 +14,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from server.common import asyncio_compat
 from server.store.batch import SharingRedis
-from server.store.clients import WaitingCluster, WaitingPool
+from server.store.clients import WaitingCluster, WaitingPool, redis_client
 from server.store.redis_compat import (
     CHECKED_ON,
     OneDeadlinePipeline,
@@ -200,3 +202,47 @@ async def test_commands_dropped_from_a_pipeline_are_not_sent(redis_url: str) -> 
         assert await client.exists("kept", "dropped", "dropped too") == 1
     finally:
         await client.aclose()
+
+
+async def cancellations_dropped(redis_url: str, tries: int, *, stop_at_first: bool) -> int:
+    """Cancel a task busy with Redis calls, ``tries`` times, at random moments:
+    how many times it went on (the cancellation was dropped)."""
+    dropped = 0
+    async with redis_client(redis_url) as client:
+
+        async def busy() -> None:
+            while True:
+                await client.hlen("cancel-me")
+                await asyncio.sleep(0.0005)
+
+        for _ in range(tries):
+            task = asyncio.create_task(busy())
+            await asyncio.sleep(random.random() * 0.003)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=0.1)
+            while not task.done():  # dropped: cancel again until it ends
+                task.cancel()
+                await asyncio.wait([task], timeout=0.05)
+            if not done:
+                dropped += 1
+                if stop_at_first:
+                    break
+    return dropped
+
+
+async def test_a_task_cancelled_during_a_redis_call_is_cancelled(redis_url: str) -> None:
+    """With Python 3.11's wait_for fixed (server.common.asyncio_compat), a
+    cancellation that comes while redis-py writes a command is never dropped."""
+    assert asyncio.wait_for is asyncio_compat.wait_for or not asyncio_compat.needed()
+    assert await cancellations_dropped(redis_url, 300, stop_at_first=False) == 0
+
+
+@pytest.mark.skipif(not asyncio_compat.needed(), reason="wait_for is fixed in this Python")
+async def test_python_3_11_wait_for_drops_cancellations_during_redis_calls(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why the fix is installed: with the wait_for this Python came with, a
+    cancellation during a redis-py call is dropped (about half of them here).
+    When this fails, the fix may be taken out."""
+    monkeypatch.setattr(asyncio, "wait_for", asyncio_compat.original())
+    assert await cancellations_dropped(redis_url, 300, stop_at_first=True) >= 1

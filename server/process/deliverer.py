@@ -149,7 +149,8 @@ class Deliverer:
                     continue
                 pause = POLL_S
                 shard = (shard + 1) % DUE_SHARDS
-                new = [room for room in rooms if room not in self._serving]
+                # (A serve just ended may be in _serving still: its room is served anew.)
+                new = [room for room in rooms if not self._is_serving(room)]
                 for room in new[:free]:
                     task = asyncio.create_task(self._serve(room), name=f"webhooks {room}")
                     self._serving[room] = task
@@ -165,18 +166,25 @@ class Deliverer:
                     await self._changed.wait()
                     await asyncio.sleep(GATHER_S)
 
+    def _is_serving(self, room: str) -> bool:
+        return (task := self._serving.get(room)) is not None and not task.done()
+
     def _done(self, room: str, task: asyncio.Task[None]) -> None:
-        self._serving.pop(room, None)
+        if self._serving.get(room) is task:
+            del self._serving[room]
         self._changed.set()
 
     async def _keep_leases(self) -> None:
         swept_at = 0.0
         while True:
             try:
-                for room in await self.queue.renew(dict(self._held)):
-                    self._held.pop(room, None)
-                    if task := self._serving.get(room):
-                        task.cancel()  # another deliverer has it now
+                held = dict(self._held)
+                for room in await self.queue.renew(held):
+                    # (Unless that serve ended meanwhile, and another took the room.)
+                    if self._held.get(room) == held[room]:
+                        del self._held[room]
+                        if task := self._serving.get(room):
+                            task.cancel()  # another deliverer has it now
                 if time.monotonic() - swept_at >= SWEEP_S:
                     swept_at = time.monotonic()
                     if found := await self.queue.due.sweep(SWEEP_S):

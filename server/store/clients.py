@@ -20,12 +20,16 @@ from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 
-from ..common import redisurl
+from ..common import asyncio_compat, redisurl
 from ..common.config import Config
 from . import connect
 from .batch import SharingRedis
 from .redis_compat import closed_by_redis, give_back, packed_by_hiredis
 from .session_store import SignedRedisStorage, make_storage
+
+# Python 3.11's wait_for, which redis-py writes every command under, would
+# drop a cancellation now and then: see server.common.asyncio_compat.
+asyncio_compat.install()
 
 CLIENT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 2,

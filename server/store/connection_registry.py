@@ -18,6 +18,7 @@ matters when nobody sweeps them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Collection
@@ -37,6 +38,7 @@ from .keys import (
 from .moderation_store import publish_to_rooms, rooms_of, tell_user_rooms
 from .outbox import Outbox
 from .presence_store import Holder, PresenceStore
+from .presence_sync import OutOfStep, free_swept
 from .unfinished import Unfinished
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ class ConnectionRegistry:
         self._finishing = Unfinished()  # undos and closes on their way
         self._joins = Changes(redis, self.presence.join, self._settle)
         self._leaves = Changes(redis, self.presence.leave, self._settle)
+        self.out_of_step = OutOfStep(redis, self.presence, self.user_member, self.user_ttl_ms)
+        self._free = functools.partial(free_swept, redis, self.user_member)
 
     def user_member(self, room: str, connection_id: int, worker: str | None = None) -> str:
         """A connection in its owners' sets: where it is comes last (see :meth:`set_name`)."""
@@ -219,7 +223,11 @@ class ConnectionRegistry:
             ),
             list,
         )
-        await asyncio.gather(batch.run(), self._leaves.add(room, holder, connection_id))
+        try:
+            await asyncio.gather(batch.run(), self._leaves.add(room, holder, connection_id))
+        except failures.FAILURES:
+            self.out_of_step.suspect()  # (the leave may not be written)
+            raise
 
     async def refresh(self, parts: int = 1) -> None:
         """Renew this worker's lease on its rooms, and its connections'
@@ -230,11 +238,11 @@ class ConnectionRegistry:
         workers that died, which publishes a presence notice when someone
         went offline.
         """
+        await self.out_of_step.settle(self._held, self._free)
         tick = self._ticks
         self._ticks += 1
         rooms = [room for room in self._held if hash(room) % parts == tick % parts]
-        # In batches: packing one pipeline of thousands of commands would
-        # hold the event loop for tens of milliseconds.
+        # In batches: one pipeline of thousands of commands holds the loop.
         for start in range(0, len(rooms), REFRESH_BATCH):
             batch = rooms[start : start + REFRESH_BATCH]
             replies = await run_scripts(self.redis, *map(self.presence.renew, batch))
@@ -272,18 +280,6 @@ class ConnectionRegistry:
             ((_, swept),) = await run_scripts(self.redis, self.presence.join(room, held))
             await self.presence.written(room)
             await self._free(room, swept)
-
-    async def _free(self, room: str, swept: list[str]) -> None:
-        """Free the slots of the dead workers' connections a sweep dropped."""
-        if not swept:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for worker, member in zip(swept[::2], swept[1::2], strict=True):
-            user_id, connection_id, address = str(member).split("|", 2)
-            entry = self.user_member(room, int(connection_id), str(worker))
-            pipe.zrem(user_connections_key(user_id), entry)
-            pipe.zrem(address_connections_key(address), entry)
-        await pipe.execute()
 
     async def set_name(self, user_id: str, name: str, *, ttl_s: int | None = None) -> None:
         """Keep the new name (as long as the session, ``ttl_s`` when it is new),

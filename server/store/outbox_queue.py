@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from ..core.webhook import event_id
 from .batch import run as run_scripts
 from .due_rooms import DueRooms
-from .keys import due_key_of, outbox_key, outbox_owner_key, outbox_tries_key
+from .keys import outbox_key, outbox_owner_key, outbox_tries_key
 
 KEEP_EMPTY_MS = 86_400_000  # an emptied outbox is kept this long, so its ids never repeat
 # Events taken from a room at once: sent one at a time, in order, and
@@ -232,16 +232,21 @@ class OutboxQueue:
             raise LeaseLost(room)
 
     async def renew(self, held: dict[str, str]) -> list[str]:
-        """Renew the lease on each held room (room -> token) and keep other
-        workers off them; the rooms whose lease was lost."""
+        """Renew the lease on each held room (room -> token); the rooms whose
+        lease was lost.
+
+        The rooms' due marks are left alone: a serve may have ended since
+        ``held`` was read, and a write made its room due at once; moving the
+        mark a lease ahead then would hold that write back a whole lease.
+        (A room held past its claim is claimed again, and its take finds
+        the lease: it costs a round trip or two per lease, nothing more.)"""
         if not held:
             return []
-        calls = []
-        for room, token in held.items():
-            calls.append((self._renew, self._keys(room), [token, self.lease_ms]))
-            calls.append((self.due.due_in_script, [due_key_of(room)], [room, self.lease_ms, "XX"]))
+        calls = [
+            (self._renew, self._keys(room), [token, self.lease_ms]) for room, token in held.items()
+        ]
         replies = await run_scripts(self.redis, *calls)
-        return [room for room, renewed in zip(held, replies[::2], strict=True) if not renewed]
+        return [room for room, renewed in zip(held, replies, strict=True) if not renewed]
 
     async def release(self, held: dict[str, str]) -> None:
         """Let go of held rooms (a stop): they are due at once, for the next worker."""

@@ -36,122 +36,8 @@ from ..core.webhook import USER_JOINED, USER_LEFT
 from . import scripts
 from .batch import Call
 from .keys import channel, held_prefix, name_key, room_keys, users_key
-from .outbox import OUTBOX_LUA, Outbox
-
-# Shared by the room scripts. KEYS: counts, users, leases, this worker's held
-# set. ARGV[1]: lease (ms), ARGV[2]: this worker, ARGV[3]: the channel,
-# ARGV[4]: the prefix of held sets. The sweep drops the connections of every
-# other worker whose lease ran out and returns them as {worker, 'user|id', ...}
-# so that the caller can free their users' connection slots. (Held sets are named
-# from the room's tag: every key a script touches is in the room's slot.)
-#
-# Webhooks: ARGV[5] holds 'j' to write user.joined events, 'l' user.left
-# ('' for neither), ARGV[6] is the room; KEYS[5] (and KEYS[6] on one Redis
-# server) are then the outbox keys (see server.store.outbox).
-_ROOM_PRELUDE = (
-    OUTBOX_LUA
-    + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = now + tonumber(ARGV[1])
-local changed = false
-local function tell(flag, kind, user)
-  if string.find(ARGV[5], flag, 1, true) then
-    local data = '{"room":' .. cjson.encode(ARGV[6]) .. ',"user_id":' .. cjson.encode(user) .. '}'
-    outbox_write(KEYS[5], KEYS[6], ARGV[6], kind, data, string.format('%.3f', now / 1000))
-  end
-end
-local function user_of(conn)
-  return string.match(conn, '^([^|]*)')
-end
-local function gone(user)
-  if redis.call('HINCRBY', KEYS[1], user, -1) <= 0 then
-    redis.call('HDEL', KEYS[1], user)
-    redis.call('ZREM', KEYS[2], user)
-    changed = true
-    tell('l', 'user.left', user)
-  end
-end
-local swept = {}
-for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  if worker ~= ARGV[2] then
-    local held = ARGV[4] .. worker
-    for _, conn in ipairs(redis.call('SMEMBERS', held)) do
-      gone(user_of(conn))
-      swept[#swept + 1] = worker
-      swept[#swept + 1] = conn
-    end
-    redis.call('DEL', held)
-    redis.call('ZREM', KEYS[3], worker)
-  end
-end
-local function renew()
-  local fresh = redis.call('ZADD', KEYS[3], lease, ARGV[2]) == 1
-  for i = 1, 3 do
-    redis.call('PEXPIREAT', KEYS[i], lease)
-  end
-  -- A dead worker's held set outlives its lease, so that a sweep finds it.
-  redis.call('PEXPIREAT', KEYS[4], lease + tonumber(ARGV[1]))
-  return fresh
-end
-"""
-)
-
-_EPILOGUE = """
-if changed then
-  redis.call('PUBLISH', ARGV[3], 'p')
-end
-"""
-
-# ARGV[7...]: pairs of (connection, user) to add. The first reply is 1 when
-# the lease was not there (see _RENEW_SCRIPT).
-_JOIN_SCRIPT = (
-    _ROOM_PRELUDE
-    + """
-local fresh = renew()
-for i = 7, #ARGV, 2 do
-  if redis.call('SADD', KEYS[4], ARGV[i]) == 1 then
-    if redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1) == 1 then
-      redis.call('ZADD', KEYS[2], 0, ARGV[i + 1])
-      changed = true
-      tell('j', 'user.joined', ARGV[i + 1])
-    end
-  end
-end
-"""
-    + _EPILOGUE
-    + "return {fresh and 1 or 0, swept}\n"
-)
-
-# Renews the lease; the first reply is 1 when the lease was not there (this
-# worker's connections were swept while it stalled): the caller joins them again.
-_RENEW_SCRIPT = (
-    _ROOM_PRELUDE
-    + """
-local fresh = renew()
-"""
-    + _EPILOGUE
-    + "return {fresh and 1 or 0, swept}\n"
-)
-
-# ARGV[7...]: pairs of (connection, user) to take out. The last connection
-# the worker holds in the room gives up its lease. The first reply is always
-# 0 (a join's and a leave's replies read alike).
-_LEAVE_SCRIPT = (
-    _ROOM_PRELUDE
-    + """
-for i = 7, #ARGV, 2 do
-  if redis.call('SREM', KEYS[4], ARGV[i]) == 1 then
-    gone(ARGV[i + 1])
-  end
-end
-if redis.call('SCARD', KEYS[4]) == 0 then
-  redis.call('ZREM', KEYS[3], ARGV[2])
-end
-"""
-    + _EPILOGUE
-    + "return {0, swept}\n"
-)
+from .outbox import Outbox
+from .presence_scripts import JOIN, LEAVE, RENEW, SYNC
 
 
 class Holder(NamedTuple):
@@ -177,9 +63,10 @@ class PresenceStore:
             if outbox is not None and outbox.wants(kind)
         )
         self.outbox = outbox if self._hooks else None
-        self._join = scripts.register(redis, _JOIN_SCRIPT)
-        self._renew = scripts.register(redis, _RENEW_SCRIPT)
-        self._leave = scripts.register(redis, _LEAVE_SCRIPT)
+        self._join = scripts.register(redis, JOIN)
+        self._renew = scripts.register(redis, RENEW)
+        self._leave = scripts.register(redis, LEAVE)
+        self._sync = scripts.register(redis, SYNC)
 
     @staticmethod
     def member(holder: Holder, connection_id: int) -> str:
@@ -219,6 +106,12 @@ class PresenceStore:
         """The script that takes connections out of the room (replies: 0, swept)."""
         pairs = [v for holder, cid in held for v in (self.member(holder, cid), holder.user_id)]
         return self._call(self._leave, room, *pairs)
+
+    def sync(self, room: str, held: list[tuple[Holder, int]]) -> Call:
+        """The script that makes ``held`` this worker's connections in the room,
+        exactly: the others leave, those missing join (replies: fresh lease, swept)."""
+        pairs = [v for holder, cid in held for v in (self.member(holder, cid), holder.user_id)]
+        return self._call(self._sync, room, *pairs)
 
     def renew(self, room: str) -> Call:
         """The script that renews this worker's lease (replies: fresh lease, swept)."""

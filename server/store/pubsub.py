@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -129,6 +129,8 @@ class Listener(Protocol):
 
     nodes: OneNode | ClusterNodes
     metrics: Metrics
+    # A connection lost is back: Redis may have restarted, or failed over.
+    on_reconnected: Callable[[], None]
 
     def handle(self, link: Link, reply: Any) -> None:
         """A pub/sub reply arrived on ``link``."""
@@ -205,6 +207,7 @@ class Link:
                 if failures:
                     log.info("pub/sub reconnected to Redis")
                     self.relay.metrics.redis_reconnected()
+                    self.relay.on_reconnected()
                     failures = 0
                 while True:
                     reply = await conn.read_response(

@@ -52,15 +52,14 @@ class _Feed:
 class Relay:
     """The worker's pub/sub connections: the live half of the hub's backend.
 
-    With the reads of :class:`Broker` it is the hub's :class:`~server.core.backend.Backend`.
-    Messages go to their callback (:meth:`deliver_to`) in id order, notices to theirs.
-
-    One Redis (or the primary Sentinel names) gets one connection. A Redis
-    Cluster gets one per primary that serves a watched room, subscribed to
-    its rooms' shard channels (``SSUBSCRIBE``). When a primary fails or a
-    slot moves, the relay reads the cluster's slots again and moves the
-    rooms concerned to the connection of their new primary; their feeds
-    catch up from the streams as after any reconnect.
+    With :class:`Broker`'s reads, the hub's :class:`~server.core.backend.Backend`: messages
+    go to their callback (:meth:`deliver_to`) in id order, notices to theirs. One
+    Redis (or the primary Sentinel names) gets one connection. A Redis Cluster
+    gets one per primary that serves a watched room, subscribed to its rooms'
+    shard channels (``SSUBSCRIBE``). When a primary fails or a slot moves, the
+    relay reads the cluster's slots again and moves the rooms concerned to the
+    connection of their new primary; their feeds catch up from the streams as
+    after any reconnect.
     """
 
     # What a replay that meets one of these tells its client: come back later.
@@ -76,6 +75,7 @@ class Relay:
         # typing notices (the room, the user id and its name).
         self.on_disconnect: Callable[[str, str, str], None] = lambda room, why, user: None
         self.on_typing: Callable[[str, str, str], None] = lambda room, user, name: None
+        self.on_reconnected: Callable[[], None] = lambda: None  # (see pubsub.Listener)
         self.nodes = nodes_for(redis_url)
         self._feeds: dict[str, _Feed] = {}
         self._links: dict[str, Link] = {}  # by node

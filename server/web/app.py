@@ -137,7 +137,7 @@ def create_app(  # noqa: PLR0915  (every service is wired together here, once)
     )
     typing = Typing(sessions, redis, limiter, budgets, hub, list_max=config.presence_list_max)
     relay.deliver_to(hub.dispatch, announcer.announce_soon, hub.signed_out, hub.disconnected)
-    relay.on_typing = typing.arrived
+    relay.on_typing, relay.on_reconnected = typing.arrived, registry.out_of_step.suspect
     # (Its delete is what the server API will call.)
     app[keys.MESSAGES] = Messages(
         sessions,

@@ -1,0 +1,119 @@
+"""Putting a worker's presence in Redis back in step with the connections it holds.
+
+Presence in Redis can part from what the worker holds when Redis loses or
+regains writes behind its back: a Redis that restarted from its last
+snapshot (or the last second of its append-only file), or a replica
+promoted in a failover before it had the latest writes, brings back
+connections that have left since and forgets those that joined; a leave
+that failed while Redis was unreachable leaves its connection listed. The
+users would show online forever, or not at all, while the worker holds
+the room.
+
+Whenever that may have happened (the worker's pub/sub link to Redis was
+lost and is back, or a leave failed), the worker is *out of step*, and its
+next heartbeat puts it back: one script per room it holds
+(:data:`~server.store.presence_scripts.SYNC`) makes its connections there
+exactly those it holds, the others leaving and the missing joining as
+usual (notices, webhooks), and its connections' entries under their
+owners' limits are written again. Joins and leaves running meanwhile
+agree with it: each changes only what is not so already.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from .batch import run as run_scripts
+from .keys import address_connections_key, user_connections_key
+from .presence_store import Holder, PresenceStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 250  # rooms, or connections' entries, per round trip
+
+# The worker's connections, by room: room -> {connection id: holder}.
+Held = dict[str, dict[int, Holder]]
+
+
+class OutOfStep:
+    """Whether this worker's presence in Redis may differ from what it holds;
+    :meth:`settle` puts it back in step."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        presence: PresenceStore,
+        user_member: Callable[[str, int], str],
+        user_ttl_ms: int,
+    ) -> None:
+        self.redis = redis
+        self.presence = presence
+        self.user_member = user_member
+        self.user_ttl_ms = user_ttl_ms
+        self.suspected = False
+
+    def suspect(self) -> None:
+        """Presence may have parted from what the worker holds: settle at the next heartbeat."""
+        self.suspected = True
+
+    async def settle(self, held: Held, free: Callable[[str, list[str]], Awaitable[None]]) -> None:
+        """When suspected, write this worker's presence in every room it holds
+        again (``free``: what frees the slots of dead workers' connections
+        that a script swept). Suspected still when it fails."""
+        if not self.suspected:
+            return
+        self.suspected = False
+        try:
+            rooms = [room for room, conns in list(held.items()) if conns]
+            for start in range(0, len(rooms), BATCH):
+                batch = rooms[start : start + BATCH]
+                calls = [self.presence.sync(room, _pairs(held.get(room, {}))) for room in batch]
+                replies = await run_scripts(self.redis, *calls)
+                await self.presence.written(*batch)
+                for room, (_, swept) in zip(batch, replies, strict=True):
+                    await free(room, swept)
+            await self._entries(held)
+        except BaseException:
+            self.suspected = True
+            raise
+        log.info("presence written again in %d rooms", len(rooms))
+
+    async def _entries(self, held: Held) -> None:
+        """Each connection's entries under its user's and its address's limits."""
+        expiry = int(time.time() * 1000) + self.user_ttl_ms
+        due = [
+            (room, cid, holder)
+            for room, conns in list(held.items())
+            for cid, holder in list(conns.items())
+        ]
+        for start in range(0, len(due), BATCH):
+            pipe = self.redis.pipeline(transaction=False)
+            for room, cid, holder in due[start : start + BATCH]:
+                entry = {self.user_member(room, cid): expiry}
+                pipe.zadd(user_connections_key(holder.user_id), entry)
+                pipe.zadd(address_connections_key(holder.address), entry)
+            await pipe.execute()
+
+
+async def free_swept(
+    redis: aioredis.Redis, user_member: Callable[[str, int, str], str], room: str, swept: list[str]
+) -> None:
+    """Free the slots of the dead workers' connections a sweep dropped
+    (``swept``: worker, connection, ...; ``user_member``: their entries)."""
+    if not swept:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for worker, member in zip(swept[::2], swept[1::2], strict=True):
+        user_id, connection_id, address = str(member).split("|", 2)
+        entry = user_member(room, int(connection_id), str(worker))
+        pipe.zrem(user_connections_key(user_id), entry)
+        pipe.zrem(address_connections_key(address), entry)
+    await pipe.execute()
+
+
+def _pairs(conns: dict[int, Holder]) -> list[tuple[Holder, int]]:
+    return [(holder, cid) for cid, holder in list(conns.items())]
