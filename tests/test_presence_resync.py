@@ -92,3 +92,40 @@ async def test_presence_is_written_again_after_redis_comes_back_from_a_snapshot(
         assert "presence written again in 1 rooms" in server.log()
     finally:
         redis.cleanup()
+
+
+async def until_logged(server: ServerProcess, text: str, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while text not in server.log():
+            await asyncio.sleep(0.1)
+
+
+async def test_a_room_the_worker_comes_back_to_drops_what_redis_brought_back(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """The worker held nothing in the room when it caught up after the
+    restart, so that could not mend it; Redis still lists there, under this
+    worker, a user who had left. The first to come back mends it."""
+    redis = RedisProcess()
+    redis.start()
+    try:
+        server = start_server(redis_url=redis.url, workers=1, env={"CHAT_HEARTBEAT_S": HEARTBEAT_S})
+        async with user(server.url) as left, user(server.url) as later:
+            left_id, later_id = await user_id(left), await user_id(later)
+            stream = f"{ROOM}/events"
+            async with sse_collector(left, stream):
+                await until_online(later, {left_id}, 10)
+                assert command(redis.port, b"SAVE") == b"+OK"
+            await until_online(later, set(), 10)
+            redis.stop()
+            redis.start()
+            await until_logged(server, "presence written again in 0 rooms", 15)
+            assert await online(later) == {left_id}  # (what the snapshot had)
+            async with sse_collector(later, stream):
+                await until_online(later, {later_id}, 5)
+                # Past the snapshot's lease, renewed since by the worker: still so.
+                await asyncio.sleep(2 * float(HEARTBEAT_S) + 1)
+                assert await online(later) == {later_id}
+        assert "Traceback" not in server.log()
+    finally:
+        redis.cleanup()

@@ -38,7 +38,7 @@ from .keys import (
 from .moderation_store import publish_to_rooms, rooms_of, tell_user_rooms
 from .outbox import Outbox
 from .presence_store import Holder, PresenceStore
-from .presence_sync import OutOfStep, free_swept
+from .presence_sync import OutOfStep, first_joins, free_swept
 from .unfinished import Unfinished
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class ConnectionRegistry:
         self._held: dict[str, dict[int, Holder]] = {}
         self._ticks = 0
         self._finishing = Unfinished()  # undos and closes on their way
-        self._joins = Changes(redis, self.presence.join, self._settle)
+        self._joins = Changes(redis, first_joins(self.presence, self._held), self._settle)
         self._leaves = Changes(redis, self.presence.leave, self._settle)
         self.out_of_step = OutOfStep(redis, self.presence, self.user_member, self.user_ttl_ms)
         self._free = functools.partial(free_swept, redis, self.user_member)

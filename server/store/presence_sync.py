@@ -9,14 +9,16 @@ that failed while Redis was unreachable leaves its connection listed. The
 users would show online forever, or not at all, while the worker holds
 the room.
 
-Whenever that may have happened (the worker's pub/sub link to Redis was
-lost and is back, or a leave failed), the worker is *out of step*, and its
-next heartbeat puts it back: one script per room it holds
-(:data:`~server.store.presence_scripts.SYNC`) makes its connections there
-exactly those it holds, the others leaving and the missing joining as
-usual (notices, webhooks), and its connections' entries under their
-owners' limits are written again. Joins and leaves running meanwhile
-agree with it: each changes only what is not so already.
+A room the worker comes back to is put in step by its first join
+(:func:`first_joins`). Whenever presence may have parted from what the
+worker holds (its pub/sub link to Redis was lost and is back, or a leave
+failed), the worker is *out of step*, and its next heartbeat puts it back:
+one script per room it holds (:data:`~server.store.presence_scripts.SYNC`)
+makes its connections there exactly those it holds, the others leaving and
+the missing joining as usual (notices, webhooks), and its connections'
+entries under their owners' limits are written again.
+Joins and leaves running meanwhile agree with it: each changes only what
+is not so already.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
+from .batch import Call
 from .batch import run as run_scripts
 from .keys import address_connections_key, user_connections_key
 from .presence_store import Holder, PresenceStore
@@ -113,6 +116,24 @@ async def free_swept(
         pipe.zrem(user_connections_key(user_id), entry)
         pipe.zrem(address_connections_key(address), entry)
     await pipe.execute()
+
+
+def first_joins(
+    presence: PresenceStore, held: Held
+) -> Callable[[str, list[tuple[Holder, int]]], Call]:
+    """The script of a round of joins in a room: a sync when the round's
+    connections are all the worker holds there (it held none before), so that
+    whatever Redis still lists of the worker there goes (left while Redis was
+    unreachable, or brought back by a restart); else a join. (A leave round
+    of the worker's earlier connections there may run before or after it:
+    either way each connection goes once.)"""
+
+    def script(room: str, joining: list[tuple[Holder, int]]) -> Call:
+        if set(held.get(room, ())) == {cid for _, cid in joining}:
+            return presence.sync(room, joining)
+        return presence.join(room, joining)
+
+    return script
 
 
 def _pairs(conns: dict[int, Holder]) -> list[tuple[Holder, int]]:
