@@ -244,5 +244,5 @@ async def test_python_3_11_wait_for_drops_cancellations_during_redis_calls(
     """Why the fix is installed: with the wait_for this Python came with, a
     cancellation during a redis-py call is dropped (about half of them here).
     When this fails, the fix may be taken out."""
-    monkeypatch.setattr(asyncio, "wait_for", asyncio_compat.original())
+    monkeypatch.setattr(asyncio, "wait_for", asyncio_compat.ORIGINAL)
     assert await cancellations_dropped(redis_url, 300, stop_at_first=True) >= 1

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
 FIXED_IN = (3, 12)
-_ORIGINAL = asyncio.wait_for
+ORIGINAL = asyncio.wait_for  # the one this Python came with (the test that shows the fix is needed)
 
 
 async def wait_for(fut: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109 (its signature)
@@ -54,8 +54,3 @@ def install() -> None:
     if needed():
         asyncio.wait_for = wait_for  # type: ignore[assignment]
         asyncio.tasks.wait_for = wait_for  # type: ignore[assignment]
-
-
-def original() -> Any:
-    """The ``wait_for`` the running Python came with (for the test that shows the fix is needed)."""
-    return _ORIGINAL

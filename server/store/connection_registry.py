@@ -38,7 +38,7 @@ from .keys import (
 from .moderation_store import publish_to_rooms, rooms_of, tell_user_rooms
 from .outbox import Outbox
 from .presence_store import Holder, PresenceStore
-from .presence_sync import OutOfStep, first_joins, free_swept
+from .presence_sync import Entry, OutOfStep, first_joins, free_swept
 from .unfinished import Unfinished
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,8 @@ class ConnectionRegistry:
         self._finishing = Unfinished()  # undos and closes on their way
         self._joins = Changes(redis, first_joins(self.presence, self._held), self._settle)
         self._leaves = Changes(redis, self.presence.leave, self._settle)
-        self.out_of_step = OutOfStep(redis, self.presence, self.user_member, self.user_ttl_ms)
         self._free = functools.partial(free_swept, redis, self.user_member)
+        self.out_of_step = OutOfStep(self.presence, self._held, self._free, self._write_entries)
 
     def user_member(self, room: str, connection_id: int, worker: str | None = None) -> str:
         """A connection in its owners' sets: where it is comes last (see :meth:`set_name`)."""
@@ -238,7 +238,7 @@ class ConnectionRegistry:
         workers that died, which publishes a presence notice when someone
         went offline.
         """
-        await self.out_of_step.settle(self._held, self._free)
+        await self.out_of_step.settle()
         tick = self._ticks
         self._ticks += 1
         rooms = [room for room in self._held if hash(room) % parts == tick % parts]
@@ -255,18 +255,22 @@ class ConnectionRegistry:
                     await self._rejoin(room)
         slices = parts * USER_SLICES
         due = [
-            (room, holder, connection_id)
+            (room, connection_id, holder)
             for room, held in list(self._held.items())
             for connection_id, holder in list(held.items())
             if connection_id % slices == tick % slices
         ]
+        await self._write_entries(due, True)
+
+    async def _write_entries(self, due: list[Entry], only_existing: bool) -> None:
+        """Renew connections' entries in their owners' limits (``only_existing``: unless freed)."""
         expiry = _now_ms() + self.user_ttl_ms
         for start in range(0, len(due), REFRESH_BATCH):
             pipe = self.redis.pipeline(transaction=False)
-            for room, holder, connection_id in due[start : start + REFRESH_BATCH]:
+            for room, connection_id, holder in due[start : start + REFRESH_BATCH]:
                 entry = {self.user_member(room, connection_id): expiry}
-                pipe.zadd(user_connections_key(holder.user_id), entry, xx=True)
-                pipe.zadd(address_connections_key(holder.address), entry, xx=True)
+                pipe.zadd(user_connections_key(holder.user_id), entry, xx=only_existing)
+                pipe.zadd(address_connections_key(holder.address), entry, xx=only_existing)
             await pipe.execute()
 
     async def _rejoin(self, room: str, but: Collection[int] = ()) -> None:

@@ -24,7 +24,6 @@ is not so already.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
@@ -36,10 +35,12 @@ from .presence_store import Holder, PresenceStore
 
 log = logging.getLogger(__name__)
 
-BATCH = 250  # rooms, or connections' entries, per round trip
+BATCH = 250  # rooms per round trip
 
 # The worker's connections, by room: room -> {connection id: holder}.
 Held = dict[str, dict[int, Holder]]
+# A connection's place: its room, its id, whose it is.
+Entry = tuple[str, int, Holder]
 
 
 class OutOfStep:
@@ -48,58 +49,45 @@ class OutOfStep:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
         presence: PresenceStore,
-        user_member: Callable[[str, int], str],
-        user_ttl_ms: int,
+        held: Held,
+        free: Callable[[str, list[str]], Awaitable[None]],
+        write_entries: Callable[[list[Entry], bool], Awaitable[None]],
     ) -> None:
-        self.redis = redis
         self.presence = presence
-        self.user_member = user_member
-        self.user_ttl_ms = user_ttl_ms
+        self.held = held  # the worker's connections (the registry's, not a copy)
+        self.free = free  # frees the slots of connections a script swept
+        self.write_entries = write_entries
         self.suspected = False
 
     def suspect(self) -> None:
         """Presence may have parted from what the worker holds: settle at the next heartbeat."""
         self.suspected = True
 
-    async def settle(self, held: Held, free: Callable[[str, list[str]], Awaitable[None]]) -> None:
+    async def settle(self) -> None:
         """When suspected, write this worker's presence in every room it holds
-        again (``free``: what frees the slots of dead workers' connections
-        that a script swept). Suspected still when it fails."""
+        again. Suspected still when it fails."""
         if not self.suspected:
             return
         self.suspected = False
         try:
+            held = self.held
             rooms = [room for room, conns in list(held.items()) if conns]
             for start in range(0, len(rooms), BATCH):
                 batch = rooms[start : start + BATCH]
                 calls = [self.presence.sync(room, _pairs(held.get(room, {}))) for room in batch]
-                replies = await run_scripts(self.redis, *calls)
+                replies = await run_scripts(self.presence.redis, *calls)
                 await self.presence.written(*batch)
                 for room, (_, swept) in zip(batch, replies, strict=True):
-                    await free(room, swept)
-            await self._entries(held)
+                    await self.free(room, swept)
+            entries = [
+                (room, c, h) for room, conns in list(held.items()) for c, h in list(conns.items())
+            ]
+            await self.write_entries(entries, False)  # (also those Redis had lost)
         except BaseException:
             self.suspected = True
             raise
         log.info("presence written again in %d rooms", len(rooms))
-
-    async def _entries(self, held: Held) -> None:
-        """Each connection's entries under its user's and its address's limits."""
-        expiry = int(time.time() * 1000) + self.user_ttl_ms
-        due = [
-            (room, cid, holder)
-            for room, conns in list(held.items())
-            for cid, holder in list(conns.items())
-        ]
-        for start in range(0, len(due), BATCH):
-            pipe = self.redis.pipeline(transaction=False)
-            for room, cid, holder in due[start : start + BATCH]:
-                entry = {self.user_member(room, cid): expiry}
-                pipe.zadd(user_connections_key(holder.user_id), entry)
-                pipe.zadd(address_connections_key(holder.address), entry)
-            await pipe.execute()
 
 
 async def free_swept(
@@ -129,7 +117,10 @@ def first_joins(
     either way each connection goes once.)"""
 
     def script(room: str, joining: list[tuple[Holder, int]]) -> Call:
-        if set(held.get(room, ())) == {cid for _, cid in joining}:
+        # (The round's connections are among the worker's: equal in number,
+        # they are all of them. A room it already holds costs one len().)
+        mine = held.get(room, {})
+        if len(mine) == len(joining) and all(cid in mine for _, cid in joining):
             return presence.sync(room, joining)
         return presence.join(room, joining)
 
