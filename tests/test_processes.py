@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import redis as sync_redis
 
+from benchmarks.procfs import serving_workers
 from harness.chat import id_key
 from harness.processes import clean_env, free_port
 
@@ -83,6 +84,8 @@ async def test_processes_are_named_by_their_role_in_ps(
         while (now := await worker_pids(server.url)).get(1) in (None, pids[1]):
             await asyncio.sleep(0.05)
     assert title(now[1]) == "chat-server: worker 1"
+    # What the benchmark's faults take for the workers: those, not the keeper.
+    assert sorted(serving_workers(main)) == sorted(now.values())
 
 
 def free_port_run(count: int) -> int:

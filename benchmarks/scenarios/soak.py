@@ -54,7 +54,7 @@ from server.store.session_store import COOKIE_NAME
 from .. import soak_verdict
 from ..clients import Recorder, Subscriber, open_all, stop_all
 from ..measure import Context, Metric, percentile
-from ..procfs import process_tree
+from ..procfs import serving_workers
 from ..soak_check import count_kinds
 from ..soak_load import churn_once, settle, worker_gauges
 from ..targets import BenchError, Target
@@ -332,8 +332,7 @@ class Soak:
     # -- readings ------------------------------------------------------------------
 
     def workers(self) -> set[str]:
-        main = self.target.main_pids[0]
-        return {str(pid) for pid in process_tree(main) if pid != main}
+        return {str(pid) for pid in serving_workers(self.target.main_pids[0])}
 
     async def sample(self, http: aiohttp.ClientSession, redis: aioredis.Redis) -> None:
         errors, self.errors = self.errors, Counter()

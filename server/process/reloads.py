@@ -33,7 +33,7 @@ class Ending(enum.Enum):
     """Why a generation (one ``aiotools.start_server`` call) ended."""
 
     STOP = "stop"  # SIGINT or SIGTERM
-    ALL_GONE = "all gone"  # every process aiotools started has died, keeper included
+    ALL_GONE = "all gone"  # every process aiotools started has died, and no worker serves
 
 
 class RollingReloads:
@@ -51,6 +51,9 @@ class RollingReloads:
     incoming: WorkerProcesses | None  # a reload's wave, until ready
     outgoing: list[WorkerProcesses]  # waves told to go, until they exit
     next_config: Config | None  # settings a SIGHUP brought while a reload was under way
+    # Waves still serving when their generation ended under them, until the
+    # next generation serves (see _carry_over).
+    carried: list[WorkerProcesses]
 
     def _wave(self, config: Config, generation: int) -> WorkerProcesses:
         raise NotImplementedError
@@ -60,6 +63,11 @@ class RollingReloads:
 
     def _on_ready(self) -> None:
         raise NotImplementedError
+
+    def waves(self) -> list[WorkerProcesses]:
+        """Every wave whose processes may still run."""
+        incoming = [] if self.incoming is None else [self.incoming]
+        return [self.workers, *incoming, *self.outgoing, *self.carried]
 
     def _on_reload(self) -> None:
         if self.ending is not None:
@@ -115,11 +123,51 @@ class RollingReloads:
         # while (their clients reconnect to the new wave), and exits; one
         # still running once the longest drain and the stop deadline have
         # passed is killed.
-        drained = DRAIN_LATEST_S + DRAIN_MAX_S
-        self._send_off(old, signal.SIGHUP, drained + self.config.stop_deadline_s)
+        self._send_off(old, signal.SIGHUP, self._drained_s())
         if self.next_config is not None:
             config, self.next_config = self.next_config, None
             self._start_wave(config)
+
+    def _carry_over(self) -> bool:
+        """aiotools ended the generation because every process it started has
+        exited, its keeper included (killed from outside), although workers
+        it did not start still serve (a reload's, or replacements). They
+        serve on into the next generation, whose workers take over from them
+        as a reload's do (:meth:`_hand_over`); a reload under way is given
+        up. False when no worker is left to carry over."""
+        serving = [*self.carried, self.workers]
+        if all(wave.all_exited() for wave in serving):
+            return False
+        if self.incoming is not None:
+            self._wave_failed(self.incoming, "the keeper process is gone")
+        self.carried = serving
+        for wave in [*serving, *self.outgoing]:
+            wave.suspend()  # (their watches and timers belong to the ending loop)
+        return True
+
+    def _resume_carried(self) -> None:
+        """On the next generation's loop: watch the carried waves again, and
+        those that were going, whose deadline starts over."""
+        for wave in self.carried:
+            wave.replacing = False  # (the new generation's workers are coming)
+            wave.on_death = lambda index: None
+            wave.resume()
+        for wave in list(self.outgoing):
+            wave.resume()
+            wave.later(self._drained_s(), wave.kill_stragglers)
+            self._retire(wave)
+
+    def _hand_over(self) -> None:
+        """Workers of the new generation serve: the carried waves go, as a
+        reload's old workers do."""
+        carried, self.carried = self.carried, []
+        for wave in carried:
+            self._send_off(wave, signal.SIGHUP, self._drained_s())
+
+    def _drained_s(self) -> float:
+        """How long after being told to go an old worker may still run: its
+        longest drain, then the stop deadline."""
+        return DRAIN_LATEST_S + DRAIN_MAX_S + self.config.stop_deadline_s
 
     def _send_off(self, wave: WorkerProcesses, signum: signal.Signals, deadline: float) -> None:
         """Tell ``wave`` to go; it is closed once its last process has exited,

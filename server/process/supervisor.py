@@ -18,8 +18,9 @@ the generation count and one backoff. Each generation is one
   once this one serves.
 - A worker that dies is replaced with the same index (:mod:`server.process.watch`,
   from a pidfd event); if every process aiotools started is gone, a new
-  generation starts. Either waits longer each time it keeps failing (one
-  :class:`~server.process.watch.Backoff`).
+  generation starts (workers still serving then, the keeper having been
+  killed, hand over to it as in a reload). Either waits longer each time it
+  keeps failing (one :class:`~server.process.watch.Backoff`).
 - With a ``webhook_url``, each generation has one process more, under the
   index after the workers': the webhook deliverer
   (:mod:`server.process.delivery`), replaced and renewed as a worker is,
@@ -89,6 +90,8 @@ class Supervisor(RollingReloads):
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
+        self.outgoing: list[WorkerProcesses] = []  # waves told to go, until they exit
+        self.carried: list[WorkerProcesses] = []
         self._begin()
 
     def _begin(self) -> None:
@@ -97,7 +100,6 @@ class Supervisor(RollingReloads):
         self.setup = self.workers.setup
         self.runner = self.workers.runner
         self.incoming: WorkerProcesses | None = None  # a reload's wave, until ready
-        self.outgoing: list[WorkerProcesses] = []  # waves told to go, until they exit
         self.ending: Ending | None = None
         self.stop_signal = signal.SIGTERM
         # Settings a SIGHUP brought while a reload was under way: the next wave's.
@@ -121,11 +123,6 @@ class Supervisor(RollingReloads):
         wave = WorkerProcesses(setup, self.runner_for(config), self.backoff, self.metrics)
         wave.reported = self.reported  # (one set for every wave: see QuietEchoes)
         return wave
-
-    def waves(self) -> list[WorkerProcesses]:
-        """Every wave whose processes may still run."""
-        incoming = [] if self.incoming is None else [self.incoming]
-        return [self.workers, *incoming, *self.outgoing]
 
     # -- generations -----------------------------------------------------
 
@@ -166,7 +163,10 @@ class Supervisor(RollingReloads):
         if self.ever_ready:
             self.backoff.succeeded(GENERATION)
         delay = self.backoff.failed(GENERATION, time.monotonic())
-        log.error("all workers are gone; starting new ones in %.1f s", delay)
+        if self.carried:
+            log.warning("the keeper process is gone; new workers take over in %.1f s", delay)
+        else:
+            log.error("all workers are gone; starting new ones in %.1f s", delay)
         if wait_blocked(delay):
             with contextlib.suppress(ConfigError):
                 self.next_config = self.reload_config()
@@ -180,6 +180,7 @@ class Supervisor(RollingReloads):
         logs.configure(self.config.log_level, self.config.log_format)
 
     def _on_ready(self) -> None:
+        self._hand_over()
         if self.generation == 0:
             workers = self.config.workers
             print(
@@ -201,6 +202,7 @@ class Supervisor(RollingReloads):
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         loop.add_reader(self.read_fd, self._on_report)
         self.companions.watch(self.timers.later, lambda: self.ending is Ending.STOP)
+        self._resume_carried()
         try:
             yield
         finally:
@@ -211,14 +213,16 @@ class Supervisor(RollingReloads):
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.read_fd)
-            if self.ending is None:
-                # aiotools saw all of its processes exit, the keeper too
-                # (killed from outside?): start over with a fresh generation.
+            if self.ending is None and not self._carry_over():
+                # aiotools saw all of its processes exit, and no worker
+                # serves: start over with a fresh generation.
                 self.ending = Ending.ALL_GONE
                 self.stop_signal = signal.SIGHUP
                 self._signal_all(signal.SIGHUP)
-            for wave in self.waves():
-                wave.close(timeout=self.config.stop_deadline_s)
+            if self.ending is not None:
+                for wave in self.waves():
+                    wave.close(timeout=self.config.stop_deadline_s)
+                self.outgoing, self.carried = [], []
             quiet.remove()
 
     # -- signals ---------------------------------------------------------

@@ -162,6 +162,7 @@ class WorkerProcesses:
         self.exits = Exits()
         self.reported: set[int] = set()  # pids whose death was logged (and replaced)
         self._timers = Timers()
+        self._suspended: dict[int, int] = {}  # index -> pid, of those running at suspend()
 
     @property
     def generation(self) -> int:
@@ -189,6 +190,20 @@ class WorkerProcesses:
         for pid in self.pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
+
+    def suspend(self) -> None:
+        """Let go of the running loop (it ends) while the processes run on;
+        :meth:`resume` on the next. Until then, :meth:`alive` knows nothing."""
+        self._suspended = {i: pid for i, pid in self.pids.items() if self.alive(pid)}
+        self._timers.cancel()
+        self.exits.unwatch_all()
+
+    def resume(self) -> None:
+        """Watch again, on this loop, the processes that ran at :meth:`suspend`:
+        those that exited meanwhile are taken for dead now."""
+        suspended, self._suspended = self._suspended, {}
+        for index, pid in suspended.items():
+            self.started(index, pid)
 
     def later(self, delay: float, callback: Callable[[], None]) -> None:
         """Call ``callback`` in ``delay`` seconds, unless the wave ends first."""
