@@ -225,7 +225,9 @@ class Soak:
             kind, own = "post", None
             if room in self.turning and self.mine.get(room) and tick % EDIT_EVERY == 0:
                 kind = "edit" if tick % (2 * EDIT_EVERY) else "delete"
-                own = self.mine[room].pop(0)  # (taken now: the room may turn idle)
+                # (Taken now: the room may turn idle.) An edit takes the newest,
+                # within the edit window; a delete the oldest, which any time allows.
+                own = self.mine[room].pop(-1 if kind == "edit" else 0)
             elif tick % TYPING_EVERY == 0:
                 kind = "typing"
             self.in_flight += 1

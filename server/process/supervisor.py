@@ -162,10 +162,11 @@ class Supervisor(RollingReloads):
     def _next_generation(self) -> None:
         if self.ever_ready:
             self.backoff.succeeded(GENERATION)
-        delay = self.backoff.failed(GENERATION, time.monotonic())
-        if self.carried:
-            log.warning("the keeper process is gone; new workers take over in %.1f s", delay)
+        if self.carried:  # (at once: those serve meanwhile, and nothing failed)
+            log.warning("the keeper process is gone; new workers take over")
+            delay = 0.0
         else:
+            delay = self.backoff.failed(GENERATION, time.monotonic())
             log.error("all workers are gone; starting new ones in %.1f s", delay)
         if wait_blocked(delay):
             with contextlib.suppress(ConfigError):
