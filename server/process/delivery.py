@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -43,6 +44,9 @@ from .handoff import WorkerSetup, die_with_parent, report, title
 log = logging.getLogger(__name__)
 
 ROLE = "webhook deliverer"
+# Its niceness: when the CPU is short, the serving workers come first (a
+# webhook may wait some milliseconds; a publish or a delivery should not).
+NICENESS = 5
 
 
 @aiotools.server_context
@@ -53,6 +57,7 @@ async def deliverer(
     stop signal, hand the rooms held back."""
     setup: WorkerSetup = args[0]
     title(ROLE)
+    os.nice(NICENESS)
     die_with_parent(parent=setup.main_pid)
     report(setup, "started", pidx)
     config = setup.config
