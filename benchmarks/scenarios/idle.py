@@ -47,6 +47,8 @@ from . import rows
 DESCRIPTION = "N idle streams: server memory per connection"
 DEFAULTS: dict[str, Any] = {"subscribers": 2000, "transport": "ws"}
 FRESH = "fresh_memory_per_connection_kib"
+# The longest line a swarm process may report on.
+REPORT_LIMIT = 64 * 1024 * 1024
 
 METRICS = [
     Metric("streams open", "streams", ratio=False),
@@ -130,6 +132,9 @@ class Swarm:
                 stdout=asyncio.subprocess.PIPE,
                 cwd=ROOT,
                 env=env,
+                # (A report holds every stream's latency: 10,000 streams'
+                # are some 100 KB on one line.)
+                limit=REPORT_LIMIT,
             )
             spec = {
                 "endpoint": [endpoint.host, endpoint.port, endpoint.pid_header, endpoint.resumes],
