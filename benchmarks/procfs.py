@@ -42,19 +42,22 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def title(pid: int) -> str:
+    """What ``ps`` shows for a process: its command line, or the title it
+    gave itself (``chat-server: worker 0``). OSError once it is gone."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+
+
 def serving_workers(main: int) -> list[int]:
     """The chat server's worker processes under its main process ``main``, by
-    the title each gives itself: not its keeper, webhook deliverer or embedded
-    Redis (a fault that kills "a worker" must kill one that serves)."""
+    their titles: not its keeper, webhook deliverer or embedded Redis (a
+    fault that kills "a worker" must kill one that serves)."""
     found = []
     for pid in process_tree(main):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue  # gone meanwhile
-        if title.startswith("chat-server: worker "):
-            found.append(pid)
+        with contextlib.suppress(OSError):  # (gone meanwhile)
+            if title(pid).startswith("chat-server: worker "):
+                found.append(pid)
     return found
 
 

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import redis as sync_redis
 
-from benchmarks.procfs import serving_workers
+from benchmarks.procfs import serving_workers, title
 from harness.chat import id_key
 from harness.processes import clean_env, free_port
 
@@ -52,12 +52,6 @@ async def test_two_workers_each_on_uvloop_answer_healthz_with_their_own_pid(
     assert seen[0]["pid"] != seen[1]["pid"]
     assert server.proc is not None and server.proc.pid not in {seen[0]["pid"], seen[1]["pid"]}
     assert {body["loop"] for body in seen.values()} == {"uvloop"}
-
-
-def title(pid: int) -> str:
-    """What ``ps`` shows for a process."""
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().replace(b"\0", b" ").decode().strip()
 
 
 def children(pid: int) -> list[int]:

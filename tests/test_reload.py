@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from benchmarks.procfs import title
 from harness.processes import ROOT
 
 from .support import (
@@ -27,7 +28,7 @@ from .support import (
     fault_under_traffic,
     worker_pids,
 )
-from .test_processes import children, title
+from .test_processes import children
 
 pytestmark = pytest.mark.processes
 

@@ -21,12 +21,13 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from benchmarks.procfs import title
 from harness.chat import id_key
 from harness.processes import clean_env
 
 from .support import ServerProcess, rss_kb, user, worker_pids
 from .test_metrics import samples
-from .test_processes import children, title
+from .test_processes import children
 from .webhook_receiver import SECRET, Receiver, running_receiver
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
@@ -254,6 +255,19 @@ async def test_a_thousand_events_arrive_once_each_in_room_order_through_failures
     assert "Traceback" not in server.log()
 
 
+async def counted(http: aiohttp.ClientSession, delivered: int) -> dict[str, float]:
+    """The instance's metrics once they count ``delivered`` deliveries: the
+    deliverer counts one after its receiver has it (for at most 5 s more)."""
+    ok = 'chat_webhook_deliveries_total{result="ok"}'
+    async with asyncio.timeout(5):
+        while True:
+            async with http.get("/metrics") as resp:
+                found = samples(await resp.text())
+            if found.get(ok, 0) >= delivered:
+                return found
+            await asyncio.sleep(0.05)
+
+
 async def test_one_deliverer_process_beside_the_workers_is_woken_when_a_room_becomes_due(
     start_server: StartServer, redis: aioredis.Redis
 ) -> None:
@@ -280,8 +294,7 @@ async def test_one_deliverer_process_beside_the_workers_is_woken_when_a_room_bec
                     published = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
             assert published["data"] == "lobby"
             await receiver.wait_for(lambda r: len(r.accepted) == 1, 10)
-            async with alice.get("/metrics") as resp:
-                found = samples(await resp.text())
+            found = await counted(alice, 1)
         assert receiver.accepted[0]["data"] == message
         # The workers, as users count them, are the two serving.
         assert sum(v for k, v in found.items() if k.startswith("chat_worker_up")) == 2
@@ -313,8 +326,7 @@ async def test_a_killed_deliverer_is_replaced_and_its_rooms_are_delivered_once_e
             posted = {(m["room"], m["id"]) for messages in sent for m in messages}
             # Its rooms wait for their leases to run out (6 s), then go on.
             await receiver.wait_for(lambda r: {key(e) for e in once_each(r).values()} >= posted, 45)
-            async with alice.get("/metrics") as resp:
-                found = samples(await resp.text())
+            found = await counted(alice, 300)
             assert await worker_pids(server.url) == workers  # the workers served on
         events = once_each(receiver)
         assert len(events) == len(posted) == 300

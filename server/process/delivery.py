@@ -56,8 +56,8 @@ async def deliverer(
     """The deliverer process, in aiotools' shape: open Redis, deliver until a
     stop signal, hand the rooms held back."""
     setup: WorkerSetup = args[0]
+    os.nice(NICENESS)  # (before its title: a process named so runs at it)
     title(ROLE)
-    os.nice(NICENESS)
     die_with_parent(parent=setup.main_pid)
     report(setup, "started", pidx)
     config = setup.config

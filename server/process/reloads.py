@@ -141,6 +141,9 @@ class RollingReloads:
         if self.incoming is not None:
             self._wave_failed(self.incoming, "the keeper process is gone")
         self.carried = serving
+        for wave in serving:
+            wave.replacing = False  # (the new generation's workers are coming)
+            wave.on_death = lambda index: None
         for wave in [*serving, *self.outgoing]:
             wave.suspend()  # (their watches and timers belong to the ending loop)
         return True
@@ -149,8 +152,6 @@ class RollingReloads:
         """On the next generation's loop: watch the carried waves again, and
         those that were going, whose deadline starts over."""
         for wave in self.carried:
-            wave.replacing = False  # (the new generation's workers are coming)
-            wave.on_death = lambda index: None
             wave.resume()
         for wave in list(self.outgoing):
             wave.resume()
