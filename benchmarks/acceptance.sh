@@ -46,11 +46,11 @@ run publish --scenario publish --connections 50,400 --duration 10 \
     --targets chat,chat-api,bare,socketio "$@"
 # (g) 100 msg/s to 100 WebSocket streams: webhooks on, and the server API
 run fanout-variants --scenario fanout --subscribers 100 --transport ws --rate 100 \
-    --duration 30 --targets chat,chat-webhooks,chat-api "$@"
+    --duration 60 --rounds 4 --targets chat,chat-webhooks,chat-api "$@"
 # (h) 1000 streams (half SSE, half WebSocket) in one room at 10 requests/s: a tenth
 # of them edits and every stream typing once every 10 s, beside the plain fan-out
 run fanout-features --scenario fanout --subscribers 1000 --transport mixed --rate 10 \
-    --duration 30 --targets chat,chat-features "$@"
+    --duration 30 --rounds 3 --targets chat,chat-features "$@"
 # (i) 100,000 streams (half SSE, half WebSocket) on 6 processes held for 2 minutes,
 # then one message to all of them
 run many --scenario many --targets chat,bare "$@"

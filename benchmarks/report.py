@@ -180,8 +180,13 @@ Limits of this benchmark
   full core, the figures measure the machine as much as the server, and the
   highest delivery rates (``capacity``) are lower bounds for every target.
 - Small messages (a short text), one machine, one Redis, no TLS, no proxy.
-  One run per figure: on a shared virtual machine latencies in particular
-  vary from run to run; CPU per message and memory per connection vary less.
+  On a shared virtual machine latencies in particular vary from run to run
+  (a POST round trip's p99 by 10-30 % between two runs of the same server);
+  CPU per message and memory per connection vary less. A run with
+  ``--rounds N`` measures each case N times, the targets in the command's
+  order, then reversed, and so on (each round's table is under the run); a
+  variant is then judged by the median of its N ratios over chat, each
+  from one round, with their range beside it. Otherwise one run per figure.
 - CPU times are counted in the kernel's clock ticks (see the machine): short
   runs give coarse CPU figures.
 """

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+import statistics
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -240,26 +241,60 @@ def compared(results: dict[str, Any], name: str, key: str, goal: float | None) -
     return text
 
 
+def compared_rounds(
+    rounds: Sequence[dict[str, Any]], name: str, key: str, goal: float | None
+) -> str:
+    """``<variant>/chat`` for one figure measured in several rounds: the median
+    of the rounds' ratios, their range, and whether the median met its goal."""
+    quotients = []
+    for results in rounds:
+        base, value = results[OURS].get(key), results[name].get(key)
+        if isinstance(base, (int, float)) and isinstance(value, (int, float)) and base > 0:
+            quotients.append(value / base)
+    if not quotients:
+        return "n/a"
+    middle = statistics.median(quotients)
+    text = f"{middle:.2f} (median of {len(quotients)} rounds, {min(quotients):.2f} to "
+    text += f"{max(quotients):.2f}"
+    if goal is not None:
+        text += f"; goal {goal:.1f}: {'met' if middle <= goal else 'missed'}"
+    return text + ")"
+
+
+def own_figure(rounds: Sequence[dict[str, Any]], name: str, key: str, fmt: str) -> str:
+    """The variant's own figure: its value, or each round's where they differ."""
+    cells = [cell(results[name], key, fmt) for results in rounds]
+    return cells[0] if len(set(cells)) == 1 else "/".join(cells)
+
+
 def variant_figures(run: dict[str, Any], name: str, spec: Variant) -> str:
-    """Each of the variant's figures in this run (each case's, in a run of several)."""
+    """Each of the variant's figures in this run (each case's, in a run of
+    several; a case measured in rounds, judged by the median of its rounds)."""
     metrics = {metric[1]: metric for metric in run["metrics"]}
-    parts = []
+    cases: dict[str, list[dict[str, Any]]] = {}
     for case in run["cases"]:
-        results = case["results"]
-        if not both_measured(results, name):
-            continue
+        if both_measured(case["results"], name):
+            cases.setdefault(case["params"].get("case", case["label"]), []).append(case)
+    parts = []
+    for label, same in cases.items():
+        rounds = [case["results"] for case in same]
         texts = [
-            f"{short_label(metrics[key][0])} {compared(results, name, key, goal)}"
+            f"{short_label(metrics[key][0])} "
+            + (
+                compared(rounds[0], name, key, goal)
+                if len(rounds) == 1
+                else compared_rounds(rounds, name, key, goal)
+            )
             for key, goal in spec.figures[run["scenario"]]
             if key in metrics
         ]
         texts += [
-            f"{metrics[key][0]} {cell(results[name], key, metrics[key][2])}"
+            f"{metrics[key][0]} {own_figure(rounds, name, key, metrics[key][2])}"
             for key in spec.own
             if key in metrics
         ]
-        if len(run["cases"]) > 1 and texts:
-            texts[0] = f"{case['params'].get('short', case['label'])}: {texts[0]}"
+        if len(cases) > 1 and texts:
+            texts[0] = f"{same[0]['params'].get('short', label)}: {texts[0]}"
         parts.append(", ".join(texts))
     return "; ".join(parts)
 
