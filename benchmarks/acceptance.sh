@@ -50,7 +50,7 @@ run fanout-variants --scenario fanout --subscribers 100 --transport ws --rate 10
 # (h) 1000 streams (half SSE, half WebSocket) in one room at 10 requests/s: a tenth
 # of them edits and every stream typing once every 10 s, beside the plain fan-out
 run fanout-features --scenario fanout --subscribers 1000 --transport mixed --rate 10 \
-    --duration 30 --rounds 3 --targets chat,chat-features "$@"
+    --duration 30 --rounds 3 --targets chat,chat-features,bare,bare-typing "$@"
 # (i) 100,000 streams (half SSE, half WebSocket) on 6 processes held for 2 minutes,
 # then one message to all of them
 run many --scenario many --targets chat,bare "$@"

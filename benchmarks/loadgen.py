@@ -8,7 +8,8 @@ python-socketio in ``benchmarks/peer_socketio.py``; only with ``--targets``,
 the variants of chat in ``benchmarks/variants.py``: ``chat-signed``, every
 client signed in with a token; ``chat-api``, every message posted through
 the server API; ``chat-webhooks``, webhooks on; ``chat-features``, a tenth
-of the requests edits and every stream typing once every 10 s), starts the
+of the requests edits and every stream typing once every 10 s; and
+``bare-typing``, the bare broadcaster with the same typing), starts the
 target with
 ``--workers`` processes (2 by default; 6 for ``many``), measures it, and stops it. It prints
 a table per case with the ratios chat/bare and chat/socketio (and
@@ -67,7 +68,7 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
         --rate 100 --duration 60 --rounds 4 --targets chat,chat-webhooks,chat-api \\
         --json benchmarks/results/fanout-variants.json
     python -m benchmarks.loadgen --scenario fanout --subscribers 1000 --transport mixed \\
-        --rate 10 --duration 30 --rounds 3 --targets chat,chat-features \\
+        --rate 10 --duration 30 --rounds 3 --targets chat,chat-features,bare,bare-typing \\
         --json benchmarks/results/fanout-features.json
     python -m benchmarks.loadgen --scenario many --targets chat,bare \\
         --json benchmarks/results/many.json
@@ -191,7 +192,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "compared with chat in the same run: chat-signed (every client signed in with a "
         "token of its own), chat-api (every message posted through the server API), "
         "chat-webhooks (webhooks on, to a receiver the harness runs), chat-features (a "
-        "tenth of the requests edits, every stream typing once every 10 s)",
+        "tenth of the requests edits, every stream typing once every 10 s); and "
+        "bare-typing (the bare broadcaster, every stream typing as chat-features'), "
+        "compared with bare",
     )
     parser.add_argument("--workers", type=int, help="processes per target [many: 6; others: 2]")
     parser.add_argument(

@@ -279,7 +279,7 @@ async def publish_and_drain(
     own_cpu0 = own_cpu_seconds()
     target.before_publishing()
     typists = (
-        Typists(target.base_url, crowd.live, target.typing_every_s)
+        Typists(target.base_url, crowd.live, target.typing_every_s, cookies=target.sessions)
         if target.typing_every_s
         else None
     )

@@ -14,6 +14,9 @@ the load generator's clients serve it unchanged:
 - ``GET /api/rooms/{room}/events``: Server-Sent Events, each message
   ``event: message``, ``id: <id>``, ``data: <json>``, one chunk of the
   chunked response.
+- ``POST /api/rooms/{room}/typing``: 204, nothing else (as the chat server
+  answers a typing notice in a room that shows nobody typing); a WebSocket
+  client's frames (``{"type": "typing"}`` among them) are read and ignored.
 
 ``--workers`` processes are forked from one main process and share its
 listening socket; each runs on uvloop with ONE Redis pub/sub connection
@@ -169,6 +172,14 @@ async def post_message(request: web.Request) -> web.Response:
     return web.Response(text=body_text, status=201, content_type="application/json")
 
 
+async def typing(request: web.Request) -> web.Response:
+    """What the least server does with a typing notice in a room that shows
+    nobody typing (the chat server's rooms over ``presence_list_max``): 204."""
+    room_name(request)
+    await request.read()
+    return web.Response(status=204)
+
+
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     room = await request.app[HUB].room(room_name(request))
     ws = web.WebSocketResponse(compress=False)
@@ -219,6 +230,7 @@ async def serve(sock: socket.socket, redis_url: str, backlog: int, ready_fd: int
 
     app.on_response_prepare.append(pid_header)
     app.router.add_post("/api/rooms/{room}/messages", post_message)
+    app.router.add_post("/api/rooms/{room}/typing", typing)
     app.router.add_get("/api/rooms/{room}/ws", websocket)
     app.router.add_get("/api/rooms/{room}/events", events)
     app.router.add_get("/healthz", healthz)

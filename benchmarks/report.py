@@ -106,6 +106,13 @@ The targets
   each checked once and in order per stream; typing notices are counted
   apart, their cost is in the server's CPU. In a room over
   ``presence_list_max`` (200) the server sends no typing notices.
+- **bare-typing**: the bare broadcaster (below) under chat-features' typing:
+  its WebSocket streams send the same frame (read and ignored), its SSE
+  streams' users POST ``/api/rooms/{room}/typing`` (answered 204, nothing
+  else: what a room that shows nobody typing needs), without a cookie (it
+  gives no sessions). It cannot edit, so all its requests are new messages:
+  as many deliveries as chat-features. bare-typing/bare is what that typing
+  costs the least server, the yardstick for chat-features/chat.
 - **bare**: ``benchmarks/peer_bare.py``, the Python ceiling: the least an
   aiohttp server on uvloop can do to deliver chat messages through Redis. N
   forked processes share one listening socket, each with one Redis pub/sub
@@ -127,7 +134,8 @@ is what signing in costs (fan-out: CPU per delivery and per connect; storm:
 CPU per opened stream), chat-api/chat what publishing through the server
 API costs (CPU per message), chat-webhooks/chat what webhooks cost (the POST
 round trip's p99 at 100 msg/s, CPU per message), chat-features/chat what
-edits and typing cost (CPU per delivery). For times, CPU and memory
+edits and typing cost (CPU per delivery), bare-typing/bare what the same
+typing costs the bare broadcaster. For times, CPU and memory
 lower is better; for delivery rates higher is better.
 
 How it measures

@@ -24,7 +24,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from .tables import OTHERS, OURS, cell, ratio
+from .tables import BARE, OTHERS, OURS, cell, ratio
 
 # The headline of each scenario: keys of the run's own metrics, in order.
 # ``rooms`` has its own: each target's cost per message, many rooms over few.
@@ -67,6 +67,9 @@ class Variant:
     figures: dict[str, tuple[tuple[str, float | None], ...]]
     own: tuple[str, ...] = ()
     rate: bool = False  # the run's publishing rate matters to the goal
+    # The bare broadcaster under the same load, where the run has it: its
+    # figures over bare's beside the variant's over chat's (no goal of its own).
+    twin: str | None = None
 
 
 CPU_PER_MESSAGE = "server_cpu_ms_per_message"
@@ -104,6 +107,7 @@ VARIANTS = {
         {"fanout": (("server_cpu_ms_per_1k_deliveries", 1.1),)},
         own=("typing_sent", "typing_received"),
         rate=True,
+        twin="bare-typing",
     ),
 }
 VARIANTS_TEXT = (
@@ -242,15 +246,15 @@ def compared(results: dict[str, Any], name: str, key: str, goal: float | None) -
 
 
 def compared_rounds(
-    rounds: Sequence[dict[str, Any]], name: str, key: str, goal: float | None
+    rounds: Sequence[dict[str, Any]], name: str, key: str, goal: float | None, base: str = OURS
 ) -> str:
-    """``<variant>/chat`` for one figure measured in several rounds: the median
+    """``<name>/<base>`` for one figure measured in several rounds: the median
     of the rounds' ratios, their range, and whether the median met its goal."""
     quotients = []
     for results in rounds:
-        base, value = results[OURS].get(key), results[name].get(key)
-        if isinstance(base, (int, float)) and isinstance(value, (int, float)) and base > 0:
-            quotients.append(value / base)
+        under, value = results[base].get(key), results[name].get(key)
+        if isinstance(under, (int, float)) and isinstance(value, (int, float)) and under > 0:
+            quotients.append(value / under)
     if not quotients:
         return "n/a"
     middle = statistics.median(quotients)
@@ -288,6 +292,18 @@ def variant_figures(run: dict[str, Any], name: str, spec: Variant) -> str:
             for key, goal in spec.figures[run["scenario"]]
             if key in metrics
         ]
+        twin = spec.twin
+        if twin and all(measured(r.get(twin)) and measured(r.get(BARE)) for r in rounds):
+            texts += [
+                f"{twin}/{BARE} under the same load: {short_label(metrics[key][0])} "
+                + (
+                    ratio(rounds[0][twin], rounds[0][BARE], key)
+                    if len(rounds) == 1
+                    else compared_rounds(rounds, twin, key, None, BARE)
+                )
+                for key, _ in spec.figures[run["scenario"]]
+                if key in metrics
+            ]
         texts += [
             f"{metrics[key][0]} {own_figure(rounds, name, key, metrics[key][2])}"
             for key in spec.own

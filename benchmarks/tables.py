@@ -15,6 +15,10 @@ OTHERS = ("bare", "socketio")
 # same server with one thing changed) are each compared with it, in the
 # same run: ``<variant>/chat``.
 VARIANT_PREFIX = OURS + "-"
+# The bare broadcaster's twins of variants (``bare-typing``: the same typing
+# load as ``chat-features``), each compared with it: ``bare-<twin>/bare``.
+BARE = OTHERS[0]
+TWIN_PREFIX = BARE + "-"
 
 
 def is_variant(name: str) -> bool:
@@ -28,9 +32,13 @@ def is_chat(name: str) -> bool:
 
 def ratio_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
     """The ratio columns of a table of these targets, numerator over denominator:
-    chat over each other target, then each variant over chat, where both are."""
+    chat over each other target, then each variant over chat and each of the
+    bare broadcaster's twins over it, where both are."""
     pairs = [(OURS, other) for other in OTHERS if OURS in names and other in names]
-    return pairs + [(name, OURS) for name in names if is_variant(name) and OURS in names]
+    pairs += [(name, OURS) for name in names if is_variant(name) and OURS in names]
+    return pairs + [
+        (name, BARE) for name in names if name.startswith(TWIN_PREFIX) and BARE in names
+    ]
 
 
 def cell(result: dict[str, Any] | None, key: str, fmt: str) -> str:

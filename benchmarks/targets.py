@@ -98,6 +98,7 @@ class Target:
     pid_header: ClassVar[str] = ""  # response header naming the process that serves a stream
     kinds: ClassVar[tuple[str, ...]] = ("sse", "ws")  # stream kinds it serves
     resumes: ClassVar[bool] = False  # takes a resume id on reconnect
+    sessions: ClassVar[bool] = True  # gives its clients a session cookie
     # Its senders edit: every n-th request edits the sender's last message (0: none).
     edit_every: ClassVar[int] = 0
     # Its streams' users each say they are typing once every this many seconds (0: never).
@@ -219,6 +220,7 @@ class BareTarget(Target):
     name = "bare"
     description = "bare aiohttp broadcaster (benchmarks/peer_bare.py)"
     pid_header = "X-Bare-Pid"
+    sessions = False
     READY = re.compile(r"peer-bare: serving (http://\S+) with (\d+) workers \(pid (\d+)\)")
 
     def start(self) -> None:

@@ -6,7 +6,8 @@ at once. A WebSocket stream sends the frame ``{"type": "typing"}`` on its
 own connection; an SSE stream's user POSTs ``/api/rooms/{room}/typing``
 with the session cookie its stream was given (so the notice is its
 stream's user's, as a browser's would be), over a few keep-alive
-connections shared by all of them.
+connections shared by all of them (to a server that gives no session, the
+bare broadcaster's twin ``bare-typing``, with no cookie).
 
 A refused notice (an HTTP answer other than 204, or a WebSocket error
 frame, which the stream's recorder counts) means the load generator went
@@ -31,10 +32,18 @@ POST_CONNECTIONS = 8
 class Typists:
     """The typing of ``streams``, all in one room each, for one window."""
 
-    def __init__(self, base_url: str, streams: Sequence[Subscriber], every_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        streams: Sequence[Subscriber],
+        every_s: float,
+        *,
+        cookies: bool = True,
+    ) -> None:
         self.base_url = base_url
         self.streams = list(streams)
         self.every_s = every_s
+        self.cookies = cookies  # False: the server gives no session (the bare broadcaster)
         self.sent = 0  # notices sent (frames written, POSTs answered 204)
         self.refused: Counter[str] = Counter()  # POSTs answered otherwise, or failed
         self.skipped = 0  # a stream that was reconnecting at its turn
@@ -63,7 +72,7 @@ class Typists:
                         self.sent += 1
                     else:
                         self.skipped += 1
-                elif stream.cookie:
+                elif stream.cookie or not self.cookies:
                     task = asyncio.create_task(self._post(http, stream))
                     posts.add(task)
                     task.add_done_callback(posts.discard)
@@ -73,7 +82,7 @@ class Typists:
                 await asyncio.gather(*posts)
 
     async def _post(self, http: aiohttp.ClientSession, stream: Subscriber) -> None:
-        headers = {"Cookie": stream.cookie.decode("latin-1")}
+        headers = {"Cookie": stream.cookie.decode("latin-1")} if stream.cookie else {}
         try:
             async with http.post(f"/api/rooms/{stream.room}/typing", headers=headers) as resp:
                 await resp.read()

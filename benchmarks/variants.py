@@ -19,6 +19,10 @@ column, and the summary of ``BENCHMARKS.rst`` a line for the variant
   is: a tenth of the senders' requests are edits, and every stream's user
   types once every 10 s (:class:`ChatFeaturesTarget`): what edits and typing
   cost.
+
+``bare-typing`` is the bare broadcaster under ``chat-features``' typing
+(:class:`BareTypingTarget`): what that typing costs the least server, so
+that ``chat-features/chat`` can be read beside ``bare-typing/bare``.
 """
 
 from __future__ import annotations
@@ -245,6 +249,21 @@ class ChatFeaturesTarget(ChatTarget):
         self.typing_every_s = opts.typing_every_s
 
 
+class BareTypingTarget(BareTarget):
+    """The bare broadcaster, every stream's user typing as ``chat-features``'
+    do (a WebSocket frame, which it reads and ignores; an SSE stream's user a
+    ``POST .../typing``, which it answers 204, without a cookie: it gives no
+    sessions). It cannot edit: all its requests are new messages, so it
+    makes as many deliveries as ``chat-features``."""
+
+    name = "bare-typing"
+    description = "bare aiohttp broadcaster, every stream typing (benchmarks/peer_bare.py)"
+
+    def __init__(self, opts: ServerOptions, redis: RedisProcess, workdir: str) -> None:
+        super().__init__(opts, redis, workdir)
+        self.typing_every_s = opts.typing_every_s
+
+
 TARGETS: dict[str, type[Target]] = {
     t.name: t
     for t in (
@@ -254,6 +273,7 @@ TARGETS: dict[str, type[Target]] = {
         ChatWebhooksTarget,
         ChatFeaturesTarget,
         BareTarget,
+        BareTypingTarget,
         SocketioTarget,
     )
 }

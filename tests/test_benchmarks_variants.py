@@ -210,11 +210,18 @@ def test_a_run_with_edits_and_typing_delivers_every_edit_once_and_counts_typing_
     run = loadgen(
         tmp_path, "fanout-features", "--scenario", "fanout", "--subscribers", str(streams),
         "--transport", "mixed", "--rate", "20", "--duration", "2", "--typing-every", "2",
-        "--targets", "chat,chat-features",
+        "--targets", "chat,chat-features,bare,bare-typing",
     )  # fmt: skip
     results = run["cases"][0]["results"]
-    assert list(results) == ["chat", "chat-features"]
+    assert list(results) == ["chat", "chat-features", "bare", "bare-typing"]
     plain, features = results["chat"], results["chat-features"]
+    # The bare broadcaster's twin types as chat-features' streams do (it has no
+    # sessions: its SSE streams' users POST without a cookie), and cannot edit.
+    twin = results["bare-typing"]
+    assert twin["typing_sent"] == streams and twin["typing_skipped"] == 0, twin
+    assert twin["typing_refused"] == 0, twin["typing_refused_kinds"]
+    assert twin["deliveries"] == twin["expected_deliveries"] == requests * streams
+    assert "typing_sent" not in results["bare"] and "edits" not in twin
     # The same number of requests; a tenth of chat-features' are edits, and every
     # stream gets each edit once, in order, as it gets each new message.
     for figures in (plain, features):
@@ -233,7 +240,9 @@ def test_a_run_with_edits_and_typing_delivers_every_edit_once_and_counts_typing_
 
     text = report(tmp_path)
     headers = [line.split() for line in text.splitlines() if line.startswith("metric ")]
-    assert headers == [["metric", "chat", "chat-features", "chat-features/chat"]]
+    columns = ["chat", "chat-features", "bare", "bare-typing"]
+    ratios = ["chat/bare", "chat-features/chat", "bare-typing/bare"]
+    assert headers == [["metric", *columns, *ratios]]
     rows = {line.split("  ")[0] for line in text.splitlines()}
     assert {"of those, edits (200)", "typing notices received"} <= rows
     block = " ".join(text[: text.index("The targets\n")].split())
@@ -243,3 +252,9 @@ def test_a_run_with_edits_and_typing_delivers_every_edit_once_and_counts_typing_
     )
     assert "(goal 1.1: " in block
     assert "typing notices received " in block
+    per_1k = "server_cpu_ms_per_1k_deliveries"
+    quotient = twin[per_1k] / results["bare"][per_1k]
+    assert (
+        f"bare-typing/bare under the same load: server CPU per 1k deliveries {quotient:.2f}"
+        in block
+    )
