@@ -52,7 +52,8 @@ streams opened higher is better, for everything else lower. "not run": that
 run left the target out (``--targets``); "n/a": the target cannot take part
 (python-socketio has no SSE). rooms: each target's server CPU per message
 with the most rooms divided by the same with the fewest; the chat server's
-quotient should be at most 1.5 times the bare broadcaster's.
+quotient should be at most 1.5 times the bare broadcaster's. A run measured
+in rounds (``--rounds``): each figure the median of its rounds.
 """
 
 
@@ -178,7 +179,32 @@ def headline(run: dict[str, Any]) -> tuple[list[Sequence[Any]], dict[str, dict[s
     chosen = [metrics[key] for key in keys if key in metrics]
     if not chosen:  # a scenario this module does not know: its first compared rows
         chosen = [metric for metric in run["metrics"] if metric[3]][:2]
-    return chosen, run["cases"][0]["results"] if run["cases"] else {}
+    return chosen, first_case(run)
+
+
+def first_case(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target's figures in the run's first case; for a case measured in
+    rounds, each figure the median of its rounds (a target that failed or
+    could not take part in a round: as in the first)."""
+    if not run["cases"]:
+        return {}
+    first = run["cases"][0]
+    label = first["params"].get("case")
+    if label is None:
+        return dict(first["results"])
+    rounds = [case["results"] for case in run["cases"] if case["params"].get("case") == label]
+    figures: dict[str, dict[str, Any]] = {}
+    for name, own in first["results"].items():
+        mine = [results.get(name, {"na": True}) for results in rounds]
+        if not all(measured(result) for result in mine):
+            figures[name] = own
+            continue
+        figures[name] = dict(own)
+        for key in own:
+            values = [result.get(key) for result in mine]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                figures[name][key] = statistics.median(values)
+    return figures
 
 
 def rows(run: dict[str, Any]) -> list[list[str]]:

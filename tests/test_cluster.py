@@ -134,6 +134,30 @@ async def test_budgets_and_idempotency_keys_hold_across_instances(
         assert texts == ["once", "two", "three"]
 
 
+async def test_a_post_reads_its_room_up_to_it_on_one_redis_and_on_a_cluster(
+    start_server: Callable[..., ServerProcess], any_redis_url: str
+) -> None:
+    # One Redis: in the publish script; a cluster: a round trip of its own
+    # (the user's keys are in another slot than the room's).
+    server = start_server(workers=1, redis_url=any_redis_url)
+    async with (
+        aiohttp.ClientSession(cookie_jar=jar()) as alice,
+        aiohttp.ClientSession(cookie_jar=jar()) as bob,
+    ):
+
+        async def alices_rooms() -> list[tuple[str, object]]:
+            async with alice.get(f"{server.url}/api/rooms") as resp:
+                assert resp.status == 200
+                return [(r["room"], r["unread"]) for r in (await resp.json())["rooms"]]
+
+        for n in range(2):
+            assert (await post(bob, server.url, "marks", f"bob {n}")).status == 201
+        assert (await post(alice, server.url, "marks", "alice")).status == 201
+        assert await alices_rooms() == [("marks", 0)]
+        assert (await post(bob, server.url, "marks", "bob again")).status == 201
+        assert await alices_rooms() == [("marks", 1)]
+
+
 async def test_a_primary_failing_over_under_traffic_loses_no_answered_message() -> None:
     cluster = cluster_processes()  # its own: this test breaks one of its primaries
     try:

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from server.store.keys import idempotency_record_key, outbox_key
 from server.store.read_marks import ROOMS_MAX
 from server.web import state as keys
 
@@ -97,6 +98,33 @@ async def test_unread_counts_others_messages_and_a_read_mark_resets_them_never_b
     assert await unread(client, ALICE) == {"general": 0}
     # Bob's own list counts Alice's messages, not his.
     assert await unread(client, BOB) == {"general": 0}
+
+
+@pytest.mark.parametrize("webhooks", [False, True], ids=["plain", "webhooks"])
+async def test_a_message_reads_its_room_up_to_it_with_a_key_and_webhook_events_beside(
+    make_app: Any, aiohttp_client: Any, redis: Any, webhooks: bool
+) -> None:
+    # On one Redis the publish script also reads the room up to the message:
+    # beside an idempotency record and a webhook event, each in its place.
+    hooks = {"webhook_url": "http://127.0.0.1:9/hook", "webhook_secret": "s" * 32}
+    client = await app_client(make_app, aiohttp_client, **(hooks if webhooks else {}))
+    await post(client, "general", "bob 1", BOB)
+    await post(client, "general", "bob 2", BOB)
+    keyed = {**ALICE, "Idempotency-Key": "alice-1"}
+    mine = await post(client, "general", "hi bob", keyed)
+    assert await unread(client, ALICE) == {"general": 0}
+    record = idempotency_record_key("general", "alice", "alice-1")
+    assert await redis.type(record) in ("string", b"string")
+    bobs = await post(client, "general", "bob 3", BOB)
+    # The retry is the same message, stores nothing and moves nothing back.
+    async with client.post(
+        "/api/rooms/general/messages", json={"text": "hi bob"}, headers=keyed
+    ) as resp:
+        assert resp.status == 201 and resp.headers["Idempotent-Replayed"] == "true"
+        assert (await resp.json())["message"]["id"] == mine["id"]
+    assert await my_rooms(client, ALICE) == [{"room": "general", "last_message": bobs, "unread": 1}]
+    events = await redis.xlen(outbox_key("general"))
+    assert events == (4 if webhooks else 0)
 
 
 async def test_messages_the_backend_posts_as_the_user_are_not_unread_to_it(

@@ -40,6 +40,7 @@ from .publish import (
     publish_call,
     published_message,
 )
+from .read_marks import ReadMark
 from .room_registry import RoomRegistry
 
 # The predecessor of an entry stored without "p": the entry before it, or,
@@ -97,8 +98,11 @@ class Broker:
         key: str | None,
         *,
         may_create: bool = True,
+        read_mark: ReadMark | None = None,
     ) -> tuple[Message, bool]:
-        """Store and publish a message; True with it when it was stored now.
+        """Store and publish a message; True with it when it was stored now
+        (and, with ``read_mark``, its room read up to it by its user, see
+        :func:`~server.store.publish.publish_call`).
 
         Unless ``may_create``, a message that would create the room raises
         :class:`NewRoom` and nothing is stored.
@@ -108,7 +112,7 @@ class Broker:
         ``room_ttl_s``, if shorter), that message is returned with False, and
         nothing is stored or published. Atomic, in one round trip.
         """
-        call = self._publish_call(room, user_id, name, text, key, may_create)
+        call = self._publish_call(room, user_id, name, text, key, may_create, read_mark)
         batch = Batch(self.redis)
         reply = batch.scripts([(self._publish, call.keys, call.args)], _only)
         await batch.run()
@@ -152,7 +156,14 @@ class Broker:
         return outcomes
 
     def _publish_call(
-        self, room: str, user_id: str, name: str, text: str, key: str | None, may_create: bool
+        self,
+        room: str,
+        user_id: str,
+        name: str,
+        text: str,
+        key: str | None,
+        may_create: bool,
+        read_mark: ReadMark | None = None,
     ) -> PublishCall:
         return publish_call(
             room,
@@ -164,6 +175,7 @@ class Broker:
             history_len=self.history_len,
             room_ttl_s=self.room_ttl_s,
             outbox=self.outbox if self._created else None,
+            read_mark=read_mark,
         )
 
     async def published_with(self, room: str, user_id: str, key: str) -> Message | None:

@@ -20,6 +20,7 @@ from ..core.model import Message
 from ..core.wire import parse_json, to_json
 from .keys import changes_key, channel, idempotency_record_key, stream_key
 from .outbox import OUTBOX_LUA, Outbox
+from .read_marks import MARK_LUA, ReadMark
 
 # Append to the stream and publish "m", the previous id, the new id and the
 # message body, in one step: no other message of the room can come between.
@@ -39,14 +40,22 @@ from .outbox import OUTBOX_LUA, Outbox
 #
 # With a webhook for message.created, ARGV[11] is the message's JSON after
 # its id, ARGV[12] where the outbox keys start in KEYS (then there is no
-# idempotency record when it is 3), ARGV[13] the room: the event is written
+# idempotency record when it is 3, as for ARGV[14]), ARGV[13] the room: the event is written
 # with the message (see server.store.outbox).
+#
+# With ARGV[14], where the user's rooms and read positions start in KEYS (on
+# one Redis only: they are in the user's slot), the room is read up to the
+# message, as server.store.read_marks does (ARGV[15] to ARGV[18]: the room,
+# now in ms, the keys' lifetime, the most rooms kept; ARGV[11] to ARGV[13]
+# are then placeholders without a webhook). The message stands if that fails.
 PUBLISH_SCRIPT = (
     OUTBOX_LUA
+    + MARK_LUA
     + """
 local idem = KEYS[3]
 local hook = tonumber(ARGV[12] or '0')
-if hook == 3 then idem = nil end
+local mark = tonumber(ARGV[14] or '0')
+if hook == 3 or mark == 3 then idem = nil end
 if idem then
   local published = redis.call('GET', idem)
   if published then return {published} end
@@ -70,6 +79,9 @@ if hook > 0 then
   outbox_write(KEYS[hook], KEYS[hook + 1], ARGV[13], 'message.created',
     '{"id":"' .. id .. '",' .. ARGV[11], ARGV[5])
 end
+if mark > 0 then
+  pcall(mark_read, KEYS[mark], KEYS[mark + 1], ARGV[15], id, ARGV[16], ARGV[17], ARGV[18])
+end
 return {id, prev}
 """
 )
@@ -92,9 +104,12 @@ def publish_call(
     history_len: int,
     room_ttl_s: int,
     outbox: Outbox | None,
+    read_mark: ReadMark | None = None,
 ) -> PublishCall:
     """The publish script's keys and arguments for one message (``outbox``:
-    where its ``message.created`` event goes, if anywhere)."""
+    where its ``message.created`` event goes, if anywhere; ``read_mark``: the
+    user's keys and arguments to read the room up to it, on one Redis, see
+    :meth:`~server.store.read_marks.ReadMarks.with_publish`)."""
     ts = time.time()
     body = to_json([user_id, name, text, ts])
     keys = [stream_key(room), changes_key(room)]
@@ -118,6 +133,11 @@ def publish_call(
         "1" if may_create else "0",
         *hook,
     ]
+    if read_mark is not None:
+        mark_keys, mark_args = read_mark
+        args += [] if hook else ["", 0, ""]
+        args += [len(keys) + 1, *mark_args]
+        keys.extend(mark_keys)
     return PublishCall(keys, args, (room, user_id, name, text, ts))
 
 

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from ..core.model import Message
 from . import failures, scripts
@@ -39,16 +40,20 @@ from .keys import changes_key, read_positions_key, stream_key, user_rooms_key
 log = logging.getLogger(__name__)
 
 ROOMS_MAX = 100  # rooms kept per user, and listed
+# What the publish script takes to read a room up to the message it stores:
+# the user's keys, and its arguments (see ReadMarks.with_publish).
+ReadMark = tuple[list[str], list[Any]]
 UNREAD_MAX = 100  # unread counts stop here ("100+" beyond)
 UNREAD_SCAN = 1000  # entries a count reads at most (a lower bound past them)
 LAST_SCAN = 200  # entries read back, at most, for a room's newest message
 
-# KEYS[1]: the user's rooms, KEYS[2]: its read positions. ARGV: [1] the
-# room, [2] the position (an id), [3] now (ms), [4] the keys' lifetime (s),
-# [5] the most rooms kept. Moves the position forward (never back) and the
-# room's activity to now; trims the oldest rooms past the most. Returns the
-# position kept.
-_MARK_SCRIPT = """
+# mark_read(rooms, positions, room, position, now, ttl, most): in the
+# user's rooms (a sorted set) and read positions (a hash), moves the room's
+# position forward to ``position`` (never back) and its activity to ``now``
+# (ms); trims the oldest rooms past ``most``; both keys then live ``ttl``
+# seconds. Returns the position kept. (Also run by the publish script on one
+# Redis: see server.store.publish.)
+MARK_LUA = """
 local function older(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
@@ -57,22 +62,29 @@ local function older(a, b)
   if #as ~= #bs then return #as < #bs end
   return as < bs
 end
-local kept = redis.call('HGET', KEYS[2], ARGV[1])
-if not kept or older(kept, ARGV[2]) then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-  kept = ARGV[2]
+local function mark_read(rooms, positions, room, position, now, ttl, most)
+  local kept = redis.call('HGET', positions, room)
+  if not kept or older(kept, position) then
+    redis.call('HSET', positions, room, position)
+    kept = position
+  end
+  redis.call('ZADD', rooms, now, room)
+  local over = redis.call('ZCARD', rooms) - tonumber(most)
+  if over > 0 then
+    local gone = redis.call('ZRANGE', rooms, 0, over - 1)
+    redis.call('ZREMRANGEBYRANK', rooms, 0, over - 1)
+    redis.call('HDEL', positions, unpack(gone))
+  end
+  redis.call('EXPIRE', rooms, ttl)
+  redis.call('EXPIRE', positions, ttl)
+  return kept
 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[5])
-if over > 0 then
-  local gone = redis.call('ZRANGE', KEYS[1], 0, over - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
-  redis.call('HDEL', KEYS[2], unpack(gone))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return kept
 """
+# KEYS: the user's rooms and read positions. ARGV: the room, the position
+# (an id), now (ms), the keys' lifetime (s), the most rooms kept.
+_MARK_SCRIPT = (
+    MARK_LUA + "return mark_read(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
+)
 
 # KEYS[1]: the room's stream, KEYS[2]: its changes hash. ARGV: [1] the read
 # position ('0-0': none), [2] the user, [3] the most counted, [4] the most
@@ -144,12 +156,21 @@ class RoomState:
 class ReadMarks:
     """The users' rooms and read positions, in Redis."""
 
-    __slots__ = ("_mark", "_state", "anonymous_ttl_s", "new_ttl_s", "redis", "signed_in_ttl_s")
+    __slots__ = (
+        "_mark",
+        "_state",
+        "anonymous_ttl_s",
+        "cluster",
+        "new_ttl_s",
+        "redis",
+        "signed_in_ttl_s",
+    )
 
     def __init__(
         self, redis: aioredis.Redis, *, anonymous_ttl_s: int, new_ttl_s: int, signed_in_ttl_s: int
     ) -> None:
         self.redis = redis
+        self.cluster = isinstance(redis, RedisCluster)
         # An anonymous user lasts as long as its session: one nobody used
         # again yet lives new_ttl_s.
         self.anonymous_ttl_s = anonymous_ttl_s
@@ -171,23 +192,39 @@ class ReadMarks:
         """Read up to ``position`` (a formatted id) in ``room``, in ``batch``:
         the position kept (this one, or a newer one kept before). ``new``:
         the user's session was just made."""
-        ttl_s = self.signed_in_ttl_s if signed_in else self.anonymous_ttl_s
-        if new:
-            ttl_s = min(ttl_s, self.new_ttl_s)
         keys = [user_rooms_key(user_id), read_positions_key(user_id)]
-        args = [room, position, int(time.time() * 1000), ttl_s, ROOMS_MAX]
+        args = [room, position, int(time.time() * 1000), self._ttl_s(signed_in, new), ROOMS_MAX]
         return batch.scripts([(self._mark, keys, args)], lambda replies: str(replies[0]))
 
+    def with_publish(
+        self, user_id: str, room: str, *, signed_in: bool, new: bool, backend: bool
+    ) -> ReadMark | None:
+        """What the publish script needs to read the room up to the message
+        it stores (its keys, and the room, now, the lifetime and the most
+        rooms): on one Redis, where a script may touch the user's keys and
+        the room's, this spares :meth:`posted` its round trip. None on a
+        cluster, where they are in different slots, and for the ``backend``
+        (nothing to mark, as in :meth:`posted`)."""
+        if self.cluster or backend:
+            return None
+        keys = [user_rooms_key(user_id), read_positions_key(user_id)]
+        return keys, [room, int(time.time() * 1000), self._ttl_s(signed_in, new), ROOMS_MAX]
+
+    def _ttl_s(self, signed_in: bool, new: bool) -> int:
+        ttl_s = self.signed_in_ttl_s if signed_in else self.anonymous_ttl_s
+        return min(ttl_s, self.new_ttl_s) if new else ttl_s
+
     async def posted(
-        self, user_id: str, message: Message, *, signed_in: bool, new: bool, backend: bool
+        self, user_id: str, message: Message, signed_in: bool, *, new: bool, backend: bool
     ) -> None:
         """The user posted ``message``: its room is read up to it (not when
         the application's ``backend`` posted it as the user).
 
         One round trip after the publish: the message's id is known only
         then, and the user's keys are in another slot than the room's (a
-        Redis Cluster runs no script across both). The message is stored
-        whatever happens here."""
+        Redis Cluster runs no script across both; on one Redis the publish
+        script marks it instead, see :meth:`with_publish`). The message is
+        stored whatever happens here."""
         if backend:
             return
         batch = Batch(self.redis)

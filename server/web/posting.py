@@ -10,13 +10,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ..common.metrics import Metrics
-from ..core.errors import (
-    BadRequest,
-    IdempotencyConflict,
-    NotFound,
-    RateLimited,
-    TooLarge,
-)
+from ..core.errors import BadRequest, IdempotencyConflict, NotFound, RateLimited, TooLarge
 from ..core.model import ROOM_RE, Message
 from ..core.wire import parse_json
 from ..store import failures
@@ -25,7 +19,7 @@ from ..store.broker import Broker
 from ..store.keys import key_used_in, name_key
 from ..store.publish import IDEMPOTENCY_TTL_S, NewRoom
 from ..store.ratelimit import Budget, Budgets, RateLimiter
-from ..store.read_marks import ReadMarks
+from ..store.read_marks import ReadMark, ReadMarks
 from . import write_checks
 from .sessions import User, keep_name
 
@@ -179,8 +173,12 @@ class Posting:
             name = user.name or (kept_name.value if kept_name else None)
             if name is None:  # (a key Redis lost: the session outlived it)
                 name = await keep_name(redis, user.user_id, None)
+            signed_in, backend = user.identity is not None, address is None
+            read_mark = self.read_marks.with_publish(  # (None: read_marks.posted does it)
+                user.user_id, room, signed_in=signed_in, new=user.is_new, backend=backend
+            )
             message, stored = await self._publish(
-                room, user.user_id, name, text, idempotency_key, address
+                room, user.user_id, name, text, idempotency_key, address, read_mark
             )
         except BaseException:
             await claim.give_up()
@@ -188,25 +186,32 @@ class Posting:
         if stored:
             self.metrics.published(time.monotonic() - arrived)
             self.broker.rooms.touch(room)
-            await self.read_marks.posted(
-                user.user_id,
-                message,
-                signed_in=user.identity is not None,
-                new=user.is_new,
-                backend=address is None,
-            )
+            if read_mark is None:
+                marks = self.read_marks
+                await marks.posted(
+                    user.user_id, message, signed_in, new=user.is_new, backend=backend
+                )
             return message, False
         await limiter.give_back(*charges)
         return message, True
 
     async def _publish(
-        self, room: str, user_id: str, name: str, text: str, key: str | None, address: str | None
+        self,
+        room: str,
+        user_id: str,
+        name: str,
+        text: str,
+        key: str | None,
+        address: str | None,
+        read_mark: ReadMark | None,
     ) -> tuple[Message, bool]:
         """Store the message; a room with no history is a new room, charged
         to the address (not the backend's), and registered before it is made."""
-        broker = self.broker
+        broker, mark = self.broker, read_mark
         try:
-            return await broker.publish_once(room, user_id, name, text, key, may_create=False)
+            return await broker.publish_once(
+                room, user_id, name, text, key, may_create=False, read_mark=mark
+            )
         except NewRoom:
             if address is not None:
                 verdict = await self.limiter.take((self.budgets.address_rooms, address))
@@ -215,7 +220,7 @@ class Posting:
                         "too many new rooms from this address; slow down", retry_after=verdict.wait
                     ) from None
             await broker.rooms.register([room])
-            return await broker.publish_once(room, user_id, name, text, key)
+            return await broker.publish_once(room, user_id, name, text, key, read_mark=mark)
 
 
 class Claim:
