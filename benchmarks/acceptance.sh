@@ -42,7 +42,7 @@ run idle-mixed --scenario idle --subscribers 20000 --transport mixed "$@"
 run storm --scenario storm --subscribers 2000 --transport mixed \
     --targets chat,chat-signed,bare,socketio "$@"
 # (f) publishing as fast as 50 and 400 connections can: browser POST and server API
-run publish --scenario publish --connections 50,400 --duration 10 \
+run publish --scenario publish --connections 50,400 --duration 10 --rounds 3 \
     --targets chat,chat-api,bare,socketio "$@"
 # (g) 100 msg/s to 100 WebSocket streams: webhooks on, and the server API
 run fanout-variants --scenario fanout --subscribers 100 --transport ws --rate 100 \

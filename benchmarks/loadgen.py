@@ -62,7 +62,7 @@ The acceptance figures (run on a quiet machine; each run takes minutes)::
         --json benchmarks/results/idle-mixed.json
     python -m benchmarks.loadgen --scenario storm --subscribers 2000 --transport mixed \\
         --targets chat,chat-signed,bare,socketio --json benchmarks/results/storm.json
-    python -m benchmarks.loadgen --scenario publish --connections 50,400 --duration 10 \\
+    python -m benchmarks.loadgen --scenario publish --connections 50,400 --duration 10 --rounds 3 \\
         --targets chat,chat-api,bare,socketio --json benchmarks/results/publish.json
     python -m benchmarks.loadgen --scenario fanout --subscribers 100 --transport ws \\
         --rate 100 --duration 60 --rounds 4 --targets chat,chat-webhooks,chat-api \\

@@ -22,10 +22,12 @@ the load generator's clients serve it unchanged:
 listening socket; each runs on uvloop with ONE Redis pub/sub connection
 (``redis.asyncio``), subscribed to the channel of every room one of its
 clients has opened (never unsubscribed: the benchmark's rooms are few and
-fixed). Each message is encoded once per process, as a WebSocket frame and as
-an SSE chunk, and the same bytes are written with ``transport.write`` to every
-local connection of the room; a connection whose unsent data passes 4 MiB is
-aborted. Responses carry ``X-Bare-Pid`` (the worker's pid).
+fixed), and at most 64 connections for commands (a request waits for a
+free one, as in the chat server). Each message is encoded once per
+process, as a WebSocket frame and as an SSE chunk, and the same bytes are
+written with ``transport.write`` to every local connection of the room; a
+connection whose unsent data passes 4 MiB is aborted. Responses carry
+``X-Bare-Pid`` (the worker's pid).
 
 Run: ``python -m benchmarks.peer_bare --port 8082 --workers 2 --redis-url redis://127.0.0.1:6379/0``.
 When ready it prints ``peer-bare: serving http://HOST:PORT with N workers (pid P)``.
@@ -87,7 +89,11 @@ class Hub:
     """This process's rooms, its one pub/sub connection, and the fan-out."""
 
     def __init__(self, redis_url: str) -> None:
-        self.redis = aioredis.Redis.from_url(redis_url)
+        # At most 64 connections for commands, as the chat server's workers
+        # (a request waits for one; redis-py's default pool refuses past 100
+        # with MaxConnectionsError, a 500 far cheaper than a publish).
+        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=None)
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.pubsub = self.redis.pubsub()
         self.publish = self.redis.register_script(PUBLISH_LUA)
         self.rooms: dict[bytes, Room] = {}  # by channel

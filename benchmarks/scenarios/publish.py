@@ -11,8 +11,9 @@ server's CPU per message (a message's cost, the few deliveries included),
 Redis', and the load generator's own CPU: it shares the cores with the
 server, and at hundreds of connections it may be what limits the rate.
 
-Acceptance figure: ``--connections 50,400 --duration 10 --targets
-chat,chat-api,bare,socketio``.
+Acceptance figure: ``--connections 50,400 --duration 10 --rounds 3
+--targets chat,chat-api,bare,socketio`` (a 10-s rate moves by 10 % and
+more between two runs of the same server on this machine).
 """
 
 from __future__ import annotations
