@@ -171,9 +171,13 @@ async def test_others_get_typing_on_sse_and_ws_on_both_workers_and_the_typer_doe
             assert other.typing == [{"user_id": "alice", "name": "Alice"}]
         assert [own.typing for own in alices] == [[], [], []]
         # Over a WebSocket frame: no answer when it is sent; the others get it.
+        # (Nothing says when it went out: the marker is posted once it has
+        # arrived, else the marker could overtake it.)
         bob_ws = bobs[2].socket
         assert bob_ws is not None
         await bob_ws.send_json({"type": "typing"})
+        for other in alices:
+            await other.wait_for(lambda s: bool(s.typing))
         await post(session, "after bob typed", CAROL)
         for own in (*bobs, *alices):
             await own.wait_text("after bob typed")
