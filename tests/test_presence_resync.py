@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -19,6 +21,7 @@ import pytest
 import redis as sync_redis
 
 from harness.redis_servers import RedisProcess, command
+from server.store.clients import CLIENT_OPTIONS
 from server.store.keys import user_connections_key
 
 from .support import ServerProcess, sse_collector, user
@@ -128,4 +131,39 @@ async def test_a_room_the_worker_comes_back_to_drops_what_redis_brought_back(
                 assert await online(later) == {later_id}
         assert "Traceback" not in server.log()
     finally:
+        redis.cleanup()
+
+
+async def test_a_leave_cut_off_by_a_hung_redis_is_written_once_it_answers_again(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """Redis stops answering (SIGSTOP: frozen, its socket still open) while a
+    stream closes, for longer than the workers' Redis timeout: the leave fails,
+    the worker takes its presence to be out of step, and writes it again at
+    the first heartbeat Redis answers. The room then lists who is there."""
+    redis = RedisProcess()
+    redis.start()
+    hung_s = float(CLIENT_OPTIONS["socket_timeout"]) + 3  # (the fault: past the timeout)
+    try:
+        server = start_server(redis_url=redis.url, workers=1, env={"CHAT_HEARTBEAT_S": "2"})
+        async with user(server.url) as stays, user(server.url) as leaves:
+            stays_id, leaves_id = await user_id(stays), await user_id(leaves)
+            stream = f"{ROOM}/events"
+            async with sse_collector(stays, stream) as watching:
+                async with sse_collector(leaves, stream):
+                    await until_online(stays, {stays_id, leaves_id}, 10)
+                    os.kill(redis.pid, signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(hung_s)
+                finally:
+                    os.kill(redis.pid, signal.SIGCONT)
+                await until_logged(server, "presence written again in 1 rooms", 15)
+                await until_online(stays, {stays_id}, 10)
+                # The one who stayed was told, on its stream.
+                await watching.wait_for(
+                    lambda c: [u["user_id"] for u in c.presence[-1]] == [stays_id]
+                )
+        assert "Traceback" not in server.log()
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
         redis.cleanup()
