@@ -261,21 +261,19 @@ def short_label(label: str) -> str:
     return re.sub(r" [(][^)]*[)]$", "", label)
 
 
-def compared(results: dict[str, Any], name: str, key: str, goal: float | None) -> str:
-    """``<variant>/chat`` for one figure, and whether it met its goal."""
-    text = ratio(results[name], results[OURS], key)
-    base, value = results[OURS].get(key), results[name].get(key)
-    if goal is not None and isinstance(base, (int, float)) and base > 0:
-        met = isinstance(value, (int, float)) and value <= goal * base
-        text += f" (goal {goal:.1f}: {'met' if met else 'missed'})"
-    return text
-
-
-def compared_rounds(
+def compared(
     rounds: Sequence[dict[str, Any]], name: str, key: str, goal: float | None, base: str = OURS
 ) -> str:
-    """``<name>/<base>`` for one figure measured in several rounds: the median
-    of the rounds' ratios, their range, and whether the median met its goal."""
+    """``<name>/<base>`` for one figure, and whether it met its goal; measured
+    in several rounds, the median of the rounds' ratios, and their range."""
+    if len(rounds) == 1:
+        results = rounds[0]
+        text = ratio(results[name], results[base], key)
+        under, value = results[base].get(key), results[name].get(key)
+        if goal is not None and isinstance(under, (int, float)) and under > 0:
+            met = isinstance(value, (int, float)) and value <= goal * under
+            text += f" (goal {goal:.1f}: {'met' if met else 'missed'})"
+        return text
     quotients = []
     for results in rounds:
         under, value = results[base].get(key), results[name].get(key)
@@ -309,12 +307,7 @@ def variant_figures(run: dict[str, Any], name: str, spec: Variant) -> str:
     for label, same in cases.items():
         rounds = [case["results"] for case in same]
         texts = [
-            f"{short_label(metrics[key][0])} "
-            + (
-                compared(rounds[0], name, key, goal)
-                if len(rounds) == 1
-                else compared_rounds(rounds, name, key, goal)
-            )
+            f"{short_label(metrics[key][0])} {compared(rounds, name, key, goal)}"
             for key, goal in spec.figures[run["scenario"]]
             if key in metrics
         ]
@@ -322,11 +315,7 @@ def variant_figures(run: dict[str, Any], name: str, spec: Variant) -> str:
         if twin and all(measured(r.get(twin)) and measured(r.get(BARE)) for r in rounds):
             texts += [
                 f"{twin}/{BARE} under the same load: {short_label(metrics[key][0])} "
-                + (
-                    ratio(rounds[0][twin], rounds[0][BARE], key)
-                    if len(rounds) == 1
-                    else compared_rounds(rounds, twin, key, None, BARE)
-                )
+                f"{compared(rounds, twin, key, None, BARE)}"
                 for key, _ in spec.figures[run["scenario"]]
                 if key in metrics
             ]

@@ -20,6 +20,7 @@ get their predecessor from the stream, or from Redis 7's
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,7 +37,6 @@ from .outbox import Outbox
 from .publish import (
     PUBLISH_SCRIPT,
     NewRoom,
-    PublishCall,
     publish_call,
     published_message,
 )
@@ -81,6 +81,13 @@ class Broker:
         # The rooms with history: a room is registered before it is created.
         self.rooms = RoomRegistry(redis, room_ttl_s=room_ttl_s)
         self._publish = scripts.register(redis, PUBLISH_SCRIPT)
+        # A message's keys and arguments for that script, with this broker's settings.
+        self._publish_call = functools.partial(
+            publish_call,
+            history_len=history_len,
+            room_ttl_s=room_ttl_s,
+            outbox=outbox if self._created else None,
+        )
         self._predecessor = redis.register_script(_PREDECESSOR_SCRIPT)
         self._history = redis.register_script(history.HISTORY)
         self._history_after = redis.register_script(history.HISTORY_AFTER)
@@ -112,7 +119,9 @@ class Broker:
         ``room_ttl_s``, if shorter), that message is returned with False, and
         nothing is stored or published. Atomic, in one round trip.
         """
-        call = self._publish_call(room, user_id, name, text, key, may_create, read_mark)
+        call = self._publish_call(
+            room, user_id, name, text, key, may_create=may_create, read_mark=read_mark
+        )
         batch = Batch(self.redis)
         reply = batch.scripts([(self._publish, call.keys, call.args)], _only)
         await batch.run()
@@ -135,7 +144,10 @@ class Broker:
         """:meth:`publish_once` in each of ``rooms``, in one round trip: each
         room's outcome, or what refused it there (:class:`NewRoom`, or an
         error of Redis, such as a full one), in the order of ``rooms``."""
-        calls = [self._publish_call(room, user_id, name, text, key, may_create) for room in rooms]
+        calls = [
+            self._publish_call(room, user_id, name, text, key, may_create=may_create)
+            for room in rooms
+        ]
         pipe = self.redis.pipeline(transaction=False)
         sha = self._publish.sha
         for call in calls:
@@ -154,29 +166,6 @@ class Broker:
         if self._created and self.outbox is not None:
             await self.outbox.written(*rooms)
         return outcomes
-
-    def _publish_call(
-        self,
-        room: str,
-        user_id: str,
-        name: str,
-        text: str,
-        key: str | None,
-        may_create: bool,
-        read_mark: ReadMark | None = None,
-    ) -> PublishCall:
-        return publish_call(
-            room,
-            user_id,
-            name,
-            text,
-            key,
-            may_create=may_create,
-            history_len=self.history_len,
-            room_ttl_s=self.room_ttl_s,
-            outbox=self.outbox if self._created else None,
-            read_mark=read_mark,
-        )
 
     async def published_with(self, room: str, user_id: str, key: str) -> Message | None:
         """The message ``user_id`` published with idempotency ``key``, if it is remembered."""

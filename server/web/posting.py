@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -207,11 +208,12 @@ class Posting:
     ) -> tuple[Message, bool]:
         """Store the message; a room with no history is a new room, charged
         to the address (not the backend's), and registered before it is made."""
-        broker, mark = self.broker, read_mark
+        broker = self.broker
+        publish = functools.partial(
+            broker.publish_once, room, user_id, name, text, key, read_mark=read_mark
+        )
         try:
-            return await broker.publish_once(
-                room, user_id, name, text, key, may_create=False, read_mark=mark
-            )
+            return await publish(may_create=False)
         except NewRoom:
             if address is not None:
                 verdict = await self.limiter.take((self.budgets.address_rooms, address))
@@ -220,7 +222,7 @@ class Posting:
                         "too many new rooms from this address; slow down", retry_after=verdict.wait
                     ) from None
             await broker.rooms.register([room])
-            return await broker.publish_once(room, user_id, name, text, key, read_mark=mark)
+            return await publish()
 
 
 class Claim:
