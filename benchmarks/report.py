@@ -112,7 +112,8 @@ The targets
   else: what a room that shows nobody typing needs), without a cookie (it
   gives no sessions). It cannot edit, so all its requests are new messages:
   as many deliveries as chat-features. bare-typing/bare is what that typing
-  costs the least server, the yardstick for chat-features/chat.
+  costs the least server, the yardstick for chat-features/chat: its goal
+  is on chat-features/chat over bare-typing/bare, round by round.
 - **bare**: ``benchmarks/peer_bare.py``, the Python ceiling: the least an
   aiohttp server on uvloop can do to deliver chat messages through Redis. N
   forked processes share one listening socket, each with one Redis pub/sub

@@ -69,7 +69,9 @@ class Variant:
     own: tuple[str, ...] = ()
     rate: bool = False  # the run's publishing rate matters to the goal
     # The bare broadcaster under the same load, where the run has it: its
-    # figures over bare's beside the variant's over chat's (no goal of its own).
+    # figures over bare's beside the variant's over chat's, and the goals then
+    # judge the variant's ratio over its twin's (what bare itself pays for the
+    # same load is no cost of ours).
     twin: str | None = None
 
 
@@ -261,12 +263,27 @@ def short_label(label: str) -> str:
     return re.sub(r" [(][^)]*[)]$", "", label)
 
 
+def quotient(results: dict[str, Any], name: str, base: str, key: str) -> float | None:
+    """``<name>/<base>`` for one figure of one round; None where either lacks it."""
+    under, value = results[base].get(key), results[name].get(key)
+    if isinstance(under, (int, float)) and isinstance(value, (int, float)) and under > 0:
+        return value / under
+    return None
+
+
 def compared(
-    rounds: Sequence[dict[str, Any]], name: str, key: str, goal: float | None, base: str = OURS
+    rounds: Sequence[dict[str, Any]],
+    name: str,
+    key: str,
+    goal: float | None,
+    base: str = OURS,
+    twin: str | None = None,
 ) -> str:
     """``<name>/<base>`` for one figure, and whether it met its goal; measured
-    in several rounds, the median of the rounds' ratios, and their range."""
-    if len(rounds) == 1:
+    in several rounds, the median of the rounds' ratios, and their range. With
+    a twin, each round's ratio is divided by ``<twin>/bare`` of the same round:
+    what the variant adds to chat over what the same load adds to bare."""
+    if len(rounds) == 1 and twin is None:
         results = rounds[0]
         text = ratio(results[name], results[base], key)
         under, value = results[base].get(key), results[name].get(key)
@@ -276,17 +293,19 @@ def compared(
         return text
     quotients = []
     for results in rounds:
-        under, value = results[base].get(key), results[name].get(key)
-        if isinstance(under, (int, float)) and isinstance(value, (int, float)) and under > 0:
-            quotients.append(value / under)
+        mine = quotient(results, name, base, key)
+        yardstick = quotient(results, twin, BARE, key) if twin else 1.0
+        if mine is not None and yardstick:
+            quotients.append(mine / yardstick)
     if not quotients:
         return "n/a"
     middle = statistics.median(quotients)
+    verdict = f"goal {goal:.1f}: {'met' if middle <= goal else 'missed'}" if goal else ""
+    if len(quotients) == 1:
+        return f"{middle:.2f}" + (f" ({verdict})" if verdict else "")
     text = f"{middle:.2f} (median of {len(quotients)} rounds, {min(quotients):.2f} to "
     text += f"{max(quotients):.2f}"
-    if goal is not None:
-        text += f"; goal {goal:.1f}: {'met' if middle <= goal else 'missed'}"
-    return text + ")"
+    return text + (f"; {verdict})" if verdict else ")")
 
 
 def own_figure(rounds: Sequence[dict[str, Any]], name: str, key: str, fmt: str) -> str:
@@ -306,18 +325,28 @@ def variant_figures(run: dict[str, Any], name: str, spec: Variant) -> str:
     parts = []
     for label, same in cases.items():
         rounds = [case["results"] for case in same]
-        texts = [
-            f"{short_label(metrics[key][0])} {compared(rounds, name, key, goal)}"
-            for key, goal in spec.figures[run["scenario"]]
-            if key in metrics
-        ]
+        figures = [(key, goal) for key, goal in spec.figures[run["scenario"]] if key in metrics]
         twin = spec.twin
         if twin and all(measured(r.get(twin)) and measured(r.get(BARE)) for r in rounds):
+            # The goal is on what the variant adds over what its twin adds to bare.
+            texts = [
+                f"{short_label(metrics[key][0])} {compared(rounds, name, key, None)}"
+                for key, _ in figures
+            ]
             texts += [
                 f"{twin}/{BARE} under the same load: {short_label(metrics[key][0])} "
                 f"{compared(rounds, twin, key, None, BARE)}"
-                for key, _ in spec.figures[run["scenario"]]
-                if key in metrics
+                for key, _ in figures
+            ]
+            texts += [
+                f"{name}/{OURS} over {twin}/{BARE}: {short_label(metrics[key][0])} "
+                f"{compared(rounds, name, key, goal, twin=twin)}"
+                for key, goal in figures
+            ]
+        else:
+            texts = [
+                f"{short_label(metrics[key][0])} {compared(rounds, name, key, goal)}"
+                for key, goal in figures
             ]
         texts += [
             f"{metrics[key][0]} {own_figure(rounds, name, key, metrics[key][2])}"
