@@ -142,11 +142,11 @@ async def test_replays_beyond_the_workers_slots_wait_their_turn_and_each_gets_ev
     backend.read_gate = asyncio.Event()
     hub = make_hub(backend, replays=2)
     subs = []
-    for n in range(5):
+    for n in range(5):  # (each from its own id: replays from the same one share a read)
         sink = MemorySink()
-        sub = await hub.subscribe("r", f"u-{n}", (0, 0))
+        sub = await hub.subscribe("r", f"u-{n}", (n, 0))
         sub.attach(sink)
-        subs.append((sub, sink))
+        subs.append((sub, sink, n))
     async with asyncio.timeout(2):
         while backend.reading < 2:
             await asyncio.sleep(0.001)
@@ -157,9 +157,9 @@ async def test_replays_beyond_the_workers_slots_wait_their_turn_and_each_gets_ev
     backend.history["r"].append(message(stored + 1))
     hub.dispatch("r", [message(stored + 1)])
     backend.read_gate.set()
-    for sub, sink in subs:
+    for sub, sink, since in subs:
         await settled(sub)
-        assert sink.story == [f"{n}-0" for n in range(1, stored + 2)]
+        assert sink.story == [f"{n}-0" for n in range(since + 1, stored + 2)]
     assert backend.most_reading == 2
 
 

@@ -23,7 +23,7 @@ from .backend import Backend
 from .close_reason import MODERATION, CloseReason
 from .ids import MessageId
 from .model import Message, Online, Presence
-from .replay import REPLAY_PAGE
+from .replay import REPLAY_PAGE, SharedPages
 from .subscription import VISIT_BATCH, Subscription
 from .typing_notices import TypingNotice
 
@@ -69,6 +69,8 @@ class Hub:
         # the messages in a page.
         self.replays = asyncio.Semaphore(replays)
         self.replay_page = replay_page
+        # Read once for replays that ask for the same; as many kept as slots.
+        self.pages = SharedPages(backend.read_after, most=replays)
         self.rooms: dict[str, Room] = {}
         self._joining: dict[str, asyncio.Task[Room]] = {}
         self.closing = False

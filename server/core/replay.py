@@ -25,23 +25,85 @@ unknown is announced as a gap, as is one whose ``prev`` is newer than the
 resume id. Resuming from ``(0, 0)`` says the client has seen nothing of the
 room: it gets the whole history, announced as a gap when that no longer
 starts at the room's first message.
+
+Shared pages: clients that come back together (a reload, a network that
+dropped them all) mostly resume from the same id, the last message they all
+got. A page is read once for all of them (:class:`SharedPages`): the same
+messages, parsed and encoded once, while nothing newer was dispatched in
+the room. Such a page holds every message up to the room's cursor when it
+was read, which is all a replay needs as long as the cursor has not moved
+(what comes later reaches each connection's queue live).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .ids import FIRST_ID, MessageId
 from .model import Message
 
 if TYPE_CHECKING:
+    from .hub import Room
     from .subscription import Subscription
 
 # Messages read per replay page, and the most characters of text a page may
 # hold: with longer messages allowed, pages have fewer of them.
 REPLAY_PAGE = 100
 REPLAY_PAGE_CHARS = 200_000
+
+
+# How long a page read for one replay serves others (while the room's cursor
+# stays), and by default the most pages a worker keeps for that at once.
+PAGE_KEEP_S = 1.0
+PAGES_KEPT = 16
+
+# Reads up to ``count`` messages of a room after an id (the backend's read_after).
+PageReader = Callable[[str, MessageId, int], Coroutine[Any, Any, list[Message]]]
+
+
+class SharedPages:
+    """Pages of history, each read once for every replay that asks for it.
+
+    A page is known by its room, the room's cursor when it was asked for,
+    the id it starts after and its size: a replay asking for the same while
+    the cursor has not moved shares the read (under way, or done within
+    ``keep_s``). At most ``most`` pages are kept; past that a replay reads
+    its own. A read that fails is not kept: each replay waiting on it gets
+    the failure, and the next one reads again.
+    """
+
+    def __init__(self, read: PageReader, keep_s: float = PAGE_KEEP_S, most: int = PAGES_KEPT):
+        self._read = read
+        self.keep_s = keep_s
+        self.most = most
+        self._pages: dict[tuple[str, MessageId, MessageId, int], asyncio.Task[list[Message]]] = {}
+
+    async def read(self, room: Room, after: MessageId, count: int) -> list[Message]:
+        """Up to ``count`` messages of ``room`` after ``after`` (shared: not to be changed)."""
+        key = (room.name, room.cursor, after, count)
+        task = self._pages.get(key)
+        if task is None:
+            if len(self._pages) >= self.most:
+                return await self._read(room.name, after, count)
+            task = asyncio.get_running_loop().create_task(self._read(room.name, after, count))
+            self._pages[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+        # (One replay going away does not cancel the read the others wait for.)
+        return await asyncio.shield(task)
+
+    def _done(self, key: tuple[str, MessageId, MessageId, int], task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._forget(key, task)
+        else:
+            asyncio.get_running_loop().call_later(self.keep_s, self._forget, key, task)
+
+    def _forget(self, key: tuple[str, MessageId, MessageId, int], task: asyncio.Task[Any]) -> None:
+        if self._pages.get(key) is task:
+            del self._pages[key]
 
 
 def replay_page(message_max_chars: int) -> int:
@@ -67,7 +129,7 @@ async def replay(sub: Subscription) -> None:
             async with hub.replays:
                 if sub.closed:
                     return
-                page = collections.deque(await hub.backend.read_after(room.name, sub.last_id, size))
+                page = collections.deque(await hub.pages.read(room, sub.last_id, size))
                 last_page = len(page) < size
                 while page and not sub.closed:
                     message = page[0]
