@@ -62,7 +62,11 @@ def make_subscribers(
     kinds_rooms: Sequence[tuple[str, str]],
     recorder: Recorder,
     placement: Placement | None,
+    *,
+    keep_cookie: bool = False,
 ) -> list[Subscriber]:
+    """A subscriber for each (kind, room); ``keep_cookie``: each reconnects
+    with the session cookie it was given, as a browser does."""
     addresses = sources(opts, len(kinds_rooms))
     endpoint = target.endpoint()
     return [
@@ -75,6 +79,7 @@ def make_subscribers(
             source=addresses[i % len(addresses)],
             deflate=opts.deflate,
             token=endpoint.token(i),
+            keep_cookie=keep_cookie,
         )
         for i, (kind, room) in enumerate(kinds_rooms)
     ]

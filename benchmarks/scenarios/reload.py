@@ -5,7 +5,8 @@ The chat server: N streams open (``--connect-concurrency`` at a time) over
 published every 100 ms (``--rate``) to the rooms in turn, and after a second
 of it the main process gets SIGHUP: a rolling reload. Every client comes back
 50 ms after its stream ended (the benchmark's client: it does not wait for
-the SSE ``retry:``), resuming after the last id it saw. Measured from the
+the SSE ``retry:``), resuming after the last id it saw, with the session
+cookie it was given (the same visitor again, as a browser comes back). Measured from the
 SIGHUP: the time until every client is on a new worker, and until each has
 also received a message there (a room's next message comes up to
 ``rooms x 100 ms`` later); the messages published meanwhile (until a second
@@ -240,7 +241,7 @@ async def from_scratch(
     """The others: all the streams open at once while the messages go out."""
     opts = ctx.opts
     recorder = Recorder()
-    subs = make_subscribers(target, opts, kinds_rooms, recorder, None)
+    subs = make_subscribers(target, opts, kinds_rooms, recorder, None, keep_cookie=True)
     moves = Moves(subs, set())
     async with publishing(target, ctx, rooms[0]) as publisher:
         messages = Publishing(publisher, opts.rate, rooms)
