@@ -515,6 +515,48 @@ async def test_survivors_of_a_full_collection_are_frozen_until_enough_connection
     assert gc.get_freeze_count() == 0
 
 
+async def test_a_worker_counts_its_writes_of_counts_over_all_its_counted_rooms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from server.core import presence
+
+    # Two counted rooms of 100 local subscribers each, at 100 count writes a
+    # second for the worker: each room's count every 2 s at most (1 s each
+    # if the budget were a room's).
+    monkeypatch.setattr(presence, "COUNT_WRITES_PER_S", 100)
+    hub = make_hub(MemoryBackend())
+    for room in ("a", "b"):
+        for n in range(100):
+            (await hub.subscribe(room, f"u-{n}", None)).attach(MemorySink())
+    reads: dict[str, list[float]] = {"a": [], "b": []}
+    read = asyncio.Event()
+
+    async def reader(rooms: list[str], list_max: int) -> dict[str, tuple[None, int]]:
+        for room in rooms:
+            reads[room].append(time.monotonic())
+        read.set()
+        return {room: (None, 300 + len(reads[room])) for room in rooms}
+
+    announcer = presence.Announcer(hub, reader, list_max=200, failures=(OSError,))
+    try:
+        announcer.announce_soon("a")
+        announcer.announce_soon("b")
+        async with asyncio.timeout(5):
+            while not (reads["a"] and reads["b"]):
+                await read.wait()
+                read.clear()
+            await asyncio.sleep(0.1)  # (the counts are told)
+            announcer.announce_soon("a")
+            while len(reads["a"]) < 2:
+                await read.wait()
+                read.clear()
+    finally:
+        await announcer.close()
+    assert reads["a"][1] - reads["a"][0] >= 1.9, reads
+
+
 async def test_a_worker_holding_many_of_a_counted_room_tells_its_counts_less_often(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

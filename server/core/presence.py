@@ -7,7 +7,7 @@ presence and tells its local subscribers. Announcements are batched: a
 burst of joins in one room costs one read and one difference per batch,
 sent to each subscriber once. Rooms too big to list (counts only) are
 announced at most once a second, and less often where the worker holds
-thousands of their connections (see :data:`COUNT_WRITES_PER_S`).
+thousands of connections in such rooms (see :data:`COUNT_WRITES_PER_S`).
 
 A subscriber that has a snapshot gets only the difference; a change
 between listed and counted sends everyone a new snapshot.
@@ -34,9 +34,9 @@ PRESENCE_BATCH_S = 0.05  # rooms that list their users
 COUNT_BATCH_S = 1.0  # rooms that only count them
 # A new count goes to every local subscriber of the room: in a room of ten
 # thousand, ten thousand writes. Counts go out less often where a worker
-# holds more of the room's connections than this many a second (up to
+# holds more connections in counted rooms than this many a second (up to
 # COUNT_BATCH_MAX_S apart), so that they cost a worker at most that many
-# writes a second, however big the room.
+# writes a second, however big and however many the rooms.
 COUNT_WRITES_PER_S = 2000
 COUNT_BATCH_MAX_S = 10.0
 
@@ -66,12 +66,6 @@ async def tell(room: Room, online: Online | None, count: int) -> None:
             sub.deliver(new)
         if n % VISIT_BATCH == 0:
             await asyncio.sleep(0)
-
-
-def count_writes_s(room: Room) -> float:
-    """How long telling the room's local subscribers a new count takes of the
-    worker's budget of :data:`COUNT_WRITES_PER_S`."""
-    return len(room.subscriptions) / COUNT_WRITES_PER_S
 
 
 def difference(old: Presence, new: Presence) -> PresenceDiff | None:
@@ -108,6 +102,8 @@ class Announcer:
         self.failures = failures
         self._pending: dict[str, float] = {}  # room -> when to announce it
         self._last: dict[str, float] = {}  # room -> when it was last announced
+        # Local subscribers of rooms told counts only, as of the last announcement.
+        self._counted = 0
         self._wake = asyncio.Event()
         self._flush: asyncio.Task[None] | None = None
         self._closed = False
@@ -119,7 +115,10 @@ class Announcer:
         local = self.hub.rooms.get(room)
         delay = 0.0
         if local is not None and local.presence is not None and local.presence.online is None:
-            delay = min(COUNT_BATCH_MAX_S, max(COUNT_BATCH_S, count_writes_s(local)))
+            # Each counted room told once per this many seconds: as many
+            # writes a second in all as the worker's budget.
+            spread_s = self._counted / COUNT_WRITES_PER_S
+            delay = min(COUNT_BATCH_MAX_S, max(COUNT_BATCH_S, spread_s))
         now = time.monotonic()
         self._pending[room] = max(now + PRESENCE_BATCH_S, self._last.get(room, 0) + delay)
         self._wake.set()
@@ -163,3 +162,8 @@ class Announcer:
         presence = await self.read(rooms, self.list_max)
         for room, (online, count) in presence.items():
             await self.hub.set_presence(room, online, count)
+        self._counted = sum(
+            len(local.subscriptions)
+            for local in self.hub.rooms.values()
+            if local.presence is not None and local.presence.online is None
+        )
