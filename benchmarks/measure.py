@@ -165,13 +165,15 @@ async def connected(
     kinds_rooms: Sequence[tuple[str, str]],
     *,
     balance: bool = True,
+    keep_cookie: bool = False,
 ) -> AsyncIterator[Crowd]:
     """Open the streams (at most ``--connect-concurrency`` at a time) and keep them open
-    until the block ends; fails when more than a tenth of them could not connect."""
+    until the block ends; fails when more than a tenth of them could not connect.
+    ``keep_cookie``: a stream that reconnects sends the session cookie it was given."""
     opts = ctx.opts
     recorder = Recorder()
     placement = Placement(opts.workers, [k for k, _ in kinds_rooms], balance and opts.balance)
-    subs = make_subscribers(target, opts, kinds_rooms, recorder, placement)
+    subs = make_subscribers(target, opts, kinds_rooms, recorder, placement, keep_cookie=keep_cookie)
     started = time.monotonic()
     cpu0 = cpu_seconds(target.pids())
 

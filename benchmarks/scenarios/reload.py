@@ -205,8 +205,9 @@ async def reloaded(
 ) -> dict[str, Any]:
     """The chat server: the streams open, then SIGHUP."""
     opts = ctx.opts
-    async with connected(target, ctx, kinds_rooms, balance=False) as crowd:
+    async with connected(target, ctx, kinds_rooms, balance=False, keep_cookie=True) as crowd:
         moves = Moves(crowd.live, {str(pid) for pid in target.pids()})
+        cookies = {id(sub): sub.cookie for sub in crowd.live}
         before = await worker_figures(target.base_url)
         async with publishing(target, ctx, rooms[0]) as publisher:
             messages = Publishing(publisher, opts.rate, rooms)
@@ -223,6 +224,11 @@ async def reloaded(
             await sending
             loadgen = await moves.stop()
         figures = await settled(ctx, crowd, moves, messages.window()) | loadgen
+        # A client given another session cookie on its way back came back as
+        # another visitor (a new session, a new user in presence).
+        figures["details"]["clients back as another visitor"] = sum(
+            1 for sub in crowd.live if cookies[id(sub)] and sub.cookie != cookies[id(sub)]
+        )
         # (The old workers' CPU counts once they have exited and were waited for.)
         async with asyncio.timeout(opts.reload_timeout):
             # (Nothing tells this process when the server has waited for them: it looks.)
