@@ -127,7 +127,7 @@ class SignedRedisStorage(RedisStorageBase):
         """The session of the request's cookie, read from Redis (and
         remembered); a new one when there is none."""
         key = self.load_cookie(request)
-        raw = None if key is None else await self.redis.get(self.redis_key(key))
+        raw = None if key is None else await self._read(key)
         raw, data = self._decoded(raw)
         if key is None or raw is None:
             return aiohttp_session.Session(None, data=None, new=True, max_age=self.max_age)
@@ -135,6 +135,15 @@ class SignedRedisStorage(RedisStorageBase):
             remembered = _Remembered(0.0, key, raw, cast(aiohttp_session.SessionData, data))
             self._remember(self._sign(key), remembered)
         return aiohttp_session.Session(key, data=data, new=False, max_age=self.max_age)
+
+    async def _read(self, key: str) -> Any:
+        """The session of ``key`` as stored, or None. In a batch: sessions read
+        in the same turn of the loop (clients coming back together after a
+        reload, say) go to Redis in one round trip, not one each."""
+        batch, redis_key = Batch(self.redis), self.redis_key(key)
+        stored = batch.commands(lambda pipe: pipe.get(redis_key), lambda replies: replies[0])
+        await batch.run()
+        return stored.value
 
     def guess(self, request: web.Request) -> aiohttp_session.Session | None:
         """The request's session as this worker read it last, when that was
@@ -239,7 +248,7 @@ class SignedRedisStorage(RedisStorageBase):
 
     async def stored(self, key: str) -> dict[str, Any]:
         """What the session of ``key`` holds in Redis now (empty when it is gone)."""
-        _, data = self._decoded(await self.redis.get(self.redis_key(key)))
+        _, data = self._decoded(await self._read(key))
         session = data.get("session") if isinstance(data, dict) else None
         return session if isinstance(session, dict) else {}
 
@@ -255,10 +264,8 @@ _PLAIN_VALUE = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def _plain_cookie(header: str, name: str) -> str | None:
-    """The value of cookie ``name`` in a ``Cookie`` header, when it is there
-    once and plain (what a signed key is), else None: without aiohttp's
-    parse of every cookie (morsels and all), which a guess does not need,
-    since any other spelling of it is only not guessed."""
+    """The value of cookie ``name`` in a ``Cookie`` header, when it is there once and plain
+    (a signed key), else None; without aiohttp's parse of every cookie (morsels and all)."""
     prefix = name + "="
     found = None
     for part in header.split(";"):
@@ -289,12 +296,5 @@ def guessed_wrong(request: web.Request) -> bool:
 def make_storage(
     redis: aioredis.Redis, *, secret: str, max_age: int, secure: bool
 ) -> SignedRedisStorage:
-    return SignedRedisStorage(
-        redis,
-        secret,
-        cookie_name=COOKIE_NAME,
-        max_age=max_age,
-        httponly=True,
-        samesite="Lax",
-        secure=secure or None,
-    )
+    options = {"httponly": True, "samesite": "Lax", "secure": secure or None}
+    return SignedRedisStorage(redis, secret, cookie_name=COOKIE_NAME, max_age=max_age, **options)
