@@ -179,3 +179,25 @@ async def test_a_worker_remembers_at_most_so_many_sessions_the_oldest_going_firs
     assert guessed == [False, False, True, True, True]
     assert GUESSES_MAX >= 1000  # (the real bound is not the test's)
     assert list(itertools.islice(store._remembered, 1)) == [cookies[2]]
+
+
+async def test_a_long_cookie_is_no_session_and_takes_no_room_among_the_signatures(
+    redis: aioredis.Redis,
+) -> None:
+    store = session_store.make_storage(redis, secret="s", max_age=60, secure=False)
+    key = "a-" + "0" * 32
+    await redis.set(store.redis_key(key), '{"created": 1, "session": {"user_id": "u"}}')
+    signed = store._sign(key)
+    cached = session_store._signed.cache_info().currsize
+    # Long cookies of every form: none names a session, none is signed to be
+    # checked (the signatures kept would otherwise hold whatever a client sends).
+    for long_key in ("x" * 5000, key + "0" * 200):
+        rightly_signed = session_store._signed.__wrapped__(b"s", long_key)  # (not kept)
+        for cookie in (f"{long_key}.sig", rightly_signed):
+            request = make_mocked_request("GET", "/", headers={"Cookie": f"chat_session={cookie}"})
+            session = await store.load_session(request)
+            assert session.new and session.identity is None
+            assert store.guess(request) is None and not store.anonymous_cookie(request)
+    assert session_store._signed.cache_info().currsize == cached
+    request = make_mocked_request("GET", "/", headers={"Cookie": f"chat_session={signed}"})
+    assert (await store.load_session(request)).identity == key

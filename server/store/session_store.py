@@ -9,23 +9,22 @@ finds it too: it is written with the session when the session is new, and
 lives as long as the session (its expiry follows each save).
 
 A session made for an anonymous visitor has a key of its own kind
-(:data:`ANONYMOUS_KEY_PREFIX`): it never holds a sign-in, since signing in
-always makes a session of its own (a session key known before sign-in
-does not become the user's), so a signed cookie with such a key names an
-anonymous session, or one that ended, with no need to ask Redis
-(:meth:`SignedRedisStorage.anonymous_cookie`).
+(:data:`ANONYMOUS_KEY_PREFIX`): it never holds a sign-in, since signing in always
+makes a session of its own (a key known before sign-in does not become the user's),
+so a signed cookie with such a key names an anonymous session, or one that ended,
+with no need to ask Redis (:meth:`SignedRedisStorage.anonymous_cookie`).
 
-Each worker remembers the sessions it read for :data:`GUESS_TTL_S`, for
-the writes that can confirm them at no cost (:meth:`SignedRedisStorage.guess`):
-a post reads the session it was made with again in the round trip that
-charges its budgets, and is made again, from a fresh read, when the
-session changed meanwhile (signed out, or signed in again elsewhere).
+Each worker remembers the sessions it read for :data:`GUESS_TTL_S`, for the writes
+that can confirm them at no cost (:meth:`SignedRedisStorage.guess`): a post reads
+its session again in the round trip that charges its budgets, and is made again,
+from a fresh read, when it changed meanwhile (signed out, or signed in elsewhere).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hmac
 import itertools
 import re
@@ -42,6 +41,7 @@ from .batch import Batch, Reply
 from .keys import name_key
 
 COOKIE_NAME = "chat_session"
+COOKIE_MAX = 128  # characters of a cookie worth checking (a signed key is under 64)
 # The session field that holds a sign-in (see server.web.signin).
 SIGN_IN_FIELD = "auth"
 # How the key of a session made without a sign-in starts (others are hex).
@@ -59,9 +59,8 @@ class SessionChanged(Exception):
 
 @dataclasses.dataclass(slots=True)
 class Guess:
-    """A session as this worker last read it, not yet confirmed: the
-    request's session is taken to be it until a round trip reads it again
-    (:meth:`confirm`)."""
+    """A session as this worker last read it, not yet confirmed: the request's
+    session is taken to be it until a round trip reads it again (:meth:`confirm`)."""
 
     key: str  # where it is in Redis
     stored: str  # what was there
@@ -91,31 +90,34 @@ class _Remembered:
     data: aiohttp_session.SessionData
 
 
+# Signed several times a request (checked, remembered, set again); only keys of short cookies.
+@functools.lru_cache(maxsize=4096)
+def _signed(secret: bytes, key: str) -> str:
+    mac = hmac.digest(secret, key.encode(), "sha256")[:16]
+    return key + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
 class SignedRedisStorage(RedisStorageBase):
     """aiohttp-session's Redis store, with the cookie key signed by the session secret."""
 
     def __init__(self, redis: aioredis.Redis, secret: str, **kwargs: Any) -> None:
         super().__init__(redis, **kwargs)
         self._secret = secret.encode()
-        # By signed cookie, the least recently read first.
-        self._remembered: dict[str, _Remembered] = {}
+        self._remembered: dict[str, _Remembered] = {}  # by signed cookie, oldest read first
 
     def _sign(self, key: str) -> str:
-        mac = hmac.digest(self._secret, key.encode(), "sha256")[:16]
-        return key + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+        return _signed(self._secret, key)
 
     def load_cookie(self, request: web.Request) -> str | None:
         cookie = super().load_cookie(request)
-        # Any cookie at all (garbage, planted, not ASCII) just means "no
-        # session": a fresh one is made.
-        if not cookie or not cookie.isascii() or "." not in cookie:
+        # Any cookie at all (garbage, planted, not ASCII) just means "no session".
+        if not cookie or len(cookie) > COOKIE_MAX or not cookie.isascii() or "." not in cookie:
             return None
         key = cookie.rsplit(".", 1)[0]
         return key if hmac.compare_digest(self._sign(key), cookie) else None
 
     def _decoded(self, raw: str | bytes | None) -> tuple[str | None, Any]:
-        """A stored session as text, and what it decodes to (None when it
-        does not decode)."""
+        """A stored session as text, and what it decodes to (None when it does not)."""
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
         try:
@@ -124,8 +126,7 @@ class SignedRedisStorage(RedisStorageBase):
             return raw, None
 
     async def load_session(self, request: web.Request) -> aiohttp_session.Session:
-        """The session of the request's cookie, read from Redis (and
-        remembered); a new one when there is none."""
+        """The request's cookie's session, read from Redis (and remembered); else a new one."""
         key = self.load_cookie(request)
         raw = None if key is None else await self._read(key)
         raw, data = self._decoded(raw)
@@ -137,9 +138,8 @@ class SignedRedisStorage(RedisStorageBase):
         return aiohttp_session.Session(key, data=data, new=False, max_age=self.max_age)
 
     async def _read(self, key: str) -> Any:
-        """The session of ``key`` as stored, or None. In a batch: sessions read
-        in the same turn of the loop (clients coming back together after a
-        reload, say) go to Redis in one round trip, not one each."""
+        """The session of ``key`` as stored, or None. In a batch: sessions read in one
+        turn of the loop (clients back after a reload) share one round trip."""
         batch, redis_key = Batch(self.redis), self.redis_key(key)
         stored = batch.commands(lambda pipe: pipe.get(redis_key), lambda replies: replies[0])
         await batch.run()
@@ -260,7 +260,7 @@ class SignedRedisStorage(RedisStorageBase):
         await batch.run()
 
 
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+_PLAIN_VALUE = re.compile(rf"[A-Za-z0-9._-]{{1,{COOKIE_MAX}}}")
 
 
 def _plain_cookie(header: str, name: str) -> str | None:
