@@ -34,5 +34,6 @@ def test_a_small_reload_brings_every_client_back_as_the_same_visitor(
         assert figures["clients"] == figures["back"] == CLIENTS, figures
         assert figures["duplicates"] == figures["http_503"] == 0, figures
     assert chat["lost"] == 0, chat
-    # Each came back with the session cookie it was given: the same visitor.
+    # Each was given a session cookie and came back with it: the same visitor.
+    assert chat["details"]["clients given no cookie"] == 0, chat["details"]
     assert chat["details"]["clients back as another visitor"] == 0, chat["details"]

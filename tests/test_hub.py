@@ -163,6 +163,43 @@ async def test_replays_beyond_the_workers_slots_wait_their_turn_and_each_gets_ev
     assert backend.most_reading == 2
 
 
+async def test_replays_from_the_same_id_share_one_read_and_miss_nothing_dispatched_meanwhile() -> (
+    None
+):
+    backend = MemoryBackend()
+    stored = 10
+    backend.history["r"] = [message(n) for n in range(1, stored + 1)]
+    backend.read_gate = asyncio.Event()
+    hub = make_hub(backend)
+    subs = []
+    for n in range(5):
+        sink = MemorySink()
+        sub = await hub.subscribe("r", f"u-{n}", (3, 0))
+        sub.attach(sink)
+        subs.append((sub, sink))
+    async with asyncio.timeout(2):
+        while backend.reading < 1:
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)
+    assert backend.reading == 1  # one read for the five
+    # A message dispatched while the shared read is under way reaches each once.
+    backend.history["r"].append(message(stored + 1))
+    hub.dispatch("r", [message(stored + 1)])
+    backend.read_gate.set()
+    for sub, sink in subs:
+        await settled(sub)
+        assert sink.story == [f"{n}-0" for n in range(4, stored + 2)]
+    # The cursor moved since that page was read: a replay from the same id now
+    # reads afresh (the page lacks the newer message), and gets everything.
+    reads = backend.reads
+    late = MemorySink()
+    sub = await hub.subscribe("r", "u-late", (3, 0))
+    sub.attach(late)
+    await settled(sub)
+    assert late.story == [f"{n}-0" for n in range(4, stored + 2)]
+    assert backend.reads == reads + 1
+
+
 async def test_a_replay_whose_client_stops_reading_gives_its_slot_back_and_goes_on_later() -> None:
     backend = MemoryBackend()
     backend.history["r"] = [message(n) for n in range(1, 3 * REPLAY_PAGE + 1)]

@@ -229,6 +229,7 @@ async def reloaded(
         figures["details"]["clients back as another visitor"] = sum(
             1 for sub in crowd.live if cookies[id(sub)] and sub.cookie != cookies[id(sub)]
         )
+        figures["details"]["clients given no cookie"] = sum(1 for c in cookies.values() if not c)
         # (The old workers' CPU counts once they have exited and were waited for.)
         async with asyncio.timeout(opts.reload_timeout):
             # (Nothing tells this process when the server has waited for them: it looks.)

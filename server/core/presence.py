@@ -102,8 +102,10 @@ class Announcer:
         self.failures = failures
         self._pending: dict[str, float] = {}  # room -> when to announce it
         self._last: dict[str, float] = {}  # room -> when it was last announced
-        # Local subscribers of rooms told counts only, as of the last announcement.
+        # Local subscribers of rooms told counts only, counted again at most
+        # once a second (it walks every room).
         self._counted = 0
+        self._counted_at = 0.0
         self._wake = asyncio.Event()
         self._flush: asyncio.Task[None] | None = None
         self._closed = False
@@ -162,6 +164,10 @@ class Announcer:
         presence = await self.read(rooms, self.list_max)
         for room, (online, count) in presence.items():
             await self.hub.set_presence(room, online, count)
+        now = time.monotonic()
+        if now - self._counted_at < COUNT_BATCH_S:
+            return
+        self._counted_at = now
         self._counted = sum(
             len(local.subscriptions)
             for local in self.hub.rooms.values()

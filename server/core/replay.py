@@ -8,8 +8,9 @@ and the slot given back; once the socket drains (within ``idle_timeout_s``,
 or the connection is cut off), the replay waits for a slot again and reads
 on from the last message written. A replay waiting for its turn or for its
 client holds no page, and a slot is never held while a client is waited
-for, so turns come quickly: a worker holds at most one page per slot,
-however many clients resume at once or stop reading mid-replay. A page is
+for, so turns come quickly: a worker holds at most one page per slot
+(and as many kept for replays that ask for the same, below), however many
+clients resume at once or stop reading mid-replay. A page is
 ``REPLAY_PAGE`` messages, fewer when messages may be longer than
 ``REPLAY_PAGE_CHARS`` characters in all.
 
