@@ -286,9 +286,10 @@ def compared(
     if len(rounds) == 1 and twin is None:
         results = rounds[0]
         text = ratio(results[name], results[base], key)
-        under, value = results[base].get(key), results[name].get(key)
+        under = results[base].get(key)
         if goal is not None and isinstance(under, (int, float)) and under > 0:
-            met = isinstance(value, (int, float)) and value <= goal * under
+            mine = quotient(results, name, base, key)
+            met = mine is not None and mine <= goal
             text += f" (goal {goal:.1f}: {'met' if met else 'missed'})"
         return text
     quotients = []

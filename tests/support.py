@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from harness.chat import ChatServer, id_key
 from harness.processes import StartError
@@ -700,3 +701,16 @@ def checked_release(installed: str, checked: tuple[str, ...]) -> bool:
     checked on (the same major.minor: setup.py admits no other); within a
     series the behaviour canaries judge."""
     return installed.split(".")[:2] in [release.split(".")[:2] for release in checked]
+
+
+async def store_history(redis: aioredis.Redis, room: str, texts: list[str]) -> list[str]:
+    """Store a message of each text in ``room`` as the server would (each keeps its
+    predecessor), with ids from 1000000-0 up; their ids."""
+    ids = [f"{1_000_000 + n}-0" for n in range(len(texts))]
+    pipe = redis.pipeline(transaction=False)
+    for n, (message_id, text) in enumerate(zip(ids, texts, strict=True)):
+        prev = ids[n - 1] if n else "0-0"
+        fields = {"u": "u-1", "n": "A", "t": text, "ts": str(n), "p": prev}
+        pipe.xadd(f"chat:{{{room}}}:messages", fields, id=message_id)  # type: ignore[arg-type]
+    await pipe.execute()
+    return ids

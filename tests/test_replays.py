@@ -26,6 +26,7 @@ from .support import (
     metric,
     sse_collector,
     stalled_client,
+    store_history,
     worker_rss_kb,
 )
 
@@ -46,17 +47,10 @@ SLACK_KIB = 16 * 1024
 async def fill_history(redis_url: str) -> list[str]:
     """Store MESSAGES messages in ROOM as the server would (each keeps its predecessor)."""
     admin = aioredis.Redis.from_url(redis_url)
-    ids = [f"{1_000_000 + n}-0" for n in range(MESSAGES)]
     try:
-        pipe = admin.pipeline(transaction=False)
-        for n, message_id in enumerate(ids):
-            prev = ids[n - 1] if n else "0-0"
-            fields = {"u": "u-1", "n": "A", "t": TEXT, "ts": str(n), "p": prev}
-            pipe.xadd(f"chat:{{{ROOM}}}:messages", fields, id=message_id)  # type: ignore[arg-type]
-        await pipe.execute()
+        return await store_history(admin, ROOM, [TEXT] * MESSAGES)
     finally:
         await admin.aclose()
-    return ids
 
 
 def resume_request(n: int) -> bytes:

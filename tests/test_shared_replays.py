@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from .support import ServerProcess, assert_in_order_once, sse_collector
+from .support import ServerProcess, assert_in_order_once, sse_collector, store_history
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(60)]
 
@@ -32,14 +32,7 @@ EVENTS = f"/api/rooms/{ROOM}/events"
 
 async def fill_history(admin: aioredis.Redis) -> list[str]:
     """Store MESSAGES messages in ROOM as the server would (each keeps its predecessor)."""
-    ids = [f"{1_000_000 + n}-0" for n in range(MESSAGES)]
-    pipe = admin.pipeline(transaction=False)
-    for n, message_id in enumerate(ids):
-        prev = ids[n - 1] if n else "0-0"
-        fields = {"u": "u-1", "n": "A", "t": f"message {n}", "ts": str(n), "p": prev}
-        pipe.xadd(f"chat:{{{ROOM}}}:messages", fields, id=message_id)  # type: ignore[arg-type]
-    await pipe.execute()
-    return ids
+    return await store_history(admin, ROOM, [f"message {n}" for n in range(MESSAGES)])
 
 
 @pytest_asyncio.fixture

@@ -68,6 +68,11 @@ async def tell(room: Room, online: Online | None, count: int) -> None:
             await asyncio.sleep(0)
 
 
+def counted(room: Room) -> bool:
+    """Whether the room's local subscribers are told counts only (it is too big to list)."""
+    return room.presence is not None and room.presence.online is None
+
+
 def difference(old: Presence, new: Presence) -> PresenceDiff | None:
     """What changed from ``old`` to ``new``; None when nothing did."""
     if new.online is None or old.online is None:
@@ -116,7 +121,7 @@ class Announcer:
             return
         local = self.hub.rooms.get(room)
         delay = 0.0
-        if local is not None and local.presence is not None and local.presence.online is None:
+        if local is not None and counted(local):
             # Each counted room told once per this many seconds: as many
             # writes a second in all as the worker's budget.
             spread_s = self._counted / COUNT_WRITES_PER_S
@@ -168,8 +173,5 @@ class Announcer:
         if now - self._counted_at < COUNT_BATCH_S:
             return
         self._counted_at = now
-        self._counted = sum(
-            len(local.subscriptions)
-            for local in self.hub.rooms.values()
-            if local.presence is not None and local.presence.online is None
-        )
+        held = self.hub.rooms.values()
+        self._counted = sum(len(local.subscriptions) for local in held if counted(local))
