@@ -714,3 +714,19 @@ async def store_history(redis: aioredis.Redis, room: str, texts: list[str]) -> l
         pipe.xadd(f"chat:{{{room}}}:messages", fields, id=message_id)  # type: ignore[arg-type]
     await pipe.execute()
     return ids
+
+
+async def two_apps(make_app: Any, aiohttp_client: Any, **settings: Any) -> tuple[Any, Any]:
+    """Two apps on the test's Redis, standing for two workers (each its own
+    session store); their clients keep no cookies: tests send them by hand."""
+    clients = []
+    for _ in range(2):
+        app = await make_app(**settings)
+        clients.append(
+            await aiohttp_client(
+                app,
+                server_kwargs={"handler_cancellation": True},
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        )
+    return clients[0], clients[1]

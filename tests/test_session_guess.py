@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -22,7 +21,7 @@ from server.store.session_store import GUESS_TTL_S, GUESSES_MAX, SignedRedisStor
 from server.web import state as keys
 
 from .signing import SECRET, claims, sign
-from .support import error_of
+from .support import error_of, two_apps
 
 pytestmark = pytest.mark.openapi
 
@@ -31,17 +30,7 @@ ROOM = "/api/rooms/lobby/messages"
 
 async def two_workers(make_app: Any, aiohttp_client: Any, **settings: Any) -> tuple[Any, Any]:
     """Two apps on the test's Redis; cookies are sent by hand (:func:`post`)."""
-    clients = []
-    for _ in range(2):
-        app = await make_app(auth_jwt_secret=SECRET, **settings)
-        clients.append(
-            await aiohttp_client(
-                app,
-                server_kwargs={"handler_cancellation": True},
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        )
-    return clients[0], clients[1]
+    return await two_apps(make_app, aiohttp_client, auth_jwt_secret=SECRET, **settings)
 
 
 def sent(cookie: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from .batch import Batch
+from .checks import BAN_LUA, BUDGETS_LUA
 from .connection_registry import ConnectionRegistry
 from .keys import address_connections_key, bans_key, budget_key, user_connections_key
 from .moderation_store import EVERYWHERE, banned
@@ -45,40 +46,17 @@ from .ratelimit import Budget, RateLimiter
 # taken and the writes made. Returns each budget's wait (ms, 0: allowed),
 # whether a ban holds, and what is full (0: nothing, 1: the user's, 2: the
 # address's).
-_ADMIT_SCRIPT = """
+_ADMIT_SCRIPT = (
+    BUDGETS_LUA
+    + BAN_LUA
+    + """
 local budgets = tonumber(ARGV[1])
 local now_ms = tonumber(ARGV[2])
-local now = 0
-if budgets > 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local result = {}
-local refused = false
-for i = 1, budgets do
-  local interval = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local wait = tat + interval - burst * interval - now
-  if wait > 0 then
-    result[i] = math.ceil(wait)
-    refused = true
-  else
-    redis.call('SET', KEYS[i], tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
-    result[i] = 0
-  end
-end
+local result, refused = charge_budgets(1, budgets, 3)
 local at = 3 + 2 * budgets
 local fields = tonumber(ARGV[at])
 local ban = 0
-for i = 1, fields do
-  local value = redis.call('HGET', KEYS[budgets + 1], ARGV[at + i])
-  if value then
-    local expiry = string.match(value, '^(%d+)|') or string.match(value, '^(%d+)$')
-    if not expiry or tonumber(expiry) == 0 or tonumber(expiry) > now_ms then ban = 1 end
-  end
-end
+if ban_holds(KEYS[budgets + 1], at + 1, fields, now_ms) then ban = 1 end
 result[budgets + 1] = ban
 result[budgets + 2] = 0
 if refused or ban == 1 then return result end
@@ -107,6 +85,7 @@ for _ = 1, writes do
 end
 return result
 """
+)
 
 FULL = (None, "session", "address")
 

@@ -32,6 +32,7 @@ from ..core.model import Message
 from ..core.webhook import MESSAGE_CREATED
 from . import failures, history, scripts
 from .batch import Batch
+from .checks import PostChecks
 from .keys import changes_key, idempotency_record_key, stream_key
 from .outbox import Outbox
 from .publish import (
@@ -106,10 +107,12 @@ class Broker:
         *,
         may_create: bool = True,
         read_mark: ReadMark | None = None,
+        checks: PostChecks | None = None,
     ) -> tuple[Message, bool]:
         """Store and publish a message; True with it when it was stored now
-        (and, with ``read_mark``, its room read up to it by its user, see
-        :func:`~server.store.publish.publish_call`).
+        (and, with ``read_mark``, its room read up to it by its user; with
+        ``checks``, checked first, or :class:`~server.store.checks.Refused`:
+        see :func:`~server.store.publish.publish_call`).
 
         Unless ``may_create``, a message that would create the room raises
         :class:`NewRoom` and nothing is stored.
@@ -120,7 +123,14 @@ class Broker:
         nothing is stored or published. Atomic, in one round trip.
         """
         call = self._publish_call(
-            room, user_id, name, text, key, may_create=may_create, read_mark=read_mark
+            room,
+            user_id,
+            name,
+            text,
+            key,
+            may_create=may_create,
+            read_mark=read_mark,
+            checks=checks,
         )
         batch = Batch(self.redis)
         reply = batch.scripts([(self._publish, call.keys, call.args)], _only)

@@ -18,6 +18,7 @@ from typing import Any
 from ..core.ids import MessageId, parse_id
 from ..core.model import Message
 from ..core.wire import parse_json, to_json
+from .checks import POST_CHECKS_LUA, PostChecks, Refused
 from .keys import changes_key, channel, idempotency_record_key, stream_key
 from .outbox import OUTBOX_LUA, Outbox
 from .read_marks import MARK_LUA, ReadMark
@@ -48,17 +49,35 @@ from .read_marks import MARK_LUA, ReadMark
 # message, as server.store.read_marks does (ARGV[15] to ARGV[18]: the room,
 # now in ms, the keys' lifetime, the most rooms kept; ARGV[11] to ARGV[13]
 # are then placeholders without a webhook). The message stands if that fails.
+#
+# With ARGV[19], where a post's checks start in KEYS (on one Redis only; the
+# arguments from ARGV[20] on, placeholders before), the post is checked
+# first, and a refusal returned (see server.store.checks.PostChecks): the
+# session, bans and the key's room before the idempotency record, the
+# budgets after it (a retry costs nothing), the key's claim once stored.
 PUBLISH_SCRIPT = (
     OUTBOX_LUA
     + MARK_LUA
+    + POST_CHECKS_LUA
     + """
 local idem = KEYS[3]
 local hook = tonumber(ARGV[12] or '0')
 local mark = tonumber(ARGV[14] or '0')
-if hook == 3 or mark == 3 then idem = nil end
+local checks = tonumber(ARGV[19] or '0')
+if hook == 3 or mark == 3 or checks == 3 then idem = nil end
+local checked = nil
+if checks > 0 then
+  local refusal
+  refusal, checked = post_checks(checks)
+  if refusal then return refusal end
+end
 if idem then
   local published = redis.call('GET', idem)
   if published then return {published} end
+end
+if checked then
+  local waits, refused = charge_budgets(checked.first, checked.n, checked.at)
+  if refused then return {'refused', 'limited', unpack(waits)} end
 end
 if ARGV[10] == '0' and redis.call('EXISTS', KEYS[1]) == 0 then
   return 'new'
@@ -81,6 +100,9 @@ if hook > 0 then
 end
 if mark > 0 then
   pcall(mark_read, KEYS[mark], KEYS[mark + 1], ARGV[15], id, ARGV[16], ARGV[17], ARGV[18])
+end
+if checked and checked.claim then
+  redis.call('SET', checked.claim, checked.room, 'EX', checked.ttl)
 end
 return {id, prev}
 """
@@ -105,11 +127,13 @@ def publish_call(
     room_ttl_s: int,
     outbox: Outbox | None,
     read_mark: ReadMark | None = None,
+    checks: PostChecks | None = None,
 ) -> PublishCall:
     """The publish script's keys and arguments for one message (``outbox``:
     where its ``message.created`` event goes, if anywhere; ``read_mark``: the
     user's keys and arguments to read the room up to it, on one Redis, see
-    :meth:`~server.store.read_marks.ReadMarks.with_publish`)."""
+    :meth:`~server.store.read_marks.ReadMarks.with_publish`; ``checks``: what
+    to check of the post first, on one Redis too)."""
     ts = time.time()
     body = to_json([user_id, name, text, ts])
     keys = [stream_key(room), changes_key(room)]
@@ -138,6 +162,10 @@ def publish_call(
         args += [] if hook else ["", 0, ""]
         args += [len(keys) + 1, *mark_args]
         keys.extend(mark_keys)
+    if checks is not None:
+        args += [] if len(args) > 10 else ["", 0, ""]
+        args += [] if read_mark else [0, "", 0, 0, 0]
+        checks.add_to(keys, args)
     return PublishCall(keys, args, (room, user_id, name, text, ts))
 
 
@@ -151,10 +179,13 @@ class PublishCall:
 
     def outcome(self, reply: Any) -> tuple[Message, bool]:
         """The message stored, with True; or the one published before with
-        the same idempotency key, with False. NewRoom when refused for that."""
+        the same idempotency key, with False. NewRoom when refused for that,
+        :class:`~server.store.checks.Refused` when its checks refused it."""
         room, user_id, name, text, ts = self.message
         if reply == "new":
             raise NewRoom(room)
+        if reply[0] == "refused":
+            raise Refused(str(reply[1]), reply[2:])
         if len(reply) == 1:
             return published_message(room, str(reply[0])), False
         message_id, prev = reply

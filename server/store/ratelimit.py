@@ -19,27 +19,21 @@ import redis.asyncio as aioredis
 from ..common.config import Config
 from ..common.metrics import Metrics
 from .batch import Batch, Call, Reply
+from .checks import BUDGETS_LUA
 from .failures import FAILURES
 from .keys import budget_key
 
 log = logging.getLogger(__name__)
 
-# GCRA: the key holds the theoretical arrival time (ms) of the next use.
-# Redis' own clock is used so that every machine agrees. Returns 0 when the
-# use is allowed, else how many ms until it would be.
-_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat + interval - burst * interval - now
--- Lua numbers become integers in the reply: round up, never down to 0.
-if wait > 0 then return math.ceil(wait) end
-redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
-return 0
+# GCRA (see server.store.checks): returns 0 when the use is allowed, else how
+# many ms until it would be.
+_SCRIPT = (
+    BUDGETS_LUA
+    + """
+local waits = charge_budgets(1, 1, 1)
+return waits[1]
 """
+)
 
 
 # Give back one message taken from the budget (a retry that stored nothing):
@@ -148,6 +142,15 @@ class RateLimiter:
                 refused.append(budget.kind)
                 longest = max(longest, math.ceil(int(wait_ms) / 1000))
         return Verdict(longest, tuple(refused))
+
+    @staticmethod
+    def in_script(charges: Sequence[tuple[Budget, str]]) -> list[tuple[str, float, int]]:
+        """``charges`` as a script that charges them itself takes them: each
+        budget's key, interval (ms) and burst (see :mod:`server.store.checks`)."""
+        return [
+            (budget_key(budget.kind, owner), budget.interval_ms, budget.burst)
+            for budget, owner in charges
+        ]
 
     async def refund(self, *charges: tuple[Budget, str]) -> None:
         """Give back what :meth:`take` just took from each budget."""

@@ -8,7 +8,7 @@ from aiohttp import web
 from ..core.errors import BadRequest, Banned, InvalidToken, UnsupportedMediaType
 from ..store.connection_registry import ConnectionRegistry
 from ..store.moderation_store import is_banned
-from .posting import json_object
+from .message_input import json_object
 from .sessions import Sessions
 from .signin import expires_at
 

@@ -29,7 +29,8 @@ from ..store import failures
 from ..store.failures import is_out_of_memory
 from ..store.keys import name_key
 from ..store.publish import NewRoom
-from .posting import Posting, message_text
+from .message_input import message_text
+from .posting import Posting
 from .sessions import User, keep_name
 
 log = logging.getLogger(__name__)

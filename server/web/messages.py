@@ -30,7 +30,7 @@ from ..core.model import Change
 from ..store.batch import Batch
 from ..store.edits import Edits
 from ..store.ratelimit import Budget
-from . import posting, write_checks
+from . import message_input, write_checks
 from .addresses import owner_of
 from .posting import Posting
 from .sessions import Sessions, User
@@ -63,12 +63,12 @@ class Messages:
 
     async def patch_message(self, request: web.Request) -> web.Response:
         """``{"text"}``: the author's new text; 200 ``{"message"}``, with ``edited``."""
-        room = posting.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         target = parse_message_id(request.match_info["id"])
         if request.content_type not in ("application/json", "application/octet-stream"):
             raise UnsupportedMediaType("send JSON (application/json)")
         body = await json_body(request)
-        text = posting.message_text(body.get("text"), self.posting.max_chars)
+        text = message_input.message_text(body.get("text"), self.posting.max_chars)
         user = await self.sessions.current_user(request, charge=False)
         await self._role(user, room)
         edit = await self._charged(
@@ -81,7 +81,7 @@ class Messages:
 
     async def delete_message(self, request: web.Request) -> web.Response:
         """The author's, or a moderator's, deletion: 204."""
-        room = posting.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         target = request.match_info["id"]
         parse_message_id(target)  # (a malformed id is a 400 before anything else)
         user = await self.sessions.current_user(request, charge=False)
@@ -102,7 +102,7 @@ class Messages:
         already deleted), BadRequest (a malformed id), Forbidden, Banned or
         RateLimited.
         """
-        room = posting.room_name(room)
+        room = message_input.room_name(room)
         target = parse_message_id(message_id)
         if by is None:
             return await self.edits.delete(room, target, None)

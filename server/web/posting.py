@@ -3,83 +3,56 @@
 from __future__ import annotations
 
 import functools
-import logging
-import re
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from ..common.metrics import Metrics
-from ..core.errors import BadRequest, IdempotencyConflict, NotFound, RateLimited, TooLarge
-from ..core.model import ROOM_RE, Message
-from ..core.wire import parse_json
-from ..store import failures
+from ..core.errors import Banned, RateLimited
+from ..core.model import Message
 from ..store.batch import Batch
 from ..store.broker import Broker
-from ..store.keys import key_used_in, name_key
+from ..store.checks import PostChecks, Refused
+from ..store.keys import bans_key, key_used_in, name_key
+from ..store.moderation_store import EVERYWHERE
 from ..store.publish import IDEMPOTENCY_TTL_S, NewRoom
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.read_marks import ReadMark, ReadMarks
+from ..store.session_store import SessionChanged
 from . import write_checks
+from .claims import Claim, found
+from .message_input import message_text
 from .sessions import User, keep_name
 
-log = logging.getLogger(__name__)
-
-# Visible ASCII: what clients use (UUIDs, random tokens), safe in a Redis key.
-IDEMPOTENCY_KEY_RE = re.compile(r"[!-~]{1,64}")
-
-
-def json_object(text: str, what: str) -> dict[str, Any]:
-    """Parse a request body or a WebSocket frame, which must be one JSON object."""
-    try:
-        data = parse_json(text)
-    except (ValueError, RecursionError):
-        raise BadRequest(f"{what} is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest(f"{what} must be a JSON object")
-    return data
-
-
-def room_name(value: str) -> str:
-    if not ROOM_RE.fullmatch(value):
-        raise NotFound(f"no room {value!r}: names are 1-32 of a-z, 0-9, '_' and '-'")
-    return value
-
-
-def message_text(value: Any, max_chars: int) -> str:
-    if value is None:
-        raise BadRequest("missing 'text'")
-    if not isinstance(value, str):
-        raise BadRequest("'text' must be a string")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest("'text' is not valid Unicode (lone surrogate)") from None
-    if "\x00" in value:
-        raise BadRequest("'text' must not contain NUL characters")
-    if not value.strip():
-        raise BadRequest("'text' must not be empty")
-    if len(value) > max_chars:
-        raise TooLarge(f"'text' is longer than {max_chars} characters")
-    return value
-
-
-def idempotency_key(value: Any, what: str) -> str | None:
-    """An idempotency key as sent (None when there is none), or BadRequest."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not IDEMPOTENCY_KEY_RE.fullmatch(value):
-        raise BadRequest(f"{what} must be 1-64 visible ASCII characters (no spaces)")
-    return value
+# The names of users who posted lately that a worker keeps (see Posting).
+MOST_NAMES = 4096
 
 
 class Posting:
     """Posting a message, with what it takes: the checks, the budgets, the
     idempotency claim and the store. One per app, shared by the POST
-    handler and every WebSocket."""
+    handler and every WebSocket.
 
-    __slots__ = ("broker", "budgets", "limiter", "max_chars", "metrics", "read_marks", "redis")
+    On one Redis (or the primary a Sentinel names) a post is one round trip:
+    the publish script checks it first (:class:`~server.store.checks.PostChecks`),
+    with the user's name as this worker read it last, confirmed there. On a
+    Redis Cluster the checks' keys live in other slots than the room's: they
+    go first, as a batch, then the message (and on the first message of a
+    key, its claim, between the two)."""
+
+    __slots__ = (
+        "broker",
+        "budgets",
+        "limiter",
+        "max_chars",
+        "metrics",
+        "names",
+        "one_redis",
+        "read_marks",
+        "redis",
+    )
 
     def __init__(
         self,
@@ -93,12 +66,15 @@ class Posting:
         read_marks: ReadMarks,
     ) -> None:
         self.redis = redis
+        self.one_redis = not isinstance(redis, RedisCluster)
         self.read_marks = read_marks  # (a user's message marks its room read up to it)
         self.broker = broker
         self.limiter = limiter
         self.budgets = budgets
         self.metrics = metrics
         self.max_chars = max_chars  # of a message's text
+        # The names of users who posted lately (by user id), the oldest first.
+        self.names: dict[str, str] = {}
 
     async def post(
         self,
@@ -112,10 +88,10 @@ class Posting:
     ) -> tuple[Message, bool]:
         """Store a message in the room once it passes every check; raises a ChatError otherwise.
 
-        A message comes out of its user's budget and its client address's (one
-        round trip for both): a client can make as many users as it likes, but
-        it has one address (``address`` is its budget key). Checks come first:
-        a message they refuse writes nothing but the budgets' counts.
+        A message comes out of its user's budget and its client address's: a
+        client can make as many users as it likes, but it has one address
+        (``address`` is its budget key). Checks come first: a message they
+        refuse writes nothing but the budgets' counts.
 
         ``address`` None: the application's backend (the server API), which
         is trusted: no budgets, and no ban holds (it may post as a banned
@@ -132,167 +108,192 @@ class Posting:
         in: a stored message's publish latency is counted from it.
 
         A ``user`` with a ``guess`` of its session has it confirmed with the
-        budgets: :class:`~server.store.session_store.SessionChanged` when the
+        checks: :class:`~server.store.session_store.SessionChanged` when the
         session changed, and nothing is written.
         """
         if arrived is None:
             arrived = time.monotonic()
         text = message_text(text, self.max_chars)
-        limiter = self.limiter
         budgets = self.budgets
         charges: tuple[tuple[Budget, str], ...] = ()
         if address is not None:
             charges = ((budgets.messages, user.user_id), (budgets.address_messages, address))
+        claim = Claim(
+            self.redis, self.broker, self.limiter, user.user_id, idempotency_key, room, charges
+        )
+        signed_in, backend = user.identity is not None, address is None
+        read_mark = self.read_marks.with_publish(  # (None: read_marks.posted does it)
+            user.user_id, room, signed_in=signed_in, new=user.is_new, backend=backend
+        )
+        outcome = None
+        if self.one_redis:
+            outcome = await self._checked(room, user, text, claim, address, read_mark)
+        if outcome is None:
+            outcome = await self._unchecked(room, user, text, claim, address, read_mark)
+        message, stored = outcome
+        if not stored:
+            return message, True
+        self.metrics.published(time.monotonic() - arrived)
+        self.broker.rooms.touch(room)
+        if read_mark is None:
+            marks = self.read_marks
+            await marks.posted(user.user_id, message, signed_in, new=user.is_new, backend=backend)
+        return message, False
+
+    async def _checked(
+        self,
+        room: str,
+        user: User,
+        text: str,
+        claim: Claim,
+        address: str | None,
+        read_mark: ReadMark | None,
+    ) -> tuple[Message, bool] | None:
+        """:meth:`post` on one Redis, checked by the publish script; None when
+        the name this worker kept was not the user's (nothing written)."""
+        user_id, key, guess = user.user_id, claim.key, user.guess
+        name = user.name or self.names.get(user_id)
+        if name is None:
+            return None
+        checks = PostChecks(
+            room,
+            session=(guess.key, guess.stored) if guess is not None else None,
+            name=None if user.name else (name_key(user_id), name),
+            bans=(bans_key(user_id), (EVERYWHERE, room)) if address is not None else None,
+            used=key_used_in(user_id, key) if key else None,
+            used_ttl_s=IDEMPOTENCY_TTL_S,
+            budgets=self.limiter.in_script(claim.charges),
+        )
+        publish = functools.partial(self.broker.publish_once, room, user_id, name, text, key)
+        try:
+            outcome = await publish(may_create=False, read_mark=read_mark, checks=checks)
+        except Refused as refused:
+            if guess is not None:
+                guess.confirmed = refused.why != "session"
+            return await self._refused(refused, claim)
+        except NewRoom:  # (charged, and the key not claimed yet)
+            outcome = None
+        if guess is not None:
+            guess.confirmed = True
+        if outcome is not None:
+            return outcome
+        first = await claim.take() if key else None
+        if first is not None:
+            return first, False
+        try:
+            return await self._create(room, user_id, name, text, claim, address, read_mark)
+        except BaseException:
+            await claim.give_up()
+            raise
+
+    async def _refused(self, refused: Refused, claim: Claim) -> tuple[Message, bool] | None:
+        """What a post refused by its checks in the publish script gets."""
+        why, details = refused.why, refused.details
+        if why == "session":
+            raise SessionChanged
+        if why == "name":
+            self._keep_name(claim.user_id, str(details[0]) or None)
+            return None
+        if why == "banned":
+            raise Banned("you are banned from posting here")
+        if why == "elsewhere":
+            assert claim.key is not None
+            return found(
+                await self.broker.published_with(str(details[0]), claim.user_id, claim.key)
+            ), False
+        verdict = self.limiter.verdict(claim.charges, details)
+        raise RateLimited("too many messages; slow down", retry_after=verdict.wait)
+
+    def _keep_name(self, user_id: str, name: str | None) -> None:
+        """Keep the user's name as read (forget it when None), a few thousand at most."""
+        names = self.names
+        names.pop(user_id, None)
+        if name is None:
+            return
+        names[user_id] = name
+        if len(names) > MOST_NAMES:
+            del names[next(iter(names))]
+
+    async def _unchecked(
+        self,
+        room: str,
+        user: User,
+        text: str,
+        claim: Claim,
+        address: str | None,
+        read_mark: ReadMark | None,
+    ) -> tuple[Message, bool]:
+        """:meth:`post` with the checks as a batch of their own (one round
+        trip, with the name and the key's room), then the message."""
+        limiter, charges, user_id, key = self.limiter, claim.charges, user.user_id, claim.key
         # The name, and the room a key was first used in, are read with the
         # budgets: no round trip of their own.
         redis = self.redis
         batch = Batch(redis)
-        kept_name = batch.get(name_key(user.user_id)) if user.name is None else None
-        claimed = batch.get(key_used_in(user.user_id, idempotency_key)) if idempotency_key else None
+        kept_name = batch.get(name_key(user_id)) if user.name is None else None
+        claimed = batch.get(key_used_in(user_id, key)) if key else None
         retry_after = await write_checks.charge(
             batch,
             limiter,
             charges,
-            user.user_id,
+            user_id,
             room,
             refused="you are banned from posting here",
             bans=address is not None,
             guess=user.guess,
         )
-        claim = Claim(self, user.user_id, idempotency_key, room, charges)
         if claimed is not None:
             first = await claim.first_sent(claimed.value, refused=bool(retry_after))
             if first is not None:
-                return first, True
+                return first, False
         if retry_after:
             raise RateLimited("too many messages; slow down", retry_after=retry_after)
         if claimed is not None and claimed.value is None:
             first = await claim.take()
             if first is not None:
-                return first, True
+                return first, False
         try:
             name = user.name or (kept_name.value if kept_name else None)
             if name is None:  # (a key Redis lost: the session outlived it)
-                name = await keep_name(redis, user.user_id, None)
-            signed_in, backend = user.identity is not None, address is None
-            read_mark = self.read_marks.with_publish(  # (None: read_marks.posted does it)
-                user.user_id, room, signed_in=signed_in, new=user.is_new, backend=backend
-            )
-            message, stored = await self._publish(
-                room, user.user_id, name, text, idempotency_key, address, read_mark
-            )
+                name = await keep_name(redis, user_id, None)
+            if user.name is None:
+                self._keep_name(user_id, name)
+            publish = functools.partial(self.broker.publish_once, room, user_id, name, text, key)
+            try:
+                message, stored = await publish(may_create=False, read_mark=read_mark)
+            except NewRoom:
+                return await self._create(room, user_id, name, text, claim, address, read_mark)
         except BaseException:
             await claim.give_up()
             raise
-        if stored:
-            self.metrics.published(time.monotonic() - arrived)
-            self.broker.rooms.touch(room)
-            if read_mark is None:
-                marks = self.read_marks
-                await marks.posted(
-                    user.user_id, message, signed_in, new=user.is_new, backend=backend
-                )
-            return message, False
-        await limiter.give_back(*charges)
-        return message, True
+        if not stored:  # (a retry: what it was charged is given back)
+            await limiter.give_back(*charges)
+        return message, stored
 
-    async def _publish(
+    async def _create(
         self,
         room: str,
         user_id: str,
         name: str,
         text: str,
-        key: str | None,
+        claim: Claim,
         address: str | None,
         read_mark: ReadMark | None,
     ) -> tuple[Message, bool]:
-        """Store the message; a room with no history is a new room, charged
-        to the address (not the backend's), and registered before it is made."""
+        """Store a message in a room with no history: a new room, charged to
+        the address (not the backend's), and registered before it is made.
+        A retry that stored nothing gives back what the post was charged."""
         broker = self.broker
-        publish = functools.partial(
-            broker.publish_once, room, user_id, name, text, key, read_mark=read_mark
+        if address is not None:
+            verdict = await self.limiter.take((self.budgets.address_rooms, address))
+            if verdict.wait:
+                raise RateLimited(
+                    "too many new rooms from this address; slow down", retry_after=verdict.wait
+                )
+        await broker.rooms.register([room])
+        message, stored = await broker.publish_once(
+            room, user_id, name, text, claim.key, read_mark=read_mark
         )
-        try:
-            return await publish(may_create=False)
-        except NewRoom:
-            if address is not None:
-                verdict = await self.limiter.take((self.budgets.address_rooms, address))
-                if verdict.wait:
-                    raise RateLimited(
-                        "too many new rooms from this address; slow down", retry_after=verdict.wait
-                    ) from None
-            await broker.rooms.register([room])
-            return await publish()
-
-
-class Claim:
-    """A user's claim on an idempotency key for the room it is first used in.
-
-    The claim (the user's ``key_used_in`` record, as long as the room's
-    record of the message) is what makes a key hold across rooms: a retry
-    sent to another room finds the first message through it. It is taken
-    only once the budgets allowed the message, and given up when the
-    message then fails to be stored; of two first tries sent at the same
-    instant to two rooms, one takes it and the other gets the first
-    message, or, while that is still being stored, 409 (retry shortly).
-    """
-
-    def __init__(
-        self,
-        posting: Posting,
-        user_id: str,
-        key: str | None,
-        room: str,
-        charges: tuple[tuple[Budget, str], ...],
-    ) -> None:
-        self.posting = posting
-        self.user_id = user_id
-        self.key = key
-        self.room = room
-        self.charges = charges
-        self.taken = False
-
-    async def first_sent(self, claimed: str | None, *, refused: bool) -> Message | None:
-        """The message first sent with the key, when the claim names another
-        room than this one, or when the budgets refused this try (a retry to
-        the claimed room is found by the publish script). Raises
-        :class:`IdempotencyConflict` when that room does not have it (yet)."""
-        if claimed is None or (claimed == self.room and not refused):
-            return None
-        assert self.key is not None
-        first = await self.posting.broker.published_with(claimed, self.user_id, self.key)
-        if refused:
-            return first
-        await self.posting.limiter.give_back(*self.charges)
-        if first is None:
-            raise IdempotencyConflict(
-                "this Idempotency-Key is being used for a message to another room; retry shortly",
-                retry_after=1,
-            )
-        return first
-
-    async def take(self) -> Message | None:
-        """Claim the key for this room (one round trip); the first message
-        when another try claimed it for another room meanwhile."""
-        assert self.key is not None
-        used = key_used_in(self.user_id, self.key)
-        batch = Batch(self.posting.redis)
-        taken = batch.commands(
-            lambda pipe: pipe.set(used, self.room, nx=True, ex=IDEMPOTENCY_TTL_S),
-            lambda replies: bool(replies[0]),
-        )
-        claimed = batch.get(used)
-        await batch.run()
-        self.taken = taken.value
-        return None if self.taken else await self.first_sent(claimed.value, refused=False)
-
-    async def give_up(self) -> None:
-        """Release the claim this try took, its message not stored."""
-        if not self.taken:
-            return
-        assert self.key is not None
-        try:
-            # Only this try's SET NX made it, and only this try removes it.
-            await self.posting.redis.delete(key_used_in(self.user_id, self.key))
-        except failures.FAILURES as exc:
-            log.debug("idempotency claim not released: %s", exc)
+        if not stored:
+            await self.limiter.give_back(*claim.charges)
+        return message, stored

@@ -32,7 +32,7 @@ from ..store.batch import Batch
 from ..store.keys import members_key, stream_key
 from ..store.ratelimit import Budget, RateLimiter
 from ..store.read_marks import UNREAD_MAX, ReadMarks, RoomState
-from . import posting
+from . import message_input
 from .addresses import owner_of
 from .sessions import Sessions, User
 from .signin import bearer, room_role
@@ -74,7 +74,7 @@ class Rooms:
     async def put_read(self, request: web.Request) -> web.Response:
         """``{"id"}``: the caller has read ``room`` up to that message; 200
         ``{"room", "read"}`` with the position kept."""
-        room = posting.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         if request.content_type not in ("application/json", "application/octet-stream"):
             raise UnsupportedMediaType("send JSON (application/json)")
         body = await json_body(request)

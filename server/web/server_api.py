@@ -35,8 +35,7 @@ from ..core.model import ROOM_RE
 from ..core.names import clean_name
 from ..store.presence_store import PresenceStore
 from ..store.room_registry import RoomInfo
-from . import posting as posts
-from . import state
+from . import message_input, state
 from .broadcast import broadcast
 from .history import HISTORY_LIMIT_MAX, History, id_param, int_param
 from .messages import Messages
@@ -76,7 +75,7 @@ class ServerApi:
 
     async def post_message(self, request: web.Request, key: ApiKey) -> web.Response:
         arrived = time.monotonic()
-        room = posts.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         idempotency = _idempotency(request, key)
         body = await json_fields(request, MESSAGE_FIELDS)
         sender = _sender(body, key)
@@ -121,7 +120,7 @@ class ServerApi:
         return web.json_response(body)
 
     async def get_room(self, request: web.Request, key: ApiKey) -> web.Response:
-        room = posts.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         (info,) = await self.posting.broker.rooms.info([room])
         if info is None:
             raise NotFound(f"no room {room!r}: it has no history")
@@ -137,13 +136,13 @@ class ServerApi:
         }
 
     async def get_messages(self, request: web.Request, key: ApiKey) -> web.StreamResponse:
-        room = posts.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         limit = int_param(request, "limit", 50, HISTORY_LIMIT_MAX)
         before, after = id_param(request, "before"), id_param(request, "after")
         return await self.history.respond(request, room, limit, before, after)
 
     async def get_online(self, request: web.Request, key: ApiKey) -> web.Response:
-        room = posts.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         limit = int_param(request, "limit", 100, ONLINE_LIMIT_MAX)
         after = request.query.get("after") or None
         if after is not None:
@@ -193,7 +192,7 @@ def install(
 def _idempotency(request: web.Request, key: ApiKey) -> str | None:
     """The request's ``Idempotency-Key``, as kept: scoped to the calling key
     (a space, which no key sent holds, keeps it apart from the browsers')."""
-    sent = posts.idempotency_key(request.headers.get("Idempotency-Key"), "Idempotency-Key")
+    sent = message_input.idempotency_key(request.headers.get("Idempotency-Key"), "Idempotency-Key")
     return None if sent is None else f"server {key.name} {sent}"
 
 

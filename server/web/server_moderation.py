@@ -17,7 +17,7 @@ from aiohttp import web
 from ..common.api_keys import ApiKey
 from ..core.errors import BadRequest
 from ..core.identity import Role, user_id
-from . import posting as posts
+from . import message_input
 from .messages import Messages
 from .moderation import REASON_MAX, Moderation
 from .server_input import json_fields, room_list
@@ -35,13 +35,13 @@ class ServerModeration:
         self.messages = messages
 
     async def delete_message(self, request: web.Request, key: ApiKey) -> web.Response:
-        room = posts.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         await json_fields(request, (), optional=True)
         await self.messages.delete(room, request.match_info["id"], by=None)
         return web.Response(status=204)
 
     async def put_member(self, request: web.Request, key: ApiKey) -> web.Response:
-        room = posts.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         user = user_id(request.match_info["user_id"], "the path's user id")
         body = await json_fields(request, ("role",))
         try:
@@ -52,7 +52,7 @@ class ServerModeration:
         return web.Response(status=204)
 
     async def delete_member(self, request: web.Request, key: ApiKey) -> web.Response:
-        room = posts.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         user = user_id(request.match_info["user_id"], "the path's user id")
         await json_fields(request, (), optional=True)
         await self.moderation.revoke(room, user)

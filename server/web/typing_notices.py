@@ -39,7 +39,7 @@ from ..store.keys import name_key
 from ..store.ratelimit import Budget, Budgets, RateLimiter
 from ..store.session_store import SignedRedisStorage
 from ..store.typing_store import TypingStore
-from . import posting, write_checks
+from . import message_input, write_checks
 from .addresses import owner_of
 from .sessions import Sessions, User
 from .signin import bearer, is_private
@@ -89,7 +89,7 @@ class Typing:
     async def post_typing(self, request: web.Request) -> web.Response:
         """No body, or a JSON object (``{}``): 204, whether a notice went out or
         was coalesced with an earlier one."""
-        room = posting.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         await _no_body_or_object(request)
         if self.hub.counts_only(room) and surely_member(self.sessions, request, room):
             # Nothing would come of it (see notify), and the caller may type
@@ -152,4 +152,4 @@ async def _no_body_or_object(request: web.Request) -> None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body is not valid UTF-8") from None
-    posting.json_object(text, "body")
+    message_input.json_object(text, "body")

@@ -24,7 +24,7 @@ from ..core.names import clean_name
 from ..store.broker import Broker
 from ..store.connection_registry import ConnectionRegistry
 from ..store.session_store import SessionChanged, guessed_wrong
-from . import posting, sessions
+from . import message_input, sessions
 from .addresses import owner_of
 from .history import HISTORY_LIMIT_MAX, History, id_param, int_param
 from .middlewares import ThrottledErrorLog
@@ -38,7 +38,7 @@ ONLINE_LIMIT_MAX = 1000
 
 
 async def page(request: web.Request) -> web.StreamResponse:
-    posting.room_name(request.match_info.get("room", "general"))
+    message_input.room_name(request.match_info.get("room", "general"))
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
@@ -101,14 +101,14 @@ class Api:
         return web.json_response({"user_id": user.user_id, "name": user.name})
 
     async def get_messages(self, request: web.Request) -> web.StreamResponse:
-        room = posting.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         await self.sessions.check_reader(request, room)
         limit = int_param(request, "limit", 50, HISTORY_LIMIT_MAX)
         return await self.history.respond(request, room, limit, id_param(request, "before"))
 
     async def get_online(self, request: web.Request) -> web.Response:
         """A page of the room's online users in user id order: how big rooms are listed."""
-        room = posting.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         await self.sessions.check_reader(request, room)
         limit = int_param(request, "limit", 100, ONLINE_LIMIT_MAX)
         after = request.query.get("after") or None
@@ -119,8 +119,10 @@ class Api:
 
     async def post_message(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
-        room = posting.room_name(request.match_info["room"])
-        key = posting.idempotency_key(request.headers.get("Idempotency-Key"), "Idempotency-Key")
+        room = message_input.room_name(request.match_info["room"])
+        key = message_input.idempotency_key(
+            request.headers.get("Idempotency-Key"), "Idempotency-Key"
+        )
         body: dict[str, Any] | MultiDictProxy[Any]
         if request.content_type == "application/x-www-form-urlencoded":
             body = await form_body(request)
@@ -138,7 +140,7 @@ class Api:
                 "send JSON (application/json) or a form (application/x-www-form-urlencoded)"
             )
         # Checked before a session is made for it: a request that fails leaves nothing.
-        posting.message_text(body.get("text"), self.posting.max_chars)
+        message_input.message_text(body.get("text"), self.posting.max_chars)
         try:
             message, replayed = await self._post(request, room, body, key, arrived, guess=True)
         except SessionChanged:
@@ -258,4 +260,4 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body is not valid UTF-8") from None
-    return posting.json_object(text, "body")
+    return message_input.json_object(text, "body")

@@ -11,7 +11,7 @@ from ...core.identity import SUB_RE, Role
 from ...core.model import ROOM_RE
 from ...store.session_store import COOKIE_NAME
 from ..history import HISTORY_LIMIT_MAX
-from ..posting import IDEMPOTENCY_KEY_RE
+from ..message_input import IDEMPOTENCY_KEY_RE
 from ..sessions import USER_ID_RE
 from ..views import ONLINE_LIMIT_MAX
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ...core.close_reason import MODERATION, CloseReason
 from ...core.wire import sse_chunk
-from .. import posting
+from .. import message_input
 from ..aiohttp_compat import preset
 from ..aiohttp_sse_compat import EventStream
 from ..sessions import Sessions
@@ -79,7 +79,7 @@ class SseHandler:
         self.send_timeout_s = send_timeout_s  # (what a write may wait for the client)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        room = posting.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         header = request.headers.get("Last-Event-ID")
         since = connection.resume_id(
             header if header is not None else request.query.get("last_event_id"), "Last-Event-ID"

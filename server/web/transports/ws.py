@@ -36,7 +36,7 @@ from ...core.identity import Role
 from ...core.subscription import Subscription
 from ...core.wire import to_json
 from ...store.failures import UNREACHABLE, is_out_of_memory
-from .. import posting
+from .. import message_input
 from ..addresses import owner_of
 from ..aiohttp_compat import LATE_WEBSOCKET_ATTRIBUTES, can_upgrade, preset
 from ..middlewares import ThrottledErrorLog
@@ -131,7 +131,7 @@ class WsHandler:
         self.max_msg_size = max_msg_size  # of a client's frame, in bytes
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        room = posting.room_name(request.match_info["room"])
+        room = message_input.room_name(request.match_info["room"])
         since = connection.resume_id(request.query.get("since"), "since")
         ws = web.WebSocketResponse(
             autoping=False,  # pongs are read here: they prove the client is alive
@@ -190,7 +190,7 @@ class WsHandler:
         refused); never raises a ChatError."""
         ref: Any = None
         try:
-            data = posting.json_object(text, "frame")
+            data = message_input.json_object(text, "frame")
             ref = data.get("ref")
             if not (
                 ref is None or (isinstance(ref, (str, int, float)) and not isinstance(ref, bool))
@@ -217,7 +217,7 @@ class WsHandler:
             if kind == "typing":
                 await self.typing.notify(sub.room.name, writer, address)
                 return None
-            key = posting.idempotency_key(data.get("key"), "'key'")
+            key = message_input.idempotency_key(data.get("key"), "'key'")
             message, _ = await self.posting.post(
                 sub.room.name,
                 writer,
