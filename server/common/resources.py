@@ -1,6 +1,6 @@
 """What a worker holds, read cheaply: its asyncio tasks, open descriptors, resident memory.
 
-Sampled once per heartbeat tick (about a second) into the worker's gauges
+Sampled about once a second by the heartbeat into the worker's gauges
 (see :class:`~server.common.metrics.Metrics`), for a soak to tell a leak
 from a crowd. The tasks are counted from asyncio's own list, the
 descriptors by one ``listdir`` of ``/proc/self/fd``, the memory read from

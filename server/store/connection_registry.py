@@ -254,10 +254,10 @@ class ConnectionRegistry:
                 if int(fresh):
                     await self._rejoin(room)
         slices = parts * USER_SLICES
-        due = [
+        due = [  # (no await in between: nothing changes _held meanwhile)
             (room, connection_id, holder)
-            for room, held in list(self._held.items())
-            for connection_id, holder in list(held.items())
+            for room, held in self._held.items()
+            for connection_id, holder in held.items()
             if connection_id % slices == tick % slices
         ]
         await self._write_entries(due, True)

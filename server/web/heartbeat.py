@@ -4,13 +4,17 @@ Every connection is pinged once per ``heartbeat_s``, WebSockets whose
 client has been silent past ``idle_timeout_s`` are closed, and this worker's
 leases on its rooms are renewed in Redis (sweeping the connections of dead
 workers). The work is spread over the interval: the timer
-(``aiotools.create_timer``) ticks about once a second, each tick taking its
+(``aiotools.create_timer``) ticks about twice a second, each tick taking its
 share of the connections and rooms, so that ten thousand connections do not
-all get their ping (and their client's wake-up) in the same instant. A tick
-visits its connections in batches, letting the loop run in between.
+all get their ping (and their client's wake-up) in the same instant, and a
+tick stays short on a busy machine (at 17,000 connections a share is about
+570 pings). A tick visits its connections in batches, letting the loop run
+in between.
 
-Each tick also samples the worker's tasks, open descriptors and resident
-memory into its gauges (:mod:`server.common.resources`).
+About once a second a tick also samples the worker's tasks, open
+descriptors and resident memory into its gauges
+(:mod:`server.common.resources`: at that many connections a sample costs
+a few milliseconds).
 
 A connection that cannot take its ping (its client stopped reading) queues
 it, and is cut off when it has not drained within ``idle_timeout_s`` (see
@@ -39,8 +43,9 @@ from .expiry import Expiries
 log = logging.getLogger(__name__)
 
 SLOW_TICK_S = 0.1  # a tick longer than this is logged
-TICK_S = 1.0  # about how often the heartbeat ticks
-MAX_PARTS = 15  # the most ticks a heartbeat interval is spread over
+TICK_S = 0.5  # about how often the heartbeat ticks
+MAX_PARTS = 30  # the most ticks a heartbeat interval is spread over
+SAMPLE_EVERY_S = 1.0  # how often the worker's resources are sampled, about
 # Allocations (less deallocations) of tracked objects between two
 # collections of the youngest generation (CPython's default is 700).
 YOUNG_OBJECTS = 10_000
@@ -185,6 +190,8 @@ class Heartbeat:
         self.interval = config.heartbeat_s / self.parts
         self._ticks = 0
         self._pinging_s = 0.0  # how long the last tick's pings took
+        self._sampled = 0.0  # when the resources were last sampled (time.monotonic())
+        self._running = False  # a tick is under way
         self._failing = False
         self._failure_level = logging.WARNING
         self.frozen = FrozenSurvivors(hub.metrics)
@@ -194,15 +201,26 @@ class Heartbeat:
         self.on_tick = tuple(on_tick)
 
     async def tick(self, interval: float) -> None:
+        # The timer fires every interval, whether or not the last tick is
+        # done: a tick that finds it still running (the worker is overloaded,
+        # as while thousands of connections arrive) leaves it alone, and the
+        # shares wait their turn, rather than ticks piling up on each other.
+        if self._running:
+            log.debug("heartbeat tick skipped: the last one is still running")
+            return
+        self._running = True
         started = time.perf_counter()
         try:
             await self._tick()
         finally:
+            self._running = False
             took = time.perf_counter() - started
             metrics = self.hub.metrics
             metrics.heartbeat_took(took, slow=took > SLOW_TICK_S)
-            # Tasks, descriptors and memory, for the gauges a soak watches.
-            metrics.sampled(resources.sample())
+            if time.monotonic() - self._sampled >= SAMPLE_EVERY_S - TICK_S / 2:
+                # Tasks, descriptors and memory, for the gauges a soak watches.
+                self._sampled = time.monotonic()
+                metrics.sampled(resources.sample())
             if took > SLOW_TICK_S:
                 log.warning(
                     "heartbeat took %.0f ms over %d connections (%.0f ms of it pinging)",
