@@ -28,6 +28,7 @@ from .sessions import User, keep_name
 
 # The names of users who posted lately that a worker keeps (see Posting).
 MOST_NAMES = 4096
+BANNED, SLOW_DOWN = "you are banned from posting here", "too many messages; slow down"
 
 
 class Posting:
@@ -102,7 +103,8 @@ class Posting:
         named a message the user already posted (within ten minutes, in this
         room or another), which is returned instead of storing another. Such a
         retry costs nothing from the budgets: it is answered even when they are
-        spent, and what it took from them is given back.
+        spent (on one Redis it is never charged; on a Cluster what it took is
+        given back).
 
         ``arrived`` (``time.monotonic()``) is when the request or frame came
         in: a stored message's publish latency is counted from it.
@@ -127,9 +129,9 @@ class Posting:
         )
         outcome = None
         if self.one_redis:
-            outcome = await self._checked(room, user, text, claim, address, read_mark)
+            outcome = await self._checked(user, text, claim, address, read_mark)
         if outcome is None:
-            outcome = await self._unchecked(room, user, text, claim, address, read_mark)
+            outcome = await self._unchecked(user, text, claim, address, read_mark)
         message, stored = outcome
         if not stored:
             return message, True
@@ -142,7 +144,6 @@ class Posting:
 
     async def _checked(
         self,
-        room: str,
         user: User,
         text: str,
         claim: Claim,
@@ -151,7 +152,7 @@ class Posting:
     ) -> tuple[Message, bool] | None:
         """:meth:`post` on one Redis, checked by the publish script; None when
         the name this worker kept was not the user's (nothing written)."""
-        user_id, key, guess = user.user_id, claim.key, user.guess
+        room, user_id, key, guess = claim.room, user.user_id, claim.key, user.guess
         name = user.name or self.names.get(user_id)
         if name is None:
             return None
@@ -195,14 +196,14 @@ class Posting:
             self._keep_name(claim.user_id, str(details[0]) or None)
             return None
         if why == "banned":
-            raise Banned("you are banned from posting here")
+            raise Banned(BANNED)
         if why == "elsewhere":
             assert claim.key is not None
             return found(
                 await self.broker.published_with(str(details[0]), claim.user_id, claim.key)
             ), False
         verdict = self.limiter.verdict(claim.charges, details)
-        raise RateLimited("too many messages; slow down", retry_after=verdict.wait)
+        raise RateLimited(SLOW_DOWN, retry_after=verdict.wait)
 
     def _keep_name(self, user_id: str, name: str | None) -> None:
         """Keep the user's name as read (forget it when None), a few thousand at most."""
@@ -216,16 +217,16 @@ class Posting:
 
     async def _unchecked(
         self,
-        room: str,
         user: User,
         text: str,
         claim: Claim,
         address: str | None,
         read_mark: ReadMark | None,
     ) -> tuple[Message, bool]:
-        """:meth:`post` with the checks as a batch of their own (one round
-        trip, with the name and the key's room), then the message."""
-        limiter, charges, user_id, key = self.limiter, claim.charges, user.user_id, claim.key
+        """:meth:`post` with the checks as a batch (one round trip, with the
+        name and the key's room), then the message."""
+        limiter, charges, room, key = self.limiter, claim.charges, claim.room, claim.key
+        user_id = user.user_id
         # The name, and the room a key was first used in, are read with the
         # budgets: no round trip of their own.
         redis = self.redis
@@ -238,7 +239,7 @@ class Posting:
             charges,
             user_id,
             room,
-            refused="you are banned from posting here",
+            refused=BANNED,
             bans=address is not None,
             guess=user.guess,
         )
@@ -247,7 +248,7 @@ class Posting:
             if first is not None:
                 return first, False
         if retry_after:
-            raise RateLimited("too many messages; slow down", retry_after=retry_after)
+            raise RateLimited(SLOW_DOWN, retry_after=retry_after)
         if claimed is not None and claimed.value is None:
             first = await claim.take()
             if first is not None:
