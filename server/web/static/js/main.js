@@ -13,7 +13,7 @@ import { loadRole, loadSession, rename } from './identity.js';
 import { clearMessages, keepBottomOnResize, loadHistory, loadOlder, newestShownId, onNewMessage } from './messages.js';
 import { ROOM_NAME, roomOf, showStatus, state, ui } from './page.js';
 import { onPresence, showMoreOnline } from './presence.js';
-import { flushRead, markRead, renderRooms, startRooms } from './rooms.js';
+import { flushRead, markRead, readOwn, renderRooms, startRooms } from './rooms.js';
 import { setSessionReady, submit } from './sending.js';
 import { signInEnding } from './transports.js';
 import { clearTyping, noteTyping, setupTyping, stopped } from './typing.js';
@@ -111,6 +111,7 @@ async function main() {
     stopped(msg.user_id);
     // Posting moves the poster's read position itself: only others' messages need a mark.
     if (msg.user_id !== state.me?.user_id) markRead();
+    else readOwn(msg.room, msg.id);
   });
   window.addEventListener('online', () => connection.retryNow());
   window.addEventListener('popstate', () => switchRoom(roomOf(location.pathname), { push: false }));

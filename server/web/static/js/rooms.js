@@ -96,6 +96,13 @@ export function markRead() {
   readTimer = setTimeout(sendRead, READ_DELAY_MS);
 }
 
+/** The user's own message `id` in `room`: the server read the room up to it
+ * when it stored it, so a mark waiting to go has nothing more to say. */
+export function readOwn(room, id) {
+  const marked = readUpTo.get(room);
+  if (parseId(id) !== null && (!marked || compareIds(id, marked) > 0)) readUpTo.set(room, id);
+}
+
 /** A mark that waits is sent now (another room is about to be shown). */
 export function flushRead() {
   if (!readTimer) return;
